@@ -1,0 +1,54 @@
+//! The BPF filesystem, where netplane pins maps and links so the data plane outlives the
+//! agent process.
+
+use std::io;
+use std::path::Path;
+
+use nix::mount::{MsFlags, mount};
+
+pub const DEFAULT_PATH: &str = "/sys/fs/bpf";
+/// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpffsError {
+    #[error("cannot inspect {path}")]
+    Stat { path: String, source: nix::Error },
+    #[error("cannot mount bpffs at {path} (needs CAP_SYS_ADMIN)")]
+    Mount { path: String, source: nix::Error },
+}
+
+/// Mounts bpffs at `path` unless a bpffs is already there (a fresh machine may not have it).
+pub fn ensure_mounted(path: &Path) -> Result<(), BpffsError> {
+    let shown = || path.display().to_string();
+    if is_bpffs(path).map_err(|source| BpffsError::Stat {
+        path: shown(),
+        source,
+    })? {
+        return Ok(());
+    }
+    mount(
+        Some("bpffs"),
+        path,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| BpffsError::Mount {
+        path: shown(),
+        source,
+    })
+}
+
+fn is_bpffs(path: &Path) -> Result<bool, nix::Error> {
+    match nix::sys::statfs::statfs(path) {
+        Ok(st) => Ok(st.filesystem_type().0 == BPF_FS_MAGIC),
+        Err(nix::Error::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `err` means "the thing is already gone", for idempotent cleanup.
+pub fn is_not_found(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::NotFound
+}

@@ -1,0 +1,22 @@
+//! The sandbox harness for netplane's in-kernel and end-to-end tests.
+//!
+//! Every test builds its own world out of uniquely named network namespaces and removes it
+//! on drop, also when the test panics. Nothing here touches the root namespace's
+//! interfaces, routes, sysctls or firewall: veth pairs are created directly inside the
+//! sandbox namespaces, and every address is on a TEST-NET range (RFC 5737).
+
+pub mod packet;
+pub mod sandbox;
+
+pub use sandbox::{Netns, Sandbox};
+
+/// Returns `false`, after saying why, when the test cannot run here. Privileged tests
+/// start with `if !netplane_tests::privileged("…") { return; }`. CI runs as root, so it
+/// skips nothing.
+pub fn privileged(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("SKIPPED {what}: needs root (network namespaces and BPF); CI runs it as root");
+    false
+}

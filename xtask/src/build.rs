@@ -1,0 +1,88 @@
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::setup;
+use crate::util::{self, is_root, run, workspace_root};
+
+/// Every namespace the test harness creates starts with this (tests/src/sandbox.rs).
+const TEST_NETNS_PREFIX: &str = "npt";
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    c
+}
+
+/// Builds the userspace binary; its build script builds and embeds the eBPF object.
+pub fn build(release: bool) -> anyhow::Result<()> {
+    if let Some(msg) = setup::build_prerequisites_missing() {
+        bail!(msg);
+    }
+    let mut c = cargo();
+    c.args([
+        "build",
+        "--workspace",
+        "--exclude",
+        "netplane-ebpf",
+        "--all-targets",
+    ]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)
+}
+
+pub fn test(extra: &[String]) -> anyhow::Result<()> {
+    setup::install()?;
+    build(false)?;
+    if !is_root() {
+        eprintln!("note: not root, so the in-kernel and end-to-end tests will skip with a reason");
+    }
+    let tests = run(cargo()
+        .args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "netplane-ebpf",
+            "--no-fail-fast",
+            "--",
+        ])
+        .args(extra));
+    let leaks = check_leaks();
+    tests.and(leaks)
+}
+
+/// Rule 1 of the house: after the suite no test namespace and no netplane pin remains.
+/// Anything found is removed, and the run fails so that the leaking test gets fixed.
+fn check_leaks() -> anyhow::Result<()> {
+    let mut leaked = Vec::new();
+    let netns = util::output(Command::new("ip").args(["netns", "list"])).unwrap_or_default();
+    for name in netns.lines().filter_map(|l| l.split_whitespace().next()) {
+        if name.starts_with(TEST_NETNS_PREFIX) {
+            leaked.push(format!("netns {name}"));
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in dir
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("netplane"))
+        {
+            leaked.push(format!("pin {}", e.path().display()));
+        }
+    }
+    if leaked.is_empty() {
+        eprintln!("xtask: no namespace or pin left behind");
+        return Ok(());
+    }
+    bail!(
+        "the tests left these behind (removed where possible): {}",
+        leaked.join(", ")
+    )
+}
+
+pub fn demo() -> anyhow::Result<()> {
+    build(false)?;
+    bail!("the demo arrives with `netplane up` (issue 3)")
+}

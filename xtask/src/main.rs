@@ -1,0 +1,47 @@
+//! `cargo xtask`: everything that is more than one cargo command.
+//!
+//! - `setup`: installs what a fresh Debian/Ubuntu host lacks (see `setup.rs`).
+//! - `build`: the eBPF object, then the userspace binary that embeds it.
+//! - `test`:  setup, build, then unit, in-kernel and end-to-end tests.
+//! - `demo`:  the README's first command.
+
+mod build;
+mod setup;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "netplane build automation")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain and test tools that are missing (idempotent).
+    Setup,
+    /// Build the eBPF object and the netplane binary that embeds it.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup, build, then every test: unit, in-kernel and end-to-end.
+    Test {
+        /// Extra arguments passed to `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then show netplane working inside a throwaway sandbox.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::install(),
+        Cmd::Build { release } => build::build(release),
+        Cmd::Test { args } => build::test(&args),
+        Cmd::Demo => build::demo(),
+    }
+}
