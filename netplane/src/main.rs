@@ -1,21 +1,67 @@
+//! The `netplane` command line.
+
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use netplane::config::{Config, Plan};
+use netplane::instance;
+use netplane::state::State;
+
+const LONG_ABOUT: &str = "\
+Container networking with an eBPF data plane.
+
+netplane builds the Docker \"bridge\" model from one TOML config: network namespaces named
+<name>-<container>, veth pairs to a Linux bridge per network, the gateway address on the
+bridge, and default routes, all through netlink. State lives under /run/netplane/<name>/.
+
+Named namespaces are created the way `ip netns add` creates them, in the caller's mount
+namespace, so they are visible to `ip netns`. To run netplane inside another network
+namespace, switch only the network namespace: `nsenter --net=/run/netns/HOST netplane up`.
+Under `ip netns exec`, which gives its child a private mount namespace, the namespaces
+netplane names would be invisible to everyone else.";
 
 #[derive(Parser)]
-#[command(
-    name = "netplane",
-    version,
-    about = "Container networking with an eBPF data plane"
-)]
+#[command(name = "netplane", version, about = "Container networking with an eBPF data plane", long_about = LONG_ABOUT)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+#[derive(Args)]
+struct ConfigArg {
+    /// The config file (TOML). Without it, the embedded default: one network, two
+    /// containers, one published port.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
+    /// Build, or converge on, what the config describes. Idempotent.
+    Up(ConfigArg),
+    /// Remove everything `up` made: namespaces, links, state, changed sysctls.
+    Down(ConfigArg),
+    /// Show the networks, containers, published ports and the data plane's health.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run CMD in a container's network namespace (replaces netplane, like `ip netns exec`).
+    Exec {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The container's name, as in the config.
+        container: String,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
     /// Count packets and bytes on an interface with the TC counter program, then print them.
     Count {
         /// The interface (in netplane's own network namespace).
@@ -26,8 +72,75 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().cmd {
+fn main() -> ExitCode {
+    match run(Cli::parse().cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
+    match &arg.config {
+        None => Ok(Config::embedded_default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
+            Ok(Config::parse(&text, &path.display().to_string())?)
+        }
+    }
+}
+
+fn load_plan(arg: &ConfigArg) -> anyhow::Result<Plan> {
+    Ok(load_config(arg)?.plan()?)
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Up(c) => {
+            let plan = load_plan(&c)?;
+            let report = instance::up(&plan)?;
+            if report.changes.is_empty() {
+                println!(
+                    "{}: up to date (uplink {}); nothing to change",
+                    plan.name, report.uplink
+                );
+            } else {
+                println!("{}: up (uplink {})", plan.name, report.uplink);
+                for change in &report.changes {
+                    println!("  {change}");
+                }
+            }
+            Ok(())
+        }
+        Cmd::Down(c) => {
+            // `down` must work even when the config no longer validates.
+            let config = load_config(&c)?;
+            let plan = config.plan().ok();
+            let removed = instance::down(&config.name, plan.as_ref())?;
+            println!("{}: down ({} objects removed)", config.name, removed.len());
+            Ok(())
+        }
+        Cmd::Status { config, json } => {
+            let name = load_config(&config)?.name;
+            let status = instance::status(&name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        Cmd::Exec {
+            config,
+            container,
+            cmd,
+        } => exec(&config, &container, &cmd),
         Cmd::Count { iface, seconds } => {
             let mut counter = netplane::ebpf::counter::PacketCounter::load()?;
             counter
@@ -41,5 +154,64 @@ fn main() -> anyhow::Result<()> {
             println!("egress     {:>7}  {}", t.egress.packets, t.egress.bytes);
             Ok(())
         }
+    }
+}
+
+/// Joins the container's namespace and execs CMD. Runs before any thread exists: setns
+/// of the mount namespace requires a single-threaded process.
+fn exec(config: &ConfigArg, container: &str, cmd: &[String]) -> anyhow::Result<()> {
+    let name = load_config(config)?.name;
+    // The applied plan is the truth; the config may have been edited since.
+    let plan = match State::load(&name)?.and_then(|s| s.plan) {
+        Some(p) => p,
+        None => load_plan(config)?,
+    };
+    let Some(c) = plan.container(container) else {
+        let known: Vec<&str> = plan.containers.iter().map(|c| c.name.as_str()).collect();
+        bail!(
+            "container {container:?} is not in instance {name} (containers: {})",
+            known.join(", ")
+        );
+    };
+    netplane::netns::enter_for_exec(&c.netns)?;
+    let args: Vec<CString> = cmd
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("CMD contains a NUL byte")?;
+    let err = nix::unistd::execvp(&args[0], &args).unwrap_err();
+    bail!("cannot execute {:?}: {err}", cmd[0])
+}
+
+fn print_status(s: &instance::Status) {
+    if !s.up {
+        println!("{}: not up", s.name);
+    } else {
+        let mode = s.mode.map(|m| m.to_string()).unwrap_or_default();
+        println!("{}: up, mode {mode}, data plane: {}", s.name, s.dataplane);
+        println!("\nNETWORK          SUBNET              GATEWAY          BRIDGE");
+        for n in &s.networks {
+            let state = if n.bridge_up { "up" } else { "MISSING" };
+            println!("{:<16} {:<19} {:<16} {state}", n.name, n.subnet, n.gateway);
+        }
+        println!(
+            "\nCONTAINER        NETWORK          IP               MAC                NETNS / VETH (host)      PUBLISH"
+        );
+        for c in &s.containers {
+            println!(
+                "{:<16} {:<16} {:<16} {:<18} {} / {}{}   {}",
+                c.name,
+                c.network,
+                c.ip,
+                c.mac,
+                c.netns,
+                c.host_veth,
+                if c.present { "" } else { " (MISSING)" },
+                c.publish.join(", ")
+            );
+        }
+    }
+    for p in &s.problems {
+        println!("problem: {p}");
     }
 }

@@ -1,0 +1,442 @@
+//! `up`, `down` and `status` of one netplane instance: the plan applied to the host through
+//! [`topology`], with ownership recorded in [`State`].
+
+use std::collections::BTreeSet;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::config::{Container, Mode, Plan, format_mac};
+use crate::netns;
+use crate::state::{State, StateError};
+use crate::sysctl::{self, SysctlError};
+use crate::topology::{self, TopologyError};
+
+/// Sysctls `up` needs in netplane's namespace, restored by `down`.
+const SYSCTLS: &[(&str, &str)] = &[("net.ipv4.ip_forward", "1")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("netplane must run as root: it creates network namespaces, links and BPF programs")]
+    NotRoot,
+    #[error("uplink = {0:?}: no such interface in this network namespace")]
+    UplinkMissing(String),
+    #[error("uplink: not set, and there is no default route to take it from; set `uplink`")]
+    NoDefaultRoute,
+    #[error("networks[{index}].subnet = \"{subnet}\": collides with {addr} on {iface}")]
+    SubnetCollision {
+        index: usize,
+        subnet: Ipv4Net,
+        addr: Ipv4Net,
+        iface: String,
+    },
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error(transparent)]
+    Sysctl(#[from] SysctlError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{cause}\nrolled back what this run had created{}", rollback_report(.rollback))]
+    RolledBack {
+        cause: Box<Error>,
+        rollback: Vec<String>,
+    },
+    #[error("down finished with {} failure(s):\n  {}", .0.len(), .0.join("\n  "))]
+    Teardown(Vec<String>),
+}
+
+fn rollback_report(failures: &[String]) -> String {
+    if failures.is_empty() {
+        String::new()
+    } else {
+        format!(", except:\n  {}", failures.join("\n  "))
+    }
+}
+
+/// What `up` did.
+#[derive(Debug, Default)]
+pub struct UpReport {
+    pub uplink: String,
+    pub changes: Vec<String>,
+}
+
+/// An object `up` created in this run, for rollback.
+enum Created {
+    Netns(String),
+    Link(String),
+}
+
+pub fn require_root() -> Result<(), Error> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(Error::NotRoot)
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Builds or converges the topology of `plan`. Validation that needs the host happens
+/// before any change; a failure part-way rolls back what this run created.
+pub fn up(plan: &Plan) -> Result<UpReport, Error> {
+    require_root()?;
+    runtime().block_on(up_async(plan))
+}
+
+async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
+    let h = topology::connect(None)?;
+    let old = State::load(&plan.name)?.unwrap_or_default();
+    let uplink = check_host(&h, plan, &old).await?;
+
+    // Journal first: everything this run may create is recorded before it exists.
+    let desired_netns: BTreeSet<String> = plan.containers.iter().map(|c| c.netns.clone()).collect();
+    let desired_links: BTreeSet<String> = plan
+        .networks
+        .iter()
+        .map(|n| n.name.clone())
+        .chain(plan.containers.iter().map(|c| c.host_veth.clone()))
+        .collect();
+    let mut journal = old.clone();
+    journal.netns.extend(desired_netns.iter().cloned());
+    journal.links.extend(desired_links.iter().cloned());
+    for (key, _) in SYSCTLS {
+        if !journal.sysctls.contains_key(*key) {
+            journal
+                .sysctls
+                .insert((*key).to_owned(), sysctl::read(key)?);
+        }
+    }
+    journal.save(&plan.name)?;
+
+    let mut report = UpReport {
+        uplink,
+        changes: Vec::new(),
+    };
+    let mut created = Vec::new();
+    if let Err(cause) = apply(&h, plan, &old, &mut created, &mut report).await {
+        let rollback = rollback(&h, created, &old, &journal).await;
+        // After a clean rollback the host is as before; otherwise keep the journal, which
+        // still lists what is left, so that `down` removes it.
+        match (&old, rollback.is_empty()) {
+            (_, false) => journal.save(&plan.name)?,
+            (o, true) if *o == State::default() => State::remove(&plan.name)?,
+            (o, true) => o.save(&plan.name)?,
+        }
+        return Err(Error::RolledBack {
+            cause: Box::new(cause),
+            rollback,
+        });
+    }
+
+    // Converged: what the old plan had and the new one has not goes away.
+    let mut failures = Vec::new();
+    for ns in old.netns.difference(&desired_netns) {
+        match netns::delete(ns) {
+            Ok(true) => report.changes.push(format!("removed netns {ns}")),
+            Ok(false) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    for l in old.links.difference(&desired_links) {
+        match topology::delete_link(&h, l).await {
+            Ok(true) => report.changes.push(format!("removed link {l}")),
+            Ok(false) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let state = State {
+        plan: Some(plan.clone()),
+        netns: desired_netns,
+        links: desired_links,
+        sysctls: journal.sysctls,
+    };
+    state.save(&plan.name)?;
+    if !failures.is_empty() {
+        return Err(Error::Teardown(failures));
+    }
+    Ok(report)
+}
+
+/// The checks that need the host: the uplink exists, and no subnet collides with an
+/// address already configured here (other than on netplane's own bridges).
+async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<String, Error> {
+    let links = topology::links(h).await?;
+    let uplink = match &plan.uplink {
+        Some(u) if links.iter().any(|l| &l.name == u) => u.clone(),
+        Some(u) => return Err(Error::UplinkMissing(u.clone())),
+        None => topology::default_route_interface(h)
+            .await?
+            .ok_or(Error::NoDefaultRoute)?,
+    };
+    for (ifindex, addr) in topology::ipv4_addresses(h).await? {
+        let iface = links
+            .iter()
+            .find(|l| l.index == ifindex)
+            .map_or_else(|| ifindex.to_string(), |l| l.name.clone());
+        if old.links.contains(&iface) {
+            continue;
+        }
+        if let Some((index, n)) =
+            plan.networks.iter().enumerate().find(|(_, n)| {
+                n.subnet.contains(&addr.addr()) || addr.contains(&n.subnet.network())
+            })
+        {
+            return Err(Error::SubnetCollision {
+                index,
+                subnet: n.subnet,
+                addr,
+                iface,
+            });
+        }
+    }
+    Ok(uplink)
+}
+
+async fn apply(
+    h: &rtnetlink::Handle,
+    plan: &Plan,
+    old: &State,
+    created: &mut Vec<Created>,
+    report: &mut UpReport,
+) -> Result<(), Error> {
+    for (key, value) in SYSCTLS {
+        if sysctl::read(key)? != *value {
+            sysctl::write(key, value)?;
+            report.changes.push(format!("sysctl {key} = {value}"));
+        }
+    }
+    for net in &plan.networks {
+        let (changed, made) = topology::ensure_bridge(h, net).await?;
+        if made {
+            created.push(Created::Link(net.name.clone()));
+        }
+        if changed {
+            report.changes.push(format!(
+                "bridge {} ({} via {})",
+                net.name, net.subnet, net.gateway
+            ));
+        }
+    }
+    for c in &plan.containers {
+        // A container whose network or address changed is rebuilt from scratch, as a
+        // runtime would recreate it.
+        if let Some(prev) = old.plan.as_ref().and_then(|p| p.container(&c.name))
+            && (prev.network != c.network || prev.ip != c.ip || prev.mac != c.mac)
+        {
+            topology::delete_link(h, &prev.host_veth).await?;
+            netns::delete(&prev.netns)?;
+        }
+        if netns::create(&c.netns)? {
+            created.push(Created::Netns(c.netns.clone()));
+        }
+        let bridge =
+            topology::link(h, &c.network)
+                .await?
+                .ok_or_else(|| TopologyError::Vanished {
+                    object: c.network.clone(),
+                })?;
+        let (mut changed, made) = topology::ensure_veth(h, c, &bridge).await?;
+        if made {
+            created.push(Created::Link(c.host_veth.clone()));
+        }
+        let ch = topology::connect(Some(&c.netns))?;
+        changed |= topology::ensure_container_inside(&ch, c).await?;
+        if changed {
+            report
+                .changes
+                .push(format!("container {} ({} on {})", c.name, c.ip, c.network));
+        }
+    }
+    Ok(())
+}
+
+/// Undoes what one `up` run created, newest first, and the sysctls it changed. Returns
+/// the failures.
+async fn rollback(
+    h: &rtnetlink::Handle,
+    created: Vec<Created>,
+    old: &State,
+    journal: &State,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    for obj in created.into_iter().rev() {
+        let res = match obj {
+            Created::Netns(ns) => netns::delete(&ns).map(drop).map_err(|e| e.to_string()),
+            Created::Link(l) => topology::delete_link(h, &l)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        };
+        failures.extend(res.err());
+    }
+    for (key, prior) in &journal.sysctls {
+        if !old.sysctls.contains_key(key) {
+            failures.extend(sysctl::write(key, prior).err().map(|e| e.to_string()));
+        }
+    }
+    failures
+}
+
+/// Removes everything instance `name` owns. Finishes every step, then reports every
+/// failure. Succeeds when things are already gone.
+pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
+    require_root()?;
+    runtime().block_on(async {
+        let state = State::load(name)?.unwrap_or_default();
+        let mut netns_names = state.netns.clone();
+        let mut links = state.links.clone();
+        // Without state (deleted by hand), the plan's netplane-specific names still find
+        // the namespaces and veths; bridges are only removed when the state owns them.
+        if let Some(p) = plan {
+            netns_names.extend(p.containers.iter().map(|c| c.netns.clone()));
+            links.extend(p.containers.iter().map(|c| c.host_veth.clone()));
+        }
+        let mut removed = Vec::new();
+        let mut failures = Vec::new();
+        for ns in &netns_names {
+            match netns::delete(ns) {
+                Ok(true) => removed.push(format!("netns {ns}")),
+                Ok(false) => {}
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        match topology::connect(None) {
+            Ok(h) => {
+                for l in &links {
+                    match topology::delete_link(&h, l).await {
+                        Ok(true) => removed.push(format!("link {l}")),
+                        Ok(false) => {}
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+        for (key, value) in &state.sysctls {
+            match sysctl::write(key, value) {
+                Ok(()) => removed.push(format!("sysctl {key} restored to {value}")),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        if failures.is_empty() {
+            State::remove(name)?;
+            Ok(removed)
+        } else {
+            Err(Error::Teardown(failures))
+        }
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub up: bool,
+    pub mode: Option<Mode>,
+    pub dataplane: String,
+    pub networks: Vec<NetworkStatus>,
+    pub containers: Vec<ContainerStatus>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetworkStatus {
+    pub name: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub bridge_up: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContainerStatus {
+    pub name: String,
+    pub network: String,
+    pub ip: String,
+    pub mac: String,
+    pub netns: String,
+    pub host_veth: String,
+    pub container_veth: &'static str,
+    pub publish: Vec<String>,
+    pub present: bool,
+}
+
+/// The instance as recorded, checked against what exists.
+pub fn status(name: &str) -> Result<Status, Error> {
+    let state = State::load(name)?;
+    let Some(plan) = state.as_ref().and_then(|s| s.plan.clone()) else {
+        return Ok(Status {
+            name: name.to_owned(),
+            up: false,
+            mode: None,
+            dataplane: "none".into(),
+            networks: vec![],
+            containers: vec![],
+            problems: state
+                .map(|_| vec!["an `up` did not finish: run `netplane down`".to_owned()])
+                .unwrap_or_default(),
+        });
+    };
+    runtime().block_on(async {
+        let h = topology::connect(None)?;
+        let links = topology::links(&h).await?;
+        let mut problems = Vec::new();
+        let networks = plan
+            .networks
+            .iter()
+            .map(|n| {
+                let bridge_up = links.iter().any(|l| l.name == n.name && l.up);
+                if !bridge_up {
+                    problems.push(format!("bridge {} is missing or down", n.name));
+                }
+                NetworkStatus {
+                    name: n.name.clone(),
+                    subnet: n.subnet.to_string(),
+                    gateway: n.gateway.to_string(),
+                    bridge_up,
+                }
+            })
+            .collect();
+        let containers = plan
+            .containers
+            .iter()
+            .map(|c: &Container| {
+                let present =
+                    netns::exists(&c.netns) && links.iter().any(|l| l.name == c.host_veth);
+                if !present {
+                    problems.push(format!(
+                        "container {}: netns {} or veth {} is missing",
+                        c.name, c.netns, c.host_veth
+                    ));
+                }
+                ContainerStatus {
+                    name: c.name.clone(),
+                    network: c.network.clone(),
+                    ip: c.ip.to_string(),
+                    mac: format_mac(c.mac),
+                    netns: c.netns.clone(),
+                    host_veth: c.host_veth.clone(),
+                    container_veth: topology::CONTAINER_IF,
+                    publish: c.publish.iter().map(|p| p.to_string()).collect(),
+                    present,
+                }
+            })
+            .collect();
+        Ok(Status {
+            name: name.to_owned(),
+            up: true,
+            mode: Some(plan.mode),
+            // Honest until the NAT issues land: only the topology is built.
+            dataplane: "topology only (masquerade and published ports are not implemented yet)"
+                .into(),
+            networks,
+            containers,
+            problems,
+        })
+    })
+}

@@ -1,0 +1,81 @@
+//! What an instance owns, kept under /run/netplane/<name>/ so that `down`, `status` and
+//! `exec` work from a new process, and after a crash.
+//!
+//! `up` writes the state *before* it creates anything (every object it may create is
+//! listed), so `down` after `up` was killed half-way still finds everything. /run is a
+//! tmpfs: after a reboot the kernel objects are gone too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Plan;
+
+pub const RUN_DIR: &str = "/run/netplane";
+
+#[derive(Debug, thiserror::Error)]
+#[error("state file {path}: {source}")]
+pub struct StateError {
+    pub path: String,
+    pub source: io::Error,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    /// The plan last applied completely; `None` while the first `up` is under way.
+    pub plan: Option<Plan>,
+    /// Named network namespaces netplane created or may have created.
+    pub netns: BTreeSet<String>,
+    /// Links in netplane's own namespace (bridges, host veth ends) it created or may have.
+    pub links: BTreeSet<String>,
+    /// Sysctls netplane changed, with the value each had before.
+    pub sysctls: BTreeMap<String, String>,
+}
+
+pub fn dir(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(name)
+}
+
+fn file(name: &str) -> PathBuf {
+    dir(name).join("state.json")
+}
+
+fn err(path: PathBuf) -> impl FnOnce(io::Error) -> StateError {
+    move |source| StateError {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl State {
+    /// The state of instance `name`, or `None` when it is not up.
+    pub fn load(name: &str) -> Result<Option<State>, StateError> {
+        let path = file(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| err(path)(io::Error::new(io::ErrorKind::InvalidData, e))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(path)(e)),
+        }
+    }
+
+    /// Writes atomically (temp file + rename), so a crash never leaves half a file.
+    pub fn save(&self, name: &str) -> Result<(), StateError> {
+        let path = file(name);
+        std::fs::create_dir_all(dir(name)).map_err(err(dir(name)))?;
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(self).expect("state serializes");
+        std::fs::write(&tmp, bytes).map_err(err(tmp.clone()))?;
+        std::fs::rename(&tmp, &path).map_err(err(path))
+    }
+
+    pub fn remove(name: &str) -> Result<(), StateError> {
+        match std::fs::remove_dir_all(dir(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(dir(name))(e)),
+            _ => Ok(()),
+        }
+    }
+}

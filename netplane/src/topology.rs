@@ -1,0 +1,413 @@
+//! The network topology through rtnetlink: bridges, veth pairs, addresses and routes.
+//!
+//! Every `ensure_*` compares what exists with what the plan wants and changes only the
+//! difference, so `up` converges and a second `up` changes nothing. `-EEXIST` and `-ENODEV`
+//! are normal answers here, not failures (as in iproute2 and netavark).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use nix::sched::{CloneFlags, setns};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+use crate::config::{Container, Network};
+use crate::netns;
+
+/// The name of every container's end of its veth pair, as in Docker.
+pub const CONTAINER_IF: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("cannot {action} {object}: {source}")]
+    Netlink {
+        action: &'static str,
+        object: String,
+        source: rtnetlink::Error,
+    },
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("{object} is missing after it was created")]
+    Vanished { object: String },
+}
+
+fn nl_err(
+    action: &'static str,
+    object: impl Into<String>,
+) -> impl FnOnce(rtnetlink::Error) -> TopologyError {
+    let object = object.into();
+    move |source| TopologyError::Netlink {
+        action,
+        object,
+        source,
+    }
+}
+
+/// The negative errno of a netlink error, if that is what it is.
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+/// Opens an rtnetlink connection in namespace `ns` (or the caller's when `None`) and
+/// drives it on the current tokio runtime. A netlink socket belongs to the namespace of
+/// the thread that created it, so it is created on a thread that joined `ns`.
+pub fn connect(ns: Option<&str>) -> Result<Handle, TopologyError> {
+    let rt = tokio::runtime::Handle::current();
+    let file = ns.map(netns::open).transpose()?;
+    let (conn, handle, _) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _guard = rt.enter();
+            if let Some(f) = &file {
+                setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| TopologyError::Socket(e.into()))?;
+            }
+            rtnetlink::new_connection().map_err(TopologyError::Socket)
+        })
+        .join()
+        .expect("netlink thread does not panic")
+    })?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// A link as netplane looks at it.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub up: bool,
+    pub master: Option<u32>,
+    pub mac: Option<[u8; 6]>,
+}
+
+impl From<LinkMessage> for Link {
+    fn from(m: LinkMessage) -> Self {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            up: m.header.flags.contains(LinkFlags::Up),
+            master: None,
+            mac: None,
+        };
+        for a in m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n,
+                LinkAttribute::Controller(i) => l.master = Some(i),
+                LinkAttribute::Address(a) => l.mac = a.try_into().ok(),
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+pub async fn link(h: &Handle, name: &str) -> Result<Option<Link>, TopologyError> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(m) => Ok(m.map(Link::from)),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(nl_err("look up link", name)(e)),
+    }
+}
+
+pub async fn links(h: &Handle) -> Result<Vec<Link>, TopologyError> {
+    let msgs: Vec<LinkMessage> = h
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list", "links"))?;
+    Ok(msgs.into_iter().map(Link::from).collect())
+}
+
+/// Deletes link `name`; `Ok(false)` when it was already gone.
+pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, TopologyError> {
+    let Some(l) = link(h, name).await? else {
+        return Ok(false);
+    };
+    match h.link().del(l.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(false),
+        Err(e) => Err(nl_err("delete link", name)(e)),
+    }
+}
+
+async fn set_up(h: &Handle, l: &Link) -> Result<bool, TopologyError> {
+    if l.up {
+        return Ok(false);
+    }
+    h.link()
+        .set(LinkUnspec::new_with_index(l.index).up().build())
+        .execute()
+        .await
+        .map_err(nl_err("bring up", l.name.clone()))?;
+    Ok(true)
+}
+
+/// IPv4 addresses per interface index.
+pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>, TopologyError> {
+    let msgs: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list", "addresses"))?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            Some((m.header.index, Ipv4Net::new(ip, m.header.prefix_len).ok()?))
+        })
+        .collect())
+}
+
+/// Makes `ifindex` carry exactly `want` as its IPv4 address (others are removed).
+async fn ensure_only_address(
+    h: &Handle,
+    ifname: &str,
+    ifindex: u32,
+    want: Ipv4Net,
+) -> Result<bool, TopologyError> {
+    let msgs: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list addresses of", ifname))?;
+    let mut present = false;
+    let mut changed = false;
+    for m in msgs {
+        let ip = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+            _ => None,
+        });
+        let Some(ip) = ip else { continue };
+        if ip == want.addr() && m.header.prefix_len == want.prefix_len() {
+            present = true;
+        } else {
+            h.address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(nl_err("remove an old address from", ifname))?;
+            changed = true;
+        }
+    }
+    if !present {
+        h.address()
+            .add(ifindex, IpAddr::V4(want.addr()), want.prefix_len())
+            .execute()
+            .await
+            .map_err(nl_err("add address to", format!("{ifname} ({want})")))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// The bridge of `net`, up, with the gateway address. Returns whether anything changed,
+/// and whether the bridge itself was created by this call.
+pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), TopologyError> {
+    let (bridge, created) = match link(h, &net.name).await? {
+        Some(l) => (l, false),
+        None => {
+            h.link()
+                .add(LinkBridge::new(&net.name).build())
+                .execute()
+                .await
+                .map_err(nl_err("create bridge", net.name.clone()))?;
+            let l = link(h, &net.name)
+                .await?
+                .ok_or_else(|| TopologyError::Vanished {
+                    object: net.name.clone(),
+                })?;
+            (l, true)
+        }
+    };
+    let want = Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("validated prefix");
+    let addr_changed = ensure_only_address(h, &net.name, bridge.index, want).await?;
+    let up_changed = set_up(h, &bridge).await?;
+    Ok((created || addr_changed || up_changed, created))
+}
+
+/// The container's veth pair: the host end attached to `bridge` and up; the container end
+/// named eth0 inside its netns, with the container's MAC. Returns (changed, created).
+pub async fn ensure_veth(
+    h: &Handle,
+    c: &Container,
+    bridge: &Link,
+) -> Result<(bool, bool), TopologyError> {
+    let mut created = false;
+    let host = match link(h, &c.host_veth).await? {
+        Some(l) => l,
+        None => {
+            let ns = netns::open(&c.netns)?;
+            // One RTM_NEWLINK creates both ends, the peer directly in the container's
+            // namespace under its final name: no temporary name ever exists on the host.
+            let peer = LinkMessageBuilder::<LinkUnspec>::new()
+                .name(CONTAINER_IF)
+                .address(c.mac.to_vec())
+                .setns_by_fd(ns.as_raw_fd())
+                .build();
+            let msg = LinkVeth::new(&c.host_veth, CONTAINER_IF)
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build();
+            h.link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(nl_err("create veth", c.host_veth.clone()))?;
+            created = true;
+            link(h, &c.host_veth)
+                .await?
+                .ok_or_else(|| TopologyError::Vanished {
+                    object: c.host_veth.clone(),
+                })?
+        }
+    };
+    let mut changed = created;
+    if host.master != Some(bridge.index) {
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(host.index)
+                    .controller(bridge.index)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err("attach to its bridge", c.host_veth.clone()))?;
+        changed = true;
+    }
+    changed |= set_up(h, &host).await?;
+    Ok((changed, created))
+}
+
+/// Inside the container's namespace (handle `ch`): lo and eth0 up, eth0 with the MAC and
+/// address of the plan, and the default route via the gateway.
+pub async fn ensure_container_inside(ch: &Handle, c: &Container) -> Result<bool, TopologyError> {
+    let lo = link(ch, "lo")
+        .await?
+        .ok_or_else(|| TopologyError::Vanished {
+            object: format!("{}: lo", c.netns),
+        })?;
+    let mut changed = set_up(ch, &lo).await?;
+    let eth = link(ch, CONTAINER_IF)
+        .await?
+        .ok_or_else(|| TopologyError::Vanished {
+            object: format!("{}: {CONTAINER_IF}", c.netns),
+        })?;
+    if eth.mac != Some(c.mac) {
+        ch.link()
+            .set(
+                LinkUnspec::new_with_index(eth.index)
+                    .address(c.mac.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err(
+                "set the MAC of",
+                format!("{}: {CONTAINER_IF}", c.netns),
+            ))?;
+        changed = true;
+    }
+    let want = Ipv4Net::new(c.ip, c.prefix_len).expect("validated prefix");
+    changed |=
+        ensure_only_address(ch, &format!("{}: {CONTAINER_IF}", c.netns), eth.index, want).await?;
+    changed |= set_up(ch, &eth).await?;
+    changed |= ensure_default_route(ch, &c.netns, eth.index, c.gateway).await?;
+    Ok(changed)
+}
+
+async fn ensure_default_route(
+    ch: &Handle,
+    ns: &str,
+    oif: u32,
+    gw: Ipv4Addr,
+) -> Result<bool, TopologyError> {
+    let routes: Vec<RouteMessage> = ch
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list routes of", ns))?;
+    let current = routes
+        .iter()
+        .find(|r| r.header.destination_prefix_length == 0)
+        .map(|r| {
+            let gw = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            });
+            let dev = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            (gw, dev)
+        });
+    if current == Some((Some(gw), Some(oif))) {
+        return Ok(false);
+    }
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gw)
+        .output_interface(oif)
+        .build();
+    ch.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl_err(
+            "set the default route of",
+            format!("{ns} (via {gw})"),
+        ))?;
+    Ok(true)
+}
+
+/// The interface of the default route in the caller's namespace, if there is one.
+pub async fn default_route_interface(h: &Handle) -> Result<Option<String>, TopologyError> {
+    let routes: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list", "routes"))?;
+    let oif = routes
+        .iter()
+        .filter(|r| r.header.destination_prefix_length == 0)
+        .flat_map(|r| r.attributes.iter())
+        .find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+    let Some(index) = oif else { return Ok(None) };
+    Ok(links(h)
+        .await?
+        .into_iter()
+        .find(|l| l.index == index)
+        .map(|l| l.name))
+}
