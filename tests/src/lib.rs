@@ -5,6 +5,7 @@
 //! interfaces, routes, sysctls or firewall: veth pairs are created directly inside the
 //! sandbox namespaces, and every address is on a TEST-NET range (RFC 5737).
 
+pub mod host;
 pub mod packet;
 pub mod sandbox;
 

@@ -69,17 +69,46 @@ impl Default for Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // Also any namespace with our prefix that something under test created (netplane
+        // names container namespaces <instance>-<container>, and tests use the prefix as
+        // the instance name), in case the test failed before its own cleanup.
+        let mut names = std::mem::take(&mut self.namespaces);
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            for e in dir.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&format!("{}-", self.prefix)) && !names.contains(&n) {
+                    names.insert(0, n);
+                }
+            }
+        }
         // Deleting a namespace destroys the veths in it (and so their peers).
-        for name in self.namespaces.drain(..).rev() {
+        for name in names.into_iter().rev() {
             let out = Command::new("ip").args(["netns", "del", &name]).output();
             if !matches!(&out, Ok(o) if o.status.success()) {
                 eprintln!("sandbox: could not delete netns {name}: {out:?}");
             }
         }
+        let _ = std::fs::remove_dir_all(format!("/run/netplane/{}", self.prefix));
     }
 }
 
 impl Netns {
+    /// A namespace that something else created (a netplane container), by name.
+    pub fn named(name: impl Into<String>) -> Netns {
+        Netns { name: name.into() }
+    }
+
+    /// Starts a command inside the namespace with stdout piped, without waiting.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.path()))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {args:?} in {}: {e}", self.name))
+    }
+
     pub fn path(&self) -> String {
         format!("/run/netns/{}", self.name)
     }

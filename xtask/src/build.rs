@@ -83,6 +83,7 @@ fn check_leaks() -> anyhow::Result<()> {
 }
 
 pub fn demo() -> anyhow::Result<()> {
+    setup::install()?;
     build(false)?;
-    bail!("the demo arrives with `netplane up` (issue 3)")
+    crate::demo::run()
 }

@@ -6,6 +6,7 @@
 //! - `demo`:  the README's first command.
 
 mod build;
+mod demo;
 mod setup;
 mod util;
 

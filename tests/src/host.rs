@@ -1,0 +1,177 @@
+//! A sandboxed host for running the `netplane` binary: a "host" namespace where netplane
+//! runs, with its uplink `up0` (203.0.113.1/24) cabled to an "outside" namespace
+//! (203.0.113.2/24, TEST-NET-3) that is its default gateway.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Output;
+
+use crate::{Netns, Sandbox};
+
+pub const UPLINK: &str = "up0";
+pub const UPLINK_IP: &str = "203.0.113.1";
+pub const OUTSIDE_IP: &str = "203.0.113.2";
+
+pub struct Host {
+    pub sandbox: Sandbox,
+    pub host: Netns,
+    pub outside: Netns,
+    config: PathBuf,
+}
+
+/// The `netplane` binary of this build: next to the test's own `deps/` directory, or
+/// `$NETPLANE_BIN`.
+pub fn netplane_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETPLANE_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("netplane");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build` (or `cargo xtask build`)",
+        bin.display()
+    );
+    bin
+}
+
+/// The connection tester (tests/src/bin/nptest.rs) of this build.
+pub fn nptest_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("nptest")
+}
+
+impl Host {
+    pub fn new() -> Host {
+        let mut sandbox = Sandbox::new();
+        let host = sandbox.netns("host");
+        let outside = sandbox.netns("out");
+        sandbox.veth(
+            &host,
+            UPLINK,
+            &format!("{UPLINK_IP}/24"),
+            &outside,
+            "eth0",
+            &format!("{OUTSIDE_IP}/24"),
+        );
+        host.sh(&["ip", "route", "add", "default", "via", OUTSIDE_IP]);
+        let config = std::env::temp_dir().join(format!("{}.toml", sandbox.prefix()));
+        Host {
+            sandbox,
+            host,
+            outside,
+            config,
+        }
+    }
+
+    /// The instance name tests use: unique, and the sandbox's prefix, so that the
+    /// container namespaces (`<name>-<container>`) are swept by the sandbox's drop.
+    pub fn name(&self) -> &str {
+        self.sandbox.prefix()
+    }
+
+    /// Writes the config file; `body` is TOML without the `name` line.
+    pub fn write_config(&self, body: &str) {
+        std::fs::write(&self.config, format!("name = \"{}\"\n{body}", self.name()))
+            .expect("write config");
+    }
+
+    /// Runs `netplane SUBCOMMAND -c <config> REST…` inside the host namespace.
+    pub fn netplane(&self, args: &[&str]) -> Output {
+        let bin = netplane_bin();
+        let mut all = vec![
+            bin.to_str().unwrap(),
+            args[0],
+            "-c",
+            self.config.to_str().unwrap(),
+        ];
+        all.extend_from_slice(&args[1..]);
+        self.host.run(&all)
+    }
+
+    /// `netplane ARGS` that must succeed; returns stdout.
+    pub fn netplane_ok(&self, args: &[&str]) -> String {
+        let out = self.netplane(args);
+        assert!(
+            out.status.success(),
+            "netplane {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The namespace of container `c`.
+    pub fn container(&self, c: &str) -> Netns {
+        Netns::named(format!("{}-{c}", self.name()))
+    }
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // down needs only the instance name (the state has the rest), and the test may
+        // have left an invalid config behind.
+        self.write_config("");
+        let out = self.netplane(&["down"]);
+        if !out.status.success() {
+            eprintln!(
+                "host: netplane down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// One TCP exchange: a server in `server` on `listen`, a client in `client` connecting to
+/// `target`. Returns what the server answered: `<message> from <client address it saw>`.
+pub fn tcp_exchange(
+    server: &Netns,
+    listen: &str,
+    client: &Netns,
+    target: &str,
+    message: &str,
+) -> String {
+    let bin = nptest_bin();
+    let mut srv = server.spawn(&[bin.to_str().unwrap(), "serve-tcp", listen]);
+    let mut line = String::new();
+    BufReader::new(srv.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        "listening",
+        "server in {} did not start",
+        server.name
+    );
+    let out = client.run(&[bin.to_str().unwrap(), "send-tcp", target, message]);
+    let _ = srv.kill();
+    let _ = srv.wait();
+    assert!(
+        out.status.success(),
+        "client in {}: {}",
+        client.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Whether `from` can ping `ip` (one echo, 1 s timeout).
+pub fn pings(from: &Netns, ip: &str) -> bool {
+    from.run(&["ping", "-c", "1", "-W", "1", "-q", ip])
+        .status
+        .success()
+}

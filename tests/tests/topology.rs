@@ -1,0 +1,370 @@
+//! `netplane up` / `down` / `status` / `exec` end to end, in sandboxed namespaces.
+
+use netplane_tests::host::{Host, UPLINK, netplane_bin, pings, tcp_exchange};
+use netplane_tests::privileged;
+
+const THREE_AND_ONE: &str = r#"
+mode = "ebpf"
+[[networks]]
+name = "npa"
+subnet = "10.89.0.0/24"
+[[networks]]
+name = "npb"
+subnet = "10.89.1.0/24"
+[[containers]]
+name = "c1"
+network = "npa"
+publish = ["8080:80"]
+[[containers]]
+name = "c2"
+network = "npa"
+[[containers]]
+name = "c3"
+network = "npa"
+ip = "10.89.0.50"
+[[containers]]
+name = "d1"
+network = "npb"
+"#;
+
+fn message() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("hello-{}-{}", std::process::id(), t.subsec_nanos())
+}
+
+/// The names of the links in the host namespace.
+fn host_links(h: &Host) -> Vec<String> {
+    h.host
+        .sh(&["ip", "-o", "link", "show"])
+        .lines()
+        .map(|l| {
+            l.split(':')
+                .nth(1)
+                .unwrap()
+                .trim()
+                .split('@')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+fn netns_of(h: &Host) -> Vec<String> {
+    std::fs::read_dir("/run/netns")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with(&format!("{}-", h.name()))
+                && !n.ends_with("-host")
+                && !n.ends_with("-out")
+        })
+        .collect()
+}
+
+#[test]
+fn containers_reach_each_other_and_the_host() {
+    if !privileged("containers_reach_each_other_and_the_host") {
+        return;
+    }
+    let h = Host::new();
+    h.write_config(THREE_AND_ONE);
+    h.netplane_ok(&["up"]);
+    let (c1, c2, c3, d1) = (
+        h.container("c1"),
+        h.container("c2"),
+        h.container("c3"),
+        h.container("d1"),
+    );
+
+    // Addresses: auto in config order after the gateway, explicit ones kept.
+    assert!(
+        c1.sh(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+            .contains("10.89.0.2/24")
+    );
+    assert!(
+        c2.sh(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+            .contains("10.89.0.3/24")
+    );
+    assert!(
+        c3.sh(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+            .contains("10.89.0.50/24")
+    );
+    assert!(
+        d1.sh(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+            .contains("10.89.1.2/24")
+    );
+    // Docker-style MAC from the IP, and the default route via the gateway.
+    assert!(
+        c1.sh(&["ip", "-o", "link", "show", "dev", "eth0"])
+            .contains("02:42:0a:59:00:02")
+    );
+    assert!(
+        c1.sh(&["ip", "route", "show", "default"])
+            .contains("via 10.89.0.1 dev eth0")
+    );
+
+    // Container ↔ container on one network: ICMP and TCP, and the server sees the peer.
+    assert!(pings(&c1, "10.89.0.3"));
+    assert!(pings(&c3, "10.89.0.2"));
+    let msg = message();
+    assert_eq!(
+        tcp_exchange(&c2, "10.89.0.3:80", &c1, "10.89.0.3:80", &msg),
+        format!("{msg} from 10.89.0.2")
+    );
+
+    // Host ↔ container, both ways, on both networks.
+    assert!(pings(&h.host, "10.89.0.50"));
+    assert!(pings(&h.host, "10.89.1.2"));
+    assert!(pings(&d1, "10.89.1.1"));
+    let msg = message();
+    assert_eq!(
+        tcp_exchange(&c3, "0.0.0.0:9000", &h.host, "10.89.0.50:9000", &msg),
+        format!("{msg} from 10.89.0.1")
+    );
+    let msg = message();
+    assert_eq!(
+        tcp_exchange(&h.host, "10.89.1.1:9001", &d1, "10.89.1.1:9001", &msg),
+        format!("{msg} from 10.89.1.2")
+    );
+
+    // status shows what exists, as JSON too.
+    let status = h.netplane_ok(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["up"], true);
+    assert_eq!(v["containers"].as_array().unwrap().len(), 4);
+    assert_eq!(v["containers"][0]["ip"], "10.89.0.2");
+    assert_eq!(v["containers"][0]["publish"][0], "8080:80/tcp");
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0);
+
+    // exec runs in the container's namespace, with a /sys that shows its devices.
+    let out = h.netplane(&["exec", "c2", "--", "cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "02:42:0a:59:00:03"
+    );
+}
+
+#[test]
+fn up_is_idempotent_and_converges_and_down_leaves_nothing() {
+    if !privileged("up_is_idempotent_and_converges_and_down_leaves_nothing") {
+        return;
+    }
+    let h = Host::new();
+    let links_before = host_links(&h);
+    let forward_before = h.host.sh(&["sysctl", "-n", "net.ipv4.ip_forward"]);
+    h.write_config(THREE_AND_ONE);
+    h.netplane_ok(&["up"]);
+    // index, name and bridge of every link: what a recreation would change.
+    let identity = || -> Vec<String> {
+        h.host
+            .sh(&["ip", "-o", "link", "show"])
+            .lines()
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let master = w
+                    .iter()
+                    .position(|x| *x == "master")
+                    .map_or("", |i| w[i + 1]);
+                format!("{} {} {master}", w[0], w[1])
+            })
+            .collect()
+    };
+    let ifindexes = identity();
+
+    // A second up changes nothing: it says so, and no link was recreated.
+    let again = h.netplane_ok(&["up"]);
+    assert!(again.contains("nothing to change"), "{again}");
+    assert_eq!(identity(), ifindexes);
+
+    // Edit: c2 removed, e1 added, c3 moved to another address.
+    h.write_config(
+        &THREE_AND_ONE
+            .replace("name = \"c2\"", "name = \"e1\"")
+            .replace("10.89.0.50", "10.89.0.60"),
+    );
+    h.netplane_ok(&["up"]);
+    let mut ns = netns_of(&h);
+    ns.sort();
+    let p = h.name();
+    assert_eq!(
+        ns,
+        [
+            format!("{p}-c1"),
+            format!("{p}-c3"),
+            format!("{p}-d1"),
+            format!("{p}-e1")
+        ]
+    );
+    assert!(
+        pings(&h.container("e1"), "10.89.0.60"),
+        "e1 reaches c3 at its new address"
+    );
+    assert!(!pings(&h.host, "10.89.0.50"), "the old address is gone");
+
+    let down = h.netplane_ok(&["down"]);
+    assert!(down.contains("down"), "{down}");
+    assert!(
+        netns_of(&h).is_empty(),
+        "namespaces left: {:?}",
+        netns_of(&h)
+    );
+    assert_eq!(
+        host_links(&h),
+        links_before,
+        "only the sandbox's own links remain"
+    );
+    assert_eq!(
+        h.host.sh(&["sysctl", "-n", "net.ipv4.ip_forward"]),
+        forward_before,
+        "ip_forward restored"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/run/netplane/{p}")).exists(),
+        "state removed"
+    );
+    // down again, with everything gone, still succeeds.
+    h.netplane_ok(&["down"]);
+}
+
+#[test]
+fn bad_input_is_rejected_and_changes_nothing() {
+    if !privileged("bad_input_is_rejected_and_changes_nothing") {
+        return;
+    }
+    let h = Host::new();
+    let net = "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n";
+    let c =
+        |extra: &str| format!("{net}[[containers]]\nname = \"c1\"\nnetwork = \"npa\"\n{extra}\n");
+    let cases: Vec<(String, &[&str])> = vec![
+        (
+            "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/33\"\n".into(),
+            &["networks[0].subnet", "10.89.0.0/33"],
+        ),
+        (
+            "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\ngateway = \"10.90.0.1\"\n"
+                .into(),
+            &["networks[0].gateway", "10.90.0.1"],
+        ),
+        (c("ip = \"10.89.5.5\""), &["containers[0].ip", "10.89.5.5"]),
+        (
+            format!(
+                "{}[[containers]]\nname = \"c1\"\nnetwork = \"npa\"\n",
+                c("")
+            ),
+            &["containers[1].name", "c1"],
+        ),
+        (
+            format!(
+                "{}[[containers]]\nname = \"c2\"\nnetwork = \"npa\"\nip = \"10.89.0.9\"\n",
+                c("ip = \"10.89.0.9\"")
+            ),
+            &["containers[1].ip", "10.89.0.9"],
+        ),
+        (
+            format!("{net}[[networks]]\nname = \"npb\"\nsubnet = \"10.89.0.128/25\"\n"),
+            &["networks[1].subnet", "10.89.0.128/25"],
+        ),
+        (
+            "[[networks]]\nname = \"npa\"\nsubnet = \"203.0.113.0/24\"\n".into(),
+            &["networks[0].subnet", "203.0.113.0/24", UPLINK],
+        ),
+        (
+            c("").replace("network = \"npa\"", "network = \"nope\""),
+            &["containers[0].network", "nope"],
+        ),
+        (
+            "[[networks]]\nname = \"averyveryverylongbridge\"\nsubnet = \"10.89.0.0/24\"\n".into(),
+            &["networks[0].name", "averyveryverylongbridge"],
+        ),
+        (c("publish = [\"80\"]"), &["containers[0].publish[0]", "80"]),
+        (
+            c("publish = [\"0:80\"]"),
+            &["containers[0].publish[0]", "0:80"],
+        ),
+        (
+            c("publish = [\"70000:80\"]"),
+            &["containers[0].publish[0]", "70000:80"],
+        ),
+        (
+            c("publish = [\"8080:80\", \"8080:81/tcp\"]"),
+            &["containers[0].publish[1]", "8080:81/tcp"],
+        ),
+        (
+            format!("uplink = \"nosuchif\"\n{net}"),
+            &["uplink", "nosuchif"],
+        ),
+    ];
+    let links_before = host_links(&h);
+    for (body, expect) in cases {
+        h.write_config(&body);
+        let out = h.netplane(&["up"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted:\n{body}");
+        for e in expect {
+            assert!(
+                err.contains(e),
+                "error for\n{body}\nshould name {e:?}; it says: {err}"
+            );
+        }
+        assert!(netns_of(&h).is_empty(), "namespace created for\n{body}");
+        assert_eq!(host_links(&h), links_before, "links changed for\n{body}");
+        assert!(
+            !std::path::Path::new(&format!("/run/netplane/{}", h.name())).exists(),
+            "state for\n{body}"
+        );
+    }
+
+    // Not root: refused before anything happens.
+    h.write_config(net);
+    let bin = netplane_bin();
+    let out = h.host.run(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin.to_str().unwrap(),
+        "up",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn down_after_up_was_killed_leaves_nothing() {
+    if !privileged("down_after_up_was_killed_leaves_nothing") {
+        return;
+    }
+    let h = Host::new();
+    let links_before = host_links(&h);
+    let mut body = String::from("[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n");
+    for i in 0..24 {
+        body += &format!("[[containers]]\nname = \"k{i}\"\nnetwork = \"npa\"\n");
+    }
+    h.write_config(&body);
+    // Kill -9 at several points of the run; whatever was done, down undoes it.
+    for delay_ms in [5, 40, 120] {
+        let bin = netplane_bin();
+        let cfg = std::env::temp_dir().join(format!("{}.toml", h.name()));
+        let mut child = h
+            .host
+            .spawn(&[bin.to_str().unwrap(), "up", "-c", cfg.to_str().unwrap()]);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        h.netplane_ok(&["down"]);
+        assert!(
+            netns_of(&h).is_empty(),
+            "after kill at {delay_ms} ms: {:?}",
+            netns_of(&h)
+        );
+        assert_eq!(host_links(&h), links_before, "after kill at {delay_ms} ms");
+    }
+}
