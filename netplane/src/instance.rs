@@ -23,6 +23,14 @@ pub enum Error {
     UplinkMissing(String),
     #[error("uplink: not set, and there is no default route to take it from; set `uplink`")]
     NoDefaultRoute,
+    #[error("{field} = {value:?}: {what} already exists and netplane does not own it")]
+    Foreign {
+        field: String,
+        value: String,
+        what: &'static str,
+    },
+    #[error("injected failure before container {0} (NETPLANE_FAIL_BEFORE_CONTAINER)")]
+    Injected(String),
     #[error("networks[{index}].subnet = \"{subnet}\": collides with {addr} on {iface}")]
     SubnetCollision {
         index: usize,
@@ -175,6 +183,33 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<S
             .await?
             .ok_or(Error::NoDefaultRoute)?,
     };
+    // Never adopt what someone else made: an existing link or namespace of one of our
+    // names is ours only when our state says so.
+    for (i, n) in plan.networks.iter().enumerate() {
+        if !old.links.contains(&n.name) && links.iter().any(|l| l.name == n.name) {
+            return Err(Error::Foreign {
+                field: format!("networks[{i}].name"),
+                value: n.name.clone(),
+                what: "an interface of that name",
+            });
+        }
+    }
+    for (i, c) in plan.containers.iter().enumerate() {
+        if !old.netns.contains(&c.netns) && netns::exists(&c.netns) {
+            return Err(Error::Foreign {
+                field: format!("containers[{i}].name"),
+                value: c.name.clone(),
+                what: "its network namespace",
+            });
+        }
+        if !old.links.contains(&c.host_veth) && links.iter().any(|l| l.name == c.host_veth) {
+            return Err(Error::Foreign {
+                field: format!("containers[{i}].name"),
+                value: c.name.clone(),
+                what: "its host veth name",
+            });
+        }
+    }
     for (ifindex, addr) in topology::ipv4_addresses(h).await? {
         let iface = links
             .iter()
@@ -224,7 +259,13 @@ async fn apply(
             ));
         }
     }
+    // A failpoint for the rollback tests: failures part-way are otherwise hard to cause
+    // on purpose once validation has passed.
+    let fail_before = std::env::var("NETPLANE_FAIL_BEFORE_CONTAINER").ok();
     for c in &plan.containers {
+        if fail_before.as_deref() == Some(c.name.as_str()) {
+            return Err(Error::Injected(c.name.clone()));
+        }
         // A container whose network or address changed is rebuilt from scratch, as a
         // runtime would recreate it.
         if let Some(prev) = old.plan.as_ref().and_then(|p| p.container(&c.name))

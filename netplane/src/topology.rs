@@ -161,6 +161,15 @@ async fn set_up(h: &Handle, l: &Link) -> Result<bool, TopologyError> {
     Ok(true)
 }
 
+/// The IPv4 address of an address message (IFA_LOCAL: on point-to-point links IFA_ADDRESS
+/// is the peer's).
+fn local_ipv4(m: &AddressMessage) -> Option<Ipv4Addr> {
+    m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    })
+}
+
 /// IPv4 addresses per interface index.
 pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>, TopologyError> {
     let msgs: Vec<AddressMessage> = h
@@ -173,10 +182,7 @@ pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>, TopologyE
     Ok(msgs
         .into_iter()
         .filter_map(|m| {
-            let ip = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            })?;
+            let ip = local_ipv4(&m)?;
             Some((m.header.index, Ipv4Net::new(ip, m.header.prefix_len).ok()?))
         })
         .collect())
@@ -200,11 +206,7 @@ async fn ensure_only_address(
     let mut present = false;
     let mut changed = false;
     for m in msgs {
-        let ip = m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-            _ => None,
-        });
-        let Some(ip) = ip else { continue };
+        let Some(ip) = local_ipv4(&m) else { continue };
         if ip == want.addr() && m.header.prefix_len == want.prefix_len() {
             present = true;
         } else {

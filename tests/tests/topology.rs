@@ -368,3 +368,58 @@ fn down_after_up_was_killed_leaves_nothing() {
         assert_eq!(host_links(&h), links_before, "after kill at {delay_ms} ms");
     }
 }
+
+#[test]
+fn a_failure_part_way_rolls_back_and_foreign_objects_are_never_adopted() {
+    if !privileged("a_failure_part_way_rolls_back_and_foreign_objects_are_never_adopted") {
+        return;
+    }
+    let h = Host::new();
+    let links_before = host_links(&h);
+    h.write_config(THREE_AND_ONE);
+    // Fails after the bridges, c1 and c2 were created: all of it must go again.
+    let bin = netplane_bin();
+    let cfg = std::env::temp_dir().join(format!("{}.toml", h.name()));
+    let out = h.host.run(&[
+        "env",
+        "NETPLANE_FAIL_BEFORE_CONTAINER=c3",
+        bin.to_str().unwrap(),
+        "up",
+        "-c",
+        cfg.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("injected failure before container c3") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert!(netns_of(&h).is_empty(), "left: {:?}", netns_of(&h));
+    assert_eq!(host_links(&h), links_before);
+    assert!(!std::path::Path::new(&format!("/run/netplane/{}", h.name())).exists());
+
+    // An interface of a bridge's name that netplane did not make (here a veth) is
+    // refused and left untouched.
+    h.host.sh(&[
+        "ip", "link", "add", "npb", "type", "veth", "peer", "name", "npbpeer",
+    ]);
+    let out = h.netplane(&["up"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("networks[1].name") && err.contains("npb") && err.contains("does not own"),
+        "{err}"
+    );
+    assert!(
+        h.host
+            .sh(&["ip", "-o", "-4", "addr", "show", "dev", "npb"])
+            .is_empty(),
+        "no address was added"
+    );
+    assert!(netns_of(&h).is_empty());
+    h.host.sh(&["ip", "link", "del", "npb"]);
+
+    // And then it works.
+    h.netplane_ok(&["up"]);
+    assert!(pings(&h.container("c1"), "10.89.0.3"));
+}
