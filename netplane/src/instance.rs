@@ -7,6 +7,7 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 use crate::config::{Container, Mode, Plan, format_mac};
+use crate::dataplane::{self, Dataplane, DataplaneError, DataplaneStatus, HostContext};
 use crate::netns;
 use crate::state::{State, StateError};
 use crate::sysctl::{self, SysctlError};
@@ -46,6 +47,8 @@ pub enum Error {
     Sysctl(#[from] SysctlError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
     #[error("{cause}\nrolled back what this run had created{}", rollback_report(.rollback))]
     RolledBack {
         cause: Box<Error>,
@@ -102,6 +105,10 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     let h = topology::connect(None)?;
     let old = State::load(&plan.name)?.unwrap_or_default();
     let uplink = check_host(&h, plan, &old).await?;
+    let dp = dataplane::for_mode(plan.mode);
+    if let Some(dp) = &dp {
+        dp.check()?;
+    }
 
     // Journal first: everything this run may create is recorded before it exists.
     let desired_netns: BTreeSet<String> = plan.containers.iter().map(|c| c.netns.clone()).collect();
@@ -114,22 +121,39 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     let mut journal = old.clone();
     journal.netns.extend(desired_netns.iter().cloned());
     journal.links.extend(desired_links.iter().cloned());
-    for (key, _) in SYSCTLS {
-        if !journal.sysctls.contains_key(*key) {
-            journal
-                .sysctls
-                .insert((*key).to_owned(), sysctl::read(key)?);
+    // Prior values of the sysctls that exist already; those of bridges this run creates
+    // go away with the bridges.
+    for (key, _) in wanted_sysctls(plan, dp.as_deref()) {
+        if !journal.sysctls.contains_key(&key)
+            && let Ok(prior) = sysctl::read(&key)
+        {
+            journal.sysctls.insert(key, prior);
         }
     }
+    journal.dataplanes.extend(dp.as_ref().map(|d| d.mode()));
     journal.save(&plan.name)?;
 
     let mut report = UpReport {
-        uplink,
+        uplink: uplink.clone(),
         changes: Vec::new(),
     };
     let mut created = Vec::new();
-    if let Err(cause) = apply(&h, plan, &old, &mut created, &mut report).await {
-        let rollback = rollback(&h, created, &old, &journal).await;
+    let host = HostContext { uplink };
+    if let Err(cause) = apply(
+        &h,
+        plan,
+        &old,
+        dp.as_deref(),
+        &host,
+        &mut created,
+        &mut report,
+    )
+    .await
+    {
+        let mut rollback = rollback(&h, created, &old, &journal).await;
+        if let Some(dp) = dp.as_ref().filter(|d| !old.dataplanes.contains(&d.mode())) {
+            rollback.extend(dp.teardown(&plan.name).err().map(|e| e.to_string()));
+        }
         // After a clean rollback the host is as before; otherwise keep the journal, which
         // still lists what is left, so that `down` removes it.
         match (&old, rollback.is_empty()) {
@@ -164,6 +188,7 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
         netns: desired_netns,
         links: desired_links,
         sysctls: journal.sysctls,
+        dataplanes: dp.iter().map(|d| d.mode()).collect(),
     };
     state.save(&plan.name)?;
     if !failures.is_empty() {
@@ -234,19 +259,25 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<S
     Ok(uplink)
 }
 
+/// The sysctls `up` sets: IPv4 forwarding, and what the data plane asks for.
+fn wanted_sysctls(plan: &Plan, dp: Option<&dyn Dataplane>) -> Vec<(String, String)> {
+    let mut all: Vec<(String, String)> = SYSCTLS
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    all.extend(dp.map(|d| d.sysctls(plan)).unwrap_or_default());
+    all
+}
+
 async fn apply(
     h: &rtnetlink::Handle,
     plan: &Plan,
     old: &State,
+    dp: Option<&dyn Dataplane>,
+    host: &HostContext,
     created: &mut Vec<Created>,
     report: &mut UpReport,
 ) -> Result<(), Error> {
-    for (key, value) in SYSCTLS {
-        if sysctl::read(key)? != *value {
-            sysctl::write(key, value)?;
-            report.changes.push(format!("sysctl {key} = {value}"));
-        }
-    }
     for net in &plan.networks {
         let (changed, made) = topology::ensure_bridge(h, net).await?;
         if made {
@@ -295,6 +326,29 @@ async fn apply(
                 .push(format!("container {} ({} on {})", c.name, c.ip, c.network));
         }
     }
+    // Sysctls after the topology: some are per bridge.
+    for (key, value) in wanted_sysctls(plan, dp) {
+        if sysctl::read(&key)? != value {
+            sysctl::write(&key, &value)?;
+            report.changes.push(format!("sysctl {key} = {value}"));
+        }
+    }
+    // A mode switch: the data plane that programmed the old plan goes first.
+    for mode in old
+        .dataplanes
+        .iter()
+        .filter(|m| Some(**m) != dp.map(|d| d.mode()))
+    {
+        if let Some(previous) = dataplane::for_mode(*mode) {
+            previous.teardown(&plan.name)?;
+            report.changes.push(format!("{mode} data plane removed"));
+        }
+    }
+    if let Some(dp) = dp {
+        report
+            .changes
+            .extend(dp.apply(plan, old.plan.as_ref(), host)?);
+    }
     Ok(())
 }
 
@@ -341,6 +395,14 @@ pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
         }
         let mut removed = Vec::new();
         let mut failures = Vec::new();
+        let mut modes = state.dataplanes.clone();
+        modes.extend(plan.map(|p| p.mode));
+        for dp in modes.into_iter().filter_map(dataplane::for_mode) {
+            match dp.teardown(name) {
+                Ok(r) => removed.extend(r),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
         for ns in &netns_names {
             match netns::delete(ns) {
                 Ok(true) => removed.push(format!("netns {ns}")),
@@ -363,6 +425,8 @@ pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
         for (key, value) in &state.sysctls {
             match sysctl::write(key, value) {
                 Ok(()) => removed.push(format!("sysctl {key} restored to {value}")),
+                // A per-device sysctl of a device that is gone: nothing to restore.
+                Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => failures.push(e.to_string()),
             }
         }
@@ -381,6 +445,7 @@ pub struct Status {
     pub up: bool,
     pub mode: Option<Mode>,
     pub dataplane: String,
+    pub dataplane_health: Option<DataplaneStatus>,
     pub networks: Vec<NetworkStatus>,
     pub containers: Vec<ContainerStatus>,
     pub problems: Vec<String>,
@@ -416,6 +481,7 @@ pub fn status(name: &str) -> Result<Status, Error> {
             up: false,
             mode: None,
             dataplane: "none".into(),
+            dataplane_health: None,
             networks: vec![],
             containers: vec![],
             problems: state
@@ -472,9 +538,24 @@ pub fn status(name: &str) -> Result<Status, Error> {
             name: name.to_owned(),
             up: true,
             mode: Some(plan.mode),
-            // Honest until the NAT issues land: only the topology is built.
-            dataplane: "topology only (masquerade and published ports are not implemented yet)"
-                .into(),
+            dataplane: match plan.mode {
+                Mode::Iptables => "iptables (masquerade, published ports, isolation)".into(),
+                // Honest until the eBPF data plane lands: only the topology is built.
+                Mode::Ebpf => {
+                    "topology only (the eBPF NAT data plane is not implemented yet)".into()
+                }
+            },
+            dataplane_health: dataplane::for_mode(plan.mode).map(|d| {
+                let st = d.status(&plan);
+                if !st.healthy {
+                    problems.push(format!(
+                        "{} data plane unhealthy: {}",
+                        st.mode,
+                        st.details.join("; ")
+                    ));
+                }
+                st
+            }),
             networks,
             containers,
             problems,

@@ -7,6 +7,7 @@
 //!   [`sysctl`] and the recorded [`state`].
 pub mod bpffs;
 pub mod config;
+pub mod dataplane;
 pub mod ebpf;
 pub mod instance;
 pub mod netns;

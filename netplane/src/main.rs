@@ -42,7 +42,13 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Cmd {
     /// Build, or converge on, what the config describes. Idempotent.
-    Up(ConfigArg),
+    Up {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Override the config's `mode` ("ebpf" or "iptables").
+        #[arg(long, value_name = "MODE")]
+        mode: Option<netplane::config::Mode>,
+    },
     /// Remove everything `up` made: namespaces, links, state, changed sysctls.
     Down(ConfigArg),
     /// Show the networks, containers, published ports and the data plane's health.
@@ -102,8 +108,9 @@ fn load_plan(arg: &ConfigArg) -> anyhow::Result<Plan> {
 
 fn run(cmd: Cmd) -> anyhow::Result<()> {
     match cmd {
-        Cmd::Up(c) => {
-            let plan = load_plan(&c)?;
+        Cmd::Up { config, mode } => {
+            let mut plan = load_plan(&config)?;
+            plan.mode = mode.unwrap_or(plan.mode);
             let report = instance::up(&plan)?;
             if report.changes.is_empty() {
                 println!(

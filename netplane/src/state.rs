@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Plan;
+use crate::config::{Mode, Plan};
 
 pub const RUN_DIR: &str = "/run/netplane";
 
@@ -32,6 +32,9 @@ pub struct State {
     pub links: BTreeSet<String>,
     /// Sysctls netplane changed, with the value each had before.
     pub sysctls: BTreeMap<String, String>,
+    /// Data planes that programmed, or may have programmed, NAT for this instance.
+    #[serde(default)]
+    pub dataplanes: BTreeSet<Mode>,
 }
 
 pub fn dir(name: &str) -> PathBuf {

@@ -14,7 +14,8 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 use crate::config::{Container, Network};
@@ -303,6 +304,14 @@ pub async fn ensure_veth(
         changed = true;
     }
     changed |= set_up(h, &host).await?;
+    // Hairpin: a container reaching its own published port through the host address gets
+    // its packets back out of the port they came in on, which a bridge refuses otherwise
+    // (br_forward.c: should_deliver()). Setting it is idempotent, so it is not a change.
+    h.link()
+        .set_port(LinkBridgePort::new(host.index).hairpin(true).build())
+        .execute()
+        .await
+        .map_err(nl_err("set hairpin mode on", c.host_veth.clone()))?;
     Ok((changed, created))
 }
 

@@ -136,37 +136,87 @@ impl Drop for Host {
     }
 }
 
+/// A server started in a namespace; killed and reaped on drop, so that no process outlives
+/// its test (deleting a namespace does not end the processes inside it).
+pub struct Server(std::process::Child);
+
+impl Server {
+    /// Starts `nptest ARGS` in `ns` and waits until it is listening.
+    pub fn start(ns: &Netns, args: &[&str]) -> Server {
+        let bin = nptest_bin();
+        let mut all = vec![bin.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let mut child = ns.spawn(&all);
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let server = Server(child);
+        assert_eq!(
+            line.trim(),
+            "listening",
+            "server {args:?} in {} did not start",
+            ns.name
+        );
+        server
+    }
+
+    /// Waits for the server to finish on its own (after its COUNT requests).
+    pub fn finish(mut self) -> bool {
+        self.0.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `nptest ARGS` in `ns`: its stdout when it succeeded, its stderr otherwise.
+pub fn client(ns: &Netns, args: &[&str]) -> Result<String, String> {
+    let bin = nptest_bin();
+    let mut all = vec![bin.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = ns.run(&all);
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
 /// One TCP exchange: a server in `server` on `listen`, a client in `client` connecting to
 /// `target`. Returns what the server answered: `<message> from <client address it saw>`.
 pub fn tcp_exchange(
     server: &Netns,
     listen: &str,
-    client: &Netns,
+    from: &Netns,
     target: &str,
     message: &str,
 ) -> String {
-    let bin = nptest_bin();
-    let mut srv = server.spawn(&[bin.to_str().unwrap(), "serve-tcp", listen]);
-    let mut line = String::new();
-    BufReader::new(srv.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(
-        line.trim(),
-        "listening",
-        "server in {} did not start",
-        server.name
-    );
-    let out = client.run(&[bin.to_str().unwrap(), "send-tcp", target, message]);
-    let _ = srv.kill();
-    let _ = srv.wait();
-    assert!(
-        out.status.success(),
-        "client in {}: {}",
-        client.name,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let _server = Server::start(server, &["serve-tcp", listen]);
+    client(from, &["send-tcp", target, message])
+        .unwrap_or_else(|e| panic!("client in {}: {e}", from.name))
+}
+
+/// One UDP datagram of `size` bytes (from source port `sport` if given) and its answer,
+/// `<size> bytes from <client address the server saw>`.
+pub fn udp_exchange(
+    server: &Netns,
+    listen: &str,
+    from: &Netns,
+    target: &str,
+    size: usize,
+    sport: Option<u16>,
+) -> Result<String, String> {
+    let _server = Server::start(server, &["serve-udp", listen]);
+    let (size, sport) = (size.to_string(), sport.map(|p| p.to_string()));
+    let mut args = vec!["send-udp", target, &size];
+    args.extend(sport.as_deref());
+    client(from, &args)
 }
 
 /// Whether `from` can ping `ip` (one echo, 1 s timeout).

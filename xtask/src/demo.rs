@@ -12,6 +12,10 @@ use anyhow::{Context, bail};
 
 use crate::util::{is_root, workspace_root};
 
+/// The data plane the demo runs: iptables until the eBPF data plane lands, then the
+/// embedded default's own mode (ebpf).
+const DEMO_MODE: &str = "iptables";
+
 struct Sandbox {
     host: String,
     outside: String,
@@ -113,10 +117,10 @@ pub fn run() -> anyhow::Result<()> {
     let mut sb = Sandbox::new()?;
     let np = netplane();
     println!(
-        "\n$ nsenter --net=/run/netns/{} netplane up     # the embedded default config",
+        "\n$ nsenter --net=/run/netns/{} netplane up --mode {DEMO_MODE}     # the embedded default config",
         sb.host
     );
-    let out = sb.run_in(&sb.host, &[np.to_str().unwrap(), "up"]);
+    let out = sb.run_in(&sb.host, &[np.to_str().unwrap(), "up", "--mode", DEMO_MODE]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
     sb.up = true;
     if !out.status.success() {
@@ -162,16 +166,30 @@ pub fn run() -> anyhow::Result<()> {
         "host → container: TCP",
         tcp(&sb, web, "0.0.0.0:8000", &sb.host, "172.18.0.2:8000"),
     );
-    for pending in [
-        "container → outside (masquerade)",
-        "outside → published port 8080",
-        "host → published port 8080",
-    ] {
-        println!(
-            "{pending:<44} {:<10} the NAT data plane is not implemented yet",
-            "pending"
-        );
-    }
+    row(
+        "container → outside: TCP (masquerade)",
+        tcp(&sb, &sb.outside, "0.0.0.0:7000", web, "203.0.113.2:7000"),
+    );
+    row(
+        "container → outside: ping (masquerade)",
+        ping(&sb, web, "203.0.113.2"),
+    );
+    row(
+        "outside → published port 8080 (DNAT)",
+        tcp(&sb, web, "0.0.0.0:80", &sb.outside, "203.0.113.1:8080"),
+    );
+    row(
+        "host → published port 8080 (DNAT)",
+        tcp(&sb, web, "0.0.0.0:80", &sb.host, "203.0.113.1:8080"),
+    );
+    row(
+        "host → 127.0.0.1:8080 (DNAT)",
+        tcp(&sb, web, "0.0.0.0:80", &sb.host, "127.0.0.1:8080"),
+    );
+    row(
+        "container → own published port (hairpin)",
+        tcp(&sb, web, "0.0.0.0:80", web, "203.0.113.1:8080"),
+    );
     println!();
     drop(sb);
     if failed > 0 {

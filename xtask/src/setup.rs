@@ -42,6 +42,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "netplane's iptables mode and the NAT tests' baseline",
     ),
     (
+        "conntrack",
+        "iptables mode flushes stale UDP conntrack entries of (un)published ports",
+    ),
+    (
         "nftables",
         "the nftables reference mode of `netplane bench`",
     ),

@@ -66,7 +66,7 @@ fn default_name() -> String {
 }
 
 /// Which data plane does the NAT.
-#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -80,6 +80,20 @@ impl fmt::Display for Mode {
             Mode::Ebpf => "ebpf",
             Mode::Iptables => "iptables",
         })
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "ebpf" => Ok(Mode::Ebpf),
+            "iptables" => Ok(Mode::Iptables),
+            other => Err(format!(
+                "unknown mode {other:?}; expected \"ebpf\" or \"iptables\""
+            )),
+        }
     }
 }
 
@@ -431,7 +445,7 @@ fn host_veth_name(instance: &str, container: &str) -> String {
 }
 
 /// 32-bit FNV-1a: tiny, stable across Rust versions (unlike `DefaultHasher`), good spread.
-fn fnv1a_32(bytes: &[u8]) -> u32 {
+pub(crate) fn fnv1a_32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5, |hash, &b| {
         (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })

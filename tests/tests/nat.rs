@@ -1,0 +1,343 @@
+//! The end-to-end NAT suite: what "works" means for a data plane. Every test runs against
+//! each mode in [`MODES`]; the eBPF data plane joins the list when it lands, and adds only
+//! its own checks.
+//!
+//! The world: an "outside" namespace (203.0.113.2, TEST-NET-3) with no route to any
+//! container subnet, so a reply reaches a container only if the host translated it; a host
+//! namespace running netplane with uplink 203.0.113.1; two networks.
+
+use netplane_tests::host::{
+    Host, OUTSIDE_IP, Server, UPLINK_IP, client, pings, tcp_exchange, udp_exchange,
+};
+use netplane_tests::{Netns, privileged};
+
+/// The data planes under test.
+const MODES: &[&str] = &["iptables"];
+
+const NETWORKS: &str = r#"
+[[networks]]
+name = "npa"
+subnet = "10.89.0.0/24"
+[[networks]]
+name = "npb"
+subnet = "10.89.1.0/24"
+[[containers]]
+name = "web"
+network = "npa"
+publish = ["8080:80", "127.0.0.1:8081:80", "5353:53/udp", "9000-9002:7000-7002"]
+[[containers]]
+name = "peer"
+network = "npa"
+[[containers]]
+name = "other"
+network = "npb"
+"#;
+const WEB: &str = "10.89.0.2";
+
+/// A host with the two networks up in `mode`.
+fn up(mode: &str) -> Host {
+    let h = Host::new();
+    h.write_config(&format!("mode = \"{mode}\"\n{NETWORKS}"));
+    h.netplane_ok(&["up"]);
+    h
+}
+
+/// Runs `f` once per mode, saying which mode failed.
+fn each_mode(test: &str, f: impl Fn(&str)) {
+    if !privileged(test) {
+        return;
+    }
+    for mode in MODES {
+        eprintln!("{test}: mode {mode}");
+        f(mode);
+    }
+}
+
+fn tcp_fails(from: &Netns, target: &str) -> bool {
+    client(from, &["send-tcp", target, "x"]).is_err()
+}
+
+/// iptables-save without its comment lines and counters, for comparing rule sets.
+fn rules(ns: &Netns) -> String {
+    ns.sh(&["iptables-save"])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(" [").next().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn masquerade_container_to_outside() {
+    each_mode("masquerade_container_to_outside", |mode| {
+        let h = up(mode);
+        let web = h.container("web");
+        let msg = format!("masq-{mode}");
+        let answer = tcp_exchange(
+            &h.outside,
+            "0.0.0.0:7000",
+            &web,
+            &format!("{OUTSIDE_IP}:7000"),
+            &msg,
+        );
+        assert_eq!(
+            answer,
+            format!("{msg} from {UPLINK_IP}"),
+            "TCP: the outside sees the uplink address"
+        );
+        let answer = udp_exchange(
+            &h.outside,
+            "0.0.0.0:7001",
+            &web,
+            &format!("{OUTSIDE_IP}:7001"),
+            100,
+            None,
+        );
+        assert_eq!(
+            answer.unwrap(),
+            format!("100 bytes from {UPLINK_IP}"),
+            "UDP"
+        );
+        // The outside has no route back to 10.89.0.0/24: only a translated echo returns.
+        assert!(pings(&web, OUTSIDE_IP), "ICMP echo");
+        assert!(
+            pings(&h.container("other"), OUTSIDE_IP),
+            "ICMP echo from the second network"
+        );
+    });
+}
+
+#[test]
+fn published_ports_from_outside() {
+    each_mode("published_ports_from_outside", |mode| {
+        let h = up(mode);
+        let web = h.container("web");
+        let answer = tcp_exchange(
+            &web,
+            "0.0.0.0:80",
+            &h.outside,
+            &format!("{UPLINK_IP}:8080"),
+            "in",
+        );
+        assert_eq!(
+            answer,
+            format!("in from {OUTSIDE_IP}"),
+            "the server sees the real client"
+        );
+        let answer = udp_exchange(
+            &web,
+            "0.0.0.0:53",
+            &h.outside,
+            &format!("{UPLINK_IP}:5353"),
+            64,
+            None,
+        );
+        assert_eq!(
+            answer.unwrap(),
+            format!("64 bytes from {OUTSIDE_IP}"),
+            "UDP"
+        );
+        // A port range maps port to port: host 9001 is container 7001.
+        let answer = tcp_exchange(
+            &web,
+            "0.0.0.0:7001",
+            &h.outside,
+            &format!("{UPLINK_IP}:9001"),
+            "range",
+        );
+        assert_eq!(answer, format!("range from {OUTSIDE_IP}"));
+        // A 4000-byte datagram crosses as IP fragments, and arrives whole.
+        let answer = udp_exchange(
+            &web,
+            "0.0.0.0:53",
+            &h.outside,
+            &format!("{UPLINK_IP}:5353"),
+            4000,
+            None,
+        );
+        assert_eq!(
+            answer.unwrap(),
+            format!("4000 bytes from {OUTSIDE_IP}"),
+            "fragmented UDP"
+        );
+        // Ports that are not published stay closed.
+        assert!(tcp_fails(&h.outside, &format!("{UPLINK_IP}:8090")));
+    });
+}
+
+#[test]
+fn published_ports_from_the_host() {
+    each_mode("published_ports_from_the_host", |mode| {
+        let h = up(mode);
+        let web = h.container("web");
+        let answer = tcp_exchange(
+            &web,
+            "0.0.0.0:80",
+            &h.host,
+            &format!("{UPLINK_IP}:8080"),
+            "up",
+        );
+        assert_eq!(answer, format!("up from {UPLINK_IP}"));
+        // 127.0.0.1-published: reachable from host processes, with a source that can leave
+        // the host (the gateway of the container's network).
+        let answer = tcp_exchange(&web, "0.0.0.0:80", &h.host, "127.0.0.1:8081", "lo");
+        assert_eq!(answer, "lo from 10.89.0.1");
+        // ... but not from outside, nor through the uplink address.
+        let _server = Server::start(&web, &["serve-tcp", "0.0.0.0:80"]);
+        assert!(
+            tcp_fails(&h.outside, &format!("{UPLINK_IP}:8081")),
+            "127.0.0.1-only port reached from outside"
+        );
+    });
+}
+
+#[test]
+fn hairpin_to_a_peer_and_to_itself() {
+    each_mode("hairpin_to_a_peer_and_to_itself", |mode| {
+        let h = up(mode);
+        let (web, peer) = (h.container("web"), h.container("peer"));
+        let answer = tcp_exchange(
+            &web,
+            "0.0.0.0:80",
+            &peer,
+            &format!("{UPLINK_IP}:8080"),
+            "peer",
+        );
+        assert_eq!(
+            answer, "peer from 10.89.0.1",
+            "replies come back through the host"
+        );
+        let answer = tcp_exchange(
+            &web,
+            "0.0.0.0:80",
+            &web,
+            &format!("{UPLINK_IP}:8080"),
+            "self",
+        );
+        assert_eq!(answer, "self from 10.89.0.1");
+    });
+}
+
+#[test]
+fn networks_are_isolated_but_published_ports_are_reachable() {
+    each_mode(
+        "networks_are_isolated_but_published_ports_are_reachable",
+        |mode| {
+            let h = up(mode);
+            let (web, other) = (h.container("web"), h.container("other"));
+            assert!(!pings(&other, WEB), "ping across networks");
+            assert!(
+                !pings(&web, "10.89.1.2"),
+                "ping across networks, the other way"
+            );
+            let server = Server::start(&web, &["serve-tcp", "0.0.0.0:80"]);
+            assert!(
+                tcp_fails(&other, &format!("{WEB}:80")),
+                "TCP across networks"
+            );
+            drop(server);
+            let answer = tcp_exchange(
+                &web,
+                "0.0.0.0:80",
+                &other,
+                &format!("{UPLINK_IP}:8080"),
+                "cross",
+            );
+            assert!(answer.starts_with("cross from 10.89."), "{answer}");
+        },
+    );
+}
+
+#[test]
+fn a_thousand_short_connections_without_a_failure() {
+    each_mode("a_thousand_short_connections_without_a_failure", |mode| {
+        let h = up(mode);
+        let web = h.container("web");
+        for (server, listen, from, target) in [
+            (&web, "0.0.0.0:80", &h.outside, format!("{UPLINK_IP}:8080")),
+            (
+                &h.outside,
+                "0.0.0.0:7000",
+                &web,
+                format!("{OUTSIDE_IP}:7000"),
+            ),
+        ] {
+            let srv = Server::start(server, &["serve-tcp", listen, "1000"]);
+            if let Err(e) = client(from, &["send-tcp", &target, "many", "1000"]) {
+                panic!("{target}: {e}");
+            }
+            assert!(srv.finish(), "the server answered all 1000");
+        }
+    });
+}
+
+#[test]
+fn a_newly_published_udp_port_is_not_blackholed_by_old_conntrack_entries() {
+    each_mode("a_newly_published_udp_port_is_not_blackholed", |mode| {
+        let h = up(mode);
+        let config = format!(
+            "mode = \"{mode}\"\n{}",
+            NETWORKS.replace(", \"5353:53/udp\"", "")
+        );
+        h.write_config(&config);
+        h.netplane_ok(&["up"]);
+        let web = h.container("web");
+        // A client keeps sending from one source port while the port is not published:
+        // the host has a conntrack entry for the flow without NAT.
+        let target = format!("{UPLINK_IP}:5353");
+        assert!(udp_exchange(&web, "0.0.0.0:53", &h.outside, &target, 10, Some(40000)).is_err());
+        h.write_config(&format!("mode = \"{mode}\"\n{NETWORKS}"));
+        h.netplane_ok(&["up"]);
+        let answer = udp_exchange(&web, "0.0.0.0:53", &h.outside, &target, 10, Some(40000));
+        assert_eq!(
+            answer.unwrap(),
+            format!("10 bytes from {OUTSIDE_IP}"),
+            "the same flow now reaches the container"
+        );
+    });
+}
+
+#[test]
+fn down_restores_the_firewall_exactly_and_rejects_bad_input_unchanged() {
+    each_mode("down_restores_the_firewall_exactly", |mode| {
+        let h = Host::new();
+        // Another tool's rules, in every table netplane uses: they must survive untouched.
+        for rule in [
+            "-t nat -A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE",
+            "-t nat -A PREROUTING -p tcp --dport 2222 -j DNAT --to-destination 192.0.2.9:22",
+            "-t filter -A FORWARD -s 198.51.100.0/24 -j ACCEPT",
+            "-t raw -A PREROUTING -s 198.51.100.7 -j NOTRACK",
+        ] {
+            let mut args = vec!["iptables"];
+            args.extend(rule.split(' '));
+            h.host.sh(&args);
+        }
+        let before = rules(&h.host);
+
+        // Bad input: a host port published twice. Rejected, nothing changed.
+        h.write_config(&format!(
+            "mode = \"{mode}\"\n{}",
+            NETWORKS.replace(
+                "publish = [\"8080:80\"",
+                "publish = [\"8080:80\", \"8080:81\""
+            )
+        ));
+        let out = h.netplane(&["up"]);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("8080:81"));
+        assert_eq!(rules(&h.host), before);
+
+        h.write_config(&format!("mode = \"{mode}\"\n{NETWORKS}"));
+        h.netplane_ok(&["up"]);
+        assert_ne!(rules(&h.host), before);
+        let status = h.netplane_ok(&["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+        assert_eq!(v["dataplane_health"]["healthy"], true, "{status}");
+        h.netplane_ok(&["down"]);
+        assert_eq!(
+            rules(&h.host),
+            before,
+            "down removes exactly netplane's rules"
+        );
+    });
+}
