@@ -24,7 +24,7 @@ subnet = "10.89.1.0/24"
 [[containers]]
 name = "web"
 network = "npa"
-publish = ["8080:80", "127.0.0.1:8081:80", "5353:53/udp", "9000-9002:7000-7002"]
+publish = ["8080:80", "127.0.0.1:8081:80", "203.0.113.3:8082:80", "5353:53/udp", "9000-9002:7000-7002"]
 [[containers]]
 name = "peer"
 network = "npa"
@@ -34,9 +34,20 @@ network = "npb"
 "#;
 const WEB: &str = "10.89.0.2";
 
+/// A second uplink address, for ports published on one host address only.
+const SECOND_IP: &str = "203.0.113.3";
+
 /// A host with the two networks up in `mode`.
 fn up(mode: &str) -> Host {
     let h = Host::new();
+    h.host.sh(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{SECOND_IP}/24"),
+        "dev",
+        "up0",
+    ]);
     h.write_config(&format!("mode = \"{mode}\"\n{NETWORKS}"));
     h.netplane_ok(&["up"]);
     h
@@ -55,6 +66,20 @@ fn each_mode(test: &str, f: impl Fn(&str)) {
 
 fn tcp_fails(from: &Netns, target: &str) -> bool {
     client(from, &["send-tcp", target, "x"]).is_err()
+}
+
+/// Packets the data plane dropped because they were sent to a 127.0.0.1-published port
+/// from outside `lo`.
+fn loopback_guard_drops(mode: &str, host: &Netns) -> u64 {
+    match mode {
+        "iptables" => host
+            .sh(&["iptables", "-t", "raw", "-L", "-v", "-x", "-n"])
+            .lines()
+            .filter(|l| l.contains("DROP") && l.contains("127.0.0.1"))
+            .map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+            .sum(),
+        other => panic!("no loopback-guard counter for mode {other}"),
+    }
 }
 
 /// iptables-save without its comment lines and counters, for comparing rule sets.
@@ -160,6 +185,20 @@ fn published_ports_from_outside() {
             format!("4000 bytes from {OUTSIDE_IP}"),
             "fragmented UDP"
         );
+        // A port published on one host address answers on that address only.
+        let answer = tcp_exchange(
+            &web,
+            "0.0.0.0:80",
+            &h.outside,
+            &format!("{SECOND_IP}:8082"),
+            "bound",
+        );
+        assert_eq!(answer, format!("bound from {OUTSIDE_IP}"));
+        let _server = Server::start(&web, &["serve-tcp", "0.0.0.0:80"]);
+        assert!(
+            tcp_fails(&h.outside, &format!("{UPLINK_IP}:8082")),
+            "bound port answered on another address"
+        );
         // Ports that are not published stay closed.
         assert!(tcp_fails(&h.outside, &format!("{UPLINK_IP}:8090")));
     });
@@ -187,6 +226,51 @@ fn published_ports_from_the_host() {
         assert!(
             tcp_fails(&h.outside, &format!("{UPLINK_IP}:8081")),
             "127.0.0.1-only port reached from outside"
+        );
+        // moby#45610: a neighbour that routes 127.0.0.1 to the host (here a container that
+        // rewrote its own routes) is dropped before it reaches the loopback-bound port.
+        let evil = h.container("peer");
+        evil.sh(&[
+            "ip",
+            "route",
+            "del",
+            "local",
+            "127.0.0.0/8",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ]);
+        evil.sh(&[
+            "ip",
+            "route",
+            "del",
+            "local",
+            "127.0.0.1",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ]);
+        evil.sysctl("net.ipv4.conf.all.route_localnet", "1");
+        evil.sh(&[
+            "ip",
+            "route",
+            "add",
+            "127.0.0.1/32",
+            "via",
+            "10.89.0.1",
+            "dev",
+            "eth0",
+        ]);
+        let dropped_before = loopback_guard_drops(mode, &h.host);
+        assert!(
+            tcp_fails(&evil, "127.0.0.1:8081"),
+            "127.0.0.1-only port reached through a crafted route"
+        );
+        assert!(
+            loopback_guard_drops(mode, &h.host) > dropped_before,
+            "the attempt was dropped by the guard"
         );
     });
 }
