@@ -8,4 +8,5 @@
 
 pub mod counters;
 pub mod csum;
+pub mod nat;
 pub mod packet;

@@ -1,11 +1,19 @@
-//! netplane's eBPF programs. Entry points only: each `#[classifier]` is a thin wrapper
-//! over the modules that do the work.
+//! netplane's eBPF programs. Entry points only: each is a thin wrapper over the modules
+//! that do the work (parse, csum, conntrack, nat, metrics).
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod csum;
 mod metrics;
+mod nat;
+mod parse;
+mod sock;
 
-use aya_ebpf::{bindings::tcx_action_base::TCX_NEXT, macros::classifier, programs::TcContext};
+use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
+use aya_ebpf::macros::{cgroup_sock_addr, classifier};
+use aya_ebpf::programs::{SockAddrContext, TcContext};
+use nat::Hook;
 use netplane_common::counters::Direction;
 
 /// Counts packets and bytes received by the interface it is attached to.
@@ -23,6 +31,50 @@ pub fn netplane_count_ingress(ctx: TcContext) -> i32 {
 pub fn netplane_count_egress(ctx: TcContext) -> i32 {
     metrics::count(&ctx, Direction::Egress);
     TCX_NEXT
+}
+
+/// Uplink, TC ingress: reverse masquerade, DNAT of published ports.
+#[classifier]
+pub fn netplane_uplink_ingress(ctx: TcContext) -> i32 {
+    nat::dst_stage(&ctx, Hook::Uplink)
+}
+
+/// Uplink, TC egress: masquerade, reverse DNAT.
+#[classifier]
+pub fn netplane_uplink_egress(ctx: TcContext) -> i32 {
+    nat::src_stage(&ctx, Hook::Uplink)
+}
+
+/// Bridge, TC ingress (packets from containers into the host): hairpin DNAT, reverse of
+/// hairpin SNAT, isolation between networks.
+#[classifier]
+pub fn netplane_bridge_ingress(ctx: TcContext) -> i32 {
+    nat::dst_stage(&ctx, Hook::Bridge)
+}
+
+/// Bridge, TC egress (packets from the host into containers): hairpin SNAT and the
+/// reverse of hairpin DNAT.
+#[classifier]
+pub fn netplane_bridge_egress(ctx: TcContext) -> i32 {
+    nat::src_stage(&ctx, Hook::Bridge)
+}
+
+/// Host processes connecting (TCP, connected UDP) to a published port.
+#[cgroup_sock_addr(connect4)]
+pub fn netplane_connect4(ctx: SockAddrContext) -> i32 {
+    sock::connect4(&ctx)
+}
+
+/// Host processes sending unconnected UDP to a published port.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn netplane_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg4(&ctx)
+}
+
+/// The answers to those, shown as coming from the published address.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn netplane_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::recvmsg4(&ctx)
 }
 
 #[cfg(not(test))]

@@ -1,11 +1,17 @@
 //! Counters kept in per-CPU maps: no atomics and no contention on the packet path; the
-//! agent sums the CPUs when it reads.
+//! agent sums the CPUs when it reads. Drops are counted per numbered reason, never logged
+//! per packet.
 
+use aya_ebpf::bindings::TC_ACT_SHOT;
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
 use netplane_common::counters::{COUNTERS_SLOTS, Counters, Direction};
+use netplane_common::nat::{DROP_REASONS, DropReason};
 
 #[map(name = "NETPLANE_COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTERS_SLOTS, 0);
+
+#[map(name = "NP_DROPS")]
+static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
 
 #[inline(always)]
 pub fn count(ctx: &TcContext, dir: Direction) {
@@ -14,4 +20,14 @@ pub fn count(ctx: &TcContext, dir: Direction) {
         // program's run, and nothing else on this CPU runs concurrently with us.
         unsafe { (*c).record(ctx.len()) };
     }
+}
+
+/// Counts a drop and returns the verdict that drops.
+#[inline(always)]
+pub fn drop(reason: DropReason) -> i32 {
+    if let Some(c) = DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: as in count().
+        unsafe { *c += 1 };
+    }
+    TC_ACT_SHOT as i32
 }

@@ -22,6 +22,8 @@ pub enum Error {
     NotRoot,
     #[error("uplink = {0:?}: no such interface in this network namespace")]
     UplinkMissing(String),
+    #[error("uplink = {0:?}: it has no IPv4 address to masquerade to")]
+    UplinkWithoutAddress(String),
     #[error("uplink: not set, and there is no default route to take it from; set `uplink`")]
     NoDefaultRoute,
     #[error("{field} = {value:?}: {what} already exists and netplane does not own it")]
@@ -104,7 +106,7 @@ pub fn up(plan: &Plan) -> Result<UpReport, Error> {
 async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     let h = topology::connect(None)?;
     let old = State::load(&plan.name)?.unwrap_or_default();
-    let uplink = check_host(&h, plan, &old).await?;
+    let host = check_host(&h, plan, &old).await?;
     let dp = dataplane::for_mode(plan.mode);
     if let Some(dp) = &dp {
         dp.check()?;
@@ -134,11 +136,11 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     journal.save(&plan.name)?;
 
     let mut report = UpReport {
-        uplink: uplink.clone(),
+        uplink: host.uplink.clone(),
         changes: Vec::new(),
     };
     let mut created = Vec::new();
-    let host = HostContext { uplink };
+
     if let Err(cause) = apply(
         &h,
         plan,
@@ -197,9 +199,10 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     Ok(report)
 }
 
-/// The checks that need the host: the uplink exists, and no subnet collides with an
-/// address already configured here (other than on netplane's own bridges).
-async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<String, Error> {
+/// The checks that need the host: the uplink exists and has an address, and no subnet
+/// collides with an address already configured here (other than on netplane's own
+/// bridges). Returns what the data plane needs to know about the host.
+async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<HostContext, Error> {
     let links = topology::links(h).await?;
     let uplink = match &plan.uplink {
         Some(u) if links.iter().any(|l| &l.name == u) => u.clone(),
@@ -235,7 +238,14 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<S
             });
         }
     }
-    for (ifindex, addr) in topology::ipv4_addresses(h).await? {
+    let addrs = topology::ipv4_addresses(h).await?;
+    let uplink_index = links.iter().find(|l| l.name == uplink).map(|l| l.index);
+    let uplink_addr = addrs
+        .iter()
+        .find(|(i, _)| Some(*i) == uplink_index)
+        .map(|(_, a)| a.addr())
+        .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))?;
+    for &(ifindex, addr) in &addrs {
         let iface = links
             .iter()
             .find(|l| l.index == ifindex)
@@ -256,7 +266,16 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<S
             });
         }
     }
-    Ok(uplink)
+    let local_addrs = addrs
+        .iter()
+        .map(|(_, a)| a.addr())
+        .chain(plan.networks.iter().map(|n| n.gateway))
+        .collect();
+    Ok(HostContext {
+        uplink,
+        uplink_addr,
+        local_addrs,
+    })
 }
 
 /// The sysctls `up` sets: IPv4 forwarding, and what the data plane asks for.
@@ -540,9 +559,9 @@ pub fn status(name: &str) -> Result<Status, Error> {
             mode: Some(plan.mode),
             dataplane: match plan.mode {
                 Mode::Iptables => "iptables (masquerade, published ports, isolation)".into(),
-                // Honest until the eBPF data plane lands: only the topology is built.
                 Mode::Ebpf => {
-                    "topology only (the eBPF NAT data plane is not implemented yet)".into()
+                    "ebpf (TC programs and BPF conntrack; masquerade, published ports, isolation)"
+                        .into()
                 }
             },
             dataplane_health: dataplane::for_mode(plan.mode).map(|d| {

@@ -218,6 +218,16 @@ fn print_status(s: &instance::Status) {
             );
         }
     }
+    if let Some(dp) = &s.dataplane_health {
+        println!(
+            "\nDATA PLANE ({}, {})",
+            dp.mode,
+            if dp.healthy { "healthy" } else { "UNHEALTHY" }
+        );
+        for d in &dp.details {
+            println!("  {d}");
+        }
+    }
     for p in &s.problems {
         println!("problem: {p}");
     }

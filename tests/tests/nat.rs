@@ -12,7 +12,7 @@ use netplane_tests::host::{
 use netplane_tests::{Netns, privileged};
 
 /// The data planes under test.
-const MODES: &[&str] = &["iptables"];
+const MODES: &[&str] = &["iptables", "ebpf"];
 
 const NETWORKS: &str = r#"
 [[networks]]
@@ -70,14 +70,30 @@ fn tcp_fails(from: &Netns, target: &str) -> bool {
 
 /// Packets the data plane dropped because they were sent to a 127.0.0.1-published port
 /// from outside `lo`.
-fn loopback_guard_drops(mode: &str, host: &Netns) -> u64 {
+fn loopback_guard_drops(mode: &str, h: &Host) -> u64 {
     match mode {
-        "iptables" => host
+        "iptables" => h
+            .host
             .sh(&["iptables", "-t", "raw", "-L", "-v", "-x", "-n"])
             .lines()
             .filter(|l| l.contains("DROP") && l.contains("127.0.0.1"))
             .map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap())
             .sum(),
+        "ebpf" => {
+            let status: serde_json::Value =
+                serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
+            status["dataplane_health"]["details"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|d| {
+                    d.as_str()?
+                        .strip_prefix("drops loopback-guard: ")?
+                        .parse()
+                        .ok()
+                })
+                .expect("a loopback-guard drop counter")
+        }
         other => panic!("no loopback-guard counter for mode {other}"),
     }
 }
@@ -129,6 +145,20 @@ fn masquerade_container_to_outside() {
             pings(&h.container("other"), OUTSIDE_IP),
             "ICMP echo from the second network"
         );
+        if mode == "ebpf" {
+            // All of that crossed the host without a firewall rule or a kernel conntrack
+            // entry: the translation is the programs' alone.
+            assert_eq!(
+                h.host.sh(&["nft", "list", "ruleset"]).trim(),
+                "",
+                "no nftables/iptables rule"
+            );
+            let ct = h.host.run(&["conntrack", "-L"]);
+            assert!(
+                String::from_utf8_lossy(&ct.stderr).contains(" 0 flow entries"),
+                "nf_conntrack unused"
+            );
+        }
     });
 }
 
@@ -263,13 +293,13 @@ fn published_ports_from_the_host() {
             "dev",
             "eth0",
         ]);
-        let dropped_before = loopback_guard_drops(mode, &h.host);
+        let dropped_before = loopback_guard_drops(mode, &h);
         assert!(
             tcp_fails(&evil, "127.0.0.1:8081"),
             "127.0.0.1-only port reached through a crafted route"
         );
         assert!(
-            loopback_guard_drops(mode, &h.host) > dropped_before,
+            loopback_guard_drops(mode, &h) > dropped_before,
             "the attempt was dropped by the guard"
         );
     });
@@ -413,7 +443,10 @@ fn down_restores_the_firewall_exactly_and_rejects_bad_input_unchanged() {
 
         h.write_config(&format!("mode = \"{mode}\"\n{NETWORKS}"));
         h.netplane_ok(&["up"]);
-        assert_ne!(rules(&h.host), before);
+        match mode {
+            "iptables" => assert_ne!(rules(&h.host), before, "iptables mode adds its rules"),
+            _ => assert_eq!(rules(&h.host), before, "{mode} mode adds no iptables rule"),
+        }
         let status = h.netplane_ok(&["status", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&status).unwrap();
         assert_eq!(v["dataplane_health"]["healthy"], true, "{status}");

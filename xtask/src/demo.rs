@@ -12,10 +12,6 @@ use anyhow::{Context, bail};
 
 use crate::util::{is_root, workspace_root};
 
-/// The data plane the demo runs: iptables until the eBPF data plane lands, then the
-/// embedded default's own mode (ebpf).
-const DEMO_MODE: &str = "iptables";
-
 struct Sandbox {
     host: String,
     outside: String,
@@ -117,10 +113,10 @@ pub fn run() -> anyhow::Result<()> {
     let mut sb = Sandbox::new()?;
     let np = netplane();
     println!(
-        "\n$ nsenter --net=/run/netns/{} netplane up --mode {DEMO_MODE}     # the embedded default config",
+        "\n$ nsenter --net=/run/netns/{} netplane up     # the embedded default config",
         sb.host
     );
-    let out = sb.run_in(&sb.host, &[np.to_str().unwrap(), "up", "--mode", DEMO_MODE]);
+    let out = sb.run_in(&sb.host, &[np.to_str().unwrap(), "up"]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
     sb.up = true;
     if !out.status.success() {

@@ -6,6 +6,7 @@
 //! the data plane's business: `instance` builds it first.
 
 pub mod conntrack;
+pub mod ebpf;
 pub mod iptables;
 
 use crate::config::{Mode, Plan};
@@ -36,6 +37,10 @@ pub enum DataplaneError {
         path: String,
         source: std::io::Error,
     },
+    #[error("eBPF data plane: cannot {what}: {detail}")]
+    Ebpf { what: String, detail: String },
+    #[error("eBPF mode needs {what}; use mode = \"iptables\" on this host")]
+    Unsupported { what: String },
 }
 
 /// What the data plane needs to know about the host beyond the plan.
@@ -43,6 +48,10 @@ pub enum DataplaneError {
 pub struct HostContext {
     /// The interface towards the outside world.
     pub uplink: String,
+    /// Its (first) IPv4 address, which masquerade uses.
+    pub uplink_addr: std::net::Ipv4Addr,
+    /// Every IPv4 address of the host namespace (published ports answer on all of them).
+    pub local_addrs: Vec<std::net::Ipv4Addr>,
 }
 
 /// A data plane's health, for `netplane status`.
@@ -82,7 +91,7 @@ pub trait Dataplane {
 pub fn for_mode(mode: Mode) -> Option<Box<dyn Dataplane>> {
     match mode {
         Mode::Iptables => Some(Box::new(iptables::Iptables)),
-        Mode::Ebpf => None,
+        Mode::Ebpf => Some(Box::new(ebpf::Ebpf)),
     }
 }
 

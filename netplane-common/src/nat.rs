@@ -1,0 +1,441 @@
+//! The eBPF data plane's map types and the pure logic of its connection tracking.
+//!
+//! NAT works in two stages, as in netfilter: the **dst stage** (TC ingress: the uplink's,
+//! and each bridge's for packets from containers) rewrites destinations: DNAT of published
+//! ports and the reverse of SNAT. The **src stage** (TC egress of the same devices)
+//! rewrites sources: SNAT (masquerade, hairpin) and the reverse of DNAT. Rewriting a
+//! destination before routing and a source after it keeps every packet the kernel routes
+//! free of a local source address, which it would drop as martian (fib_validate_source()).
+//!
+//! Each stage looks packets up in the conntrack map by their tuple as seen at that stage;
+//! an entry says what to write. A flow has one entry per stage and direction that
+//! rewrites something: two for masquerade or a published port, four for hairpin.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+/// Which side of the packet a stage rewrites.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// TC ingress: destination address and port.
+    Dst = 0,
+    /// TC egress: source address and port.
+    Src = 1,
+}
+
+/// A packet's 5-tuple as it is on the wire at one stage, plus the stage: the key of the
+/// conntrack map. Addresses and ports are in network byte order, as in the packet.
+/// For ICMP echo, the identifier is the source port of a request and the destination
+/// port of a reply, so that a reply's tuple is the reverse of its request's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub stage: u8,
+    pub _pad: [u8; 2],
+}
+
+impl CtKey {
+    pub const fn new(
+        saddr: u32,
+        daddr: u32,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        stage: Stage,
+    ) -> CtKey {
+        CtKey {
+            saddr,
+            daddr,
+            sport,
+            dport,
+            proto,
+            stage: stage as u8,
+            _pad: [0; 2],
+        }
+    }
+
+    /// The tuple of a packet going the other way, at `stage`.
+    pub const fn reversed(&self, stage: Stage) -> CtKey {
+        CtKey::new(
+            self.daddr, self.saddr, self.dport, self.sport, self.proto, stage,
+        )
+    }
+}
+
+/// TCP flags a conntrack entry has seen, in its own direction.
+pub mod seen {
+    pub const SYN: u8 = 1;
+    pub const ACK: u8 = 2;
+    pub const FIN: u8 = 4;
+    pub const RST: u8 = 8;
+}
+
+/// What created a flow, for `netplane conntrack`.
+pub mod kind {
+    pub const MASQUERADE: u8 = 1;
+    pub const PUBLISHED: u8 = 2;
+    pub const HAIRPIN: u8 = 3;
+    /// Set on the entries of the reply direction.
+    pub const REPLY: u8 = 0x80;
+}
+
+/// What a stage writes into a matching packet: the address and port of the side it
+/// rewrites. 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CtEntry {
+    pub addr: u32,
+    pub port: u16,
+    /// [`seen`] flags, TCP only.
+    pub seen: u8,
+    /// [`kind`], for display.
+    pub kind: u8,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of creation and of the last packet.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    /// The translated tuple's other side (the address and port this entry does not
+    /// rewrite, after translation), so that the agent can show whole flows.
+    pub peer_addr: u32,
+    pub peer_port: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Connection-tracking lifetimes, in seconds. Defaults as Cilium's (bpf/lib/conntrack.h:
+/// CT_CONNECTION_LIFETIME_TCP 6 h, CT_SYN_TIMEOUT 60 s, CT_CLOSE_TIMEOUT 10 s,
+/// CT_CONNECTION_LIFETIME_NONTCP 60 s).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Timeouts {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub udp: u32,
+    pub icmp: u32,
+    pub _pad: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            tcp_syn: 60,
+            tcp_established: 21_600,
+            tcp_closing: 10,
+            udp: 60,
+            icmp: 30,
+            _pad: 0,
+        }
+    }
+}
+
+impl Timeouts {
+    /// How long an entry lives after its last packet, from what it has seen.
+    pub const fn lifetime_s(&self, proto: u8, seen_flags: u8) -> u32 {
+        match proto {
+            IPPROTO_TCP if seen_flags & (seen::FIN | seen::RST) != 0 => self.tcp_closing,
+            IPPROTO_TCP if seen_flags & seen::ACK != 0 => self.tcp_established,
+            IPPROTO_TCP => self.tcp_syn,
+            IPPROTO_UDP => self.udp,
+            IPPROTO_ICMP => self.icmp,
+            _ => self.udp,
+        }
+    }
+
+    /// Whether `e` (of protocol `proto`) has expired at `now_ns`.
+    pub const fn expired(&self, proto: u8, e: &CtEntry, now_ns: u64) -> bool {
+        let life_ns = self.lifetime_s(proto, e.seen) as u64 * 1_000_000_000;
+        now_ns.saturating_sub(e.last_seen_ns) > life_ns
+    }
+}
+
+/// The [`seen`] flags for a TCP header's flag byte (byte 13).
+pub const fn tcp_seen(flags: u8) -> u8 {
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    let mut s = 0;
+    if flags & SYN != 0 {
+        s |= seen::SYN;
+    }
+    if flags & ACK != 0 {
+        s |= seen::ACK;
+    }
+    if flags & FIN != 0 {
+        s |= seen::FIN;
+    }
+    if flags & RST != 0 {
+        s |= seen::RST;
+    }
+    s
+}
+
+/// A published port: the key of the published-ports map. `addr` 0 means every local
+/// address. Network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct PortKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Where a published port goes: a container's address and port (network byte order), and
+/// the gateway of its network, which hairpinned flows are masqueraded to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Backend {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub gateway: u32,
+}
+
+/// A container network, the value of the subnet LPM trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct NetInfo {
+    /// An index unique per network: two addresses are on one network iff equal.
+    pub id: u32,
+    pub gateway: u32,
+}
+
+/// Per-instance settings, the single entry of the config array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DpConfig {
+    /// The uplink's address that masquerade uses (network byte order).
+    pub uplink_addr: u32,
+    /// Source ports masquerade may allocate when the original one is taken (host order).
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    pub timeouts: Timeouts,
+    /// The netns cookie of the namespace netplane manages (for the cgroup programs).
+    pub netns_cookie: u64,
+}
+
+/// How many ports masquerade tries after the original one.
+pub const NAT_PORT_RETRIES: u32 = 16;
+
+/// The `i`-th candidate port in `[min, max]` for a flow whose hash is `hash`: spread by the
+/// hash, then linear, as Cilium's snat_v4_new_mapping() retries.
+pub const fn nat_port_candidate(hash: u32, i: u32, min: u16, max: u16) -> u16 {
+    let span = (max as u32).saturating_sub(min as u32) + 1;
+    (min as u32 + (hash.wrapping_add(i)) % span) as u16
+}
+
+/// A cheap, stable mix of a tuple, to spread port choices.
+pub const fn tuple_hash(k: &CtKey) -> u32 {
+    let mut h = k.saddr ^ k.daddr.rotate_left(7) ^ ((k.sport as u32) << 16 | k.dport as u32);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x7feb_352d);
+    h ^= h >> 15;
+    h
+}
+
+/// Why a packet was dropped: the index into the per-CPU drop counter array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Truncated or inconsistent headers where netplane had to translate.
+    Malformed = 0,
+    /// A container sent to another network's container directly.
+    Isolation = 1,
+    /// Masquerade found no free source port.
+    NatPortExhausted = 2,
+    /// A conntrack entry could not be inserted (map full, or a race lost twice).
+    CtInsertFailed = 3,
+    /// A TCP segment without SYN that would open a new masqueraded flow.
+    TcpNoSynNewFlow = 4,
+    /// A rewrite helper failed.
+    RewriteFailed = 5,
+    /// A non-first fragment of a flow whose first fragment was not seen.
+    FragmentUnknown = 6,
+    /// A packet from outside `lo` to a port published on 127.0.0.1 (moby#45610).
+    LoopbackGuard = 7,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Malformed,
+        DropReason::Isolation,
+        DropReason::NatPortExhausted,
+        DropReason::CtInsertFailed,
+        DropReason::TcpNoSynNewFlow,
+        DropReason::RewriteFailed,
+        DropReason::FragmentUnknown,
+        DropReason::LoopbackGuard,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Isolation => "isolation",
+            DropReason::NatPortExhausted => "nat-port-exhausted",
+            DropReason::CtInsertFailed => "ct-insert-failed",
+            DropReason::TcpNoSynNewFlow => "tcp-no-syn-new-flow",
+            DropReason::RewriteFailed => "rewrite-failed",
+            DropReason::FragmentUnknown => "fragment-unknown",
+            DropReason::LoopbackGuard => "loopback-guard",
+        }
+    }
+}
+
+pub const DROP_REASONS: u32 = DropReason::ALL.len() as u32;
+
+/// The key of the fragment map: later fragments carry no ports, so they follow the
+/// translation of their first fragment by (addresses, IP id, protocol), as Cilium's
+/// IPV4_FRAG_DATAGRAMS_MAP does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub stage: u8,
+}
+
+/// The address a stage writes into the later fragments of a datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragEntry {
+    pub addr: u32,
+    pub _pad: u32,
+    pub last_seen_ns: u64,
+}
+
+/// Map names, shared by the programs and the agent.
+pub mod maps {
+    pub const CT: &str = "NP_CT";
+    pub const FRAGS: &str = "NP_FRAGS";
+    pub const PUBLISHED: &str = "NP_PUBLISHED";
+    pub const SUBNETS: &str = "NP_SUBNETS";
+    pub const LOCAL_ADDRS: &str = "NP_LOCAL_ADDRS";
+    pub const CONFIG: &str = "NP_CONFIG";
+    pub const DROPS: &str = "NP_DROPS";
+    pub const SOCK_REV: &str = "NP_SOCK_REV";
+    /// Every map the agent pins, so that the data plane outlives it.
+    pub const PINNED: [&str; 8] = [
+        CT,
+        FRAGS,
+        PUBLISHED,
+        SUBNETS,
+        LOCAL_ADDRS,
+        CONFIG,
+        DROPS,
+        SOCK_REV,
+    ];
+}
+
+/// The key of the socket reverse-NAT map: for a UDP socket whose `sendmsg` was redirected
+/// to a container, the container's address and port, so that `recvmsg` can show the
+/// address the application sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// The address and port a socket originally sent to (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SockRevEntry {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all are repr(C), padding explicit, valid for any bit pattern (Pod derives
+    // check both).
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for PortKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for NetInfo {}
+    unsafe impl aya::Pod for DpConfig {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragEntry {}
+    unsafe impl aya::Pod for SockRevKey {}
+    unsafe impl aya::Pod for SockRevEntry {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reversed_tuple_is_the_reply() {
+        let k = CtKey::new(1, 2, 10, 20, IPPROTO_TCP, Stage::Src);
+        let r = k.reversed(Stage::Dst);
+        assert_eq!(
+            (r.saddr, r.daddr, r.sport, r.dport, r.stage),
+            (2, 1, 20, 10, Stage::Dst as u8)
+        );
+        assert_eq!(r.reversed(Stage::Src), k);
+    }
+
+    #[test]
+    fn lifetimes_follow_tcp_state() {
+        let t = Timeouts::default();
+        assert_eq!(t.lifetime_s(IPPROTO_TCP, seen::SYN), 60);
+        assert_eq!(t.lifetime_s(IPPROTO_TCP, seen::SYN | seen::ACK), 21_600);
+        assert_eq!(t.lifetime_s(IPPROTO_TCP, seen::ACK | seen::FIN), 10);
+        assert_eq!(t.lifetime_s(IPPROTO_TCP, seen::RST), 10);
+        assert_eq!(t.lifetime_s(IPPROTO_UDP, 0), 60);
+        assert_eq!(t.lifetime_s(IPPROTO_ICMP, 0), 30);
+        let e = CtEntry {
+            last_seen_ns: 1_000_000_000,
+            seen: seen::SYN,
+            ..Default::default()
+        };
+        assert!(!t.expired(IPPROTO_TCP, &e, 61_000_000_000));
+        assert!(t.expired(IPPROTO_TCP, &e, 61_000_000_001));
+    }
+
+    #[test]
+    fn tcp_flag_bits() {
+        assert_eq!(tcp_seen(0x02), seen::SYN);
+        assert_eq!(tcp_seen(0x12), seen::SYN | seen::ACK);
+        assert_eq!(tcp_seen(0x11), seen::FIN | seen::ACK);
+        assert_eq!(tcp_seen(0x04), seen::RST);
+    }
+
+    #[test]
+    fn port_candidates_stay_in_range_and_spread() {
+        let (min, max) = (32768, 60999);
+        let ports: [u16; NAT_PORT_RETRIES as usize] =
+            core::array::from_fn(|i| nat_port_candidate(0xdead_beef, i as u32, min, max));
+        for (i, p) in ports.iter().enumerate() {
+            assert!((min..=max).contains(p));
+            assert!(!ports[..i].contains(p), "retries try distinct ports");
+        }
+        assert_eq!(nat_port_candidate(7, 0, 5000, 5000), 5000);
+        let a = tuple_hash(&CtKey::new(1, 2, 3, 4, 6, Stage::Src));
+        let b = tuple_hash(&CtKey::new(1, 2, 3, 5, 6, Stage::Src));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<CtKey>(), 16);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 32);
+        assert_eq!(core::mem::size_of::<PortKey>(), 8);
+        assert_eq!(core::mem::size_of::<Backend>(), 12);
+        assert_eq!(core::mem::size_of::<DpConfig>(), 40);
+        assert_eq!(core::mem::size_of::<FragKey>(), 12);
+    }
+}

@@ -1,0 +1,88 @@
+//! Connection tracking: LRU hash maps with one entry per flow, stage and direction that
+//! rewrites something (see netplane_common::nat). Expired entries count as absent here
+//! and are removed by the agent's garbage collection; the LRU evicts under pressure.
+
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{Array, LruHashMap};
+use netplane_common::nat::{CtEntry, CtKey, DpConfig, FragEntry, FragKey, tcp_seen};
+
+/// Sizes the agent may override at load time (EbpfLoader::set_max_entries).
+pub const CT_MAX_ENTRIES: u32 = 131_072;
+pub const FRAG_MAX_ENTRIES: u32 = 8_192;
+
+#[map(name = "NP_CT")]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+#[map(name = "NP_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);
+
+#[map(name = "NP_CONFIG")]
+pub static CONFIG: Array<DpConfig> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn config() -> Option<&'static DpConfig> {
+    CONFIG.get(0)
+}
+
+/// The live entry for `key`, refreshed with this packet's TCP flags.
+#[inline(always)]
+pub fn lookup(key: &CtKey, cfg: &DpConfig, now: u64, tcp_flags: u8) -> Option<CtEntry> {
+    let e = CT.get_ptr_mut(key)?;
+    // SAFETY: a pointer into the map's value, valid for this program run; concurrent
+    // updates of these plain fields from another CPU are benign (last writer wins).
+    let entry = unsafe { &mut *e };
+    if cfg.timeouts.expired(key.proto, entry, now) {
+        let _ = CT.remove(key);
+        return None;
+    }
+    entry.last_seen_ns = now;
+    entry.seen |= tcp_seen(tcp_flags);
+    Some(*entry)
+}
+
+/// Inserts `entry` only if `key` is free (BPF_NOEXIST), or if what is there has expired.
+#[inline(always)]
+pub fn insert_new(key: &CtKey, entry: &CtEntry, cfg: &DpConfig, now: u64) -> bool {
+    if CT.insert(key, entry, BPF_NOEXIST as u64).is_ok() {
+        return true;
+    }
+    // SAFETY: as in lookup().
+    let stale = CT
+        .get_ptr(key)
+        .is_some_and(|e| cfg.timeouts.expired(key.proto, unsafe { &*e }, now));
+    stale && CT.insert(key, entry, BPF_ANY as u64).is_ok()
+}
+
+#[inline(always)]
+pub fn remove(key: &CtKey) {
+    let _ = CT.remove(key);
+}
+
+/// Remembers what a first fragment's `stage` wrote, for the later fragments.
+#[inline(always)]
+pub fn frag_record(key: &FragKey, addr: u32, now: u64) {
+    let _ = FRAGS.insert(
+        key,
+        &FragEntry {
+            addr,
+            _pad: 0,
+            last_seen_ns: now,
+        },
+        BPF_ANY as u64,
+    );
+}
+
+#[inline(always)]
+pub fn frag_lookup(key: &FragKey) -> Option<u32> {
+    // SAFETY: as in lookup().
+    FRAGS.get_ptr(key).map(|e| unsafe { (*e).addr })
+}

@@ -1,0 +1,391 @@
+//! The two NAT stages (see netplane_common::nat for the model).
+//!
+//! - dst stage, TC ingress of the uplink and of each bridge: reverse SNAT, DNAT of
+//!   published ports (on the uplink for remote clients; on a bridge for containers, i.e.
+//!   hairpin and cross-network, which also set up the SNAT that brings replies back through
+//!   the host), and isolation between networks.
+//! - src stage, TC egress of the same devices: reverse DNAT, and masquerade on the uplink.
+
+use aya_ebpf::bindings::TC_ACT_SHOT;
+use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{HashMap, LpmTrie, lpm_trie::Key};
+use aya_ebpf::programs::TcContext;
+use netplane_common::nat::{
+    Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, NAT_PORT_RETRIES, NetInfo, PortKey,
+    Stage, kind, nat_port_candidate, tcp_seen, tuple_hash,
+};
+use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
+
+use crate::conntrack::{self, config, now};
+use crate::csum::{Side, set_addr, set_port};
+use crate::metrics::drop;
+use crate::parse::{Frag, Packet, Parsed, parse};
+
+#[map(name = "NP_PUBLISHED")]
+static PUBLISHED: HashMap<PortKey, Backend> = HashMap::with_max_entries(65_536, 0);
+
+#[map(name = "NP_SUBNETS")]
+static SUBNETS: LpmTrie<u32, NetInfo> =
+    LpmTrie::with_max_entries(256, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
+
+#[map(name = "NP_LOCAL_ADDRS")]
+static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(1_024, 0);
+
+/// Where a program is attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Uplink,
+    Bridge,
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+#[inline(always)]
+fn subnet_of(addr: u32) -> Option<NetInfo> {
+    SUBNETS.get(Key::new(32, addr)).copied()
+}
+
+/// 127.0.0.0/8 (the address is in network byte order: its first byte is the first octet).
+#[inline(always)]
+pub fn is_loopback(addr: u32) -> bool {
+    addr.to_ne_bytes()[0] == 127
+}
+
+#[inline(always)]
+fn is_local(addr: u32) -> bool {
+    // SAFETY: a lookup; the value is not kept.
+    unsafe { LOCAL_ADDRS.get(&addr).is_some() }
+}
+
+/// The backend of a published port reached at `addr:port`, if any.
+#[inline(always)]
+pub fn published(addr: u32, port: u16, proto: u8) -> Option<Backend> {
+    let exact = PortKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: lookups; values are copied out.
+    if let Some(b) = unsafe { PUBLISHED.get(&exact) } {
+        return Some(*b);
+    }
+    if !is_local(addr) {
+        return None;
+    }
+    unsafe { PUBLISHED.get(&PortKey { addr: 0, ..exact }) }.copied()
+}
+
+/// A TCP segment that may open a flow: SYN without ACK.
+#[inline(always)]
+fn opens_flow(p: &Packet) -> bool {
+    p.proto != IPPROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+#[inline(always)]
+fn entry(
+    addr: u32,
+    port: u16,
+    k: u8,
+    peer_addr: u32,
+    peer_port: u16,
+    now: u64,
+    tcp_flags: u8,
+) -> CtEntry {
+    CtEntry {
+        addr,
+        port,
+        seen: tcp_seen(tcp_flags),
+        kind: k,
+        created_ns: now,
+        last_seen_ns: now,
+        peer_addr,
+        peer_port,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn key_of(p: &Packet, stage: Stage) -> CtKey {
+    CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto, stage)
+}
+
+#[inline(always)]
+fn frag_key(p: &Packet, stage: Stage) -> FragKey {
+    FragKey {
+        saddr: p.saddr,
+        daddr: p.daddr,
+        id: p.id,
+        proto: p.proto,
+        stage: stage as u8,
+    }
+}
+
+/// Applies a stage's translation to the packet, and records it for later fragments.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, p: &mut Packet, side: Side, addr: u32, port: u16, now: u64) -> i32 {
+    let stage = match side {
+        Side::Dst => Stage::Dst,
+        Side::Src => Stage::Src,
+    };
+    let fk = frag_key(p, stage);
+    if set_port(ctx, p, side, port)
+        .and_then(|()| set_addr(ctx, p, side, addr))
+        .is_err()
+    {
+        return drop(DropReason::RewriteFailed);
+    }
+    if p.frag == Frag::First {
+        conntrack::frag_record(&fk, addr, now);
+    }
+    TCX_NEXT
+}
+
+/// Later fragments follow their first fragment's translation at this stage.
+#[inline(always)]
+fn later_fragment(ctx: &TcContext, p: &mut Packet, stage: Stage) -> i32 {
+    let Some(addr) = conntrack::frag_lookup(&frag_key(p, stage)) else {
+        return TCX_NEXT;
+    };
+    let side = if stage == Stage::Dst {
+        Side::Dst
+    } else {
+        Side::Src
+    };
+    match set_addr(ctx, p, side, addr) {
+        Ok(()) => TCX_NEXT,
+        Err(_) => drop(DropReason::RewriteFailed),
+    }
+}
+
+/// TC ingress: the dst stage.
+#[inline(always)]
+pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
+    let mut p = match parse(ctx) {
+        Ok(Parsed::Nat(p)) => p,
+        // Not ours to translate; malformed packets go on untouched, for the stack to judge.
+        Ok(Parsed::Other) | Err(_) => return TCX_NEXT,
+    };
+    let Some(cfg) = config() else { return TCX_NEXT };
+    if p.frag == Frag::Later {
+        return later_fragment(ctx, &mut p, Stage::Dst);
+    }
+    let now = now();
+    if let Some(e) = conntrack::lookup(&key_of(&p, Stage::Dst), cfg, now, p.tcp_flags) {
+        return rewrite(ctx, &mut p, Side::Dst, e.addr, e.port, now);
+    }
+    if let Some(b) = published(p.daddr, p.dport, p.proto)
+        && p.proto != IPPROTO_ICMP
+    {
+        // Ports published on 127.0.0.1 are for host processes (the cgroup programs); a
+        // packet that arrives on a device with that destination is an attack (moby#45610).
+        if is_loopback(p.daddr) {
+            return drop(DropReason::LoopbackGuard);
+        }
+        if !opens_flow(&p) {
+            return TCX_NEXT;
+        }
+        let created = match hook {
+            Hook::Uplink => new_published_flow(&p, &b, cfg, now),
+            Hook::Bridge => new_hairpin_flow(&p, &b, cfg, now),
+        };
+        if let Err(reason) = created {
+            return drop(reason);
+        }
+        return rewrite(ctx, &mut p, Side::Dst, b.addr, b.port, now);
+    }
+    if hook == Hook::Bridge
+        && !is_local(p.daddr)
+        && let (Some(from), Some(to)) = (subnet_of(p.saddr), subnet_of(p.daddr))
+        && from.id != to.id
+    {
+        return drop(DropReason::Isolation);
+    }
+    TCX_NEXT
+}
+
+/// TC egress: the src stage.
+#[inline(always)]
+pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
+    let mut p = match parse(ctx) {
+        Ok(Parsed::Nat(p)) => p,
+        Ok(Parsed::Other) | Err(_) => return TCX_NEXT,
+    };
+    let Some(cfg) = config() else { return TCX_NEXT };
+    if p.frag == Frag::Later {
+        return later_fragment(ctx, &mut p, Stage::Src);
+    }
+    let now = now();
+    if let Some(e) = conntrack::lookup(&key_of(&p, Stage::Src), cfg, now, p.tcp_flags) {
+        return rewrite(ctx, &mut p, Side::Src, e.addr, e.port, now);
+    }
+    if hook == Hook::Uplink && subnet_of(p.saddr).is_some() && subnet_of(p.daddr).is_none() {
+        if !opens_flow(&p) {
+            // Never let a container address out: without a flow there is no translation.
+            return drop(DropReason::TcpNoSynNewFlow);
+        }
+        return match new_masquerade_flow(&p, cfg, now) {
+            Ok(port) => rewrite(ctx, &mut p, Side::Src, cfg.uplink_addr, port, now),
+            Err(reason) => drop(reason),
+        };
+    }
+    TCX_NEXT
+}
+
+/// Reserves a source port on `nat_addr` for a flow towards `peer:peer_port` by inserting
+/// the dst-stage entry of its replies: the original port when free, else up to
+/// NAT_PORT_RETRIES candidates. Returns the port (network byte order).
+#[inline(always)]
+fn reserve_port(
+    p: &Packet,
+    nat_addr: u32,
+    peer: u32,
+    peer_port: u16,
+    reply: &CtEntry,
+    cfg: &DpConfig,
+    now: u64,
+) -> Result<u16, DropReason> {
+    let hash = tuple_hash(&key_of(p, Stage::Src));
+    let mut port = p.sport;
+    for i in 0..=NAT_PORT_RETRIES {
+        if i > 0 {
+            port = nat_port_candidate(hash, i - 1, cfg.nat_port_min, cfg.nat_port_max).to_be();
+        }
+        // A published port of the NAT address is never handed out.
+        if p.proto == IPPROTO_ICMP || published(nat_addr, port, p.proto).is_none() {
+            let rk = CtKey::new(peer, nat_addr, peer_port, port, p.proto, Stage::Dst);
+            if conntrack::insert_new(&rk, reply, cfg, now) {
+                return Ok(port);
+            }
+        }
+    }
+    Err(DropReason::NatPortExhausted)
+}
+
+/// Masquerade: container → outside, SNAT to the uplink address.
+#[inline(always)]
+fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: u64) -> Result<u16, DropReason> {
+    let u = cfg.uplink_addr;
+    let reply = entry(
+        p.saddr,
+        p.sport,
+        kind::MASQUERADE | kind::REPLY,
+        p.daddr,
+        p.dport,
+        now,
+        0,
+    );
+    let port = reserve_port(p, u, p.daddr, p.dport, &reply, cfg, now)?;
+    let orig = entry(
+        u,
+        port,
+        kind::MASQUERADE,
+        p.daddr,
+        p.dport,
+        now,
+        p.tcp_flags,
+    );
+    if !conntrack::insert_new(&key_of(p, Stage::Src), &orig, cfg, now) {
+        conntrack::remove(&CtKey::new(p.daddr, u, p.dport, port, p.proto, Stage::Dst));
+        return Err(DropReason::CtInsertFailed);
+    }
+    Ok(port)
+}
+
+/// A published port reached from outside: DNAT, and the reverse for the replies.
+#[inline(always)]
+fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result<(), DropReason> {
+    let rk = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Stage::Src);
+    let reply = entry(
+        p.daddr,
+        p.dport,
+        kind::PUBLISHED | kind::REPLY,
+        p.saddr,
+        p.sport,
+        now,
+        0,
+    );
+    if !conntrack::insert_new(&rk, &reply, cfg, now) {
+        return Err(DropReason::CtInsertFailed);
+    }
+    let orig = entry(
+        b.addr,
+        b.port,
+        kind::PUBLISHED,
+        p.saddr,
+        p.sport,
+        now,
+        p.tcp_flags,
+    );
+    if !conntrack::insert_new(&key_of(p, Stage::Dst), &orig, cfg, now) {
+        conntrack::remove(&rk);
+        return Err(DropReason::CtInsertFailed);
+    }
+    Ok(())
+}
+
+/// A published port reached from a container (its own, a peer's, or one on another
+/// network): DNAT here, and SNAT to the backend network's gateway at the bridge's egress so
+/// that the replies come back through the host. Four entries.
+#[inline(always)]
+fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result<(), DropReason> {
+    let g = b.gateway;
+    // The replies' dst stage: backend → gateway:P becomes backend → client.
+    let reply_dst = entry(
+        p.saddr,
+        p.sport,
+        kind::HAIRPIN | kind::REPLY,
+        b.addr,
+        b.port,
+        now,
+        0,
+    );
+    let port = reserve_port(p, g, b.addr, b.port, &reply_dst, cfg, now)?;
+    let reply_dst_key = CtKey::new(b.addr, g, b.port, port, p.proto, Stage::Dst);
+    // The replies' src stage: backend → client becomes published address → client.
+    let reply_src_key = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Stage::Src);
+    let reply_src = entry(
+        p.daddr,
+        p.dport,
+        kind::HAIRPIN | kind::REPLY,
+        p.saddr,
+        p.sport,
+        now,
+        0,
+    );
+    // The original direction's src stage: client → backend becomes gateway:P → backend.
+    let orig_src_key = CtKey::new(p.saddr, b.addr, p.sport, b.port, p.proto, Stage::Src);
+    let orig_src = entry(g, port, kind::HAIRPIN, b.addr, b.port, now, p.tcp_flags);
+    // The original direction's dst stage, last: it is what makes the flow known.
+    let orig_dst = entry(
+        b.addr,
+        b.port,
+        kind::HAIRPIN,
+        p.saddr,
+        p.sport,
+        now,
+        p.tcp_flags,
+    );
+    let orig_dst_key = key_of(p, Stage::Dst);
+    if !conntrack::insert_new(&reply_src_key, &reply_src, cfg, now) {
+        conntrack::remove(&reply_dst_key);
+        return Err(DropReason::CtInsertFailed);
+    }
+    if !conntrack::insert_new(&orig_src_key, &orig_src, cfg, now) {
+        conntrack::remove(&reply_dst_key);
+        conntrack::remove(&reply_src_key);
+        return Err(DropReason::CtInsertFailed);
+    }
+    if !conntrack::insert_new(&orig_dst_key, &orig_dst, cfg, now) {
+        conntrack::remove(&reply_dst_key);
+        conntrack::remove(&reply_src_key);
+        conntrack::remove(&orig_src_key);
+        return Err(DropReason::CtInsertFailed);
+    }
+    Ok(())
+}
+
+#[allow(dead_code)]
+const _: () = assert!(TC_ACT_SHOT == 2);

@@ -1,0 +1,531 @@
+//! The eBPF data plane: TC programs on the uplink and on every bridge (attached as TCX
+//! links), with connection tracking in BPF maps. No iptables rule, no nf_conntrack.
+//!
+//! Everything lives under `/sys/fs/bpf/netplane/<name>/`: the maps (`NP_*`) and one link
+//! per program and device (`link_<program>_<device>`). Pins keep the data plane running
+//! when the agent exits or is killed; a new `up` reuses the pinned maps (so the
+//! conntrack table, and every established connection, survives) and swaps the programs
+//! inside the pinned links atomically (BPF_LINK_UPDATE). `down` removes the directory,
+//! which unpins, and so detaches, everything.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::SchedClassifierLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::{Ebpf as AyaEbpf, EbpfLoader};
+use netplane_common::nat::{
+    Backend, CtEntry, CtKey, DpConfig, DropReason, NetInfo, PortKey, Timeouts, maps,
+};
+
+use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
+use crate::bpffs;
+use crate::config::{Mode, Plan};
+use crate::ebpf::OBJECT;
+
+pub const PIN_ROOT: &str = "/sys/fs/bpf/netplane";
+/// Masquerade's source ports when a container's own is taken: the kernel's default
+/// ip_local_port_range.
+const NAT_PORTS: (u16, u16) = (32_768, 60_999);
+
+/// The NAT programs and where each is attached.
+const PROGRAMS: [(&str, TcAttachType, Target); 4] = [
+    (
+        "netplane_uplink_ingress",
+        TcAttachType::Ingress,
+        Target::Uplink,
+    ),
+    (
+        "netplane_uplink_egress",
+        TcAttachType::Egress,
+        Target::Uplink,
+    ),
+    (
+        "netplane_bridge_ingress",
+        TcAttachType::Ingress,
+        Target::Bridges,
+    ),
+    (
+        "netplane_bridge_egress",
+        TcAttachType::Egress,
+        Target::Bridges,
+    ),
+];
+
+/// The socket-layer programs for host processes, attached to the root cgroup.
+const SOCK_PROGRAMS: [&str; 3] = [
+    "netplane_connect4",
+    "netplane_sendmsg4",
+    "netplane_recvmsg4",
+];
+
+#[derive(Clone, Copy)]
+enum Target {
+    Uplink,
+    Bridges,
+}
+
+pub struct Ebpf;
+
+pub fn pin_dir(name: &str) -> PathBuf {
+    Path::new(PIN_ROOT).join(name)
+}
+
+fn link_pin(dir: &Path, program: &str, device: &str) -> PathBuf {
+    dir.join(format!("link_{program}_{device}"))
+}
+
+/// Addresses and ports as the programs see them: network byte order in memory.
+fn ne_addr(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+fn ne_port(p: u16) -> u16 {
+    p.to_be()
+}
+
+fn err(what: impl Into<String>) -> impl FnOnce(String) -> DataplaneError {
+    let what = what.into();
+    move |detail| DataplaneError::Ebpf { what, detail }
+}
+
+/// `e` with its whole chain (aya's load errors carry the verifier log in their source).
+fn chain(e: impl std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// The devices each program goes on, for `plan` on uplink `uplink`.
+fn attachments<'a>(
+    plan: &'a Plan,
+    uplink: &'a str,
+) -> impl Iterator<Item = (&'static str, TcAttachType, &'a str)> + 'a {
+    PROGRAMS.iter().flat_map(move |&(prog, kind, target)| {
+        let devices: Vec<&'a str> = match target {
+            Target::Uplink => vec![uplink],
+            Target::Bridges => plan.networks.iter().map(|n| n.name.as_str()).collect(),
+        };
+        devices.into_iter().map(move |d| (prog, kind, d))
+    })
+}
+
+impl Ebpf {
+    fn load(dir: &Path) -> Result<AyaEbpf, DataplaneError> {
+        let paths: Vec<(&str, PathBuf)> = maps::PINNED.iter().map(|m| (*m, dir.join(m))).collect();
+        let mut loader = EbpfLoader::new();
+        for (m, p) in &paths {
+            loader.map_pin_path(m, p.as_path());
+        }
+        loader
+            .load(OBJECT)
+            .map_err(|e| err("load netplane's eBPF object")(chain(e)))
+    }
+
+    /// Attaches `program` to `device`, or swaps it into the link pinned from an earlier
+    /// `up`, and leaves the link pinned.
+    fn attach(
+        bpf: &mut AyaEbpf,
+        program: &str,
+        kind: TcAttachType,
+        device: &str,
+        pin: &Path,
+    ) -> Result<bool, DataplaneError> {
+        let what = format!("attach {program} to {device}");
+        let prog: &mut SchedClassifier = bpf
+            .program_mut(program)
+            .ok_or_else(|| err(what.clone())("missing from the object".into()))?
+            .try_into()
+            .map_err(|e| err(what.clone())(chain(e)))?;
+        if prog.fd().is_err() {
+            prog.load()
+                .map_err(|e| err(format!("load {program}"))(chain(e)))?;
+        }
+        let (id, fresh) = match PinnedLink::from_pin(pin) {
+            Ok(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .map_err(|e| err(what.clone())(chain(e)))?;
+                (
+                    prog.attach_to_link(link)
+                        .map_err(|e| err(what.clone())(chain(e)))?,
+                    false,
+                )
+            }
+            Err(_) => (
+                prog.attach(device, kind)
+                    .map_err(|e| err(what.clone())(chain(e)))?,
+                true,
+            ),
+        };
+        // The pin, not this process, keeps the link: take it from aya so that dropping
+        // the Ebpf object does not detach it.
+        let link = prog
+            .take_link(id)
+            .map_err(|e| err(what.clone())(chain(e)))?;
+        if fresh {
+            let fd: FdLink = link
+                .try_into()
+                .map_err(|e: aya::programs::links::LinkError| err(what.clone())(chain(e)))?;
+            fd.pin(pin)
+                .map_err(|e| err(format!("pin {}", pin.display()))(chain(e)))?;
+        }
+        Ok(fresh)
+    }
+
+    /// Attaches a socket-layer program to the root cgroup v2 and pins the link, replacing
+    /// the link an earlier `up` pinned (rename over it: the old link's last reference goes,
+    /// which detaches it).
+    fn attach_cgroup(bpf: &mut AyaEbpf, program: &str, pin: &Path) -> Result<(), DataplaneError> {
+        let what = format!("attach {program} to the root cgroup");
+        let root = cgroup2_root().ok_or_else(|| {
+            err(what.clone())("no cgroup v2 mount in /proc/self/mountinfo".into())
+        })?;
+        let cgroup =
+            std::fs::File::open(&root).map_err(|e| err(what.clone())(format!("{root}: {e}")))?;
+        let prog: &mut CgroupSockAddr = bpf
+            .program_mut(program)
+            .ok_or_else(|| err(what.clone())("missing from the object".into()))?
+            .try_into()
+            .map_err(|e| err(what.clone())(chain(e)))?;
+        prog.load()
+            .map_err(|e| err(format!("load {program}"))(chain(e)))?;
+        // A BPF link on a cgroup always coexists with other programs; BPF_LINK_CREATE rejects
+        // the BPF_F_ALLOW_MULTI flag that AllowMultiple would pass (cgroup_bpf_link_attach()
+        // takes no flags), so Single (no flag) is what yields a multi attachment here.
+        let id = prog
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .map_err(|e| err(what.clone())(chain(e)))?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(|e| err(what.clone())(chain(e)))?
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| err(what.clone())(chain(e)))?;
+        // bpffs refuses names with a dot (bpf_mkobj_ops: EPERM), hence no ".new".
+        let tmp = PathBuf::from(format!("{}_new", pin.display()));
+        let _ = std::fs::remove_file(&tmp);
+        link.pin(&tmp)
+            .map_err(|e| err(format!("pin {}", tmp.display()))(chain(e)))?;
+        std::fs::rename(&tmp, pin).map_err(|e| err(format!("pin {}", pin.display()))(e.to_string()))
+    }
+
+    /// Writes the plan into the maps: settings, subnets, local addresses, published ports
+    /// (removing those no longer published).
+    fn program_maps(
+        bpf: &mut AyaEbpf,
+        plan: &Plan,
+        host: &HostContext,
+    ) -> Result<(), DataplaneError> {
+        let cfg = DpConfig {
+            uplink_addr: ne_addr(host.uplink_addr),
+            nat_port_min: NAT_PORTS.0,
+            nat_port_max: NAT_PORTS.1,
+            timeouts: Timeouts::default(),
+            netns_cookie: netns_cookie()
+                .map_err(|e| err("read this namespace's cookie")(e.to_string()))?,
+        };
+        let map_err = |m: &str| err(format!("program map {m}"));
+        let mut config: Array<_, DpConfig> =
+            Array::try_from(bpf.map_mut(maps::CONFIG).expect("in the object"))
+                .map_err(|e| map_err(maps::CONFIG)(chain(e)))?;
+        config
+            .set(0, cfg, 0)
+            .map_err(|e| map_err(maps::CONFIG)(chain(e)))?;
+
+        let mut subnets: LpmTrie<_, u32, NetInfo> =
+            LpmTrie::try_from(bpf.map_mut(maps::SUBNETS).expect("in the object"))
+                .map_err(|e| map_err(maps::SUBNETS)(chain(e)))?;
+        let old: Vec<Key<u32>> = subnets.keys().filter_map(Result::ok).collect();
+        for k in &old {
+            let _ = subnets.remove(k);
+        }
+        for (i, n) in plan.networks.iter().enumerate() {
+            let key = Key::new(
+                u32::from(n.subnet.prefix_len()),
+                ne_addr(n.subnet.network()),
+            );
+            let info = NetInfo {
+                id: i as u32 + 1,
+                gateway: ne_addr(n.gateway),
+            };
+            subnets
+                .insert(&key, info, 0)
+                .map_err(|e| map_err(maps::SUBNETS)(chain(e)))?;
+        }
+
+        let mut local: HashMap<_, u32, u32> =
+            HashMap::try_from(bpf.map_mut(maps::LOCAL_ADDRS).expect("in the object"))
+                .map_err(|e| map_err(maps::LOCAL_ADDRS)(chain(e)))?;
+        let want: BTreeSet<u32> = host
+            .local_addrs
+            .iter()
+            .copied()
+            .chain([Ipv4Addr::LOCALHOST])
+            .map(ne_addr)
+            .collect();
+        let stale: Vec<u32> = local
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|a| !want.contains(a))
+            .collect();
+        for a in stale {
+            let _ = local.remove(&a);
+        }
+        for a in &want {
+            local
+                .insert(a, 1, 0)
+                .map_err(|e| map_err(maps::LOCAL_ADDRS)(chain(e)))?;
+        }
+
+        let mut published: HashMap<_, PortKey, Backend> =
+            HashMap::try_from(bpf.map_mut(maps::PUBLISHED).expect("in the object"))
+                .map_err(|e| map_err(maps::PUBLISHED)(chain(e)))?;
+        let mut want = Vec::new();
+        for c in &plan.containers {
+            let gateway = plan
+                .network(&c.network)
+                .map(|n| ne_addr(n.gateway))
+                .unwrap_or_default();
+            for m in &c.publish {
+                for (hp, cp) in m.pairs() {
+                    let key = PortKey {
+                        addr: m.host_ip.map(ne_addr).unwrap_or(0),
+                        port: ne_port(hp),
+                        proto: m.proto.number(),
+                        _pad: 0,
+                    };
+                    want.push((
+                        key,
+                        Backend {
+                            addr: ne_addr(c.ip),
+                            port: ne_port(cp),
+                            _pad: 0,
+                            gateway,
+                        },
+                    ));
+                }
+            }
+        }
+        let stale: Vec<PortKey> = published
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !want.iter().any(|(w, _)| w == k))
+            .collect();
+        for k in stale {
+            let _ = published.remove(&k);
+        }
+        for (k, b) in want {
+            published
+                .insert(k, b, 0)
+                .map_err(|e| map_err(maps::PUBLISHED)(chain(e)))?;
+        }
+        Ok(())
+    }
+}
+
+/// The cookie of the caller's network namespace (SO_NETNS_COOKIE, Linux 5.14), which the
+/// socket-layer programs compare with bpf_get_netns_cookie().
+fn netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// The root of the cgroup v2 hierarchy (not always /sys/fs/cgroup: hybrid systems mount it
+/// at /sys/fs/cgroup/unified).
+fn cgroup2_root() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        (post.split_whitespace().next()? == "cgroup2")
+            .then(|| pre.split_whitespace().nth(4).map(str::to_owned))?
+    })
+}
+
+/// Opens a map pinned by instance `name`.
+fn pinned_map(name: &str, map: &str) -> Option<aya::maps::Map> {
+    let data = MapData::from_pin(pin_dir(name).join(map)).ok()?;
+    aya::maps::Map::from_map_data(data).ok()
+}
+
+/// The live conntrack entries of instance `name`.
+pub fn conntrack_entries(name: &str) -> Vec<(CtKey, CtEntry)> {
+    let Some(map) = pinned_map(name, maps::CT) else {
+        return Vec::new();
+    };
+    let Ok(ct) = HashMap::<_, CtKey, CtEntry>::try_from(map) else {
+        return Vec::new();
+    };
+    ct.iter().filter_map(Result::ok).collect()
+}
+
+/// Drops per reason, summed over CPUs.
+pub fn drop_counters(name: &str) -> Vec<(&'static str, u64)> {
+    let Some(map) = pinned_map(name, maps::DROPS) else {
+        return Vec::new();
+    };
+    let Ok(drops) = PerCpuArray::<_, u64>::try_from(map) else {
+        return Vec::new();
+    };
+    DropReason::ALL
+        .iter()
+        .map(|r| {
+            (
+                r.name(),
+                drops
+                    .get(&(*r as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+impl Dataplane for Ebpf {
+    fn mode(&self) -> Mode {
+        Mode::Ebpf
+    }
+
+    fn check(&self) -> Result<(), DataplaneError> {
+        let missing = |what: &str| DataplaneError::Unsupported {
+            what: what.to_owned(),
+        };
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut v = release
+            .split(['.', '-'])
+            .filter_map(|n| n.parse::<u32>().ok());
+        if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 6) {
+            return Err(missing(&format!(
+                "Linux ≥ 6.6 for TCX links (this is {release})"
+            )));
+        }
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(missing("kernel BTF (/sys/kernel/btf/vmlinux)"));
+        }
+        bpffs::ensure_mounted(Path::new(bpffs::DEFAULT_PATH))
+            .map_err(|e| missing(&format!("a BPF filesystem ({e})")))?;
+        Ok(())
+    }
+
+    fn sysctls(&self, _plan: &Plan) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn apply(
+        &self,
+        plan: &Plan,
+        _old: Option<&Plan>,
+        host: &HostContext,
+    ) -> Result<Vec<String>, DataplaneError> {
+        let dir = pin_dir(&plan.name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| err(format!("create {}", dir.display()))(e.to_string()))?;
+        let mut bpf = Self::load(&dir)?;
+        let mut changes = Vec::new();
+        let mut wanted = BTreeSet::new();
+        for (prog, kind, device) in attachments(plan, &host.uplink) {
+            let pin = link_pin(&dir, prog, device);
+            if Self::attach(&mut bpf, prog, kind, device, &pin)? {
+                changes.push(format!("ebpf: {prog} attached to {device}"));
+            }
+            wanted.insert(pin);
+        }
+        for prog in SOCK_PROGRAMS {
+            let pin = dir.join(format!("link_{prog}_cgroup"));
+            if !pin.exists() {
+                changes.push(format!("ebpf: {prog} attached to the root cgroup"));
+            }
+            Self::attach_cgroup(&mut bpf, prog, &pin)?;
+            wanted.insert(pin);
+        }
+        // Links of devices that left the plan.
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_name().to_string_lossy().starts_with("link_") && !wanted.contains(&p) {
+                let _ = std::fs::remove_file(&p);
+                changes.push(format!(
+                    "ebpf: detached {}",
+                    e.file_name().to_string_lossy()
+                ));
+            }
+        }
+        Self::program_maps(&mut bpf, plan, host)?;
+        Ok(changes)
+    }
+
+    fn teardown(&self, name: &str) -> Result<Vec<String>, DataplaneError> {
+        let dir = pin_dir(name);
+        if !dir.exists() {
+            return Ok(Vec::new());
+        }
+        let removed: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("unpinned {}", e.path().display()))
+            .collect();
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| err(format!("remove {}", dir.display()))(e.to_string()))?;
+        // The per-host directory goes too once no instance uses it.
+        let _ = std::fs::remove_dir(PIN_ROOT);
+        Ok(removed)
+    }
+
+    fn status(&self, plan: &Plan) -> DataplaneStatus {
+        let dir = pin_dir(&plan.name);
+        let links: Vec<String> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("link_"))
+            .collect();
+        let mut details: Vec<String> = links
+            .iter()
+            .map(|l| format!("attached: {}", &l[5..]))
+            .collect();
+        let expected = SOCK_PROGRAMS.len()
+            + PROGRAMS
+                .iter()
+                .filter(|p| matches!(p.2, Target::Uplink))
+                .count()
+            + 2 * plan.networks.len();
+        details.push(format!(
+            "conntrack entries: {}",
+            conntrack_entries(&plan.name).len()
+        ));
+        for (reason, n) in drop_counters(&plan.name) {
+            details.push(format!("drops {reason}: {n}"));
+        }
+        DataplaneStatus {
+            mode: Mode::Ebpf,
+            healthy: links.len() == expected,
+            details,
+        }
+    }
+}
