@@ -16,7 +16,9 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+};
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DpConfig, DropReason, NetInfo, PortKey, Timeouts, maps,
@@ -331,6 +333,57 @@ impl Ebpf {
     }
 }
 
+/// The NAT programs loaded with private (unpinned) maps programmed for a plan, attached
+/// nowhere: for running them on crafted packets with BPF_PROG_TEST_RUN.
+pub struct Detached {
+    bpf: AyaEbpf,
+}
+
+impl Detached {
+    pub fn load(plan: &Plan, host: &HostContext) -> Result<Detached, DataplaneError> {
+        let mut bpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|e| err("load netplane's eBPF object")(chain(e)))?;
+        for (prog, _, _) in PROGRAMS {
+            let p: &mut SchedClassifier = bpf
+                .program_mut(prog)
+                .ok_or_else(|| err(format!("load {prog}"))("missing from the object".into()))?
+                .try_into()
+                .map_err(|e| err(format!("load {prog}"))(chain(e)))?;
+            p.load()
+                .map_err(|e| err(format!("load {prog}"))(chain(e)))?;
+        }
+        Ebpf::program_maps(&mut bpf, plan, host)?;
+        Ok(Detached { bpf })
+    }
+
+    /// Runs `program` once on `frame`; returns its verdict and the frame as it left.
+    pub fn run(&mut self, program: &str, frame: &[u8]) -> Result<(i32, Vec<u8>), DataplaneError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let what = format!("test-run {program}");
+        let p: &mut SchedClassifier = self
+            .bpf
+            .program_mut(program)
+            .ok_or_else(|| err(what.clone())("missing from the object".into()))?
+            .try_into()
+            .map_err(|e| err(what.clone())(chain(e)))?;
+        let res = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .map_err(|e| err(what.clone())(chain(e)))?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value as i32, out))
+    }
+
+    /// Drops per reason.
+    pub fn drops(&self) -> Vec<(&'static str, u64)> {
+        self.bpf.map(maps::DROPS).map(sum_drops).unwrap_or_default()
+    }
+}
+
 /// The cookie of the caller's network namespace (SO_NETNS_COOKIE, Linux 5.14), which the
 /// socket-layer programs compare with bpf_get_netns_cookie().
 fn netns_cookie() -> std::io::Result<u64> {
@@ -382,11 +435,16 @@ pub fn conntrack_entries(name: &str) -> Vec<(CtKey, CtEntry)> {
     ct.iter().filter_map(Result::ok).collect()
 }
 
-/// Drops per reason, summed over CPUs.
+/// Drops per reason of instance `name`.
 pub fn drop_counters(name: &str) -> Vec<(&'static str, u64)> {
-    let Some(map) = pinned_map(name, maps::DROPS) else {
-        return Vec::new();
-    };
+    pinned_map(name, maps::DROPS)
+        .as_ref()
+        .map(sum_drops)
+        .unwrap_or_default()
+}
+
+/// The drop counters of a NP_DROPS map, summed over CPUs.
+fn sum_drops(map: &aya::maps::Map) -> Vec<(&'static str, u64)> {
     let Ok(drops) = PerCpuArray::<_, u64>::try_from(map) else {
         return Vec::new();
     };

@@ -1,0 +1,328 @@
+//! The eBPF NAT programs in the kernel, on crafted packets (BPF_PROG_TEST_RUN): what they
+//! write, the checksums they leave, and what they refuse to touch.
+
+use std::net::Ipv4Addr;
+
+use netplane::config::{Config, Plan};
+use netplane::dataplane::HostContext;
+use netplane::dataplane::ebpf::Detached;
+use netplane_common::packet::{Ipv4, parse_ethernet};
+use netplane_tests::packet::{Ip, TCP_ACK, TCP_SYN, icmp_echo, ipv4_frame, tcp, udp, udp_datagram};
+use netplane_tests::privileged;
+
+const UPLINK_IN: &str = "netplane_uplink_ingress";
+const UPLINK_OUT: &str = "netplane_uplink_egress";
+const BRIDGE_IN: &str = "netplane_bridge_ingress";
+const TCX_NEXT: i32 = -1;
+const TC_ACT_SHOT: i32 = 2;
+
+const U: [u8; 4] = [203, 0, 113, 1];
+const D: [u8; 4] = [203, 0, 113, 2];
+const WEB: [u8; 4] = [10, 89, 0, 2];
+const PEER: [u8; 4] = [10, 89, 0, 3];
+const OTHER: [u8; 4] = [10, 89, 1, 2];
+
+fn plan() -> Plan {
+    Config::parse(
+        r#"
+        name = "kt"
+        [[networks]]
+        name = "npa"
+        subnet = "10.89.0.0/24"
+        [[networks]]
+        name = "npb"
+        subnet = "10.89.1.0/24"
+        [[containers]]
+        name = "web"
+        network = "npa"
+        publish = ["8080:80", "5353:53/udp", "127.0.0.1:8081:80"]
+        [[containers]]
+        name = "peer"
+        network = "npa"
+        [[containers]]
+        name = "other"
+        network = "npb"
+        "#,
+        "test",
+    )
+    .unwrap()
+    .plan()
+    .unwrap()
+}
+
+fn programs() -> Detached {
+    let host = HostContext {
+        uplink: "up0".into(),
+        uplink_addr: Ipv4Addr::from(U),
+        local_addrs: vec![
+            Ipv4Addr::from(U),
+            Ipv4Addr::new(10, 89, 0, 1),
+            Ipv4Addr::new(10, 89, 1, 1),
+        ],
+    };
+    Detached::load(&plan(), &host).expect("load the NAT programs")
+}
+
+/// The IPv4 packet of `frame`, with both checksums verified as a receiver would.
+fn checked(frame: &[u8]) -> Ipv4<'_> {
+    let ip = parse_ethernet(frame).expect("an IPv4 frame");
+    assert!(ip.header_checksum_ok(), "IP header checksum");
+    assert_ne!(ip.l4_checksum_ok(), Some(false), "L4 checksum");
+    ip
+}
+
+fn drops(p: &Detached, reason: &str) -> u64 {
+    p.drops()
+        .into_iter()
+        .find(|(r, _)| *r == reason)
+        .map(|(_, n)| n)
+        .unwrap()
+}
+
+#[test]
+fn masquerade_and_its_replies_keep_checksums_right() {
+    if !privileged("masquerade_and_its_replies_keep_checksums_right") {
+        return;
+    }
+    let mut p = programs();
+    let syn = tcp(Ip::new(WEB, D), 40000, 80, TCP_SYN, b"");
+    let (verdict, out) = p.run(UPLINK_OUT, &syn).unwrap();
+    assert_eq!(verdict, TCX_NEXT);
+    let ip = checked(&out);
+    assert_eq!(
+        (ip.src(), ip.ports()),
+        (U, Some((40000, 80))),
+        "SNAT to the uplink, source port kept"
+    );
+
+    let synack = tcp(Ip::new(D, U), 80, 40000, TCP_SYN | TCP_ACK, b"");
+    let (_, out) = p.run(UPLINK_IN, &synack).unwrap();
+    let ip = checked(&out);
+    assert_eq!(
+        (ip.dst(), ip.ports()),
+        (WEB, Some((80, 40000))),
+        "the reply goes back to the container"
+    );
+
+    // UDP and ICMP echo (the identifier is the port) take the same path.
+    let (_, out) = p
+        .run(UPLINK_OUT, &udp(Ip::new(WEB, D), 5000, 53, b"query"))
+        .unwrap();
+    assert_eq!(checked(&out).src(), U);
+    let (_, out) = p
+        .run(UPLINK_OUT, &icmp_echo(Ip::new(WEB, D), 8, 77, 1))
+        .unwrap();
+    assert_eq!(checked(&out).src(), U);
+    let (_, out) = p
+        .run(UPLINK_IN, &icmp_echo(Ip::new(D, U), 0, 77, 1))
+        .unwrap();
+    assert_eq!(checked(&out).dst(), WEB);
+}
+
+#[test]
+fn a_taken_source_port_is_replaced_within_the_range() {
+    if !privileged("a_taken_source_port_is_replaced_within_the_range") {
+        return;
+    }
+    let mut p = programs();
+    let (_, first) = p
+        .run(UPLINK_OUT, &tcp(Ip::new(WEB, D), 41000, 80, TCP_SYN, b""))
+        .unwrap();
+    let (_, second) = p
+        .run(UPLINK_OUT, &tcp(Ip::new(PEER, D), 41000, 80, TCP_SYN, b""))
+        .unwrap();
+    assert_eq!(checked(&first).ports(), Some((41000, 80)));
+    let (sport, _) = checked(&second).ports().unwrap();
+    assert!((32768..=60999).contains(&sport), "{sport}");
+    // Each reply finds its own container.
+    let (_, out) = p
+        .run(
+            UPLINK_IN,
+            &tcp(Ip::new(D, U), 80, sport, TCP_SYN | TCP_ACK, b""),
+        )
+        .unwrap();
+    assert_eq!(checked(&out).dst(), PEER);
+}
+
+#[test]
+fn published_ports_are_translated_both_ways() {
+    if !privileged("published_ports_are_translated_both_ways") {
+        return;
+    }
+    let mut p = programs();
+    let (_, out) = p
+        .run(UPLINK_IN, &tcp(Ip::new(D, U), 5555, 8080, TCP_SYN, b""))
+        .unwrap();
+    let ip = checked(&out);
+    assert_eq!(
+        (ip.src(), ip.dst(), ip.ports()),
+        (D, WEB, Some((5555, 80))),
+        "DNAT keeps the client"
+    );
+    let (_, out) = p
+        .run(
+            UPLINK_OUT,
+            &tcp(Ip::new(WEB, D), 80, 5555, TCP_SYN | TCP_ACK, b""),
+        )
+        .unwrap();
+    let ip = checked(&out);
+    assert_eq!((ip.src(), ip.ports()), (U, Some((8080, 5555))));
+    // An unpublished port is left alone.
+    let frame = tcp(Ip::new(D, U), 5556, 8090, TCP_SYN, b"");
+    assert_eq!(p.run(UPLINK_IN, &frame).unwrap(), (TCX_NEXT, frame));
+}
+
+#[test]
+fn a_zero_udp_checksum_stays_zero() {
+    if !privileged("a_zero_udp_checksum_stays_zero") {
+        return;
+    }
+    let mut p = programs();
+    let ip = Ip::new(D, U);
+    let frame = ipv4_frame(
+        ip,
+        17,
+        &udp_datagram(&ip, 6000, 5353, b"no checksum", false),
+    );
+    let (_, out) = p.run(UPLINK_IN, &frame).unwrap();
+    let ip = checked(&out);
+    assert_eq!((ip.dst(), ip.ports()), (WEB, Some((6000, 53))));
+    assert_eq!(
+        &ip.payload[6..8],
+        &[0, 0],
+        "RFC 768: zero means no checksum, and stays so"
+    );
+}
+
+#[test]
+fn ip_options_and_fragments() {
+    if !privileged("ip_options_and_fragments") {
+        return;
+    }
+    let mut p = programs();
+    // Four bytes of options (NOP NOP NOP EOL): the L4 header starts 24 bytes in.
+    let ip = Ip {
+        options: &[1, 1, 1, 0],
+        ..Ip::new(WEB, D)
+    };
+    let (_, out) = p
+        .run(UPLINK_OUT, &tcp(ip, 42000, 443, TCP_SYN, b""))
+        .unwrap();
+    let ip = checked(&out);
+    assert_eq!((ip.src(), ip.ports()), (U, Some((42000, 443))));
+    assert_eq!(&ip.header[20..24], &[1, 1, 1, 0], "options untouched");
+
+    // A later fragment whose first fragment was not seen passes untouched.
+    let later = Ip {
+        id: 0x4242,
+        frag_offset: 1480,
+        ..Ip::new(D, U)
+    };
+    let lone = ipv4_frame(later, 17, &[0xab; 64]);
+    assert_eq!(p.run(UPLINK_IN, &lone).unwrap(), (TCX_NEXT, lone));
+
+    // After its first fragment, a later one follows the same translation.
+    let first = Ip {
+        id: 0x4343,
+        more_fragments: true,
+        ..Ip::new(D, U)
+    };
+    let datagram = udp_datagram(&Ip::new(D, U), 7000, 5353, &[0x5a; 2000], true);
+    let (_, out) = p
+        .run(UPLINK_IN, &ipv4_frame(first, 17, &datagram[..1480]))
+        .unwrap();
+    let ip = parse_ethernet(&out).unwrap();
+    assert!(ip.header_checksum_ok());
+    assert_eq!((ip.dst(), ip.ports()), (WEB, Some((7000, 53))));
+    let rest = Ip {
+        id: 0x4343,
+        frag_offset: 1480,
+        ..Ip::new(D, U)
+    };
+    let (_, out) = p
+        .run(UPLINK_IN, &ipv4_frame(rest, 17, &datagram[1480..]))
+        .unwrap();
+    let ip = parse_ethernet(&out).unwrap();
+    assert!(ip.header_checksum_ok());
+    assert_eq!(ip.dst(), WEB);
+    assert_eq!(
+        ip.payload,
+        &datagram[1480..],
+        "the payload of a later fragment is not touched"
+    );
+}
+
+#[test]
+fn malformed_and_foreign_packets_are_never_rewritten() {
+    if !privileged("malformed_and_foreign_packets_are_never_rewritten") {
+        return;
+    }
+    let mut p = programs();
+    let syn = tcp(Ip::new(D, U), 5555, 8080, TCP_SYN, b"");
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        // (A frame cut inside its IP header is refused by BPF_PROG_TEST_RUN itself.)
+        ("truncated TCP header", syn[..14 + 20 + 3].to_vec()),
+        (
+            "unknown protocol (GRE)",
+            ipv4_frame(Ip::new(WEB, D), 47, &[0; 16]),
+        ),
+        (
+            "ICMP that is not an echo",
+            ipv4_frame(Ip::new(D, U), 1, &[3, 3, 0, 0, 0, 0, 0, 0]),
+        ),
+        ("ARP", {
+            let mut f = syn.clone();
+            f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+            f
+        }),
+    ];
+    let mut long = syn[..14 + 20 + 3].to_vec();
+    long[16..18].copy_from_slice(&100u16.to_be_bytes());
+    cases.push(("total length beyond the frame", long));
+    let mut bad_ihl = syn.clone();
+    bad_ihl[14] = 0x44;
+    cases.push(("IHL below 5", bad_ihl));
+    for (what, frame) in cases {
+        for prog in [UPLINK_IN, UPLINK_OUT, BRIDGE_IN] {
+            let got = p
+                .run(prog, &frame)
+                .unwrap_or_else(|e| panic!("{what} through {prog}: {e}"));
+            assert_eq!(got, (TCX_NEXT, frame.clone()), "{what} through {prog}");
+        }
+    }
+    // A TCP segment without SYN cannot open a masqueraded flow: dropped, and counted,
+    // rather than leaking a container address.
+    let ack = tcp(Ip::new(WEB, D), 43000, 80, TCP_ACK, b"data");
+    assert_eq!(p.run(UPLINK_OUT, &ack).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&p, "tcp-no-syn-new-flow"), 1);
+}
+
+#[test]
+fn bridges_isolate_networks_and_guard_loopback_ports() {
+    if !privileged("bridges_isolate_networks_and_guard_loopback_ports") {
+        return;
+    }
+    let mut p = programs();
+    let direct = tcp(Ip::new(OTHER, WEB), 5000, 80, TCP_SYN, b"");
+    assert_eq!(p.run(BRIDGE_IN, &direct).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&p, "isolation"), 1);
+    // ... but the other network may use the published port, and its own gateway is fine.
+    let (verdict, out) = p
+        .run(BRIDGE_IN, &tcp(Ip::new(OTHER, U), 5001, 8080, TCP_SYN, b""))
+        .unwrap();
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!(checked(&out).dst(), WEB);
+    let to_gateway = icmp_echo(Ip::new(OTHER, [10, 89, 0, 1]), 8, 1, 1);
+    assert_eq!(
+        p.run(BRIDGE_IN, &to_gateway).unwrap(),
+        (TCX_NEXT, to_gateway)
+    );
+
+    let crafted = tcp(Ip::new(PEER, [127, 0, 0, 1]), 5002, 8081, TCP_SYN, b"");
+    assert_eq!(
+        p.run(BRIDGE_IN, &crafted).unwrap().0,
+        TC_ACT_SHOT,
+        "moby#45610"
+    );
+    assert_eq!(drops(&p, "loopback-guard"), 1);
+}
