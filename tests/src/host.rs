@@ -165,6 +165,14 @@ impl Server {
     pub fn finish(mut self) -> bool {
         self.0.wait().is_ok_and(|s| s.success())
     }
+
+    /// Waits for it to finish and returns what else it printed.
+    pub fn output(mut self) -> String {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(self.0.stdout.as_mut().unwrap(), &mut rest).unwrap();
+        let _ = self.0.wait();
+        rest
+    }
 }
 
 impl Drop for Server {

@@ -10,6 +10,10 @@
 //!   `<len> bytes from <peer ip>`.
 //! - `nptest send-udp ADDR:PORT SIZE [SPORT]`: sends one datagram of SIZE bytes (from
 //!   source port SPORT if given) and prints the answer.
+//! - `nptest capture IFACE MILLIS`: captures the IPv4 TCP/UDP frames that IFACE receives
+//!   for MILLIS ms (AF_PACKET) and prints one line per frame with both checksums verified
+//!   in software: `SRC:SPORT DST:DPORT PROTO ip=ok|BAD l4=ok|BAD|-`. Veth never checks
+//!   checksums, so this is how the tests see what is really on the wire.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -29,6 +33,7 @@ fn main() {
         ["send-tcp", addr, msg, ..] => count(3).and_then(|n| send_tcp(addr, msg, n)),
         ["serve-udp", addr, ..] => count(2).and_then(|n| serve_udp(addr, n)),
         ["send-udp", addr, size, ..] => send_udp(addr, size, a.get(3).copied()),
+        ["capture", iface, millis] => capture(iface, millis),
         _ => Err("usage: see the header of tests/src/bin/nptest.rs".into()),
     };
     if let Err(e) = res {
@@ -111,5 +116,94 @@ fn send_udp(a: &str, size: &str, sport: Option<&str>) -> Result<(), String> {
         .recv_from(&mut buf)
         .map_err(|e| format!("no answer from {a}: {e}"))?;
     println!("{}", String::from_utf8_lossy(&buf[..n]));
+    Ok(())
+}
+
+fn capture(iface: &str, millis: &str) -> Result<(), String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Instant;
+
+    use netplane_common::packet::parse_ethernet;
+
+    let millis: u64 = millis.parse().map_err(|e| format!("{millis}: {e}"))?;
+    let name = std::ffi::CString::new(iface).map_err(|e| e.to_string())?;
+    // SAFETY: plain libc calls on a socket we own; every pointer is to a live local.
+    unsafe {
+        let index = libc::if_nametoindex(name.as_ptr());
+        if index == 0 {
+            return Err(format!("no interface {iface}"));
+        }
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
+        if fd < 0 {
+            return Err(format!(
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index as i32;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            len,
+        ) != 0
+        {
+            return Err(format!(
+                "bind to {iface}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        let tv_len = std::mem::size_of::<libc::timeval>() as u32;
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            tv_len,
+        );
+        listening();
+        let end = Instant::now() + Duration::from_millis(millis);
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < end {
+            let mut from: libc::sockaddr_ll = std::mem::zeroed();
+            let mut from_len = len;
+            let n = libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut from as *mut libc::sockaddr_ll).cast(),
+                &mut from_len,
+            );
+            // Only what the interface received: our own transmissions are not yet
+            // checksummed when offloaded.
+            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+                continue;
+            }
+            let Ok(ip) = parse_ethernet(&buf[..n as usize]) else {
+                continue;
+            };
+            let Some((sport, dport)) = ip.ports() else {
+                continue;
+            };
+            let ok = |b: bool| if b { "ok" } else { "BAD" };
+            let l4 = ip.l4_checksum_ok().map_or("-", ok);
+            let [a, b] = [ip.src(), ip.dst()].map(std::net::Ipv4Addr::from);
+            println!(
+                "{a}:{sport} {b}:{dport} {} ip={} l4={l4}",
+                ip.protocol(),
+                ok(ip.header_checksum_ok())
+            );
+        }
+    }
     Ok(())
 }
