@@ -186,7 +186,7 @@ fn capture(iface: &str, millis: &str) -> Result<(), String> {
             );
             // Only what the interface received: our own transmissions are not yet
             // checksummed when offloaded.
-            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let Ok(ip) = parse_ethernet(&buf[..n as usize]) else {
