@@ -196,6 +196,15 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     if !failures.is_empty() {
         return Err(Error::Teardown(failures));
     }
+    if plan.mode == Mode::Ebpf {
+        match crate::agent::ensure_running(&plan.name) {
+            Ok(Some(pid)) => report.changes.push(format!("agent started (pid {pid})")),
+            Ok(None) => {}
+            Err(e) => report.changes.push(format!("warning: the agent did not start ({e}); the data plane runs without garbage collection")),
+        }
+    } else if let Some(pid) = crate::agent::stop(&plan.name) {
+        report.changes.push(format!("agent stopped (pid {pid})"));
+    }
     Ok(report)
 }
 
@@ -414,6 +423,9 @@ pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
         }
         let mut removed = Vec::new();
         let mut failures = Vec::new();
+        if let Some(pid) = crate::agent::stop(name) {
+            removed.push(format!("agent (pid {pid})"));
+        }
         let mut modes = state.dataplanes.clone();
         modes.extend(plan.map(|p| p.mode));
         for dp in modes.into_iter().filter_map(dataplane::for_mode) {
@@ -465,6 +477,8 @@ pub struct Status {
     pub mode: Option<Mode>,
     pub dataplane: String,
     pub dataplane_health: Option<DataplaneStatus>,
+    /// The eBPF mode's agent, when it runs.
+    pub agent_pid: Option<u32>,
     pub networks: Vec<NetworkStatus>,
     pub containers: Vec<ContainerStatus>,
     pub problems: Vec<String>,
@@ -501,6 +515,7 @@ pub fn status(name: &str) -> Result<Status, Error> {
             mode: None,
             dataplane: "none".into(),
             dataplane_health: None,
+            agent_pid: None,
             networks: vec![],
             containers: vec![],
             problems: state
@@ -564,6 +579,7 @@ pub fn status(name: &str) -> Result<Status, Error> {
                         .into()
                 }
             },
+            agent_pid: crate::agent::running(name),
             dataplane_health: dataplane::for_mode(plan.mode).map(|d| {
                 let st = d.status(&plan);
                 if !st.healthy {

@@ -5,6 +5,7 @@
 //! - [`bpffs`]: the BPF filesystem that pins live in.
 //! - [`instance`]: `up`, `down` and `status`, over [`topology`] (rtnetlink), [`netns`],
 //!   [`sysctl`] and the recorded [`state`].
+pub mod agent;
 pub mod bpffs;
 pub mod config;
 pub mod dataplane;

@@ -68,6 +68,21 @@ enum Cmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
+    /// List the NAT sessions of the eBPF data plane, as `conntrack -L` does.
+    Conntrack {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the agent of an instance (started by `up` in eBPF mode; garbage-collects
+    /// conntrack entries until the instance is gone).
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        name: String,
+    },
     /// Count packets and bytes on an interface with the TC counter program, then print them.
     Count {
         /// The interface (in netplane's own network namespace).
@@ -148,6 +163,32 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             container,
             cmd,
         } => exec(&config, &container, &cmd),
+        Cmd::Conntrack { config, json } => {
+            let name = load_config(&config)?.name;
+            let flows = netplane::dataplane::ebpf::flows(&name);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+            } else {
+                for f in &flows {
+                    println!(
+                        "{:<5} {:<11} {:<12} {} ⇒ {}  age {}s, expires in {}s",
+                        f.protocol,
+                        f.state,
+                        f.kind,
+                        f.original,
+                        f.translated,
+                        f.age_s,
+                        f.expires_in_s
+                    );
+                }
+                println!("{} flows", flows.len());
+            }
+            Ok(())
+        }
+        Cmd::Agent { name } => {
+            netplane::agent::run(&name);
+            Ok(())
+        }
         Cmd::Count { iface, seconds } => {
             let mut counter = netplane::ebpf::counter::PacketCounter::load()?;
             counter

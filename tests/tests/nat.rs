@@ -328,6 +328,49 @@ fn checksums_on_the_wire_are_right_both_ways() {
 }
 
 #[test]
+fn established_connections_survive_up_and_the_agent() {
+    each_mode("established_connections_survive_up_and_the_agent", |mode| {
+        let h = up(mode);
+        let web = h.container("web");
+        let _server = Server::start(&web, &["echo-tcp", "0.0.0.0:80"]);
+        // 40 lines, 100 ms apart, on one connection through the published port.
+        let bin = netplane_tests::host::nptest_bin();
+        let client = h.outside.spawn(&[
+            bin.to_str().unwrap(),
+            "hold-tcp",
+            &format!("{UPLINK_IP}:8080"),
+            "40",
+            "100",
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        h.netplane_ok(&["up"]);
+        if mode == "ebpf" {
+            // The agent dies; the pinned data plane does not.
+            let status: serde_json::Value =
+                serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
+            let pid = status["agent_pid"]
+                .as_u64()
+                .expect("an agent runs in eBPF mode");
+            h.host.sh(&["kill", "-9", &pid.to_string()]);
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let flows = h.netplane_ok(&["conntrack"]);
+            assert!(
+                flows.contains("ESTABLISHED") && flows.contains(":8080"),
+                "{flows}"
+            );
+        }
+        h.netplane_ok(&["up"]);
+        let out = client.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "the connection broke: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+#[test]
 fn published_ports_from_the_host() {
     each_mode("published_ports_from_the_host", |mode| {
         let h = up(mode);

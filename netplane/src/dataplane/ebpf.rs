@@ -21,7 +21,8 @@ use aya::programs::{
 };
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
 use netplane_common::nat::{
-    Backend, CtEntry, CtKey, DpConfig, DropReason, NetInfo, PortKey, Timeouts, maps,
+    Backend, CtEntry, CtKey, DpConfig, DropReason, FragEntry, FragKey, NetInfo, PortKey, Timeouts,
+    maps,
 };
 
 use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
@@ -586,4 +587,134 @@ impl Dataplane for Ebpf {
             details,
         }
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns().
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Removes the expired conntrack and fragment entries of instance `name` (the data path
+/// already ignores them; this gives their memory back). Returns how many went.
+pub fn gc(name: &str) -> usize {
+    let now = monotonic_ns();
+    let timeouts = Timeouts::default();
+    let mut removed = 0;
+    if let Some(map) = pinned_map(name, maps::CT)
+        && let Ok(mut ct) = HashMap::<_, CtKey, CtEntry>::try_from(map)
+    {
+        let expired: Vec<CtKey> = ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, e)| timeouts.expired(k.proto, e, now))
+            .map(|(k, _)| k)
+            .collect();
+        removed += expired.iter().filter(|k| ct.remove(k).is_ok()).count();
+    }
+    if let Some(map) = pinned_map(name, maps::FRAGS)
+        && let Ok(mut frags) = HashMap::<_, FragKey, FragEntry>::try_from(map)
+    {
+        // A datagram's fragments arrive within moments; the kernel's own reassembly gives
+        // up after 30 s (ipfrag_time).
+        let expired: Vec<FragKey> = frags
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| now.saturating_sub(e.last_seen_ns) > 30_000_000_000)
+            .map(|(k, _)| k)
+            .collect();
+        removed += expired.iter().filter(|k| frags.remove(k).is_ok()).count();
+    }
+    removed
+}
+
+/// One tracked flow, as `netplane conntrack` shows it: the original tuple, what NAT makes
+/// of it, its state and timing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Flow {
+    pub protocol: &'static str,
+    pub kind: &'static str,
+    pub original: String,
+    pub translated: String,
+    pub state: &'static str,
+    pub age_s: u64,
+    pub expires_in_s: u64,
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        6 => "tcp",
+        17 => "udp",
+        1 => "icmp",
+        _ => "other",
+    }
+}
+
+fn endpoint(addr: u32, port: u16) -> String {
+    format!(
+        "{}:{}",
+        Ipv4Addr::from(addr.to_ne_bytes()),
+        u16::from_be(port)
+    )
+}
+
+/// The live flows of instance `name`, one per original direction.
+pub fn flows(name: &str) -> Vec<Flow> {
+    use netplane_common::nat::{kind, seen};
+    let now = monotonic_ns();
+    let timeouts = Timeouts::default();
+    let entries = conntrack_entries(name);
+    let mut flows: Vec<Flow> = entries
+        .iter()
+        .filter(|(k, e)| e.kind & kind::REPLY == 0 && !timeouts.expired(k.proto, e, now))
+        // Each flow once: by the entry of its first stage (the src stage for masquerade,
+        // whose packets are first seen leaving; the dst stage otherwise).
+        .filter(|(k, e)| (e.kind == kind::MASQUERADE) == (k.stage == 1))
+        .map(|(k, e)| {
+            let (src, dst) = (endpoint(k.saddr, k.sport), endpoint(k.daddr, k.dport));
+            let translated = if k.stage == 1 {
+                format!("{} → {dst}", endpoint(e.addr, e.port))
+            } else {
+                // For hairpin, the src-stage entry tells the source the backend sees.
+                let nat_src = entries
+                    .iter()
+                    .find(|(k2, e2)| {
+                        k2.stage == 1
+                            && e2.kind == kind::HAIRPIN
+                            && k2.saddr == k.saddr
+                            && k2.sport == k.sport
+                            && k2.daddr == e.addr
+                            && k2.dport == e.port
+                            && k2.proto == k.proto
+                    })
+                    .map(|(_, e2)| endpoint(e2.addr, e2.port))
+                    .unwrap_or_else(|| src.clone());
+                format!("{nat_src} → {}", endpoint(e.addr, e.port))
+            };
+            let state = match (k.proto, e.seen) {
+                (6, s) if s & (seen::FIN | seen::RST) != 0 => "CLOSING",
+                (6, s) if s & seen::ACK != 0 => "ESTABLISHED",
+                (6, _) => "SYN_SENT",
+                _ => "-",
+            };
+            let life = u64::from(timeouts.lifetime_s(k.proto, e.seen));
+            Flow {
+                protocol: proto_name(k.proto),
+                kind: match e.kind {
+                    kind::MASQUERADE => "masquerade",
+                    kind::PUBLISHED => "published",
+                    _ => "hairpin",
+                },
+                original: format!("{src} → {dst}"),
+                translated,
+                state,
+                age_s: now.saturating_sub(e.created_ns) / 1_000_000_000,
+                expires_in_s: life
+                    .saturating_sub(now.saturating_sub(e.last_seen_ns) / 1_000_000_000),
+            }
+        })
+        .collect();
+    flows.sort_by(|a, b| (a.protocol, &a.original).cmp(&(b.protocol, &b.original)));
+    flows
 }

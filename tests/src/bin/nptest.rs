@@ -10,6 +10,9 @@
 //!   `<len> bytes from <peer ip>`.
 //! - `nptest send-udp ADDR:PORT SIZE [SPORT]`: sends one datagram of SIZE bytes (from
 //!   source port SPORT if given) and prints the answer.
+//! - `nptest echo-tcp ADDR:PORT`: answers every line of one connection, until it closes.
+//! - `nptest hold-tcp ADDR:PORT COUNT MILLIS`: one connection, COUNT lines MILLIS ms apart,
+//!   each answer checked: a long-lived connection, to see it survive changes.
 //! - `nptest capture IFACE MILLIS`: captures the IPv4 TCP/UDP frames that IFACE receives
 //!   for MILLIS ms (AF_PACKET) and prints one line per frame with both checksums verified
 //!   in software: `SRC:SPORT DST:DPORT PROTO ip=ok|BAD l4=ok|BAD|-`. Veth never checks
@@ -34,6 +37,8 @@ fn main() {
         ["serve-udp", addr, ..] => count(2).and_then(|n| serve_udp(addr, n)),
         ["send-udp", addr, size, ..] => send_udp(addr, size, a.get(3).copied()),
         ["capture", iface, millis] => capture(iface, millis),
+        ["echo-tcp", addr] => echo_tcp(addr),
+        ["hold-tcp", addr, count, millis] => hold_tcp(addr, count, millis),
         _ => Err("usage: see the header of tests/src/bin/nptest.rs".into()),
     };
     if let Err(e) = res {
@@ -205,5 +210,39 @@ fn capture(iface: &str, millis: &str) -> Result<(), String> {
             );
         }
     }
+    Ok(())
+}
+
+fn echo_tcp(a: &str) -> Result<(), String> {
+    let l = TcpListener::bind(addr(a)?).map_err(|e| format!("bind {a}: {e}"))?;
+    listening();
+    let (mut s, peer) = l.accept().map_err(|e| e.to_string())?;
+    let reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    for line in reader.lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        writeln!(s, "{line} from {}", peer.ip()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn hold_tcp(a: &str, count: &str, millis: &str) -> Result<(), String> {
+    let count: u32 = count.parse().map_err(|e| format!("{count}: {e}"))?;
+    let pause = Duration::from_millis(millis.parse().map_err(|e| format!("{millis}: {e}"))?);
+    let mut s =
+        TcpStream::connect_timeout(&addr(a)?, TIMEOUT).map_err(|e| format!("connect {a}: {e}"))?;
+    s.set_read_timeout(Some(TIMEOUT)).ok();
+    let mut reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    for i in 1..=count {
+        writeln!(s, "line-{i}").map_err(|e| format!("line {i}: {e}"))?;
+        let mut answer = String::new();
+        reader
+            .read_line(&mut answer)
+            .map_err(|e| format!("line {i}: {e}"))?;
+        if !answer.starts_with(&format!("line-{i} ")) {
+            return Err(format!("line {i}: unexpected answer {answer:?}"));
+        }
+        std::thread::sleep(pause);
+    }
+    println!("{count} lines on one connection");
     Ok(())
 }

@@ -1,0 +1,73 @@
+//! The agent: the long-running half of eBPF mode. `up` starts it (detached, one per
+//! instance) and `down` stops it. It garbage-collects expired conntrack entries; the data
+//! path never depends on it (programs and maps are pinned), so killing it loses nothing
+//! but memory reclamation until the next `up` starts it again. It exits by itself when
+//! the instance's pins disappear.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::dataplane::ebpf;
+use crate::state;
+
+/// How often the agent collects garbage.
+pub const GC_INTERVAL: Duration = Duration::from_secs(5);
+
+fn pid_file(name: &str) -> PathBuf {
+    state::dir(name).join("agent.pid")
+}
+
+/// The agent's loop. Returns when the instance is gone.
+pub fn run(name: &str) {
+    while ebpf::pin_dir(name).exists() {
+        let removed = ebpf::gc(name);
+        if removed > 0 {
+            tracing::debug!(removed, "conntrack garbage collection");
+        }
+        std::thread::sleep(GC_INTERVAL);
+    }
+}
+
+/// The pid of instance `name`'s agent, if one is running.
+pub fn running(name: &str) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // The pid must still be our agent for this instance, not a recycled pid.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    (args.contains(&b"agent".as_slice()) && args.contains(&name.as_bytes())).then_some(pid)
+}
+
+/// Starts the agent unless it runs. Returns the pid of a newly started one.
+pub fn ensure_running(name: &str) -> io::Result<Option<u32>> {
+    if running(name).is_some() {
+        return Ok(None);
+    }
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["agent", "--name", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own session: the agent outlives the terminal and the `up` that started it.
+        .process_group(0);
+    let child = cmd.spawn()?;
+    std::fs::write(pid_file(name), child.id().to_string())?;
+    Ok(Some(child.id()))
+}
+
+/// Stops instance `name`'s agent, if it runs.
+pub fn stop(name: &str) -> Option<u32> {
+    let pid = running(name)?;
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = std::fs::remove_file(pid_file(name));
+    Some(pid)
+}
