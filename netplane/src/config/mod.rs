@@ -59,6 +59,74 @@ pub struct Config {
     pub networks: Vec<NetworkConfig>,
     #[serde(default)]
     pub containers: Vec<ContainerConfig>,
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
+}
+
+/// `[conntrack]`: the eBPF data plane's connection tracking. Lifetimes in seconds after a
+/// flow's last packet; defaults as Cilium's (bpf/lib/conntrack.h), the NAT port range as
+/// the kernel's ip_local_port_range.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    pub tcp_syn_timeout: u32,
+    pub tcp_established_timeout: u32,
+    pub tcp_closing_timeout: u32,
+    pub udp_timeout: u32,
+    pub icmp_timeout: u32,
+    /// Source ports masquerade may use when a container's own is taken: `[first, last]`.
+    pub nat_port_range: [u16; 2],
+    /// Entries of the conntrack map (an LRU: the least recently used go when it is full).
+    pub max_entries: u32,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            tcp_syn_timeout: 60,
+            tcp_established_timeout: 21_600,
+            tcp_closing_timeout: 10,
+            udp_timeout: 60,
+            icmp_timeout: 30,
+            nat_port_range: [32_768, 60_999],
+            max_entries: 131_072,
+        }
+    }
+}
+
+impl ConntrackConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            ("conntrack.tcp_syn_timeout", self.tcp_syn_timeout),
+            (
+                "conntrack.tcp_established_timeout",
+                self.tcp_established_timeout,
+            ),
+            ("conntrack.tcp_closing_timeout", self.tcp_closing_timeout),
+            ("conntrack.udp_timeout", self.udp_timeout),
+            ("conntrack.icmp_timeout", self.icmp_timeout),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "0", "a lifetime must be at least 1 second"));
+            }
+        }
+        let [lo, hi] = self.nat_port_range;
+        if lo < 1024 || lo > hi {
+            return Err(invalid(
+                "conntrack.nat_port_range",
+                &format!("[{lo}, {hi}]"),
+                "must be [first, last] with 1024 <= first <= last",
+            ));
+        }
+        if !(1024..=16_777_216).contains(&self.max_entries) {
+            return Err(invalid(
+                "conntrack.max_entries",
+                &self.max_entries.to_string(),
+                "must be between 1024 and 16777216",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_name() -> String {
@@ -149,6 +217,8 @@ pub struct Plan {
     pub uplink: Option<String>,
     pub networks: Vec<Network>,
     pub containers: Vec<Container>,
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -214,12 +284,14 @@ impl Config {
         }
         let networks = self.plan_networks()?;
         let containers = self.plan_containers(&networks)?;
+        self.conntrack.validate()?;
         Ok(Plan {
             name: self.name.clone(),
             mode: self.mode,
             uplink: self.uplink.clone(),
             networks,
             containers,
+            conntrack: self.conntrack,
         })
     }
 
@@ -1204,5 +1276,46 @@ mod tests {
             serde_json::from_str::<Plan>(&json).expect("deserialize"),
             plan
         );
+    }
+}
+
+#[cfg(test)]
+mod conntrack_tests {
+    use super::*;
+
+    fn with(section: &str) -> Result<Plan, ConfigError> {
+        Config::parse(&format!("[conntrack]\n{section}\n"), "test").and_then(|c| c.plan())
+    }
+
+    #[test]
+    fn defaults_are_ciliums() {
+        let ct = with("").unwrap().conntrack;
+        assert_eq!(
+            (
+                ct.tcp_syn_timeout,
+                ct.tcp_established_timeout,
+                ct.tcp_closing_timeout
+            ),
+            (60, 21_600, 10)
+        );
+        assert_eq!(ct.nat_port_range, [32_768, 60_999]);
+    }
+
+    #[test]
+    fn settings_are_validated_by_field() {
+        assert_eq!(with("udp_timeout = 5").unwrap().conntrack.udp_timeout, 5);
+        for (section, field) in [
+            ("udp_timeout = 0", "conntrack.udp_timeout"),
+            (
+                "nat_port_range = [40000, 30000]",
+                "conntrack.nat_port_range",
+            ),
+            ("nat_port_range = [80, 90]", "conntrack.nat_port_range"),
+            ("max_entries = 10", "conntrack.max_entries"),
+        ] {
+            let e = with(section).unwrap_err().to_string();
+            assert!(e.contains(field), "{section}: {e}");
+        }
+        assert!(with("bogus = 1").is_err(), "unknown keys are rejected");
     }
 }

@@ -31,9 +31,6 @@ use crate::config::{Mode, Plan};
 use crate::ebpf::OBJECT;
 
 pub const PIN_ROOT: &str = "/sys/fs/bpf/netplane";
-/// Masquerade's source ports when a container's own is taken: the kernel's default
-/// ip_local_port_range.
-const NAT_PORTS: (u16, u16) = (32_768, 60_999);
 
 /// The NAT programs and where each is attached.
 const PROGRAMS: [(&str, TcAttachType, Target); 4] = [
@@ -123,9 +120,10 @@ fn attachments<'a>(
 }
 
 impl Ebpf {
-    fn load(dir: &Path) -> Result<AyaEbpf, DataplaneError> {
+    fn load(dir: &Path, plan: &Plan) -> Result<AyaEbpf, DataplaneError> {
         let paths: Vec<(&str, PathBuf)> = maps::PINNED.iter().map(|m| (*m, dir.join(m))).collect();
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(maps::CT, plan.conntrack.max_entries);
         for (m, p) in &paths {
             loader.map_pin_path(m, p.as_path());
         }
@@ -227,11 +225,19 @@ impl Ebpf {
         plan: &Plan,
         host: &HostContext,
     ) -> Result<(), DataplaneError> {
+        let ct = &plan.conntrack;
         let cfg = DpConfig {
             uplink_addr: ne_addr(host.uplink_addr),
-            nat_port_min: NAT_PORTS.0,
-            nat_port_max: NAT_PORTS.1,
-            timeouts: Timeouts::default(),
+            nat_port_min: ct.nat_port_range[0],
+            nat_port_max: ct.nat_port_range[1],
+            timeouts: Timeouts {
+                tcp_syn: ct.tcp_syn_timeout,
+                tcp_established: ct.tcp_established_timeout,
+                tcp_closing: ct.tcp_closing_timeout,
+                udp: ct.udp_timeout,
+                icmp: ct.icmp_timeout,
+                _pad: 0,
+            },
             netns_cookie: netns_cookie()
                 .map_err(|e| err("read this namespace's cookie")(e.to_string()))?,
         };
@@ -425,6 +431,12 @@ fn pinned_map(name: &str, map: &str) -> Option<aya::maps::Map> {
     aya::maps::Map::from_map_data(data).ok()
 }
 
+/// The settings the programs of instance `name` run with (its pinned config map).
+fn pinned_config(name: &str) -> Option<DpConfig> {
+    let map = pinned_map(name, maps::CONFIG)?;
+    Array::<_, DpConfig>::try_from(map).ok()?.get(&0, 0).ok()
+}
+
 /// The live conntrack entries of instance `name`.
 pub fn conntrack_entries(name: &str) -> Vec<(CtKey, CtEntry)> {
     let Some(map) = pinned_map(name, maps::CT) else {
@@ -504,7 +516,7 @@ impl Dataplane for Ebpf {
         let dir = pin_dir(&plan.name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| err(format!("create {}", dir.display()))(e.to_string()))?;
-        let mut bpf = Self::load(&dir)?;
+        let mut bpf = Self::load(&dir, plan)?;
         let mut changes = Vec::new();
         let mut wanted = BTreeSet::new();
         for (prog, kind, device) in attachments(plan, &host.uplink) {
@@ -575,8 +587,9 @@ impl Dataplane for Ebpf {
                 .count()
             + 2 * plan.networks.len();
         details.push(format!(
-            "conntrack entries: {}",
-            conntrack_entries(&plan.name).len()
+            "conntrack entries: {} of {}",
+            conntrack_entries(&plan.name).len(),
+            plan.conntrack.max_entries
         ));
         for (reason, n) in drop_counters(&plan.name) {
             details.push(format!("drops {reason}: {n}"));
@@ -600,7 +613,9 @@ fn monotonic_ns() -> u64 {
 /// already ignores them; this gives their memory back). Returns how many went.
 pub fn gc(name: &str) -> usize {
     let now = monotonic_ns();
-    let timeouts = Timeouts::default();
+    let Some(DpConfig { timeouts, .. }) = pinned_config(name) else {
+        return 0;
+    };
     let mut removed = 0;
     if let Some(map) = pinned_map(name, maps::CT)
         && let Ok(mut ct) = HashMap::<_, CtKey, CtEntry>::try_from(map)
@@ -663,7 +678,9 @@ fn endpoint(addr: u32, port: u16) -> String {
 pub fn flows(name: &str) -> Vec<Flow> {
     use netplane_common::nat::{kind, seen};
     let now = monotonic_ns();
-    let timeouts = Timeouts::default();
+    let Some(DpConfig { timeouts, .. }) = pinned_config(name) else {
+        return Vec::new();
+    };
     let entries = conntrack_entries(name);
     let mut flows: Vec<Flow> = entries
         .iter()
