@@ -6,7 +6,7 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap};
-use netplane_common::nat::{CtEntry, CtKey, DpConfig, FragEntry, FragKey, tcp_seen};
+use netplane_common::nat::{CtEntry, CtKey, DpConfig, FragEntry, FragKey, seen, tcp_seen};
 
 /// Sizes the agent may override at load time (EbpfLoader::set_max_entries).
 pub const CT_MAX_ENTRIES: u32 = 131_072;
@@ -45,21 +45,31 @@ pub fn lookup(key: &CtKey, cfg: &DpConfig, now: u64, tcp_flags: u8) -> Option<Ct
         return None;
     }
     entry.last_seen_ns = now;
+    // A SYN on a closed flow's tuple (the client reused its port) starts a new
+    // incarnation: forget the FIN/RST that would shorten its lifetime.
+    if tcp_seen(tcp_flags) & seen::SYN != 0 {
+        entry.seen &= !(seen::FIN | seen::RST);
+    }
     entry.seen |= tcp_seen(tcp_flags);
     Some(*entry)
 }
 
-/// Inserts `entry` only if `key` is free (BPF_NOEXIST), or if what is there has expired.
+/// Inserts `entry` only if `key` is free (BPF_NOEXIST), or if what is there has expired,
+/// or, with `reopen` (a TCP SYN whose tuple leaves no choice), if it belongs to a flow
+/// that has seen FIN or RST: as nf_conntrack lets a SYN reopen a closed connection
+/// (tcp_conntrack's TCP_CONNTRACK_CLOSE → SYN_SENT), a client that reuses its port through
+/// another published port of the same backend must not be refused for 10 s.
 #[inline(always)]
-pub fn insert_new(key: &CtKey, entry: &CtEntry, cfg: &DpConfig, now: u64) -> bool {
+pub fn insert_new(key: &CtKey, entry: &CtEntry, cfg: &DpConfig, now: u64, reopen: bool) -> bool {
     if CT.insert(key, entry, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
-    // SAFETY: as in lookup().
-    let stale = CT
-        .get_ptr(key)
-        .is_some_and(|e| cfg.timeouts.expired(key.proto, unsafe { &*e }, now));
-    stale && CT.insert(key, entry, BPF_ANY as u64).is_ok()
+    let replaceable = CT.get_ptr(key).is_some_and(|e| {
+        // SAFETY: as in lookup().
+        let e = unsafe { &*e };
+        cfg.timeouts.expired(key.proto, e, now) || (reopen && e.seen & (seen::FIN | seen::RST) != 0)
+    });
+    replaceable && CT.insert(key, entry, BPF_ANY as u64).is_ok()
 }
 
 #[inline(always)]

@@ -256,7 +256,7 @@ fn reserve_port(
         // A published port of the NAT address is never handed out.
         if p.proto == IPPROTO_ICMP || published(nat_addr, port, p.proto).is_none() {
             let rk = CtKey::new(peer, nat_addr, peer_port, port, p.proto, Stage::Dst);
-            if conntrack::insert_new(&rk, reply, cfg, now) {
+            if conntrack::insert_new(&rk, reply, cfg, now, false) {
                 return Ok(port);
             }
         }
@@ -287,7 +287,7 @@ fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: u64) -> Result<u16, Drop
         now,
         p.tcp_flags,
     );
-    if !conntrack::insert_new(&key_of(p, Stage::Src), &orig, cfg, now) {
+    if !conntrack::insert_new(&key_of(p, Stage::Src), &orig, cfg, now, false) {
         conntrack::remove(&CtKey::new(p.daddr, u, p.dport, port, p.proto, Stage::Dst));
         return Err(DropReason::CtInsertFailed);
     }
@@ -297,6 +297,7 @@ fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: u64) -> Result<u16, Drop
 /// A published port reached from outside: DNAT, and the reverse for the replies.
 #[inline(always)]
 fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result<(), DropReason> {
+    let reopen = p.proto == IPPROTO_TCP;
     let rk = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Stage::Src);
     let reply = entry(
         p.daddr,
@@ -307,7 +308,7 @@ fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Resu
         now,
         0,
     );
-    if !conntrack::insert_new(&rk, &reply, cfg, now) {
+    if !conntrack::insert_new(&rk, &reply, cfg, now, reopen) {
         return Err(DropReason::CtInsertFailed);
     }
     let orig = entry(
@@ -319,7 +320,7 @@ fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Resu
         now,
         p.tcp_flags,
     );
-    if !conntrack::insert_new(&key_of(p, Stage::Dst), &orig, cfg, now) {
+    if !conntrack::insert_new(&key_of(p, Stage::Dst), &orig, cfg, now, reopen) {
         conntrack::remove(&rk);
         return Err(DropReason::CtInsertFailed);
     }
@@ -331,6 +332,7 @@ fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Resu
 /// that the replies come back through the host. Four entries.
 #[inline(always)]
 fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result<(), DropReason> {
+    let reopen = p.proto == IPPROTO_TCP;
     let g = b.gateway;
     // The replies' dst stage: backend → gateway:P becomes backend → client.
     let reply_dst = entry(
@@ -369,16 +371,16 @@ fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result
         p.tcp_flags,
     );
     let orig_dst_key = key_of(p, Stage::Dst);
-    if !conntrack::insert_new(&reply_src_key, &reply_src, cfg, now) {
+    if !conntrack::insert_new(&reply_src_key, &reply_src, cfg, now, reopen) {
         conntrack::remove(&reply_dst_key);
         return Err(DropReason::CtInsertFailed);
     }
-    if !conntrack::insert_new(&orig_src_key, &orig_src, cfg, now) {
+    if !conntrack::insert_new(&orig_src_key, &orig_src, cfg, now, reopen) {
         conntrack::remove(&reply_dst_key);
         conntrack::remove(&reply_src_key);
         return Err(DropReason::CtInsertFailed);
     }
-    if !conntrack::insert_new(&orig_dst_key, &orig_dst, cfg, now) {
+    if !conntrack::insert_new(&orig_dst_key, &orig_dst, cfg, now, reopen) {
         conntrack::remove(&reply_dst_key);
         conntrack::remove(&reply_src_key);
         conntrack::remove(&orig_src_key);

@@ -573,6 +573,7 @@ pub fn status(name: &str) -> Result<Status, Error> {
             up: true,
             mode: Some(plan.mode),
             dataplane: match plan.mode {
+                Mode::None => "none (topology only, no NAT)".into(),
                 Mode::Iptables => "iptables (masquerade, published ports, isolation)".into(),
                 Mode::Ebpf => {
                     "ebpf (TC programs and BPF conntrack; masquerade, published ports, isolation)"

@@ -6,6 +6,7 @@
 //! - [`instance`]: `up`, `down` and `status`, over [`topology`] (rtnetlink), [`netns`],
 //!   [`sysctl`] and the recorded [`state`].
 pub mod agent;
+pub mod bench;
 pub mod bpffs;
 pub mod config;
 pub mod dataplane;

@@ -76,6 +76,29 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Measure eBPF mode against iptables mode, an nftables reference and a no-NAT
+    /// baseline, side by side, in a sandbox of its own. Writes bench.json, bench.md and
+    /// bench.svg into --out.
+    Bench {
+        /// Under two minutes: fewer rounds, shorter measurements.
+        #[arg(long, conflicts_with = "smoke")]
+        quick: bool,
+        /// Only check that every part works (seconds; figures are meaningless).
+        #[arg(long)]
+        smoke: bool,
+        /// Rounds (modes interleaved in a new order each round).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Seconds per measurement.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Where to write the report.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Print the results as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the agent of an instance (started by `up` in eBPF mode; garbage-collects
     /// conntrack entries until the instance is gone).
     #[command(hide = true)]
@@ -182,6 +205,39 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     );
                 }
                 println!("{} flows", flows.len());
+            }
+            Ok(())
+        }
+        Cmd::Bench {
+            quick,
+            smoke,
+            rounds,
+            seconds,
+            out,
+            json,
+        } => {
+            use netplane::bench::{self, report};
+            let mut opts = if smoke {
+                bench::Options::smoke()
+            } else if quick {
+                bench::Options::quick()
+            } else {
+                bench::Options::full()
+            };
+            opts.rounds = rounds.unwrap_or(opts.rounds);
+            opts.seconds = seconds.unwrap_or(opts.seconds);
+            let results = bench::run(opts)?;
+            let summary = report::summarize(&results);
+            std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+            let doc = serde_json::json!({ "results": results, "summary": summary });
+            std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&doc)?)?;
+            std::fs::write(out.join("bench.md"), report::markdown(&results, &summary))?;
+            std::fs::write(out.join("bench.svg"), report::svg(&results, &summary))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", report::table(&results, &summary, false));
+                println!("report: {}", out.join("bench.md").display());
             }
             Ok(())
         }

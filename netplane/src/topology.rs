@@ -255,6 +255,67 @@ pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), To
     Ok((created || addr_changed || up_changed, created))
 }
 
+/// Creates the veth pair `name` ↔ `peer`, the peer inside namespace `peer_ns` (with
+/// `peer_mac` if given), and returns the local end.
+pub async fn create_veth(
+    h: &Handle,
+    name: &str,
+    peer: &str,
+    peer_ns: &str,
+    peer_mac: Option<[u8; 6]>,
+) -> Result<Link, TopologyError> {
+    let ns = netns::open(peer_ns)?;
+    // One RTM_NEWLINK creates both ends, the peer directly in its namespace under its final
+    // name: no temporary name ever exists here.
+    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer)
+        .setns_by_fd(ns.as_raw_fd());
+    if let Some(mac) = peer_mac {
+        peer_msg = peer_msg.address(mac.to_vec());
+    }
+    let msg = LinkVeth::new(name, peer)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+        .build();
+    h.link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(nl_err("create veth", name))?;
+    link(h, name).await?.ok_or_else(|| TopologyError::Vanished {
+        object: name.to_owned(),
+    })
+}
+
+/// Brings `ifname` up with exactly the IPv4 address `addr` (for sandboxes: the benchmark).
+pub async fn ensure_interface(
+    h: &Handle,
+    ifname: &str,
+    addr: Ipv4Net,
+) -> Result<(), TopologyError> {
+    let l = link(h, ifname)
+        .await?
+        .ok_or_else(|| TopologyError::Vanished {
+            object: ifname.to_owned(),
+        })?;
+    ensure_only_address(h, ifname, l.index, addr).await?;
+    set_up(h, &l).await?;
+    Ok(())
+}
+
+/// Adds (or replaces) the route to `dest` via `gw`.
+pub async fn ensure_route(h: &Handle, dest: Ipv4Net, gw: Ipv4Addr) -> Result<(), TopologyError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dest.network(), dest.prefix_len())
+        .gateway(gw)
+        .build();
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl_err("add the route to", dest.to_string()))
+}
+
 /// The container's veth pair: the host end attached to `bridge` and up; the container end
 /// named eth0 inside its netns, with the container's MAC. Returns (changed, created).
 pub async fn ensure_veth(
@@ -266,28 +327,8 @@ pub async fn ensure_veth(
     let host = match link(h, &c.host_veth).await? {
         Some(l) => l,
         None => {
-            let ns = netns::open(&c.netns)?;
-            // One RTM_NEWLINK creates both ends, the peer directly in the container's
-            // namespace under its final name: no temporary name ever exists on the host.
-            let peer = LinkMessageBuilder::<LinkUnspec>::new()
-                .name(CONTAINER_IF)
-                .address(c.mac.to_vec())
-                .setns_by_fd(ns.as_raw_fd())
-                .build();
-            let msg = LinkVeth::new(&c.host_veth, CONTAINER_IF)
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-                .build();
-            h.link()
-                .add(msg)
-                .execute()
-                .await
-                .map_err(nl_err("create veth", c.host_veth.clone()))?;
             created = true;
-            link(h, &c.host_veth)
-                .await?
-                .ok_or_else(|| TopologyError::Vanished {
-                    object: c.host_veth.clone(),
-                })?
+            create_veth(h, &c.host_veth, CONTAINER_IF, &c.netns, Some(c.mac)).await?
         }
     };
     let mut changed = created;

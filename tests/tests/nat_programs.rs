@@ -35,7 +35,7 @@ fn plan() -> Plan {
         [[containers]]
         name = "web"
         network = "npa"
-        publish = ["8080:80", "5353:53/udp", "127.0.0.1:8081:80"]
+        publish = ["8080:80", "8088:80", "5353:53/udp", "127.0.0.1:8081:80"]
         [[containers]]
         name = "peer"
         network = "npa"
@@ -170,6 +170,38 @@ fn published_ports_are_translated_both_ways() {
     // An unpublished port is left alone.
     let frame = tcp(Ip::new(D, U), 5556, 8090, TCP_SYN, b"");
     assert_eq!(p.run(UPLINK_IN, &frame).unwrap(), (TCX_NEXT, frame));
+}
+
+#[test]
+fn a_syn_reopens_a_closed_flow_through_another_published_port() {
+    if !privileged("a_syn_reopens_a_closed_flow_through_another_published_port") {
+        return;
+    }
+    let mut p = programs();
+    // A connection to 8080 from D:5555, closed by RST in both directions.
+    p.run(UPLINK_IN, &tcp(Ip::new(D, U), 5555, 8080, TCP_SYN, b""))
+        .unwrap();
+    p.run(UPLINK_OUT, &tcp(Ip::new(WEB, D), 80, 5555, 0x04, b""))
+        .unwrap();
+    // The client reuses its port towards another published port of the same backend: the
+    // reply tuple (web:80 → D:5555) is the same, and the closed flow must give way.
+    let (verdict, out) = p
+        .run(UPLINK_IN, &tcp(Ip::new(D, U), 5555, 8088, TCP_SYN, b""))
+        .unwrap();
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!(checked(&out).dst(), WEB);
+    let (_, out) = p
+        .run(
+            UPLINK_OUT,
+            &tcp(Ip::new(WEB, D), 80, 5555, TCP_SYN | TCP_ACK, b""),
+        )
+        .unwrap();
+    assert_eq!(
+        checked(&out).ports(),
+        Some((8088, 5555)),
+        "the replies now belong to the new flow"
+    );
+    assert_eq!(drops(&p, "ct-insert-failed"), 0);
 }
 
 #[test]

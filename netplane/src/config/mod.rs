@@ -140,6 +140,9 @@ pub enum Mode {
     #[default]
     Ebpf,
     Iptables,
+    /// The topology only, without NAT: routed access to container addresses (the
+    /// benchmark's baseline, and hosts where another tool owns NAT).
+    None,
 }
 
 impl fmt::Display for Mode {
@@ -147,6 +150,7 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Ebpf => "ebpf",
             Mode::Iptables => "iptables",
+            Mode::None => "none",
         })
     }
 }
@@ -158,8 +162,9 @@ impl std::str::FromStr for Mode {
         match s {
             "ebpf" => Ok(Mode::Ebpf),
             "iptables" => Ok(Mode::Iptables),
+            "none" => Ok(Mode::None),
             other => Err(format!(
-                "unknown mode {other:?}; expected \"ebpf\" or \"iptables\""
+                "unknown mode {other:?}; expected \"ebpf\", \"iptables\" or \"none\""
             )),
         }
     }

@@ -437,6 +437,20 @@ fn pinned_config(name: &str) -> Option<DpConfig> {
     Array::<_, DpConfig>::try_from(map).ok()?.get(&0, 0).ok()
 }
 
+/// Kernel memory per entry of instance `name`'s conntrack map: the map's `memlock` (in
+/// /proc/self/fdinfo, what the kernel charges for it) over its capacity.
+pub fn ct_bytes_per_entry(name: &str) -> Option<f64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let data = MapData::from_pin(pin_dir(name).join(maps::CT)).ok()?;
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    let field = |k: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().parse::<f64>().ok())
+    };
+    Some(field("memlock:")? / field("max_entries:")?)
+}
+
 /// The live conntrack entries of instance `name`.
 pub fn conntrack_entries(name: &str) -> Vec<(CtKey, CtEntry)> {
     let Some(map) = pinned_map(name, maps::CT) else {

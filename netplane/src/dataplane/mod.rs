@@ -92,6 +92,7 @@ pub fn for_mode(mode: Mode) -> Option<Box<dyn Dataplane>> {
     match mode {
         Mode::Iptables => Some(Box::new(iptables::Iptables)),
         Mode::Ebpf => Some(Box::new(ebpf::Ebpf)),
+        Mode::None => None,
     }
 }
 

@@ -1,0 +1,488 @@
+//! `netplane bench`: eBPF mode against iptables mode, an nftables reference and a no-NAT
+//! baseline, measured side by side in one run.
+//!
+//! The benchmark builds its own sandbox: a "client" namespace (the outside world, on
+//! TEST-NET-3) cabled to a "host" namespace where netplane runs, with one container. Modes
+//! are interleaved in rounds, in a new random order each round; ratios are computed
+//! within a round (the same minutes of the same machine) and reported as the median with
+//! its spread. Client and server threads are pinned to different CPUs. Every measurement
+//! has a warm-up.
+
+mod load;
+pub mod report;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use self::load::{Rate, Servers, spawn_in};
+use crate::config::{Config, Mode, Plan};
+use crate::{instance, netns, topology};
+
+pub const MODES: [&str; 4] = ["baseline", "iptables", "nftables", "ebpf"];
+const UPLINK: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const WEB: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 2);
+const SUBNET: &str = "10.89.0.0/24";
+/// The first published host port; N ports are 10000..10000+N-1, all to the web server.
+const FIRST_PORT: u16 = 10_000;
+const UDP_PORT: u16 = 5353;
+const SERVER_PORT: u16 = 80;
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Options {
+    pub rounds: usize,
+    pub seconds: f64,
+    pub warmup: f64,
+    /// Numbers of published ports for the scaling measurement (ascending; the first is
+    /// where every other metric is measured).
+    pub scale: Vec<u32>,
+}
+
+impl Options {
+    pub fn full() -> Options {
+        Options {
+            rounds: 5,
+            seconds: 2.0,
+            warmup: 0.5,
+            scale: vec![1, 1_000, 10_000],
+        }
+    }
+    /// Under two minutes on the reference machine.
+    pub fn quick() -> Options {
+        Options {
+            rounds: 2,
+            seconds: 0.5,
+            warmup: 0.2,
+            scale: vec![1, 1_000, 10_000],
+        }
+    }
+    /// Enough to see that every part works (CI).
+    pub fn smoke() -> Options {
+        Options {
+            rounds: 1,
+            seconds: 0.2,
+            warmup: 0.05,
+            scale: vec![1, 100],
+        }
+    }
+    fn secs(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+}
+
+/// One mode's figures in one round.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    pub stream_in_gbps: f64,
+    pub stream_out_gbps: f64,
+    pub tcp_rr: Rate,
+    pub udp_rr: Rate,
+    /// Connect/request/close through a published port, per number of published ports.
+    pub tcp_crr: Vec<(u32, Rate)>,
+    /// `up` from 1 to the largest N mappings, and one change with N present (ms).
+    pub apply_ms: Option<f64>,
+    pub change_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub kernel: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub load_before: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    /// Bytes of kernel memory per tracked connection.
+    pub ebpf_bytes_per_flow: f64,
+    pub nf_conntrack_bytes_per_flow: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    pub options: Options,
+    pub machine: Machine,
+    /// `rounds[r]` holds (mode, sample) in the order the modes ran.
+    pub rounds: Vec<Vec<(String, Sample)>>,
+    pub memory: Memory,
+}
+
+/// The sandbox: namespaces named `npbench<pid>-{client,host}` plus the container's,
+/// removed on drop.
+struct Sandbox {
+    name: String,
+    client: String,
+    host: String,
+}
+
+impl Sandbox {
+    fn new() -> anyhow::Result<Sandbox> {
+        let name = format!("npbench{}", std::process::id());
+        let sb = Sandbox {
+            client: format!("{name}-client"),
+            host: format!("{name}-host"),
+            name,
+        };
+        netns::create(&sb.client)?;
+        netns::create(&sb.host)?;
+        let (host, client) = (sb.host.clone(), sb.client.clone());
+        netns::run_in(&sb.host, || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let h = topology::connect(None)?;
+                topology::create_veth(&h, "up0", "eth0", &client, None).await?;
+                topology::ensure_interface(&h, "up0", Ipv4Net::new(UPLINK, 24)?).await?;
+                topology::ensure_interface(&h, "lo", "127.0.0.1/8".parse()?).await?;
+                topology::ensure_route(&h, "0.0.0.0/0".parse()?, CLIENT).await?;
+                let c = topology::connect(Some(&client))?;
+                topology::ensure_interface(&c, "eth0", Ipv4Net::new(CLIENT, 24)?).await?;
+                topology::ensure_interface(&c, "lo", "127.0.0.1/8".parse()?).await?;
+                // For the baseline: the container subnet is routed, not NATed.
+                topology::ensure_route(&c, SUBNET.parse()?, UPLINK).await?;
+                anyhow::Ok(())
+            })
+        })??;
+        let _ = host;
+        Ok(sb)
+    }
+
+    fn web(&self) -> String {
+        format!("{}-web", self.name)
+    }
+
+    /// The plan of `mode` with `n` published TCP ports (and one UDP port).
+    fn plan(&self, mode: Mode, n: u32, shift_first: bool) -> anyhow::Result<Plan> {
+        let mut publish: Vec<String> = (0..n)
+            .map(|i| format!("\"{}:{SERVER_PORT}\"", u32::from(FIRST_PORT) + i))
+            .collect();
+        if shift_first {
+            publish[0] = format!("\"{}:{SERVER_PORT}\"", FIRST_PORT - 1);
+        }
+        publish.push(format!("\"{UDP_PORT}:{SERVER_PORT}/udp\""));
+        let text = format!(
+            "name = \"{}\"\nmode = \"{mode}\"\nuplink = \"up0\"\n[[networks]]\nname = \"npa\"\nsubnet = \"{SUBNET}\"\n\
+             [[containers]]\nname = \"web\"\nnetwork = \"npa\"\nip = \"{WEB}\"\npublish = [{}]\n",
+            self.name,
+            publish.join(", ")
+        );
+        Ok(Config::parse(&text, "bench")?.plan()?)
+    }
+
+    /// `up` inside the sandbox's host namespace; returns how long it took.
+    fn up(&self, plan: &Plan) -> anyhow::Result<Duration> {
+        netns::run_in(&self.host, || {
+            let t = Instant::now();
+            instance::up(plan).map(|_| t.elapsed())
+        })?
+        .context("netplane up in the bench sandbox")
+    }
+
+    fn down(&self) {
+        let _ = netns::run_in(&self.host, || instance::down(&self.name, None));
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.down();
+        let _ = netns::run_in(&self.host, nft_clear);
+        for ns in [&self.client, &self.host] {
+            let _ = netns::delete(ns);
+        }
+    }
+}
+
+/// The nftables reference, as Docker's and netavark's nftables backends do it: DNAT
+/// through verdict maps (one lookup whatever N), masquerade for the subnet.
+fn nft_ruleset(n: u32, shift_first: bool) -> String {
+    let mut elems: Vec<String> = (0..n)
+        .map(|i| format!("{} : {WEB} . {SERVER_PORT}", u32::from(FIRST_PORT) + i))
+        .collect();
+    if shift_first {
+        elems[0] = format!("{} : {WEB} . {SERVER_PORT}", FIRST_PORT - 1);
+    }
+    format!(
+        "table ip npbench {{
+  map tcp_ports {{ type inet_service : ipv4_addr . inet_service; elements = {{ {} }} }}
+  map udp_ports {{ type inet_service : ipv4_addr . inet_service; elements = {{ {UDP_PORT} : {WEB} . {SERVER_PORT} }} }}
+  chain pre {{
+    type nat hook prerouting priority dstnat; policy accept;
+    fib daddr type local dnat ip addr . port to tcp dport map @tcp_ports
+    fib daddr type local dnat ip addr . port to udp dport map @udp_ports
+  }}
+  chain out {{
+    type nat hook output priority -100; policy accept;
+    fib daddr type local dnat ip addr . port to tcp dport map @tcp_ports
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr {SUBNET} oifname != \"npa\" masquerade
+  }}
+}}
+",
+        elems.join(", ")
+    )
+}
+
+fn nft(input: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("run nft (apt-get install nftables)")?;
+    child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("nft: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn nft_clear() {
+    let _ = std::process::Command::new("nft")
+        .args(["delete", "table", "ip", "npbench"])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Applies the nftables reference in the host namespace; returns how long `nft` took.
+fn nft_apply(sb: &Sandbox, n: u32, shift_first: bool) -> anyhow::Result<Duration> {
+    netns::run_in(&sb.host, || {
+        nft_clear();
+        let t = Instant::now();
+        nft(&nft_ruleset(n, shift_first)).map(|()| t.elapsed())
+    })?
+}
+
+fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+/// Runs `f` from the client namespace (pinned to the client CPU).
+fn from_client<R: Send + 'static>(sb: &Sandbox, f: impl FnOnce() -> R + Send + 'static) -> R {
+    spawn_in(&sb.client, CLIENT_CPU, f)
+        .join()
+        .expect("bench client thread")
+}
+
+fn progress(round: usize, rounds: usize, mode: &str, what: &str) {
+    eprintln!("[round {}/{rounds}] {mode:<9} {what}", round + 1);
+}
+
+/// One mode in one round.
+fn measure(sb: &Sandbox, mode: &str, opts: &Options, round: usize) -> anyhow::Result<Sample> {
+    let p = |what: &str| progress(round, opts.rounds, mode, what);
+    let n_min = opts.scale[0];
+    let n_max = *opts.scale.last().expect("scale is not empty");
+    let netplane_mode = match mode {
+        "iptables" => Mode::Iptables,
+        "ebpf" => Mode::Ebpf,
+        _ => Mode::None,
+    };
+    p("setting up");
+    sb.up(&sb.plan(netplane_mode, n_min, false)?)?;
+    if mode == "nftables" {
+        nft_apply(sb, n_min, false)?;
+    }
+    let (secs, warm) = (opts.secs(), Duration::from_secs_f64(opts.warmup));
+    let web_servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
+    let outside_servers = Servers::start(&sb.client, SERVER_PORT, SERVER_CPU);
+    // The baseline reaches the container by its address, through a route.
+    let target = |port: u16| {
+        if mode == "baseline" {
+            sock(WEB, SERVER_PORT)
+        } else {
+            sock(UPLINK, port)
+        }
+    };
+    let udp_target = if mode == "baseline" {
+        sock(WEB, SERVER_PORT)
+    } else {
+        sock(UPLINK, UDP_PORT)
+    };
+
+    let mut s = Sample::default();
+    let t = target(FIRST_PORT);
+    p("TCP stream in (published port)");
+    from_client(sb, move || load::stream(t, warm));
+    s.stream_in_gbps = from_client(sb, move || load::stream(t, secs));
+    p("TCP stream out (masquerade)");
+    let out = sock(CLIENT, SERVER_PORT);
+    spawn_in(&sb.web(), CLIENT_CPU, move || load::stream(out, warm))
+        .join()
+        .ok();
+    s.stream_out_gbps = spawn_in(&sb.web(), CLIENT_CPU, move || load::stream(out, secs))
+        .join()
+        .unwrap_or(0.0);
+    p("TCP request/response");
+    from_client(sb, move || load::tcp_rr(t, warm));
+    s.tcp_rr = from_client(sb, move || load::tcp_rr(t, secs));
+    p("UDP request/response");
+    from_client(sb, move || load::udp_rr(udp_target, warm));
+    s.udp_rr = from_client(sb, move || load::udp_rr(udp_target, secs));
+
+    let crr = |n: u32| -> Rate {
+        let t = target(FIRST_PORT + (n - 1) as u16);
+        from_client(sb, move || load::tcp_crr(t, warm));
+        from_client(sb, move || load::tcp_crr(t, secs))
+    };
+    p(&format!("TCP connect/request/close, N = {n_min}"));
+    s.tcp_crr.push((n_min, crr(n_min)));
+    if mode != "baseline" {
+        p(&format!("programming {n_max} mappings"));
+        let apply = if mode == "nftables" {
+            nft_apply(sb, n_max, false)?
+        } else {
+            sb.up(&sb.plan(netplane_mode, n_max, false)?)?
+        };
+        s.apply_ms = Some(apply.as_secs_f64() * 1e3);
+    }
+    p(&format!("TCP connect/request/close, N = {n_max}"));
+    let top = crr(n_max);
+    if mode != "baseline" {
+        p(&format!("one change with {n_max} mappings"));
+        let change = if mode == "nftables" {
+            netns::run_in(&sb.host, || {
+                let t = Instant::now();
+                nft(&format!(
+                    "add element ip npbench tcp_ports {{ {} : {WEB} . {SERVER_PORT} }}\n",
+                    FIRST_PORT - 1
+                ))
+                .map(|()| t.elapsed())
+            })??
+        } else {
+            sb.up(&sb.plan(netplane_mode, n_max, true)?)?
+        };
+        s.change_ms = Some(change.as_secs_f64() * 1e3);
+    }
+    for &n in &opts.scale[1..opts.scale.len() - 1] {
+        if mode != "baseline" {
+            if mode == "nftables" {
+                nft_apply(sb, n, false)?;
+            } else {
+                sb.up(&sb.plan(netplane_mode, n, false)?)?;
+            }
+        }
+        p(&format!("TCP connect/request/close, N = {n}"));
+        s.tcp_crr.push((n, crr(n)));
+    }
+    s.tcp_crr.push((n_max, top));
+    s.tcp_crr.sort_by_key(|(n, _)| *n);
+    drop(web_servers);
+    drop(outside_servers);
+    sb.down();
+    if mode == "nftables" {
+        let _ = netns::run_in(&sb.host, nft_clear);
+    }
+    Ok(s)
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let load_before = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    Machine {
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        cpu,
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        load_before,
+    }
+}
+
+/// Kernel memory per tracked connection: eBPF's conntrack map (its memlock per entry, two
+/// entries per masqueraded or published flow) against an nf_conntrack slab object.
+fn memory(sb: &Sandbox) -> anyhow::Result<Memory> {
+    let plan = sb.plan(Mode::Ebpf, 1, false)?;
+    sb.up(&plan)?;
+    let ebpf = crate::dataplane::ebpf::ct_bytes_per_entry(&plan.name).map(|b| 2.0 * b);
+    sb.down();
+    let slab = std::fs::read_to_string("/proc/slabinfo").unwrap_or_default();
+    let nf = slab
+        .lines()
+        .find(|l| l.starts_with("nf_conntrack "))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok());
+    Ok(Memory {
+        ebpf_bytes_per_flow: ebpf.unwrap_or(f64::NAN),
+        // The slab may hold no object yet (and so not be listed): sizeof(struct nf_conn)
+        // on 6.x x86_64 kernels is 256 (TOOLCHAIN.md's measurement).
+        nf_conntrack_bytes_per_flow: nf.unwrap_or(256.0),
+    })
+}
+
+/// A small, seeded shuffle: the order of modes changes every round.
+fn shuffled(seed: u64) -> Vec<&'static str> {
+    let mut v = MODES.to_vec();
+    let mut x = seed | 1;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    v
+}
+
+pub fn run(opts: Options) -> anyhow::Result<Results> {
+    instance::require_root()?;
+    let machine = machine();
+    if machine.load_before > 0.5 {
+        eprintln!(
+            "warning: the load average is {:.2} before the benchmark starts: other work on this machine will \
+             add noise (ratios within a round are still comparable)",
+            machine.load_before
+        );
+    }
+    if machine.cores < 2 {
+        eprintln!("warning: 1 CPU: client and server cannot be pinned apart");
+    }
+    let sb = Sandbox::new()?;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7);
+    let mut rounds = Vec::new();
+    for r in 0..opts.rounds {
+        let mut samples = Vec::new();
+        for mode in shuffled(seed.wrapping_add(r as u64 * 0x9e37_79b9)) {
+            samples.push((mode.to_owned(), measure(&sb, mode, &opts, r)?));
+        }
+        rounds.push(samples);
+    }
+    let memory = memory(&sb)?;
+    Ok(Results {
+        options: opts,
+        machine,
+        rounds,
+        memory,
+    })
+}
+
+/// Where `netplane bench` writes its report by default.
+pub fn default_out() -> PathBuf {
+    PathBuf::from(".")
+}

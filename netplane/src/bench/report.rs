@@ -1,0 +1,466 @@
+//! The benchmark's report: medians per mode, ratios within rounds, as a terminal table,
+//! JSON, Markdown and an SVG chart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{MODES, Results, Sample};
+
+/// Reads one figure from a sample.
+type Getter = Box<dyn Fn(&Sample) -> Option<f64>>;
+
+/// A figure taken from each sample, and which way is better.
+struct Metric {
+    key: String,
+    label: String,
+    unit: &'static str,
+    higher_is_better: bool,
+    get: Getter,
+}
+
+fn metrics(scale: &[u32]) -> Vec<Metric> {
+    let m = |key: &str, label: &str, unit: &'static str, higher: bool, get: Getter| Metric {
+        key: key.to_owned(),
+        label: label.to_owned(),
+        unit,
+        higher_is_better: higher,
+        get,
+    };
+    let mut v = vec![
+        m(
+            "stream_in",
+            "TCP stream in (published port)",
+            "Gbit/s",
+            true,
+            Box::new(|s| Some(s.stream_in_gbps)),
+        ),
+        m(
+            "stream_out",
+            "TCP stream out (masquerade)",
+            "Gbit/s",
+            true,
+            Box::new(|s| Some(s.stream_out_gbps)),
+        ),
+        m(
+            "tcp_rr",
+            "TCP request/response",
+            "trans/s",
+            true,
+            Box::new(|s| Some(s.tcp_rr.per_s)),
+        ),
+        m(
+            "tcp_rr_p50",
+            "TCP request/response p50",
+            "µs",
+            false,
+            Box::new(|s| Some(s.tcp_rr.p50_us)),
+        ),
+        m(
+            "tcp_rr_p99",
+            "TCP request/response p99",
+            "µs",
+            false,
+            Box::new(|s| Some(s.tcp_rr.p99_us)),
+        ),
+        m(
+            "udp_rr",
+            "UDP request/response",
+            "trans/s",
+            true,
+            Box::new(|s| Some(s.udp_rr.per_s)),
+        ),
+        m(
+            "udp_rr_p99",
+            "UDP request/response p99",
+            "µs",
+            false,
+            Box::new(|s| Some(s.udp_rr.p99_us)),
+        ),
+    ];
+    for &n in scale {
+        let crr = move |s: &Sample| s.tcp_crr.iter().find(|(k, _)| *k == n).map(|(_, r)| *r);
+        v.push(m(
+            &format!("tcp_crr_{n}"),
+            &format!("TCP connect/request/close, N={n}"),
+            "conn/s",
+            true,
+            Box::new(move |s| crr(s).map(|r| r.per_s)),
+        ));
+        v.push(m(
+            &format!("tcp_crr_{n}_p50"),
+            &format!("  p50, N={n}"),
+            "µs",
+            false,
+            Box::new(move |s| crr(s).map(|r| r.p50_us)),
+        ));
+        v.push(m(
+            &format!("tcp_crr_{n}_p99"),
+            &format!("  p99, N={n}"),
+            "µs",
+            false,
+            Box::new(move |s| crr(s).map(|r| r.p99_us)),
+        ));
+    }
+    let n_max = scale.last().copied().unwrap_or(1);
+    v.push(m(
+        "apply_ms",
+        &format!("apply {n_max} mappings (up from 1)"),
+        "ms",
+        false,
+        Box::new(|s| s.apply_ms),
+    ));
+    v.push(m(
+        "change_ms",
+        &format!("one change with {n_max} present"),
+        "ms",
+        false,
+        Box::new(|s| s.change_ms),
+    ));
+    v
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub metric: String,
+    pub label: String,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
+    /// Median per mode.
+    pub values: BTreeMap<String, f64>,
+    /// eBPF over each other mode, computed within each round.
+    pub ebpf_over: BTreeMap<String, Ratio>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rows: Vec<Row>,
+    pub memory_ratio: f64,
+}
+
+pub fn summarize(r: &Results) -> Summary {
+    let rows = metrics(&r.options.scale)
+        .into_iter()
+        .map(|m| {
+            let of = |round: &Vec<(String, Sample)>, mode: &str| {
+                round
+                    .iter()
+                    .find(|(k, _)| k == mode)
+                    .and_then(|(_, s)| (m.get)(s))
+            };
+            let values = MODES
+                .iter()
+                .filter_map(|mode| {
+                    Some((
+                        (*mode).to_owned(),
+                        median(r.rounds.iter().filter_map(|rd| of(rd, mode)).collect())?,
+                    ))
+                })
+                .collect();
+            let ebpf_over = ["iptables", "nftables", "baseline"]
+                .iter()
+                .filter_map(|other| {
+                    let per_round: Vec<f64> = r
+                        .rounds
+                        .iter()
+                        .filter_map(|rd| Some(of(rd, "ebpf")? / of(rd, other)?))
+                        .filter(|x| x.is_finite())
+                        .collect();
+                    let med = median(per_round.clone())?;
+                    let min = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+                    let max = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    Some((
+                        (*other).to_owned(),
+                        Ratio {
+                            median: med,
+                            min,
+                            max,
+                        },
+                    ))
+                })
+                .collect();
+            Row {
+                metric: m.key,
+                label: m.label,
+                unit: m.unit,
+                higher_is_better: m.higher_is_better,
+                values,
+                ebpf_over,
+            }
+        })
+        .collect();
+    Summary {
+        rows,
+        memory_ratio: r.memory.ebpf_bytes_per_flow / r.memory.nf_conntrack_bytes_per_flow,
+    }
+}
+
+fn fmt_value(v: Option<&f64>) -> String {
+    match v {
+        None => "—".into(),
+        Some(v) if *v >= 100.0 => format!("{v:.0}"),
+        Some(v) if *v >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+fn fmt_ratio(r: Option<&Ratio>) -> String {
+    r.map_or("—".into(), |r| {
+        format!("{:.2} ({:.2}–{:.2})", r.median, r.min, r.max)
+    })
+}
+
+/// The terminal table (also the body of the Markdown report).
+pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
+    let mut out = String::new();
+    let cols = [
+        "metric",
+        "unit",
+        "baseline",
+        "iptables",
+        "nftables",
+        "ebpf",
+        "ebpf/iptables",
+        "ebpf/nftables",
+        "ebpf/baseline",
+    ];
+    if markdown {
+        writeln!(out, "| {} |", cols.join(" | ")).unwrap();
+        writeln!(
+            out,
+            "|{}|",
+            cols.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+        )
+        .unwrap();
+    } else {
+        writeln!(
+            out,
+            "{:<40} {:>7} {:>9} {:>9} {:>9} {:>9}  {:>18} {:>18} {:>18}",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8]
+        )
+        .unwrap();
+    }
+    for row in &s.rows {
+        let better = if row.higher_is_better { "↑" } else { "↓" };
+        let unit = format!("{} {better}", row.unit);
+        let v = |m: &str| fmt_value(row.values.get(m));
+        let q = |m: &str| fmt_ratio(row.ebpf_over.get(m));
+        if markdown {
+            writeln!(
+                out,
+                "| {} | {unit} | {} | {} | {} | {} | {} | {} | {} |",
+                row.label.trim(),
+                v("baseline"),
+                v("iptables"),
+                v("nftables"),
+                v("ebpf"),
+                q("iptables"),
+                q("nftables"),
+                q("baseline")
+            )
+            .unwrap();
+        } else {
+            writeln!(
+                out,
+                "{:<40} {unit:>7} {:>9} {:>9} {:>9} {:>9}  {:>18} {:>18} {:>18}",
+                row.label,
+                v("baseline"),
+                v("iptables"),
+                v("nftables"),
+                v("ebpf"),
+                q("iptables"),
+                q("nftables"),
+                q("baseline")
+            )
+            .unwrap();
+        }
+    }
+    let m = &r.memory;
+    writeln!(
+        out,
+        "{}memory per tracked connection: ebpf {:.0} B, nf_conntrack {:.0} B: ratio {:.2}",
+        if markdown { "\n" } else { "" },
+        m.ebpf_bytes_per_flow,
+        m.nf_conntrack_bytes_per_flow,
+        s.memory_ratio
+    )
+    .unwrap();
+    out
+}
+
+pub fn markdown(r: &Results, s: &Summary) -> String {
+    let mut out = String::from("# netplane bench\n\n");
+    let o = &r.options;
+    writeln!(
+        out,
+        "Machine: Linux {}, {} ({} cores); load average before the run: {:.2}.  \nSettings: {} rounds, {} s per measurement after a {} s warm-up, N = {:?} published ports. \
+         Modes ran in a new random order every round; each ratio is computed within a round, then the median (min–max over rounds) is shown. \
+         ↑ higher is better, ↓ lower is better.\n",
+        r.machine.kernel, r.machine.cpu, r.machine.cores, r.machine.load_before, o.rounds, o.seconds, o.warmup, o.scale
+    )
+    .unwrap();
+    out.push_str(&table(r, s, true));
+    out.push_str(
+        "\n![connections/s against N, and the other metrics relative to the baseline](bench.svg)\n",
+    );
+    out
+}
+
+/// Connections/s against N per mode (left), and the other rates relative to the baseline
+/// (right).
+pub fn svg(r: &Results, s: &Summary) -> String {
+    let colors = [
+        ("baseline", "#888888"),
+        ("iptables", "#d62728"),
+        ("nftables", "#ff7f0e"),
+        ("ebpf", "#1f77b4"),
+    ];
+    let (w, h) = (960.0, 420.0);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    // Left: connections/s against N.
+    let (x0, y0, pw, ph) = (60.0, 40.0, 380.0, 300.0);
+    let scale = &r.options.scale;
+    let crr = |mode: &str, n: u32| {
+        s.rows
+            .iter()
+            .find(|row| row.metric == format!("tcp_crr_{n}"))
+            .and_then(|row| row.values.get(mode).copied())
+    };
+    let ymax = colors
+        .iter()
+        .flat_map(|(m, _)| scale.iter().filter_map(move |n| crr(m, *n)))
+        .fold(1.0, f64::max)
+        * 1.1;
+    writeln!(out, "<text x=\"{x0}\" y=\"24\" font-weight=\"bold\">TCP connect/request/close (conn/s) against published ports N</text>").unwrap();
+    writeln!(
+        out,
+        "<line x1=\"{x0}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
+        y0 + ph,
+        x0 + pw,
+        y0 + ph
+    )
+    .unwrap();
+    writeln!(
+        out,
+        "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{}\" stroke=\"black\"/>",
+        y0 + ph
+    )
+    .unwrap();
+    for i in 0..=4 {
+        let v = ymax * f64::from(i) / 4.0;
+        let y = y0 + ph - ph * f64::from(i) / 4.0;
+        writeln!(
+            out,
+            "<text x=\"{}\" y=\"{y}\" text-anchor=\"end\">{v:.0}</text>",
+            x0 - 4.0
+        )
+        .unwrap();
+    }
+    let xs: Vec<f64> = (0..scale.len())
+        .map(|i| x0 + 20.0 + (pw - 40.0) * i as f64 / (scale.len().max(2) - 1) as f64)
+        .collect();
+    for (i, n) in scale.iter().enumerate() {
+        writeln!(
+            out,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">N={n}</text>",
+            xs[i],
+            y0 + ph + 16.0
+        )
+        .unwrap();
+    }
+    for (k, (mode, color)) in colors.iter().enumerate() {
+        let pts: Vec<String> = scale
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                crr(mode, *n).map(|v| format!("{:.1},{:.1}", xs[i], y0 + ph - ph * v / ymax))
+            })
+            .collect();
+        writeln!(
+            out,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            pts.join(" ")
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{mode}</text>",
+            x0 + 10.0,
+            y0 + 14.0 + 14.0 * k as f64
+        )
+        .unwrap();
+    }
+    // Right: rates relative to the baseline.
+    let bars = [
+        "stream_in",
+        "stream_out",
+        "tcp_rr",
+        "udp_rr",
+        &format!("tcp_crr_{}", scale[0]),
+    ];
+    let (bx0, bw) = (520.0, 420.0);
+    writeln!(out, "<text x=\"{bx0}\" y=\"24\" font-weight=\"bold\">Rates relative to the no-NAT baseline (1.0)</text>").unwrap();
+    let group = bw / bars.len() as f64;
+    let ybase = y0 + ph;
+    writeln!(
+        out,
+        "<line x1=\"{bx0}\" y1=\"{ybase}\" x2=\"{}\" y2=\"{ybase}\" stroke=\"black\"/>",
+        bx0 + bw
+    )
+    .unwrap();
+    let one = ybase - ph / 1.3;
+    writeln!(out, "<line x1=\"{bx0}\" y1=\"{one}\" x2=\"{}\" y2=\"{one}\" stroke=\"#aaa\" stroke-dasharray=\"4\"/>", bx0 + bw).unwrap();
+    for (g, key) in bars.iter().enumerate() {
+        let Some(row) = s.rows.iter().find(|row| row.metric == *key) else {
+            continue;
+        };
+        let base = row.values.get("baseline").copied().unwrap_or(f64::NAN);
+        for (k, (mode, color)) in colors.iter().enumerate() {
+            let rel = row.values.get(*mode).map_or(0.0, |v| v / base).min(1.3);
+            let bh = if rel.is_finite() { ph * rel / 1.3 } else { 0.0 };
+            let x = bx0 + group * g as f64 + 6.0 + k as f64 * (group - 12.0) / 4.0;
+            writeln!(
+                out,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{color}\"/>",
+                ybase - bh,
+                (group - 12.0) / 4.0 - 2.0
+            )
+            .unwrap();
+        }
+        writeln!(
+            out,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+            bx0 + group * (g as f64 + 0.5),
+            ybase + 16.0,
+            key.replace('_', " ")
+        )
+        .unwrap();
+    }
+    out.push_str("</svg>\n");
+    out
+}
