@@ -179,7 +179,7 @@ pub const fn tcp_seen(flags: u8) -> u8 {
 /// A published port: the key of the published-ports map. `addr` 0 means every local
 /// address. Network byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
 pub struct PortKey {
     pub addr: u32,
     pub port: u16,

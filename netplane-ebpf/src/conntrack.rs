@@ -6,7 +6,7 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap};
-use netplane_common::nat::{CtEntry, CtKey, DpConfig, FragEntry, FragKey, seen, tcp_seen};
+use netplane_common::nat::{CtEntry, CtKey, DpConfig, FragEntry, FragKey, Stage, seen, tcp_seen};
 
 /// Sizes the agent may override at load time (EbpfLoader::set_max_entries).
 pub const CT_MAX_ENTRIES: u32 = 131_072;
@@ -51,6 +51,34 @@ pub fn lookup(key: &CtKey, cfg: &DpConfig, now: u64, tcp_flags: u8) -> Option<Ct
         entry.seen &= !(seen::FIN | seen::RST);
     }
     entry.seen |= tcp_seen(tcp_flags);
+    // A RST ends both directions at once, but only this direction's entry sees it: mark
+    // the other direction's entry too, or it would stay "established" for hours and
+    // refuse the next flow that reuses the tuple (nf_conntrack keeps one state for both).
+    if tcp_seen(tcp_flags) & seen::RST != 0 {
+        let peer = if key.stage == Stage::Dst as u8 {
+            CtKey::new(
+                entry.addr,
+                key.saddr,
+                entry.port,
+                key.sport,
+                key.proto,
+                Stage::Src,
+            )
+        } else {
+            CtKey::new(
+                key.daddr,
+                entry.addr,
+                key.dport,
+                entry.port,
+                key.proto,
+                Stage::Dst,
+            )
+        };
+        if let Some(pe) = CT.get_ptr_mut(&peer) {
+            // SAFETY: as above.
+            unsafe { (*pe).seen |= seen::RST };
+        }
+    }
     Some(*entry)
 }
 

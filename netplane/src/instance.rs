@@ -73,6 +73,8 @@ fn rollback_report(failures: &[String]) -> String {
 pub struct UpReport {
     pub uplink: String,
     pub changes: Vec<String>,
+    /// How long programming the data plane took (the NAT rules or maps), in ms.
+    pub dataplane_ms: Option<f64>,
 }
 
 /// An object `up` created in this run, for rollback.
@@ -138,6 +140,7 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     let mut report = UpReport {
         uplink: host.uplink.clone(),
         changes: Vec::new(),
+        dataplane_ms: None,
     };
     let mut created = Vec::new();
 
@@ -373,9 +376,11 @@ async fn apply(
         }
     }
     if let Some(dp) = dp {
+        let t = std::time::Instant::now();
         report
             .changes
             .extend(dp.apply(plan, old.plan.as_ref(), host)?);
+        report.dataplane_ms = Some(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok(())
 }

@@ -178,10 +178,16 @@ fn a_syn_reopens_a_closed_flow_through_another_published_port() {
         return;
     }
     let mut p = programs();
-    // A connection to 8080 from D:5555, closed by RST in both directions.
+    // A connection to 8080 from D:5555, reset by the client alone: the server's side of the
+    // flow never sees a FIN or RST of its own.
     p.run(UPLINK_IN, &tcp(Ip::new(D, U), 5555, 8080, TCP_SYN, b""))
         .unwrap();
-    p.run(UPLINK_OUT, &tcp(Ip::new(WEB, D), 80, 5555, 0x04, b""))
+    p.run(
+        UPLINK_OUT,
+        &tcp(Ip::new(WEB, D), 80, 5555, TCP_SYN | TCP_ACK, b""),
+    )
+    .unwrap();
+    p.run(UPLINK_IN, &tcp(Ip::new(D, U), 5555, 8080, 0x04, b""))
         .unwrap();
     // The client reuses its port towards another published port of the same backend: the
     // reply tuple (web:80 → D:5555) is the same, and the closed flow must give way.

@@ -87,3 +87,20 @@ pub fn demo() -> anyhow::Result<()> {
     build(false)?;
     crate::demo::run()
 }
+
+/// The benchmark runs the release build: debug userspace would measure the load generator.
+pub fn bench(quick: bool) -> anyhow::Result<()> {
+    setup::install()?;
+    build(true)?;
+    let out = workspace_root().join(if quick {
+        "target/bench-quick"
+    } else {
+        "docs/bench"
+    });
+    let mut c = Command::new(workspace_root().join("target/release/netplane"));
+    c.arg("bench").arg("--out").arg(&out);
+    if quick {
+        c.arg("--quick");
+    }
+    run(&mut c)
+}

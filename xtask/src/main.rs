@@ -36,6 +36,12 @@ enum Cmd {
     },
     /// Build, then show netplane working inside a throwaway sandbox.
     Demo,
+    /// Build in release mode and run `netplane bench`, writing its report to docs/bench/.
+    Bench {
+        /// Under two minutes instead of the full run.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Build { release } => build::build(release),
         Cmd::Test { args } => build::test(&args),
         Cmd::Demo => build::demo(),
+        Cmd::Bench { quick } => build::bench(quick),
     }
 }

@@ -86,9 +86,15 @@ pub struct Sample {
     pub udp_rr: Rate,
     /// Connect/request/close through a published port, per number of published ports.
     pub tcp_crr: Vec<(u32, Rate)>,
-    /// `up` from 1 to the largest N mappings, and one change with N present (ms).
+    /// Programming the data plane from 1 to the largest N mappings, and one change with N
+    /// present (ms): the rules or maps only (for nftables, the `nft` run).
     pub apply_ms: Option<f64>,
     pub change_ms: Option<f64>,
+    /// The same, for the whole `netplane up` (config, netlink checks, state included).
+    pub apply_up_ms: Option<f64>,
+    pub change_up_ms: Option<f64>,
+    /// The eBPF data plane's drop counters after the round (a diagnosis, not a figure).
+    pub drops: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -178,11 +184,17 @@ impl Sandbox {
         Ok(Config::parse(&text, "bench")?.plan()?)
     }
 
-    /// `up` inside the sandbox's host namespace; returns how long it took.
-    fn up(&self, plan: &Plan) -> anyhow::Result<Duration> {
+    /// `up` inside the sandbox's host namespace; returns how long the whole `up` took and
+    /// how long programming the data plane took.
+    fn up(&self, plan: &Plan) -> anyhow::Result<(Duration, Duration)> {
         netns::run_in(&self.host, || {
             let t = Instant::now();
-            instance::up(plan).map(|_| t.elapsed())
+            instance::up(plan).map(|r| {
+                (
+                    t.elapsed(),
+                    Duration::from_secs_f64(r.dataplane_ms.unwrap_or(0.0) / 1e3),
+                )
+            })
         })?
         .context("netplane up in the bench sandbox")
     }
@@ -342,30 +354,34 @@ fn measure(sb: &Sandbox, mode: &str, opts: &Options, round: usize) -> anyhow::Re
     s.tcp_crr.push((n_min, crr(n_min)));
     if mode != "baseline" {
         p(&format!("programming {n_max} mappings"));
-        let apply = if mode == "nftables" {
-            nft_apply(sb, n_max, false)?
+        let (up, apply) = if mode == "nftables" {
+            let t = nft_apply(sb, n_max, false)?;
+            (t, t)
         } else {
             sb.up(&sb.plan(netplane_mode, n_max, false)?)?
         };
         s.apply_ms = Some(apply.as_secs_f64() * 1e3);
+        s.apply_up_ms = Some(up.as_secs_f64() * 1e3);
     }
     p(&format!("TCP connect/request/close, N = {n_max}"));
     let top = crr(n_max);
     if mode != "baseline" {
         p(&format!("one change with {n_max} mappings"));
-        let change = if mode == "nftables" {
-            netns::run_in(&sb.host, || {
+        let (up, change) = if mode == "nftables" {
+            let t = netns::run_in(&sb.host, || {
                 let t = Instant::now();
                 nft(&format!(
                     "add element ip npbench tcp_ports {{ {} : {WEB} . {SERVER_PORT} }}\n",
                     FIRST_PORT - 1
                 ))
                 .map(|()| t.elapsed())
-            })??
+            })??;
+            (t, t)
         } else {
             sb.up(&sb.plan(netplane_mode, n_max, true)?)?
         };
         s.change_ms = Some(change.as_secs_f64() * 1e3);
+        s.change_up_ms = Some(up.as_secs_f64() * 1e3);
     }
     for &n in &opts.scale[1..opts.scale.len() - 1] {
         if mode != "baseline" {
@@ -380,6 +396,16 @@ fn measure(sb: &Sandbox, mode: &str, opts: &Options, round: usize) -> anyhow::Re
     }
     s.tcp_crr.push((n_max, top));
     s.tcp_crr.sort_by_key(|(n, _)| *n);
+    if mode == "ebpf" {
+        s.drops = crate::dataplane::ebpf::drop_counters(&sb.name)
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (r.to_owned(), n))
+            .collect();
+        if !s.drops.is_empty() {
+            p(&format!("drops: {:?}", s.drops));
+        }
+    }
     drop(web_servers);
     drop(outside_servers);
     sb.down();

@@ -118,6 +118,20 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
         false,
         Box::new(|s| s.change_ms),
     ));
+    v.push(m(
+        "apply_up_ms",
+        &format!("  whole `up`, {n_max} mappings"),
+        "ms",
+        false,
+        Box::new(|s| s.apply_up_ms),
+    ));
+    v.push(m(
+        "change_up_ms",
+        "  whole `up`, one change",
+        "ms",
+        false,
+        Box::new(|s| s.change_up_ms),
+    ));
     v
 }
 

@@ -1,0 +1,57 @@
+//! `netplane bench --smoke`: the benchmark runs end to end and every mode answers. A smoke
+//! test only: no figure is asserted (speed is measured by the benchmark, not by tests).
+
+use netplane_tests::host::netplane_bin;
+use netplane_tests::privileged;
+
+#[test]
+fn the_benchmark_runs_every_mode_without_a_failed_request() {
+    if !privileged("the_benchmark_runs_every_mode_without_a_failed_request") {
+        return;
+    }
+    let out_dir = std::env::temp_dir().join(format!("npbench-smoke-{}", std::process::id()));
+    let out = std::process::Command::new(netplane_bin())
+        .args(["bench", "--smoke", "--out", out_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("bench.json")).unwrap())
+            .unwrap();
+    let round = doc["results"]["rounds"][0].as_array().unwrap();
+    let mut modes: Vec<&str> = round.iter().map(|m| m[0].as_str().unwrap()).collect();
+    modes.sort();
+    assert_eq!(modes, ["baseline", "ebpf", "iptables", "nftables"]);
+    for m in round {
+        let (mode, s) = (m[0].as_str().unwrap(), &m[1]);
+        assert!(
+            s["stream_in_gbps"].as_f64().unwrap() > 0.0,
+            "{mode}: stream in"
+        );
+        assert!(
+            s["stream_out_gbps"].as_f64().unwrap() > 0.0,
+            "{mode}: stream out"
+        );
+        for (n, rate) in s["tcp_crr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (&x[0], &x[1]))
+        {
+            assert!(
+                rate["per_s"].as_f64().unwrap() > 0.0,
+                "{mode}: connections at N={n}"
+            );
+            assert_eq!(rate["errors"], 0, "{mode}: failed connections at N={n}");
+        }
+        assert_eq!(s["udp_rr"]["errors"], 0, "{mode}: UDP");
+    }
+    for f in ["bench.md", "bench.svg"] {
+        assert!(out_dir.join(f).exists(), "{f} written");
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
