@@ -219,6 +219,12 @@ pub struct DpConfig {
     pub timeouts: Timeouts,
     /// The netns cookie of the namespace netplane manages (for the cgroup programs).
     pub netns_cookie: u64,
+    /// How many networks there are: with one, there is nothing to isolate, and the
+    /// bridge programs skip the subnet lookups.
+    pub networks: u32,
+    /// The uplink's ifindex: packets that came in through it never need the bridges' src
+    /// stage (only hairpinned flows do).
+    pub uplink_ifindex: u32,
 }
 
 /// How many ports masquerade tries after the original one.
@@ -435,7 +441,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<CtEntry>(), 32);
         assert_eq!(core::mem::size_of::<PortKey>(), 8);
         assert_eq!(core::mem::size_of::<Backend>(), 12);
-        assert_eq!(core::mem::size_of::<DpConfig>(), 40);
+        assert_eq!(core::mem::size_of::<DpConfig>(), 48);
         assert_eq!(core::mem::size_of::<FragKey>(), 12);
     }
 }

@@ -13,7 +13,10 @@ pub const CT_MAX_ENTRIES: u32 = 131_072;
 pub const FRAG_MAX_ENTRIES: u32 = 8_192;
 
 #[map(name = "NP_CT")]
-pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+// BPF_F_NO_COMMON_LRU: per-CPU LRU lists, no lock shared by all CPUs on every insert
+// (kernel/bpf/bpf_lru_list.c); eviction is then per CPU, which an over-sized table hides.
+pub static CT: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_COMMON_LRU);
 
 #[map(name = "NP_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> =
@@ -44,13 +47,22 @@ pub fn lookup(key: &CtKey, cfg: &DpConfig, now: u64, tcp_flags: u8) -> Option<Ct
         let _ = CT.remove(key);
         return None;
     }
-    entry.last_seen_ns = now;
+    // Refresh the timestamp at most every 100 ms: a write per packet would bounce the
+    // entry's cache line between CPUs for no gain in precision that lifetimes need.
+    if now.wrapping_sub(entry.last_seen_ns) > 100_000_000 {
+        entry.last_seen_ns = now;
+    }
     // A SYN on a closed flow's tuple (the client reused its port) starts a new
     // incarnation: forget the FIN/RST that would shorten its lifetime.
-    if tcp_seen(tcp_flags) & seen::SYN != 0 {
-        entry.seen &= !(seen::FIN | seen::RST);
+    let flags = tcp_seen(tcp_flags);
+    let mut seen_now = entry.seen;
+    if flags & seen::SYN != 0 {
+        seen_now &= !(seen::FIN | seen::RST);
     }
-    entry.seen |= tcp_seen(tcp_flags);
+    seen_now |= flags;
+    if seen_now != entry.seen {
+        entry.seen = seen_now;
+    }
     // A RST ends both directions at once, but only this direction's entry sees it: mark
     // the other direction's entry too, or it would stay "established" for hours and
     // refuse the next flow that reuses the tuple (nf_conntrack keeps one state for both).

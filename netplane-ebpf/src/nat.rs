@@ -59,9 +59,13 @@ fn is_local(addr: u32) -> bool {
     unsafe { LOCAL_ADDRS.get(&addr).is_some() }
 }
 
-/// The backend of a published port reached at `addr:port`, if any.
+/// The backend of a published port reached at `addr:port`, if any. Published ports answer
+/// on local addresses only, so one lookup settles the common case of a packet in transit.
 #[inline(always)]
 pub fn published(addr: u32, port: u16, proto: u8) -> Option<Backend> {
+    if !is_local(addr) {
+        return None;
+    }
     let exact = PortKey {
         addr,
         port,
@@ -71,9 +75,6 @@ pub fn published(addr: u32, port: u16, proto: u8) -> Option<Backend> {
     // SAFETY: lookups; values are copied out.
     if let Some(b) = unsafe { PUBLISHED.get(&exact) } {
         return Some(*b);
-    }
-    if !is_local(addr) {
-        return None;
     }
     unsafe { PUBLISHED.get(&PortKey { addr: 0, ..exact }) }.copied()
 }
@@ -172,6 +173,17 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
     if p.frag == Frag::Later {
         return later_fragment(ctx, &mut p, Stage::Dst);
     }
+    // From a container, only what goes to a host address can need a translation (hairpin,
+    // and the replies of hairpin, addressed to a gateway); the rest only needs isolation.
+    if hook == Hook::Bridge && !is_local(p.daddr) {
+        if cfg.networks > 1
+            && let (Some(from), Some(to)) = (subnet_of(p.saddr), subnet_of(p.daddr))
+            && from.id != to.id
+        {
+            return drop(DropReason::Isolation);
+        }
+        return TCX_NEXT;
+    }
     let now = now();
     if let Some(e) = conntrack::lookup(&key_of(&p, Stage::Dst), cfg, now, p.tcp_flags) {
         return rewrite(ctx, &mut p, Side::Dst, e.addr, e.port, now);
@@ -196,19 +208,21 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         }
         return rewrite(ctx, &mut p, Side::Dst, b.addr, b.port, now);
     }
-    if hook == Hook::Bridge
-        && !is_local(p.daddr)
-        && let (Some(from), Some(to)) = (subnet_of(p.saddr), subnet_of(p.daddr))
-        && from.id != to.id
-    {
-        return drop(DropReason::Isolation);
-    }
     TCX_NEXT
 }
 
 /// TC egress: the src stage.
 #[inline(always)]
 pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
+    if hook == Hook::Bridge {
+        // Only hairpinned flows (which entered through a bridge) are translated here;
+        // packets from the uplink or from host processes go on without a parse.
+        // SAFETY: reading a field of the context the kernel passed in.
+        let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+        if iif == 0 || config().is_none_or(|c| iif == c.uplink_ifindex) {
+            return TCX_NEXT;
+        }
+    }
     let mut p = match parse(ctx) {
         Ok(Parsed::Nat(p)) => p,
         Ok(Parsed::Other) | Err(_) => return TCX_NEXT,

@@ -5,6 +5,7 @@
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::DropReason;
 use netplane_common::packet::{ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use network_types::eth::EthHdr;
 use network_types::ip::Ipv4Hdr;
 
 pub const IP_OFF: usize = ETH_HLEN;
@@ -48,13 +49,25 @@ pub enum Parsed {
     Other,
 }
 
+/// Ethernet and a minimal IPv4 header, read with one helper call.
+#[repr(C, packed)]
+struct L2L3 {
+    eth: EthHdr,
+    ip: Ipv4Hdr,
+}
+
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
-    let ethertype: u16 = ctx.load(12).map_err(|_| DropReason::Malformed)?;
-    if ethertype != ETH_P_IP.to_be() {
+    // One helper call for Ethernet + IPv4, one for the L4 header: each call costs more
+    // than the bytes it copies.
+    let L2L3 { eth, ip } = match ctx.load::<L2L3>(0) {
+        Ok(h) => h,
+        // Too short for IPv4: not ours (ARP and the like), or truncated.
+        Err(_) => return Ok(Parsed::Other),
+    };
+    if { eth.ether_type } != ETH_P_IP.to_be() {
         return Ok(Parsed::Other);
     }
-    let ip: Ipv4Hdr = ctx.load(IP_OFF).map_err(|_| DropReason::Malformed)?;
     let ihl = usize::from(ip.ihl());
     if ip.version() != 4 || ihl < Ipv4Hdr::LEN || usize::from(ip.tot_len()) < ihl {
         return Err(DropReason::Malformed);
@@ -64,9 +77,7 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
         return Ok(Parsed::Other);
     }
     let frag_field = u16::from_be_bytes(ip.frags);
-    let more = frag_field & 0x2000 != 0;
-    let offset = frag_field & 0x1fff;
-    let frag = match (offset, more) {
+    let frag = match (frag_field & 0x1fff, frag_field & 0x2000 != 0) {
         (0, false) => Frag::Whole,
         (0, true) => Frag::First,
         _ => Frag::Later,
@@ -86,25 +97,27 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
         return Ok(Parsed::Nat(p));
     }
     match proto {
-        IPPROTO_ICMP => {
-            let ty: u8 = ctx.load(p.l4_off).map_err(|_| DropReason::Malformed)?;
-            let id: u16 = ctx.load(p.l4_off + 4).map_err(|_| DropReason::Malformed)?;
-            match ty {
+        IPPROTO_TCP => {
+            // Ports, and the flags byte at offset 13.
+            let l4: [u8; 14] = ctx.load(p.l4_off).map_err(|_| DropReason::Malformed)?;
+            p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
+            p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
+            p.tcp_flags = l4[13];
+        }
+        IPPROTO_UDP => {
+            // The whole UDP header must be there, even when its checksum is not used.
+            let l4: [u8; 8] = ctx.load(p.l4_off).map_err(|_| DropReason::Malformed)?;
+            p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
+            p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
+        }
+        _ => {
+            let l4: [u8; 8] = ctx.load(p.l4_off).map_err(|_| DropReason::Malformed)?;
+            let id = u16::from_ne_bytes([l4[4], l4[5]]);
+            match l4[0] {
                 ICMP_ECHO_REQUEST => p.sport = id,
                 ICMP_ECHO_REPLY => p.dport = id,
                 // Errors and the rest are not translated (see the closing note).
                 _ => return Ok(Parsed::Other),
-            }
-        }
-        _ => {
-            let ports: [u16; 2] = ctx.load(p.l4_off).map_err(|_| DropReason::Malformed)?;
-            p.sport = ports[0];
-            p.dport = ports[1];
-            if proto == IPPROTO_TCP {
-                p.tcp_flags = ctx.load(p.l4_off + 13).map_err(|_| DropReason::Malformed)?;
-            } else {
-                // A UDP header must be whole even when its checksum is not used.
-                let _len: u16 = ctx.load(p.l4_off + 4).map_err(|_| DropReason::Malformed)?;
             }
         }
     }

@@ -285,6 +285,7 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
         .collect();
     Ok(HostContext {
         uplink,
+        uplink_index: uplink_index.unwrap_or(0),
         uplink_addr,
         local_addrs,
     })

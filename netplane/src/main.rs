@@ -237,6 +237,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 print!("{}", report::table(&results, &summary, false));
+                print!("{}", report::profile(&results));
                 println!("report: {}", out.join("bench.md").display());
             }
             Ok(())

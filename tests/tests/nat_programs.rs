@@ -53,6 +53,7 @@ fn plan() -> Plan {
 fn programs() -> Detached {
     let host = HostContext {
         uplink: "up0".into(),
+        uplink_index: 0,
         uplink_addr: Ipv4Addr::from(U),
         local_addrs: vec![
             Ipv4Addr::from(U),

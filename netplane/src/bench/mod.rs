@@ -119,6 +119,10 @@ pub struct Results {
     /// `rounds[r]` holds (mode, sample) in the order the modes ran.
     pub rounds: Vec<Vec<(String, Sample)>>,
     pub memory: Memory,
+    /// Where the eBPF data path's time goes: per attached program, runs and average ns
+    /// per run during a separate connect/request/close run with BPF_ENABLE_STATS on (it
+    /// costs a little per run, so it is kept out of the figures above).
+    pub ebpf_program_costs: Vec<(String, u64, f64)>,
 }
 
 /// The sandbox: namespaces named `npbench<pid>-{client,host}` plus the container's,
@@ -460,6 +464,22 @@ fn memory(sb: &Sandbox) -> anyhow::Result<Memory> {
     })
 }
 
+/// Per-program run time of the eBPF data plane under connect/request/close.
+fn profile(sb: &Sandbox, opts: &Options) -> anyhow::Result<Vec<(String, u64, f64)>> {
+    eprintln!("[profile] ebpf: per-program run time under connect/request/close");
+    sb.up(&sb.plan(Mode::Ebpf, opts.scale[0], false)?)?;
+    let servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+    let t = sock(UPLINK, FIRST_PORT);
+    let secs = opts.secs();
+    from_client(sb, move || load::tcp_crr(t, secs));
+    let costs = crate::dataplane::ebpf::program_costs(&sb.name);
+    drop(stats);
+    drop(servers);
+    sb.down();
+    Ok(costs)
+}
+
 /// A small, seeded shuffle: the order of modes changes every round.
 fn shuffled(seed: u64) -> Vec<&'static str> {
     let mut v = MODES.to_vec();
@@ -500,11 +520,13 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
         rounds.push(samples);
     }
     let memory = memory(&sb)?;
+    let ebpf_program_costs = profile(&sb, &opts)?;
     Ok(Results {
         options: opts,
         machine,
         rounds,
         memory,
+        ebpf_program_costs,
     })
 }
 

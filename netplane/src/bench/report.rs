@@ -324,6 +324,15 @@ pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
     out
 }
 
+/// The per-program profile of the eBPF data path.
+pub fn profile(r: &Results) -> String {
+    let mut out = String::from("eBPF programs under connect/request/close (BPF_ENABLE_STATS):\n");
+    for (link, runs, ns) in &r.ebpf_program_costs {
+        writeln!(out, "  {link:<40} {runs:>9} runs {ns:>8.0} ns/run").unwrap();
+    }
+    out
+}
+
 pub fn markdown(r: &Results, s: &Summary) -> String {
     let mut out = String::from("# netplane bench\n\n");
     let o = &r.options;
@@ -336,6 +345,9 @@ pub fn markdown(r: &Results, s: &Summary) -> String {
     )
     .unwrap();
     out.push_str(&table(r, s, true));
+    out.push_str("\n```\n");
+    out.push_str(&profile(r));
+    out.push_str("```\n");
     out.push_str(
         "\n![connections/s against N, and the other metrics relative to the baseline](bench.svg)\n",
     );

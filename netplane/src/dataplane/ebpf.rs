@@ -244,6 +244,8 @@ impl Ebpf {
             },
             netns_cookie: netns_cookie()
                 .map_err(|e| err("read this namespace's cookie")(e.to_string()))?,
+            networks: plan.networks.len() as u32,
+            uplink_ifindex: host.uplink_index,
         };
         let mut config: Array<_, DpConfig> =
             Array::try_from(&mut maps.config).map_err(|e| map_err(maps::CONFIG)(chain(e)))?;
@@ -802,4 +804,38 @@ pub fn flows(name: &str) -> Vec<Flow> {
         .collect();
     flows.sort_by(|a, b| (a.protocol, &a.original).cmp(&(b.protocol, &b.original)));
     flows
+}
+
+/// What each attached program of instance `name` has cost so far: (link, runs, average
+/// ns per run). The kernel counts only while BPF_ENABLE_STATS is held by someone
+/// (`aya::sys::enable_stats`); without it the runs read 0.
+pub fn program_costs(name: &str) -> Vec<(String, u64, f64)> {
+    let dir = pin_dir(name);
+    let programs: Vec<aya::programs::ProgramInfo> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .collect();
+    let mut costs: Vec<(String, u64, f64)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let link = FdLink::from(PinnedLink::from_pin(e.path()).ok()?);
+            let id = link.info().ok()?.program_id();
+            let p = programs.iter().find(|p| p.id() == id)?;
+            let runs = p.run_count();
+            let ns = if runs == 0 {
+                0.0
+            } else {
+                p.run_time().as_nanos() as f64 / runs as f64
+            };
+            Some((
+                file.strip_prefix("link_").unwrap_or(&file).to_owned(),
+                runs,
+                ns,
+            ))
+        })
+        .collect();
+    costs.sort_by(|a, b| a.0.cmp(&b.0));
+    costs
 }

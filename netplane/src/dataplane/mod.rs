@@ -48,6 +48,8 @@ pub enum DataplaneError {
 pub struct HostContext {
     /// The interface towards the outside world.
     pub uplink: String,
+    /// Its interface index.
+    pub uplink_index: u32,
     /// Its (first) IPv4 address, which masquerade uses.
     pub uplink_addr: std::net::Ipv4Addr,
     /// Every IPv4 address of the host namespace (published ports answer on all of them).
