@@ -112,6 +112,34 @@ pub fn insert_new(key: &CtKey, entry: &CtEntry, cfg: &DpConfig, now: u64, reopen
     replaceable && CT.insert(key, entry, BPF_ANY as u64).is_ok()
 }
 
+/// Inserts a flow's entries in order, all or none: after a failure the entries already
+/// inserted, and `reserved` (a port reservation made before), are removed again.
+#[inline(always)]
+pub fn insert_flow<const N: usize>(
+    entries: &[(CtKey, CtEntry); N],
+    reserved: Option<&CtKey>,
+    cfg: &DpConfig,
+    now: u64,
+    reopen: bool,
+) -> bool {
+    for i in 0..N {
+        if !insert_new(&entries[i].0, &entries[i].1, cfg, now, reopen) {
+            // A constant bound: the verifier cannot follow a loop up to `i` over a slice.
+            for (j, done) in entries.iter().enumerate() {
+                if j >= i {
+                    break;
+                }
+                remove(&done.0);
+            }
+            if let Some(r) = reserved {
+                remove(r);
+            }
+            return false;
+        }
+    }
+    true
+}
+
 #[inline(always)]
 pub fn remove(key: &CtKey) {
     let _ = CT.remove(key);

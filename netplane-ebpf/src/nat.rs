@@ -301,8 +301,14 @@ fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: u64) -> Result<u16, Drop
         now,
         p.tcp_flags,
     );
-    if !conntrack::insert_new(&key_of(p, Stage::Src), &orig, cfg, now, false) {
-        conntrack::remove(&CtKey::new(p.daddr, u, p.dport, port, p.proto, Stage::Dst));
+    let reserved = CtKey::new(p.daddr, u, p.dport, port, p.proto, Stage::Dst);
+    if !conntrack::insert_flow(
+        &[(key_of(p, Stage::Src), orig)],
+        Some(&reserved),
+        cfg,
+        now,
+        false,
+    ) {
         return Err(DropReason::CtInsertFailed);
     }
     Ok(port)
@@ -322,9 +328,6 @@ fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Resu
         now,
         0,
     );
-    if !conntrack::insert_new(&rk, &reply, cfg, now, reopen) {
-        return Err(DropReason::CtInsertFailed);
-    }
     let orig = entry(
         b.addr,
         b.port,
@@ -334,8 +337,13 @@ fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Resu
         now,
         p.tcp_flags,
     );
-    if !conntrack::insert_new(&key_of(p, Stage::Dst), &orig, cfg, now, reopen) {
-        conntrack::remove(&rk);
+    if !conntrack::insert_flow(
+        &[(rk, reply), (key_of(p, Stage::Dst), orig)],
+        None,
+        cfg,
+        now,
+        reopen,
+    ) {
         return Err(DropReason::CtInsertFailed);
     }
     Ok(())
@@ -374,7 +382,7 @@ fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result
     // The original direction's src stage: client → backend becomes gateway:P → backend.
     let orig_src_key = CtKey::new(p.saddr, b.addr, p.sport, b.port, p.proto, Stage::Src);
     let orig_src = entry(g, port, kind::HAIRPIN, b.addr, b.port, now, p.tcp_flags);
-    // The original direction's dst stage, last: it is what makes the flow known.
+    // The original direction's dst stage.
     let orig_dst = entry(
         b.addr,
         b.port,
@@ -385,19 +393,13 @@ fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result
         p.tcp_flags,
     );
     let orig_dst_key = key_of(p, Stage::Dst);
-    if !conntrack::insert_new(&reply_src_key, &reply_src, cfg, now, reopen) {
-        conntrack::remove(&reply_dst_key);
-        return Err(DropReason::CtInsertFailed);
-    }
-    if !conntrack::insert_new(&orig_src_key, &orig_src, cfg, now, reopen) {
-        conntrack::remove(&reply_dst_key);
-        conntrack::remove(&reply_src_key);
-        return Err(DropReason::CtInsertFailed);
-    }
-    if !conntrack::insert_new(&orig_dst_key, &orig_dst, cfg, now, reopen) {
-        conntrack::remove(&reply_dst_key);
-        conntrack::remove(&reply_src_key);
-        conntrack::remove(&orig_src_key);
+    // The original direction's dst stage goes last: it is what makes the flow known.
+    let entries = [
+        (reply_src_key, reply_src),
+        (orig_src_key, orig_src),
+        (orig_dst_key, orig_dst),
+    ];
+    if !conntrack::insert_flow(&entries, Some(&reply_dst_key), cfg, now, reopen) {
         return Err(DropReason::CtInsertFailed);
     }
     Ok(())

@@ -246,10 +246,28 @@ fn fmt_ratio(r: Option<&Ratio>) -> String {
     })
 }
 
+/// One table line: Markdown cells, or columns padded for a terminal.
+fn line(cells: &[String], markdown: bool) -> String {
+    if markdown {
+        return format!("| {} |\n", cells.join(" | "));
+    }
+    let widths = [40, 9, 9, 9, 9, 9, 19, 19, 19];
+    let mut out = String::new();
+    for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+        if i == 0 {
+            write!(out, "{c:<w$}")
+        } else {
+            write!(out, " {c:>w$}")
+        }
+        .unwrap();
+    }
+    out.push('\n');
+    out
+}
+
 /// The terminal table (also the body of the Markdown report).
 pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
-    let mut out = String::new();
-    let cols = [
+    let header = [
         "metric",
         "unit",
         "baseline",
@@ -260,56 +278,25 @@ pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
         "ebpf/nftables",
         "ebpf/baseline",
     ];
+    let mut out = line(&header.map(String::from), markdown);
     if markdown {
-        writeln!(out, "| {} |", cols.join(" | ")).unwrap();
-        writeln!(
-            out,
-            "|{}|",
-            cols.iter().map(|_| "---").collect::<Vec<_>>().join("|")
-        )
-        .unwrap();
-    } else {
-        writeln!(
-            out,
-            "{:<40} {:>7} {:>9} {:>9} {:>9} {:>9}  {:>18} {:>18} {:>18}",
-            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8]
-        )
-        .unwrap();
+        out.push_str(&format!("|{}|\n", ["---"; 9].join("|")));
     }
     for row in &s.rows {
         let better = if row.higher_is_better { "↑" } else { "↓" };
-        let unit = format!("{} {better}", row.unit);
-        let v = |m: &str| fmt_value(row.values.get(m));
-        let q = |m: &str| fmt_ratio(row.ebpf_over.get(m));
-        if markdown {
-            writeln!(
-                out,
-                "| {} | {unit} | {} | {} | {} | {} | {} | {} | {} |",
-                row.label.trim(),
-                v("baseline"),
-                v("iptables"),
-                v("nftables"),
-                v("ebpf"),
-                q("iptables"),
-                q("nftables"),
-                q("baseline")
-            )
-            .unwrap();
+        let label = if markdown {
+            row.label.trim().to_owned()
         } else {
-            writeln!(
-                out,
-                "{:<40} {unit:>7} {:>9} {:>9} {:>9} {:>9}  {:>18} {:>18} {:>18}",
-                row.label,
-                v("baseline"),
-                v("iptables"),
-                v("nftables"),
-                v("ebpf"),
-                q("iptables"),
-                q("nftables"),
-                q("baseline")
-            )
-            .unwrap();
-        }
+            row.label.clone()
+        };
+        let mut cells = vec![label, format!("{} {better}", row.unit)];
+        cells.extend(MODES.iter().map(|m| fmt_value(row.values.get(*m))));
+        cells.extend(
+            ["iptables", "nftables", "baseline"]
+                .iter()
+                .map(|m| fmt_ratio(row.ebpf_over.get(*m))),
+        );
+        out.push_str(&line(&cells, markdown));
     }
     let m = &r.memory;
     writeln!(
