@@ -255,11 +255,22 @@ impl Ebpf {
 
         let mut subnets: LpmTrie<_, u32, NetInfo> =
             LpmTrie::try_from(&mut maps.subnets).map_err(|e| map_err(maps::SUBNETS)(chain(e)))?;
-        let old_keys: Vec<Key<u32>> = subnets.keys().filter_map(Result::ok).collect();
+        // The subnets change only with the networks.
+        let same_networks = old.is_some_and(|o| {
+            o.networks
+                .iter()
+                .map(|n| (n.subnet, n.gateway))
+                .eq(plan.networks.iter().map(|n| (n.subnet, n.gateway)))
+        });
+        let old_keys: Vec<Key<u32>> = if same_networks {
+            Vec::new()
+        } else {
+            subnets.keys().filter_map(Result::ok).collect()
+        };
         for k in &old_keys {
             let _ = subnets.remove(k);
         }
-        for (i, n) in plan.networks.iter().enumerate() {
+        for (i, n) in plan.networks.iter().enumerate().filter(|_| !same_networks) {
             let key = Key::new(
                 u32::from(n.subnet.prefix_len()),
                 ne_addr(n.subnet.network()),
@@ -298,15 +309,30 @@ impl Ebpf {
 
         let mut published: HashMap<_, PortKey, Backend> = HashMap::try_from(&mut maps.published)
             .map_err(|e| map_err(maps::PUBLISHED)(chain(e)))?;
-        let want = published_entries(plan);
-        let had: std::collections::BTreeMap<PortKey, Backend> = match old {
-            Some(old) => published_entries(old),
-            None => published.iter().filter_map(Result::ok).collect(),
+        let (remove, write) = match old.and_then(|old| published_edits(old, plan)) {
+            Some(edits) => edits,
+            None => {
+                let want = published_entries(plan);
+                let had: std::collections::BTreeMap<PortKey, Backend> = match old {
+                    Some(old) => published_entries(old),
+                    None => published.iter().filter_map(Result::ok).collect(),
+                };
+                let remove = had
+                    .keys()
+                    .filter(|k| !want.contains_key(k))
+                    .copied()
+                    .collect();
+                let write = want
+                    .into_iter()
+                    .filter(|(k, b)| had.get(k) != Some(b))
+                    .collect();
+                (remove, write)
+            }
         };
-        for k in had.keys().filter(|k| !want.contains_key(k)) {
+        for k in &remove {
             let _ = published.remove(k);
         }
-        for (k, b) in want.iter().filter(|(k, b)| had.get(k) != Some(b)) {
+        for (k, b) in &write {
             published
                 .insert(k, b, 0)
                 .map_err(|e| map_err(maps::PUBLISHED)(chain(e)))?;
@@ -344,35 +370,74 @@ impl Maps {
     }
 }
 
+/// The map entries of one publish mapping of container `c`.
+fn mapping_entries<'a>(
+    plan: &'a Plan,
+    c: &'a crate::config::Container,
+    m: &'a crate::config::PortMapping,
+) -> impl Iterator<Item = (PortKey, Backend)> + 'a {
+    let gateway = plan
+        .network(&c.network)
+        .map(|n| ne_addr(n.gateway))
+        .unwrap_or_default();
+    m.pairs().map(move |(hp, cp)| {
+        let key = PortKey {
+            addr: m.host_ip.map(ne_addr).unwrap_or(0),
+            port: ne_port(hp),
+            proto: m.proto.number(),
+            _pad: 0,
+        };
+        (
+            key,
+            Backend {
+                addr: ne_addr(c.ip),
+                port: ne_port(cp),
+                _pad: 0,
+                gateway,
+            },
+        )
+    })
+}
+
 /// The published-ports map's entries for `plan`.
 fn published_entries(plan: &Plan) -> std::collections::BTreeMap<PortKey, Backend> {
-    let mut want = std::collections::BTreeMap::new();
-    for c in &plan.containers {
-        let gateway = plan
-            .network(&c.network)
-            .map(|n| ne_addr(n.gateway))
-            .unwrap_or_default();
-        for m in &c.publish {
-            for (hp, cp) in m.pairs() {
-                let key = PortKey {
-                    addr: m.host_ip.map(ne_addr).unwrap_or(0),
-                    port: ne_port(hp),
-                    proto: m.proto.number(),
-                    _pad: 0,
-                };
-                want.insert(
-                    key,
-                    Backend {
-                        addr: ne_addr(c.ip),
-                        port: ne_port(cp),
-                        _pad: 0,
-                        gateway,
-                    },
-                );
-            }
+    plan.containers
+        .iter()
+        .flat_map(|c| {
+            c.publish
+                .iter()
+                .flat_map(move |m| mapping_entries(plan, c, m))
+        })
+        .collect()
+}
+
+/// Keys to remove from the published-ports map, and entries to write.
+type Edits = (Vec<PortKey>, Vec<(PortKey, Backend)>);
+
+/// The edits that turn `old`'s published ports into `plan`'s, found by comparing the
+/// mappings in place (a change among thousands costs a comparison each, not an
+/// expansion). `None` when the containers or the number of mappings changed: the caller
+/// then compares whole maps.
+fn published_edits(old: &Plan, plan: &Plan) -> Option<Edits> {
+    if old.containers.len() != plan.containers.len() {
+        return None;
+    }
+    let (mut remove, mut write) = (Vec::new(), Vec::new());
+    for (o, c) in old.containers.iter().zip(&plan.containers) {
+        if (&o.name, o.ip, &o.network, o.publish.len())
+            != (&c.name, c.ip, &c.network, c.publish.len())
+            || old.network(&o.network).map(|n| n.gateway)
+                != plan.network(&c.network).map(|n| n.gateway)
+        {
+            return None;
+        }
+        for (a, b) in o.publish.iter().zip(&c.publish).filter(|(a, b)| a != b) {
+            remove.extend(mapping_entries(old, o, a).map(|(k, _)| k));
+            write.extend(mapping_entries(plan, c, b));
         }
     }
-    want
+    remove.retain(|k| !write.iter().any(|(w, _)| w == k));
+    Some((remove, write))
 }
 
 /// The NAT programs loaded with private (unpinned) maps programmed for a plan, attached
@@ -581,12 +646,15 @@ impl Dataplane for Ebpf {
             .map(|e| e.path())
             .collect();
         let stamp_file = crate::state::dir(&plan.name).join("ebpf.object");
-        let stamp = format!("{:08x}-{}", crate::config::fnv1a_32(OBJECT), OBJECT.len());
+        // Hashing the object costs about a millisecond: once per process.
+        static STAMP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let stamp = STAMP
+            .get_or_init(|| format!("{:08x}-{}", crate::config::fnv1a_32(OBJECT), OBJECT.len()));
         // Fast path: the same programs are attached where the plan wants them, so only the
         // maps change; with the previous plan, only the entries that differ.
         if pinned == wanted
             && old.is_some()
-            && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
+            && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == *stamp)
             && let Some(mut maps) = Maps::pinned(&plan.name)
         {
             Self::program_maps(&mut maps, plan, host, old)?;
@@ -838,4 +906,49 @@ pub fn program_costs(name: &str) -> Vec<(String, u64, f64)> {
         .collect();
     costs.sort_by(|a, b| a.0.cmp(&b.0));
     costs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn plan(publish: &str) -> Plan {
+        let text = format!(
+            "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n[[containers]]\nname = \"web\"\nnetwork = \"npa\"\npublish = [{publish}]\n"
+        );
+        Config::parse(&text, "test").unwrap().plan().unwrap()
+    }
+
+    #[test]
+    fn one_changed_mapping_is_one_edit() {
+        let old = plan("\"8080:80\", \"8081:81\", \"9000-9001:7000-7001\"");
+        let new = plan("\"8080:80\", \"8082:81\", \"9000-9001:7000-7001\"");
+        let (remove, write) = published_edits(&old, &new).expect("same containers");
+        assert_eq!(
+            remove
+                .iter()
+                .map(|k| u16::from_be(k.port))
+                .collect::<Vec<_>>(),
+            [8081]
+        );
+        assert_eq!(
+            write
+                .iter()
+                .map(|(k, _)| u16::from_be(k.port))
+                .collect::<Vec<_>>(),
+            [8082]
+        );
+        // The edits agree with comparing whole maps.
+        let (a, b) = (published_entries(&old), published_entries(&new));
+        assert!(a.keys().filter(|k| !b.contains_key(k)).eq(remove.iter()));
+    }
+
+    #[test]
+    fn a_new_backend_port_rewrites_without_removing() {
+        let (remove, write) = published_edits(&plan("\"8080:80\""), &plan("\"8080:90\"")).unwrap();
+        assert!(remove.is_empty(), "the key stays; its value changes");
+        assert_eq!(u16::from_be(write[0].1.port), 90);
+        assert!(published_edits(&plan("\"8080:80\""), &plan("\"8080:80\", \"8081:81\"")).is_none());
+    }
 }
