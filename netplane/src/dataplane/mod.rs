@@ -89,7 +89,7 @@ pub trait Dataplane {
     fn status(&self, plan: &Plan) -> DataplaneStatus;
 }
 
-/// The data plane of `mode`, or `None` where it is not implemented yet.
+/// The data plane of `mode`; `None` for `mode = "none"` (topology only).
 pub fn for_mode(mode: Mode) -> Option<Box<dyn Dataplane>> {
     match mode {
         Mode::Iptables => Some(Box::new(iptables::Iptables)),
