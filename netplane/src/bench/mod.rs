@@ -12,7 +12,6 @@ mod load;
 pub mod report;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -143,7 +142,7 @@ impl Sandbox {
         };
         netns::create(&sb.client)?;
         netns::create(&sb.host)?;
-        let (host, client) = (sb.host.clone(), sb.client.clone());
+        let client = sb.client.clone();
         netns::run_in(&sb.host, || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -162,7 +161,6 @@ impl Sandbox {
                 anyhow::Ok(())
             })
         })??;
-        let _ = host;
         Ok(sb)
     }
 
@@ -528,9 +526,4 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
         memory,
         ebpf_program_costs,
     })
-}
-
-/// Where `netplane bench` writes its report by default.
-pub fn default_out() -> PathBuf {
-    PathBuf::from(".")
 }
