@@ -11,7 +11,23 @@ use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use aya_ebpf::programs::TcContext;
 use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::parse::{Frag, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, Packet};
+use crate::parse::{Frag, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, Packet, ptr_at};
+
+/// Writes `v` at `off`: in place when the linear data holds it (after the checksum
+/// helpers, which may move the data, so the pointer is taken anew), else by helper.
+#[inline(always)]
+fn write<T: Copy>(ctx: &TcContext, off: usize, v: T) -> Result<(), i64> {
+    match ptr_at::<T>(ctx, off) {
+        // SAFETY: ptr_at checked that the whole T is inside the packet. A TC program may
+        // write packet data directly: for one that does, the verifier adds a prologue
+        // that unclones the skb (tc_cls_act_prologue() in net/core/filter.c).
+        Some(p) => {
+            unsafe { core::ptr::write_unaligned(p, v) };
+            Ok(())
+        }
+        None => ctx.store(off, &v, 0),
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -52,7 +68,7 @@ pub fn set_addr(ctx: &TcContext, p: &mut Packet, side: Side, new: u32) -> Result
         }
     }
     ctx.l3_csum_replace(IP_CSUM_OFF, old as u64, new as u64, 4)?;
-    ctx.store(off, &new, 0)?;
+    write(ctx, off, new)?;
     match side {
         Side::Src => p.saddr = new,
         Side::Dst => p.daddr = new,
@@ -78,7 +94,7 @@ pub fn set_port(ctx: &TcContext, p: &mut Packet, side: Side, new: u16) -> Result
     if let Some((csum_off, flags)) = l4_csum(p) {
         ctx.l4_csum_replace(csum_off, old as u64, new as u64, flags | 2)?;
     }
-    ctx.store(off, &new, 0)?;
+    write(ctx, off, new)?;
     match side {
         Side::Src => p.sport = new,
         Side::Dst => p.dport = new,

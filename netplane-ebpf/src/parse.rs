@@ -1,6 +1,7 @@
-//! Header parsing for the NAT programs. Everything goes through `bpf_skb_load_bytes`
-//! (`TcContext::load`), which bounds-checks against the skb, so the verifier is satisfied
-//! the same way everywhere and non-linear skbs (GRO, fragments) parse too.
+//! Header parsing for the NAT programs. Headers are read in place (direct packet access)
+//! through one bounds-checking helper, [`ptr_at`], so the verifier is satisfied the same
+//! way everywhere; when they are not in the skb's linear part, `bpf_skb_load_bytes`
+//! (`TcContext::load`) reads them instead.
 
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::DropReason;
@@ -49,18 +50,39 @@ pub enum Parsed {
     Other,
 }
 
-/// Ethernet and a minimal IPv4 header, read with one helper call.
+/// Ethernet and a minimal IPv4 header.
 #[repr(C, packed)]
+#[derive(Clone, Copy)]
 struct L2L3 {
     eth: EthHdr,
     ip: Ipv4Hdr,
 }
 
+/// A pointer to a `T` at `off` bytes into the packet, if the linear data holds all of it.
+/// Valid until the next helper that may change the packet's data.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + off + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// Reads a `T` at `off`: in place when it is in the linear data, else by helper.
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+    match ptr_at::<T>(ctx, off) {
+        // SAFETY: ptr_at checked that the whole T is inside the packet.
+        Some(p) => Ok(unsafe { core::ptr::read_unaligned(p) }),
+        None => ctx.load(off).map_err(|_| ()),
+    }
+}
+
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
-    // One helper call for Ethernet + IPv4, one for the L4 header: each call costs more
-    // than the bytes it copies.
-    let L2L3 { eth, ip } = match ctx.load::<L2L3>(0) {
+    // One read for Ethernet + IPv4, one for the L4 header.
+    let L2L3 { eth, ip } = match read::<L2L3>(ctx, 0) {
         Ok(h) => h,
         // Too short for IPv4: not ours (ARP and the like), or truncated.
         Err(_) => return Ok(Parsed::Other),
@@ -99,19 +121,19 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
     match proto {
         IPPROTO_TCP => {
             // Ports, and the flags byte at offset 13.
-            let l4: [u8; 14] = ctx.load(p.l4_off).map_err(|_| DropReason::Malformed)?;
+            let l4: [u8; 14] = read(ctx, p.l4_off).map_err(|()| DropReason::Malformed)?;
             p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
             p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
             p.tcp_flags = l4[13];
         }
         IPPROTO_UDP => {
             // The whole UDP header must be there, even when its checksum is not used.
-            let l4: [u8; 8] = ctx.load(p.l4_off).map_err(|_| DropReason::Malformed)?;
+            let l4: [u8; 8] = read(ctx, p.l4_off).map_err(|()| DropReason::Malformed)?;
             p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
             p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
         }
         _ => {
-            let l4: [u8; 8] = ctx.load(p.l4_off).map_err(|_| DropReason::Malformed)?;
+            let l4: [u8; 8] = read(ctx, p.l4_off).map_err(|()| DropReason::Malformed)?;
             let id = u16::from_ne_bytes([l4[4], l4[5]]);
             match l4[0] {
                 ICMP_ECHO_REQUEST => p.sport = id,
