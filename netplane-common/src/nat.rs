@@ -87,7 +87,7 @@ pub mod kind {
 }
 
 /// What a stage writes into a matching packet: the address and port of the side it
-/// rewrites. 32 bytes.
+/// rewrites. 24 bytes: the rest of the translated tuple is the key's, so it is not stored.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtEntry {
@@ -100,11 +100,6 @@ pub struct CtEntry {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of creation and of the last packet.
     pub created_ns: u64,
     pub last_seen_ns: u64,
-    /// The translated tuple's other side (the address and port this entry does not
-    /// rewrite, after translation), so that the agent can show whole flows.
-    pub peer_addr: u32,
-    pub peer_port: u16,
-    pub _pad: [u8; 2],
 }
 
 /// Connection-tracking lifetimes, in seconds. Defaults as Cilium's (bpf/lib/conntrack.h:
@@ -438,7 +433,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
-        assert_eq!(core::mem::size_of::<CtEntry>(), 32);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 24);
         assert_eq!(core::mem::size_of::<PortKey>(), 8);
         assert_eq!(core::mem::size_of::<Backend>(), 12);
         assert_eq!(core::mem::size_of::<DpConfig>(), 48);

@@ -86,15 +86,7 @@ fn opens_flow(p: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn entry(
-    addr: u32,
-    port: u16,
-    k: u8,
-    peer_addr: u32,
-    peer_port: u16,
-    now: u64,
-    tcp_flags: u8,
-) -> CtEntry {
+fn entry(addr: u32, port: u16, k: u8, now: u64, tcp_flags: u8) -> CtEntry {
     CtEntry {
         addr,
         port,
@@ -102,9 +94,6 @@ fn entry(
         kind: k,
         created_ns: now,
         last_seen_ns: now,
-        peer_addr,
-        peer_port,
-        _pad: [0; 2],
     }
 }
 
@@ -282,25 +271,9 @@ fn reserve_port(
 #[inline(always)]
 fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: u64) -> Result<u16, DropReason> {
     let u = cfg.uplink_addr;
-    let reply = entry(
-        p.saddr,
-        p.sport,
-        kind::MASQUERADE | kind::REPLY,
-        p.daddr,
-        p.dport,
-        now,
-        0,
-    );
+    let reply = entry(p.saddr, p.sport, kind::MASQUERADE | kind::REPLY, now, 0);
     let port = reserve_port(p, u, p.daddr, p.dport, &reply, cfg, now)?;
-    let orig = entry(
-        u,
-        port,
-        kind::MASQUERADE,
-        p.daddr,
-        p.dport,
-        now,
-        p.tcp_flags,
-    );
+    let orig = entry(u, port, kind::MASQUERADE, now, p.tcp_flags);
     let reserved = CtKey::new(p.daddr, u, p.dport, port, p.proto, Stage::Dst);
     if !conntrack::insert_flow(
         &[(key_of(p, Stage::Src), orig)],
@@ -319,24 +292,8 @@ fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: u64) -> Result<u16, Drop
 fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result<(), DropReason> {
     let reopen = p.proto == IPPROTO_TCP;
     let rk = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Stage::Src);
-    let reply = entry(
-        p.daddr,
-        p.dport,
-        kind::PUBLISHED | kind::REPLY,
-        p.saddr,
-        p.sport,
-        now,
-        0,
-    );
-    let orig = entry(
-        b.addr,
-        b.port,
-        kind::PUBLISHED,
-        p.saddr,
-        p.sport,
-        now,
-        p.tcp_flags,
-    );
+    let reply = entry(p.daddr, p.dport, kind::PUBLISHED | kind::REPLY, now, 0);
+    let orig = entry(b.addr, b.port, kind::PUBLISHED, now, p.tcp_flags);
     if !conntrack::insert_flow(
         &[(rk, reply), (key_of(p, Stage::Dst), orig)],
         None,
@@ -357,41 +314,17 @@ fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result
     let reopen = p.proto == IPPROTO_TCP;
     let g = b.gateway;
     // The replies' dst stage: backend → gateway:P becomes backend → client.
-    let reply_dst = entry(
-        p.saddr,
-        p.sport,
-        kind::HAIRPIN | kind::REPLY,
-        b.addr,
-        b.port,
-        now,
-        0,
-    );
+    let reply_dst = entry(p.saddr, p.sport, kind::HAIRPIN | kind::REPLY, now, 0);
     let port = reserve_port(p, g, b.addr, b.port, &reply_dst, cfg, now)?;
     let reply_dst_key = CtKey::new(b.addr, g, b.port, port, p.proto, Stage::Dst);
     // The replies' src stage: backend → client becomes published address → client.
     let reply_src_key = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Stage::Src);
-    let reply_src = entry(
-        p.daddr,
-        p.dport,
-        kind::HAIRPIN | kind::REPLY,
-        p.saddr,
-        p.sport,
-        now,
-        0,
-    );
+    let reply_src = entry(p.daddr, p.dport, kind::HAIRPIN | kind::REPLY, now, 0);
     // The original direction's src stage: client → backend becomes gateway:P → backend.
     let orig_src_key = CtKey::new(p.saddr, b.addr, p.sport, b.port, p.proto, Stage::Src);
-    let orig_src = entry(g, port, kind::HAIRPIN, b.addr, b.port, now, p.tcp_flags);
+    let orig_src = entry(g, port, kind::HAIRPIN, now, p.tcp_flags);
     // The original direction's dst stage.
-    let orig_dst = entry(
-        b.addr,
-        b.port,
-        kind::HAIRPIN,
-        p.saddr,
-        p.sport,
-        now,
-        p.tcp_flags,
-    );
+    let orig_dst = entry(b.addr, b.port, kind::HAIRPIN, now, p.tcp_flags);
     let orig_dst_key = key_of(p, Stage::Dst);
     // The original direction's dst stage goes last: it is what makes the flow known.
     let entries = [
