@@ -11,6 +11,17 @@ pub mod sandbox;
 
 pub use sandbox::{Netns, Sandbox};
 
+/// The two networks the end-to-end and in-kernel tests share (config TOML): containers
+/// are added after it.
+pub const TWO_NETWORKS: &str = r#"
+[[networks]]
+name = "npa"
+subnet = "10.89.0.0/24"
+[[networks]]
+name = "npb"
+subnet = "10.89.1.0/24"
+"#;
+
 /// Returns `false`, after saying why, when the test cannot run here. Privileged tests
 /// start with `if !netplane_tests::privileged("…") { return; }`. CI runs as root, so it
 /// skips nothing.

@@ -14,13 +14,7 @@ use netplane_tests::{Netns, privileged};
 /// The data planes under test.
 const MODES: &[&str] = &["iptables", "ebpf"];
 
-const NETWORKS: &str = r#"
-[[networks]]
-name = "npa"
-subnet = "10.89.0.0/24"
-[[networks]]
-name = "npb"
-subnet = "10.89.1.0/24"
+const CONTAINERS: &str = r#"
 [[containers]]
 name = "web"
 network = "npa"
@@ -33,6 +27,11 @@ name = "other"
 network = "npb"
 "#;
 const WEB: &str = "10.89.0.2";
+
+/// The two networks and their containers.
+fn networks() -> String {
+    format!("{}{CONTAINERS}", netplane_tests::TWO_NETWORKS)
+}
 
 /// A second uplink address, for ports published on one host address only.
 const SECOND_IP: &str = "203.0.113.3";
@@ -48,7 +47,7 @@ fn up(mode: &str) -> Host {
         "dev",
         "up0",
     ]);
-    h.write_config(&format!("mode = \"{mode}\"\n{NETWORKS}"));
+    h.write_config(&format!("mode = \"{mode}\"\n{}", networks()));
     h.netplane_ok(&["up"]);
     h
 }
@@ -527,7 +526,7 @@ fn a_newly_published_udp_port_is_not_blackholed_by_old_conntrack_entries() {
         let h = up(mode);
         let config = format!(
             "mode = \"{mode}\"\n{}",
-            NETWORKS.replace(", \"5353:53/udp\"", "")
+            networks().replace(", \"5353:53/udp\"", "")
         );
         h.write_config(&config);
         h.netplane_ok(&["up"]);
@@ -536,7 +535,7 @@ fn a_newly_published_udp_port_is_not_blackholed_by_old_conntrack_entries() {
         // the host has a conntrack entry for the flow without NAT.
         let target = format!("{UPLINK_IP}:5353");
         assert!(udp_exchange(&web, "0.0.0.0:53", &h.outside, &target, 10, Some(40000)).is_err());
-        h.write_config(&format!("mode = \"{mode}\"\n{NETWORKS}"));
+        h.write_config(&format!("mode = \"{mode}\"\n{}", networks()));
         h.netplane_ok(&["up"]);
         let answer = udp_exchange(&web, "0.0.0.0:53", &h.outside, &target, 10, Some(40000));
         assert_eq!(
@@ -567,7 +566,7 @@ fn down_restores_the_firewall_exactly_and_rejects_bad_input_unchanged() {
         // Bad input: a host port published twice. Rejected, nothing changed.
         h.write_config(&format!(
             "mode = \"{mode}\"\n{}",
-            NETWORKS.replace(
+            networks().replace(
                 "publish = [\"8080:80\"",
                 "publish = [\"8080:80\", \"8080:81\""
             )
@@ -577,7 +576,7 @@ fn down_restores_the_firewall_exactly_and_rejects_bad_input_unchanged() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("8080:81"));
         assert_eq!(rules(&h.host), before);
 
-        h.write_config(&format!("mode = \"{mode}\"\n{NETWORKS}"));
+        h.write_config(&format!("mode = \"{mode}\"\n{}", networks()));
         h.netplane_ok(&["up"]);
         match mode {
             "iptables" => assert_ne!(rules(&h.host), before, "iptables mode adds its rules"),

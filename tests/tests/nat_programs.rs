@@ -23,15 +23,7 @@ const PEER: [u8; 4] = [10, 89, 0, 3];
 const OTHER: [u8; 4] = [10, 89, 1, 2];
 
 fn plan() -> Plan {
-    Config::parse(
-        r#"
-        name = "kt"
-        [[networks]]
-        name = "npa"
-        subnet = "10.89.0.0/24"
-        [[networks]]
-        name = "npb"
-        subnet = "10.89.1.0/24"
+    let containers = r#"
         [[containers]]
         name = "web"
         network = "npa"
@@ -42,12 +34,12 @@ fn plan() -> Plan {
         [[containers]]
         name = "other"
         network = "npb"
-        "#,
-        "test",
-    )
-    .unwrap()
-    .plan()
-    .unwrap()
+        "#;
+    let text = format!(
+        "name = \"kt\"\n{}{containers}",
+        netplane_tests::TWO_NETWORKS
+    );
+    Config::parse(&text, "test").unwrap().plan().unwrap()
 }
 
 fn programs() -> Detached {

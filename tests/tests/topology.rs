@@ -3,14 +3,7 @@
 use netplane_tests::host::{Host, UPLINK, netplane_bin, pings, tcp_exchange};
 use netplane_tests::privileged;
 
-const THREE_AND_ONE: &str = r#"
-mode = "ebpf"
-[[networks]]
-name = "npa"
-subnet = "10.89.0.0/24"
-[[networks]]
-name = "npb"
-subnet = "10.89.1.0/24"
+const CONTAINERS: &str = r#"
 [[containers]]
 name = "c1"
 network = "npa"
@@ -26,6 +19,14 @@ ip = "10.89.0.50"
 name = "d1"
 network = "npb"
 "#;
+
+/// Three containers on one network and one on the other.
+fn three_and_one() -> String {
+    format!(
+        "mode = \"ebpf\"\n{}{CONTAINERS}",
+        netplane_tests::TWO_NETWORKS
+    )
+}
 
 fn message() -> String {
     let t = std::time::SystemTime::now()
@@ -71,7 +72,7 @@ fn containers_reach_each_other_and_the_host() {
         return;
     }
     let h = Host::new();
-    h.write_config(THREE_AND_ONE);
+    h.write_config(&three_and_one());
     h.netplane_ok(&["up"]);
     let (c1, c2, c3, d1) = (
         h.container("c1"),
@@ -156,7 +157,7 @@ fn up_is_idempotent_and_converges_and_down_leaves_nothing() {
     let h = Host::new();
     let links_before = host_links(&h);
     let forward_before = h.host.sh(&["sysctl", "-n", "net.ipv4.ip_forward"]);
-    h.write_config(THREE_AND_ONE);
+    h.write_config(&three_and_one());
     h.netplane_ok(&["up"]);
     // index, name and bridge of every link: what a recreation would change.
     let identity = || -> Vec<String> {
@@ -182,7 +183,7 @@ fn up_is_idempotent_and_converges_and_down_leaves_nothing() {
 
     // Edit: c2 removed, e1 added, c3 moved to another address.
     h.write_config(
-        &THREE_AND_ONE
+        &three_and_one()
             .replace("name = \"c2\"", "name = \"e1\"")
             .replace("10.89.0.50", "10.89.0.60"),
     );
@@ -376,7 +377,7 @@ fn a_failure_part_way_rolls_back_and_foreign_objects_are_never_adopted() {
     }
     let h = Host::new();
     let links_before = host_links(&h);
-    h.write_config(THREE_AND_ONE);
+    h.write_config(&three_and_one());
     // Fails after the bridges, c1 and c2 were created: all of it must go again.
     let bin = netplane_bin();
     let cfg = std::env::temp_dir().join(format!("{}.toml", h.name()));
