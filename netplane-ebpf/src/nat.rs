@@ -66,6 +66,12 @@ pub fn published(addr: u32, port: u16, proto: u8) -> Option<Backend> {
     if !is_local(addr) {
         return None;
     }
+    published_on_local(addr, port, proto)
+}
+
+/// [`published`] for an address already known to be local.
+#[inline(always)]
+fn published_on_local(addr: u32, port: u16, proto: u8) -> Option<Backend> {
     let exact = PortKey {
         addr,
         port,
@@ -177,9 +183,14 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
     if let Some(e) = conntrack::lookup(&key_of(&p, Stage::Dst), cfg, now, p.tcp_flags) {
         return rewrite(ctx, &mut p, Side::Dst, e.addr, e.port, now);
     }
-    if let Some(b) = published(p.daddr, p.dport, p.proto)
-        && p.proto != IPPROTO_ICMP
-    {
+    // On a bridge the destination is known to be local already (checked above). ICMP
+    // echo is never published.
+    let backend = match (hook, p.proto) {
+        (_, IPPROTO_ICMP) => None,
+        (Hook::Uplink, _) => published(p.daddr, p.dport, p.proto),
+        (Hook::Bridge, _) => published_on_local(p.daddr, p.dport, p.proto),
+    };
+    if let Some(b) = backend {
         // Ports published on 127.0.0.1 are for host processes (the cgroup programs); a
         // packet that arrives on a device with that destination is an attack (moby#45610).
         if is_loopback(p.daddr) {
@@ -203,12 +214,13 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
 /// TC egress: the src stage.
 #[inline(always)]
 pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
+    let Some(cfg) = config() else { return TCX_NEXT };
     if hook == Hook::Bridge {
         // Only hairpinned flows (which entered through a bridge) are translated here;
         // packets from the uplink or from host processes go on without a parse.
         // SAFETY: reading a field of the context the kernel passed in.
         let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
-        if iif == 0 || config().is_none_or(|c| iif == c.uplink_ifindex) {
+        if iif == 0 || iif == cfg.uplink_ifindex {
             return TCX_NEXT;
         }
     }
@@ -216,7 +228,6 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
         Ok(Parsed::Nat(p)) => p,
         Ok(Parsed::Other) | Err(_) => return TCX_NEXT,
     };
-    let Some(cfg) = config() else { return TCX_NEXT };
     if p.frag == Frag::Later {
         return later_fragment(ctx, &mut p, Stage::Src);
     }
