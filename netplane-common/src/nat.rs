@@ -220,6 +220,16 @@ pub struct DpConfig {
     /// The uplink's ifindex: packets that came in through it never need the bridges' src
     /// stage (only hairpinned flows do).
     pub uplink_ifindex: u32,
+    /// [`flags`].
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Switches in [`DpConfig::flags`].
+pub mod flags {
+    /// Translated packets of known flows go straight to their next hop
+    /// (bpf_redirect_neigh), past the kernel's forwarding path and netfilter.
+    pub const FAST_FORWARD: u32 = 1;
 }
 
 /// How many ports masquerade tries after the original one.
@@ -323,8 +333,9 @@ pub mod maps {
     pub const CONFIG: &str = "NP_CONFIG";
     pub const DROPS: &str = "NP_DROPS";
     pub const SOCK_REV: &str = "NP_SOCK_REV";
+    pub const FORWARDED: &str = "NP_FORWARDED";
     /// Every map the agent pins, so that the data plane outlives it.
-    pub const PINNED: [&str; 8] = [
+    pub const PINNED: [&str; 9] = [
         CT,
         FRAGS,
         PUBLISHED,
@@ -333,6 +344,7 @@ pub mod maps {
         CONFIG,
         DROPS,
         SOCK_REV,
+        FORWARDED,
     ];
 }
 

@@ -13,12 +13,13 @@ use aya_ebpf::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, NAT_PORT_RETRIES, NetInfo, PortKey,
-    Stage, kind, nat_port_candidate, tcp_seen, tuple_hash,
+    Stage, flags, kind, nat_port_candidate, tcp_seen, tuple_hash,
 };
 use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::conntrack::{self, config, now};
 use crate::csum::{Side, set_addr, set_port};
+use crate::forward;
 use crate::metrics::drop;
 use crate::parse::{Frag, Packet, Parsed, parse};
 
@@ -177,11 +178,11 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         {
             return drop(DropReason::Isolation);
         }
-        return TCX_NEXT;
+        return out_of_bridge(ctx, &mut p, cfg);
     }
     let now = now();
     if let Some(e) = conntrack::lookup(&key_of(&p, Stage::Dst), cfg, now, p.tcp_flags) {
-        return rewrite(ctx, &mut p, Side::Dst, e.addr, e.port, now);
+        return forward_after(ctx, &mut p, cfg, hook, Side::Dst, e.addr, e.port, now);
     }
     // On a bridge the destination is known to be local already (checked above). ICMP
     // echo is never published.
@@ -206,9 +207,58 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         if let Err(reason) = created {
             return drop(reason);
         }
-        return rewrite(ctx, &mut p, Side::Dst, b.addr, b.port, now);
+        return forward_after(ctx, &mut p, cfg, hook, Side::Dst, b.addr, b.port, now);
     }
     TCX_NEXT
+}
+
+/// Translates, then, for packets that came in through the uplink (destined to a
+/// container now), takes the short way to it (see crate::forward).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_after(
+    ctx: &TcContext,
+    p: &mut Packet,
+    cfg: &DpConfig,
+    hook: Hook,
+    side: Side,
+    addr: u32,
+    port: u16,
+    now: u64,
+) -> i32 {
+    let verdict = rewrite(ctx, p, side, addr, port, now);
+    if verdict != TCX_NEXT || hook != Hook::Uplink {
+        return verdict;
+    }
+    match forward::route(ctx, p, cfg, 0) {
+        Some(r) => forward::send(ctx, &r),
+        None => TCX_NEXT,
+    }
+}
+
+/// A container's packet to a non-local address, leaving the bridge for the host's stack.
+/// A packet of a flow the uplink's src stage translates (masquerade, the replies of a
+/// published port) gets that translation here instead, and goes straight out of the
+/// uplink; a new flow, or one routed elsewhere, takes the kernel's path.
+#[inline(always)]
+fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
+    if cfg.flags & flags::FAST_FORWARD == 0 || p.frag != Frag::Whole {
+        return TCX_NEXT;
+    }
+    let now = now();
+    let Some(e) = conntrack::lookup(&key_of(p, Stage::Src), cfg, now, p.tcp_flags) else {
+        return TCX_NEXT;
+    };
+    // Route first: the translation belongs to the uplink's egress, so it may be applied
+    // here only to a packet that is sure to leave through the uplink.
+    let Some(route) = forward::route(ctx, p, cfg, cfg.uplink_ifindex) else {
+        return TCX_NEXT;
+    };
+    let verdict = rewrite(ctx, p, Side::Src, e.addr, e.port, now);
+    if verdict != TCX_NEXT {
+        return verdict;
+    }
+    forward::send(ctx, &route)
 }
 
 /// TC egress: the src stage.
@@ -230,6 +280,11 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
     };
     if p.frag == Frag::Later {
         return later_fragment(ctx, &mut p, Stage::Src);
+    }
+    // The uplink's own address is never a source this stage rewrites (those are container
+    // addresses), and it is what packets the bridge already translated carry.
+    if hook == Hook::Uplink && p.saddr == cfg.uplink_addr {
+        return TCX_NEXT;
     }
     let now = now();
     if let Some(e) = conntrack::lookup(&key_of(&p, Stage::Src), cfg, now, p.tcp_flags) {

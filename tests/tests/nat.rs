@@ -67,6 +67,19 @@ fn tcp_fails(from: &Netns, target: &str) -> bool {
     client(from, &["send-tcp", target, "x"]).is_err()
 }
 
+/// A counter of the eBPF data plane from `status --json`: the detail line `<name>: N`.
+fn ebpf_counter(h: &Host, name: &str) -> u64 {
+    let status: serde_json::Value =
+        serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
+    let prefix = format!("{name}: ");
+    status["dataplane_health"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|d| d.as_str()?.strip_prefix(&prefix)?.parse().ok())
+        .unwrap_or_else(|| panic!("no counter {name:?} in {status}"))
+}
+
 /// Packets the data plane dropped because they were sent to a 127.0.0.1-published port
 /// from outside `lo`.
 fn loopback_guard_drops(mode: &str, h: &Host) -> u64 {
@@ -78,23 +91,24 @@ fn loopback_guard_drops(mode: &str, h: &Host) -> u64 {
             .filter(|l| l.contains("DROP") && l.contains("127.0.0.1"))
             .map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap())
             .sum(),
-        "ebpf" => {
-            let status: serde_json::Value =
-                serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
-            status["dataplane_health"]["details"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find_map(|d| {
-                    d.as_str()?
-                        .strip_prefix("drops loopback-guard: ")?
-                        .parse()
-                        .ok()
-                })
-                .expect("a loopback-guard drop counter")
-        }
+        "ebpf" => ebpf_counter(h, "drops loopback-guard"),
         other => panic!("no loopback-guard counter for mode {other}"),
     }
+}
+
+/// The TTLs of the echo replies `from` gets for `count` pings of `ip`.
+fn reply_ttls(from: &Netns, ip: &str, count: u32) -> Vec<u32> {
+    from.sh(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", ip])
+        .lines()
+        .filter_map(|l| {
+            l.split("ttl=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 /// iptables-save without its comment lines and counters, for comparing rule sets.
@@ -144,6 +158,20 @@ fn masquerade_container_to_outside() {
             pings(&h.container("other"), OUTSIDE_IP),
             "ICMP echo from the second network"
         );
+        // One router between them: the host decrements the TTL once each way, whether the
+        // kernel forwards or the eBPF fast path does (after the first echo, which opens
+        // the flow through the kernel's path).
+        let forwarded_before = (mode == "ebpf").then(|| ebpf_counter(&h, "fast-forwarded packets"));
+        assert_eq!(
+            reply_ttls(&web, OUTSIDE_IP, 4),
+            [63; 4],
+            "TTL of the replies"
+        );
+        if let Some(before) = forwarded_before {
+            // Echo requests 2–4 went out, and all 4 replies came in, the short way.
+            let forwarded = ebpf_counter(&h, "fast-forwarded packets") - before;
+            assert!(forwarded >= 7, "fast-forwarded packets: {forwarded}");
+        }
         if mode == "ebpf" {
             // All of that crossed the host without a firewall rule or a kernel conntrack
             // entry: the translation is the programs' alone.

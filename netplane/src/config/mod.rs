@@ -61,6 +61,26 @@ pub struct Config {
     pub containers: Vec<ContainerConfig>,
     #[serde(default)]
     pub conntrack: ConntrackConfig,
+    #[serde(default)]
+    pub ebpf: EbpfConfig,
+}
+
+/// `[ebpf]`: the eBPF data plane's forwarding.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// Translated packets of known flows go from the uplink straight to the bridge, and
+    /// from the bridge straight out of the uplink (bpf_fib_lookup + bpf_redirect_neigh),
+    /// past the kernel's forwarding path, as Cilium's BPF host routing does. They then
+    /// also pass netfilter by: set false when host firewall rules in FORWARD or
+    /// POSTROUTING must see container traffic.
+    pub fast_forward: bool,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        EbpfConfig { fast_forward: true }
+    }
 }
 
 /// `[conntrack]`: the eBPF data plane's connection tracking. Lifetimes in seconds after a
@@ -224,6 +244,8 @@ pub struct Plan {
     pub containers: Vec<Container>,
     #[serde(default)]
     pub conntrack: ConntrackConfig,
+    #[serde(default)]
+    pub ebpf: EbpfConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -297,6 +319,7 @@ impl Config {
             networks,
             containers,
             conntrack: self.conntrack,
+            ebpf: self.ebpf,
         })
     }
 

@@ -22,7 +22,7 @@ use aya::programs::{
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DpConfig, DropReason, FragEntry, FragKey, NetInfo, PortKey, Timeouts,
-    maps,
+    flags, maps,
 };
 
 use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
@@ -246,6 +246,12 @@ impl Ebpf {
                 .map_err(|e| err("read this namespace's cookie")(e.to_string()))?,
             networks: plan.networks.len() as u32,
             uplink_ifindex: host.uplink_index,
+            flags: if plan.ebpf.fast_forward {
+                flags::FAST_FORWARD
+            } else {
+                0
+            },
+            _pad: 0,
         };
         let mut config: Array<_, DpConfig> =
             Array::try_from(&mut maps.config).map_err(|e| map_err(maps::CONFIG)(chain(e)))?;
@@ -570,6 +576,15 @@ pub fn drop_counters(name: &str) -> Vec<(&'static str, u64)> {
         .unwrap_or_default()
 }
 
+/// How many packets of instance `name` took the short way (crate docs of netplane-ebpf's
+/// forward module), summed over CPUs.
+pub fn forwarded_packets(name: &str) -> u64 {
+    pinned_map(name, maps::FORWARDED)
+        .and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok()?.get(&0, 0).ok())
+        .map(|v| v.iter().sum())
+        .unwrap_or(0)
+}
+
 /// The drop counters of a NP_DROPS map, summed over CPUs.
 fn sum_drops(map: &aya::maps::Map) -> Vec<(&'static str, u64)> {
     let Ok(drops) = PerCpuArray::<_, u64>::try_from(map) else {
@@ -732,6 +747,11 @@ impl Dataplane for Ebpf {
         for (reason, n) in drop_counters(&plan.name) {
             details.push(format!("drops {reason}: {n}"));
         }
+        details.push(if plan.ebpf.fast_forward {
+            format!("fast-forwarded packets: {}", forwarded_packets(&plan.name))
+        } else {
+            "fast forwarding: off".to_owned()
+        });
         DataplaneStatus {
             mode: Mode::Ebpf,
             healthy: links.len() == expected,

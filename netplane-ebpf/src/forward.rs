@@ -1,0 +1,132 @@
+//! Forwarding of translated packets past the kernel's IP forwarding path.
+//!
+//! A packet that a NAT stage has just translated, of a flow conntrack already knows, needs
+//! nothing more from the stack than a route and a neighbour: `ip_rcv()`, the route cache,
+//! `ip_forward()`, netfilter's FORWARD/POSTROUTING hooks and `ip_finish_output()` only
+//! repeat what we know. So the program does what `ip_forward()` would (route, TTL, MTU)
+//! and hands the packet to the next hop's device with bpf_redirect_neigh(), which fills in
+//! the L2 header from the neighbour table and resolves it when needed, as Cilium's BPF
+//! host routing does (bpf/lib/fib.h). Anything unusual (no route, too big, TTL expiring,
+//! IP options, fragments) goes on through the stack, which answers with the right ICMP.
+
+use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
+use aya_ebpf::bindings::{
+    BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+};
+use aya_ebpf::helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh};
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::PerCpuArray;
+use aya_ebpf::programs::TcContext;
+use netplane_common::nat::{DpConfig, flags};
+use netplane_common::packet::ETH_HLEN;
+
+use crate::parse::{Frag, IP_CSUM_OFF, Packet, ptr_at};
+
+/// How many packets took the short way, per CPU (the agent sums them).
+#[map(name = "NP_FORWARDED")]
+static FORWARDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const AF_INET: u8 = 2;
+/// bpf_fib_lookup()'s BPF_FIB_LKUP_RET_SUCCESS.
+const FIB_SUCCESS: i64 = 0;
+const IP_TTL_OFF: usize = ETH_HLEN + 8;
+
+/// Where a packet goes next: the device and the next hop's address.
+pub struct Route {
+    ifindex: u32,
+    next_hop: u32,
+}
+
+/// The route of `p` as it is now, if the short way may take it: it leaves through
+/// `want_oif` (0: any device), and nothing about it needs the stack.
+#[inline(always)]
+pub fn route(ctx: &TcContext, p: &Packet, cfg: &DpConfig, want_oif: u32) -> Option<Route> {
+    if cfg.flags & flags::FAST_FORWARD == 0 || p.frag != Frag::Whole || p.l4_off != ETH_HLEN + 20 {
+        return None;
+    }
+    // SAFETY: a plain, zeroable C struct.
+    let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = p.proto;
+    fib.sport = p.sport;
+    fib.dport = p.dport;
+    fib.__bindgen_anon_3.ipv4_src = p.saddr;
+    fib.__bindgen_anon_4.ipv4_dst = p.daddr;
+    // SAFETY: reading a field of the context the kernel passed in.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // An input lookup from the device the packet came in through, as ip_route_input()
+    // does; it refuses when forwarding is off there (BPF_FIB_LKUP_RET_FWD_DISABLED) and
+    // checks the MTU, GSO aware (is_skb_forwardable() in bpf_skb_fib_lookup()).
+    // SAFETY: the helper reads and writes `fib`, whose size it is given.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut fib,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    if rc != FIB_SUCCESS || (want_oif != 0 && fib.ifindex != want_oif) {
+        return None;
+    }
+    Some(Route {
+        ifindex: fib.ifindex,
+        // With SKIP_NEIGH the lookup leaves the next hop (the gateway, or the destination
+        // itself on a connected route) in ipv4_dst.
+        // SAFETY: the lookup was for IPv4, so this member is the one it wrote.
+        next_hop: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+    })
+}
+
+/// Sends the packet along `route`: TC_ACT_REDIRECT, or TCX_NEXT (the kernel's path) when
+/// its TTL is about to expire.
+#[inline(always)]
+pub fn send(ctx: &TcContext, route: &Route) -> i32 {
+    if decrement_ttl(ctx).is_err() {
+        return TCX_NEXT;
+    }
+    let mut nh = bpf_redir_neigh {
+        nh_family: AF_INET as u32,
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: route.next_hop,
+        },
+    };
+    if let Some(c) = FORWARDED.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *c += 1 };
+    }
+    // SAFETY: the helper reads `nh`, whose size it is given.
+    unsafe {
+        bpf_redirect_neigh(
+            route.ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
+    }
+}
+
+/// What ip_forward() does to the header: TTL minus one, checksum updated (RFC 1624).
+/// Refuses a TTL that would expire, so that the stack sends the ICMP time-exceeded.
+#[inline(always)]
+fn decrement_ttl(ctx: &TcContext) -> Result<(), ()> {
+    let ttl_proto: *mut [u8; 2] = ptr_at(ctx, IP_TTL_OFF).ok_or(())?;
+    // SAFETY: ptr_at checked the bounds.
+    let old = unsafe { *ttl_proto };
+    if old[0] <= 1 {
+        return Err(());
+    }
+    let new = [old[0] - 1, old[1]];
+    ctx.l3_csum_replace(
+        IP_CSUM_OFF,
+        u16::from_ne_bytes(old) as u64,
+        u16::from_ne_bytes(new) as u64,
+        2,
+    )
+    .map_err(|_| ())?;
+    // The helper may have moved the data: take the pointer anew.
+    let ttl: *mut u8 = ptr_at(ctx, IP_TTL_OFF).ok_or(())?;
+    // SAFETY: as above.
+    unsafe { *ttl = new[0] };
+    Ok(())
+}
