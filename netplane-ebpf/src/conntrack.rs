@@ -6,7 +6,9 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, LruHashMap};
-use netplane_common::nat::{CtEntry, CtKey, DpConfig, FragEntry, FragKey, Stage, seen, tcp_seen};
+use netplane_common::nat::{
+    CtEntry, CtKey, DpConfig, FragEntry, FragKey, Stage, Tick, seen, tcp_seen, tick, ticks_since,
+};
 
 /// Sizes the agent may override at load time (EbpfLoader::set_max_entries).
 pub const CT_MAX_ENTRIES: u32 = 131_072;
@@ -26,9 +28,9 @@ pub static FRAGS: LruHashMap<FragKey, FragEntry> =
 pub static CONFIG: Array<DpConfig> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
-pub fn now() -> u64 {
+pub fn now() -> Tick {
     // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
+    tick(unsafe { bpf_ktime_get_ns() })
 }
 
 #[inline(always)]
@@ -38,19 +40,38 @@ pub fn config() -> Option<&'static DpConfig> {
 
 /// The live entry for `key`, refreshed with this packet's TCP flags.
 #[inline(always)]
-pub fn lookup(key: &CtKey, cfg: &DpConfig, now: u64, tcp_flags: u8) -> Option<CtEntry> {
+pub fn lookup(key: &CtKey, cfg: &DpConfig, now: Tick, tcp_flags: u8) -> Option<CtEntry> {
+    lookup_for(key, None, cfg, now, tcp_flags)
+}
+
+/// [`lookup`], for an entry that must also say `addr:port`: one of another flow that shares
+/// the key is left as it is (this packet's flags are not its own).
+#[inline(always)]
+pub fn lookup_for(
+    key: &CtKey,
+    want: Option<(u32, u16)>,
+    cfg: &DpConfig,
+    now: Tick,
+    tcp_flags: u8,
+) -> Option<CtEntry> {
     let e = CT.get_ptr_mut(key)?;
     // SAFETY: a pointer into the map's value, valid for this program run; concurrent
     // updates of these plain fields from another CPU are benign (last writer wins).
     let entry = unsafe { &mut *e };
+    if let Some((addr, port)) = want
+        && (entry.addr != addr || entry.port != port)
+    {
+        return None;
+    }
     if cfg.timeouts.expired(key.proto, entry, now) {
         let _ = CT.remove(key);
         return None;
     }
-    // Refresh the timestamp at most every 100 ms: a write per packet would bounce the
-    // entry's cache line between CPUs for no gain in precision that lifetimes need.
-    if now.wrapping_sub(entry.last_seen_ns) > 100_000_000 {
-        entry.last_seen_ns = now;
+    // Refresh the timestamp at most every 100 ticks (~0.1 s): a write per packet would
+    // bounce the entry's cache line between CPUs for no gain in precision that lifetimes
+    // need.
+    if ticks_since(now, entry.last_seen) > 100 {
+        entry.last_seen = now;
     }
     // A SYN on a closed flow's tuple (the client reused its port) starts a new
     // incarnation: forget the FIN/RST that would shorten its lifetime.
@@ -100,7 +121,7 @@ pub fn lookup(key: &CtKey, cfg: &DpConfig, now: u64, tcp_flags: u8) -> Option<Ct
 /// (tcp_conntrack's TCP_CONNTRACK_CLOSE → SYN_SENT), a client that reuses its port through
 /// another published port of the same backend must not be refused for 10 s.
 #[inline(always)]
-pub fn insert_new(key: &CtKey, entry: &CtEntry, cfg: &DpConfig, now: u64, reopen: bool) -> bool {
+pub fn insert_new(key: &CtKey, entry: &CtEntry, cfg: &DpConfig, now: Tick, reopen: bool) -> bool {
     if CT.insert(key, entry, BPF_NOEXIST as u64).is_ok() {
         return true;
     }
@@ -119,7 +140,7 @@ pub fn insert_flow<const N: usize>(
     entries: &[(CtKey, CtEntry); N],
     reserved: Option<&CtKey>,
     cfg: &DpConfig,
-    now: u64,
+    now: Tick,
     reopen: bool,
 ) -> bool {
     for i in 0..N {
@@ -147,13 +168,12 @@ pub fn remove(key: &CtKey) {
 
 /// Remembers what a first fragment's `stage` wrote, for the later fragments.
 #[inline(always)]
-pub fn frag_record(key: &FragKey, addr: u32, now: u64) {
+pub fn frag_record(key: &FragKey, addr: u32, now: Tick) {
     let _ = FRAGS.insert(
         key,
         &FragEntry {
             addr,
-            _pad: 0,
-            last_seen_ns: now,
+            last_seen: now,
         },
         BPF_ANY as u64,
     );

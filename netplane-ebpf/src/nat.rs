@@ -13,7 +13,7 @@ use aya_ebpf::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, NAT_PORT_RETRIES, NetInfo, PortKey,
-    Stage, flags, kind, nat_port_candidate, tcp_seen, tuple_hash,
+    Stage, Tick, flags, kind, nat_port_candidate, tcp_seen, tuple_hash,
 };
 use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
 
@@ -93,14 +93,14 @@ fn opens_flow(p: &Packet) -> bool {
 }
 
 #[inline(always)]
-fn entry(addr: u32, port: u16, k: u8, now: u64, tcp_flags: u8) -> CtEntry {
+fn entry(addr: u32, port: u16, k: u8, now: Tick, tcp_flags: u8) -> CtEntry {
     CtEntry {
         addr,
         port,
         seen: tcp_seen(tcp_flags),
         kind: k,
-        created_ns: now,
-        last_seen_ns: now,
+        created: now,
+        last_seen: now,
     }
 }
 
@@ -122,7 +122,7 @@ fn frag_key(p: &Packet, stage: Stage) -> FragKey {
 
 /// Applies a stage's translation to the packet, and records it for later fragments.
 #[inline(always)]
-fn rewrite(ctx: &TcContext, p: &mut Packet, side: Side, addr: u32, port: u16, now: u64) -> i32 {
+fn rewrite(ctx: &TcContext, p: &mut Packet, side: Side, addr: u32, port: u16, now: Tick) -> i32 {
     let stage = match side {
         Side::Dst => Stage::Dst,
         Side::Src => Stage::Src,
@@ -197,6 +197,22 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         if is_loopback(p.daddr) {
             return drop(DropReason::LoopbackGuard);
         }
+        // A flow to a published port from outside has one entry, its replies'; the
+        // original direction is translated by the published-ports map, and finds its flow
+        // through the reply's tuple, which the backend makes known.
+        let this_flow = Some((p.daddr, p.dport));
+        if hook == Hook::Uplink
+            && conntrack::lookup_for(
+                &published_reply_key(&p, &b),
+                this_flow,
+                cfg,
+                now,
+                p.tcp_flags,
+            )
+            .is_some()
+        {
+            return forward_after(ctx, &mut p, cfg, hook, Side::Dst, b.addr, b.port, now);
+        }
         if !opens_flow(&p) {
             return TCX_NEXT;
         }
@@ -224,7 +240,7 @@ fn forward_after(
     side: Side,
     addr: u32,
     port: u16,
-    now: u64,
+    now: Tick,
 ) -> i32 {
     let verdict = rewrite(ctx, p, side, addr, port, now);
     if verdict != TCX_NEXT || hook != Hook::Uplink {
@@ -314,7 +330,7 @@ fn reserve_port(
     peer_port: u16,
     reply: &CtEntry,
     cfg: &DpConfig,
-    now: u64,
+    now: Tick,
 ) -> Result<u16, DropReason> {
     let hash = tuple_hash(&key_of(p, Stage::Src));
     let mut port = p.sport;
@@ -335,7 +351,7 @@ fn reserve_port(
 
 /// Masquerade: container → outside, SNAT to the uplink address.
 #[inline(always)]
-fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: u64) -> Result<u16, DropReason> {
+fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: Tick) -> Result<u16, DropReason> {
     let u = cfg.uplink_addr;
     let reply = entry(p.saddr, p.sport, kind::MASQUERADE | kind::REPLY, now, 0);
     let port = reserve_port(p, u, p.daddr, p.dport, &reply, cfg, now)?;
@@ -353,20 +369,25 @@ fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: u64) -> Result<u16, Drop
     Ok(port)
 }
 
-/// A published port reached from outside: DNAT, and the reverse for the replies.
+/// The conntrack key of the replies of a flow from outside to published port `b`: the
+/// backend's tuple at the uplink's src stage.
 #[inline(always)]
-fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result<(), DropReason> {
+fn published_reply_key(p: &Packet, b: &Backend) -> CtKey {
+    CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Stage::Src)
+}
+
+/// A published port reached from outside: the entry that turns the replies' source back
+/// into the published address, and that tracks the flow for both directions.
+#[inline(always)]
+fn new_published_flow(
+    p: &Packet,
+    b: &Backend,
+    cfg: &DpConfig,
+    now: Tick,
+) -> Result<(), DropReason> {
     let reopen = p.proto == IPPROTO_TCP;
-    let rk = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Stage::Src);
-    let reply = entry(p.daddr, p.dport, kind::PUBLISHED | kind::REPLY, now, 0);
-    let orig = entry(b.addr, b.port, kind::PUBLISHED, now, p.tcp_flags);
-    if !conntrack::insert_flow(
-        &[(rk, reply), (key_of(p, Stage::Dst), orig)],
-        None,
-        cfg,
-        now,
-        reopen,
-    ) {
+    let e = entry(p.daddr, p.dport, kind::PUBLISHED, now, p.tcp_flags);
+    if !conntrack::insert_flow(&[(published_reply_key(p, b), e)], None, cfg, now, reopen) {
         return Err(DropReason::CtInsertFailed);
     }
     Ok(())
@@ -376,7 +397,7 @@ fn new_published_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Resu
 /// network): DNAT here, and SNAT to the backend network's gateway at the bridge's egress so
 /// that the replies come back through the host. Four entries.
 #[inline(always)]
-fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: u64) -> Result<(), DropReason> {
+fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: Tick) -> Result<(), DropReason> {
     let reopen = p.proto == IPPROTO_TCP;
     let g = b.gateway;
     // The replies' dst stage: backend → gateway:P becomes backend → client.

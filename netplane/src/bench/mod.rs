@@ -104,11 +104,39 @@ pub struct Machine {
     pub load_before: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Memory {
-    /// Bytes of kernel memory per tracked connection.
-    pub ebpf_bytes_per_flow: f64,
-    pub nf_conntrack_bytes_per_flow: f64,
+    /// What one entry of the conntrack map costs.
+    pub ebpf_bytes_per_entry: f64,
+    /// Flows from outside to a published port (DNAT).
+    pub published: FlowMemory,
+    /// Flows from a container to the outside (masquerade).
+    pub masquerade: FlowMemory,
+}
+
+/// Kernel memory per tracked connection of one kind (see [`memory`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FlowMemory {
+    pub ebpf_bytes: f64,
+    pub ebpf_entries: f64,
+    pub nf_conntrack_bytes: f64,
+    /// How many entries nf_conntrack gained for the flows measured.
+    pub nf_conntrack_entries: f64,
+}
+
+impl FlowMemory {
+    pub fn ratio(&self) -> f64 {
+        self.ebpf_bytes / self.nf_conntrack_bytes
+    }
+}
+
+impl Memory {
+    fn kind(&mut self, kind: NatKind) -> &mut FlowMemory {
+        match kind {
+            NatKind::Published => &mut self.published,
+            NatKind::Masquerade => &mut self.masquerade,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -442,24 +470,118 @@ fn machine() -> Machine {
     }
 }
 
-/// Kernel memory per tracked connection: eBPF's conntrack map (its memlock per entry, two
-/// entries per masqueraded or published flow) against an nf_conntrack slab object.
+/// Kernel memory per tracked connection, measured on the same flows in both modes, for
+/// both kinds of NAT: MEMORY_FLOWS UDP datagrams from distinct source ports, from outside
+/// to the published UDP port, and from the container to the outside (masquerade), each a
+/// flow of its own.
+///
+/// - eBPF: the conntrack map's `memlock` per entry (elements are preallocated: key,
+///   value, the kernel's per-element header, and one hash bucket per entry), times the
+///   entries the map gained per flow.
+/// - nf_conntrack: in iptables mode, the growth of the slabs an entry takes per entry the
+///   table gained: `nf_conntrack` (struct nf_conn) and `kmalloc-128`, where a masqueraded
+///   entry's extension area goes (NF_CT_EXT_PREALLOC = 128 bytes,
+///   net/netfilter/nf_conntrack_extend.c; MASQUERADE needs the NAT extension, DNAT does
+///   not), plus its hash bucket (8 bytes × nf_conntrack_buckets / nf_conntrack_max), the
+///   counterpart of the map's.
 fn memory(sb: &Sandbox) -> anyhow::Result<Memory> {
+    eprintln!("[memory] {MEMORY_FLOWS} UDP flows of each kind, ebpf and iptables");
+    let flows = |sb: &Sandbox, kind: NatKind| {
+        let send = move || {
+            let target = match kind {
+                NatKind::Published => sock(UPLINK, UDP_PORT),
+                NatKind::Masquerade => sock(CLIENT, SERVER_PORT),
+            };
+            for i in 0..MEMORY_FLOWS {
+                if let Ok(s) = std::net::UdpSocket::bind(("0.0.0.0", MEMORY_FIRST_SPORT + i)) {
+                    let _ = s.send_to(b"m", target);
+                }
+            }
+        };
+        match kind {
+            NatKind::Published => from_client(sb, send),
+            NatKind::Masquerade => spawn_in(&sb.web(), CLIENT_CPU, send)
+                .join()
+                .expect("bench sender thread"),
+        }
+        // The last datagrams cross the host after send_to() returns.
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let kinds = [NatKind::Published, NatKind::Masquerade];
+    let mut m = Memory::default();
+
     let plan = sb.plan(Mode::Ebpf, 1, false)?;
     sb.up(&plan)?;
-    let ebpf = crate::dataplane::ebpf::ct_bytes_per_entry(&plan.name).map(|b| 2.0 * b);
+    let servers = [
+        Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU),
+        Servers::start(&sb.client, SERVER_PORT, SERVER_CPU),
+    ];
+    let entries = || crate::dataplane::ebpf::conntrack_entries(&plan.name).len() as f64;
+    m.ebpf_bytes_per_entry =
+        crate::dataplane::ebpf::ct_bytes_per_entry(&plan.name).unwrap_or(f64::NAN);
+    for kind in kinds {
+        let before = entries();
+        flows(sb, kind);
+        let per_flow = (entries() - before) / f64::from(MEMORY_FLOWS);
+        let per_entry = m.ebpf_bytes_per_entry;
+        let k = m.kind(kind);
+        k.ebpf_entries = per_flow;
+        k.ebpf_bytes = per_flow * per_entry;
+    }
+    drop(servers);
     sb.down();
-    let slab = std::fs::read_to_string("/proc/slabinfo").unwrap_or_default();
-    let nf = slab
+
+    sb.up(&sb.plan(Mode::Iptables, 1, false)?)?;
+    let servers = [
+        Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU),
+        Servers::start(&sb.client, SERVER_PORT, SERVER_CPU),
+    ];
+    let sysctl = |name: &str| {
+        netns::run_in(&sb.host, || {
+            std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(f64::NAN)
+    };
+    let bucket = 8.0 * sysctl("nf_conntrack_buckets") / sysctl("nf_conntrack_max");
+    for kind in kinds {
+        let (count_before, slabs_before) = (sysctl("nf_conntrack_count"), slab_bytes());
+        flows(sb, kind);
+        let (count_after, slabs_after) = (sysctl("nf_conntrack_count"), slab_bytes());
+        let k = m.kind(kind);
+        k.nf_conntrack_entries = count_after - count_before;
+        k.nf_conntrack_bytes = (slabs_after - slabs_before) / k.nf_conntrack_entries + bucket;
+    }
+    drop(servers);
+    sb.down();
+    Ok(m)
+}
+
+#[derive(Clone, Copy)]
+enum NatKind {
+    Published,
+    Masquerade,
+}
+
+const MEMORY_FLOWS: u16 = 10_000;
+const MEMORY_FIRST_SPORT: u16 = 20_000;
+
+/// Bytes in use in the slabs of a NATed nf_conntrack entry (/proc/slabinfo: name,
+/// active_objs, num_objs, objsize, ...).
+fn slab_bytes() -> f64 {
+    std::fs::read_to_string("/proc/slabinfo")
+        .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("nf_conntrack "))
-        .and_then(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok());
-    Ok(Memory {
-        ebpf_bytes_per_flow: ebpf.unwrap_or(f64::NAN),
-        // The slab may hold no object yet (and so not be listed): sizeof(struct nf_conn)
-        // on 6.x x86_64 kernels is 256 (TOOLCHAIN.md's measurement).
-        nf_conntrack_bytes_per_flow: nf.unwrap_or(256.0),
-    })
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let wanted = matches!(f.first(), Some(&"nf_conntrack" | &"kmalloc-128"));
+            let bytes = f.get(1)?.parse::<f64>().ok()? * f.get(3)?.parse::<f64>().ok()?;
+            wanted.then_some(bytes)
+        })
+        .sum()
 }
 
 /// Per-program run time of the eBPF data plane under connect/request/close.

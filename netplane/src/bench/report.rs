@@ -227,7 +227,8 @@ pub fn summarize(r: &Results) -> Summary {
         .collect();
     Summary {
         rows,
-        memory_ratio: r.memory.ebpf_bytes_per_flow / r.memory.nf_conntrack_bytes_per_flow,
+        // The worse of the two kinds.
+        memory_ratio: r.memory.published.ratio().max(r.memory.masquerade.ratio()),
     }
 }
 
@@ -299,15 +300,27 @@ pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
         out.push_str(&line(&cells, markdown));
     }
     let m = &r.memory;
-    writeln!(
-        out,
-        "{}memory per tracked connection: ebpf {:.0} B, nf_conntrack {:.0} B: ratio {:.2}",
-        if markdown { "\n" } else { "" },
-        m.ebpf_bytes_per_flow,
-        m.nf_conntrack_bytes_per_flow,
-        s.memory_ratio
-    )
-    .unwrap();
+    if markdown {
+        out.push('\n');
+    }
+    for (kind, f) in [
+        ("published port", &m.published),
+        ("masquerade", &m.masquerade),
+    ] {
+        writeln!(
+            out,
+            "memory per tracked connection, {kind}: ebpf {:.0} B ({:.2} map entries of {:.0} B), \
+             nf_conntrack {:.0} B (measured over {:.0} entries): ratio {:.2}{}",
+            f.ebpf_bytes,
+            f.ebpf_entries,
+            m.ebpf_bytes_per_entry,
+            f.nf_conntrack_bytes,
+            f.nf_conntrack_entries,
+            f.ratio(),
+            if markdown { "  " } else { "" },
+        )
+        .unwrap();
+    }
     out
 }
 

@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
+use netplane_common::nat::MAX_LIFETIME_S;
 use serde::{Deserialize, Serialize};
 
 pub use publish::{PortMapping, Proto};
@@ -126,8 +127,12 @@ impl ConntrackConfig {
             ("conntrack.udp_timeout", self.udp_timeout),
             ("conntrack.icmp_timeout", self.icmp_timeout),
         ] {
-            if v == 0 {
-                return Err(invalid(field, "0", "a lifetime must be at least 1 second"));
+            if v == 0 || v > MAX_LIFETIME_S {
+                return Err(invalid(
+                    field,
+                    &v.to_string(),
+                    format!("a lifetime must be between 1 and {MAX_LIFETIME_S} seconds (7 days)"),
+                ));
             }
         }
         let [lo, hi] = self.nat_port_range;
@@ -1332,6 +1337,7 @@ mod conntrack_tests {
     #[test]
     fn settings_are_validated_by_field() {
         assert_eq!(with("udp_timeout = 5").unwrap().conntrack.udp_timeout, 5);
+        assert!(with("udp_timeout = 604801").is_err());
         for (section, field) in [
             ("udp_timeout = 0", "conntrack.udp_timeout"),
             (

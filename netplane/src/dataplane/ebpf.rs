@@ -21,8 +21,8 @@ use aya::programs::{
 };
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
 use netplane_common::nat::{
-    Backend, CtEntry, CtKey, DpConfig, DropReason, FragEntry, FragKey, NetInfo, PortKey, Timeouts,
-    flags, maps,
+    Backend, CtEntry, CtKey, DpConfig, DropReason, FragEntry, FragKey, NetInfo, PortKey, Tick,
+    Timeouts, flags, maps, s_to_ticks, tick, ticks_since, ticks_to_s,
 };
 
 use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
@@ -760,17 +760,18 @@ impl Dataplane for Ebpf {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns().
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+/// CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns()) in conntrack ticks.
+fn now_tick() -> Tick {
+    let ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    tick(ns)
 }
 
 /// Removes the expired conntrack and fragment entries of instance `name` (the data path
 /// already ignores them; this gives their memory back). Returns how many went.
 pub fn gc(name: &str) -> usize {
-    let now = monotonic_ns();
+    let now = now_tick();
     let Some(DpConfig { timeouts, .. }) = pinned_config(name) else {
         return 0;
     };
@@ -794,7 +795,7 @@ pub fn gc(name: &str) -> usize {
         let expired: Vec<FragKey> = frags
             .iter()
             .filter_map(Result::ok)
-            .filter(|(_, e)| now.saturating_sub(e.last_seen_ns) > 30_000_000_000)
+            .filter(|(_, e)| ticks_since(now, e.last_seen) > s_to_ticks(30))
             .map(|(k, _)| k)
             .collect();
         removed += expired.iter().filter(|k| frags.remove(k).is_ok()).count();
@@ -835,7 +836,7 @@ fn endpoint(addr: u32, port: u16) -> String {
 /// The live flows of instance `name`, one per original direction.
 pub fn flows(name: &str) -> Vec<Flow> {
     use netplane_common::nat::{kind, seen};
-    let now = monotonic_ns();
+    let now = now_tick();
     let Some(DpConfig { timeouts, .. }) = pinned_config(name) else {
         return Vec::new();
     };
@@ -844,11 +845,16 @@ pub fn flows(name: &str) -> Vec<Flow> {
         .iter()
         .filter(|(k, e)| e.kind & kind::REPLY == 0 && !timeouts.expired(k.proto, e, now))
         // Each flow once: by the entry of its first stage (the src stage for masquerade,
-        // whose packets are first seen leaving; the dst stage otherwise).
-        .filter(|(k, e)| (e.kind == kind::MASQUERADE) == (k.stage == 1))
+        // whose packets are first seen leaving; the dst stage for hairpin), or by its only
+        // entry, its replies', for a published port reached from outside.
+        .filter(|(k, e)| (e.kind != kind::HAIRPIN) == (k.stage == 1))
         .map(|(k, e)| {
-            let (src, dst) = (endpoint(k.saddr, k.sport), endpoint(k.daddr, k.dport));
-            let translated = if k.stage == 1 {
+            let (mut src, mut dst) = (endpoint(k.saddr, k.sport), endpoint(k.daddr, k.dport));
+            let translated = if e.kind == kind::PUBLISHED {
+                // Key: backend → client; entry: the published address.
+                (src, dst) = (dst, endpoint(e.addr, e.port));
+                format!("{src} → {}", endpoint(k.saddr, k.sport))
+            } else if k.stage == 1 {
                 format!("{} → {dst}", endpoint(e.addr, e.port))
             } else {
                 // For hairpin, the src-stage entry tells the source the backend sees.
@@ -884,9 +890,8 @@ pub fn flows(name: &str) -> Vec<Flow> {
                 original: format!("{src} → {dst}"),
                 translated,
                 state,
-                age_s: now.saturating_sub(e.created_ns) / 1_000_000_000,
-                expires_in_s: life
-                    .saturating_sub(now.saturating_sub(e.last_seen_ns) / 1_000_000_000),
+                age_s: ticks_to_s(ticks_since(now, e.created)),
+                expires_in_s: life.saturating_sub(ticks_to_s(ticks_since(now, e.last_seen))),
             }
         })
         .collect();
