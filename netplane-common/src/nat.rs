@@ -8,8 +8,11 @@
 //! free of a local source address, which it would drop as martian (fib_validate_source()).
 //!
 //! Each stage looks packets up in the conntrack map by their tuple as seen at that stage;
-//! an entry says what to write. A flow has one entry per stage and direction that
-//! rewrites something: two for masquerade or a published port, four for hairpin.
+//! an entry says what to write. Masquerade and published ports keep one entry per flow,
+//! keyed by the tuple of its replies, which also tracks its state for both directions:
+//! the original direction finds it from its own tuple (a published port's through the
+//! published-ports map; a masqueraded flow's by trying the ports masquerade hands out).
+//! Hairpin, translated twice, keeps an entry per stage and direction: four.
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,5 +1,5 @@
-//! Connection tracking: LRU hash maps with one entry per flow, stage and direction that
-//! rewrites something (see netplane_common::nat). Expired entries count as absent here
+//! Connection tracking: an LRU hash map of the entries netplane_common::nat describes
+//! (one per masqueraded or published flow, four per hairpin). Expired entries count as absent here
 //! and are removed by the agent's garbage collection; the LRU evicts under pressure.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
@@ -38,34 +38,49 @@ pub fn config() -> Option<&'static DpConfig> {
     CONFIG.get(0)
 }
 
+/// What a key of the conntrack map holds for the packet looking.
+pub enum Probe {
+    /// The packet's flow: the entry, refreshed with its TCP flags.
+    Mine(CtEntry),
+    /// A live entry of another flow, left as it is (this packet's flags are not its own).
+    Other,
+    /// Nothing live.
+    Free,
+}
+
 /// The live entry for `key`, refreshed with this packet's TCP flags.
 #[inline(always)]
 pub fn lookup(key: &CtKey, cfg: &DpConfig, now: Tick, tcp_flags: u8) -> Option<CtEntry> {
-    lookup_for(key, None, cfg, now, tcp_flags)
+    match probe(key, None, cfg, now, tcp_flags) {
+        Probe::Mine(e) => Some(e),
+        Probe::Other | Probe::Free => None,
+    }
 }
 
-/// [`lookup`], for an entry that must also say `addr:port`: one of another flow that shares
-/// the key is left as it is (this packet's flags are not its own).
+/// [`lookup`], where the entry of the packet's flow must also say `want` (address, port):
+/// several flows may share a key, as the ports masquerade hands out do.
 #[inline(always)]
-pub fn lookup_for(
+pub fn probe(
     key: &CtKey,
     want: Option<(u32, u16)>,
     cfg: &DpConfig,
     now: Tick,
     tcp_flags: u8,
-) -> Option<CtEntry> {
-    let e = CT.get_ptr_mut(key)?;
+) -> Probe {
+    let Some(e) = CT.get_ptr_mut(key) else {
+        return Probe::Free;
+    };
     // SAFETY: a pointer into the map's value, valid for this program run; concurrent
     // updates of these plain fields from another CPU are benign (last writer wins).
     let entry = unsafe { &mut *e };
+    if cfg.timeouts.expired(key.proto, entry, now) {
+        let _ = CT.remove(key);
+        return Probe::Free;
+    }
     if let Some((addr, port)) = want
         && (entry.addr != addr || entry.port != port)
     {
-        return None;
-    }
-    if cfg.timeouts.expired(key.proto, entry, now) {
-        let _ = CT.remove(key);
-        return None;
+        return Probe::Other;
     }
     // Refresh the timestamp at most every 100 ticks (~0.1 s): a write per packet would
     // bounce the entry's cache line between CPUs for no gain in precision that lifetimes
@@ -84,9 +99,10 @@ pub fn lookup_for(
     if seen_now != entry.seen {
         entry.seen = seen_now;
     }
-    // A RST ends both directions at once, but only this direction's entry sees it: mark
-    // the other direction's entry too, or it would stay "established" for hours and
-    // refuse the next flow that reuses the tuple (nf_conntrack keeps one state for both).
+    // A RST ends both directions at once. A flow with an entry per direction (hairpin)
+    // would see it in this direction's only: mark the other's too, or it would stay
+    // "established" for hours and refuse the next flow that reuses the tuple
+    // (nf_conntrack keeps one state for both). Flows with a single entry find no peer.
     if tcp_seen(tcp_flags) & seen::RST != 0 {
         let peer = if key.stage == Stage::Dst as u8 {
             CtKey::new(
@@ -112,7 +128,7 @@ pub fn lookup_for(
             unsafe { (*pe).seen |= seen::RST };
         }
     }
-    Some(*entry)
+    Probe::Mine(*entry)
 }
 
 /// Inserts `entry` only if `key` is free (BPF_NOEXIST), or if what is there has expired,

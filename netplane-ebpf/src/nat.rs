@@ -17,7 +17,7 @@ use netplane_common::nat::{
 };
 use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
 
-use crate::conntrack::{self, config, now};
+use crate::conntrack::{self, Probe, config, now};
 use crate::csum::{Side, set_addr, set_port};
 use crate::forward;
 use crate::metrics::drop;
@@ -202,14 +202,13 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         // through the reply's tuple, which the backend makes known.
         let this_flow = Some((p.daddr, p.dport));
         if hook == Hook::Uplink
-            && conntrack::lookup_for(
+            && let Probe::Mine(_) = conntrack::probe(
                 &published_reply_key(&p, &b),
                 this_flow,
                 cfg,
                 now,
                 p.tcp_flags,
             )
-            .is_some()
         {
             return forward_after(ctx, &mut p, cfg, hook, Side::Dst, b.addr, b.port, now);
         }
@@ -262,7 +261,11 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
         return TCX_NEXT;
     }
     let now = now();
-    let Some(e) = conntrack::lookup(&key_of(p, Stage::Src), cfg, now, p.tcp_flags) else {
+    let (addr, port) = if let Some(e) = conntrack::lookup(&key_of(p, Stage::Src), cfg, now, p.tcp_flags) {
+        (e.addr, e.port)
+    } else if let Masquerade::Port(port) = masquerade_port(p, cfg, now) {
+        (cfg.uplink_addr, port)
+    } else {
         return TCX_NEXT;
     };
     // Route first: the translation belongs to the uplink's egress, so it may be applied
@@ -270,7 +273,7 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
     let Some(route) = forward::route(ctx, p, cfg, cfg.uplink_ifindex) else {
         return TCX_NEXT;
     };
-    let verdict = rewrite(ctx, p, Side::Src, e.addr, e.port, now);
+    let verdict = rewrite(ctx, p, Side::Src, addr, port, now);
     if verdict != TCX_NEXT {
         return verdict;
     }
@@ -307,16 +310,54 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
         return rewrite(ctx, &mut p, Side::Src, e.addr, e.port, now);
     }
     if hook == Hook::Uplink && subnet_of(p.saddr).is_some() && subnet_of(p.daddr).is_none() {
-        if !opens_flow(&p) {
+        let port = match masquerade_port(&p, cfg, now) {
+            Masquerade::Port(port) => Ok(port),
             // Never let a container address out: without a flow there is no translation.
-            return drop(DropReason::TcpNoSynNewFlow);
-        }
-        return match new_masquerade_flow(&p, cfg, now) {
+            Masquerade::None if !opens_flow(&p) => Err(DropReason::TcpNoSynNewFlow),
+            Masquerade::None => new_masquerade_flow(&p, cfg, now),
+        };
+        return match port {
             Ok(port) => rewrite(ctx, &mut p, Side::Src, cfg.uplink_addr, port, now),
             Err(reason) => drop(reason),
         };
     }
     TCX_NEXT
+}
+
+/// Whether a container's packet to the outside belongs to a masqueraded flow.
+enum Masquerade {
+    /// Yes: the flow's source port on the uplink address (network byte order).
+    Port(u16),
+    None,
+}
+
+/// The source port masquerade gave the flow of `p` (container → outside), if any.
+///
+/// A masqueraded flow has a single entry, its replies' (peer → uplink:port, saying which
+/// container and port they go to). The original direction finds it by trying the ports
+/// reserve_port() hands out, in its order: the packet's own source port first, where
+/// nearly every flow is, then the candidates. A new flow whose own port is free takes
+/// that at once. So does, rarely, a UDP or ICMP flow that got a candidate port and whose
+/// own port was freed since: its later packets leave from its own port again, as after a
+/// NAT rebinding. A TCP segment without SYN never opens a flow, so it looks further, and
+/// finds its connection.
+#[inline(always)]
+fn masquerade_port(p: &Packet, cfg: &DpConfig, now: Tick) -> Masquerade {
+    let at = |port: u16| CtKey::new(p.daddr, cfg.uplink_addr, p.dport, port, p.proto, Stage::Dst);
+    let me = Some((p.saddr, p.sport));
+    match conntrack::probe(&at(p.sport), me, cfg, now, p.tcp_flags) {
+        Probe::Mine(_) => return Masquerade::Port(p.sport),
+        Probe::Free if opens_flow(p) => return Masquerade::None,
+        Probe::Free | Probe::Other => {}
+    }
+    let hash = tuple_hash(&key_of(p, Stage::Src));
+    for i in 0..NAT_PORT_RETRIES {
+        let port = nat_port_candidate(hash, i, cfg.nat_port_min, cfg.nat_port_max).to_be();
+        if let Probe::Mine(_) = conntrack::probe(&at(port), me, cfg, now, p.tcp_flags) {
+            return Masquerade::Port(port);
+        }
+    }
+    Masquerade::None
 }
 
 /// Reserves a source port on `nat_addr` for a flow towards `peer:peer_port` by inserting
@@ -349,24 +390,12 @@ fn reserve_port(
     Err(DropReason::NatPortExhausted)
 }
 
-/// Masquerade: container → outside, SNAT to the uplink address.
+/// Masquerade: container → outside, SNAT to the uplink address. The flow's one entry is
+/// its replies', which reserves the port (see [`masquerade_port`]).
 #[inline(always)]
 fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: Tick) -> Result<u16, DropReason> {
-    let u = cfg.uplink_addr;
-    let reply = entry(p.saddr, p.sport, kind::MASQUERADE | kind::REPLY, now, 0);
-    let port = reserve_port(p, u, p.daddr, p.dport, &reply, cfg, now)?;
-    let orig = entry(u, port, kind::MASQUERADE, now, p.tcp_flags);
-    let reserved = CtKey::new(p.daddr, u, p.dport, port, p.proto, Stage::Dst);
-    if !conntrack::insert_flow(
-        &[(key_of(p, Stage::Src), orig)],
-        Some(&reserved),
-        cfg,
-        now,
-        false,
-    ) {
-        return Err(DropReason::CtInsertFailed);
-    }
-    Ok(port)
+    let e = entry(p.saddr, p.sport, kind::MASQUERADE, now, p.tcp_flags);
+    reserve_port(p, cfg.uplink_addr, p.daddr, p.dport, &e, cfg, now)
 }
 
 /// The conntrack key of the replies of a flow from outside to published port `b`: the

@@ -844,18 +844,20 @@ pub fn flows(name: &str) -> Vec<Flow> {
     let mut flows: Vec<Flow> = entries
         .iter()
         .filter(|(k, e)| e.kind & kind::REPLY == 0 && !timeouts.expired(k.proto, e, now))
-        // Each flow once: by the entry of its first stage (the src stage for masquerade,
-        // whose packets are first seen leaving; the dst stage for hairpin), or by its only
-        // entry, its replies', for a published port reached from outside.
-        .filter(|(k, e)| (e.kind != kind::HAIRPIN) == (k.stage == 1))
+        // Each flow once: masquerade and published flows by their only entry, their
+        // replies'; hairpin by its original direction's dst-stage entry.
+        .filter(|(k, e)| e.kind != kind::HAIRPIN || k.stage == 0)
         .map(|(k, e)| {
             let (mut src, mut dst) = (endpoint(k.saddr, k.sport), endpoint(k.daddr, k.dport));
             let translated = if e.kind == kind::PUBLISHED {
                 // Key: backend → client; entry: the published address.
                 (src, dst) = (dst, endpoint(e.addr, e.port));
                 format!("{src} → {}", endpoint(k.saddr, k.sport))
-            } else if k.stage == 1 {
-                format!("{} → {dst}", endpoint(e.addr, e.port))
+            } else if e.kind == kind::MASQUERADE {
+                // Key: peer → uplink:port; entry: the container.
+                let nat = dst;
+                (src, dst) = (endpoint(e.addr, e.port), src);
+                format!("{nat} → {dst}")
             } else {
                 // For hairpin, the src-stage entry tells the source the backend sees.
                 let nat_src = entries
