@@ -261,13 +261,14 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
         return TCX_NEXT;
     }
     let now = now();
-    let (addr, port) = if let Some(e) = conntrack::lookup(&key_of(p, Stage::Src), cfg, now, p.tcp_flags) {
-        (e.addr, e.port)
-    } else if let Masquerade::Port(port) = masquerade_port(p, cfg, now) {
-        (cfg.uplink_addr, port)
-    } else {
-        return TCX_NEXT;
-    };
+    let (addr, port) =
+        if let Some(e) = conntrack::lookup(&key_of(p, Stage::Src), cfg, now, p.tcp_flags) {
+            (e.addr, e.port)
+        } else if let Masquerade::Port(port) = masquerade_port(p, cfg, now) {
+            (cfg.uplink_addr, port)
+        } else {
+            return TCX_NEXT;
+        };
     // Route first: the translation belongs to the uplink's egress, so it may be applied
     // here only to a packet that is sure to leave through the uplink.
     let Some(route) = forward::route(ctx, p, cfg, cfg.uplink_ifindex) else {

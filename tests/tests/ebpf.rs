@@ -99,13 +99,8 @@ fn flows_are_listed_expire_on_time_and_are_collected() {
         masq["expires_in_s"].as_u64().unwrap() <= 2,
         "the configured UDP lifetime"
     );
-    // Masquerade: one entry per direction (the source port chosen, and the way back).
-    // Published: only the replies' entry; the published-ports map translates the rest.
-    assert_eq!(
-        ct_entries(&h),
-        3,
-        "entries: 2 for masquerade, 1 for the published port"
-    );
+    // One entry per flow, its replies'.
+    assert_eq!(ct_entries(&h), 2, "one entry per flow");
 
     // After the lifetime the flows are gone from the table's view at once, and the agent
     // gives their entries back within its interval.

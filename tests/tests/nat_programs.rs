@@ -23,6 +23,11 @@ const PEER: [u8; 4] = [10, 89, 0, 3];
 const OTHER: [u8; 4] = [10, 89, 1, 2];
 
 fn plan() -> Plan {
+    plan_with("")
+}
+
+/// The test plan, with `conntrack` settings (TOML lines of that section).
+fn plan_with(conntrack: &str) -> Plan {
     let containers = r#"
         [[containers]]
         name = "web"
@@ -36,13 +41,17 @@ fn plan() -> Plan {
         network = "npb"
         "#;
     let text = format!(
-        "name = \"kt\"\n{}{containers}",
+        "name = \"kt\"\n{}{containers}\n[conntrack]\n{conntrack}\n",
         netplane_tests::TWO_NETWORKS
     );
     Config::parse(&text, "test").unwrap().plan().unwrap()
 }
 
 fn programs() -> Detached {
+    programs_for(&plan())
+}
+
+fn programs_for(plan: &Plan) -> Detached {
     let host = HostContext {
         uplink: "up0".into(),
         uplink_index: 0,
@@ -53,7 +62,7 @@ fn programs() -> Detached {
             Ipv4Addr::new(10, 89, 1, 1),
         ],
     };
-    Detached::load(&plan(), &host).expect("load the NAT programs")
+    Detached::load(plan, &host).expect("load the NAT programs")
 }
 
 /// The IPv4 packet of `frame`, with both checksums verified as a receiver would.
@@ -117,7 +126,8 @@ fn a_taken_source_port_is_replaced_within_the_range() {
     if !privileged("a_taken_source_port_is_replaced_within_the_range") {
         return;
     }
-    let mut p = programs();
+    // Closed flows go after a second, so that the test can outlive one.
+    let mut p = programs_for(&plan_with("tcp_closing_timeout = 1"));
     let (_, first) = p
         .run(UPLINK_OUT, &tcp(Ip::new(WEB, D), 41000, 80, TCP_SYN, b""))
         .unwrap();
@@ -135,6 +145,24 @@ fn a_taken_source_port_is_replaced_within_the_range() {
         )
         .unwrap();
     assert_eq!(checked(&out).dst(), PEER);
+    // The second flow has no entry of its own port: its later segments find theirs among
+    // the candidates ...
+    let ack = tcp(Ip::new(PEER, D), 41000, 80, TCP_ACK, b"x");
+    let (_, out) = p.run(UPLINK_OUT, &ack).unwrap();
+    assert_eq!(checked(&out).ports(), Some((sport, 80)));
+    // ... also once the first flow is gone and its port free again: a segment without SYN
+    // never takes a free port, it looks on.
+    p.run(UPLINK_OUT, &tcp(Ip::new(WEB, D), 41000, 80, 0x04, b""))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1_300));
+    let (verdict, out) = p.run(UPLINK_OUT, &ack).unwrap();
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!(
+        checked(&out).ports(),
+        Some((sport, 80)),
+        "the flow keeps its port"
+    );
+    assert_eq!(drops(&p, "tcp-no-syn-new-flow"), 0);
 }
 
 #[test]
