@@ -1,5 +1,10 @@
 //! Forwarding of translated packets past the kernel's IP forwarding path.
 //!
+//! Into a container, [`to_container`] puts the packet straight on the ingress of the
+//! container's interface (bpf_redirect_peer): past the host's routing, the bridge, and the
+//! backlog queue a veth transmit goes through, as Cilium delivers to its endpoints.
+//! Elsewhere, [`route`] and [`send`] do:
+//!
 //! A packet that a NAT stage has just translated, of a flow conntrack already knows, needs
 //! nothing more from the stack than a route and a neighbour: `ip_rcv()`, the route cache,
 //! `ip_forward()`, netfilter's FORWARD/POSTROUTING hooks and `ip_finish_output()` only
@@ -13,18 +18,25 @@ use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::bindings::{
     BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
 };
-use aya_ebpf::helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_neigh};
+use aya_ebpf::helpers::generated::{
+    bpf_fib_lookup as fib_lookup, bpf_redirect_neigh, bpf_redirect_peer,
+};
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::PerCpuArray;
+use aya_ebpf::maps::{HashMap, PerCpuArray};
 use aya_ebpf::programs::TcContext;
-use netplane_common::nat::{DpConfig, flags};
+use netplane_common::nat::{DpConfig, Endpoint, flags, forwarded};
 use netplane_common::packet::ETH_HLEN;
 
 use crate::parse::{Frag, IP_CSUM_OFF, Packet, ptr_at};
 
-/// How many packets took the short way, per CPU (the agent sums them).
+/// How many packets took the short way, per CPU and [`forwarded`] slot (the agent sums
+/// the CPUs).
 #[map(name = "NP_FORWARDED")]
-static FORWARDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static FORWARDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(forwarded::SLOTS, 0);
+
+/// The containers, by address.
+#[map(name = "NP_ENDPOINTS")]
+static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(4_096, 0);
 
 const AF_INET: u8 = 2;
 /// bpf_fib_lookup()'s BPF_FIB_LKUP_RET_SUCCESS.
@@ -91,10 +103,7 @@ pub fn send(ctx: &TcContext, route: &Route) -> i32 {
             ipv4_nh: route.next_hop,
         },
     };
-    if let Some(c) = FORWARDED.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot of a per-CPU array.
-        unsafe { *c += 1 };
-    }
+    count(forwarded::ROUTED);
     // SAFETY: the helper reads `nh`, whose size it is given.
     unsafe {
         bpf_redirect_neigh(
@@ -103,6 +112,52 @@ pub fn send(ctx: &TcContext, route: &Route) -> i32 {
             core::mem::size_of::<bpf_redir_neigh>() as i32,
             0,
         ) as i32
+    }
+}
+
+/// Delivers the packet, now addressed to `p.daddr`, straight into that container if it is
+/// one of ours and the packet needs nothing the stack would do. None: take another way.
+#[inline(always)]
+pub fn to_container(ctx: &TcContext, p: &Packet, cfg: &DpConfig) -> Option<i32> {
+    if cfg.flags & flags::FAST_FORWARD == 0 || p.frag != Frag::Whole || p.l4_off != ETH_HLEN + 20 {
+        return None;
+    }
+    // SAFETY: a lookup; the value is copied out.
+    let ep = *unsafe { ENDPOINTS.get(&p.daddr) }?;
+    // The redirect drops what does not fit the container's MTU (is_skb_forwardable() in
+    // skb_do_redirect()), where the stack would answer with an ICMP error: leave those to
+    // it. A GSO packet is cut into segments of gso_size payload; 60 is TCP's longest header.
+    // SAFETY: reading fields of the context the kernel passed in.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let fits = if gso_size == 0 {
+        ctx.len() <= ep.mtu + ETH_HLEN as u32
+    } else {
+        gso_size + 20 + 60 <= ep.mtu
+    };
+    if !fits {
+        return None;
+    }
+    // Ethernet and the IPv4 header up to the TTL; the TTL is checked before anything is
+    // written, so that a packet left to the stack is as it came.
+    let hdr: *mut [u8; IP_TTL_OFF + 1] = ptr_at(ctx, 0)?;
+    // SAFETY: ptr_at checked the bounds.
+    let hdr = unsafe { &mut *hdr };
+    if hdr[IP_TTL_OFF] <= 1 {
+        return None;
+    }
+    hdr[..6].copy_from_slice(&ep.mac);
+    hdr[6..12].copy_from_slice(&ep.gateway_mac);
+    decrement_ttl(ctx).ok()?;
+    count(forwarded::INTO_CONTAINER);
+    // SAFETY: a helper that takes plain values.
+    Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32)
+}
+
+#[inline(always)]
+fn count(slot: u32) {
+    if let Some(c) = FORWARDED.get_ptr_mut(slot) {
+        // SAFETY: this CPU's slot of a per-CPU array.
+        unsafe { *c += 1 };
     }
 }
 

@@ -245,6 +245,9 @@ fn forward_after(
     if verdict != TCX_NEXT || hook != Hook::Uplink {
         return verdict;
     }
+    if let Some(verdict) = forward::to_container(ctx, p, cfg) {
+        return verdict;
+    }
     match forward::route(ctx, p, cfg, 0) {
         Some(r) => forward::send(ctx, &r),
         None => TCX_NEXT,

@@ -21,8 +21,8 @@ use aya::programs::{
 };
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
 use netplane_common::nat::{
-    Backend, CtEntry, CtKey, DpConfig, DropReason, FragEntry, FragKey, NetInfo, PortKey, Tick,
-    Timeouts, flags, maps, s_to_ticks, tick, ticks_since, ticks_to_s,
+    Backend, CtEntry, CtKey, DpConfig, DropReason, Endpoint, FragEntry, FragKey, NetInfo, PortKey,
+    Tick, Timeouts, flags, forwarded, maps, s_to_ticks, tick, ticks_since, ticks_to_s,
 };
 
 use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
@@ -313,6 +313,29 @@ impl Ebpf {
                 .map_err(|e| map_err(maps::LOCAL_ADDRS)(chain(e)))?;
         }
 
+        // The containers, for delivery straight into them. Their devices are read from the
+        // kernel each time: a recreated container has a new ifindex.
+        let mut endpoints: HashMap<_, u32, Endpoint> = HashMap::try_from(&mut maps.endpoints)
+            .map_err(|e| map_err(maps::ENDPOINTS)(chain(e)))?;
+        let want: std::collections::BTreeMap<u32, Endpoint> = plan
+            .containers
+            .iter()
+            .filter_map(|c| Some((ne_addr(c.ip), container_endpoint(c)?)))
+            .collect();
+        let stale: Vec<u32> = endpoints
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|a| !want.contains_key(a))
+            .collect();
+        for a in stale {
+            let _ = endpoints.remove(&a);
+        }
+        for (a, ep) in &want {
+            endpoints
+                .insert(a, ep, 0)
+                .map_err(|e| map_err(maps::ENDPOINTS)(chain(e)))?;
+        }
+
         let mut published: HashMap<_, PortKey, Backend> = HashMap::try_from(&mut maps.published)
             .map_err(|e| map_err(maps::PUBLISHED)(chain(e)))?;
         let (remove, write) = match old.and_then(|old| published_edits(old, plan)) {
@@ -347,12 +370,58 @@ impl Ebpf {
     }
 }
 
+/// Container `c` as the programs deliver to it, from its devices in this namespace. None
+/// when they cannot be read: its packets then take the kernel's path.
+fn container_endpoint(c: &crate::config::Container) -> Option<Endpoint> {
+    let ifindex = nix::net::if_::if_nametoindex(c.host_veth.as_str()).ok()?;
+    let (mtu, _) = link_info(&c.host_veth)?;
+    let (_, gateway_mac) = link_info(&c.network)?;
+    Some(Endpoint {
+        ifindex,
+        mtu,
+        mac: c.mac,
+        gateway_mac,
+    })
+}
+
+/// The MTU and MAC address of device `name` in this namespace (SIOCGIFMTU, SIOCGIFHWADDR;
+/// sysfs would show the namespace it was mounted in, not necessarily ours).
+fn link_info(name: &str) -> Option<(u32, [u8; 6])> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain syscalls on a socket we own; `ifr` is a zeroed C struct whose name
+    // field gets at most IFNAMSIZ - 1 bytes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        if name.len() >= ifr.ifr_name.len() {
+            return None;
+        }
+        for (d, b) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) < 0 {
+            return None;
+        }
+        let mtu = ifr.ifr_ifru.ifru_mtu as u32;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut ifr) < 0 {
+            return None;
+        }
+        let data = ifr.ifr_ifru.ifru_hwaddr.sa_data;
+        Some((mtu, std::array::from_fn(|i| data[i] as u8)))
+    }
+}
+
 /// The maps the agent programs, from a freshly loaded object or from their pins.
 struct Maps {
     config: aya::maps::Map,
     subnets: aya::maps::Map,
     local_addrs: aya::maps::Map,
     published: aya::maps::Map,
+    endpoints: aya::maps::Map,
 }
 
 impl Maps {
@@ -363,6 +432,7 @@ impl Maps {
             subnets: take(maps::SUBNETS),
             local_addrs: take(maps::LOCAL_ADDRS),
             published: take(maps::PUBLISHED),
+            endpoints: take(maps::ENDPOINTS),
         }
     }
 
@@ -372,6 +442,7 @@ impl Maps {
             subnets: pinned_map(name, maps::SUBNETS)?,
             local_addrs: pinned_map(name, maps::LOCAL_ADDRS)?,
             published: pinned_map(name, maps::PUBLISHED)?,
+            endpoints: pinned_map(name, maps::ENDPOINTS)?,
         })
     }
 }
@@ -576,13 +647,17 @@ pub fn drop_counters(name: &str) -> Vec<(&'static str, u64)> {
         .unwrap_or_default()
 }
 
-/// How many packets of instance `name` took the short way (crate docs of netplane-ebpf's
-/// forward module), summed over CPUs.
-pub fn forwarded_packets(name: &str) -> u64 {
-    pinned_map(name, maps::FORWARDED)
-        .and_then(|m| PerCpuArray::<_, u64>::try_from(m).ok()?.get(&0, 0).ok())
-        .map(|v| v.iter().sum())
-        .unwrap_or(0)
+/// How many packets of instance `name` took the short way (netplane-ebpf's `forward`),
+/// into containers and routed, summed over CPUs.
+pub fn forwarded_packets(name: &str) -> (u64, u64) {
+    let Some(map) = pinned_map(name, maps::FORWARDED) else {
+        return (0, 0);
+    };
+    let Ok(counts) = PerCpuArray::<_, u64>::try_from(map) else {
+        return (0, 0);
+    };
+    let sum = |slot| counts.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    (sum(forwarded::INTO_CONTAINER), sum(forwarded::ROUTED))
 }
 
 /// The drop counters of a NP_DROPS map, summed over CPUs.
@@ -747,11 +822,13 @@ impl Dataplane for Ebpf {
         for (reason, n) in drop_counters(&plan.name) {
             details.push(format!("drops {reason}: {n}"));
         }
-        details.push(if plan.ebpf.fast_forward {
-            format!("fast-forwarded packets: {}", forwarded_packets(&plan.name))
+        if plan.ebpf.fast_forward {
+            let (into, routed) = forwarded_packets(&plan.name);
+            details.push(format!("fast-forwarded into containers: {into}"));
+            details.push(format!("fast-forwarded to the next hop: {routed}"));
         } else {
-            "fast forwarding: off".to_owned()
-        });
+            details.push("fast forwarding: off".to_owned());
+        }
         DataplaneStatus {
             mode: Mode::Ebpf,
             healthy: links.len() == expected,
