@@ -16,7 +16,7 @@ use crate::parse::{Frag, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, Packet, ptr_at};
 /// Writes `v` at `off`: in place when the linear data holds it (after the checksum
 /// helpers, which may move the data, so the pointer is taken anew), else by helper.
 #[inline(always)]
-fn write<T: Copy>(ctx: &TcContext, off: usize, v: T) -> Result<(), i64> {
+pub fn write<T: Copy>(ctx: &TcContext, off: usize, v: T) -> Result<(), i64> {
     match ptr_at::<T>(ctx, off) {
         // SAFETY: ptr_at checked that the whole T is inside the packet. A TC program may
         // write packet data directly: for one that does, the verifier adds a prologue

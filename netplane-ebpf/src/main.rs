@@ -1,11 +1,12 @@
 //! netplane's eBPF programs. Entry points only: each is a thin wrapper over the modules
-//! that do the work (parse, csum, conntrack, nat, forward, sock, metrics).
+//! that do the work (parse, csum, conntrack, nat, forward, icmp, sock, metrics).
 #![no_std]
 #![no_main]
 
 mod conntrack;
 mod csum;
 mod forward;
+mod icmp;
 mod metrics;
 mod nat;
 mod parse;

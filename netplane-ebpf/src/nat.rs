@@ -19,9 +19,9 @@ use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::conntrack::{self, Probe, config, now};
 use crate::csum::{Side, set_addr, set_port};
-use crate::forward;
 use crate::metrics::drop;
-use crate::parse::{Frag, Packet, Parsed, parse};
+use crate::parse::{Frag, Packet, Parsed, parse, quote};
+use crate::{forward, icmp};
 
 #[map(name = "NP_PUBLISHED")]
 static PUBLISHED: HashMap<PortKey, Backend> = HashMap::with_max_entries(65_536, 0);
@@ -44,7 +44,7 @@ const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
-fn subnet_of(addr: u32) -> Option<NetInfo> {
+pub fn subnet_of(addr: u32) -> Option<NetInfo> {
     SUBNETS.get(Key::new(32, addr)).copied()
 }
 
@@ -160,12 +160,19 @@ fn later_fragment(ctx: &TcContext, p: &mut Packet, stage: Stage) -> i32 {
 /// TC ingress: the dst stage.
 #[inline(always)]
 pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
-    let mut p = match parse(ctx) {
-        Ok(Parsed::Nat(p)) => p,
-        // Not ours to translate; malformed packets go on untouched, for the stack to judge.
-        Ok(Parsed::Other) | Err(_) => return TCX_NEXT,
-    };
+    let parsed = parse(ctx);
     let Some(cfg) = config() else { return TCX_NEXT };
+    let mut p = match parsed {
+        Ok(Parsed::Nat(p)) => p,
+        Ok(Parsed::IcmpError(outer)) if hook == Hook::Uplink => {
+            return match quote(ctx, outer) {
+                Some(mut e) => icmp::from_outside(ctx, &mut e, cfg),
+                None => TCX_NEXT,
+            };
+        }
+        // Not ours to translate; malformed packets go on untouched, for the stack to judge.
+        Ok(Parsed::IcmpError(_) | Parsed::Other) | Err(_) => return TCX_NEXT,
+    };
     if p.frag == Frag::Later {
         return later_fragment(ctx, &mut p, Stage::Dst);
     }
@@ -299,7 +306,13 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
     }
     let mut p = match parse(ctx) {
         Ok(Parsed::Nat(p)) => p,
-        Ok(Parsed::Other) | Err(_) => return TCX_NEXT,
+        Ok(Parsed::IcmpError(outer)) if hook == Hook::Uplink => {
+            return match quote(ctx, outer) {
+                Some(mut e) => icmp::to_outside(ctx, &mut e, cfg),
+                None => TCX_NEXT,
+            };
+        }
+        Ok(Parsed::IcmpError(_) | Parsed::Other) | Err(_) => return TCX_NEXT,
     };
     if p.frag == Frag::Later {
         return later_fragment(ctx, &mut p, Stage::Src);
@@ -329,7 +342,7 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
 }
 
 /// Whether a container's packet to the outside belongs to a masqueraded flow.
-enum Masquerade {
+pub enum Masquerade {
     /// Yes: the flow's source port on the uplink address (network byte order).
     Port(u16),
     None,
@@ -346,7 +359,7 @@ enum Masquerade {
 /// NAT rebinding. A TCP segment without SYN never opens a flow, so it looks further, and
 /// finds its connection.
 #[inline(always)]
-fn masquerade_port(p: &Packet, cfg: &DpConfig, now: Tick) -> Masquerade {
+pub fn masquerade_port(p: &Packet, cfg: &DpConfig, now: Tick) -> Masquerade {
     let at = |port: u16| CtKey::new(p.daddr, cfg.uplink_addr, p.dport, port, p.proto, Stage::Dst);
     let me = Some((p.saddr, p.sport));
     match conntrack::probe(&at(p.sport), me, cfg, now, p.tcp_flags) {

@@ -46,9 +46,36 @@ pub struct Packet {
 
 pub enum Parsed {
     Nat(Packet),
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem): its own
+    /// addresses, and in `l4_off` where its ICMP header starts. What it quotes is read by
+    /// [`quote`] (see crate::icmp).
+    IcmpError(Packet),
     /// Not IPv4, or a protocol netplane does not translate: passed untouched.
     Other,
 }
+
+/// An ICMP error: its own addresses in `outer` (`l4_off` is where the ICMP header
+/// starts), and the tuple of the packet it quotes.
+pub struct IcmpError {
+    pub outer: Packet,
+    pub quote: Quote,
+}
+
+/// The tuple of the TCP or UDP packet an ICMP error quotes, network byte order. Its IPv4
+/// header starts [`QUOTE_OFF`] bytes after the ICMP header; only option-less headers are
+/// translated.
+pub struct Quote {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+pub const QUOTE_OFF: usize = 8;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+const ICMP_PARAMETERPROB: u8 = 12;
 
 /// Ethernet and a minimal IPv4 header.
 #[repr(C, packed)]
@@ -71,7 +98,7 @@ pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
 
 /// Reads a `T` at `off`: in place when it is in the linear data, else by helper.
 #[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
+pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
     match ptr_at::<T>(ctx, off) {
         // SAFETY: ptr_at checked that the whole T is inside the packet.
         Some(p) => Ok(unsafe { core::ptr::read_unaligned(p) }),
@@ -138,10 +165,42 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
             match l4[0] {
                 ICMP_ECHO_REQUEST => p.sport = id,
                 ICMP_ECHO_REPLY => p.dport = id,
-                // Errors and the rest are not translated (see the closing note).
+                // Its quote is read apart: returning it in the enum makes the compiler copy
+                // the other variants' undefined bytes, which the verifier refuses.
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
+                    if frag == Frag::Whole =>
+                {
+                    return Ok(Parsed::IcmpError(p));
+                }
+                // Redirects, timestamps and the rest are not translated.
                 _ => return Ok(Parsed::Other),
             }
         }
     }
     Ok(Parsed::Nat(p))
+}
+
+/// What the ICMP error `outer` quotes, if it is TCP or UDP with an option-less header, not
+/// a later fragment, and its ports are there.
+#[inline(always)]
+pub fn quote(ctx: &TcContext, outer: Packet) -> Option<IcmpError> {
+    let off = outer.l4_off + QUOTE_OFF;
+    let ip: Ipv4Hdr = read(ctx, off).ok()?;
+    let ports: [u8; 4] = read(ctx, off + Ipv4Hdr::LEN).ok()?;
+    let later_fragment = u16::from_be_bytes(ip.frags) & 0x1fff != 0;
+    if ip.version() != 4
+        || usize::from(ip.ihl()) != Ipv4Hdr::LEN
+        || later_fragment
+        || !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP)
+    {
+        return None;
+    }
+    let quote = Quote {
+        saddr: u32::from_ne_bytes(ip.src_addr),
+        daddr: u32::from_ne_bytes(ip.dst_addr),
+        sport: u16::from_ne_bytes([ports[0], ports[1]]),
+        dport: u16::from_ne_bytes([ports[2], ports[3]]),
+        proto: ip.proto,
+    };
+    Some(IcmpError { outer, quote })
 }

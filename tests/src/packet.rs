@@ -106,6 +106,18 @@ pub fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: &[
     udp(Ip::new(src, dst), sport, dport, payload)
 }
 
+/// An ICMP error of type `ty` and `code` from `ip`, quoting the IPv4 packet of `frame`
+/// whole (Linux quotes up to 576 bytes). For "fragmentation needed" the next-hop MTU is
+/// 1400.
+pub fn icmp_error(ip: Ip, ty: u8, code: u8, frame: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0, 0, 0];
+    m.extend_from_slice(&1400u16.to_be_bytes());
+    m.extend_from_slice(&frame[14..]);
+    let c = csum::checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4_frame(ip, IPPROTO_ICMP, &m)
+}
+
 /// An ICMP echo request (`ty` 8) or reply (`ty` 0).
 pub fn icmp_echo(ip: Ip, ty: u8, id: u16, seq: u16) -> Vec<u8> {
     let mut m = vec![ty, 0, 0, 0];

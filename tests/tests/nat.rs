@@ -395,6 +395,27 @@ fn checksums_on_the_wire_are_right_both_ways() {
 }
 
 #[test]
+fn icmp_errors_reach_the_sockets_they_are_about() {
+    each_mode("icmp_errors_reach_the_sockets_they_are_about", |mode| {
+        let h = up(mode);
+        let web = h.container("web");
+        // Nothing listens behind the published UDP port: the container's "port
+        // unreachable" quotes the translated datagram, and reaches the outside's socket
+        // only if the quote is translated back.
+        let refused = |from: &Netns, target: &str| client(from, &["probe-udp", target]).unwrap();
+        assert_eq!(refused(&h.outside, &format!("{UPLINK_IP}:5353")), "refused");
+        // And the other way, for a masqueraded flow.
+        assert_eq!(refused(&web, &format!("{OUTSIDE_IP}:7009")), "refused");
+        // (With a listener, the same probes are answered.)
+        let _server = Server::start(&web, &["serve-udp", "0.0.0.0:53"]);
+        assert_eq!(
+            refused(&h.outside, &format!("{UPLINK_IP}:5353")),
+            "answered"
+        );
+    });
+}
+
+#[test]
 fn established_connections_survive_up_and_the_agent() {
     each_mode("established_connections_survive_up_and_the_agent", |mode| {
         let h = up(mode);

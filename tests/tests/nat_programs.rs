@@ -6,8 +6,10 @@ use std::net::Ipv4Addr;
 use netplane::config::{Config, Plan};
 use netplane::dataplane::HostContext;
 use netplane::dataplane::ebpf::Detached;
-use netplane_common::packet::{Ipv4, parse_ethernet};
-use netplane_tests::packet::{Ip, TCP_ACK, TCP_SYN, icmp_echo, ipv4_frame, tcp, udp, udp_datagram};
+use netplane_common::packet::{Ipv4, parse_ethernet, parse_ipv4};
+use netplane_tests::packet::{
+    Ip, TCP_ACK, TCP_SYN, icmp_echo, icmp_error, ipv4_frame, tcp, udp, udp_datagram,
+};
 use netplane_tests::privileged;
 
 const UPLINK_IN: &str = "netplane_uplink_ingress";
@@ -384,4 +386,83 @@ fn bridges_isolate_networks_and_guard_loopback_ports() {
         "moby#45610"
     );
     assert_eq!(drops(&p, "loopback-guard"), 1);
+}
+
+/// The quote of an ICMP error frame: its IPv4 header checksum checked, (src, dst, ports).
+fn quote(frame: &[u8]) -> ([u8; 4], [u8; 4], Option<(u16, u16)>) {
+    let ip = checked(frame);
+    assert_eq!(ip.protocol(), 1, "an ICMP message");
+    let q = parse_ipv4(&ip.payload[8..]).expect("a quoted IPv4 packet");
+    assert!(q.header_checksum_ok(), "the quote's IP header checksum");
+    (q.src(), q.dst(), q.ports())
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated_back() {
+    if !privileged("icmp_errors_about_translated_flows_are_translated_back") {
+        return;
+    }
+    const ROUTER: [u8; 4] = [198, 51, 100, 1];
+    let mut p = programs();
+
+    // Masquerade: WEB:40000 → D:80 left as U:40000. A router on the way needs smaller
+    // packets: the container must learn it (path MTU discovery).
+    let (_, sent) = p
+        .run(UPLINK_OUT, &tcp(Ip::new(WEB, D), 40000, 80, TCP_SYN, b""))
+        .unwrap();
+    let (verdict, out) = p
+        .run(UPLINK_IN, &icmp_error(Ip::new(ROUTER, U), 3, 4, &sent))
+        .unwrap();
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!((checked(&out).src(), checked(&out).dst()), (ROUTER, WEB));
+    assert_eq!(quote(&out), (WEB, D, Some((40000, 80))));
+
+    // A published port: D:5555 → U:8080 reached WEB:80, whose reply left as U:8080.
+    p.run(UPLINK_IN, &tcp(Ip::new(D, U), 5555, 8080, TCP_SYN, b""))
+        .unwrap();
+    let (_, reply) = p
+        .run(
+            UPLINK_OUT,
+            &tcp(Ip::new(WEB, D), 80, 5555, TCP_SYN | TCP_ACK, b""),
+        )
+        .unwrap();
+    let (_, out) = p
+        .run(UPLINK_IN, &icmp_error(Ip::new(ROUTER, U), 11, 0, &reply))
+        .unwrap();
+    assert_eq!(checked(&out).dst(), WEB);
+    assert_eq!(quote(&out), (WEB, D, Some((80, 5555))));
+
+    // The other way: the container refuses a datagram to a published UDP port ...
+    let (_, datagram) = p
+        .run(UPLINK_IN, &udp(Ip::new(D, U), 6000, 5353, b"q"))
+        .unwrap();
+    let (verdict, out) = p
+        .run(UPLINK_OUT, &icmp_error(Ip::new(WEB, D), 3, 3, &datagram))
+        .unwrap();
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!((checked(&out).src(), checked(&out).dst()), (U, D));
+    assert_eq!(quote(&out), (D, U, Some((6000, 5353))));
+
+    // ... and a masqueraded flow's reply; the host's own error keeps its address.
+    let (_, synack) = p
+        .run(
+            UPLINK_IN,
+            &tcp(Ip::new(D, U), 80, 40000, TCP_SYN | TCP_ACK, b""),
+        )
+        .unwrap();
+    let (_, out) = p
+        .run(UPLINK_OUT, &icmp_error(Ip::new(WEB, D), 3, 3, &synack))
+        .unwrap();
+    assert_eq!(checked(&out).src(), U);
+    assert_eq!(quote(&out), (D, U, Some((80, 40000))));
+    let (_, out) = p
+        .run(UPLINK_OUT, &icmp_error(Ip::new(U, D), 3, 4, &synack))
+        .unwrap();
+    assert_eq!(checked(&out).src(), U);
+    assert_eq!(quote(&out), (D, U, Some((80, 40000))));
+
+    // An error about a flow nobody translated passes as it is.
+    let foreign = tcp(Ip::new(D, U), 1234, 4321, TCP_SYN, b"");
+    let err = icmp_error(Ip::new(ROUTER, U), 3, 1, &foreign);
+    assert_eq!(p.run(UPLINK_IN, &err).unwrap(), (TCX_NEXT, err));
 }

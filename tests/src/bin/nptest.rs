@@ -10,6 +10,9 @@
 //!   `<len> bytes from <peer ip>`.
 //! - `nptest send-udp ADDR:PORT SIZE [SPORT]`: sends one datagram of SIZE bytes (from
 //!   source port SPORT if given) and prints the answer.
+//! - `nptest probe-udp ADDR:PORT`: sends one datagram on a connected socket and prints
+//!   what came back: `answered`, `refused` (an ICMP port unreachable reached the socket)
+//!   or `silence`.
 //! - `nptest echo-tcp ADDR:PORT`: answers every line of one connection, until it closes.
 //! - `nptest hold-tcp ADDR:PORT COUNT MILLIS`: one connection, COUNT lines MILLIS ms apart,
 //!   each answer checked: a long-lived connection, to see it survive changes.
@@ -38,6 +41,7 @@ fn main() {
         ["send-udp", addr, size, ..] => send_udp(addr, size, a.get(3).copied()),
         ["capture", iface, millis] => capture(iface, millis),
         ["echo-tcp", addr] => echo_tcp(addr),
+        ["probe-udp", addr] => probe_udp(addr),
         ["hold-tcp", addr, count, millis] => hold_tcp(addr, count, millis),
         _ => Err("usage: see the header of tests/src/bin/nptest.rs".into()),
     };
@@ -121,6 +125,23 @@ fn send_udp(a: &str, size: &str, sport: Option<&str>) -> Result<(), String> {
         .recv_from(&mut buf)
         .map_err(|e| format!("no answer from {a}: {e}"))?;
     println!("{}", String::from_utf8_lossy(&buf[..n]));
+    Ok(())
+}
+
+fn probe_udp(a: &str) -> Result<(), String> {
+    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    s.connect(addr(a)?)
+        .map_err(|e| format!("connect {a}: {e}"))?;
+    s.set_read_timeout(Some(TIMEOUT)).ok();
+    s.send(b"anyone?")
+        .map_err(|e| format!("send to {a}: {e}"))?;
+    let mut buf = [0u8; 64];
+    let what = match s.recv(&mut buf) {
+        Ok(_) => "answered",
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+        Err(_) => "silence",
+    };
+    println!("{what}");
     Ok(())
 }
 
