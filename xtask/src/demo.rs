@@ -2,7 +2,10 @@
 //! check shown live, then everything torn down.
 //!
 //! The sandbox: a "host" namespace where netplane runs, its uplink cabled to an "outside"
-//! namespace on TEST-NET-3 (203.0.113.0/24). Nothing touches the root namespace.
+//! namespace on TEST-NET-3 (203.0.113.0/24). Nothing touches the root namespace. The
+//! instance is named `npdemo<pid>`, so that it can never be taken for (and its `down`
+//! never remove) a real instance of the default name; the sandbox goes on every exit,
+//! Ctrl-C included.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -12,20 +15,38 @@ use anyhow::{Context, bail};
 
 use crate::util::{is_root, workspace_root};
 
+/// The embedded default config, as `netplane up` without `-c` uses it.
+const DEFAULT_CONFIG: &str = include_str!("../../netplane/src/config/default.toml");
+
+#[derive(Clone)]
 struct Sandbox {
+    name: String,
     host: String,
     outside: String,
-    up: bool,
+    /// The default config under the sandbox's instance name.
+    config: PathBuf,
 }
 
 impl Sandbox {
     fn new() -> anyhow::Result<Sandbox> {
-        let pid = std::process::id();
+        let name = format!("npdemo{}", std::process::id());
         let sb = Sandbox {
-            host: format!("npdemo{pid}-host"),
-            outside: format!("npdemo{pid}-out"),
-            up: false,
+            host: format!("{name}-host"),
+            outside: format!("{name}-out"),
+            config: std::env::temp_dir().join(format!("{name}.toml")),
+            name,
         };
+        // Ctrl-C or a kill: clean up, then exit as the signal would have.
+        let on_signal = sb.clone();
+        ctrlc::set_handler(move || {
+            println!("\ninterrupted");
+            on_signal.remove();
+            std::process::exit(130);
+        })
+        .context("install the Ctrl-C handler")?;
+        let config =
+            DEFAULT_CONFIG.replacen("name = \"netplane\"", &format!("name = \"{}\"", sb.name), 1);
+        std::fs::write(&sb.config, config).context("write the demo's config")?;
         for ns in [&sb.host, &sb.outside] {
             ip(&["netns", "add", ns])?;
         }
@@ -70,19 +91,36 @@ impl Sandbox {
             .output()
             .expect("nsenter runs")
     }
+
+    /// `netplane ARGS -c CONFIG` in the host namespace.
+    fn netplane(&self, args: &[&str]) -> Output {
+        let (np, config) = (netplane(), self.config.to_string_lossy().into_owned());
+        let mut all = vec![np.to_str().unwrap()];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-c", &config]);
+        self.run_in(&self.host, &all)
+    }
+
+    /// `netplane down` (which finds nothing to do if `up` never ran), then the namespaces
+    /// and the config.
+    fn remove(&self) {
+        let out = self.netplane(&["down"]);
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        for ns in [&self.host, &self.outside] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_file(&self.config);
+        println!("sandbox removed: no namespace, link or state left behind");
+    }
 }
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        if self.up {
-            let out = self.run_in(&self.host, &[netplane().to_str().unwrap(), "down"]);
-            print!("{}", String::from_utf8_lossy(&out.stdout));
-            eprint!("{}", String::from_utf8_lossy(&out.stderr));
-        }
-        for ns in [&self.host, &self.outside] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        println!("sandbox removed: no namespace, link or state left behind");
+        self.remove();
     }
 }
 
@@ -110,28 +148,29 @@ pub fn run() -> anyhow::Result<()> {
     if !is_root() {
         bail!("the demo creates network namespaces: run it as root");
     }
-    let mut sb = Sandbox::new()?;
-    let np = netplane();
+    let sb = Sandbox::new()?;
     println!(
-        "\n$ nsenter --net=/run/netns/{} netplane up     # the embedded default config",
-        sb.host
+        "\n$ nsenter --net=/run/netns/{} netplane up -c {}\n  # the embedded default config, named {}",
+        sb.host,
+        sb.config.display(),
+        sb.name
     );
-    let out = sb.run_in(&sb.host, &[np.to_str().unwrap(), "up"]);
+    let out = sb.netplane(&["up"]);
     print!("{}", String::from_utf8_lossy(&out.stdout));
-    sb.up = true;
     if !out.status.success() {
         bail!(
             "netplane up failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let out = sb.run_in(&sb.host, &[np.to_str().unwrap(), "status"]);
+    let out = sb.netplane(&["status"]);
     println!(
         "\n$ netplane status\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let (web, client) = ("netplane-web", "netplane-client");
+    let (web, client) = (format!("{}-web", sb.name), format!("{}-client", sb.name));
+    let (web, client) = (web.as_str(), client.as_str());
     println!("{:<44} {:<10} DETAIL", "CHECK", "RESULT");
     let mut failed = 0;
     let mut row = |check: &str, res: Result<String, String>| {

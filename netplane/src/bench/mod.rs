@@ -170,6 +170,19 @@ impl Sandbox {
             host: format!("{name}-host"),
             name,
         };
+        // Ctrl-C or a kill mid-run: remove the sandbox (and the pins `up` made outside it,
+        // in bpffs), then exit as the signal would have.
+        let on_signal = Sandbox {
+            name: sb.name.clone(),
+            client: sb.client.clone(),
+            host: sb.host.clone(),
+        };
+        ctrlc::set_handler(move || {
+            eprintln!("\ninterrupted: removing the bench sandbox");
+            on_signal.remove();
+            std::process::exit(130);
+        })
+        .context("install the Ctrl-C handler")?;
         netns::create(&sb.client)?;
         netns::create(&sb.host)?;
         let client = sb.client.clone();
@@ -236,13 +249,19 @@ impl Sandbox {
     }
 }
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
+impl Sandbox {
+    fn remove(&self) {
         self.down();
         let _ = netns::run_in(&self.host, nft_clear);
         for ns in [&self.client, &self.host] {
             let _ = netns::delete(ns);
         }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
 

@@ -25,25 +25,7 @@ const NAME_MAX: usize = 32;
 const PREFIX_MAX: u8 = 30;
 
 /// The embedded default used by `netplane up` with no `-c`.
-pub const DEFAULT_CONFIG: &str = r#"# netplane's built-in topology: one bridge network, two containers, one published port.
-name = "netplane"
-mode = "ebpf"            # or "iptables"
-# uplink = "eth0"        # default: the interface of the default route
-
-[[networks]]
-name = "np0"             # also the bridge device's name
-subnet = "172.18.0.0/16"
-# gateway = "172.18.0.1" # default: the subnet's first address
-
-[[containers]]
-name = "web"
-network = "np0"
-publish = ["8080:80/tcp"]
-
-[[containers]]
-name = "client"
-network = "np0"
-"#;
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
 /// The file as written.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
