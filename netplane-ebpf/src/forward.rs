@@ -22,9 +22,9 @@ use aya_ebpf::helpers::generated::{
     bpf_fib_lookup as fib_lookup, bpf_redirect_neigh, bpf_redirect_peer,
 };
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, PerCpuArray};
+use aya_ebpf::maps::{HashMap, LruPerCpuHashMap, PerCpuArray};
 use aya_ebpf::programs::TcContext;
-use netplane_common::nat::{DpConfig, Endpoint, flags, forwarded};
+use netplane_common::nat::{DpConfig, Endpoint, Tick, flags, forwarded, ticks_since};
 use netplane_common::packet::ETH_HLEN;
 
 use crate::parse::{Frag, IP_CSUM_OFF, Packet, ptr_at};
@@ -49,12 +49,63 @@ pub struct Route {
     next_hop: u32,
 }
 
+/// The route cache's key: a destination as reached from a device.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RouteKey {
+    daddr: u32,
+    from_ifindex: u32,
+}
+
+/// A route lookup's answer, and when it was made.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CachedRoute {
+    ifindex: u32,
+    next_hop: u32,
+    mtu: u32,
+    at: Tick,
+}
+
+/// bpf_fib_lookup() answers, per CPU, for ROUTE_TTL: a lookup costs ~200 ns a packet,
+/// about a third of a translated packet's time on the bridge. A route change applies to
+/// translated flows within ROUTE_TTL; neighbours are resolved per packet regardless
+/// (bpf_redirect_neigh).
+#[map(name = "NP_ROUTES")]
+static ROUTES: LruPerCpuHashMap<RouteKey, CachedRoute> =
+    LruPerCpuHashMap::with_max_entries(4_096, 0);
+
+/// One second, in ticks.
+const ROUTE_TTL: u32 = 954;
+
 /// The route of `p` as it is now, if the short way may take it: it leaves through
 /// `want_oif` (0: any device), and nothing about it needs the stack.
 #[inline(always)]
-pub fn route(ctx: &TcContext, p: &Packet, cfg: &DpConfig, want_oif: u32) -> Option<Route> {
+pub fn route(
+    ctx: &TcContext,
+    p: &Packet,
+    cfg: &DpConfig,
+    want_oif: u32,
+    now: Tick,
+) -> Option<Route> {
     if cfg.flags & flags::FAST_FORWARD == 0 || p.frag != Frag::Whole || p.l4_off != ETH_HLEN + 20 {
         return None;
+    }
+    // SAFETY: reading a field of the context the kernel passed in.
+    let from_ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let key = RouteKey {
+        daddr: p.daddr,
+        from_ifindex,
+    };
+    // SAFETY: a lookup in this CPU's part of the map; the value is copied out.
+    if let Some(r) = unsafe { ROUTES.get(&key) }.copied()
+        && ticks_since(now, r.at) < ROUTE_TTL
+    {
+        let usable = (want_oif == 0 || r.ifindex == want_oif) && fits(ctx, p, r.mtu);
+        return usable.then_some(Route {
+            ifindex: r.ifindex,
+            next_hop: r.next_hop,
+        });
     }
     // SAFETY: a plain, zeroable C struct.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
@@ -64,8 +115,7 @@ pub fn route(ctx: &TcContext, p: &Packet, cfg: &DpConfig, want_oif: u32) -> Opti
     fib.dport = p.dport;
     fib.__bindgen_anon_3.ipv4_src = p.saddr;
     fib.__bindgen_anon_4.ipv4_dst = p.daddr;
-    // SAFETY: reading a field of the context the kernel passed in.
-    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    fib.ifindex = from_ifindex;
     // An input lookup from the device the packet came in through, as ip_route_input()
     // does; it refuses when forwarding is off there (BPF_FIB_LKUP_RET_FWD_DISABLED) and
     // checks the MTU, GSO aware (is_skb_forwardable() in bpf_skb_fib_lookup()).
@@ -78,16 +128,42 @@ pub fn route(ctx: &TcContext, p: &Packet, cfg: &DpConfig, want_oif: u32) -> Opti
             BPF_FIB_LOOKUP_SKIP_NEIGH,
         )
     };
-    if rc != FIB_SUCCESS || (want_oif != 0 && fib.ifindex != want_oif) {
+    if rc != FIB_SUCCESS {
         return None;
     }
-    Some(Route {
+    let route = Route {
         ifindex: fib.ifindex,
         // With SKIP_NEIGH the lookup leaves the next hop (the gateway, or the destination
         // itself on a connected route) in ipv4_dst.
         // SAFETY: the lookup was for IPv4, so this member is the one it wrote.
         next_hop: unsafe { fib.__bindgen_anon_4.ipv4_dst },
-    })
+    };
+    let cached = CachedRoute {
+        ifindex: route.ifindex,
+        next_hop: route.next_hop,
+        // SAFETY: on success without tot_len, the helper leaves the device's MTU here.
+        mtu: u32::from(unsafe { fib.__bindgen_anon_1.mtu_result }),
+        at: now,
+    };
+    let _ = ROUTES.insert(&key, &cached, 0);
+    (want_oif == 0 || route.ifindex == want_oif).then_some(route)
+}
+
+/// Whether `p` fits a device of MTU `mtu`, as is_skb_forwardable() judges it (a redirect
+/// drops what does not; the stack would answer with an ICMP error). A GSO packet is cut
+/// into segments of gso_size payload, each with the headers (skb_gso_validate_network_len()):
+/// counting the longest TCP header instead of this one's would send every full-sized
+/// segment of a bulk stream the slow way and its small packets the short way, which
+/// reorders them.
+#[inline(always)]
+fn fits(ctx: &TcContext, p: &Packet, mtu: u32) -> bool {
+    // SAFETY: reading a field of the context the kernel passed in.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    if gso_size == 0 {
+        ctx.len() <= mtu + ETH_HLEN as u32
+    } else {
+        gso_size + (p.l4_off - ETH_HLEN) as u32 + u32::from(p.l4_hlen) <= mtu
+    }
 }
 
 /// Sends the packet along `route`: TC_ACT_REDIRECT, or TCX_NEXT (the kernel's path) when
@@ -124,17 +200,7 @@ pub fn to_container(ctx: &TcContext, p: &Packet, cfg: &DpConfig) -> Option<i32> 
     }
     // SAFETY: a lookup; the value is copied out.
     let ep = *unsafe { ENDPOINTS.get(&p.daddr) }?;
-    // The redirect drops what does not fit the container's MTU (is_skb_forwardable() in
-    // skb_do_redirect()), where the stack would answer with an ICMP error: leave those to
-    // it. A GSO packet is cut into segments of gso_size payload; 60 is TCP's longest header.
-    // SAFETY: reading fields of the context the kernel passed in.
-    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
-    let fits = if gso_size == 0 {
-        ctx.len() <= ep.mtu + ETH_HLEN as u32
-    } else {
-        gso_size + 20 + 60 <= ep.mtu
-    };
-    if !fits {
+    if !fits(ctx, p, ep.mtu) {
         return None;
     }
     // Ethernet and the IPv4 header up to the TTL; the TTL is checked before anything is

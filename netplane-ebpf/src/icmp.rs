@@ -70,6 +70,7 @@ pub fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
             frag: Frag::Whole,
             id: 0,
             tcp_flags: 0,
+            l4_hlen: 0,
         };
         match masquerade_port(&flow, cfg, now) {
             Masquerade::Port(port) => (cfg.uplink_addr, port),

@@ -20,7 +20,7 @@ use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
 use crate::conntrack::{self, Probe, config, now};
 use crate::csum::{Side, set_addr, set_port};
 use crate::metrics::drop;
-use crate::parse::{Frag, Packet, Parsed, parse, quote};
+use crate::parse::{Frag, Kind, Packet, Parsed, parse, quote};
 use crate::{forward, icmp};
 
 #[map(name = "NP_PUBLISHED")]
@@ -160,19 +160,19 @@ fn later_fragment(ctx: &TcContext, p: &mut Packet, stage: Stage) -> i32 {
 /// TC ingress: the dst stage.
 #[inline(always)]
 pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
-    let parsed = parse(ctx);
+    let Parsed { kind, mut p } = parse(ctx);
     let Some(cfg) = config() else { return TCX_NEXT };
-    let mut p = match parsed {
-        Ok(Parsed::Nat(p)) => p,
-        Ok(Parsed::IcmpError(outer)) if hook == Hook::Uplink => {
-            return match quote(ctx, outer) {
+    match kind {
+        Kind::Nat => {}
+        Kind::IcmpError if hook == Hook::Uplink => {
+            return match quote(ctx, p) {
                 Some(mut e) => icmp::from_outside(ctx, &mut e, cfg),
                 None => TCX_NEXT,
             };
         }
-        // Not ours to translate; malformed packets go on untouched, for the stack to judge.
-        Ok(Parsed::IcmpError(_) | Parsed::Other) | Err(_) => return TCX_NEXT,
-    };
+        // Not ours to translate.
+        Kind::IcmpError | Kind::Other => return TCX_NEXT,
+    }
     if p.frag == Frag::Later {
         return later_fragment(ctx, &mut p, Stage::Dst);
     }
@@ -255,7 +255,7 @@ fn forward_after(
     if let Some(verdict) = forward::to_container(ctx, p, cfg) {
         return verdict;
     }
-    match forward::route(ctx, p, cfg, 0) {
+    match forward::route(ctx, p, cfg, 0, now) {
         Some(r) => forward::send(ctx, &r),
         None => TCX_NEXT,
     }
@@ -281,7 +281,7 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
         };
     // Route first: the translation belongs to the uplink's egress, so it may be applied
     // here only to a packet that is sure to leave through the uplink.
-    let Some(route) = forward::route(ctx, p, cfg, cfg.uplink_ifindex) else {
+    let Some(route) = forward::route(ctx, p, cfg, cfg.uplink_ifindex, now) else {
         return TCX_NEXT;
     };
     let verdict = rewrite(ctx, p, Side::Src, addr, port, now);
@@ -304,16 +304,17 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
             return TCX_NEXT;
         }
     }
-    let mut p = match parse(ctx) {
-        Ok(Parsed::Nat(p)) => p,
-        Ok(Parsed::IcmpError(outer)) if hook == Hook::Uplink => {
-            return match quote(ctx, outer) {
+    let Parsed { kind, mut p } = parse(ctx);
+    match kind {
+        Kind::Nat => {}
+        Kind::IcmpError if hook == Hook::Uplink => {
+            return match quote(ctx, p) {
                 Some(mut e) => icmp::to_outside(ctx, &mut e, cfg),
                 None => TCX_NEXT,
             };
         }
-        Ok(Parsed::IcmpError(_) | Parsed::Other) | Err(_) => return TCX_NEXT,
-    };
+        Kind::IcmpError | Kind::Other => return TCX_NEXT,
+    }
     if p.frag == Frag::Later {
         return later_fragment(ctx, &mut p, Stage::Src);
     }

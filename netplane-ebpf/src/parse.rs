@@ -42,16 +42,47 @@ pub struct Packet {
     pub id: u16,
     /// TCP flags byte; 0 otherwise.
     pub tcp_flags: u8,
+    /// The L4 header's length (TCP's data offset, with its options); 8 for UDP and ICMP.
+    pub l4_hlen: u8,
 }
 
-pub enum Parsed {
-    Nat(Packet),
-    /// An ICMP error (destination unreachable, time exceeded, parameter problem): its own
-    /// addresses, and in `l4_off` where its ICMP header starts. What it quotes is read by
-    /// [`quote`] (see crate::icmp).
-    IcmpError(Packet),
-    /// Not IPv4, or a protocol netplane does not translate: passed untouched.
+/// What [`parse`] found. A kind and an always complete [`Packet`], not an enum with a
+/// payload: the compiler copies an enum whole, the undefined bytes of a variant without
+/// payload included, and the verifier refuses to read those ("!read_ok").
+pub struct Parsed {
+    pub kind: Kind,
+    pub p: Packet,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// TCP, UDP or ICMP echo: `p` is it.
+    Nat,
+    /// An ICMP error (destination unreachable, time exceeded, parameter problem): `p` has
+    /// its own addresses, and in `l4_off` where its ICMP header starts. What it quotes is
+    /// read by [`quote`] (see crate::icmp).
+    IcmpError,
+    /// Not IPv4, a protocol netplane does not translate, or malformed: passed untouched,
+    /// for the stack to judge.
     Other,
+}
+
+impl Parsed {
+    const OTHER: Parsed = Parsed {
+        kind: Kind::Other,
+        p: Packet {
+            saddr: 0,
+            daddr: 0,
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            l4_off: 0,
+            frag: Frag::Whole,
+            id: 0,
+            tcp_flags: 0,
+            l4_hlen: 0,
+        },
+    };
 }
 
 /// An ICMP error: its own addresses in `outer` (`l4_off` is where the ICMP header
@@ -107,23 +138,24 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
+pub fn parse(ctx: &TcContext) -> Parsed {
     // One read for Ethernet + IPv4, one for the L4 header.
     let L2L3 { eth, ip } = match read::<L2L3>(ctx, 0) {
         Ok(h) => h,
         // Too short for IPv4: not ours (ARP and the like), or truncated.
-        Err(_) => return Ok(Parsed::Other),
+        Err(_) => return Parsed::OTHER,
     };
     if { eth.ether_type } != ETH_P_IP.to_be() {
-        return Ok(Parsed::Other);
+        return Parsed::OTHER;
     }
     let ihl = usize::from(ip.ihl());
-    if ip.version() != 4 || ihl < Ipv4Hdr::LEN || usize::from(ip.tot_len()) < ihl {
-        return Err(DropReason::Malformed);
-    }
     let proto = ip.proto;
-    if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
-        return Ok(Parsed::Other);
+    if ip.version() != 4
+        || ihl < Ipv4Hdr::LEN
+        || usize::from(ip.tot_len()) < ihl
+        || !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP)
+    {
+        return Parsed::OTHER;
     }
     let frag_field = u16::from_be_bytes(ip.frags);
     let frag = match (frag_field & 0x1fff, frag_field & 0x2000 != 0) {
@@ -141,43 +173,52 @@ pub fn parse(ctx: &TcContext) -> Result<Parsed, DropReason> {
         frag,
         id: u16::from_ne_bytes(ip.id),
         tcp_flags: 0,
+        l4_hlen: 8,
     };
     if frag == Frag::Later {
-        return Ok(Parsed::Nat(p));
+        return Parsed { kind: Kind::Nat, p };
     }
     match proto {
         IPPROTO_TCP => {
             // Ports, and the flags byte at offset 13.
-            let l4: [u8; 14] = read(ctx, p.l4_off).map_err(|()| DropReason::Malformed)?;
+            let Ok(l4) = read::<[u8; 14]>(ctx, p.l4_off) else {
+                return Parsed::OTHER;
+            };
             p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
             p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
             p.tcp_flags = l4[13];
+            p.l4_hlen = (l4[12] >> 4) * 4;
         }
         IPPROTO_UDP => {
             // The whole UDP header must be there, even when its checksum is not used.
-            let l4: [u8; 8] = read(ctx, p.l4_off).map_err(|()| DropReason::Malformed)?;
+            let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
+                return Parsed::OTHER;
+            };
             p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
             p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
         }
         _ => {
-            let l4: [u8; 8] = read(ctx, p.l4_off).map_err(|()| DropReason::Malformed)?;
+            let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
+                return Parsed::OTHER;
+            };
             let id = u16::from_ne_bytes([l4[4], l4[5]]);
             match l4[0] {
                 ICMP_ECHO_REQUEST => p.sport = id,
                 ICMP_ECHO_REPLY => p.dport = id,
-                // Its quote is read apart: returning it in the enum makes the compiler copy
-                // the other variants' undefined bytes, which the verifier refuses.
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
                     if frag == Frag::Whole =>
                 {
-                    return Ok(Parsed::IcmpError(p));
+                    return Parsed {
+                        kind: Kind::IcmpError,
+                        p,
+                    };
                 }
                 // Redirects, timestamps and the rest are not translated.
-                _ => return Ok(Parsed::Other),
+                _ => return Parsed::OTHER,
             }
         }
     }
-    Ok(Parsed::Nat(p))
+    Parsed { kind: Kind::Nat, p }
 }
 
 /// What the ICMP error `outer` quotes, if it is TCP or UDP with an option-less header, not

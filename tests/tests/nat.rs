@@ -394,6 +394,87 @@ fn checksums_on_the_wire_are_right_both_ways() {
     });
 }
 
+/// Segments TCP in namespace `ns` had to queue out of order (TcpExt TCPOFOQueue).
+fn out_of_order(ns: &Netns) -> u64 {
+    let netstat = ns.sh(&["cat", "/proc/net/netstat"]);
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next().unwrap(), lines.next().unwrap());
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "TCPOFOQueue")
+        .expect("TCPOFOQueue in /proc/net/netstat");
+    values.split_whitespace().nth(i).unwrap().parse().unwrap()
+}
+
+/// Packets `dev` in namespace `ns` has received and sent.
+fn link_packets(ns: &Netns, dev: &str) -> (u64, u64) {
+    let out = ns.sh(&["ip", "-s", "-j", "link", "show", dev]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stats = &v[0]["stats64"];
+    (
+        stats["rx"]["packets"].as_u64().unwrap(),
+        stats["tx"]["packets"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn bulk_streams_arrive_in_order() {
+    each_mode("bulk_streams_arrive_in_order", |mode| {
+        let h = up(mode);
+        let web = h.container("web");
+        // 64 MiB each way: full-sized GSO packets and small ones in one flow. In eBPF mode
+        // they must all take the short way, or the small ones would overtake the big ones
+        // queued on the kernel's path.
+        for (receiver, listen, sender, target) in [
+            (&web, "0.0.0.0:80", &h.outside, format!("{UPLINK_IP}:8080")),
+            (
+                &h.outside,
+                "0.0.0.0:7003",
+                &web,
+                format!("{OUTSIDE_IP}:7003"),
+            ),
+        ] {
+            let before = out_of_order(receiver);
+            let sink = Server::start(receiver, &["sink-tcp", listen]);
+            let (web_rx, up0_tx) = (link_packets(&web, "eth0").0, link_packets(&h.host, "up0").1);
+            let fwd = (mode == "ebpf").then(|| {
+                (
+                    ebpf_counter(&h, "fast-forwarded into containers"),
+                    ebpf_counter(&h, "fast-forwarded to the next hop"),
+                )
+            });
+            client(sender, &["bulk-tcp", &target, "64"]).unwrap();
+            assert_eq!(
+                sink.output().trim(),
+                (64u64 << 20).to_string(),
+                "bytes to {target}"
+            );
+            assert_eq!(
+                out_of_order(receiver) - before,
+                0,
+                "segments reordered to {target}"
+            );
+            if let Some((into, routed)) = fwd {
+                // Every packet into the container came the short way (the web end's
+                // device counts them all, and ARP), out of the uplink all but the flow's
+                // first: a few packets of slack, where a mistake would be most of them.
+                let web_rx = link_packets(&web, "eth0").0 - web_rx;
+                let up0_tx = link_packets(&h.host, "up0").1 - up0_tx;
+                let into = ebpf_counter(&h, "fast-forwarded into containers") - into;
+                let routed = ebpf_counter(&h, "fast-forwarded to the next hop") - routed;
+                assert!(
+                    into + 5 >= web_rx,
+                    "into the container: {into} of {web_rx} packets"
+                );
+                assert!(
+                    routed + 5 >= up0_tx,
+                    "out of the uplink: {routed} of {up0_tx}"
+                );
+            }
+        }
+    });
+}
+
 #[test]
 fn icmp_errors_reach_the_sockets_they_are_about() {
     each_mode("icmp_errors_reach_the_sockets_they_are_about", |mode| {

@@ -13,6 +13,11 @@
 //! - `nptest probe-udp ADDR:PORT`: sends one datagram on a connected socket and prints
 //!   what came back: `answered`, `refused` (an ICMP port unreachable reached the socket)
 //!   or `silence`.
+//! - `nptest sink-tcp ADDR:PORT`: reads one connection to its end, then prints the bytes.
+//! - `nptest bulk-tcp ADDR:PORT MIB`: writes MIB MiB on one connection, in 64 KiB writes.
+//!   Both ends run on CPU 0 only: veth hands packets to netif_rx() on the CPU that sends
+//!   them, and a segment sent from another CPU (by a moved sender, or by ACK processing
+//!   on the receiver's CPU) lands on another backlog, which reorders a stream by itself.
 //! - `nptest echo-tcp ADDR:PORT`: answers every line of one connection, until it closes.
 //! - `nptest hold-tcp ADDR:PORT COUNT MILLIS`: one connection, COUNT lines MILLIS ms apart,
 //!   each answer checked: a long-lived connection, to see it survive changes.
@@ -42,6 +47,8 @@ fn main() {
         ["capture", iface, millis] => capture(iface, millis),
         ["echo-tcp", addr] => echo_tcp(addr),
         ["probe-udp", addr] => probe_udp(addr),
+        ["sink-tcp", addr] => sink_tcp(addr),
+        ["bulk-tcp", addr, mib] => bulk_tcp(addr, mib),
         ["hold-tcp", addr, count, millis] => hold_tcp(addr, count, millis),
         _ => Err("usage: see the header of tests/src/bin/nptest.rs".into()),
     };
@@ -125,6 +132,36 @@ fn send_udp(a: &str, size: &str, sport: Option<&str>) -> Result<(), String> {
         .recv_from(&mut buf)
         .map_err(|e| format!("no answer from {a}: {e}"))?;
     println!("{}", String::from_utf8_lossy(&buf[..n]));
+    Ok(())
+}
+
+fn pin_to_cpu0() -> Result<(), String> {
+    let mut cpu0 = nix::sched::CpuSet::new();
+    cpu0.set(0).map_err(|e| e.to_string())?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0)
+        .map_err(|e| format!("pin to CPU 0: {e}"))
+}
+
+fn sink_tcp(a: &str) -> Result<(), String> {
+    pin_to_cpu0()?;
+    let l = TcpListener::bind(addr(a)?).map_err(|e| format!("bind {a}: {e}"))?;
+    listening();
+    let (mut s, _) = l.accept().map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(TIMEOUT)).ok();
+    let n = std::io::copy(&mut s, &mut std::io::sink()).map_err(|e| e.to_string())?;
+    println!("{n}");
+    Ok(())
+}
+
+fn bulk_tcp(a: &str, mib: &str) -> Result<(), String> {
+    let mib: usize = mib.parse().map_err(|e| format!("{mib}: {e}"))?;
+    pin_to_cpu0()?;
+    let mut s =
+        TcpStream::connect_timeout(&addr(a)?, TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    let buf = vec![0x5au8; 64 * 1024];
+    for _ in 0..mib * 16 {
+        s.write_all(&buf).map_err(|e| format!("write: {e}"))?;
+    }
     Ok(())
 }
 
