@@ -186,45 +186,28 @@ fn rate(mut lat_ns: Vec<u32>, elapsed: Duration, errors: u64) -> Rate {
     }
 }
 
-/// TCP bulk throughput to `target` for `secs`, in Gbit/s: the bytes the server received
-/// over STREAM_CONNECTIONS consecutive connections, over their time.
-///
-/// One connection is not enough on a small VM: the same stream, mode and machine gives
-/// 12 or 21 Gbit/s from one connection to the next (measured with iperf3 and 64 KiB
-/// writes, for every mode alike), and keeps that rate for its whole life, so a single
-/// connection samples that bimodal state once.
+/// TCP bulk throughput to `target` for `secs`, in Gbit/s (bytes the server received).
 pub fn stream(target: SocketAddr, secs: Duration) -> f64 {
-    let each = secs / STREAM_CONNECTIONS;
-    let (mut bytes, mut time) = (0u64, Duration::ZERO);
-    for _ in 0..STREAM_CONNECTIONS {
-        let start = Instant::now();
-        match stream_once(target, each) {
-            Some(n) => bytes += n,
-            None => return 0.0,
-        }
-        time += start.elapsed();
-    }
-    bytes as f64 * 8.0 / time.as_secs_f64() / 1e9
-}
-
-const STREAM_CONNECTIONS: u32 = 4;
-
-/// One connection's worth of [`stream`]: the bytes the server received.
-fn stream_once(target: SocketAddr, secs: Duration) -> Option<u64> {
     let Ok(mut s) = TcpStream::connect_timeout(&target, IO_TIMEOUT) else {
-        return None;
+        return 0.0;
     };
     s.set_read_timeout(Some(IO_TIMEOUT + secs)).ok();
     let buf = vec![0x5au8; 1 << 16];
     let start = Instant::now();
-    s.write_all(b"S").ok()?;
+    if s.write_all(b"S").is_err() {
+        return 0.0;
+    }
     while start.elapsed() < secs {
-        s.write_all(&buf).ok()?;
+        if s.write_all(&buf).is_err() {
+            return 0.0;
+        }
     }
     let _ = s.shutdown(Shutdown::Write);
     let mut total = [0u8; 8];
-    s.read_exact(&mut total).ok()?;
-    Some(u64::from_be_bytes(total))
+    if s.read_exact(&mut total).is_err() {
+        return 0.0;
+    }
+    u64::from_be_bytes(total) as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e9
 }
 
 /// Request/response on one persistent TCP connection.
