@@ -290,51 +290,22 @@ impl Ebpf {
                 .map_err(|e| map_err(maps::SUBNETS)(chain(e)))?;
         }
 
-        let mut local: HashMap<_, u32, u32> = HashMap::try_from(&mut maps.local_addrs)
-            .map_err(|e| map_err(maps::LOCAL_ADDRS)(chain(e)))?;
-        let want: BTreeSet<u32> = host
+        let local_addrs = host
             .local_addrs
             .iter()
             .copied()
             .chain([Ipv4Addr::LOCALHOST])
-            .map(ne_addr)
+            .map(|a| (ne_addr(a), 1u32))
             .collect();
-        let stale: Vec<u32> = local
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|a| !want.contains(a))
-            .collect();
-        for a in stale {
-            let _ = local.remove(&a);
-        }
-        for a in &want {
-            local
-                .insert(a, 1, 0)
-                .map_err(|e| map_err(maps::LOCAL_ADDRS)(chain(e)))?;
-        }
-
+        sync_map(&mut maps.local_addrs, maps::LOCAL_ADDRS, &local_addrs)?;
         // The containers, for delivery straight into them. Their devices are read from the
         // kernel each time: a recreated container has a new ifindex.
-        let mut endpoints: HashMap<_, u32, Endpoint> = HashMap::try_from(&mut maps.endpoints)
-            .map_err(|e| map_err(maps::ENDPOINTS)(chain(e)))?;
-        let want: std::collections::BTreeMap<u32, Endpoint> = plan
+        let endpoints = plan
             .containers
             .iter()
             .filter_map(|c| Some((ne_addr(c.ip), container_endpoint(c)?)))
             .collect();
-        let stale: Vec<u32> = endpoints
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|a| !want.contains_key(a))
-            .collect();
-        for a in stale {
-            let _ = endpoints.remove(&a);
-        }
-        for (a, ep) in &want {
-            endpoints
-                .insert(a, ep, 0)
-                .map_err(|e| map_err(maps::ENDPOINTS)(chain(e)))?;
-        }
+        sync_map(&mut maps.endpoints, maps::ENDPOINTS, &endpoints)?;
 
         let mut published: HashMap<_, PortKey, Backend> = HashMap::try_from(&mut maps.published)
             .map_err(|e| map_err(maps::PUBLISHED)(chain(e)))?;
@@ -368,6 +339,29 @@ impl Ebpf {
         }
         Ok(())
     }
+}
+
+/// Makes hash map `map` (named `name`) hold exactly `want`: what it has and `want` has not
+/// goes, the rest is written.
+fn sync_map<K: aya::Pod + Ord, V: aya::Pod>(
+    map: &mut aya::maps::Map,
+    name: &str,
+    want: &std::collections::BTreeMap<K, V>,
+) -> Result<(), DataplaneError> {
+    let map_err = || err(format!("program map {name}"));
+    let mut m: HashMap<_, K, V> = HashMap::try_from(map).map_err(|e| map_err()(chain(e)))?;
+    let stale: Vec<K> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !want.contains_key(k))
+        .collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    for (k, v) in want {
+        m.insert(k, v, 0).map_err(|e| map_err()(chain(e)))?;
+    }
+    Ok(())
 }
 
 /// Container `c` as the programs deliver to it, from its devices in this namespace. None
