@@ -43,6 +43,13 @@ const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
 const IP_TTL_OFF: usize = ETH_HLEN + 8;
 
+/// Whether the short way may take `p` at all: it is on, and the packet is neither a
+/// fragment nor has IP options (which ip_forward() would process).
+#[inline(always)]
+pub fn eligible(p: &Packet, cfg: &DpConfig) -> bool {
+    cfg.flags & flags::FAST_FORWARD != 0 && p.frag == Frag::Whole && p.l4_off == ETH_HLEN + 20
+}
+
 /// Where a packet goes next: the device and the next hop's address.
 pub struct Route {
     ifindex: u32,
@@ -88,7 +95,7 @@ pub fn route(
     want_oif: u32,
     now: Tick,
 ) -> Option<Route> {
-    if cfg.flags & flags::FAST_FORWARD == 0 || p.frag != Frag::Whole || p.l4_off != ETH_HLEN + 20 {
+    if !eligible(p, cfg) {
         return None;
     }
     // SAFETY: reading a field of the context the kernel passed in.
@@ -195,7 +202,7 @@ pub fn send(ctx: &TcContext, route: &Route) -> i32 {
 /// one of ours and the packet needs nothing the stack would do. None: take another way.
 #[inline(always)]
 pub fn to_container(ctx: &TcContext, p: &Packet, cfg: &DpConfig) -> Option<i32> {
-    if cfg.flags & flags::FAST_FORWARD == 0 || p.frag != Frag::Whole || p.l4_off != ETH_HLEN + 20 {
+    if !eligible(p, cfg) {
         return None;
     }
     // SAFETY: a lookup; the value is copied out.

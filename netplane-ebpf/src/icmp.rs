@@ -17,13 +17,25 @@ use crate::conntrack::{self, Probe, now};
 use crate::csum::{Side, set_addr, write};
 use crate::metrics::drop;
 use crate::nat::{Masquerade, masquerade_port, published, subnet_of};
-use crate::parse::{Frag, IcmpError, Packet, QUOTE_OFF, read};
+use crate::parse::{Frag, IcmpError, Packet, QUOTE_OFF, quote, read};
+
+/// An ICMP error `outer` met on the uplink at `stage`: ingress (dst stage) for errors from
+/// outside, egress (src stage) for errors going out. Untouched unless it quotes a flow
+/// netplane translated.
+#[inline(always)]
+pub fn translate(ctx: &TcContext, outer: Packet, cfg: &DpConfig, stage: Stage) -> i32 {
+    match (quote(ctx, outer), stage) {
+        (Some(mut e), Stage::Dst) => from_outside(ctx, &mut e, cfg),
+        (Some(mut e), Stage::Src) => to_outside(ctx, &mut e, cfg),
+        (None, _) => TCX_NEXT,
+    }
+}
 
 /// Uplink ingress: an error from outside about a packet that left translated, a
 /// masqueraded flow's or a published port's reply. The quote's source becomes the
 /// container's again.
 #[inline(always)]
-pub fn from_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
+fn from_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
     let q = &e.quote;
     let now = now();
     // Masquerade: the quote's reverse is the tuple of the flow's replies, its key.
@@ -44,14 +56,14 @@ pub fn from_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
         return TCX_NEXT;
     };
     let outer = (e.outer.daddr == q.saddr).then_some(Side::Dst);
-    translate(ctx, e, Side::Src, addr, port, outer)
+    write_back(ctx, e, Side::Src, addr, port, outer)
 }
 
 /// Uplink egress: an error going out, from a container or from the host itself, about a
 /// packet that came in translated, a published port's or a masqueraded flow's reply. The
 /// quote's destination becomes the address the peer sent to.
 #[inline(always)]
-pub fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
+fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
     let q = &e.quote;
     let now = now();
     // A published port: the quote's reverse is the tuple of the flow's replies.
@@ -80,12 +92,12 @@ pub fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
         return TCX_NEXT;
     };
     let outer = (e.outer.saddr == q.daddr).then_some(Side::Src);
-    translate(ctx, e, Side::Dst, addr, port, outer)
+    write_back(ctx, e, Side::Dst, addr, port, outer)
 }
 
 /// Writes `addr:port` as the quote's `side`, and `addr` as the error's own `outer` side.
 #[inline(always)]
-fn translate(
+fn write_back(
     ctx: &TcContext,
     e: &mut IcmpError,
     side: Side,

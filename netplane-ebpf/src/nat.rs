@@ -20,7 +20,7 @@ use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
 use crate::conntrack::{self, Probe, config, now};
 use crate::csum::{Side, set_addr, set_port};
 use crate::metrics::drop;
-use crate::parse::{Frag, Kind, Packet, Parsed, parse, quote};
+use crate::parse::{Frag, Kind, Packet, Parsed, parse};
 use crate::{forward, icmp};
 
 #[map(name = "NP_PUBLISHED")]
@@ -164,12 +164,7 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(cfg) = config() else { return TCX_NEXT };
     match kind {
         Kind::Nat => {}
-        Kind::IcmpError if hook == Hook::Uplink => {
-            return match quote(ctx, p) {
-                Some(mut e) => icmp::from_outside(ctx, &mut e, cfg),
-                None => TCX_NEXT,
-            };
-        }
+        Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Stage::Dst),
         // Not ours to translate.
         Kind::IcmpError | Kind::Other => return TCX_NEXT,
     }
@@ -267,7 +262,7 @@ fn forward_after(
 /// uplink; a new flow, or one routed elsewhere, takes the kernel's path.
 #[inline(always)]
 fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
-    if cfg.flags & flags::FAST_FORWARD == 0 || p.frag != Frag::Whole {
+    if !forward::eligible(p, cfg) {
         return TCX_NEXT;
     }
     let now = now();
@@ -307,12 +302,7 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
     let Parsed { kind, mut p } = parse(ctx);
     match kind {
         Kind::Nat => {}
-        Kind::IcmpError if hook == Hook::Uplink => {
-            return match quote(ctx, p) {
-                Some(mut e) => icmp::to_outside(ctx, &mut e, cfg),
-                None => TCX_NEXT,
-            };
-        }
+        Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Stage::Src),
         Kind::IcmpError | Kind::Other => return TCX_NEXT,
     }
     if p.frag == Frag::Later {
