@@ -154,15 +154,28 @@ pub struct Results {
     pub ebpf_program_costs: Vec<(String, u64, f64)>,
 }
 
-/// The sandbox: namespaces named `npbench<pid>-{client,host}` plus the container's,
-/// removed on drop.
+/// The sandbox: namespaces named `npbench<pid>-{client,host}` plus the container's.
+/// Every measurement gets them new ([`Sandbox::fresh`]): a mode must not inherit another's
+/// leftovers. iptables leaves its (empty) `nat` base chains behind on `down`, as it does
+/// for every tool, and while they exist the namespace runs nf_conntrack on every packet,
+/// which would burden the modes measured after it (the baseline and eBPF included).
 struct Sandbox {
     name: String,
     client: String,
     host: String,
 }
 
+/// The sandbox's namespaces exist while this lives; they are removed on drop.
+struct Fresh<'a>(&'a Sandbox);
+
+impl Drop for Fresh<'_> {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
+}
+
 impl Sandbox {
+    /// Names the sandbox and removes it on Ctrl-C, SIGTERM or SIGHUP; creates nothing.
     fn new() -> anyhow::Result<Sandbox> {
         let name = format!("npbench{}", std::process::id());
         let sb = Sandbox {
@@ -183,10 +196,16 @@ impl Sandbox {
             std::process::exit(130);
         })
         .context("install the Ctrl-C handler")?;
-        netns::create(&sb.client)?;
-        netns::create(&sb.host)?;
-        let client = sb.client.clone();
-        netns::run_in(&sb.host, || -> anyhow::Result<()> {
+        Ok(sb)
+    }
+
+    /// Creates the client and host namespaces, cabled, as new.
+    fn fresh(&self) -> anyhow::Result<Fresh<'_>> {
+        let fresh = Fresh(self);
+        netns::create(&self.client)?;
+        netns::create(&self.host)?;
+        let client = self.client.clone();
+        netns::run_in(&self.host, || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -204,7 +223,7 @@ impl Sandbox {
                 anyhow::Ok(())
             })
         })??;
-        Ok(sb)
+        Ok(fresh)
     }
 
     fn web(&self) -> String {
@@ -252,16 +271,9 @@ impl Sandbox {
 impl Sandbox {
     fn remove(&self) {
         self.down();
-        let _ = netns::run_in(&self.host, nft_clear);
         for ns in [&self.client, &self.host] {
             let _ = netns::delete(ns);
         }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        self.remove();
     }
 }
 
@@ -355,6 +367,7 @@ fn measure(sb: &Sandbox, mode: &str, opts: &Options, round: usize) -> anyhow::Re
         _ => Mode::None,
     };
     p("setting up");
+    let _fresh = sb.fresh()?;
     sb.up(&sb.plan(netplane_mode, n_min, false)?)?;
     if mode == "nftables" {
         nft_apply(sb, n_min, false)?;
@@ -459,10 +472,6 @@ fn measure(sb: &Sandbox, mode: &str, opts: &Options, round: usize) -> anyhow::Re
     }
     drop(web_servers);
     drop(outside_servers);
-    sb.down();
-    if mode == "nftables" {
-        let _ = netns::run_in(&sb.host, nft_clear);
-    }
     Ok(s)
 }
 
@@ -531,6 +540,7 @@ fn memory(sb: &Sandbox) -> anyhow::Result<Memory> {
     let kinds = [NatKind::Published, NatKind::Masquerade];
     let mut m = Memory::default();
 
+    let fresh = sb.fresh()?;
     let plan = sb.plan(Mode::Ebpf, 1, false)?;
     sb.up(&plan)?;
     let servers = [
@@ -550,8 +560,9 @@ fn memory(sb: &Sandbox) -> anyhow::Result<Memory> {
         k.ebpf_bytes = per_flow * per_entry;
     }
     drop(servers);
-    sb.down();
+    drop(fresh);
 
+    let _fresh = sb.fresh()?;
     sb.up(&sb.plan(Mode::Iptables, 1, false)?)?;
     let servers = [
         Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU),
@@ -577,7 +588,6 @@ fn memory(sb: &Sandbox) -> anyhow::Result<Memory> {
         k.nf_conntrack_bytes = (slabs_after - slabs_before) / k.nf_conntrack_entries + bucket;
     }
     drop(servers);
-    sb.down();
     Ok(m)
 }
 
@@ -608,6 +618,7 @@ fn slab_bytes() -> f64 {
 /// Per-program run time of the eBPF data plane under connect/request/close.
 fn profile(sb: &Sandbox, opts: &Options) -> anyhow::Result<Vec<(String, u64, f64)>> {
     eprintln!("[profile] ebpf: per-program run time under connect/request/close");
+    let _fresh = sb.fresh()?;
     sb.up(&sb.plan(Mode::Ebpf, opts.scale[0], false)?)?;
     let servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
@@ -617,7 +628,6 @@ fn profile(sb: &Sandbox, opts: &Options) -> anyhow::Result<Vec<(String, u64, f64
     let costs = crate::dataplane::ebpf::program_costs(&sb.name);
     drop(stats);
     drop(servers);
-    sb.down();
     Ok(costs)
 }
 
