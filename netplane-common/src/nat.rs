@@ -239,27 +239,13 @@ pub struct NetInfo {
     pub gateway: u32,
 }
 
-/// A container as the uplink's programs deliver to it: the value of the endpoints map,
-/// keyed by its address (network byte order).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Endpoint {
-    /// The host end of its veth pair: bpf_redirect_peer() hands packets to the other end.
-    pub ifindex: u32,
-    /// The MTU of that veth pair.
-    pub mtu: u32,
-    pub mac: [u8; 6],
-    /// Its gateway's (its bridge's) MAC: the source of what the host sends it.
-    pub gateway_mac: [u8; 6],
-}
-
 /// Where the packets that took the short way went (crate netplane-ebpf's `forward`): the
 /// index into the per-CPU counter array.
 pub mod forwarded {
-    /// Into a container, on its veth's ingress (bpf_redirect_peer).
+    /// From the uplink into a container, through its bridge.
     pub const INTO_CONTAINER: u32 = 0;
-    /// To the next hop of their route (bpf_redirect_neigh).
-    pub const ROUTED: u32 = 1;
+    /// Out of a container, from its bridge to the uplink's next hop.
+    pub const OUT_OF_BRIDGE: u32 = 1;
     pub const SLOTS: u32 = 2;
 }
 
@@ -394,9 +380,8 @@ pub mod maps {
     pub const DROPS: &str = "NP_DROPS";
     pub const SOCK_REV: &str = "NP_SOCK_REV";
     pub const FORWARDED: &str = "NP_FORWARDED";
-    pub const ENDPOINTS: &str = "NP_ENDPOINTS";
     /// Every map the agent pins, so that the data plane outlives it.
-    pub const PINNED: [&str; 10] = [
+    pub const PINNED: [&str; 9] = [
         CT,
         FRAGS,
         PUBLISHED,
@@ -406,7 +391,6 @@ pub mod maps {
         DROPS,
         SOCK_REV,
         FORWARDED,
-        ENDPOINTS,
     ];
 }
 
@@ -442,7 +426,6 @@ mod user {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for NetInfo {}
     unsafe impl aya::Pod for DpConfig {}
-    unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for SockRevKey {}
@@ -533,6 +516,5 @@ mod tests {
         assert_eq!(core::mem::size_of::<Backend>(), 12);
         assert_eq!(core::mem::size_of::<DpConfig>(), 56);
         assert_eq!(core::mem::size_of::<FragKey>(), 12);
-        assert_eq!(core::mem::size_of::<Endpoint>(), 20);
     }
 }

@@ -13,7 +13,7 @@ use aya_ebpf::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, NAT_PORT_RETRIES, NetInfo, PortKey,
-    Stage, Tick, flags, kind, nat_port_candidate, tcp_seen, tuple_hash,
+    Stage, Tick, flags, forwarded, kind, nat_port_candidate, tcp_seen, tuple_hash,
 };
 use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
 
@@ -247,11 +247,8 @@ fn forward_after(
     if verdict != TCX_NEXT || hook != Hook::Uplink {
         return verdict;
     }
-    if let Some(verdict) = forward::to_container(ctx, p, cfg) {
-        return verdict;
-    }
     match forward::route(ctx, p, cfg, 0, now) {
-        Some(r) => forward::send(ctx, &r),
+        Some(r) => forward::send(ctx, &r, forwarded::INTO_CONTAINER),
         None => TCX_NEXT,
     }
 }
@@ -283,7 +280,7 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
     if verdict != TCX_NEXT {
         return verdict;
     }
-    forward::send(ctx, &route)
+    forward::send(ctx, &route, forwarded::OUT_OF_BRIDGE)
 }
 
 /// TC egress: the src stage.

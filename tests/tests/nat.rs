@@ -164,7 +164,7 @@ fn masquerade_container_to_outside() {
         let forwarded = |h: &Host| {
             (
                 ebpf_counter(h, "fast-forwarded into containers"),
-                ebpf_counter(h, "fast-forwarded to the next hop"),
+                ebpf_counter(h, "fast-forwarded out of containers"),
             )
         };
         let forwarded_before = (mode == "ebpf").then(|| forwarded(&h));
@@ -174,8 +174,8 @@ fn masquerade_container_to_outside() {
             "TTL of the replies"
         );
         if let Some((into, routed)) = forwarded_before {
-            // The 4 replies went straight into the container; echo requests 2–4 straight
-            // to the outside (the first opened the flow through the kernel's path).
+            // The 4 replies took the short way into the container; echo requests 2–4 the
+            // short way out (the first opened the flow through the kernel's path).
             let (into_now, routed_now) = forwarded(&h);
             assert!(into_now - into >= 4, "into containers: {}", into_now - into);
             assert!(routed_now - routed >= 3, "routed: {}", routed_now - routed);
@@ -299,9 +299,7 @@ fn checksums_on_the_wire_are_right_both_ways() {
         // gets wrong without BPF_F_PSEUDO_HDR. The host's own devices checksum in software
         // when they transmit (skb_checksum_help()), so the wire shows the result; veth
         // alone would carry partial checksums that nobody verifies. The outside sends full
-        // checksums, as packets from a NIC have them: eBPF mode delivers those straight
-        // into the container (bpf_redirect_peer), with no host device transmitting them,
-        // so a partial one would arrive as partial, as between any two namespaces.
+        // checksums, as packets from a NIC have them.
         let status: serde_json::Value =
             serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
         let web_veth = status["containers"][0]["host_veth"]
@@ -440,7 +438,7 @@ fn bulk_streams_arrive_in_order() {
             let fwd = (mode == "ebpf").then(|| {
                 (
                     ebpf_counter(&h, "fast-forwarded into containers"),
-                    ebpf_counter(&h, "fast-forwarded to the next hop"),
+                    ebpf_counter(&h, "fast-forwarded out of containers"),
                 )
             });
             client(sender, &["bulk-tcp", &target, "64"]).unwrap();
@@ -461,7 +459,7 @@ fn bulk_streams_arrive_in_order() {
                 let web_rx = link_packets(&web, "eth0").0 - web_rx;
                 let up0_tx = link_packets(&h.host, "up0").1 - up0_tx;
                 let into = ebpf_counter(&h, "fast-forwarded into containers") - into;
-                let routed = ebpf_counter(&h, "fast-forwarded to the next hop") - routed;
+                let routed = ebpf_counter(&h, "fast-forwarded out of containers") - routed;
                 assert!(
                     into + 5 >= web_rx,
                     "into the container: {into} of {web_rx} packets"
