@@ -163,14 +163,26 @@ struct Sandbox {
     name: String,
     client: String,
     host: String,
+    /// Namespaces of earlier measurements, unnamed but kept alive until the end: the
+    /// kernel tears a namespace down in a worker (cleanup_net()), which would compete for
+    /// the CPUs with the next measurement (thousands of rules and conntrack entries).
+    retired: std::sync::Mutex<Vec<std::fs::File>>,
 }
 
-/// The sandbox's namespaces exist while this lives; they are removed on drop.
+/// The sandbox's namespaces exist under their names while this lives; on drop, `down`
+/// runs and they are retired.
 struct Fresh<'a>(&'a Sandbox);
 
 impl Drop for Fresh<'_> {
     fn drop(&mut self) {
-        self.0.remove();
+        let sb = self.0;
+        sb.down();
+        for ns in [&sb.client, &sb.host] {
+            if let Ok(file) = netns::open(ns) {
+                sb.retired.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+            }
+            let _ = netns::delete(ns);
+        }
     }
 }
 
@@ -182,6 +194,7 @@ impl Sandbox {
             client: format!("{name}-client"),
             host: format!("{name}-host"),
             name,
+            retired: Default::default(),
         };
         // Ctrl-C or a kill mid-run: remove the sandbox (and the pins `up` made outside it,
         // in bpffs), then exit as the signal would have.
@@ -189,6 +202,7 @@ impl Sandbox {
             name: sb.name.clone(),
             client: sb.client.clone(),
             host: sb.host.clone(),
+            retired: Default::default(),
         };
         ctrlc::set_handler(move || {
             eprintln!("\ninterrupted: removing the bench sandbox");
