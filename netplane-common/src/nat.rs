@@ -188,10 +188,7 @@ impl Timeouts {
 
 /// The [`seen`] flags for a TCP header's flag byte (byte 13).
 pub const fn tcp_seen(flags: u8) -> u8 {
-    const FIN: u8 = 0x01;
-    const SYN: u8 = 0x02;
-    const RST: u8 = 0x04;
-    const ACK: u8 = 0x10;
+    use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
     let mut s = 0;
     if flags & SYN != 0 {
         s |= seen::SYN;
@@ -239,13 +236,28 @@ pub struct NetInfo {
     pub gateway: u32,
 }
 
+/// A container as the uplink's programs deliver to it: the value of the endpoints map,
+/// keyed by its address (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Endpoint {
+    /// The host end of its veth pair, on which bpf_redirect() transmits to the container.
+    pub ifindex: u32,
+    /// The MTU of that veth pair.
+    pub mtu: u32,
+    pub mac: [u8; 6],
+    /// Its gateway's (its bridge's) MAC: the source of what the host sends it.
+    pub gateway_mac: [u8; 6],
+}
+
 /// Where the packets that took the short way went (crate netplane-ebpf's `forward`): the
 /// index into the per-CPU counter array.
 pub mod forwarded {
-    /// From the uplink into a container, through its bridge.
+    /// From the uplink into a container: transmitted on its host veth (bpf_redirect), or,
+    /// pure ACKs, sent to the bridge (bpf_redirect_neigh).
     pub const INTO_CONTAINER: u32 = 0;
-    /// Out of a container, from its bridge to the uplink's next hop.
-    pub const OUT_OF_BRIDGE: u32 = 1;
+    /// Out of a container, to the uplink's next hop (bpf_redirect_neigh).
+    pub const OUT_OF_CONTAINER: u32 = 1;
     pub const SLOTS: u32 = 2;
 }
 
@@ -380,8 +392,9 @@ pub mod maps {
     pub const DROPS: &str = "NP_DROPS";
     pub const SOCK_REV: &str = "NP_SOCK_REV";
     pub const FORWARDED: &str = "NP_FORWARDED";
+    pub const ENDPOINTS: &str = "NP_ENDPOINTS";
     /// Every map the agent pins, so that the data plane outlives it.
-    pub const PINNED: [&str; 9] = [
+    pub const PINNED: [&str; 10] = [
         CT,
         FRAGS,
         PUBLISHED,
@@ -391,6 +404,7 @@ pub mod maps {
         DROPS,
         SOCK_REV,
         FORWARDED,
+        ENDPOINTS,
     ];
 }
 
@@ -426,6 +440,7 @@ mod user {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for NetInfo {}
     unsafe impl aya::Pod for DpConfig {}
+    unsafe impl aya::Pod for Endpoint {}
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragEntry {}
     unsafe impl aya::Pod for SockRevKey {}
@@ -516,5 +531,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<Backend>(), 12);
         assert_eq!(core::mem::size_of::<DpConfig>(), 56);
         assert_eq!(core::mem::size_of::<FragKey>(), 12);
+        assert_eq!(core::mem::size_of::<Endpoint>(), 20);
     }
 }

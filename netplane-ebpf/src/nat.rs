@@ -15,6 +15,7 @@ use netplane_common::nat::{
     Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, NAT_PORT_RETRIES, NetInfo, PortKey,
     Stage, Tick, flags, forwarded, kind, nat_port_candidate, tcp_seen, tuple_hash,
 };
+use netplane_common::packet::tcp_flags::{ACK as TCP_ACK, SYN as TCP_SYN};
 use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
 
 use crate::conntrack::{self, Probe, config, now};
@@ -39,9 +40,6 @@ pub enum Hook {
     Uplink,
     Bridge,
 }
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 pub fn subnet_of(addr: u32) -> Option<NetInfo> {
@@ -247,6 +245,9 @@ fn forward_after(
     if verdict != TCX_NEXT || hook != Hook::Uplink {
         return verdict;
     }
+    if let Some(verdict) = forward::to_container(ctx, p, cfg) {
+        return verdict;
+    }
     match forward::route(ctx, p, cfg, 0, now) {
         Some(r) => forward::send(ctx, &r, forwarded::INTO_CONTAINER),
         None => TCX_NEXT,
@@ -280,7 +281,7 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
     if verdict != TCX_NEXT {
         return verdict;
     }
-    forward::send(ctx, &route, forwarded::OUT_OF_BRIDGE)
+    forward::send(ctx, &route, forwarded::OUT_OF_CONTAINER)
 }
 
 /// TC egress: the src stage.

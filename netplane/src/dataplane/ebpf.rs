@@ -21,7 +21,7 @@ use aya::programs::{
 };
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
 use netplane_common::nat::{
-    Backend, CtEntry, CtKey, DpConfig, DropReason, FragEntry, FragKey, NetInfo, PortKey,
+    Backend, CtEntry, CtKey, DpConfig, DropReason, Endpoint, FragEntry, FragKey, NetInfo, PortKey,
     Tick, Timeouts, flags, forwarded, maps, s_to_ticks, tick, ticks_since, ticks_to_s,
 };
 
@@ -298,6 +298,14 @@ impl Ebpf {
             .map(|a| (ne_addr(a), 1u32))
             .collect();
         sync_map(&mut maps.local_addrs, maps::LOCAL_ADDRS, &local_addrs)?;
+        // The containers, for delivery straight into them. Their devices are read from the
+        // kernel each time: a recreated container has a new ifindex.
+        let endpoints = plan
+            .containers
+            .iter()
+            .filter_map(|c| Some((ne_addr(c.ip), container_endpoint(c)?)))
+            .collect();
+        sync_map(&mut maps.endpoints, maps::ENDPOINTS, &endpoints)?;
 
         let mut published: HashMap<_, PortKey, Backend> = HashMap::try_from(&mut maps.published)
             .map_err(|e| map_err(maps::PUBLISHED)(chain(e)))?;
@@ -356,12 +364,58 @@ fn sync_map<K: aya::Pod + Ord, V: aya::Pod>(
     Ok(())
 }
 
+/// Container `c` as the programs deliver to it, from its devices in this namespace. None
+/// when they cannot be read: its packets then take the kernel's path.
+fn container_endpoint(c: &crate::config::Container) -> Option<Endpoint> {
+    let ifindex = nix::net::if_::if_nametoindex(c.host_veth.as_str()).ok()?;
+    let (mtu, _) = link_info(&c.host_veth)?;
+    let (_, gateway_mac) = link_info(&c.network)?;
+    Some(Endpoint {
+        ifindex,
+        mtu,
+        mac: c.mac,
+        gateway_mac,
+    })
+}
+
+/// The MTU and MAC address of device `name` in this namespace (SIOCGIFMTU, SIOCGIFHWADDR;
+/// sysfs would show the namespace it was mounted in, not necessarily ours).
+fn link_info(name: &str) -> Option<(u32, [u8; 6])> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain syscalls on a socket we own; `ifr` is a zeroed C struct whose name
+    // field gets at most IFNAMSIZ - 1 bytes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return None;
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        if name.len() >= ifr.ifr_name.len() {
+            return None;
+        }
+        for (d, b) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) < 0 {
+            return None;
+        }
+        let mtu = ifr.ifr_ifru.ifru_mtu as u32;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut ifr) < 0 {
+            return None;
+        }
+        let data = ifr.ifr_ifru.ifru_hwaddr.sa_data;
+        Some((mtu, std::array::from_fn(|i| data[i] as u8)))
+    }
+}
+
 /// The maps the agent programs, from a freshly loaded object or from their pins.
 struct Maps {
     config: aya::maps::Map,
     subnets: aya::maps::Map,
     local_addrs: aya::maps::Map,
     published: aya::maps::Map,
+    endpoints: aya::maps::Map,
 }
 
 impl Maps {
@@ -372,6 +426,7 @@ impl Maps {
             subnets: take(maps::SUBNETS),
             local_addrs: take(maps::LOCAL_ADDRS),
             published: take(maps::PUBLISHED),
+            endpoints: take(maps::ENDPOINTS),
         }
     }
 
@@ -381,6 +436,7 @@ impl Maps {
             subnets: pinned_map(name, maps::SUBNETS)?,
             local_addrs: pinned_map(name, maps::LOCAL_ADDRS)?,
             published: pinned_map(name, maps::PUBLISHED)?,
+            endpoints: pinned_map(name, maps::ENDPOINTS)?,
         })
     }
 }
@@ -595,7 +651,7 @@ pub fn forwarded_packets(name: &str) -> (u64, u64) {
         return (0, 0);
     };
     let sum = |slot| counts.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0);
-    (sum(forwarded::INTO_CONTAINER), sum(forwarded::OUT_OF_BRIDGE))
+    (sum(forwarded::INTO_CONTAINER), sum(forwarded::OUT_OF_CONTAINER))
 }
 
 /// The drop counters of a NP_DROPS map, summed over CPUs.
