@@ -29,7 +29,9 @@ use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::bindings::{
     BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
 };
-use aya_ebpf::helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh};
+use aya_ebpf::helpers::generated::{
+    bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
+};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{HashMap, LruPerCpuHashMap, PerCpuArray};
 use aya_ebpf::programs::TcContext;

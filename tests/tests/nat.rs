@@ -465,10 +465,7 @@ fn bulk_streams_arrive_in_order() {
                     into + 5 >= web_rx,
                     "into the container: {into} of {web_rx} packets"
                 );
-                assert!(
-                    out + 5 >= up0_tx,
-                    "out of the uplink: {out} of {up0_tx}"
-                );
+                assert!(out + 5 >= up0_tx, "out of the uplink: {out} of {up0_tx}");
                 // Into the container, data goes past the bridge, onto the host veth;
                 // pure ACKs (all that enters it while it sends) cross the bridge, as the
                 // kernel's forwarding would take them (netplane-ebpf's forward.rs says why).

@@ -179,7 +179,10 @@ impl Drop for Fresh<'_> {
         sb.down();
         for ns in [&sb.client, &sb.host] {
             if let Ok(file) = netns::open(ns) {
-                sb.retired.lock().unwrap_or_else(|e| e.into_inner()).push(file);
+                sb.retired
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(file);
             }
             let _ = netns::delete(ns);
         }

@@ -651,7 +651,10 @@ pub fn forwarded_packets(name: &str) -> (u64, u64) {
         return (0, 0);
     };
     let sum = |slot| counts.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0);
-    (sum(forwarded::INTO_CONTAINER), sum(forwarded::OUT_OF_CONTAINER))
+    (
+        sum(forwarded::INTO_CONTAINER),
+        sum(forwarded::OUT_OF_CONTAINER),
+    )
 }
 
 /// The drop counters of a NP_DROPS map, summed over CPUs.
