@@ -22,11 +22,10 @@ fn pid_file(name: &str) -> PathBuf {
 
 /// The agent's loop. Returns when the instance is gone.
 pub fn run(name: &str) {
-    // Garbage collection walks the whole conntrack map (two syscalls per entry: tens of
-    // milliseconds per 10,000 flows), and nothing is lost if it waits: the programs treat
-    // an expired entry as absent, and the LRU map evicts under pressure. So it runs only
-    // when a CPU has nothing else to do (SCHED_IDLE), never in the way of the containers'
-    // work.
+    // Garbage collection walks the whole conntrack map, two syscalls per entry, and
+    // nothing is lost if it waits: the programs treat an expired entry as absent, and the
+    // LRU map evicts under pressure. So it runs only when a CPU has nothing else to do
+    // (SCHED_IDLE), never in the way of the containers' work.
     let idle = libc::sched_param { sched_priority: 0 };
     // SAFETY: a plain syscall on this process, with a parameter block on our stack.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {

@@ -169,23 +169,21 @@ struct Sandbox {
     retired: std::sync::Mutex<Vec<std::fs::File>>,
 }
 
-/// The sandbox's namespaces exist under their names while this lives; on drop, `down`
-/// runs and they are retired.
+/// The sandbox's namespaces exist under their names while this lives; on drop they are
+/// retired and the sandbox removed.
 struct Fresh<'a>(&'a Sandbox);
 
 impl Drop for Fresh<'_> {
     fn drop(&mut self) {
         let sb = self.0;
-        sb.down();
-        for ns in [&sb.client, &sb.host] {
-            if let Ok(file) = netns::open(ns) {
-                sb.retired
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(file);
-            }
-            let _ = netns::delete(ns);
-        }
+        let mut retired = sb.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.extend(
+            [&sb.client, &sb.host]
+                .into_iter()
+                .filter_map(|ns| netns::open(ns).ok()),
+        );
+        drop(retired);
+        sb.remove();
     }
 }
 
