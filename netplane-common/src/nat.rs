@@ -18,13 +18,17 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
-/// Which side of the packet a stage rewrites.
+/// A side of a packet's tuple: its destination or its source (address and port).
+///
+/// A NAT stage is named by the side it rewrites, so a `Side` also names a stage; as such
+/// it is stored, as a `u8`, in [`CtKey::stage`] and [`FragKey::stage`], which the agent
+/// reads back: the values are fixed.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stage {
-    /// TC ingress: destination address and port.
+pub enum Side {
+    /// The dst stage (TC ingress) rewrites it.
     Dst = 0,
-    /// TC egress: source address and port.
+    /// The src stage (TC egress) rewrites it.
     Src = 1,
 }
 
@@ -40,6 +44,7 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+    /// The stage, as the [`Side`] it rewrites.
     pub stage: u8,
     pub _pad: [u8; 2],
 }
@@ -51,7 +56,7 @@ impl CtKey {
         sport: u16,
         dport: u16,
         proto: u8,
-        stage: Stage,
+        stage: Side,
     ) -> CtKey {
         CtKey {
             saddr,
@@ -65,7 +70,7 @@ impl CtKey {
     }
 
     /// The tuple of a packet going the other way, at `stage`.
-    pub const fn reversed(&self, stage: Stage) -> CtKey {
+    pub const fn reversed(&self, stage: Side) -> CtKey {
         CtKey::new(
             self.daddr, self.saddr, self.dport, self.sport, self.proto, stage,
         )
@@ -370,6 +375,7 @@ pub struct FragKey {
     pub daddr: u32,
     pub id: u16,
     pub proto: u8,
+    /// As in [`CtKey::stage`].
     pub stage: u8,
 }
 
@@ -453,13 +459,13 @@ mod tests {
 
     #[test]
     fn reversed_tuple_is_the_reply() {
-        let k = CtKey::new(1, 2, 10, 20, IPPROTO_TCP, Stage::Src);
-        let r = k.reversed(Stage::Dst);
+        let k = CtKey::new(1, 2, 10, 20, IPPROTO_TCP, Side::Src);
+        let r = k.reversed(Side::Dst);
         assert_eq!(
             (r.saddr, r.daddr, r.sport, r.dport, r.stage),
-            (2, 1, 20, 10, Stage::Dst as u8)
+            (2, 1, 20, 10, Side::Dst as u8)
         );
-        assert_eq!(r.reversed(Stage::Src), k);
+        assert_eq!(r.reversed(Side::Src), k);
     }
 
     #[test]
@@ -518,8 +524,8 @@ mod tests {
             assert!(!ports[..i].contains(p), "retries try distinct ports");
         }
         assert_eq!(nat_port_candidate(7, 0, 5000, 5000), 5000);
-        let a = tuple_hash(&CtKey::new(1, 2, 3, 4, 6, Stage::Src));
-        let b = tuple_hash(&CtKey::new(1, 2, 3, 5, 6, Stage::Src));
+        let a = tuple_hash(&CtKey::new(1, 2, 3, 4, 6, Side::Src));
+        let b = tuple_hash(&CtKey::new(1, 2, 3, 5, 6, Side::Src));
         assert_ne!(a, b);
     }
 

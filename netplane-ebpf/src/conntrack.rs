@@ -1,31 +1,18 @@
-//! Connection tracking: an LRU hash map of the entries netplane_common::nat describes
-//! (one per masqueraded or published flow, four per hairpin). Expired entries count as absent here
-//! and are removed by the agent's garbage collection; the LRU evicts under pressure.
+//! Connection tracking in the LRU hash map [`CT`], of the entries netplane_common::nat
+//! describes (one per masqueraded or published flow, four per hairpin), and the fragment
+//! map [`FRAGS`]. Expired entries count as absent here and are removed by the agent's
+//! garbage collection; the LRU evicts under pressure.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, LruHashMap};
 use netplane_common::nat::{
-    CtEntry, CtKey, DpConfig, FragEntry, FragKey, Stage, Tick, seen, tcp_seen, tick, ticks_since,
+    CtEntry, CtKey, DpConfig, FragEntry, FragKey, Side, Tick, seen, tcp_seen, tick, ticks_since,
 };
+use netplane_common::packet::IPPROTO_TCP;
+use netplane_common::packet::tcp_flags::{ACK as TCP_ACK, SYN as TCP_SYN};
 
-/// Sizes the agent may override at load time (EbpfLoader::set_max_entries).
-pub const CT_MAX_ENTRIES: u32 = 131_072;
-pub const FRAG_MAX_ENTRIES: u32 = 8_192;
-
-#[map(name = "NP_CT")]
-// BPF_F_NO_COMMON_LRU: per-CPU LRU lists, no lock shared by all CPUs on every insert
-// (kernel/bpf/bpf_lru_list.c); eviction is then per CPU, which an over-sized table hides.
-pub static CT: LruHashMap<CtKey, CtEntry> =
-    LruHashMap::with_max_entries(CT_MAX_ENTRIES, aya_ebpf::bindings::BPF_F_NO_COMMON_LRU);
-
-#[map(name = "NP_FRAGS")]
-pub static FRAGS: LruHashMap<FragKey, FragEntry> =
-    LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);
-
-#[map(name = "NP_CONFIG")]
-pub static CONFIG: Array<DpConfig> = Array::with_max_entries(1, 0);
+use crate::maps::{CONFIG, CT, FRAGS};
+use crate::parse::Packet;
 
 #[inline(always)]
 pub fn now() -> Tick {
@@ -36,6 +23,19 @@ pub fn now() -> Tick {
 #[inline(always)]
 pub fn config() -> Option<&'static DpConfig> {
     CONFIG.get(0)
+}
+
+/// The conntrack key of `p` at `stage`: its tuple as it is on the wire there.
+#[inline(always)]
+pub fn key_of(p: &Packet, stage: Side) -> CtKey {
+    CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto, stage)
+}
+
+/// Whether `p` may open a flow: any UDP or ICMP packet, a TCP segment only with SYN
+/// without ACK.
+#[inline(always)]
+pub fn opens_flow(p: &Packet) -> bool {
+    p.proto != IPPROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// What a key of the conntrack map holds for the packet looking.
@@ -104,14 +104,14 @@ pub fn probe(
     // "established" for hours and refuse the next flow that reuses the tuple
     // (nf_conntrack keeps one state for both). Flows with a single entry find no peer.
     if tcp_seen(tcp_flags) & seen::RST != 0 {
-        let peer = if key.stage == Stage::Dst as u8 {
+        let peer = if key.stage == Side::Dst as u8 {
             CtKey::new(
                 entry.addr,
                 key.saddr,
                 entry.port,
                 key.sport,
                 key.proto,
-                Stage::Src,
+                Side::Src,
             )
         } else {
             CtKey::new(
@@ -120,7 +120,7 @@ pub fn probe(
                 key.dport,
                 entry.port,
                 key.proto,
-                Stage::Dst,
+                Side::Dst,
             )
         };
         if let Some(pe) = CT.get_ptr_mut(&peer) {

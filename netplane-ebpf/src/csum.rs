@@ -9,6 +9,7 @@
 
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
 use aya_ebpf::programs::TcContext;
+use netplane_common::nat::Side;
 use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::parse::{Frag, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, Packet, ptr_at};
@@ -27,12 +28,6 @@ pub fn write<T: Copy>(ctx: &TcContext, off: usize, v: T) -> Result<(), i64> {
         }
         None => ctx.store(off, &v, 0),
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Src,
-    Dst,
 }
 
 /// The offset of the L4 checksum and the extra helper flags for the packet's protocol.

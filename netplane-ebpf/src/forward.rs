@@ -32,22 +32,12 @@ use aya_ebpf::bindings::{
 use aya_ebpf::helpers::generated::{
     bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
 };
-use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LruPerCpuHashMap, PerCpuArray};
 use aya_ebpf::programs::TcContext;
-use netplane_common::nat::{DpConfig, Endpoint, Tick, flags, forwarded, ticks_since};
+use netplane_common::nat::{DpConfig, Tick, flags, forwarded, ticks_since};
 use netplane_common::packet::{ETH_HLEN, IPPROTO_TCP, tcp_flags};
 
+use crate::maps::{CachedRoute, ENDPOINTS, FORWARDED, ROUTES, RouteKey};
 use crate::parse::{Frag, IP_CSUM_OFF, Packet, ptr_at};
-
-/// How many packets took the short way, per CPU and [`forwarded`] slot (the agent sums
-/// the CPUs).
-#[map(name = "NP_FORWARDED")]
-static FORWARDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(forwarded::SLOTS, 0);
-
-/// The containers, by address: their host veth, MTU and MACs.
-#[map(name = "NP_ENDPOINTS")]
-static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(4_096, 0);
 
 const AF_INET: u8 = 2;
 /// bpf_fib_lookup()'s BPF_FIB_LKUP_RET_SUCCESS.
@@ -67,33 +57,7 @@ pub struct Route {
     next_hop: u32,
 }
 
-/// The route cache's key: a destination as reached from a device.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RouteKey {
-    daddr: u32,
-    from_ifindex: u32,
-}
-
-/// A route lookup's answer, and when it was made.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct CachedRoute {
-    ifindex: u32,
-    next_hop: u32,
-    mtu: u32,
-    at: Tick,
-}
-
-/// bpf_fib_lookup() answers, per CPU, for ROUTE_TTL: a lookup costs ~200 ns a packet,
-/// about a third of a translated packet's time on the bridge. A route change applies to
-/// translated flows within ROUTE_TTL; neighbours are resolved per packet regardless
-/// (bpf_redirect_neigh).
-#[map(name = "NP_ROUTES")]
-static ROUTES: LruPerCpuHashMap<RouteKey, CachedRoute> =
-    LruPerCpuHashMap::with_max_entries(4_096, 0);
-
-/// One second, in ticks.
+/// How long a route in the cache ([`ROUTES`]) is used: one second, in ticks.
 const ROUTE_TTL: u32 = 954;
 
 /// The route of `p` as it is now, if the short way may take it: it leaves through

@@ -11,22 +11,23 @@
 
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::programs::TcContext;
-use netplane_common::nat::{CtKey, DpConfig, DropReason, Stage};
+use netplane_common::nat::{CtKey, DpConfig, DropReason, Side};
 
+use crate::addr::{published, subnet_of};
 use crate::conntrack::{self, Probe, now};
-use crate::csum::{Side, set_addr, write};
+use crate::csum::{set_addr, write};
 use crate::metrics::drop;
-use crate::nat::{Masquerade, masquerade_port, published, subnet_of};
+use crate::nat_port::{Masquerade, masquerade_port};
 use crate::parse::{Frag, IcmpError, Packet, QUOTE_OFF, quote, read};
 
 /// An ICMP error `outer` met on the uplink at `stage`: ingress (dst stage) for errors from
 /// outside, egress (src stage) for errors going out. Untouched unless it quotes a flow
 /// netplane translated.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, outer: Packet, cfg: &DpConfig, stage: Stage) -> i32 {
+pub fn translate(ctx: &TcContext, outer: Packet, cfg: &DpConfig, stage: Side) -> i32 {
     match (quote(ctx, outer), stage) {
-        (Some(mut e), Stage::Dst) => from_outside(ctx, &mut e, cfg),
-        (Some(mut e), Stage::Src) => to_outside(ctx, &mut e, cfg),
+        (Some(mut e), Side::Dst) => from_outside(ctx, &mut e, cfg),
+        (Some(mut e), Side::Src) => to_outside(ctx, &mut e, cfg),
         (None, _) => TCX_NEXT,
     }
 }
@@ -39,12 +40,12 @@ fn from_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
     let q = &e.quote;
     let now = now();
     // Masquerade: the quote's reverse is the tuple of the flow's replies, its key.
-    let replies = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, Stage::Dst);
+    let replies = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, Side::Dst);
     let (addr, port) = if let Some(entry) = conntrack::lookup(&replies, cfg, now, 0) {
         (entry.addr, entry.port)
     } else if let Some(b) = published(q.saddr, q.sport, q.proto)
         && let Probe::Mine(_) = conntrack::probe(
-            &CtKey::new(b.addr, q.daddr, b.port, q.dport, q.proto, Stage::Src),
+            &CtKey::new(b.addr, q.daddr, b.port, q.dport, q.proto, Side::Src),
             Some((q.saddr, q.sport)),
             cfg,
             now,
@@ -67,7 +68,7 @@ fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
     let q = &e.quote;
     let now = now();
     // A published port: the quote's reverse is the tuple of the flow's replies.
-    let replies = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, Stage::Src);
+    let replies = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, Side::Src);
     let (addr, port) = if let Some(entry) = conntrack::lookup(&replies, cfg, now, 0) {
         (entry.addr, entry.port)
     } else if subnet_of(q.daddr).is_some() {

@@ -1,14 +1,26 @@
 //! netplane's eBPF programs. Entry points only: each is a thin wrapper over the modules
-//! that do the work (parse, csum, conntrack, nat, forward, icmp, sock, metrics).
+//! that do the work. From the bottom up (a module uses only those of the lines above its
+//! own):
+//!
+//! - `maps`: every map; `parse`: headers;
+//! - `metrics`: counters and drops; `csum`: rewrites with checksum updates;
+//!   `addr`: what an address is (local, container network, published port);
+//!   `conntrack`: the conntrack and fragment maps' lookups and inserts;
+//! - `nat_port`: the source port of SNAT; `forward`: the short way past the stack;
+//! - `icmp`: ICMP errors about translated flows;
+//! - `nat`: the two NAT stages of the TC programs; `sock`: the cgroup programs.
 #![no_std]
 #![no_main]
 
+mod addr;
 mod conntrack;
 mod csum;
 mod forward;
 mod icmp;
+mod maps;
 mod metrics;
 mod nat;
+mod nat_port;
 mod parse;
 mod sock;
 
@@ -86,8 +98,10 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// The license section the kernel checks before allowing GPL-only helpers, which the
-/// NAT programs and aya-log use.
+/// The programs' license. The verifier lets a program call a helper marked `.gpl_only`
+/// only if its license is GPL-compatible (check_helper_call() in kernel/bpf/verifier.c,
+/// license_is_gpl_compatible()). Of the helpers used here, bpf_fib_lookup() is one
+/// (bpf_skb_fib_lookup_proto in net/core/filter.c), which crate::forward calls.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
 static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

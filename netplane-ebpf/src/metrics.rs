@@ -3,15 +3,11 @@
 //! per packet.
 
 use aya_ebpf::bindings::TC_ACT_SHOT;
-use aya_ebpf::{macros::map, maps::PerCpuArray, programs::TcContext};
-use netplane_common::counters::{COUNTERS_SLOTS, Counters, Direction};
-use netplane_common::nat::{DROP_REASONS, DropReason};
+use aya_ebpf::programs::TcContext;
+use netplane_common::counters::Direction;
+use netplane_common::nat::DropReason;
 
-#[map(name = "NETPLANE_COUNTERS")]
-static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTERS_SLOTS, 0);
-
-#[map(name = "NP_DROPS")]
-static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+use crate::maps::{COUNTERS, DROPS};
 
 #[inline(always)]
 pub fn count(ctx: &TcContext, dir: Direction) {

@@ -5,89 +5,30 @@
 //!   hairpin and cross-network, which also set up the SNAT that brings replies back through
 //!   the host), and isolation between networks.
 //! - src stage, TC egress of the same devices: reverse DNAT, and masquerade on the uplink.
+//!
+//! The source ports of SNAT come from crate::nat_port; ICMP errors about these flows go to
+//! crate::icmp.
 
-use aya_ebpf::bindings::TC_ACT_SHOT;
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
-use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
-    Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, NAT_PORT_RETRIES, NetInfo, PortKey,
-    Stage, Tick, flags, forwarded, kind, nat_port_candidate, tcp_seen, tuple_hash,
+    Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, Side, Tick, forwarded, kind, tcp_seen,
 };
-use netplane_common::packet::tcp_flags::{ACK as TCP_ACK, SYN as TCP_SYN};
 use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
 
-use crate::conntrack::{self, Probe, config, now};
-use crate::csum::{Side, set_addr, set_port};
+use crate::addr::{is_local, is_loopback, published, published_on_local, subnet_of};
+use crate::conntrack::{self, Probe, config, key_of, now, opens_flow};
+use crate::csum::{set_addr, set_port};
 use crate::metrics::drop;
+use crate::nat_port::{Masquerade, masquerade_port, reserve_port};
 use crate::parse::{Frag, Kind, Packet, Parsed, parse};
 use crate::{forward, icmp};
-
-#[map(name = "NP_PUBLISHED")]
-static PUBLISHED: HashMap<PortKey, Backend> = HashMap::with_max_entries(65_536, 0);
-
-#[map(name = "NP_SUBNETS")]
-static SUBNETS: LpmTrie<u32, NetInfo> =
-    LpmTrie::with_max_entries(256, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
-
-#[map(name = "NP_LOCAL_ADDRS")]
-static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(1_024, 0);
 
 /// Where a program is attached.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Uplink,
     Bridge,
-}
-
-#[inline(always)]
-pub fn subnet_of(addr: u32) -> Option<NetInfo> {
-    SUBNETS.get(Key::new(32, addr)).copied()
-}
-
-/// 127.0.0.0/8 (the address is in network byte order: its first byte is the first octet).
-#[inline(always)]
-pub fn is_loopback(addr: u32) -> bool {
-    addr.to_ne_bytes()[0] == 127
-}
-
-#[inline(always)]
-fn is_local(addr: u32) -> bool {
-    // SAFETY: a lookup; the value is not kept.
-    unsafe { LOCAL_ADDRS.get(&addr).is_some() }
-}
-
-/// The backend of a published port reached at `addr:port`, if any. Published ports answer
-/// on local addresses only, so one lookup settles the common case of a packet in transit.
-#[inline(always)]
-pub fn published(addr: u32, port: u16, proto: u8) -> Option<Backend> {
-    if !is_local(addr) {
-        return None;
-    }
-    published_on_local(addr, port, proto)
-}
-
-/// [`published`] for an address already known to be local.
-#[inline(always)]
-fn published_on_local(addr: u32, port: u16, proto: u8) -> Option<Backend> {
-    let exact = PortKey {
-        addr,
-        port,
-        proto,
-        _pad: 0,
-    };
-    // SAFETY: lookups; values are copied out.
-    if let Some(b) = unsafe { PUBLISHED.get(&exact) } {
-        return Some(*b);
-    }
-    unsafe { PUBLISHED.get(&PortKey { addr: 0, ..exact }) }.copied()
-}
-
-/// A TCP segment that may open a flow: SYN without ACK.
-#[inline(always)]
-fn opens_flow(p: &Packet) -> bool {
-    p.proto != IPPROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 #[inline(always)]
@@ -103,12 +44,7 @@ fn entry(addr: u32, port: u16, k: u8, now: Tick, tcp_flags: u8) -> CtEntry {
 }
 
 #[inline(always)]
-fn key_of(p: &Packet, stage: Stage) -> CtKey {
-    CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto, stage)
-}
-
-#[inline(always)]
-fn frag_key(p: &Packet, stage: Stage) -> FragKey {
+fn frag_key(p: &Packet, stage: Side) -> FragKey {
     FragKey {
         saddr: p.saddr,
         daddr: p.daddr,
@@ -118,16 +54,13 @@ fn frag_key(p: &Packet, stage: Stage) -> FragKey {
     }
 }
 
-/// Applies a stage's translation to the packet, and records it for later fragments.
+/// Applies a stage's translation to the packet (the side it rewrites becomes `addr:port`),
+/// and records it for later fragments.
 #[inline(always)]
-fn rewrite(ctx: &TcContext, p: &mut Packet, side: Side, addr: u32, port: u16, now: Tick) -> i32 {
-    let stage = match side {
-        Side::Dst => Stage::Dst,
-        Side::Src => Stage::Src,
-    };
+fn rewrite(ctx: &TcContext, p: &mut Packet, stage: Side, addr: u32, port: u16, now: Tick) -> i32 {
     let fk = frag_key(p, stage);
-    if set_port(ctx, p, side, port)
-        .and_then(|()| set_addr(ctx, p, side, addr))
+    if set_port(ctx, p, stage, port)
+        .and_then(|()| set_addr(ctx, p, stage, addr))
         .is_err()
     {
         return drop(DropReason::RewriteFailed);
@@ -140,16 +73,11 @@ fn rewrite(ctx: &TcContext, p: &mut Packet, side: Side, addr: u32, port: u16, no
 
 /// Later fragments follow their first fragment's translation at this stage.
 #[inline(always)]
-fn later_fragment(ctx: &TcContext, p: &mut Packet, stage: Stage) -> i32 {
+fn later_fragment(ctx: &TcContext, p: &mut Packet, stage: Side) -> i32 {
     let Some(addr) = conntrack::frag_lookup(&frag_key(p, stage)) else {
         return TCX_NEXT;
     };
-    let side = if stage == Stage::Dst {
-        Side::Dst
-    } else {
-        Side::Src
-    };
-    match set_addr(ctx, p, side, addr) {
+    match set_addr(ctx, p, stage, addr) {
         Ok(()) => TCX_NEXT,
         Err(_) => drop(DropReason::RewriteFailed),
     }
@@ -162,12 +90,12 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(cfg) = config() else { return TCX_NEXT };
     match kind {
         Kind::Nat => {}
-        Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Stage::Dst),
+        Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Side::Dst),
         // Not ours to translate.
         Kind::IcmpError | Kind::Other => return TCX_NEXT,
     }
     if p.frag == Frag::Later {
-        return later_fragment(ctx, &mut p, Stage::Dst);
+        return later_fragment(ctx, &mut p, Side::Dst);
     }
     // From a container, only what goes to a host address can need a translation (hairpin,
     // and the replies of hairpin, addressed to a gateway); the rest only needs isolation.
@@ -181,7 +109,7 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         return out_of_bridge(ctx, &mut p, cfg);
     }
     let now = now();
-    if let Some(e) = conntrack::lookup(&key_of(&p, Stage::Dst), cfg, now, p.tcp_flags) {
+    if let Some(e) = conntrack::lookup(&key_of(&p, Side::Dst), cfg, now, p.tcp_flags) {
         return forward_after(ctx, &mut p, cfg, hook, Side::Dst, e.addr, e.port, now);
     }
     // On a bridge the destination is known to be local already (checked above). ICMP
@@ -236,12 +164,12 @@ fn forward_after(
     p: &mut Packet,
     cfg: &DpConfig,
     hook: Hook,
-    side: Side,
+    stage: Side,
     addr: u32,
     port: u16,
     now: Tick,
 ) -> i32 {
-    let verdict = rewrite(ctx, p, side, addr, port, now);
+    let verdict = rewrite(ctx, p, stage, addr, port, now);
     if verdict != TCX_NEXT || hook != Hook::Uplink {
         return verdict;
     }
@@ -265,7 +193,7 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
     }
     let now = now();
     let (addr, port) =
-        if let Some(e) = conntrack::lookup(&key_of(p, Stage::Src), cfg, now, p.tcp_flags) {
+        if let Some(e) = conntrack::lookup(&key_of(p, Side::Src), cfg, now, p.tcp_flags) {
             (e.addr, e.port)
         } else if let Masquerade::Port(port) = masquerade_port(p, cfg, now) {
             (cfg.uplink_addr, port)
@@ -300,11 +228,11 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
     let Parsed { kind, mut p } = parse(ctx);
     match kind {
         Kind::Nat => {}
-        Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Stage::Src),
+        Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Side::Src),
         Kind::IcmpError | Kind::Other => return TCX_NEXT,
     }
     if p.frag == Frag::Later {
-        return later_fragment(ctx, &mut p, Stage::Src);
+        return later_fragment(ctx, &mut p, Side::Src);
     }
     // The uplink's own address is never a source this stage rewrites (those are container
     // addresses), and it is what packets the bridge already translated carry.
@@ -312,7 +240,7 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
         return TCX_NEXT;
     }
     let now = now();
-    if let Some(e) = conntrack::lookup(&key_of(&p, Stage::Src), cfg, now, p.tcp_flags) {
+    if let Some(e) = conntrack::lookup(&key_of(&p, Side::Src), cfg, now, p.tcp_flags) {
         return rewrite(ctx, &mut p, Side::Src, e.addr, e.port, now);
     }
     if hook == Hook::Uplink && subnet_of(p.saddr).is_some() && subnet_of(p.daddr).is_none() {
@@ -330,72 +258,6 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
     TCX_NEXT
 }
 
-/// Whether a container's packet to the outside belongs to a masqueraded flow.
-pub enum Masquerade {
-    /// Yes: the flow's source port on the uplink address (network byte order).
-    Port(u16),
-    None,
-}
-
-/// The source port masquerade gave the flow of `p` (container → outside), if any.
-///
-/// A masqueraded flow has a single entry, its replies' (peer → uplink:port, saying which
-/// container and port they go to). The original direction finds it by trying the ports
-/// reserve_port() hands out, in its order: the packet's own source port first, where
-/// nearly every flow is, then the candidates. A new flow whose own port is free takes
-/// that at once. So does, rarely, a UDP or ICMP flow that got a candidate port and whose
-/// own port was freed since: its later packets leave from its own port again, as after a
-/// NAT rebinding. A TCP segment without SYN never opens a flow, so it looks further, and
-/// finds its connection.
-#[inline(always)]
-pub fn masquerade_port(p: &Packet, cfg: &DpConfig, now: Tick) -> Masquerade {
-    let at = |port: u16| CtKey::new(p.daddr, cfg.uplink_addr, p.dport, port, p.proto, Stage::Dst);
-    let me = Some((p.saddr, p.sport));
-    match conntrack::probe(&at(p.sport), me, cfg, now, p.tcp_flags) {
-        Probe::Mine(_) => return Masquerade::Port(p.sport),
-        Probe::Free if opens_flow(p) => return Masquerade::None,
-        Probe::Free | Probe::Other => {}
-    }
-    let hash = tuple_hash(&key_of(p, Stage::Src));
-    for i in 0..NAT_PORT_RETRIES {
-        let port = nat_port_candidate(hash, i, cfg.nat_port_min, cfg.nat_port_max).to_be();
-        if let Probe::Mine(_) = conntrack::probe(&at(port), me, cfg, now, p.tcp_flags) {
-            return Masquerade::Port(port);
-        }
-    }
-    Masquerade::None
-}
-
-/// Reserves a source port on `nat_addr` for a flow towards `peer:peer_port` by inserting
-/// the dst-stage entry of its replies: the original port when free, else up to
-/// NAT_PORT_RETRIES candidates. Returns the port (network byte order).
-#[inline(always)]
-fn reserve_port(
-    p: &Packet,
-    nat_addr: u32,
-    peer: u32,
-    peer_port: u16,
-    reply: &CtEntry,
-    cfg: &DpConfig,
-    now: Tick,
-) -> Result<u16, DropReason> {
-    let hash = tuple_hash(&key_of(p, Stage::Src));
-    let mut port = p.sport;
-    for i in 0..=NAT_PORT_RETRIES {
-        if i > 0 {
-            port = nat_port_candidate(hash, i - 1, cfg.nat_port_min, cfg.nat_port_max).to_be();
-        }
-        // A published port of the NAT address is never handed out.
-        if p.proto == IPPROTO_ICMP || published(nat_addr, port, p.proto).is_none() {
-            let rk = CtKey::new(peer, nat_addr, peer_port, port, p.proto, Stage::Dst);
-            if conntrack::insert_new(&rk, reply, cfg, now, false) {
-                return Ok(port);
-            }
-        }
-    }
-    Err(DropReason::NatPortExhausted)
-}
-
 /// Masquerade: container → outside, SNAT to the uplink address. The flow's one entry is
 /// its replies', which reserves the port (see [`masquerade_port`]).
 #[inline(always)]
@@ -408,7 +270,7 @@ fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: Tick) -> Result<u16, Dro
 /// backend's tuple at the uplink's src stage.
 #[inline(always)]
 fn published_reply_key(p: &Packet, b: &Backend) -> CtKey {
-    CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Stage::Src)
+    CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Side::Src)
 }
 
 /// A published port reached from outside: the entry that turns the replies' source back
@@ -438,16 +300,16 @@ fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: Tick) -> Resul
     // The replies' dst stage: backend → gateway:P becomes backend → client.
     let reply_dst = entry(p.saddr, p.sport, kind::HAIRPIN | kind::REPLY, now, 0);
     let port = reserve_port(p, g, b.addr, b.port, &reply_dst, cfg, now)?;
-    let reply_dst_key = CtKey::new(b.addr, g, b.port, port, p.proto, Stage::Dst);
+    let reply_dst_key = CtKey::new(b.addr, g, b.port, port, p.proto, Side::Dst);
     // The replies' src stage: backend → client becomes published address → client.
-    let reply_src_key = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Stage::Src);
+    let reply_src_key = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Side::Src);
     let reply_src = entry(p.daddr, p.dport, kind::HAIRPIN | kind::REPLY, now, 0);
     // The original direction's src stage: client → backend becomes gateway:P → backend.
-    let orig_src_key = CtKey::new(p.saddr, b.addr, p.sport, b.port, p.proto, Stage::Src);
+    let orig_src_key = CtKey::new(p.saddr, b.addr, p.sport, b.port, p.proto, Side::Src);
     let orig_src = entry(g, port, kind::HAIRPIN, now, p.tcp_flags);
     // The original direction's dst stage.
     let orig_dst = entry(b.addr, b.port, kind::HAIRPIN, now, p.tcp_flags);
-    let orig_dst_key = key_of(p, Stage::Dst);
+    let orig_dst_key = key_of(p, Side::Dst);
     // The original direction's dst stage goes last: it is what makes the flow known.
     let entries = [
         (reply_src_key, reply_src),
@@ -459,6 +321,3 @@ fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: Tick) -> Resul
     }
     Ok(())
 }
-
-#[allow(dead_code)]
-const _: () = assert!(TC_ACT_SHOT == 2);

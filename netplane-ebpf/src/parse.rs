@@ -4,7 +4,6 @@
 //! (`TcContext::load`) reads them instead.
 
 use aya_ebpf::programs::TcContext;
-use netplane_common::nat::DropReason;
 use netplane_common::packet::{ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use network_types::eth::EthHdr;
 use network_types::ip::Ipv4Hdr;

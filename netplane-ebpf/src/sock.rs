@@ -9,17 +9,13 @@
 
 use aya_ebpf::bindings::{BPF_ANY, bpf_sock_addr, sockaddr};
 use aya_ebpf::helpers::{bpf_bind, bpf_get_netns_cookie, bpf_get_socket_cookie};
-use aya_ebpf::macros::map;
-use aya_ebpf::maps::LruHashMap;
 use aya_ebpf::programs::SockAddrContext;
 use netplane_common::nat::{SockRevEntry, SockRevKey};
 use netplane_common::packet::IPPROTO_UDP;
 
+use crate::addr::{is_loopback, published};
 use crate::conntrack::config;
-use crate::nat::{is_loopback, published};
-
-#[map(name = "NP_SOCK_REV")]
-static SOCK_REV: LruHashMap<SockRevKey, SockRevEntry> = LruHashMap::with_max_entries(65_536, 0);
+use crate::maps::SOCK_REV;
 
 /// What a cgroup sock_addr program returns to let the call proceed.
 const ALLOW: i32 = 1;

@@ -84,7 +84,7 @@ enum Created {
 }
 
 pub fn require_root() -> Result<(), Error> {
-    if nix::unistd::geteuid().is_root() {
+    if crate::privilege::is_root() {
         Ok(())
     } else {
         Err(Error::NotRoot)
@@ -108,11 +108,9 @@ pub fn up(plan: &Plan) -> Result<UpReport, Error> {
 async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     let h = topology::connect(None)?;
     let old = State::load(&plan.name)?.unwrap_or_default();
-    let host = check_host(&h, plan, &old).await?;
+    let mut host = check_host(&h, plan, &old).await?;
     let dp = dataplane::for_mode(plan.mode);
-    if let Some(dp) = &dp {
-        dp.check()?;
-    }
+    dp.check()?;
 
     // Journal first: everything this run may create is recorded before it exists.
     let desired_netns: BTreeSet<String> = plan.containers.iter().map(|c| c.netns.clone()).collect();
@@ -127,14 +125,14 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     journal.links.extend(desired_links.iter().cloned());
     // Prior values of the sysctls that exist already; those of bridges this run creates
     // go away with the bridges.
-    for (key, _) in wanted_sysctls(plan, dp.as_deref()) {
+    for (key, _) in wanted_sysctls(plan, &*dp) {
         if !journal.sysctls.contains_key(&key)
             && let Ok(prior) = sysctl::read(&key)
         {
             journal.sysctls.insert(key, prior);
         }
     }
-    journal.dataplanes.extend(dp.as_ref().map(|d| d.mode()));
+    journal.dataplanes.insert(dp.mode());
     journal.save(&plan.name)?;
 
     let mut report = UpReport {
@@ -144,19 +142,9 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     };
     let mut created = Vec::new();
 
-    if let Err(cause) = apply(
-        &h,
-        plan,
-        &old,
-        dp.as_deref(),
-        &host,
-        &mut created,
-        &mut report,
-    )
-    .await
-    {
+    if let Err(cause) = apply(&h, plan, &old, &*dp, &mut host, &mut created, &mut report).await {
         let mut rollback = rollback(&h, created, &old, &journal).await;
-        if let Some(dp) = dp.as_ref().filter(|d| !old.dataplanes.contains(&d.mode())) {
+        if !old.dataplanes.contains(&dp.mode()) {
             rollback.extend(dp.teardown(&plan.name).err().map(|e| e.to_string()));
         }
         // After a clean rollback the host is as before; otherwise keep the journal, which
@@ -193,20 +181,11 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
         netns: desired_netns,
         links: desired_links,
         sysctls: journal.sysctls,
-        dataplanes: dp.iter().map(|d| d.mode()).collect(),
+        dataplanes: [dp.mode()].into(),
     };
     state.save(&plan.name)?;
     if !failures.is_empty() {
         return Err(Error::Teardown(failures));
-    }
-    if plan.mode == Mode::Ebpf {
-        match crate::agent::ensure_running(&plan.name) {
-            Ok(Some(pid)) => report.changes.push(format!("agent started (pid {pid})")),
-            Ok(None) => {}
-            Err(e) => report.changes.push(format!("warning: the agent did not start ({e}); the data plane runs without garbage collection")),
-        }
-    } else if let Some(pid) = crate::agent::stop(&plan.name) {
-        report.changes.push(format!("agent stopped (pid {pid})"));
     }
     Ok(report)
 }
@@ -288,16 +267,17 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
         uplink_index: uplink_index.unwrap_or(0),
         uplink_addr,
         local_addrs,
+        links,
     })
 }
 
 /// The sysctls `up` sets: IPv4 forwarding, and what the data plane asks for.
-fn wanted_sysctls(plan: &Plan, dp: Option<&dyn Dataplane>) -> Vec<(String, String)> {
+fn wanted_sysctls(plan: &Plan, dp: &dyn Dataplane) -> Vec<(String, String)> {
     let mut all: Vec<(String, String)> = SYSCTLS
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
-    all.extend(dp.map(|d| d.sysctls(plan)).unwrap_or_default());
+    all.extend(dp.sysctls(plan));
     all
 }
 
@@ -305,8 +285,8 @@ async fn apply(
     h: &rtnetlink::Handle,
     plan: &Plan,
     old: &State,
-    dp: Option<&dyn Dataplane>,
-    host: &HostContext,
+    dp: &dyn Dataplane,
+    host: &mut HostContext,
     created: &mut Vec<Created>,
     report: &mut UpReport,
 ) -> Result<(), Error> {
@@ -366,23 +346,18 @@ async fn apply(
         }
     }
     // A mode switch: the data plane that programmed the old plan goes first.
-    for mode in old
-        .dataplanes
-        .iter()
-        .filter(|m| Some(**m) != dp.map(|d| d.mode()))
-    {
-        if let Some(previous) = dataplane::for_mode(*mode) {
-            previous.teardown(&plan.name)?;
+    for mode in old.dataplanes.iter().filter(|m| **m != dp.mode()) {
+        if !dataplane::for_mode(*mode).teardown(&plan.name)?.is_empty() {
             report.changes.push(format!("{mode} data plane removed"));
         }
     }
-    if let Some(dp) = dp {
-        let t = std::time::Instant::now();
-        report
-            .changes
-            .extend(dp.apply(plan, old.plan.as_ref(), host)?);
-        report.dataplane_ms = Some(t.elapsed().as_secs_f64() * 1e3);
-    }
+    // The devices as the topology left them: the data plane may deliver to them.
+    host.links = topology::links(h).await?;
+    let t = std::time::Instant::now();
+    report
+        .changes
+        .extend(dp.apply(plan, old.plan.as_ref(), host)?);
+    report.dataplane_ms = Some(t.elapsed().as_secs_f64() * 1e3);
     Ok(())
 }
 
@@ -429,12 +404,9 @@ pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
         }
         let mut removed = Vec::new();
         let mut failures = Vec::new();
-        if let Some(pid) = crate::agent::stop(name) {
-            removed.push(format!("agent (pid {pid})"));
-        }
         let mut modes = state.dataplanes.clone();
         modes.extend(plan.map(|p| p.mode));
-        for dp in modes.into_iter().filter_map(dataplane::for_mode) {
+        for dp in modes.into_iter().map(dataplane::for_mode) {
             match dp.teardown(name) {
                 Ok(r) => removed.extend(r),
                 Err(e) => failures.push(e.to_string()),
@@ -481,10 +453,9 @@ pub struct Status {
     pub name: String,
     pub up: bool,
     pub mode: Option<Mode>,
+    /// What the data plane does, in a line.
     pub dataplane: String,
     pub dataplane_health: Option<DataplaneStatus>,
-    /// The eBPF mode's agent, when it runs.
-    pub agent_pid: Option<u32>,
     pub networks: Vec<NetworkStatus>,
     pub containers: Vec<ContainerStatus>,
     pub problems: Vec<String>,
@@ -521,7 +492,6 @@ pub fn status(name: &str) -> Result<Status, Error> {
             mode: None,
             dataplane: "none".into(),
             dataplane_health: None,
-            agent_pid: None,
             networks: vec![],
             containers: vec![],
             problems: state
@@ -529,6 +499,8 @@ pub fn status(name: &str) -> Result<Status, Error> {
                 .unwrap_or_default(),
         });
     };
+    let dp = dataplane::for_mode(plan.mode);
+    let health = dp.status(&plan);
     runtime().block_on(async {
         let h = topology::connect(None)?;
         let links = topology::links(&h).await?;
@@ -574,33 +546,31 @@ pub fn status(name: &str) -> Result<Status, Error> {
                 }
             })
             .collect();
+        if !health.healthy {
+            problems.push(format!(
+                "{} data plane unhealthy: {}",
+                health.mode,
+                health.problems.join("; ")
+            ));
+        }
         Ok(Status {
             name: name.to_owned(),
             up: true,
             mode: Some(plan.mode),
-            dataplane: match plan.mode {
-                Mode::None => "none (topology only, no NAT)".into(),
-                Mode::Iptables => "iptables (masquerade, published ports, isolation)".into(),
-                Mode::Ebpf => {
-                    "ebpf (TC programs and BPF conntrack; masquerade, published ports, isolation)"
-                        .into()
-                }
-            },
-            agent_pid: crate::agent::running(name),
-            dataplane_health: dataplane::for_mode(plan.mode).map(|d| {
-                let st = d.status(&plan);
-                if !st.healthy {
-                    problems.push(format!(
-                        "{} data plane unhealthy: {}",
-                        st.mode,
-                        st.details.join("; ")
-                    ));
-                }
-                st
-            }),
+            dataplane: dp.describe().to_owned(),
+            dataplane_health: Some(health),
             networks,
             containers,
             problems,
         })
     })
+}
+
+/// The NAT sessions of instance `name` that its data plane tracks itself
+/// (`netplane conntrack`); none when it is not up.
+pub fn flows(name: &str) -> Result<Vec<dataplane::ebpf::Flow>, Error> {
+    let mode = State::load(name)?.and_then(|s| s.plan).map(|p| p.mode);
+    Ok(mode
+        .map(|m| dataplane::for_mode(m).flows(name))
+        .unwrap_or_default())
 }

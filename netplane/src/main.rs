@@ -27,6 +27,12 @@ netplane names would be invisible to everyone else.";
 #[derive(Parser)]
 #[command(name = "netplane", version, about = "Container networking with an eBPF data plane", long_about = LONG_ABOUT)]
 struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -76,29 +82,6 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Measure eBPF mode against iptables mode, an nftables reference and a no-NAT
-    /// baseline, side by side, in a sandbox of its own. Writes bench.json, bench.md and
-    /// bench.svg into --out.
-    Bench {
-        /// Under two minutes: fewer rounds, shorter measurements.
-        #[arg(long, conflicts_with = "smoke")]
-        quick: bool,
-        /// Only check that every part works (seconds; figures are meaningless).
-        #[arg(long)]
-        smoke: bool,
-        /// Rounds (modes interleaved in a new order each round).
-        #[arg(long)]
-        rounds: Option<usize>,
-        /// Seconds per measurement.
-        #[arg(long)]
-        seconds: Option<f64>,
-        /// Where to write the report.
-        #[arg(long, default_value = ".")]
-        out: PathBuf,
-        /// Print the results as JSON instead of the table.
-        #[arg(long)]
-        json: bool,
-    },
     /// Run the agent of an instance (started by `up` in eBPF mode; garbage-collects
     /// conntrack entries until the instance is gone).
     #[command(hide = true)]
@@ -117,7 +100,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().cmd) {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli.cmd) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -127,6 +112,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Log records go to stderr: warnings by default, more with `-v`, only errors with `-q`;
+/// `RUST_LOG` (tracing-subscriber's `EnvFilter` syntax) overrides both. The agent, which
+/// has no terminal, inherits the level and writes to its log file (see `agent`).
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
@@ -188,7 +192,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         } => exec(&config, &container, &cmd),
         Cmd::Conntrack { config, json } => {
             let name = load_config(&config)?.name;
-            let flows = netplane::dataplane::ebpf::flows(&name);
+            let flows = instance::flows(&name)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&flows)?);
             } else {
@@ -208,46 +212,12 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench {
-            quick,
-            smoke,
-            rounds,
-            seconds,
-            out,
-            json,
-        } => {
-            use netplane::bench::{self, report};
-            let mut opts = if smoke {
-                bench::Options::smoke()
-            } else if quick {
-                bench::Options::quick()
-            } else {
-                bench::Options::full()
-            };
-            opts.rounds = rounds.unwrap_or(opts.rounds);
-            opts.seconds = seconds.unwrap_or(opts.seconds);
-            let results = bench::run(opts)?;
-            let summary = report::summarize(&results);
-            std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
-            let doc = serde_json::json!({ "results": results, "summary": summary });
-            std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&doc)?)?;
-            std::fs::write(out.join("bench.md"), report::markdown(&results, &summary))?;
-            std::fs::write(out.join("bench.svg"), report::svg(&results, &summary))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else {
-                print!("{}", report::table(&results, &summary, false));
-                print!("{}", report::profile(&results));
-                println!("report: {}", out.join("bench.md").display());
-            }
-            Ok(())
-        }
         Cmd::Agent { name } => {
-            netplane::agent::run(&name);
+            netplane::dataplane::ebpf::agent::run(&name);
             Ok(())
         }
         Cmd::Count { iface, seconds } => {
-            let mut counter = netplane::ebpf::counter::PacketCounter::load()?;
+            let mut counter = netplane::dataplane::ebpf::counter::PacketCounter::load()?;
             counter
                 .attach(&iface)
                 .with_context(|| format!("counting on {iface}"))?;
@@ -317,16 +287,49 @@ fn print_status(s: &instance::Status) {
         }
     }
     if let Some(dp) = &s.dataplane_health {
-        println!(
-            "\nDATA PLANE ({}, {})",
-            dp.mode,
-            if dp.healthy { "healthy" } else { "UNHEALTHY" }
-        );
-        for d in &dp.details {
-            println!("  {d}");
-        }
+        print_dataplane(dp);
     }
     for p in &s.problems {
         println!("problem: {p}");
+    }
+}
+
+fn print_dataplane(dp: &netplane::dataplane::DataplaneStatus) {
+    println!(
+        "\nDATA PLANE ({}, {})",
+        dp.mode,
+        if dp.healthy { "healthy" } else { "UNHEALTHY" }
+    );
+    for p in &dp.problems {
+        println!("  problem: {p}");
+    }
+    for a in &dp.attached {
+        println!("  attached: {a}");
+    }
+    if let Some(pid) = dp.agent_pid {
+        println!("  agent: running (pid {pid})");
+    }
+    if let Some(rules) = dp.dnat_rules {
+        println!("  DNAT rules: {rules}");
+    }
+    let fill = |m: &netplane::dataplane::MapFill| match m.max_entries {
+        Some(max) => format!("{} of {max}", m.entries),
+        None => m.entries.to_string(),
+    };
+    if let Some(ct) = &dp.conntrack {
+        println!("  conntrack entries: {}", fill(ct));
+    }
+    for m in &dp.maps {
+        println!("  map {}: {}", m.name, fill(m));
+    }
+    for (reason, n) in &dp.drops {
+        println!("  drops {reason}: {n}");
+    }
+    if let Some(f) = dp.fast_forwarded {
+        println!("  fast-forwarded into containers: {}", f.into_containers);
+        println!(
+            "  fast-forwarded out of containers: {}",
+            f.out_of_containers
+        );
     }
 }

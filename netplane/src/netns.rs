@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, setns, unshare};
@@ -132,15 +133,54 @@ pub fn run_in<R: Send>(name: &str, f: impl FnOnce() -> R + Send) -> Result<R, Ne
     let file = open(name)?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Step {
-                name: name.into(),
-                step: "enter it",
-                source: e.into(),
-            })?;
+            join(name, &file)?;
             Ok(f())
         })
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// Like [`run_in`], without waiting: runs `f` on a new thread that has joined namespace
+/// `name`, for work that outlives the caller's scope (servers, load generators). Returns
+/// once that thread is inside, so the name may be deleted from then on: the thread keeps
+/// the namespace alive.
+pub fn spawn_in<R: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<JoinHandle<R>, NetnsError> {
+    let file = open(name)?;
+    let (joined_tx, joined_rx) = std::sync::mpsc::sync_channel(1);
+    let owned = name.to_owned();
+    let thread = std::thread::spawn(move || {
+        let joined = join(&owned, &file);
+        let failed = joined.is_err();
+        let _ = joined_tx.send(joined);
+        if failed {
+            // The error went to the caller; end without running `f` (and, unlike
+            // panic!, without printing anything).
+            std::panic::resume_unwind(Box::new(()));
+        }
+        f()
+    });
+    match joined_rx
+        .recv()
+        .expect("the thread reports before anything else")
+    {
+        Ok(()) => Ok(thread),
+        Err(e) => {
+            let _ = thread.join();
+            Err(e)
+        }
+    }
+}
+
+/// Moves the calling thread, and only it (setns(2) acts per thread), into the namespace.
+fn join(name: &str, file: &File) -> Result<(), NetnsError> {
+    setns(file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Step {
+        name: name.into(),
+        step: "enter it",
+        source: e.into(),
     })
 }
 

@@ -89,6 +89,7 @@ pub struct Link {
     pub up: bool,
     pub master: Option<u32>,
     pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
 }
 
 impl From<LinkMessage> for Link {
@@ -99,12 +100,14 @@ impl From<LinkMessage> for Link {
             up: m.header.flags.contains(LinkFlags::Up),
             master: None,
             mac: None,
+            mtu: None,
         };
         for a in m.attributes {
             match a {
                 LinkAttribute::IfName(n) => l.name = n,
                 LinkAttribute::Controller(i) => l.master = Some(i),
                 LinkAttribute::Address(a) => l.mac = a.try_into().ok(),
+                LinkAttribute::Mtu(m) => l.mtu = Some(m),
                 _ => {}
             }
         }
@@ -284,36 +287,6 @@ pub async fn create_veth(
     link(h, name).await?.ok_or_else(|| TopologyError::Vanished {
         object: name.to_owned(),
     })
-}
-
-/// Brings `ifname` up with exactly the IPv4 address `addr` (for sandboxes: the benchmark).
-pub async fn ensure_interface(
-    h: &Handle,
-    ifname: &str,
-    addr: Ipv4Net,
-) -> Result<(), TopologyError> {
-    let l = link(h, ifname)
-        .await?
-        .ok_or_else(|| TopologyError::Vanished {
-            object: ifname.to_owned(),
-        })?;
-    ensure_only_address(h, ifname, l.index, addr).await?;
-    set_up(h, &l).await?;
-    Ok(())
-}
-
-/// Adds (or replaces) the route to `dest` via `gw`.
-pub async fn ensure_route(h: &Handle, dest: Ipv4Net, gw: Ipv4Addr) -> Result<(), TopologyError> {
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(dest.network(), dest.prefix_len())
-        .gateway(gw)
-        .build();
-    h.route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl_err("add the route to", dest.to_string()))
 }
 
 /// The container's veth pair: the host end attached to `bridge` and up; the container end

@@ -1,9 +1,9 @@
-//! A sandboxed host for running the `netplane` binary: a "host" namespace where netplane
-//! runs, with its uplink `up0` (203.0.113.1/24) cabled to an "outside" namespace
+//! The sandboxed host that tests, the bench and the demo run netplane in: a "host"
+//! namespace with its uplink `up0` (203.0.113.1/24) cabled to an "outside" namespace
 //! (203.0.113.2/24, TEST-NET-3) that is its default gateway.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::{Netns, Sandbox};
@@ -12,25 +12,37 @@ pub const UPLINK: &str = "up0";
 pub const UPLINK_IP: &str = "203.0.113.1";
 pub const OUTSIDE_IP: &str = "203.0.113.2";
 
+/// A host namespace for one netplane instance, named after the sandbox, and the outside
+/// world it is cabled to. On drop, and on SIGINT, SIGTERM or SIGHUP, the instance's `down`
+/// runs and every namespace goes (see [`Sandbox`]).
 pub struct Host {
     pub sandbox: Sandbox,
+    /// Where netplane runs (its "root" namespace).
     pub host: Netns,
+    /// The uplink's peer: the default gateway, and the remote client of published ports.
     pub outside: Netns,
     config: PathBuf,
 }
 
-/// The `netplane` binary of this build: next to the test's own `deps/` directory, or
-/// `$NETPLANE_BIN`.
+/// A binary of this build, in the running executable's target directory (`target/debug/`):
+/// next to a binary, one level above a test's own `deps/` directory.
+pub fn target_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("the executable's directory");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
+    dir.join(name)
+}
+
+/// The `netplane` binary of this build, or `$NETPLANE_BIN`.
 pub fn netplane_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("NETPLANE_BIN") {
         return p.into();
     }
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("netplane");
+    let bin = target_bin("netplane");
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build` (or `cargo xtask build`)",
@@ -41,28 +53,24 @@ pub fn netplane_bin() -> PathBuf {
 
 /// The connection tester (tests/src/bin/nptest.rs) of this build.
 pub fn nptest_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join("nptest")
+    target_bin("nptest")
 }
 
 impl Host {
+    /// A test's host (namespaces `npt…`).
     pub fn new() -> Host {
-        let mut sandbox = Sandbox::new();
-        let host = sandbox.netns("host");
-        let outside = sandbox.netns("out");
-        sandbox.veth(
-            &host,
-            UPLINK,
-            &format!("{UPLINK_IP}/24"),
-            &outside,
-            "eth0",
-            &format!("{OUTSIDE_IP}/24"),
-        );
-        host.sh(&["ip", "route", "add", "default", "via", OUTSIDE_IP]);
+        Host::in_sandbox(Sandbox::new())
+    }
+
+    /// A tool's host, its names starting with `kind` (`npbench`, `npdemo`).
+    pub fn with_prefix(kind: &str) -> Host {
+        Host::in_sandbox(Sandbox::with_prefix(kind))
+    }
+
+    fn in_sandbox(mut sandbox: Sandbox) -> Host {
+        let (host, outside) = cable(&mut sandbox);
         let config = std::env::temp_dir().join(format!("{}.toml", sandbox.prefix()));
+        sandbox.owns_file(config.clone());
         Host {
             sandbox,
             host,
@@ -71,10 +79,24 @@ impl Host {
         }
     }
 
-    /// The instance name tests use: unique, and the sandbox's prefix, so that the
-    /// container namespaces (`<name>-<container>`) are swept by the sandbox's drop.
+    /// Replaces every namespace with a new one of the same name, after the instance's
+    /// `down`: nothing one run leaves behind (iptables' empty `nat` chains keep
+    /// nf_conntrack running, for instance) reaches the next. The old namespaces stay alive,
+    /// unnamed, until the host drops (see [`Sandbox::retire`]).
+    pub fn renew(&mut self) {
+        self.sandbox.retire();
+        (self.host, self.outside) = cable(&mut self.sandbox);
+    }
+
+    /// The instance name to run netplane under: unique, and the sandbox's prefix, so that
+    /// the container namespaces (`<name>-<container>`) are swept by the sandbox's removal.
     pub fn name(&self) -> &str {
         self.sandbox.prefix()
+    }
+
+    /// The config file that [`Host::netplane`] passes with `-c`.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     /// Writes the config file; `body` is TOML without the `name` line.
@@ -114,25 +136,26 @@ impl Host {
     }
 }
 
+/// The host and outside namespaces, cabled; the instance's `down` goes with them.
+fn cable(sandbox: &mut Sandbox) -> (Netns, Netns) {
+    let host = sandbox.netns("host");
+    let outside = sandbox.netns("out");
+    sandbox.runs_netplane_in(&host);
+    sandbox.veth(
+        &host,
+        UPLINK,
+        &format!("{UPLINK_IP}/24"),
+        &outside,
+        "eth0",
+        &format!("{OUTSIDE_IP}/24"),
+    );
+    host.sh(&["ip", "route", "add", "default", "via", OUTSIDE_IP]);
+    (host, outside)
+}
+
 impl Default for Host {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        // down needs only the instance name (the state has the rest), and the test may
-        // have left an invalid config behind.
-        self.write_config("");
-        let out = self.netplane(&["down"]);
-        if !out.status.success() {
-            eprintln!(
-                "host: netplane down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let _ = std::fs::remove_file(&self.config);
     }
 }
 

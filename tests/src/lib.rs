@@ -1,10 +1,13 @@
-//! The sandbox harness for netplane's in-kernel and end-to-end tests.
+//! The sandbox harness for netplane's in-kernel and end-to-end tests, its benchmark
+//! (`netplane-bench`) and its demo (`netplane-demo`).
 //!
-//! Every test builds its own world out of uniquely named network namespaces and removes it
-//! on drop, also when the test panics. Nothing here touches the root namespace's
-//! interfaces, routes, sysctls or firewall: veth pairs are created directly inside the
-//! sandbox namespaces, and every address is on a TEST-NET range (RFC 5737).
+//! Each of them builds its own world out of uniquely named network namespaces
+//! ([`Sandbox`], and the [`host::Host`] that netplane runs in) and removes it on drop, also
+//! when a test panics, and on SIGINT, SIGTERM or SIGHUP. Nothing here touches the root
+//! namespace's interfaces, routes, sysctls or firewall: veth pairs are created directly
+//! inside the sandbox namespaces, and every address is on a TEST-NET range (RFC 5737).
 
+pub mod bench;
 pub mod host;
 pub mod packet;
 pub mod sandbox;
@@ -26,7 +29,7 @@ subnet = "10.89.1.0/24"
 /// start with `if !netplane_tests::privileged("…") { return; }`. CI runs as root, so it
 /// skips nothing.
 pub fn privileged(what: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
+    if netplane::privilege::is_root() {
         return true;
     }
     eprintln!("SKIPPED {what}: needs root (network namespaces and BPF); CI runs it as root");

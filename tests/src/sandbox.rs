@@ -1,18 +1,41 @@
+//! Uniquely named network namespaces, removed when their [`Sandbox`] drops (a panic
+//! included) and when the process gets SIGINT, SIGTERM or SIGHUP.
+
 use std::fs::File;
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
-
-use nix::sched::{CloneFlags, setns};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// A set of network namespaces owned by one test, deleted on drop (panics included).
+/// The sandboxes of this process that still exist, for the signal handler.
+static LIVE: Mutex<Vec<Arc<Owned>>> = Mutex::new(Vec::new());
+static SIGNAL_HANDLER: Once = Once::new();
+
+/// The prefix of the tests' sandboxes (`cargo xtask test` looks for leftovers with it).
+pub const TEST_PREFIX: &str = "npt";
+
+/// A set of network namespaces, deleted on drop (panics included) and on SIGINT, SIGTERM
+/// or SIGHUP.
 ///
-/// Names are `npt<pid>x<n>-<role>`, so tests running in parallel, in one process or in
-/// several, never collide.
+/// Names are `<kind><pid>x<n>-<role>` (`npt…` for tests, `npbench…`, `npdemo…`), so
+/// sandboxes in one process or in several never collide.
 pub struct Sandbox {
+    owned: Arc<Owned>,
+    /// Namespaces unnamed by [`Sandbox::retire`], alive until the sandbox drops.
+    retired: Vec<File>,
+}
+
+/// What a sandbox must remove, shared with the signal handler.
+struct Owned {
     prefix: String,
-    namespaces: Vec<String>,
+    namespaces: Mutex<Vec<String>>,
+    /// The namespace where a netplane instance named after the prefix may run: removed
+    /// with `down` before the namespaces go (see [`Sandbox::runs_netplane_in`]).
+    netplane_in: Mutex<Option<String>>,
+    /// Files that go with the sandbox (see [`Sandbox::owns_file`]).
+    files: Mutex<Vec<PathBuf>>,
 }
 
 /// One namespace of a sandbox.
@@ -22,25 +45,41 @@ pub struct Netns {
 }
 
 impl Sandbox {
+    /// A test's sandbox: names start with [`TEST_PREFIX`].
     pub fn new() -> Self {
+        Self::with_prefix(TEST_PREFIX)
+    }
+
+    /// A sandbox whose names start with `kind` (the bench's and the demo's, so that a
+    /// leftover says whose it is).
+    pub fn with_prefix(kind: &str) -> Self {
+        SIGNAL_HANDLER.call_once(install_signal_handler);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let owned = Arc::new(Owned {
+            prefix: format!("{kind}{}x{n}", std::process::id()),
+            namespaces: Mutex::default(),
+            netplane_in: Mutex::default(),
+            files: Mutex::default(),
+        });
+        lock(&LIVE).push(owned.clone());
         Self {
-            prefix: format!("npt{}x{n}", std::process::id()),
-            namespaces: Vec::new(),
+            owned,
+            retired: Vec::new(),
         }
     }
 
     /// The prefix every name in this sandbox starts with.
     pub fn prefix(&self) -> &str {
-        &self.prefix
+        &self.owned.prefix
     }
 
     /// Creates the namespace `<prefix>-<role>` with `lo` up and IPv6 off, so that only the
     /// packets a test sends cross its links (no router solicitations, MLD or DAD).
     pub fn netns(&mut self, role: &str) -> Netns {
-        let name = format!("{}-{role}", self.prefix);
+        let name = format!("{}-{role}", self.prefix());
+        // Listed before it exists: a signal during the creation still removes it.
+        lock(&self.owned.namespaces).push(name.clone());
         sh(&["ip", "netns", "add", &name]);
-        self.namespaces.push(name.clone());
         let ns = Netns { name };
         ns.sh(&["ip", "link", "set", "lo", "up"]);
         ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
@@ -59,6 +98,32 @@ impl Sandbox {
             ns.sh(&["ip", "link", "set", ifname, "up"]);
         }
     }
+
+    /// Declares that a netplane instance named [`Sandbox::prefix`] may run in `ns`: every
+    /// removal (drop, signal, [`Sandbox::retire`]) runs its `down` first, which also
+    /// removes what `up` made outside the namespaces (pins in bpffs, the agent, the state).
+    pub fn runs_netplane_in(&self, ns: &Netns) {
+        *lock(&self.owned.netplane_in) = Some(ns.name.clone());
+    }
+
+    /// Makes `path` go with the sandbox, on drop or signal (a config file, say).
+    pub fn owns_file(&self, path: PathBuf) {
+        lock(&self.owned.files).push(path);
+    }
+
+    /// Runs the instance's `down` (see [`Sandbox::runs_netplane_in`]), then unnames every
+    /// namespace of the sandbox but keeps each alive by an open file until the sandbox
+    /// drops: its names are free for new namespaces at once. The kernel tears a namespace
+    /// down in a worker (cleanup_net()), which would compete for the CPUs with what runs
+    /// next (the bench's measurements: thousands of rules and conntrack entries).
+    pub fn retire(&mut self) {
+        let Self { owned, retired } = self;
+        owned.remove(|name| {
+            if let Ok(f) = netplane::netns::open(name) {
+                retired.push(f);
+            }
+        });
+    }
 }
 
 impl Default for Sandbox {
@@ -69,11 +134,33 @@ impl Default for Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        // Also any namespace with our prefix that something under test created (netplane
-        // names container namespaces <instance>-<container>, and tests use the prefix as
-        // the instance name), in case the test failed before its own cleanup.
-        let mut names = std::mem::take(&mut self.namespaces);
-        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+        self.owned.remove_all();
+        lock(&LIVE).retain(|o| !Arc::ptr_eq(o, &self.owned));
+    }
+}
+
+impl Owned {
+    /// Everything: the instance, the namespaces, the files, and netplane's state
+    /// directory of the instance in case `down` could not run.
+    fn remove_all(&self) {
+        self.remove(|_| {});
+        for f in lock(&self.files).drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+        let _ = std::fs::remove_dir_all(format!("/run/netplane/{}", self.prefix));
+    }
+
+    /// `down` of the instance, then every namespace of the sandbox is deleted, also any
+    /// with the sandbox's prefix that something under test created (netplane names
+    /// container namespaces `<instance>-<container>`, and sandboxes lend their prefix as
+    /// the instance name). `before_delete` sees each name while it still exists.
+    fn remove(&self, mut before_delete: impl FnMut(&str)) {
+        // Held throughout: the signal handler and a drop never remove at the same time.
+        let mut names = lock(&self.namespaces);
+        if let Some(host) = lock(&self.netplane_in).clone() {
+            self.down_in(&host);
+        }
+        if let Ok(dir) = std::fs::read_dir(netplane::netns::RUN_DIR) {
             for e in dir.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
                 if n.starts_with(&format!("{}-", self.prefix)) && !names.contains(&n) {
@@ -82,14 +169,81 @@ impl Drop for Sandbox {
             }
         }
         // Deleting a namespace destroys the veths in it (and so their peers).
-        for name in names.into_iter().rev() {
+        for name in names.drain(..).rev() {
+            // Listed but never made (a signal during `ip netns add`).
+            if !netplane::netns::path(&name).exists() {
+                continue;
+            }
+            if netplane::netns::exists(&name) {
+                before_delete(&name);
+            }
             let out = Command::new("ip").args(["netns", "del", &name]).output();
             if !matches!(&out, Ok(o) if o.status.success()) {
                 eprintln!("sandbox: could not delete netns {name}: {out:?}");
             }
         }
-        let _ = std::fs::remove_dir_all(format!("/run/netplane/{}", self.prefix));
     }
+
+    /// `netplane down` of the instance named after the prefix, in namespace `host`
+    /// (in-process: it needs only the instance name, the state has the rest).
+    fn down_in(&self, host: &str) {
+        if !netplane::netns::exists(host) {
+            return;
+        }
+        match netplane::netns::run_in(host, || netplane::instance::down(&self.prefix, None)) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("sandbox: netplane down {}: {e}", self.prefix),
+            Err(e) => eprintln!("sandbox: netplane down {}: {e}", self.prefix),
+        }
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP (ctrlc's `termination` feature): ends the child processes
+/// (servers, a `netplane up` under way), removes every live sandbox of the process, then
+/// exits as the shell reports an interrupted command. ctrlc runs this on a thread of its
+/// own, not in signal context, so it may do anything.
+fn install_signal_handler() {
+    let handler = || {
+        eprintln!("\ninterrupted: removing the sandbox");
+        kill_children();
+        for owned in lock(&LIVE).iter() {
+            owned.remove_all();
+        }
+        std::process::exit(130);
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
+        eprintln!("sandbox: no cleanup on signals ({e}): sandboxes go only on drop");
+    }
+}
+
+/// SIGKILLs this process's children: deleting a namespace does not end the processes in
+/// it, and a `netplane up` finishing after the `down` would leave its objects behind.
+fn kill_children() {
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in procs.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(me) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// A poisoned lock (a test panicked while holding it) still guards valid data here.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Netns {
@@ -110,7 +264,7 @@ impl Netns {
     }
 
     pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
+        netplane::netns::path(&self.name).display().to_string()
     }
 
     /// Runs a command inside the namespace (network namespace only, like `nsenter --net`)
@@ -155,15 +309,16 @@ impl Netns {
     /// Runs `f` on a thread that has joined this namespace, so that in-process netlink,
     /// socket and BPF attach calls resolve interface names here.
     pub fn enter<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let file = File::open(self.path()).expect("open netns");
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
+        netplane::netns::run_in(&self.name, f).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Netns::enter`], without waiting: `f` runs on a new thread in this namespace
+    /// (servers and load generators that outlive the caller's scope).
+    pub fn spawn_thread<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> std::thread::JoinHandle<R> {
+        netplane::netns::spawn_in(&self.name, f).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 

@@ -1,7 +1,6 @@
-//! `netplane bench --smoke`: the benchmark runs end to end and every mode answers. A smoke
+//! `netplane-bench --smoke`: the benchmark runs end to end and every mode answers. A smoke
 //! test only: no figure is asserted (speed is measured by the benchmark, not by tests).
 
-use netplane_tests::host::netplane_bin;
 use netplane_tests::privileged;
 
 #[test]
@@ -10,8 +9,9 @@ fn the_benchmark_runs_every_mode_without_a_failed_request() {
         return;
     }
     let out_dir = std::env::temp_dir().join(format!("npbench-smoke-{}", std::process::id()));
-    let out = std::process::Command::new(netplane_bin())
-        .args(["bench", "--smoke", "--out", out_dir.to_str().unwrap()])
+    // Cargo builds the package's binaries for its integration tests and says where.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netplane-bench"))
+        .args(["--smoke", "--out", out_dir.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(

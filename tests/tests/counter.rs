@@ -1,7 +1,7 @@
 //! The TC packet counter, in the kernel: on crafted packets with BPF_PROG_TEST_RUN, and on
 //! real pings across a sandbox veth pair.
 
-use netplane::ebpf::counter::PacketCounter;
+use netplane::dataplane::ebpf::counter::PacketCounter;
 use netplane_common::counters::{Counters, Direction};
 use netplane_common::packet::parse_ethernet;
 use netplane_tests::{Sandbox, packet::udp_frame, privileged};

@@ -24,19 +24,9 @@ fn status(h: &Host) -> serde_json::Value {
 }
 
 fn ct_entries(h: &Host) -> u64 {
-    status(h)["dataplane_health"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|d| {
-            d.as_str()?
-                .strip_prefix("conntrack entries: ")?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap()
+    status(h)["dataplane_health"]["conntrack"]["entries"]
+        .as_u64()
+        .expect("the conntrack map's fill")
 }
 
 #[test]
@@ -108,7 +98,8 @@ fn flows_are_listed_expire_on_time_and_are_collected() {
     let flows: serde_json::Value =
         serde_json::from_str(&h.netplane_ok(&["conntrack", "--json"])).unwrap();
     assert_eq!(flows.as_array().unwrap().len(), 0, "{flows}");
-    let deadline = Instant::now() + netplane::agent::GC_INTERVAL + Duration::from_secs(3);
+    let deadline =
+        Instant::now() + netplane::dataplane::ebpf::agent::GC_INTERVAL + Duration::from_secs(3);
     while ct_entries(&h) > 0 {
         assert!(
             Instant::now() < deadline,
@@ -127,7 +118,9 @@ fn down_unpins_everything_and_stops_the_agent() {
     h.write_config(CONFIG);
     h.netplane_ok(&["up"]);
     let pins = Path::new(netplane::dataplane::ebpf::PIN_ROOT).join(h.name());
-    let pid = status(&h)["agent_pid"].as_u64().expect("an agent runs");
+    let pid = status(&h)["dataplane_health"]["agent_pid"]
+        .as_u64()
+        .expect("an agent runs");
     let pinned: Vec<String> = std::fs::read_dir(&pins)
         .unwrap()
         .flatten()

@@ -67,17 +67,15 @@ fn tcp_fails(from: &Netns, target: &str) -> bool {
     client(from, &["send-tcp", target, "x"]).is_err()
 }
 
-/// A counter of the eBPF data plane from `status --json`: the detail line `<name>: N`.
-fn ebpf_counter(h: &Host, name: &str) -> u64 {
+/// A counter of the data plane from `status --json`: the number at `pointer` (RFC 6901)
+/// under `dataplane_health`, such as `/drops/loopback-guard`.
+fn dataplane_counter(h: &Host, pointer: &str) -> u64 {
     let status: serde_json::Value =
         serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
-    let prefix = format!("{name}: ");
-    status["dataplane_health"]["details"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|d| d.as_str()?.strip_prefix(&prefix)?.parse().ok())
-        .unwrap_or_else(|| panic!("no counter {name:?} in {status}"))
+    status["dataplane_health"]
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no counter {pointer} in {status}"))
 }
 
 /// Packets the data plane dropped because they were sent to a 127.0.0.1-published port
@@ -91,7 +89,7 @@ fn loopback_guard_drops(mode: &str, h: &Host) -> u64 {
             .filter(|l| l.contains("DROP") && l.contains("127.0.0.1"))
             .map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap())
             .sum(),
-        "ebpf" => ebpf_counter(h, "drops loopback-guard"),
+        "ebpf" => dataplane_counter(h, "/drops/loopback-guard"),
         other => panic!("no loopback-guard counter for mode {other}"),
     }
 }
@@ -163,8 +161,8 @@ fn masquerade_container_to_outside() {
         // the flow through the kernel's path).
         let forwarded = |h: &Host| {
             (
-                ebpf_counter(h, "fast-forwarded into containers"),
-                ebpf_counter(h, "fast-forwarded out of containers"),
+                dataplane_counter(h, "/fast_forwarded/into_containers"),
+                dataplane_counter(h, "/fast_forwarded/out_of_containers"),
             )
         };
         let forwarded_before = (mode == "ebpf").then(|| forwarded(&h));
@@ -438,8 +436,8 @@ fn bulk_streams_arrive_in_order() {
             let bridge_tx = link_packets(&h.host, "npa").1;
             let fwd = (mode == "ebpf").then(|| {
                 (
-                    ebpf_counter(&h, "fast-forwarded into containers"),
-                    ebpf_counter(&h, "fast-forwarded out of containers"),
+                    dataplane_counter(&h, "/fast_forwarded/into_containers"),
+                    dataplane_counter(&h, "/fast_forwarded/out_of_containers"),
                 )
             });
             client(sender, &["bulk-tcp", &target, "64"]).unwrap();
@@ -459,8 +457,8 @@ fn bulk_streams_arrive_in_order() {
                 // first: a few packets of slack, where a mistake would be most of them.
                 let web_rx = link_packets(&web, "eth0").0 - web_rx;
                 let up0_tx = link_packets(&h.host, "up0").1 - up0_tx;
-                let into = ebpf_counter(&h, "fast-forwarded into containers") - into;
-                let out = ebpf_counter(&h, "fast-forwarded out of containers") - out;
+                let into = dataplane_counter(&h, "/fast_forwarded/into_containers") - into;
+                let out = dataplane_counter(&h, "/fast_forwarded/out_of_containers") - out;
                 assert!(
                     into + 5 >= web_rx,
                     "into the container: {into} of {web_rx} packets"
@@ -525,7 +523,7 @@ fn established_connections_survive_up_and_the_agent() {
             // The agent dies; the pinned data plane does not.
             let status: serde_json::Value =
                 serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
-            let pid = status["agent_pid"]
+            let pid = status["dataplane_health"]["agent_pid"]
                 .as_u64()
                 .expect("an agent runs in eBPF mode");
             h.host.sh(&["kill", "-9", &pid.to_string()]);

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use netplane::config::{Config, Plan};
 use netplane::dataplane::HostContext;
-use netplane::dataplane::ebpf::Detached;
+use netplane::dataplane::ebpf::TestRunPrograms;
 use netplane_common::packet::{Ipv4, parse_ethernet, parse_ipv4};
 use netplane_tests::packet::{
     Ip, TCP_ACK, TCP_SYN, icmp_echo, icmp_error, ipv4_frame, tcp, udp, udp_datagram,
@@ -49,11 +49,11 @@ fn plan_with(conntrack: &str) -> Plan {
     Config::parse(&text, "test").unwrap().plan().unwrap()
 }
 
-fn programs() -> Detached {
+fn programs() -> TestRunPrograms {
     programs_for(&plan())
 }
 
-fn programs_for(plan: &Plan) -> Detached {
+fn programs_for(plan: &Plan) -> TestRunPrograms {
     let host = HostContext {
         uplink: "up0".into(),
         uplink_index: 0,
@@ -63,8 +63,9 @@ fn programs_for(plan: &Plan) -> Detached {
             Ipv4Addr::new(10, 89, 0, 1),
             Ipv4Addr::new(10, 89, 1, 1),
         ],
+        links: Vec::new(),
     };
-    Detached::load(plan, &host).expect("load the NAT programs")
+    TestRunPrograms::load(plan, &host).expect("load the NAT programs")
 }
 
 /// The IPv4 packet of `frame`, with both checksums verified as a receiver would.
@@ -75,7 +76,7 @@ fn checked(frame: &[u8]) -> Ipv4<'_> {
     ip
 }
 
-fn drops(p: &Detached, reason: &str) -> u64 {
+fn drops(p: &TestRunPrograms, reason: &str) -> u64 {
     p.drops()
         .into_iter()
         .find(|(r, _)| *r == reason)

@@ -1,11 +1,12 @@
 use std::process::Command;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 
 use crate::setup;
 use crate::util::{self, is_root, run, workspace_root};
 
-/// Every namespace the test harness creates starts with this (tests/src/sandbox.rs).
+/// Every namespace the tests create starts with this (`TEST_PREFIX` in
+/// tests/src/sandbox.rs; the bench's start with `npbench`, the demo's with `npdemo`).
 const TEST_NETNS_PREFIX: &str = "npt";
 
 fn cargo() -> Command {
@@ -82,13 +83,19 @@ fn check_leaks() -> anyhow::Result<()> {
     )
 }
 
+/// The demo is a binary of the test harness (tests/src/bin/netplane-demo.rs), which
+/// xtask runs rather than links: netplane's build script needs the eBPF toolchain that
+/// `setup` installs first.
 pub fn demo() -> anyhow::Result<()> {
     setup::install()?;
     build(false)?;
-    crate::demo::run()
+    run_tool(&mut Command::new(
+        workspace_root().join("target/debug/netplane-demo"),
+    ))
 }
 
-/// The benchmark runs the release build: debug userspace would measure the load generator.
+/// The benchmark (tests/src/bin/netplane-bench.rs) runs the release build: debug
+/// userspace would measure the load generator.
 pub fn bench(quick: bool) -> anyhow::Result<()> {
     setup::install()?;
     build(true)?;
@@ -97,10 +104,18 @@ pub fn bench(quick: bool) -> anyhow::Result<()> {
     } else {
         "docs/bench"
     });
-    let mut c = Command::new(workspace_root().join("target/release/netplane"));
-    c.arg("bench").arg("--out").arg(&out);
+    let mut c = Command::new(workspace_root().join("target/release/netplane-bench"));
+    c.arg("--out").arg(&out);
     if quick {
         c.arg("--quick");
     }
-    run(&mut c)
+    run_tool(&mut c)
+}
+
+/// Runs the demo or the bench. Ctrl-C reaches them too (the terminal signals the whole
+/// foreground process group): they remove their sandbox and exit, and xtask waits for that
+/// instead of dying first and handing the terminal back mid-cleanup.
+fn run_tool(cmd: &mut Command) -> anyhow::Result<()> {
+    ctrlc::set_handler(|| {}).context("install the Ctrl-C handler")?;
+    run(cmd)
 }

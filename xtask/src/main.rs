@@ -3,10 +3,14 @@
 //! - `setup`: installs what a fresh Debian/Ubuntu host lacks (see `setup.rs`).
 //! - `build`: the eBPF object, then the userspace binary that embeds it.
 //! - `test`:  setup, build, then unit, in-kernel and end-to-end tests.
-//! - `demo`:  the README's first command.
+//! - `demo`:  the README's first command: build, then run `netplane-demo`.
+//! - `bench`: release build, then run `netplane-bench`.
+//!
+//! The demo and the bench live in the test harness (`tests/src/bin/`), next to the sandbox
+//! they share with the tests. xtask builds and runs them with cargo instead of depending on
+//! them: `setup` must run before netplane's build script can.
 
 mod build;
-mod demo;
 mod setup;
 mod util;
 
@@ -34,9 +38,10 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build, then show netplane working inside a throwaway sandbox.
+    /// Build, then show netplane working inside a throwaway sandbox (`netplane-demo`).
     Demo,
-    /// Build in release mode and run `netplane bench`, writing its report to docs/bench/.
+    /// Build in release mode and run `netplane-bench`, writing its report to docs/bench/
+    /// (with --quick, to target/bench-quick/).
     Bench {
         /// Under two minutes instead of the full run.
         #[arg(long)]

@@ -47,14 +47,14 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     (
         "nftables",
-        "the nftables reference mode of `netplane bench`",
+        "the nftables reference mode of the benchmark (`netplane-bench`)",
     ),
     ("iputils-ping", "tests and the demo send ICMP echo"),
     (
         "ethtool",
         "tests switch TX checksum offload off to see checksums on the wire",
     ),
-    ("iperf3", "a cross-check for `netplane bench` throughput"),
+    ("iperf3", "a cross-check for the benchmark's throughput"),
 ];
 
 /// The oldest rustc-web whose sysroot ships a BPF `core` that aya-ebpf 0.2 compiles with.

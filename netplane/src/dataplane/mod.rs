@@ -1,15 +1,22 @@
-//! The NAT data plane behind `up`, `down` and `status`: masquerade for container → outside
-//! and DNAT for published ports, isolation between networks.
+//! The NAT data plane behind `up`, `down` and `status`: masquerade for container → outside,
+//! DNAT for published ports, isolation between networks.
 //!
-//! One trait, one implementation per mode (as netavark's `FirewallDriver`): [`iptables`]
-//! today; the eBPF data plane joins it. The topology (bridges, veths, namespaces) is not
-//! the data plane's business: `instance` builds it first.
+//! One trait, one implementation per mode, as netavark's `FirewallDriver` has one per
+//! firewall backend: [`ebpf`] (TC programs and BPF conntrack), [`iptables`] (netfilter
+//! rules and nf_conntrack) and [`none`] (no NAT: the topology alone). The topology
+//! (bridges, veths, namespaces) is not the data plane's business: `instance` builds it
+//! first and never asks which mode it runs.
 
-pub mod conntrack;
 pub mod ebpf;
 pub mod iptables;
+pub mod none;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 
 use crate::config::{Mode, Plan};
+use crate::topology::Link;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -37,8 +44,8 @@ pub enum DataplaneError {
         path: String,
         source: std::io::Error,
     },
-    #[error("eBPF data plane: cannot {what}: {detail}")]
-    Ebpf { what: String, detail: String },
+    #[error(transparent)]
+    Ebpf(#[from] ebpf::EbpfError),
     #[error("eBPF mode needs {what}; use mode = \"iptables\" on this host")]
     Unsupported { what: String },
 }
@@ -54,14 +61,73 @@ pub struct HostContext {
     pub uplink_addr: std::net::Ipv4Addr,
     /// Every IPv4 address of the host namespace (published ports answer on all of them).
     pub local_addrs: Vec<std::net::Ipv4Addr>,
+    /// The host namespace's links once the topology is built (the eBPF data plane
+    /// delivers into a container by its host veth's index, MTU and MAC).
+    pub links: Vec<Link>,
 }
 
-/// A data plane's health, for `netplane status`.
-#[derive(Debug, Clone, serde::Serialize)]
+/// A data plane's health and counters, for `netplane status` (and its `--json`).
+#[derive(Debug, Clone, Serialize)]
 pub struct DataplaneStatus {
     pub mode: Mode,
+    /// True when nothing is in `problems`.
     pub healthy: bool,
-    pub details: Vec<String>,
+    /// What is wrong, one named problem each.
+    pub problems: Vec<String>,
+    /// What is installed: BPF links by program and device, or iptables chains.
+    pub attached: Vec<String>,
+    /// Tracked connections, with the table's capacity when it has one.
+    pub conntrack: Option<MapFill>,
+    /// Packets dropped, by reason (the names of `netplane_common::nat::DropReason`).
+    pub drops: BTreeMap<String, u64>,
+    /// How full each bounded map is.
+    pub maps: Vec<MapFill>,
+    /// Packets that took the eBPF short way; `None` when it is off or not this mode's.
+    pub fast_forwarded: Option<FastForwarded>,
+    /// iptables mode: the DNAT rules of its published ports.
+    pub dnat_rules: Option<usize>,
+    /// The eBPF mode's agent (conntrack garbage collection), when it runs.
+    pub agent_pid: Option<u32>,
+}
+
+impl DataplaneStatus {
+    /// An empty status of `mode`; `healthy` follows `problems` in [`Self::finish`].
+    pub fn new(mode: Mode) -> DataplaneStatus {
+        DataplaneStatus {
+            mode,
+            healthy: true,
+            problems: Vec::new(),
+            attached: Vec::new(),
+            conntrack: None,
+            drops: BTreeMap::new(),
+            maps: Vec::new(),
+            fast_forwarded: None,
+            dnat_rules: None,
+            agent_pid: None,
+        }
+    }
+
+    /// Sets `healthy` from `problems`.
+    pub fn finish(mut self) -> DataplaneStatus {
+        self.healthy = self.problems.is_empty();
+        self
+    }
+}
+
+/// The fill of one bounded table.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: u64,
+    /// The capacity, as the kernel reports it; `None` when unbounded or unknown.
+    pub max_entries: Option<u64>,
+}
+
+/// Packets that the eBPF programs forwarded themselves, past the kernel's forwarding path.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct FastForwarded {
+    pub into_containers: u64,
+    pub out_of_containers: u64,
 }
 
 pub trait Dataplane {
@@ -73,8 +139,9 @@ pub trait Dataplane {
     /// Sysctls the data plane needs (key, value), recorded and restored by `down`.
     fn sysctls(&self, plan: &Plan) -> Vec<(String, String)>;
 
-    /// Programs `plan`, replacing what an earlier apply of `old` programmed. Returns a
-    /// line per change; nothing when the host already matches.
+    /// Programs `plan`, replacing what an earlier apply of `old` programmed, and starts
+    /// whatever the mode runs beside it (eBPF: the agent). Returns a line per change;
+    /// nothing when the host already matches.
     fn apply(
         &self,
         plan: &Plan,
@@ -82,62 +149,27 @@ pub trait Dataplane {
         host: &HostContext,
     ) -> Result<Vec<String>, DataplaneError>;
 
-    /// Removes everything programmed for instance `name`, and only that. Finishes every
-    /// step; returns what it removed.
+    /// Removes everything programmed for instance `name`, and only that, and stops what
+    /// `apply` started. Finishes every step; returns what it removed.
     fn teardown(&self, name: &str) -> Result<Vec<String>, DataplaneError>;
 
+    /// One line for `status`: what this mode does.
+    fn describe(&self) -> &'static str;
+
     fn status(&self, plan: &Plan) -> DataplaneStatus;
+
+    /// The NAT sessions it tracks itself, as `netplane conntrack` lists them. Only the
+    /// eBPF data plane has its own table; the others have none to show.
+    fn flows(&self, _name: &str) -> Vec<ebpf::Flow> {
+        Vec::new()
+    }
 }
 
-/// The data plane of `mode`; `None` for `mode = "none"` (topology only).
-pub fn for_mode(mode: Mode) -> Option<Box<dyn Dataplane>> {
+/// The data plane of `mode`.
+pub fn for_mode(mode: Mode) -> Box<dyn Dataplane> {
     match mode {
-        Mode::Iptables => Some(Box::new(iptables::Iptables)),
-        Mode::Ebpf => Some(Box::new(ebpf::Ebpf)),
-        Mode::None => None,
+        Mode::Iptables => Box::new(iptables::Iptables),
+        Mode::Ebpf => Box::new(ebpf::Ebpf),
+        Mode::NoNat => Box::new(none::NoNat),
     }
-}
-
-/// Runs a command, feeding `stdin`, and returns stdout; a non-zero exit is an error that
-/// carries stderr.
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, DataplaneError> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let command = format!("{program} {}", args.join(" "));
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| DataplaneError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
-        pipe.write_all(text.as_bytes())
-            .map_err(|source| DataplaneError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| DataplaneError::Spawn {
-            command: command.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(DataplaneError::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -1,7 +1,6 @@
 //! The BPF filesystem, where netplane pins maps and links so the data plane outlives the
-//! agent process.
+//! process that loaded it.
 
-use std::io;
 use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
@@ -46,9 +45,4 @@ fn is_bpffs(path: &Path) -> Result<bool, nix::Error> {
         Err(nix::Error::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// Whether `err` means "the thing is already gone", for idempotent cleanup.
-pub fn is_not_found(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::NotFound
 }

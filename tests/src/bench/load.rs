@@ -13,22 +13,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, CpuSet, sched_setaffinity, setns};
+use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
 
-use crate::netns;
+use crate::Netns;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs `f` on a new thread inside namespace `ns`, pinned to `cpu`.
 pub fn spawn_in<R: Send + 'static>(
-    ns: &str,
+    ns: &Netns,
     cpu: usize,
     f: impl FnOnce() -> R + Send + 'static,
 ) -> JoinHandle<R> {
-    let file = netns::open(ns).expect("bench namespace exists");
-    std::thread::spawn(move || {
-        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+    ns.spawn_thread(move || {
         let mut set = CpuSet::new();
         if set.set(cpu).is_ok() {
             let _ = sched_setaffinity(Pid::from_raw(0), &set);
@@ -81,7 +79,7 @@ pub struct Servers {
 
 impl Servers {
     /// TCP and UDP servers on `port` in namespace `ns`, on `cpu`.
-    pub fn start(ns: &str, port: u16, cpu: usize) -> Servers {
+    pub fn start(ns: &Netns, port: u16, cpu: usize) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (s1, r1) = (stop.clone(), ready_tx.clone());

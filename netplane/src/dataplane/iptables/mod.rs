@@ -19,12 +19,16 @@
 //! Other tools' rules are never flushed: built-in chains are not declared in the batch (a
 //! declaration would reset their policy); jumps are added only when missing, and `down`
 //! deletes exactly the jumps to our chains and our chains.
+//!
+//! [`nf_conntrack`] flushes the kernel's conntrack entries that would blackhole a UDP port.
+
+pub mod nf_conntrack;
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext, conntrack, run};
+use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
 use crate::config::{Mode, Plan, fnv1a_32};
 use crate::state;
 
@@ -311,8 +315,8 @@ impl Dataplane for Iptables {
                 jumps.len()
             ));
         }
-        for port in conntrack::changed_udp_ports(old, plan) {
-            conntrack::flush_udp_port(port)?;
+        for port in nf_conntrack::changed_udp_ports(old, plan) {
+            nf_conntrack::flush_udp_port(port)?;
             changes.push(format!("conntrack: flushed UDP entries to port {port}"));
         }
         Ok(changes)
@@ -327,34 +331,87 @@ impl Dataplane for Iptables {
         Ok(removed)
     }
 
-    fn status(&self, plan: &Plan) -> DataplaneStatus {
-        let mut details = Vec::new();
-        let healthy = match save() {
-            Ok(saved) => {
-                let missing = missing_jumps(&saved, &plan.name);
-                for (t, j) in &missing {
-                    details.push(format!("missing jump in table {t}: {j}"));
-                }
-                let rules = table_lines(&saved, "nat")
-                    .filter(|l| l.starts_with(&format!("-A {} ", chain("DNAT", &plan.name))))
-                    .count();
-                details.push(format!(
-                    "{rules} DNAT rules in {}",
-                    chain("DNAT", &plan.name)
-                ));
-                missing.is_empty()
-            }
-            Err(e) => {
-                details.push(e.to_string());
-                false
-            }
-        };
-        DataplaneStatus {
-            mode: Mode::Iptables,
-            healthy,
-            details,
-        }
+    fn describe(&self) -> &'static str {
+        "iptables (masquerade, published ports, isolation)"
     }
+
+    fn status(&self, plan: &Plan) -> DataplaneStatus {
+        let mut st = DataplaneStatus::new(Mode::Iptables);
+        match save() {
+            Ok(saved) => {
+                for (t, j) in missing_jumps(&saved, &plan.name) {
+                    st.problems.push(format!("missing jump in table {t}: {j}"));
+                }
+                st.attached = TABLES
+                    .iter()
+                    .flat_map(|t| {
+                        chains_of(t, &plan.name)
+                            .into_iter()
+                            .filter(|c| {
+                                table_lines(&saved, t).any(|l| l.starts_with(&format!(":{c} ")))
+                            })
+                            .map(move |c| format!("{t} {c}"))
+                    })
+                    .collect();
+                st.dnat_rules = Some(
+                    table_lines(&saved, "nat")
+                        .filter(|l| l.starts_with(&format!("-A {} ", chain("DNAT", &plan.name))))
+                        .count(),
+                );
+            }
+            Err(e) => st.problems.push(e.to_string()),
+        }
+        st.conntrack = nf_conntrack::fill();
+        st.finish()
+    }
+}
+
+/// Runs a command, feeding `stdin`, and returns stdout; a non-zero exit is an error that
+/// carries stderr.
+pub(super) fn run(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, DataplaneError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let command = format!("{program} {}", args.join(" "));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| DataplaneError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        pipe.write_all(text.as_bytes())
+            .map_err(|source| DataplaneError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|source| DataplaneError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(DataplaneError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

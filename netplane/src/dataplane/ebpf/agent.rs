@@ -1,8 +1,11 @@
-//! The agent: the long-running half of eBPF mode. `up` starts it (detached, one per
-//! instance) and `down` stops it. It garbage-collects expired conntrack entries; the data
-//! path never depends on it (programs and maps are pinned), so killing it loses nothing
-//! but memory reclamation until the next `up` starts it again. It exits by itself when
-//! the instance's pins disappear.
+//! The agent: the long-running half of eBPF mode. The data plane's `apply` starts it
+//! (detached, one per instance) and its `teardown` stops it. It garbage-collects expired
+//! conntrack entries; the data path never depends on it (programs and maps are pinned), so
+//! killing it loses nothing but memory reclamation until the next `up` starts it again. It
+//! exits by itself when the instance's pins disappear.
+//!
+//! Its log (stderr, at the level of the `up` that started it, or `RUST_LOG`) goes to
+//! `/run/netplane/<name>/agent.log`.
 
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -10,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::dataplane::ebpf;
+use super::{gc, pin_dir};
 use crate::state;
 
 /// How often the agent collects garbage.
@@ -18,6 +21,11 @@ pub const GC_INTERVAL: Duration = Duration::from_secs(5);
 
 fn pid_file(name: &str) -> PathBuf {
     state::dir(name).join("agent.pid")
+}
+
+/// Where the agent of instance `name` writes its log.
+pub fn log_file(name: &str) -> PathBuf {
+    state::dir(name).join("agent.log")
 }
 
 /// The agent's loop. Returns when the instance is gone.
@@ -34,8 +42,9 @@ pub fn run(name: &str) {
             io::Error::last_os_error()
         );
     }
-    while ebpf::pin_dir(name).exists() {
-        let removed = ebpf::gc(name);
+    tracing::info!(instance = name, pid = std::process::id(), "agent running");
+    while pin_dir(name).exists() {
+        let removed = gc(name);
         if removed > 0 {
             tracing::debug!(removed, "conntrack garbage collection");
         }
@@ -61,13 +70,23 @@ pub fn ensure_running(name: &str) -> io::Result<Option<u32>> {
     if running(name).is_some() {
         return Ok(None);
     }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file(name))?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["agent", "--name", name])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        // Its own session: the agent outlives the terminal and the `up` that started it.
+        .stderr(log)
+        // Its own process group, not the terminal's foreground one: the Ctrl-C or the
+        // hangup of the terminal that ran `up` does not reach it.
         .process_group(0);
+    if std::env::var_os("RUST_LOG").is_none() {
+        // The level this process logs at (`-v`, `-q`), for the agent too.
+        let level = tracing::level_filters::LevelFilter::current();
+        cmd.env("RUST_LOG", level.to_string().to_lowercase());
+    }
     let child = cmd.spawn()?;
     std::fs::write(pid_file(name), child.id().to_string())?;
     Ok(Some(child.id()))

@@ -1,7 +1,7 @@
-//! `netplane bench`: eBPF mode against iptables mode, an nftables reference and a no-NAT
-//! baseline, measured side by side in one run.
+//! The benchmark (`netplane-bench`): eBPF mode against iptables mode, an nftables
+//! reference and a no-NAT baseline, measured side by side in one run.
 //!
-//! The benchmark builds its own sandbox: a "client" namespace (the outside world, on
+//! It runs in the harness's [`Host`]: the "outside" namespace (the client, on
 //! TEST-NET-3) cabled to a "host" namespace where netplane runs, with one container. Modes
 //! are interleaved in rounds, in a new random order each round; ratios are computed
 //! within a round (the same minutes of the same machine) and reported as the median with
@@ -11,21 +11,25 @@
 mod load;
 pub mod report;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ipnet::Ipv4Net;
+use netplane::config::{Config, Mode, Plan};
+use netplane::dataplane::ebpf::{
+    conntrack_entries, ct_bytes_per_entry, drop_counters, program_costs,
+};
+use netplane::instance;
 use serde::Serialize;
 
 use self::load::{Rate, Servers, spawn_in};
-use crate::config::{Config, Mode, Plan};
-use crate::{instance, netns, topology};
+use crate::Netns;
+use crate::host::{Host, OUTSIDE_IP, UPLINK, UPLINK_IP};
 
 pub const MODES: [&str; 4] = ["baseline", "iptables", "nftables", "ebpf"];
-const UPLINK: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
-const WEB: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 2);
+/// The bench's names start with this (the tests' with `npt`).
+const PREFIX: &str = "npbench";
+const WEB: &str = "10.89.0.2";
 const SUBNET: &str = "10.89.0.0/24";
 /// The first published host port; N ports are 10000..10000+N-1, all to the web server.
 const FIRST_PORT: u16 = 10_000;
@@ -154,95 +158,43 @@ pub struct Results {
     pub ebpf_program_costs: Vec<(String, u64, f64)>,
 }
 
-/// The sandbox: namespaces named `npbench<pid>-{client,host}` plus the container's.
-/// Every measurement gets them new ([`Sandbox::fresh`]): a mode must not inherit another's
-/// leftovers. iptables leaves its (empty) `nat` base chains behind on `down`, as it does
-/// for every tool, and while they exist the namespace runs nf_conntrack on every packet,
-/// which would burden the modes measured after it (the baseline and eBPF included).
-struct Sandbox {
-    name: String,
-    client: String,
-    host: String,
-    /// Namespaces of earlier measurements, unnamed but kept alive until the end: the
-    /// kernel tears a namespace down in a worker (cleanup_net()), which would compete for
-    /// the CPUs with the next measurement (thousands of rules and conntrack entries).
-    retired: std::sync::Mutex<Vec<std::fs::File>>,
+/// The bench's sandbox: the harness's [`Host`], whose outside namespace is the client.
+/// Every measurement gets new namespaces ([`Bench::fresh`]): a mode must not inherit
+/// another's leftovers. iptables leaves its (empty) `nat` base chains behind on `down`, as
+/// it does for every tool, and while they exist the namespace runs nf_conntrack on every
+/// packet, which would burden the modes measured after it (the baseline and eBPF
+/// included). Ctrl-C, SIGTERM or SIGHUP mid-run remove it, as its drop does.
+struct Bench {
+    host: Host,
 }
 
-/// The sandbox's namespaces exist under their names while this lives; on drop they are
-/// retired and the sandbox removed.
-struct Fresh<'a>(&'a Sandbox);
-
-impl Drop for Fresh<'_> {
-    fn drop(&mut self) {
-        let sb = self.0;
-        let mut retired = sb.retired.lock().unwrap_or_else(|e| e.into_inner());
-        retired.extend(
-            [&sb.client, &sb.host]
-                .into_iter()
-                .filter_map(|ns| netns::open(ns).ok()),
-        );
-        drop(retired);
-        sb.remove();
-    }
-}
-
-impl Sandbox {
-    /// Names the sandbox and removes it on Ctrl-C, SIGTERM or SIGHUP; creates nothing.
-    fn new() -> anyhow::Result<Sandbox> {
-        let name = format!("npbench{}", std::process::id());
-        let sb = Sandbox {
-            client: format!("{name}-client"),
-            host: format!("{name}-host"),
-            name,
-            retired: Default::default(),
-        };
-        // Ctrl-C or a kill mid-run: remove the sandbox (and the pins `up` made outside it,
-        // in bpffs), then exit as the signal would have.
-        let on_signal = Sandbox {
-            name: sb.name.clone(),
-            client: sb.client.clone(),
-            host: sb.host.clone(),
-            retired: Default::default(),
-        };
-        ctrlc::set_handler(move || {
-            eprintln!("\ninterrupted: removing the bench sandbox");
-            on_signal.remove();
-            std::process::exit(130);
-        })
-        .context("install the Ctrl-C handler")?;
-        Ok(sb)
+impl Bench {
+    fn new() -> Bench {
+        Bench {
+            host: Host::with_prefix(PREFIX),
+        }
     }
 
-    /// Creates the client and host namespaces, cabled, as new.
-    fn fresh(&self) -> anyhow::Result<Fresh<'_>> {
-        let fresh = Fresh(self);
-        netns::create(&self.client)?;
-        netns::create(&self.host)?;
-        let client = self.client.clone();
-        netns::run_in(&self.host, || -> anyhow::Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let h = topology::connect(None)?;
-                topology::create_veth(&h, "up0", "eth0", &client, None).await?;
-                topology::ensure_interface(&h, "up0", Ipv4Net::new(UPLINK, 24)?).await?;
-                topology::ensure_interface(&h, "lo", "127.0.0.1/8".parse()?).await?;
-                topology::ensure_route(&h, "0.0.0.0/0".parse()?, CLIENT).await?;
-                let c = topology::connect(Some(&client))?;
-                topology::ensure_interface(&c, "eth0", Ipv4Net::new(CLIENT, 24)?).await?;
-                topology::ensure_interface(&c, "lo", "127.0.0.1/8".parse()?).await?;
-                // For the baseline: the container subnet is routed, not NATed.
-                topology::ensure_route(&c, SUBNET.parse()?, UPLINK).await?;
-                anyhow::Ok(())
-            })
-        })??;
-        Ok(fresh)
+    /// The host and client namespaces as new (the earlier ones retired, see
+    /// [`Host::renew`]), cabled, and the container subnet routed from the client.
+    fn fresh(&mut self) -> &Bench {
+        self.host.renew();
+        // For the baseline: the container subnet is routed, not NATed.
+        self.client()
+            .sh(&["ip", "route", "add", SUBNET, "via", UPLINK_IP]);
+        self
     }
 
-    fn web(&self) -> String {
-        format!("{}-web", self.name)
+    fn name(&self) -> &str {
+        self.host.name()
+    }
+
+    fn client(&self) -> &Netns {
+        &self.host.outside
+    }
+
+    fn web(&self) -> Netns {
+        self.host.container("web")
     }
 
     /// The plan of `mode` with `n` published TCP ports (and one UDP port).
@@ -255,40 +207,29 @@ impl Sandbox {
         }
         publish.push(format!("\"{UDP_PORT}:{SERVER_PORT}/udp\""));
         let text = format!(
-            "name = \"{}\"\nmode = \"{mode}\"\nuplink = \"up0\"\n[[networks]]\nname = \"npa\"\nsubnet = \"{SUBNET}\"\n\
+            "name = \"{}\"\nmode = \"{mode}\"\nuplink = \"{UPLINK}\"\n[[networks]]\nname = \"npa\"\nsubnet = \"{SUBNET}\"\n\
              [[containers]]\nname = \"web\"\nnetwork = \"npa\"\nip = \"{WEB}\"\npublish = [{}]\n",
-            self.name,
+            self.name(),
             publish.join(", ")
         );
         Ok(Config::parse(&text, "bench")?.plan()?)
     }
 
-    /// `up` inside the sandbox's host namespace; returns how long the whole `up` took and
-    /// how long programming the data plane took.
+    /// `up` inside the host namespace, in-process; returns how long the whole `up` took
+    /// and how long programming the data plane took.
     fn up(&self, plan: &Plan) -> anyhow::Result<(Duration, Duration)> {
-        netns::run_in(&self.host, || {
-            let t = Instant::now();
-            instance::up(plan).map(|r| {
-                (
-                    t.elapsed(),
-                    Duration::from_secs_f64(r.dataplane_ms.unwrap_or(0.0) / 1e3),
-                )
+        self.host
+            .host
+            .enter(|| {
+                let t = Instant::now();
+                instance::up(plan).map(|r| {
+                    (
+                        t.elapsed(),
+                        Duration::from_secs_f64(r.dataplane_ms.unwrap_or(0.0) / 1e3),
+                    )
+                })
             })
-        })?
-        .context("netplane up in the bench sandbox")
-    }
-
-    fn down(&self) {
-        let _ = netns::run_in(&self.host, || instance::down(&self.name, None));
-    }
-}
-
-impl Sandbox {
-    fn remove(&self) {
-        self.down();
-        for ns in [&self.client, &self.host] {
-            let _ = netns::delete(ns);
-        }
+            .context("netplane up in the bench sandbox")
     }
 }
 
@@ -348,21 +289,21 @@ fn nft_clear() {
 }
 
 /// Applies the nftables reference in the host namespace; returns how long `nft` took.
-fn nft_apply(sb: &Sandbox, n: u32, shift_first: bool) -> anyhow::Result<Duration> {
-    netns::run_in(&sb.host, || {
+fn nft_apply(sb: &Bench, n: u32, shift_first: bool) -> anyhow::Result<Duration> {
+    sb.host.host.enter(|| {
         nft_clear();
         let t = Instant::now();
         nft(&nft_ruleset(n, shift_first)).map(|()| t.elapsed())
-    })?
+    })
 }
 
-fn sock(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::from((ip, port))
+fn sock(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("an IPv4 address"), port)
 }
 
 /// Runs `f` from the client namespace (pinned to the client CPU).
-fn from_client<R: Send + 'static>(sb: &Sandbox, f: impl FnOnce() -> R + Send + 'static) -> R {
-    spawn_in(&sb.client, CLIENT_CPU, f)
+fn from_client<R: Send + 'static>(sb: &Bench, f: impl FnOnce() -> R + Send + 'static) -> R {
+    spawn_in(sb.client(), CLIENT_CPU, f)
         .join()
         .expect("bench client thread")
 }
@@ -372,36 +313,36 @@ fn progress(round: usize, rounds: usize, mode: &str, what: &str) {
 }
 
 /// One mode in one round.
-fn measure(sb: &Sandbox, mode: &str, opts: &Options, round: usize) -> anyhow::Result<Sample> {
+fn measure(bench: &mut Bench, mode: &str, opts: &Options, round: usize) -> anyhow::Result<Sample> {
     let p = |what: &str| progress(round, opts.rounds, mode, what);
     let n_min = opts.scale[0];
     let n_max = *opts.scale.last().expect("scale is not empty");
     let netplane_mode = match mode {
         "iptables" => Mode::Iptables,
         "ebpf" => Mode::Ebpf,
-        _ => Mode::None,
+        _ => Mode::NoNat,
     };
     p("setting up");
-    let _fresh = sb.fresh()?;
+    let sb = bench.fresh();
     sb.up(&sb.plan(netplane_mode, n_min, false)?)?;
     if mode == "nftables" {
         nft_apply(sb, n_min, false)?;
     }
     let (secs, warm) = (opts.secs(), Duration::from_secs_f64(opts.warmup));
     let web_servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
-    let outside_servers = Servers::start(&sb.client, SERVER_PORT, SERVER_CPU);
+    let outside_servers = Servers::start(sb.client(), SERVER_PORT, SERVER_CPU);
     // The baseline reaches the container by its address, through a route.
     let target = |port: u16| {
         if mode == "baseline" {
             sock(WEB, SERVER_PORT)
         } else {
-            sock(UPLINK, port)
+            sock(UPLINK_IP, port)
         }
     };
     let udp_target = if mode == "baseline" {
         sock(WEB, SERVER_PORT)
     } else {
-        sock(UPLINK, UDP_PORT)
+        sock(UPLINK_IP, UDP_PORT)
     };
 
     let mut s = Sample::default();
@@ -410,7 +351,7 @@ fn measure(sb: &Sandbox, mode: &str, opts: &Options, round: usize) -> anyhow::Re
     from_client(sb, move || load::stream(t, warm));
     s.stream_in_gbps = from_client(sb, move || load::stream(t, secs));
     p("TCP stream out (masquerade)");
-    let out = sock(CLIENT, SERVER_PORT);
+    let out = sock(OUTSIDE_IP, SERVER_PORT);
     spawn_in(&sb.web(), CLIENT_CPU, move || load::stream(out, warm))
         .join()
         .ok();
@@ -447,14 +388,14 @@ fn measure(sb: &Sandbox, mode: &str, opts: &Options, round: usize) -> anyhow::Re
     if mode != "baseline" {
         p(&format!("one change with {n_max} mappings"));
         let (up, change) = if mode == "nftables" {
-            let t = netns::run_in(&sb.host, || {
+            let t = sb.host.host.enter(|| {
                 let t = Instant::now();
                 nft(&format!(
                     "add element ip npbench tcp_ports {{ {} : {WEB} . {SERVER_PORT} }}\n",
                     FIRST_PORT - 1
                 ))
                 .map(|()| t.elapsed())
-            })??;
+            })?;
             (t, t)
         } else {
             sb.up(&sb.plan(netplane_mode, n_max, true)?)?
@@ -476,7 +417,7 @@ fn measure(sb: &Sandbox, mode: &str, opts: &Options, round: usize) -> anyhow::Re
     s.tcp_crr.push((n_max, top));
     s.tcp_crr.sort_by_key(|(n, _)| *n);
     if mode == "ebpf" {
-        s.drops = crate::dataplane::ebpf::drop_counters(&sb.name)
+        s.drops = drop_counters(sb.name())
             .into_iter()
             .filter(|(_, n)| *n > 0)
             .map(|(r, n)| (r.to_owned(), n))
@@ -529,13 +470,13 @@ fn machine() -> Machine {
 ///   net/netfilter/nf_conntrack_extend.c; MASQUERADE needs the NAT extension, DNAT does
 ///   not), plus its hash bucket (8 bytes × nf_conntrack_buckets / nf_conntrack_max), the
 ///   counterpart of the map's.
-fn memory(sb: &Sandbox) -> anyhow::Result<Memory> {
+fn memory(bench: &mut Bench) -> anyhow::Result<Memory> {
     eprintln!("[memory] {MEMORY_FLOWS} UDP flows of each kind, ebpf and iptables");
-    let flows = |sb: &Sandbox, kind: NatKind| {
+    let flows = |sb: &Bench, kind: NatKind| {
         let send = move || {
             let target = match kind {
-                NatKind::Published => sock(UPLINK, UDP_PORT),
-                NatKind::Masquerade => sock(CLIENT, SERVER_PORT),
+                NatKind::Published => sock(UPLINK_IP, UDP_PORT),
+                NatKind::Masquerade => sock(OUTSIDE_IP, SERVER_PORT),
             };
             for i in 0..MEMORY_FLOWS {
                 if let Ok(s) = std::net::UdpSocket::bind(("0.0.0.0", MEMORY_FIRST_SPORT + i)) {
@@ -555,16 +496,15 @@ fn memory(sb: &Sandbox) -> anyhow::Result<Memory> {
     let kinds = [NatKind::Published, NatKind::Masquerade];
     let mut m = Memory::default();
 
-    let fresh = sb.fresh()?;
+    let sb = bench.fresh();
     let plan = sb.plan(Mode::Ebpf, 1, false)?;
     sb.up(&plan)?;
     let servers = [
         Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU),
-        Servers::start(&sb.client, SERVER_PORT, SERVER_CPU),
+        Servers::start(sb.client(), SERVER_PORT, SERVER_CPU),
     ];
-    let entries = || crate::dataplane::ebpf::conntrack_entries(&plan.name).len() as f64;
-    m.ebpf_bytes_per_entry =
-        crate::dataplane::ebpf::ct_bytes_per_entry(&plan.name).unwrap_or(f64::NAN);
+    let entries = || conntrack_entries(&plan.name).len() as f64;
+    m.ebpf_bytes_per_entry = ct_bytes_per_entry(&plan.name).unwrap_or(f64::NAN);
     for kind in kinds {
         let before = entries();
         flows(sb, kind);
@@ -575,23 +515,22 @@ fn memory(sb: &Sandbox) -> anyhow::Result<Memory> {
         k.ebpf_bytes = per_flow * per_entry;
     }
     drop(servers);
-    drop(fresh);
 
-    let _fresh = sb.fresh()?;
+    let sb = bench.fresh();
     sb.up(&sb.plan(Mode::Iptables, 1, false)?)?;
     let servers = [
         Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU),
-        Servers::start(&sb.client, SERVER_PORT, SERVER_CPU),
+        Servers::start(sb.client(), SERVER_PORT, SERVER_CPU),
     ];
     let sysctl = |name: &str| {
-        netns::run_in(&sb.host, || {
-            std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
-                .ok()
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .ok()
-        .flatten()
-        .unwrap_or(f64::NAN)
+        sb.host
+            .host
+            .enter(|| {
+                std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}"))
+                    .ok()
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+            })
+            .unwrap_or(f64::NAN)
     };
     let bucket = 8.0 * sysctl("nf_conntrack_buckets") / sysctl("nf_conntrack_max");
     for kind in kinds {
@@ -631,16 +570,16 @@ fn slab_bytes() -> f64 {
 }
 
 /// Per-program run time of the eBPF data plane under connect/request/close.
-fn profile(sb: &Sandbox, opts: &Options) -> anyhow::Result<Vec<(String, u64, f64)>> {
+fn profile(bench: &mut Bench, opts: &Options) -> anyhow::Result<Vec<(String, u64, f64)>> {
     eprintln!("[profile] ebpf: per-program run time under connect/request/close");
-    let _fresh = sb.fresh()?;
+    let sb = bench.fresh();
     sb.up(&sb.plan(Mode::Ebpf, opts.scale[0], false)?)?;
     let servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-    let t = sock(UPLINK, FIRST_PORT);
+    let t = sock(UPLINK_IP, FIRST_PORT);
     let secs = opts.secs();
     from_client(sb, move || load::tcp_crr(t, secs));
-    let costs = crate::dataplane::ebpf::program_costs(&sb.name);
+    let costs = program_costs(sb.name());
     drop(stats);
     drop(servers);
     Ok(costs)
@@ -660,7 +599,9 @@ fn shuffled(seed: u64) -> Vec<&'static str> {
 }
 
 pub fn run(opts: Options) -> anyhow::Result<Results> {
-    instance::require_root()?;
+    if !netplane::privilege::is_root() {
+        bail!("the benchmark creates network namespaces and loads BPF programs: run it as root");
+    }
     let machine = machine();
     if machine.load_before > 0.5 {
         eprintln!(
@@ -672,7 +613,7 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
     if machine.cores < 2 {
         eprintln!("warning: 1 CPU: client and server cannot be pinned apart");
     }
-    let sb = Sandbox::new()?;
+    let mut bench = Bench::new();
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -681,12 +622,12 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
     for r in 0..opts.rounds {
         let mut samples = Vec::new();
         for mode in shuffled(seed.wrapping_add(r as u64 * 0x9e37_79b9)) {
-            samples.push((mode.to_owned(), measure(&sb, mode, &opts, r)?));
+            samples.push((mode.to_owned(), measure(&mut bench, mode, &opts, r)?));
         }
         rounds.push(samples);
     }
-    let memory = memory(&sb)?;
-    let ebpf_program_costs = profile(&sb, &opts)?;
+    let memory = memory(&mut bench)?;
+    let ebpf_program_costs = profile(&mut bench, &opts)?;
     Ok(Results {
         options: opts,
         machine,

@@ -4,10 +4,10 @@
 use aya::Ebpf;
 use aya::maps::PerCpuArray;
 use aya::programs::tc::SchedClassifierLinkId;
-use aya::programs::{ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions};
+use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use netplane_common::counters::{COUNTERS_MAP, Counters, Direction};
 
-use super::EbpfError;
+use super::object::{self, EbpfError, LoadOptions};
 
 const fn program_name(dir: Direction) -> &'static str {
     match dir {
@@ -44,14 +44,11 @@ impl PacketCounter {
     /// # Errors
     /// [`EbpfError::Load`] carries the verifier log when the kernel rejects a program.
     pub fn load() -> Result<Self, EbpfError> {
-        let mut bpf = super::open()?;
+        let mut bpf = object::load(&LoadOptions::default())?;
         for dir in Direction::ALL {
             program(&mut bpf, dir)?
                 .load()
-                .map_err(|source| EbpfError::Load {
-                    program: program_name(dir),
-                    source: source.into(),
-                })?;
+                .map_err(EbpfError::load(program_name(dir)))?;
         }
         Ok(Self {
             bpf,
@@ -72,8 +69,8 @@ impl PacketCounter {
                     self.attached = Some((iface.to_owned(), links));
                     let _ = self.detach();
                     return Err(EbpfError::Attach {
-                        program: program_name(dir),
-                        iface: iface.to_owned(),
+                        program: program_name(dir).to_owned(),
+                        device: iface.to_owned(),
                         hook,
                         source: source.into(),
                     });
@@ -94,8 +91,8 @@ impl PacketCounter {
         for (dir, id) in links {
             if let Err(source) = program(&mut self.bpf, dir)?.detach(id) {
                 first_err.get_or_insert(EbpfError::Detach {
-                    program: program_name(dir),
-                    iface: iface.clone(),
+                    program: program_name(dir).to_owned(),
+                    device: iface.clone(),
                     source: source.into(),
                 });
             }
@@ -105,10 +102,7 @@ impl PacketCounter {
 
     /// The counters summed over all CPUs.
     pub fn read(&self) -> Result<Totals, EbpfError> {
-        let map_err = |source: aya::maps::MapError| EbpfError::Map {
-            map: COUNTERS_MAP,
-            source: source.into(),
-        };
+        let map_err = EbpfError::map(COUNTERS_MAP);
         let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(
             self.bpf
                 .map(COUNTERS_MAP)
@@ -136,7 +130,7 @@ impl PacketCounter {
         let res = program(&mut self.bpf, dir)?
             .test_run(opts)
             .map_err(|source| EbpfError::TestRun {
-                program: program_name(dir),
+                program: program_name(dir).to_owned(),
                 source: source.into(),
             })?;
         Ok(res.return_value as i32)
@@ -144,12 +138,5 @@ impl PacketCounter {
 }
 
 fn program(bpf: &mut Ebpf, dir: Direction) -> Result<&mut SchedClassifier, EbpfError> {
-    let name = program_name(dir);
-    bpf.program_mut(name)
-        .ok_or(EbpfError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source: ProgramError| EbpfError::Load {
-            program: name,
-            source: source.into(),
-        })
+    object::program(bpf, program_name(dir))
 }

@@ -1,0 +1,97 @@
+//! Every BPF map of the programs, apart from the logic that uses them (as Cilium's
+//! `bpf/lib/*_map.h`), so that any module can reach any map without importing another
+//! module's logic.
+//!
+//! The agent finds the maps by these names (`netplane_common::nat::maps`,
+//! `netplane_common::counters::COUNTERS_MAP`), and a new `up` reuses the maps pinned
+//! under them (`netplane_common::nat::maps::PINNED`): a map's name, type, key, value, size
+//! and flags are shared with the agent and with the data plane already running.
+
+use aya_ebpf::bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC};
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray};
+use netplane_common::counters::{COUNTERS_SLOTS, Counters};
+use netplane_common::nat::{
+    Backend, CtEntry, CtKey, DROP_REASONS, DpConfig, Endpoint, FragEntry, FragKey, NetInfo,
+    PortKey, SockRevEntry, SockRevKey, Tick, forwarded,
+};
+
+/// The conntrack table's default size; the agent sets its own (`conntrack.max_entries`)
+/// at load time (EbpfLoader::map_max_entries).
+const CT_MAX_ENTRIES: u32 = 131_072;
+const FRAG_MAX_ENTRIES: u32 = 8_192;
+
+/// Connection tracking: the entries netplane_common::nat describes.
+#[map(name = "NP_CT")]
+// BPF_F_NO_COMMON_LRU: per-CPU LRU lists, no lock shared by all CPUs on every insert
+// (kernel/bpf/bpf_lru_list.c); eviction is then per CPU, which an over-sized table hides.
+pub static CT: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(CT_MAX_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+/// What the first fragment of a datagram was translated to, for its later fragments.
+#[map(name = "NP_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);
+
+/// The instance's settings, in the single entry.
+#[map(name = "NP_CONFIG")]
+pub static CONFIG: Array<DpConfig> = Array::with_max_entries(1, 0);
+
+/// The published ports, by local address (0: every local address), port and protocol.
+#[map(name = "NP_PUBLISHED")]
+pub static PUBLISHED: HashMap<PortKey, Backend> = HashMap::with_max_entries(65_536, 0);
+
+/// The container networks, by prefix.
+#[map(name = "NP_SUBNETS")]
+pub static SUBNETS: LpmTrie<u32, NetInfo> = LpmTrie::with_max_entries(256, BPF_F_NO_PREALLOC);
+
+/// The host's own addresses (the value is unused).
+#[map(name = "NP_LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(1_024, 0);
+
+/// The containers, by address: their host veth, MTU and MACs.
+#[map(name = "NP_ENDPOINTS")]
+pub static ENDPOINTS: HashMap<u32, Endpoint> = HashMap::with_max_entries(4_096, 0);
+
+/// How many packets took the short way, per CPU and [`forwarded`] slot (the agent sums
+/// the CPUs).
+#[map(name = "NP_FORWARDED")]
+pub static FORWARDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(forwarded::SLOTS, 0);
+
+/// The route cache's key: a destination as reached from a device.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RouteKey {
+    pub daddr: u32,
+    pub from_ifindex: u32,
+}
+
+/// A route lookup's answer, and when it was made.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CachedRoute {
+    pub ifindex: u32,
+    pub next_hop: u32,
+    pub mtu: u32,
+    pub at: Tick,
+}
+
+/// bpf_fib_lookup() answers, per CPU, for crate::forward's ROUTE_TTL: a lookup costs
+/// ~200 ns a packet, about a third of a translated packet's time on the bridge. A route
+/// change applies to translated flows within ROUTE_TTL; neighbours are resolved per packet
+/// regardless (bpf_redirect_neigh).
+#[map(name = "NP_ROUTES")]
+pub static ROUTES: LruPerCpuHashMap<RouteKey, CachedRoute> =
+    LruPerCpuHashMap::with_max_entries(4_096, 0);
+
+/// Packets and bytes per [`netplane_common::counters::Direction`], per CPU.
+#[map(name = "NETPLANE_COUNTERS")]
+pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTERS_SLOTS, 0);
+
+/// Drops per [`netplane_common::nat::DropReason`], per CPU.
+#[map(name = "NP_DROPS")]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+
+/// Where redirected UDP sockets really sent to, for recvmsg4 (see crate::sock).
+#[map(name = "NP_SOCK_REV")]
+pub static SOCK_REV: LruHashMap<SockRevKey, SockRevEntry> = LruHashMap::with_max_entries(65_536, 0);

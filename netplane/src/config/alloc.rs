@@ -1,0 +1,319 @@
+//! Addresses: subnets and host addresses as written, the default gateway, and handing out
+//! container addresses.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::plan::Network;
+use super::schema::{ConfigError, invalid};
+
+/// A /31 or /32 has no room for a gateway plus a container.
+const PREFIX_MAX: u8 = 30;
+
+pub(super) fn parse_subnet(field: &str, value: &str) -> Result<Ipv4Net, ConfigError> {
+    let subnet: Ipv4Net = value.parse().map_err(|_| {
+        let reason = if value.parse::<ipnet::Ipv6Net>().is_ok() {
+            "IPv6 subnets are not supported yet"
+        } else {
+            "not an IPv4 subnet in CIDR form, e.g. \"172.18.0.0/16\""
+        };
+        invalid(field, value, reason)
+    })?;
+    if subnet.trunc() != subnet {
+        return Err(invalid(
+            field,
+            value,
+            format!("host bits are set; did you mean \"{}\"?", subnet.trunc()),
+        ));
+    }
+    if subnet.prefix_len() > PREFIX_MAX {
+        return Err(invalid(
+            field,
+            value,
+            format!(
+                "a /{} has no room for a gateway and a container; use /{PREFIX_MAX} or shorter",
+                subnet.prefix_len()
+            ),
+        ));
+    }
+    Ok(subnet)
+}
+
+/// An address a host may use inside `subnet`: not the network or broadcast address.
+pub(super) fn parse_host_addr(
+    field: &str,
+    value: &str,
+    subnet: Ipv4Net,
+) -> Result<Ipv4Addr, ConfigError> {
+    let ip: Ipv4Addr = value
+        .parse()
+        .map_err(|_| invalid(field, value, "not an IPv4 address"))?;
+    let reason = if !subnet.contains(&ip) {
+        format!("outside the network's subnet {subnet}")
+    } else if ip == subnet.network() {
+        format!("is the network address of {subnet}")
+    } else if ip == subnet.broadcast() {
+        format!("is the broadcast address of {subnet}")
+    } else {
+        return Ok(ip);
+    };
+    Err(invalid(field, value, reason))
+}
+
+/// The subnet's first host address: the default gateway, and where allocation starts.
+pub(super) fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// The container addresses of one plan. The caller reserves every explicit address
+/// before it allocates any, so an explicit address never depends on its position.
+#[derive(Default)]
+pub(super) struct Addresses<'a> {
+    /// Each address in use, with the index of the container that has it.
+    taken: HashMap<Ipv4Addr, usize>,
+    /// The next candidate address per network, so allocation is one sweep per subnet.
+    cursors: HashMap<&'a str, u32>,
+}
+
+impl<'a> Addresses<'a> {
+    /// Reserves `ip` for container `i`; `Err(j)` when container `j` has it already.
+    pub(super) fn reserve(&mut self, ip: Ipv4Addr, i: usize) -> Result<(), usize> {
+        match self.taken.insert(ip, i) {
+            Some(j) => Err(j),
+            None => Ok(()),
+        }
+    }
+
+    /// The lowest free address of `net`, now container `i`'s; `None` when none is left.
+    pub(super) fn allocate(&mut self, net: &'a Network, i: usize) -> Option<Ipv4Addr> {
+        let cursor = self
+            .cursors
+            .entry(net.name.as_str())
+            .or_insert_with(|| u32::from(first_host(net.subnet)));
+        let ip = next_free(cursor, net, &self.taken)?;
+        self.taken.insert(ip, i);
+        Some(ip)
+    }
+}
+
+/// Scans from `cursor` up to (not including) the broadcast address, skipping the gateway
+/// and anything already taken. Starting at the first host address rather than after the
+/// gateway keeps the low addresses usable when the gateway is set to, say, `.254`.
+fn next_free(
+    cursor: &mut u32,
+    net: &Network,
+    taken: &HashMap<Ipv4Addr, usize>,
+) -> Option<Ipv4Addr> {
+    let broadcast = u32::from(net.subnet.broadcast());
+    while *cursor < broadcast {
+        let ip = Ipv4Addr::from(*cursor);
+        *cursor += 1;
+        if ip != net.gateway && !taken.contains_key(&ip) {
+            return Some(ip);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::testutil::{container, network, plan, plan_err, with_containers};
+    use crate::config::{Mode, format_mac};
+
+    #[test]
+    fn explicit_addresses_are_reserved_before_auto_ones() {
+        let plan = plan(&with_containers(
+            r#"
+            [[containers]]
+            name = "a"
+            network = "np0"
+            [[containers]]
+            name = "b"
+            network = "np0"
+            ip = "10.0.0.2"
+            [[containers]]
+            name = "c"
+            network = "np0"
+            [[containers]]
+            name = "d"
+            network = "np0"
+            ip = "10.0.0.4"
+            [[containers]]
+            name = "e"
+            network = "np0"
+            "#,
+        ));
+        let ips: Vec<String> = plan.containers.iter().map(|c| c.ip.to_string()).collect();
+        assert_eq!(
+            ips,
+            ["10.0.0.3", "10.0.0.2", "10.0.0.5", "10.0.0.4", "10.0.0.6"]
+        );
+    }
+
+    #[test]
+    fn explicit_gateway_is_skipped_and_low_addresses_used() {
+        let plan = plan(
+            r#"
+            [[networks]]
+            name = "np0"
+            subnet = "10.0.0.0/29"
+            gateway = "10.0.0.2"
+            [[containers]]
+            name = "a"
+            network = "np0"
+            [[containers]]
+            name = "b"
+            network = "np0"
+            "#,
+        );
+        assert_eq!(plan.networks[0].gateway, Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(plan.containers[0].ip, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(plan.containers[1].ip, Ipv4Addr::new(10, 0, 0, 3));
+        assert_eq!(plan.containers[1].gateway, Ipv4Addr::new(10, 0, 0, 2));
+    }
+
+    #[test]
+    fn addresses_are_allocated_per_network() {
+        let plan = plan(
+            r#"
+            name = "lab"
+            mode = "iptables"
+            uplink = "eth0"
+            [[networks]]
+            name = "np0"
+            subnet = "10.0.0.0/24"
+            [[networks]]
+            name = "np1"
+            subnet = "10.1.0.0/16"
+            [[containers]]
+            name = "a"
+            network = "np1"
+            [[containers]]
+            name = "b"
+            network = "np0"
+            [[containers]]
+            name = "c"
+            network = "np1"
+            "#,
+        );
+        assert_eq!(plan.mode, Mode::Iptables);
+        assert_eq!(plan.uplink.as_deref(), Some("eth0"));
+        let got: Vec<(&str, String, u8)> = plan
+            .containers
+            .iter()
+            .map(|c| (c.network.as_str(), c.ip.to_string(), c.prefix_len))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("np1", "10.1.0.2".to_owned(), 16),
+                ("np0", "10.0.0.2".to_owned(), 24),
+                ("np1", "10.1.0.3".to_owned(), 16),
+            ]
+        );
+        assert_eq!(plan.containers[0].gateway, Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(plan.containers[0].netns, "lab-a");
+        assert_eq!(format_mac(plan.containers[0].mac), "02:42:0a:01:00:02");
+    }
+
+    #[test]
+    fn subnet_exhaustion() {
+        let toml = r#"
+            [[networks]]
+            name = "tiny"
+            subnet = "10.0.0.0/30"
+            [[containers]]
+            name = "a"
+            network = "tiny"
+            [[containers]]
+            name = "b"
+            network = "tiny"
+        "#;
+        let msg = plan_err(toml, "containers[1].network", "tiny");
+        assert!(
+            msg.contains("no free address") && msg.contains("10.0.0.0/30"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn invalid_subnets() {
+        let net = |subnet| network("np0", subnet, None);
+        for bad in ["", "172.18.0.0", "172.18.0.0/33", "nonsense", "300.0.0.0/8"] {
+            plan_err(&net(bad), "networks[0].subnet", bad);
+        }
+        let msg = plan_err(&net("172.18.0.1/16"), "networks[0].subnet", "172.18.0.1/16");
+        assert!(msg.contains("\"172.18.0.0/16\""), "{msg}");
+        let msg = plan_err(&net("10.0.0.0/31"), "networks[0].subnet", "10.0.0.0/31");
+        assert!(msg.contains("/30"), "{msg}");
+        plan_err(&net("10.0.0.0/32"), "networks[0].subnet", "10.0.0.0/32");
+        let msg = plan_err(&net("fd00::/64"), "networks[0].subnet", "fd00::/64");
+        assert!(msg.contains("IPv6"), "{msg}");
+        plan(&net("10.0.0.0/30"));
+    }
+
+    #[test]
+    fn invalid_gateways() {
+        let gw = |g| network("np0", "10.0.0.0/24", Some(g));
+        for bad in [
+            "",
+            "10.0.0",
+            "fd00::1",
+            "10.0.1.1",
+            "10.0.0.0",
+            "10.0.0.255",
+        ] {
+            plan_err(&gw(bad), "networks[0].gateway", bad);
+        }
+        assert!(
+            plan_err(&gw("10.0.0.255"), "networks[0].gateway", "10.0.0.255").contains("broadcast")
+        );
+        assert!(
+            plan_err(&gw("10.0.0.0"), "networks[0].gateway", "10.0.0.0")
+                .contains("network address")
+        );
+        assert!(plan_err(&gw("10.0.1.1"), "networks[0].gateway", "10.0.1.1").contains("outside"));
+        assert_eq!(
+            plan(&gw("10.0.0.254")).networks[0].gateway,
+            Ipv4Addr::new(10, 0, 0, 254)
+        );
+    }
+
+    #[test]
+    fn invalid_container_ips() {
+        let ip = |ip| with_containers(&container("a", "np0", Some(ip), &[]));
+        for bad in [
+            "",
+            "10.0.0",
+            "fd00::2",
+            "10.0.1.2",
+            "10.0.0.0",
+            "10.0.0.255",
+            "10.0.0.1",
+        ] {
+            plan_err(&ip(bad), "containers[0].ip", bad);
+        }
+        assert!(plan_err(&ip("10.0.0.1"), "containers[0].ip", "10.0.0.1").contains("gateway"));
+        assert_eq!(
+            plan(&ip("10.0.0.254")).containers[0].ip,
+            Ipv4Addr::new(10, 0, 0, 254)
+        );
+    }
+
+    #[test]
+    fn duplicate_container_ips() {
+        let toml = with_containers(
+            &(container("a", "np0", Some("10.0.0.9"), &[])
+                + &container("b", "np0", None, &[])
+                + &container("c", "np0", Some("10.0.0.9"), &[])),
+        );
+        let msg = plan_err(&toml, "containers[2].ip", "10.0.0.9");
+        assert!(
+            msg.contains("containers[0]") && msg.contains("\"a\""),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,481 @@
+//! The resolved config: [`Config::plan`] checks everything that can be checked without
+//! touching the host and fills in every default, so later stages work from a complete
+//! [`Plan`].
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::alloc::{Addresses, first_host, parse_host_addr, parse_subnet};
+use super::names::{
+    check_bridge_name, check_ifname, check_name, container_mac, host_veth_name, netns_name,
+};
+use super::publish::PortMapping;
+use super::schema::{Config, ConfigError, Mode, invalid};
+use super::tunables::{ConntrackConfig, EbpfConfig};
+
+/// A validated config with every default filled in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub mode: Mode,
+    pub uplink: Option<String>,
+    pub networks: Vec<Network>,
+    pub containers: Vec<Container>,
+    // Defaulted, like `ebpf`, so that a plan recorded without these sections still loads.
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
+    #[serde(default)]
+    pub ebpf: EbpfConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Network {
+    /// Also the bridge device's name.
+    pub name: String,
+    pub subnet: Ipv4Net,
+    /// The bridge's own address, the containers' default route.
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Container {
+    pub name: String,
+    pub network: String,
+    pub ip: Ipv4Addr,
+    /// The network's prefix length.
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    /// Docker style: 02:42 followed by the IPv4 address, so it is stable and readable.
+    pub mac: [u8; 6],
+    /// `<instance>-<container>`.
+    pub netns: String,
+    /// The host end of the container's veth pair: `vnp` and a hash of the instance and
+    /// container names, so that it fits the kernel's 15-byte limit.
+    pub host_veth: String,
+    pub publish: Vec<PortMapping>,
+}
+
+impl Plan {
+    pub fn network(&self, name: &str) -> Option<&Network> {
+        self.networks.iter().find(|n| n.name == name)
+    }
+
+    pub fn container(&self, name: &str) -> Option<&Container> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+}
+
+impl Config {
+    /// Validates everything that can be checked without looking at the host, and
+    /// resolves defaults (gateways, container addresses, device names).
+    pub fn plan(&self) -> Result<Plan, ConfigError> {
+        check_name("name", &self.name)?;
+        if let Some(uplink) = &self.uplink {
+            check_ifname("uplink", uplink)?;
+        }
+        let networks = self.plan_networks()?;
+        let containers = self.plan_containers(&networks)?;
+        self.conntrack.validate()?;
+        Ok(Plan {
+            name: self.name.clone(),
+            mode: self.mode,
+            uplink: self.uplink.clone(),
+            networks,
+            containers,
+            conntrack: self.conntrack,
+            ebpf: self.ebpf,
+        })
+    }
+
+    fn plan_networks(&self) -> Result<Vec<Network>, ConfigError> {
+        let mut networks: Vec<Network> = Vec::with_capacity(self.networks.len());
+        for (i, net) in self.networks.iter().enumerate() {
+            let field = |f: &str| format!("networks[{i}].{f}");
+
+            check_bridge_name(&field("name"), &net.name)?;
+            if let Some(j) = networks.iter().position(|n| n.name == net.name) {
+                return Err(invalid(
+                    field("name"),
+                    &net.name,
+                    format!("duplicate network name; networks[{j}] already uses it"),
+                ));
+            }
+
+            let subnet = parse_subnet(&field("subnet"), &net.subnet)?;
+            // Indices in `networks` match the config's, since every earlier entry was kept.
+            if let Some((j, other)) = networks
+                .iter()
+                .enumerate()
+                .find(|(_, n)| n.subnet.contains(&subnet) || subnet.contains(&n.subnet))
+            {
+                return Err(invalid(
+                    field("subnet"),
+                    &net.subnet,
+                    format!(
+                        "overlaps networks[{j}].subnet ({}) of network {:?}",
+                        other.subnet, other.name
+                    ),
+                ));
+            }
+
+            let gateway = match &net.gateway {
+                None => first_host(subnet),
+                Some(text) => parse_host_addr(&field("gateway"), text, subnet)?,
+            };
+
+            networks.push(Network {
+                name: net.name.clone(),
+                subnet,
+                gateway,
+            });
+        }
+        Ok(networks)
+    }
+
+    /// Two passes: validate every container and reserve the explicit addresses, then hand
+    /// out the rest in config order, so an explicit address never depends on its position.
+    fn plan_containers(&self, networks: &[Network]) -> Result<Vec<Container>, ConfigError> {
+        struct Pending<'a> {
+            network: &'a Network,
+            ip: Option<Ipv4Addr>,
+            publish: Vec<PortMapping>,
+            host_veth: String,
+        }
+
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut veths: HashMap<String, usize> = HashMap::new();
+        let mut addresses = Addresses::default();
+        let mut published: Vec<(usize, usize, PortMapping)> = Vec::new();
+        let mut pending = Vec::with_capacity(self.containers.len());
+
+        for (i, c) in self.containers.iter().enumerate() {
+            let field = |f: &str| format!("containers[{i}].{f}");
+
+            check_name(&field("name"), &c.name)?;
+            if let Some(j) = names.insert(&c.name, i) {
+                return Err(invalid(
+                    field("name"),
+                    &c.name,
+                    format!("duplicate container name; containers[{j}] already uses it"),
+                ));
+            }
+            let host_veth = host_veth_name(&self.name, &c.name);
+            if let Some(j) = veths.insert(host_veth.clone(), i) {
+                return Err(invalid(
+                    field("name"),
+                    &c.name,
+                    format!(
+                        "its host veth name {host_veth} collides with that of containers[{j}] \
+                         ({:?}); rename one of them",
+                        self.containers[j].name
+                    ),
+                ));
+            }
+
+            let network = networks
+                .iter()
+                .find(|n| n.name == c.network)
+                .ok_or_else(|| {
+                    let defined: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+                    let reason = if defined.is_empty() {
+                        "unknown network; no networks are defined".to_owned()
+                    } else {
+                        format!("unknown network; defined: {}", defined.join(", "))
+                    };
+                    invalid(field("network"), &c.network, reason)
+                })?;
+
+            let ip = match &c.ip {
+                None => None,
+                Some(text) => {
+                    let ip = parse_host_addr(&field("ip"), text, network.subnet)?;
+                    if ip == network.gateway {
+                        return Err(invalid(
+                            field("ip"),
+                            text,
+                            format!("is the gateway of network {:?}", network.name),
+                        ));
+                    }
+                    if let Err(j) = addresses.reserve(ip, i) {
+                        return Err(invalid(
+                            field("ip"),
+                            text,
+                            format!(
+                                "already assigned to containers[{j}] ({:?})",
+                                self.containers[j].name
+                            ),
+                        ));
+                    }
+                    Some(ip)
+                }
+            };
+
+            let mut publish = Vec::with_capacity(c.publish.len());
+            for (j, spec) in c.publish.iter().enumerate() {
+                let field = format!("containers[{i}].publish[{j}]");
+                let mapping = PortMapping::parse(spec).map_err(|r| invalid(&field, spec, r))?;
+                if let Some((oi, oj, other)) =
+                    published.iter().find(|(_, _, m)| m.overlaps(&mapping))
+                {
+                    let port = mapping.host_port.max(other.host_port);
+                    return Err(invalid(
+                        field,
+                        spec,
+                        format!(
+                            "host port {port}/{} is already published by \
+                             containers[{oi}].publish[{oj}] ({:?})",
+                            mapping.proto, other.spec
+                        ),
+                    ));
+                }
+                published.push((i, j, mapping.clone()));
+                publish.push(mapping);
+            }
+
+            pending.push(Pending {
+                network,
+                ip,
+                publish,
+                host_veth,
+            });
+        }
+
+        let mut containers = Vec::with_capacity(pending.len());
+        for (i, (c, p)) in self.containers.iter().zip(pending).enumerate() {
+            let net = p.network;
+            let ip = match p.ip {
+                Some(ip) => ip,
+                None => addresses.allocate(net, i).ok_or_else(|| {
+                    invalid(
+                        format!("containers[{i}].network"),
+                        &c.network,
+                        format!("no free address left in subnet {}", net.subnet),
+                    )
+                })?,
+            };
+            containers.push(Container {
+                name: c.name.clone(),
+                network: net.name.clone(),
+                ip,
+                prefix_len: net.subnet.prefix_len(),
+                gateway: net.gateway,
+                mac: container_mac(ip),
+                netns: netns_name(&self.name, &c.name),
+                host_veth: p.host_veth,
+                publish: p.publish,
+            });
+        }
+        Ok(containers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::format_mac;
+    use crate::config::testutil::{container, network, plan, plan_err, with_containers};
+
+    #[test]
+    fn default_config_plans() {
+        let plan = Config::embedded_default().plan().expect("default plans");
+        assert_eq!(plan.name, "netplane");
+        assert_eq!(plan.mode, Mode::Ebpf);
+        assert_eq!(plan.uplink, None);
+
+        let np0 = plan.network("np0").expect("np0");
+        assert_eq!(np0.subnet, "172.18.0.0/16".parse::<Ipv4Net>().expect("net"));
+        assert_eq!(np0.gateway, Ipv4Addr::new(172, 18, 0, 1));
+
+        let web = plan.container("web").expect("web");
+        assert_eq!(web.ip, Ipv4Addr::new(172, 18, 0, 2));
+        assert_eq!(web.prefix_len, 16);
+        assert_eq!(web.gateway, np0.gateway);
+        assert_eq!(format_mac(web.mac), "02:42:ac:12:00:02");
+        assert_eq!(web.netns, "netplane-web");
+        assert_eq!(web.publish.len(), 1);
+        assert_eq!(web.publish[0].to_string(), "8080:80/tcp");
+
+        let client = plan.container("client").expect("client");
+        assert_eq!(client.ip, Ipv4Addr::new(172, 18, 0, 3));
+        assert_eq!(client.netns, "netplane-client");
+        assert!(client.publish.is_empty());
+
+        assert!(plan.container("nope").is_none());
+        assert!(plan.network("nope").is_none());
+    }
+
+    #[test]
+    fn plan_round_trips_through_json() {
+        let plan = Config::embedded_default().plan().expect("plan");
+        let json = serde_json::to_string(&plan).expect("serialize");
+        assert!(json.contains("\"subnet\":\"172.18.0.0/16\""), "{json}");
+        assert_eq!(
+            serde_json::from_str::<Plan>(&json).expect("deserialize"),
+            plan
+        );
+    }
+
+    #[test]
+    fn duplicate_network_names() {
+        let toml = network("np0", "10.0.0.0/24", None) + &network("np0", "10.1.0.0/24", None);
+        let msg = plan_err(&toml, "networks[1].name", "np0");
+        assert!(msg.contains("networks[0]"), "{msg}");
+    }
+
+    #[test]
+    fn overlapping_subnets() {
+        let two = |a, b| network("np0", a, None) + &network("np1", b, None);
+        for (a, b) in [
+            ("10.0.0.0/24", "10.0.0.0/24"),
+            ("10.0.0.0/16", "10.0.5.0/24"),
+            ("10.0.5.0/24", "10.0.0.0/16"),
+        ] {
+            let msg = plan_err(&two(a, b), "networks[1].subnet", b);
+            assert!(
+                msg.contains("networks[0]") && msg.contains(a) && msg.contains("np0"),
+                "{msg}"
+            );
+        }
+        plan(&two("10.0.0.0/24", "10.0.1.0/24"));
+    }
+
+    #[test]
+    fn duplicate_container_names() {
+        let toml = with_containers(
+            &(container("a", "np0", None, &[])
+                + &container("b", "np0", None, &[])
+                + &container("a", "np0", None, &[])),
+        );
+        let msg = plan_err(&toml, "containers[2].name", "a");
+        assert!(msg.contains("containers[0]"), "{msg}");
+    }
+
+    #[test]
+    fn host_veth_collision_is_rejected() {
+        // Found by brute force: both hash to vnp5fd96a26 under instance "netplane".
+        let msg = plan_err(
+            &with_containers(
+                r#"
+                [[containers]]
+                name = "c476999"
+                network = "np0"
+                [[containers]]
+                name = "c1014994"
+                network = "np0"
+                "#,
+            ),
+            "containers[1].name",
+            "c1014994",
+        );
+        assert!(
+            msg.contains("vnp5fd96a26") && msg.contains("containers[0]"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unknown_network() {
+        let toml = network("np0", "10.0.0.0/24", None)
+            + &network("np1", "10.1.0.0/24", None)
+            + &container("a", "np0", None, &[])
+            + &container("b", "np2", None, &[]);
+        let msg = plan_err(&toml, "containers[1].network", "np2");
+        assert!(msg.contains("defined: np0, np1"), "{msg}");
+
+        let msg = plan_err(
+            &container("a", "np0", None, &[]),
+            "containers[0].network",
+            "np0",
+        );
+        assert!(msg.contains("no networks are defined"), "{msg}");
+    }
+
+    #[test]
+    fn publish_entries_are_parsed() {
+        let plan = plan(&with_containers(&container(
+            "a",
+            "np0",
+            None,
+            &["8080:80", "127.0.0.1:5353:53/udp", "9000-9002:9000-9002"],
+        )));
+        let specs: Vec<String> = plan.containers[0]
+            .publish
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        assert_eq!(
+            specs,
+            [
+                "8080:80/tcp",
+                "127.0.0.1:5353:53/udp",
+                "9000-9002:9000-9002/tcp"
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_publish_entries() {
+        for (bad, reason) in [
+            ("0:80", "port 0"),
+            ("70000:80", "above 65535"),
+            ("80", "host port is required"),
+            ("8080:80/sctp", "sctp"),
+            ("[::1]:80:80", "IPv6"),
+            ("9000-9005:9000-9003", "6 ports"),
+            ("garbage", "hostPort"),
+        ] {
+            let toml = with_containers(&container("a", "np0", None, &["1:1", bad]));
+            let msg = plan_err(&toml, "containers[0].publish[1]", bad);
+            assert!(msg.contains(reason), "{msg}");
+        }
+    }
+
+    #[test]
+    fn conflicting_publish_entries() {
+        let conflict = |a: &str, b: &str| {
+            let toml = with_containers(
+                &(container("a", "np0", None, &[a]) + &container("b", "np0", None, &[b])),
+            );
+            Config::parse(&toml, "test.toml")
+                .expect("parses")
+                .plan()
+                .err()
+                .map(|e| {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.starts_with(&format!("containers[1].publish[0] = {b:?}")),
+                        "{msg}"
+                    );
+                    assert!(
+                        msg.contains(&format!("containers[0].publish[0] ({a:?})")),
+                        "{msg}"
+                    );
+                    msg
+                })
+        };
+        let msg = conflict("8080:80/tcp", "8080:80").expect("conflict");
+        assert_eq!(
+            msg,
+            "containers[1].publish[0] = \"8080:80\": host port 8080/tcp is already published \
+             by containers[0].publish[0] (\"8080:80/tcp\")"
+        );
+        assert!(conflict("8080:80/tcp", "8080:80/udp").is_none());
+        assert!(conflict("127.0.0.1:8080:80", "8080:80").is_some());
+        assert!(conflict("8080:80", "127.0.0.1:8080:80").is_some());
+        assert!(conflict("127.0.0.1:8080:80", "127.0.0.2:8080:80").is_none());
+        assert!(conflict("0.0.0.0:8080:80", "127.0.0.1:8080:80").is_some());
+        let msg = conflict("9000-9005:9000-9005", "8990-9003:1-14").expect("ranges overlap");
+        assert!(msg.contains("host port 9000/tcp"), "{msg}");
+        assert!(conflict("9000-9005:9000-9005", "9006-9010:1-5").is_none());
+    }
+
+    #[test]
+    fn conflicting_publish_within_one_container() {
+        let toml = with_containers(&container("a", "np0", None, &["53:53/udp", "53:5353/udp"]));
+        let msg = plan_err(&toml, "containers[0].publish[1]", "53:5353/udp");
+        assert!(msg.contains("containers[0].publish[0]"), "{msg}");
+    }
+}

@@ -1,0 +1,163 @@
+//! `[conntrack]` and `[ebpf]`: the eBPF data plane's tunables. Each default is defined
+//! once, below or (the lifetimes) in [`Timeouts::default`], which the NAT shares.
+
+use std::ops::RangeInclusive;
+
+use netplane_common::nat::{MAX_LIFETIME_S, Timeouts};
+use serde::{Deserialize, Serialize};
+
+use super::schema::{ConfigError, invalid};
+
+/// The kernel's default `ip_local_port_range`.
+const DEFAULT_NAT_PORT_RANGE: [u16; 2] = [32_768, 60_999];
+/// Masquerade stays out of the well-known ports.
+const NAT_PORT_MIN: u16 = 1024;
+const DEFAULT_MAX_ENTRIES: u32 = 131_072;
+const MAX_ENTRIES: RangeInclusive<u32> = 1024..=16_777_216;
+const DEFAULT_FAST_FORWARD: bool = true;
+
+/// `[ebpf]`: the eBPF data plane's forwarding.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EbpfConfig {
+    /// Translated packets of known flows skip the kernel's forwarding path: into a
+    /// container they are transmitted on its host veth (bpf_redirect), out of one they go
+    /// to the uplink's next hop (bpf_fib_lookup + bpf_redirect_neigh), as Cilium's BPF
+    /// host routing does. They then also pass netfilter by: set false when host firewall
+    /// rules in FORWARD or POSTROUTING must see container traffic.
+    pub fast_forward: bool,
+}
+
+impl Default for EbpfConfig {
+    fn default() -> Self {
+        EbpfConfig {
+            fast_forward: DEFAULT_FAST_FORWARD,
+        }
+    }
+}
+
+/// `[conntrack]`: the eBPF data plane's connection tracking. Lifetimes in seconds after a
+/// flow's last packet, by default those of [`Timeouts::default`]; the NAT port range by
+/// default the kernel's ip_local_port_range.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    pub tcp_syn_timeout: u32,
+    pub tcp_established_timeout: u32,
+    pub tcp_closing_timeout: u32,
+    pub udp_timeout: u32,
+    pub icmp_timeout: u32,
+    /// Source ports masquerade may use when a container's own is taken: `[first, last]`.
+    pub nat_port_range: [u16; 2],
+    /// Entries of the conntrack map (an LRU: the least recently used go when it is full).
+    pub max_entries: u32,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        ConntrackConfig {
+            tcp_syn_timeout: t.tcp_syn,
+            tcp_established_timeout: t.tcp_established,
+            tcp_closing_timeout: t.tcp_closing,
+            udp_timeout: t.udp,
+            icmp_timeout: t.icmp,
+            nat_port_range: DEFAULT_NAT_PORT_RANGE,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+impl ConntrackConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for (field, v) in [
+            ("conntrack.tcp_syn_timeout", self.tcp_syn_timeout),
+            (
+                "conntrack.tcp_established_timeout",
+                self.tcp_established_timeout,
+            ),
+            ("conntrack.tcp_closing_timeout", self.tcp_closing_timeout),
+            ("conntrack.udp_timeout", self.udp_timeout),
+            ("conntrack.icmp_timeout", self.icmp_timeout),
+        ] {
+            if v == 0 || v > MAX_LIFETIME_S {
+                return Err(invalid(
+                    field,
+                    &v.to_string(),
+                    format!("a lifetime must be between 1 and {MAX_LIFETIME_S} seconds (7 days)"),
+                ));
+            }
+        }
+        let [lo, hi] = self.nat_port_range;
+        if lo < NAT_PORT_MIN || lo > hi {
+            return Err(invalid(
+                "conntrack.nat_port_range",
+                &format!("[{lo}, {hi}]"),
+                format!("must be [first, last] with {NAT_PORT_MIN} <= first <= last"),
+            ));
+        }
+        if !MAX_ENTRIES.contains(&self.max_entries) {
+            return Err(invalid(
+                "conntrack.max_entries",
+                &self.max_entries.to_string(),
+                format!(
+                    "must be between {} and {}",
+                    MAX_ENTRIES.start(),
+                    MAX_ENTRIES.end()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError, Plan};
+
+    fn with(section: &str) -> Result<Plan, ConfigError> {
+        Config::parse(&format!("[conntrack]\n{section}\n"), "test").and_then(|c| c.plan())
+    }
+
+    #[test]
+    fn defaults_are_ciliums() {
+        let ct = with("").unwrap().conntrack;
+        assert_eq!(
+            (
+                ct.tcp_syn_timeout,
+                ct.tcp_established_timeout,
+                ct.tcp_closing_timeout
+            ),
+            (60, 21_600, 10)
+        );
+        assert_eq!(ct.nat_port_range, [32_768, 60_999]);
+    }
+
+    #[test]
+    fn fast_forward_is_on_by_default() {
+        assert!(with("").unwrap().ebpf.fast_forward);
+        let plan = Config::parse("[ebpf]\nfast_forward = false\n", "test")
+            .and_then(|c| c.plan())
+            .unwrap();
+        assert!(!plan.ebpf.fast_forward);
+    }
+
+    #[test]
+    fn settings_are_validated_by_field() {
+        assert_eq!(with("udp_timeout = 5").unwrap().conntrack.udp_timeout, 5);
+        assert!(with("udp_timeout = 604801").is_err());
+        for (section, field) in [
+            ("udp_timeout = 0", "conntrack.udp_timeout"),
+            (
+                "nat_port_range = [40000, 30000]",
+                "conntrack.nat_port_range",
+            ),
+            ("nat_port_range = [80, 90]", "conntrack.nat_port_range"),
+            ("max_entries = 10", "conntrack.max_entries"),
+        ] {
+            let e = with(section).unwrap_err().to_string();
+            assert!(e.contains(field), "{section}: {e}");
+        }
+        assert!(with("bogus = 1").is_err(), "unknown keys are rejected");
+    }
+}

@@ -1,0 +1,178 @@
+//! The eBPF data plane: TC programs on the uplink and on every bridge (attached as TCX
+//! links), with connection tracking in BPF maps. No iptables rule, no nf_conntrack.
+//!
+//! Everything lives under `/sys/fs/bpf/netplane/<name>/`: the maps (`NP_*`) and one link
+//! per program and device (`link_<program>_<device>`). Pins keep the data plane running
+//! when the agent exits or is killed; a new `up` reuses the pinned maps (so the
+//! conntrack table, and every established connection, survives) and swaps the programs
+//! inside the pinned links atomically (BPF_LINK_UPDATE). `down` removes the directory,
+//! which unpins, and so detaches, everything.
+//!
+//! One file per job: `object` loads the embedded object (the only place that does) and
+//! defines [`EbpfError`]; `attach` puts the programs on their devices; `maps` programs the
+//! maps from the plan; `conntrack` lists and collects the conntrack table; `stats` reads
+//! the counters for `status`; [`agent`] runs the garbage collection; [`counter`] is the
+//! packet counter of `netplane count`; [`testrun`] holds the NAT programs for
+//! BPF_PROG_TEST_RUN.
+
+pub mod agent;
+mod attach;
+mod bpffs;
+mod conntrack;
+pub mod counter;
+mod maps;
+mod object;
+mod stats;
+pub mod testrun;
+
+use std::path::{Path, PathBuf};
+
+pub use conntrack::{Flow, conntrack_entries, ct_bytes_per_entry, flows, gc};
+pub use object::EbpfError;
+pub use stats::{drop_counters, program_costs};
+pub use testrun::TestRunPrograms;
+
+use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
+use crate::config::{Mode, Plan};
+use maps::Maps;
+use object::LoadOptions;
+
+pub const PIN_ROOT: &str = "/sys/fs/bpf/netplane";
+
+pub struct Ebpf;
+
+/// Where instance `name` pins its maps and links.
+pub fn pin_dir(name: &str) -> PathBuf {
+    Path::new(PIN_ROOT).join(name)
+}
+
+impl Dataplane for Ebpf {
+    fn mode(&self) -> Mode {
+        Mode::Ebpf
+    }
+
+    fn check(&self) -> Result<(), DataplaneError> {
+        let missing = |what: &str| DataplaneError::Unsupported {
+            what: what.to_owned(),
+        };
+        let release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut v = release
+            .split(['.', '-'])
+            .filter_map(|n| n.parse::<u32>().ok());
+        if (v.next().unwrap_or(0), v.next().unwrap_or(0)) < (6, 6) {
+            return Err(missing(&format!(
+                "Linux ≥ 6.6 for TCX links (this is {release})"
+            )));
+        }
+        if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+            return Err(missing("kernel BTF (/sys/kernel/btf/vmlinux)"));
+        }
+        bpffs::ensure_mounted(Path::new(bpffs::DEFAULT_PATH))
+            .map_err(|e| missing(&format!("a BPF filesystem ({e})")))?;
+        Ok(())
+    }
+
+    fn sysctls(&self, _plan: &Plan) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// Attaches the programs and programs the maps, then starts the agent. When the same
+    /// object's programs are already attached where the plan wants them, only the maps
+    /// change (with the previous plan, only the entries that differ).
+    fn apply(
+        &self,
+        plan: &Plan,
+        old: Option<&Plan>,
+        host: &HostContext,
+    ) -> Result<Vec<String>, DataplaneError> {
+        let mut changes = program(plan, old, host)?;
+        match agent::ensure_running(&plan.name) {
+            Ok(Some(pid)) => changes.push(format!("agent started (pid {pid})")),
+            Ok(None) => {}
+            Err(e) => changes.push(format!("warning: the agent did not start ({e}); the data plane runs without garbage collection")),
+        }
+        Ok(changes)
+    }
+
+    /// Stops the agent, then removes the pin directory, which detaches every program and
+    /// frees every map.
+    fn teardown(&self, name: &str) -> Result<Vec<String>, DataplaneError> {
+        let mut removed = Vec::new();
+        if let Some(pid) = agent::stop(name) {
+            removed.push(format!("agent (pid {pid})"));
+        }
+        let dir = pin_dir(name);
+        if !dir.exists() {
+            return Ok(removed);
+        }
+        removed.extend(
+            std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| format!("unpinned {}", e.path().display())),
+        );
+        std::fs::remove_dir_all(&dir).map_err(|source| EbpfError::Io {
+            action: "remove",
+            path: dir.clone(),
+            source,
+        })?;
+        // The per-host directory goes too once no instance uses it.
+        let _ = std::fs::remove_dir(PIN_ROOT);
+        Ok(removed)
+    }
+
+    fn describe(&self) -> &'static str {
+        "ebpf (TC programs and BPF conntrack; masquerade, published ports, isolation)"
+    }
+
+    fn status(&self, plan: &Plan) -> DataplaneStatus {
+        stats::status(plan)
+    }
+
+    fn flows(&self, name: &str) -> Vec<Flow> {
+        flows(name)
+    }
+}
+
+/// `apply` without the agent: attaches and programs. Returns a line per change.
+fn program(
+    plan: &Plan,
+    old: Option<&Plan>,
+    host: &HostContext,
+) -> Result<Vec<String>, DataplaneError> {
+    let dir = pin_dir(&plan.name);
+    std::fs::create_dir_all(&dir).map_err(|source| EbpfError::Io {
+        action: "create",
+        path: dir.clone(),
+        source,
+    })?;
+    let wanted = attach::wanted(plan, &host.uplink);
+    let pinned = attach::pinned(&dir);
+    let stamp_file = crate::state::dir(&plan.name).join("ebpf.object");
+    let stamp = object::stamp();
+    // Fast path: the same programs are attached where the plan wants them, so only the
+    // maps change; with the previous plan, only the entries that differ.
+    if pinned == wanted
+        && old.is_some()
+        && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
+        && let Some(mut maps) = Maps::pinned(&plan.name)
+    {
+        maps.program(plan, host, old)?;
+        return Ok(Vec::new());
+    }
+    let mut bpf = object::load(&LoadOptions {
+        pins: Some(&dir),
+        ct_max_entries: Some(plan.conntrack.max_entries),
+    })?;
+    let mut changes = attach::attach_all(&mut bpf, &dir, plan, &host.uplink)?;
+    changes.extend(attach::detach_stale(&dir, &pinned, &wanted));
+    Maps::take(&mut bpf)?.program(plan, host, None)?;
+    std::fs::write(&stamp_file, stamp).map_err(|source| DataplaneError::Io {
+        path: stamp_file.display().to_string(),
+        source,
+    })?;
+    Ok(changes)
+}

@@ -1,0 +1,178 @@
+//! The embedded eBPF object, the one place it is loaded, and the errors of the eBPF data
+//! plane.
+//!
+//! `build.rs` compiles `netplane-ebpf` and this module embeds the result, so the `netplane`
+//! binary needs no files next to it.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::MapError;
+use aya::pin::PinError;
+use aya::programs::ProgramError;
+use aya::programs::links::LinkError;
+use aya::{Ebpf as AyaEbpf, EbpfLoader};
+use netplane_common::nat::maps;
+
+use super::bpffs::{self, BpffsError};
+
+/// The eBPF ELF object built from `netplane-ebpf` (see build.rs).
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane-ebpf.o"));
+
+/// What went wrong in the eBPF data plane. Each variant keeps aya's error as its source:
+/// when the kernel rejects a program, [`ProgramError`]'s message carries the verifier log,
+/// so printing the chain (as `main` does) shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(transparent)]
+    Bpffs(#[from] BpffsError),
+    #[error("cannot load netplane's eBPF object into the kernel")]
+    Object(#[source] Box<aya::EbpfError>),
+    #[error("program `{0}` is missing from the eBPF object")]
+    MissingProgram(String),
+    #[error("map `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("cannot load program `{program}` into the kernel")]
+    Load {
+        program: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("cannot attach `{program}` to {device} ({hook})")]
+    Attach {
+        program: String,
+        device: String,
+        hook: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// Taking over the link an earlier `up` pinned, or handing a new one to its pin.
+    #[error("cannot keep the link of `{program}` on {device}")]
+    Link {
+        program: String,
+        device: String,
+        #[source]
+        source: Box<LinkError>,
+    },
+    #[error("cannot detach `{program}` from {device}")]
+    Detach {
+        program: String,
+        device: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("cannot pin {}", .path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<PinError>,
+    },
+    #[error("cannot run `{program}` with BPF_PROG_TEST_RUN")]
+    TestRun {
+        program: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("cannot access map `{map}`")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<MapError>,
+    },
+    #[error("no cgroup v2 mount in /proc/self/mountinfo")]
+    NoCgroup2,
+    #[error("cannot {action} {}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read this network namespace's cookie (SO_NETNS_COOKIE)")]
+    NetnsCookie(#[source] std::io::Error),
+}
+
+impl EbpfError {
+    /// The error of loading program `program`, for `map_err`.
+    pub(super) fn load(program: &str) -> impl FnOnce(ProgramError) -> EbpfError {
+        let program = program.to_owned();
+        move |source| EbpfError::Load {
+            program,
+            source: source.into(),
+        }
+    }
+
+    /// The error of map `map`, for `map_err`.
+    pub(super) fn map(map: &'static str) -> impl Fn(MapError) -> EbpfError + Copy {
+        move |source| EbpfError::Map {
+            map,
+            source: source.into(),
+        }
+    }
+}
+
+/// How to load the object.
+#[derive(Default)]
+pub(super) struct LoadOptions<'a> {
+    /// Where the maps are pinned: existing pins are reused (the conntrack table survives),
+    /// missing ones are created. `None`: private maps, gone with the object.
+    pub pins: Option<&'a Path>,
+    /// The capacity of the conntrack map; `None`: the object's own.
+    pub ct_max_entries: Option<u32>,
+}
+
+/// Parses the embedded object and creates (or opens the pins of) its maps; the programs
+/// are loaded into the kernel on demand, by their users. Mounts bpffs first if this host
+/// has none.
+pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
+    bpffs::ensure_mounted(Path::new(bpffs::DEFAULT_PATH))?;
+    let mut loader = EbpfLoader::new();
+    if let Some(n) = opts.ct_max_entries {
+        loader.map_max_entries(maps::CT, n);
+    }
+    let paths: Vec<(&str, PathBuf)> = opts
+        .pins
+        .map(|dir| maps::PINNED.iter().map(|m| (*m, dir.join(m))).collect())
+        .unwrap_or_default();
+    for (m, p) in &paths {
+        loader.map_pin_path(m, p.as_path());
+    }
+    loader.load(OBJECT).map_err(|e| EbpfError::Object(e.into()))
+}
+
+/// The program `name` of `bpf`, as type `P`.
+pub(super) fn program<'a, P>(bpf: &'a mut AyaEbpf, name: &str) -> Result<&'a mut P, EbpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    bpf.program_mut(name)
+        .ok_or_else(|| EbpfError::MissingProgram(name.to_owned()))?
+        .try_into()
+        .map_err(EbpfError::load(name))
+}
+
+/// What identifies this build's object: recorded by `up`, so that a later `up` of the same
+/// binary knows the attached programs are current. Hashing costs about a millisecond:
+/// once per process.
+pub(super) fn stamp() -> &'static str {
+    static STAMP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STAMP.get_or_init(|| format!("{:08x}-{}", crate::config::fnv1a_32(OBJECT), OBJECT.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OBJECT;
+
+    #[test]
+    fn embedded_object_is_a_bpf_elf_with_classifiers() {
+        assert_eq!(&OBJECT[..4], b"\x7fELF");
+        assert_eq!(OBJECT[4], 2, "ELFCLASS64");
+        assert_eq!(OBJECT[5], 1, "little-endian (bpfel)");
+        // e_machine, at offset 18: EM_BPF = 247 (include/uapi/linux/elf-em.h).
+        assert_eq!(u16::from_le_bytes([OBJECT[18], OBJECT[19]]), 247);
+        let has = |needle: &[u8]| OBJECT.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"classifier\0"), "a TC classifier section");
+        assert!(has(b"netplane_count_ingress\0") && has(b"netplane_count_egress\0"));
+        assert!(has(b".BTF\0"), "BTF, which aya needs for the maps' types");
+    }
+}

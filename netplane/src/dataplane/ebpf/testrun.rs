@@ -1,0 +1,58 @@
+//! The NAT programs for BPF_PROG_TEST_RUN: loaded with private maps programmed for a plan,
+//! attached nowhere, run on crafted packets.
+
+use aya::Ebpf as AyaEbpf;
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use netplane_common::nat::maps;
+
+use super::attach::PROGRAMS;
+use super::maps::Maps;
+use super::object::{self, EbpfError, LoadOptions};
+use super::stats::sum_drops;
+use crate::config::Plan;
+use crate::dataplane::HostContext;
+
+/// The NAT programs loaded into the kernel with private (unpinned) maps programmed for a
+/// plan, attached nowhere: for running them on crafted packets with BPF_PROG_TEST_RUN.
+pub struct TestRunPrograms {
+    bpf: AyaEbpf,
+}
+
+impl TestRunPrograms {
+    /// Loads the programs and programs their maps for `plan` on `host`.
+    ///
+    /// # Errors
+    /// [`EbpfError::Load`] carries the verifier log when the kernel rejects a program.
+    pub fn load(plan: &Plan, host: &HostContext) -> Result<TestRunPrograms, EbpfError> {
+        let mut bpf = object::load(&LoadOptions::default())?;
+        for (prog, _, _) in PROGRAMS {
+            object::program::<SchedClassifier>(&mut bpf, prog)?
+                .load()
+                .map_err(EbpfError::load(prog))?;
+        }
+        Maps::take(&mut bpf)?.program(plan, host, None)?;
+        Ok(TestRunPrograms { bpf })
+    }
+
+    /// Runs `program` once on `frame`; returns its verdict and the frame as it left.
+    pub fn run(&mut self, program: &str, frame: &[u8]) -> Result<(i32, Vec<u8>), EbpfError> {
+        let mut out = vec![0u8; frame.len() + 256];
+        let res = object::program::<SchedClassifier>(&mut self.bpf, program)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| EbpfError::TestRun {
+                program: program.to_owned(),
+                source: source.into(),
+            })?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value as i32, out))
+    }
+
+    /// Drops per reason.
+    pub fn drops(&self) -> Vec<(&'static str, u64)> {
+        self.bpf.map(maps::DROPS).map(sum_drops).unwrap_or_default()
+    }
+}

@@ -1,0 +1,96 @@
+//! `netplane-bench`: eBPF mode against iptables mode, an nftables reference and a no-NAT
+//! baseline, side by side, in a sandbox of its own (see `netplane_tests::bench`). Writes
+//! bench.json, bench.md and bench.svg into --out. `cargo xtask bench` runs the release
+//! build of it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use netplane_tests::bench::{self, report};
+
+#[derive(Parser)]
+#[command(
+    name = "netplane-bench",
+    about = "Measure netplane's eBPF mode against iptables, nftables and no NAT, side by side"
+)]
+struct Cli {
+    /// Under two minutes: fewer rounds, shorter measurements.
+    #[arg(long, conflicts_with = "smoke")]
+    quick: bool,
+    /// Only check that every part works (seconds; figures are meaningless).
+    #[arg(long)]
+    smoke: bool,
+    /// Rounds (modes interleaved in a new order each round).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Seconds per measurement.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Where to write the report.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Print the results as JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    agent: Option<Agent>,
+}
+
+/// `up` in eBPF mode starts its agent by running its own executable (here, this one)
+/// with `agent --name NAME`; the bench measures with the agent running, as in production.
+#[derive(Subcommand)]
+enum Agent {
+    #[command(hide = true)]
+    Agent {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Agent::Agent { name }) = &cli.agent {
+        netplane::dataplane::ebpf::agent::run(name);
+        return ExitCode::SUCCESS;
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut opts = if cli.smoke {
+        bench::Options::smoke()
+    } else if cli.quick {
+        bench::Options::quick()
+    } else {
+        bench::Options::full()
+    };
+    opts.rounds = cli.rounds.unwrap_or(opts.rounds);
+    opts.seconds = cli.seconds.unwrap_or(opts.seconds);
+    let results = bench::run(opts)?;
+    let summary = report::summarize(&results);
+    let out = &cli.out;
+    std::fs::create_dir_all(out).with_context(|| format!("create {}", out.display()))?;
+    let doc = serde_json::json!({ "results": results, "summary": summary });
+    std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&doc)?)?;
+    std::fs::write(out.join("bench.md"), report::markdown(&results, &summary))?;
+    std::fs::write(out.join("bench.svg"), report::svg(&results, &summary))?;
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{}", report::table(&results, &summary, false));
+        print!("{}", report::profile(&results));
+        println!("report: {}", out.join("bench.md").display());
+    }
+    Ok(())
+}
