@@ -6,6 +6,11 @@
 //! - [`dataplane`]: the `Dataplane` trait and its three modes: `ebpf` (the embedded
 //!   object, its loader, attachments, maps, conntrack, agent), `iptables` and `none`.
 //! - [`privilege`]: the one root check.
+// The CLI's (src/main.rs) own dependencies, which the library target sees too.
+use anyhow as _;
+use clap as _;
+use tracing_subscriber as _;
+
 pub mod config;
 pub mod dataplane;
 pub mod instance;

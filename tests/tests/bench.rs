@@ -1,5 +1,9 @@
 //! `netplane-bench --smoke`: the benchmark runs end to end and every mode answers. A smoke
 //! test only: no figure is asserted (speed is measured by the benchmark, not by tests).
+#![expect(
+    unused_crate_dependencies,
+    reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
+)]
 
 use netplane_tests::privileged;
 

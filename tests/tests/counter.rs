@@ -1,5 +1,9 @@
 //! The TC packet counter, in the kernel: on crafted packets with BPF_PROG_TEST_RUN, and on
 //! real pings across a sandbox veth pair.
+#![expect(
+    unused_crate_dependencies,
+    reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
+)]
 
 use netplane::dataplane::ebpf::counter::PacketCounter;
 use netplane_common::counters::{Counters, Direction};

@@ -1,10 +1,13 @@
 //! The end-to-end NAT suite: what "works" means for a data plane. Every test runs against
-//! each mode in [`MODES`]; the eBPF data plane joins the list when it lands, and adds only
-//! its own checks.
+//! each mode in [`MODES`]; a mode's own checks (counters, the agent) come on top.
 //!
 //! The world: an "outside" namespace (203.0.113.2, TEST-NET-3) with no route to any
 //! container subnet, so a reply reaches a container only if the host translated it; a host
 //! namespace running netplane with uplink 203.0.113.1; two networks.
+#![expect(
+    unused_crate_dependencies,
+    reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
+)]
 
 use netplane_tests::host::{
     Host, OUTSIDE_IP, Server, UPLINK_IP, client, pings, tcp_exchange, udp_exchange,

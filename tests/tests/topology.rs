@@ -1,4 +1,8 @@
 //! `netplane up` / `down` / `status` / `exec` end to end, in sandboxed namespaces.
+#![expect(
+    unused_crate_dependencies,
+    reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
+)]
 
 use netplane_tests::host::{Host, UPLINK, netplane_bin, pings, tcp_exchange};
 use netplane_tests::privileged;

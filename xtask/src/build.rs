@@ -16,7 +16,7 @@ fn cargo() -> Command {
 }
 
 /// Builds the userspace binary; its build script builds and embeds the eBPF object.
-pub fn build(release: bool) -> anyhow::Result<()> {
+pub(crate) fn build(release: bool) -> anyhow::Result<()> {
     if let Some(msg) = setup::build_prerequisites_missing() {
         bail!(msg);
     }
@@ -34,7 +34,7 @@ pub fn build(release: bool) -> anyhow::Result<()> {
     run(&mut c)
 }
 
-pub fn test(extra: &[String]) -> anyhow::Result<()> {
+pub(crate) fn test(extra: &[String]) -> anyhow::Result<()> {
     setup::install()?;
     build(false)?;
     if !is_root() {
@@ -86,7 +86,7 @@ fn check_leaks() -> anyhow::Result<()> {
 /// The demo is a binary of the test harness (tests/src/bin/netplane-demo.rs), which
 /// xtask runs rather than links: netplane's build script needs the eBPF toolchain that
 /// `setup` installs first.
-pub fn demo() -> anyhow::Result<()> {
+pub(crate) fn demo() -> anyhow::Result<()> {
     setup::install()?;
     build(false)?;
     run_tool(&mut Command::new(
@@ -96,7 +96,7 @@ pub fn demo() -> anyhow::Result<()> {
 
 /// The benchmark (tests/src/bin/netplane-bench.rs) runs the release build: debug
 /// userspace would measure the load generator.
-pub fn bench(quick: bool) -> anyhow::Result<()> {
+pub(crate) fn bench(quick: bool) -> anyhow::Result<()> {
     setup::install()?;
     build(true)?;
     let out = workspace_root().join(if quick {

@@ -59,10 +59,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
 
 /// The oldest rustc-web whose sysroot ships a BPF `core` that aya-ebpf 0.2 compiles with.
 const RUSTC_WEB_MIN: (u32, u32) = (1, 96);
-pub const BPF_LINKER_VERSION: &str = "0.13";
-pub const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
+pub(crate) const BPF_LINKER_VERSION: &str = "0.13";
+pub(crate) const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
 
-pub fn install() -> anyhow::Result<()> {
+pub(crate) fn install() -> anyhow::Result<()> {
     let missing_pkgs = missing_apt_packages();
     let linker_ok = bpf_linker_version().is_some();
     if missing_pkgs.is_empty() && linker_ok {
@@ -123,7 +123,7 @@ pub fn install() -> anyhow::Result<()> {
 }
 
 /// What is missing for building the eBPF object, as one actionable sentence, or `None`.
-pub fn build_prerequisites_missing() -> Option<String> {
+pub(crate) fn build_prerequisites_missing() -> Option<String> {
     let mut missing: Vec<String> = Vec::new();
     if !bpf_core_present() {
         missing.push(format!(
@@ -172,7 +172,7 @@ fn bpf_core_present() -> bool {
 }
 
 /// `bpf-linker --version`, when it runs and is the series netplane is tested with.
-pub fn bpf_linker_version() -> Option<String> {
+pub(crate) fn bpf_linker_version() -> Option<String> {
     let v = output(Command::new("bpf-linker").arg("--version"))?;
     v.split_whitespace()
         .any(|w| w.starts_with(&format!("{BPF_LINKER_VERSION}.")))

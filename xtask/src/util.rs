@@ -4,7 +4,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// The workspace root (xtask lives one level below it).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask has a parent directory")
@@ -12,7 +12,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// Runs `cmd`, echoing it first, and fails with its exit status.
-pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", render(cmd));
     let status = cmd
         .status()
@@ -24,7 +24,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 /// Runs `cmd` quietly and returns its stdout when it succeeded.
-pub fn output(cmd: &mut Command) -> Option<String> {
+pub(crate) fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status
         .success()
@@ -32,7 +32,7 @@ pub fn output(cmd: &mut Command) -> Option<String> {
 }
 
 /// Not `netplane::privilege::is_root`: `setup` asks before netplane can be built.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
 }
 

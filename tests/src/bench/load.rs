@@ -21,7 +21,7 @@ use crate::Netns;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs `f` on a new thread inside namespace `ns`, pinned to `cpu`.
-pub fn spawn_in<R: Send + 'static>(
+pub(super) fn spawn_in<R: Send + 'static>(
     ns: &Netns,
     cpu: usize,
     f: impl FnOnce() -> R + Send + 'static,
@@ -72,14 +72,14 @@ fn close_hard(s: &TcpStream) {
 }
 
 /// The servers of one namespace; stopped on drop.
-pub struct Servers {
+pub(super) struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Servers {
     /// TCP and UDP servers on `port` in namespace `ns`, on `cpu`.
-    pub fn start(ns: &Netns, port: u16, cpu: usize) -> Servers {
+    pub(super) fn start(ns: &Netns, port: u16, cpu: usize) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (s1, r1) = (stop.clone(), ready_tx.clone());
@@ -195,7 +195,7 @@ const STREAM_CONNECTIONS: u32 = 4;
 
 /// TCP bulk throughput to `target` over `secs`, in Gbit/s: the bytes the server received
 /// over [`STREAM_CONNECTIONS`] consecutive connections, divided by their total time.
-pub fn stream(target: SocketAddr, secs: Duration) -> f64 {
+pub(super) fn stream(target: SocketAddr, secs: Duration) -> f64 {
     let each = secs / STREAM_CONNECTIONS;
     let (mut bytes, mut time) = (0u64, Duration::ZERO);
     for _ in 0..STREAM_CONNECTIONS {
@@ -225,7 +225,7 @@ fn one_stream(target: SocketAddr, secs: Duration) -> Option<(u64, Duration)> {
 }
 
 /// Request/response on one persistent TCP connection.
-pub fn tcp_rr(target: SocketAddr, secs: Duration) -> Rate {
+pub(super) fn tcp_rr(target: SocketAddr, secs: Duration) -> Rate {
     let Ok(mut s) = TcpStream::connect_timeout(&target, IO_TIMEOUT) else {
         return Rate {
             errors: 1,
@@ -254,7 +254,7 @@ pub fn tcp_rr(target: SocketAddr, secs: Duration) -> Rate {
 }
 
 /// Connect, one request and response, close: what NAT costs most, once per connection.
-pub fn tcp_crr(target: SocketAddr, secs: Duration) -> Rate {
+pub(super) fn tcp_crr(target: SocketAddr, secs: Duration) -> Rate {
     let mut lat = Vec::with_capacity(1 << 16);
     let mut errors = 0;
     let mut b = [0u8; 1];
@@ -278,7 +278,7 @@ pub fn tcp_crr(target: SocketAddr, secs: Duration) -> Rate {
 }
 
 /// Request/response over UDP, one datagram each way.
-pub fn udp_rr(target: SocketAddr, secs: Duration) -> Rate {
+pub(super) fn udp_rr(target: SocketAddr, secs: Duration) -> Rate {
     let Ok(s) = UdpSocket::bind("0.0.0.0:0") else {
         return Rate {
             errors: 1,

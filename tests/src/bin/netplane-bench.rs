@@ -2,6 +2,10 @@
 //! baseline, side by side, in a sandbox of its own (see `netplane_tests::bench`). Writes
 //! bench.json, bench.md and bench.svg into --out. `cargo xtask bench` runs the release
 //! build of it.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a binary sees every dependency of its package; the library target is where an unused one shows"
+)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

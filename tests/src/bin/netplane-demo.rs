@@ -6,6 +6,10 @@
 //! root namespace. The instance is named after the sandbox (`npdemo<pid>x0`), so that it
 //! can never be taken for (and its `down` never remove) a real instance of the default
 //! name; the sandbox goes on every exit, Ctrl-C included.
+#![expect(
+    unused_crate_dependencies,
+    reason = "a binary sees every dependency of its package; the library target is where an unused one shows"
+)]
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
 
-pub const DEFAULT_PATH: &str = "/sys/fs/bpf";
+pub(super) const DEFAULT_PATH: &str = "/sys/fs/bpf";
 /// `BPF_FS_MAGIC` from include/uapi/linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
@@ -18,7 +18,7 @@ pub enum BpffsError {
 }
 
 /// Mounts bpffs at `path` unless a bpffs is already there (a fresh machine may not have it).
-pub fn ensure_mounted(path: &Path) -> Result<(), BpffsError> {
+pub(super) fn ensure_mounted(path: &Path) -> Result<(), BpffsError> {
     let shown = || path.display().to_string();
     if is_bpffs(path).map_err(|source| BpffsError::Stat {
         path: shown(),

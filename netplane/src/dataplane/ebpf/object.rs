@@ -16,7 +16,7 @@ use netplane_common::nat::maps;
 use super::bpffs::{self, BpffsError};
 
 /// The eBPF ELF object built from `netplane-ebpf` (see build.rs).
-pub static OBJECT: &[u8] =
+pub(super) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane-ebpf.o"));
 
 /// What went wrong in the eBPF data plane. Each variant keeps aya's error as its source:
