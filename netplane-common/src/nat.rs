@@ -77,12 +77,45 @@ impl CtKey {
     }
 }
 
-/// TCP flags a conntrack entry has seen, in its own direction.
+/// What a conntrack entry has seen: the TCP flags of the packets that found it, and
+/// whether a packet of the flow's reply direction did.
 pub mod seen {
     pub const SYN: u8 = 1;
     pub const ACK: u8 = 2;
     pub const FIN: u8 = 4;
     pub const RST: u8 = 8;
+    /// A packet of the reply direction passed (any protocol). The next packet of the
+    /// original direction moves the entry into the main table (see [`super::CtTables`]).
+    pub const REPLIED: u8 = 16;
+    /// [`super::CtEntry::seq`] holds a sequence number of the original direction.
+    pub const ORIGINAL_SEQ: u8 = 32;
+    /// [`super::CtEntry::seq`] holds a sequence number of the reply direction.
+    pub const REPLY_SEQ: u8 = 64;
+}
+
+/// The two conntrack tables, and why there are two.
+///
+/// An entry is born in the table of unreplied flows (`NP_CT_NEW`, an LRU hash) and moves
+/// to the main table (`NP_CT`, a preallocated hash of exactly `max_entries`) when its flow
+/// is *assured*, as nf_conntrack calls it: a packet of the original direction after one of
+/// the reply direction. A spoofed SYN gets its SYN-ACK but never the third ACK, a UDP probe
+/// its one answer at most: neither ever reaches the main table, and the LRU only ever evicts
+/// unreplied entries (nf_conntrack's early_drop() has the same guarantee). The main table
+/// never evicts: when it is full, a flow that should move stays among the unreplied ones
+/// (counted as `ct-full`). Its LRU has one list for all CPUs (no `BPF_F_NO_COMMON_LRU`,
+/// which splits the capacity per CPU: only ~1/ncpus of it was usable per CPU).
+pub struct CtTables;
+
+impl CtTables {
+    /// The size of the table of unreplied flows for a main table of `max_entries`: an
+    /// eighth (a handshake needs an entry for one round trip; at 16,384 entries a flood of
+    /// a million SYNs a second leaves it 16 ms), and at least 256. With the kernel's
+    /// overhead a tracked flow then costs ~117 bytes (104 in the main table, an eighth of
+    /// that for the other), within the 128 the bench allows.
+    pub const fn unreplied_entries(max_entries: u32) -> u32 {
+        let n = max_entries / 8;
+        if n < 256 { 256 } else { n }
+    }
 }
 
 /// What created a flow, for `netplane conntrack`.
@@ -95,9 +128,10 @@ pub mod kind {
 }
 
 /// What a stage writes into a matching packet: the address and port of the side it
-/// rewrites. 16 bytes: the rest of the translated tuple is the key's, so it is not stored,
-/// and times are 32-bit [`Tick`]s. With the key and the kernel's per-element overhead an
-/// entry costs 96 bytes (see `netplane bench`'s memory figure).
+/// rewrites, and what the flow's TCP state needs. 24 bytes: the rest of the translated
+/// tuple is the key's, so it is not stored, and times are 32-bit [`Tick`]s. With the key
+/// and the kernel's per-element overhead an entry costs 104 bytes, ~117 per flow with the
+/// table of unreplied flows (see `netplane bench`'s memory figure).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct CtEntry {
@@ -110,6 +144,9 @@ pub struct CtEntry {
     /// When the flow was created and when its last packet was seen.
     pub created: Tick,
     pub last_seen: Tick,
+    /// TCP: a recent sequence number of each [`Direction`] (original, reply), for
+    /// [`track_seq`]; valid once [`seen::ORIGINAL_SEQ`] / [`seen::REPLY_SEQ`] says so.
+    pub seq: [u32; 2],
 }
 
 /// Conntrack time: CLOCK_MONOTONIC (`bpf_ktime_get_ns()`) in ticks of 2^20 ns (1.05 ms),
@@ -189,6 +226,93 @@ impl Timeouts {
     pub const fn expired(&self, proto: u8, e: &CtEntry, now: Tick) -> bool {
         ticks_since(now, e.last_seen) > s_to_ticks(self.lifetime_s(proto, e.seen))
     }
+}
+
+/// Which way a packet goes in its flow, as its conntrack entry knows the flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Original,
+    Reply,
+}
+
+impl Direction {
+    /// The direction of a packet that found entry `e_kind`: by its own tuple (the key is the
+    /// packet's tuple at the stage), or through a key made for it (`by_own_tuple` false: a
+    /// masqueraded flow's original direction, found by its port, or a published port's,
+    /// through the backend). Masqueraded and published flows are keyed by their replies'
+    /// tuple; hairpin keeps an entry per direction, its replies' marked [`kind::REPLY`].
+    /// (An ICMP error about a masqueraded flow, from outside, finds it as its replies do,
+    /// and counts as one, where nf_conntrack would not set IPS_SEEN_REPLY: it takes a
+    /// packet of the original direction after it to assure the flow all the same.)
+    pub const fn of(by_own_tuple: bool, e_kind: u8) -> Direction {
+        if by_own_tuple && e_kind != kind::HAIRPIN {
+            Direction::Reply
+        } else {
+            Direction::Original
+        }
+    }
+}
+
+/// What a packet going `dir` does to an entry of the unreplied table with [`seen`] flags
+/// `seen_flags`: its new flags, and whether it moves to the main table now (the flow is
+/// assured: an original packet after a reply; see [`CtTables`]).
+pub const fn assure(seen_flags: u8, dir: Direction) -> (u8, bool) {
+    match dir {
+        Direction::Reply => (seen_flags | seen::REPLIED, false),
+        Direction::Original => (seen_flags, seen_flags & seen::REPLIED != 0),
+    }
+}
+
+/// How far, in sequence space, a FIN or RST may lie from the sequence number its direction
+/// last showed, and still count. nf_conntrack checks segments against each side's tracked
+/// window (tcp_in_window()); netplane keeps one number per direction, which advances in
+/// [`TCP_SEQ_STEP`]s (a write per 64 KiB, not per packet). A legitimate FIN or RST lies
+/// within a segment and a step of it (a RST without a socket carries the ACK it answers,
+/// which is the same place); a blind one, at a random sequence number, falls inside with a
+/// chance of 2 × 2^18 / 2^32 = 1/8,192 per guess. RFC 5961's receivers are stricter still.
+pub const TCP_CLOSE_WINDOW: u32 = 1 << 18;
+
+/// How far a direction's sequence number moves before its entry is written again.
+pub const TCP_SEQ_STEP: u32 = 1 << 16;
+
+/// A TCP segment going `dir` with [`seen`] flags `flags` and sequence number `seq`, met by
+/// an entry with [`seen`] flags `seen_flags` and the sequence number `seq_of_dir` for that
+/// direction. Returns the entry's new flags and sequence number for `dir`, and the flags
+/// that count: none, for a segment outside [`TCP_CLOSE_WINDOW`] (nf_conntrack's "invalid":
+/// it is translated, but changes no state), so that a blind RST or FIN cannot shorten a
+/// live flow's life. Only segments within the window move the sequence number, so that a
+/// blind segment cannot move it either. The first segment of a direction sets it, as does
+/// a SYN that reopens a closed flow (a new incarnation, new sequence numbers: the other
+/// direction's number is forgotten too).
+pub const fn track_seq(
+    seen_flags: u8,
+    seq_of_dir: u32,
+    dir: Direction,
+    flags: u8,
+    seq: u32,
+) -> (u8, u32, u8) {
+    let bit = match dir {
+        Direction::Original => seen::ORIGINAL_SEQ,
+        Direction::Reply => seen::REPLY_SEQ,
+    };
+    let closed = seen_flags & (seen::FIN | seen::RST) != 0;
+    if closed && flags & (seen::SYN | seen::ACK) == seen::SYN {
+        let fresh = seen_flags & !(seen::ORIGINAL_SEQ | seen::REPLY_SEQ);
+        return (fresh | bit, seq, flags);
+    }
+    if seen_flags & bit == 0 {
+        return (seen_flags | bit, seq, flags);
+    }
+    let delta = seq.wrapping_sub(seq_of_dir) as i32;
+    if delta > TCP_CLOSE_WINDOW as i32 || delta < -(TCP_CLOSE_WINDOW as i32) {
+        return (seen_flags, seq_of_dir, 0);
+    }
+    let moved = if delta > TCP_SEQ_STEP as i32 {
+        seq
+    } else {
+        seq_of_dir
+    };
+    (seen_flags, moved, flags)
 }
 
 /// The [`seen`] flags for a TCP header's flag byte (byte 13).
@@ -335,10 +459,18 @@ pub enum DropReason {
     FragmentUnknown = 6,
     /// A packet from outside `lo` to a port published on 127.0.0.1 (moby#45610).
     LoopbackGuard = 7,
+    /// Not a drop: an assured flow could not enter the full main conntrack table, and goes
+    /// on from the table of unreplied flows, whose LRU may evict it (see [`CtTables`]).
+    CtFull = 8,
+    /// A container's packet to the outside that masquerade cannot translate (an ICMP
+    /// error about no known flow, an ICMP type that is neither a query nor an error,
+    /// another protocol towards a peer that another container already talks to in it):
+    /// it must not leave with the container's address.
+    Untranslatable = 9,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::Isolation,
         DropReason::NatPortExhausted,
@@ -347,6 +479,8 @@ impl DropReason {
         DropReason::RewriteFailed,
         DropReason::FragmentUnknown,
         DropReason::LoopbackGuard,
+        DropReason::CtFull,
+        DropReason::Untranslatable,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -359,6 +493,8 @@ impl DropReason {
             DropReason::RewriteFailed => "rewrite-failed",
             DropReason::FragmentUnknown => "fragment-unknown",
             DropReason::LoopbackGuard => "loopback-guard",
+            DropReason::CtFull => "ct-full",
+            DropReason::Untranslatable => "untranslatable",
         }
     }
 }
@@ -390,6 +526,8 @@ pub struct FragEntry {
 /// Map names, shared by the programs and the agent.
 pub mod maps {
     pub const CT: &str = "NP_CT";
+    /// The unreplied flows (see [`super::CtTables`]).
+    pub const CT_NEW: &str = "NP_CT_NEW";
     pub const FRAGS: &str = "NP_FRAGS";
     pub const PUBLISHED: &str = "NP_PUBLISHED";
     pub const SUBNETS: &str = "NP_SUBNETS";
@@ -399,9 +537,13 @@ pub mod maps {
     pub const SOCK_REV: &str = "NP_SOCK_REV";
     pub const FORWARDED: &str = "NP_FORWARDED";
     pub const ENDPOINTS: &str = "NP_ENDPOINTS";
+    /// Masquerade's ports of flows that could not keep their own: a cache of the search
+    /// (see netplane-ebpf's nat_port), not pinned: after a new `up` the search finds them.
+    pub const MASQ_PORTS: &str = "NP_MASQ_PORTS";
     /// Every map the agent pins, so that the data plane outlives it.
-    pub const PINNED: [&str; 10] = [
+    pub const PINNED: [&str; 11] = [
         CT,
+        CT_NEW,
         FRAGS,
         PUBLISHED,
         SUBNETS,
@@ -507,6 +649,78 @@ mod tests {
     }
 
     #[test]
+    fn only_an_original_packet_after_a_reply_assures_a_flow() {
+        use Direction::{Original, Reply};
+        // A masqueraded or published flow: its one entry is keyed by the replies' tuple.
+        assert_eq!(Direction::of(true, kind::MASQUERADE), Reply);
+        assert_eq!(Direction::of(false, kind::PUBLISHED), Original);
+        assert_eq!(Direction::of(true, kind::HAIRPIN), Original);
+        assert_eq!(Direction::of(true, kind::HAIRPIN | kind::REPLY), Reply);
+        // A spoofed SYN: SYN, then the SYN-ACK to nowhere, and no third ACK.
+        let (s, promote) = assure(seen::SYN, Original);
+        assert!(!promote);
+        let (s, promote) = assure(s | seen::SYN | seen::ACK, Reply);
+        assert!(!promote);
+        assert_eq!(s & seen::REPLIED, seen::REPLIED);
+        // The third ACK assures it.
+        assert!(assure(s, Original).1);
+        // Replies alone never do (a UDP flood answered once per source).
+        assert!(!assure(assure(0, Reply).0, Reply).1);
+        // The flag does not change lifetimes.
+        let t = Timeouts::default();
+        assert_eq!(
+            t.lifetime_s(IPPROTO_TCP, seen::SYN | seen::REPLIED),
+            t.tcp_syn
+        );
+        assert_eq!(t.lifetime_s(IPPROTO_UDP, seen::REPLIED), t.udp);
+    }
+
+    #[test]
+    fn a_fin_or_rst_counts_only_near_its_direction_s_sequence() {
+        use Direction::{Original, Reply};
+        let fin_rst = seen::FIN | seen::RST;
+        // The first segment of a direction sets its number.
+        let (s, hi, f) = track_seq(seen::SYN, 0, Reply, seen::SYN | seen::ACK, 5_000);
+        assert_eq!(
+            (s & seen::REPLY_SEQ, hi, f),
+            (seen::REPLY_SEQ, 5_000, seen::SYN | seen::ACK)
+        );
+        // Data moves it in steps, a write per TCP_SEQ_STEP.
+        let (_, hi2, _) = track_seq(s, hi, Reply, seen::ACK, 5_000 + 1_448);
+        assert_eq!(hi2, 5_000, "within a step: no write");
+        let (_, hi2, _) = track_seq(s, hi, Reply, seen::ACK, 5_000 + TCP_SEQ_STEP + 1);
+        assert_eq!(hi2, 5_000 + TCP_SEQ_STEP + 1);
+        // A RST or FIN at the flow's place counts, also a little behind it (retransmitted)
+        // and across the wrap of sequence space.
+        assert_eq!(track_seq(s, hi, Reply, seen::RST, 5_000).2, seen::RST);
+        assert_eq!(
+            track_seq(s, hi, Reply, seen::FIN | seen::ACK, 4_000).2 & fin_rst,
+            seen::FIN
+        );
+        let (w, whi, _) = track_seq(0, 0, Original, seen::ACK, u32::MAX - 10);
+        assert_eq!(track_seq(w, whi, Original, seen::RST, 20).2, seen::RST);
+        // A blind one, anywhere else, changes nothing: not the flags, not the number.
+        for blind in [
+            5_000 + TCP_CLOSE_WINDOW + 1,
+            5_000u32.wrapping_sub(TCP_CLOSE_WINDOW + 1),
+            0x8000_0000,
+        ] {
+            assert_eq!(track_seq(s, hi, Reply, seen::RST, blind), (s, hi, 0));
+            assert_eq!(track_seq(s, hi, Reply, seen::ACK, blind), (s, hi, 0));
+        }
+        // A SYN reopening a closed flow starts new numbers, for both directions.
+        let closed = s | seen::ORIGINAL_SEQ | seen::RST;
+        let (s2, hi3, f) = track_seq(closed, hi, Original, seen::SYN, 0x7777_0000);
+        assert_eq!((hi3, f), (0x7777_0000, seen::SYN));
+        assert_eq!(
+            s2 & (seen::ORIGINAL_SEQ | seen::REPLY_SEQ),
+            seen::ORIGINAL_SEQ
+        );
+        // ... but a blind SYN into a live flow does not.
+        assert_eq!(track_seq(s, hi, Reply, seen::SYN, 0x7777_0000).2, 0);
+    }
+
+    #[test]
     fn tcp_flag_bits() {
         assert_eq!(tcp_seen(0x02), seen::SYN);
         assert_eq!(tcp_seen(0x12), seen::SYN | seen::ACK);
@@ -532,7 +746,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
-        assert_eq!(core::mem::size_of::<CtEntry>(), 16);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 24);
         assert_eq!(core::mem::size_of::<PortKey>(), 8);
         assert_eq!(core::mem::size_of::<Backend>(), 12);
         assert_eq!(core::mem::size_of::<DpConfig>(), 56);

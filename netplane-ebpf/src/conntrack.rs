@@ -1,18 +1,26 @@
-//! Connection tracking in the LRU hash map [`CT`], of the entries netplane_common::nat
-//! describes (one per masqueraded or published flow, four per hairpin), and the fragment
-//! map [`FRAGS`]. Expired entries count as absent here and are removed by the agent's
-//! garbage collection; the LRU evicts under pressure.
+//! Connection tracking in two tables (netplane_common::nat::CtTables says why): every
+//! entry is born in the LRU table of unreplied flows [`CT_NEW`] and moves to the main
+//! table [`CT`], which never evicts, when its flow is assured. The entries are the ones
+//! netplane_common::nat describes (one per masqueraded or published flow, four per
+//! hairpin), and the fragment map [`FRAGS`]. Expired entries count as absent here and are
+//! removed by the agent's garbage collection.
+//!
+//! The move is a copy into the main table and a removal from the other, done by the
+//! packet that assures the flow; between the two, both tables hold the entry, and the main
+//! table's copy is the one every lookup finds first.
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
-    CtEntry, CtKey, DpConfig, FragEntry, FragKey, Side, Tick, seen, tcp_seen, tick, ticks_since,
+    CtEntry, CtKey, Direction, DpConfig, DropReason, FragEntry, FragKey, Side, Tick, assure, kind,
+    seen, tcp_seen, tick, ticks_since, track_seq,
 };
 use netplane_common::packet::IPPROTO_TCP;
 use netplane_common::packet::tcp_flags::{ACK as TCP_ACK, SYN as TCP_SYN};
 
-use crate::maps::{CONFIG, CT, FRAGS};
-use crate::parse::Packet;
+use crate::maps::{CONFIG, CT, CT_NEW, DROPS, FRAGS, SEGMENT};
+use crate::parse::{Frag, Packet, read};
 
 #[inline(always)]
 pub fn now() -> Tick {
@@ -38,7 +46,37 @@ pub fn opens_flow(p: &Packet) -> bool {
     p.proto != IPPROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
-/// What a key of the conntrack map holds for the packet looking.
+/// Notes the TCP sequence number of `p`, the packet of this program run, for the lookups
+/// that follow (see [`probe`]). Every stage calls it first, after parsing: a packet that is
+/// not a TCP segment with a header clears it.
+#[inline(always)]
+pub fn segment(ctx: &TcContext, p: &Packet) {
+    let Some(slot) = SEGMENT.get_ptr_mut(0) else {
+        return;
+    };
+    let seq = if p.proto == IPPROTO_TCP && p.frag != Frag::Later {
+        read::<u32>(ctx, p.l4_off + 4).ok()
+    } else {
+        None
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, as in crate::metrics.
+    unsafe {
+        *slot = match seq {
+            Some(s) => [u32::from_be(s), 1],
+            None => [0, 0],
+        }
+    };
+}
+
+/// The sequence number [`segment`] noted for this packet.
+#[inline(always)]
+fn segment_seq() -> Option<u32> {
+    // SAFETY: as in segment().
+    let s = unsafe { *SEGMENT.get_ptr(0)? };
+    (s[1] == 1).then_some(s[0])
+}
+
+/// What a key of the conntrack tables holds for the packet looking.
 pub enum Probe {
     /// The packet's flow: the entry, refreshed with its TCP flags.
     Mine(CtEntry),
@@ -48,7 +86,18 @@ pub enum Probe {
     Free,
 }
 
-/// The live entry for `key`, refreshed with this packet's TCP flags.
+/// The entry of `key`: in the main table (the second member false), or among the
+/// unreplied flows (true).
+#[inline(always)]
+fn find(key: &CtKey) -> Option<(*mut CtEntry, bool)> {
+    if let Some(e) = CT.get_ptr_mut(key) {
+        return Some((e, false));
+    }
+    CT_NEW.get_ptr_mut(key).map(|e| (e, true))
+}
+
+/// The live entry for `key`, the packet's own tuple, refreshed with this packet's TCP
+/// flags.
 #[inline(always)]
 pub fn lookup(key: &CtKey, cfg: &DpConfig, now: Tick, tcp_flags: u8) -> Option<CtEntry> {
     match probe(key, None, cfg, now, tcp_flags) {
@@ -58,7 +107,8 @@ pub fn lookup(key: &CtKey, cfg: &DpConfig, now: Tick, tcp_flags: u8) -> Option<C
 }
 
 /// [`lookup`], where the entry of the packet's flow must also say `want` (address, port):
-/// several flows may share a key, as the ports masquerade hands out do.
+/// several flows may share a key, as the ports masquerade hands out do. With `want`, the
+/// key is not the packet's own tuple, but its flow's replies'.
 #[inline(always)]
 pub fn probe(
     key: &CtKey,
@@ -67,14 +117,18 @@ pub fn probe(
     now: Tick,
     tcp_flags: u8,
 ) -> Probe {
-    let Some(e) = CT.get_ptr_mut(key) else {
+    let Some((e, unreplied)) = find(key) else {
         return Probe::Free;
     };
     // SAFETY: a pointer into the map's value, valid for this program run; concurrent
     // updates of these plain fields from another CPU are benign (last writer wins).
     let entry = unsafe { &mut *e };
     if cfg.timeouts.expired(key.proto, entry, now) {
-        let _ = CT.remove(key);
+        if unreplied {
+            let _ = CT_NEW.remove(key);
+        } else {
+            let _ = CT.remove(key);
+        }
         return Probe::Free;
     }
     if let Some((addr, port)) = want
@@ -88,65 +142,152 @@ pub fn probe(
     if ticks_since(now, entry.last_seen) > 100 {
         entry.last_seen = now;
     }
+    let dir = Direction::of(want.is_none(), entry.kind);
+    let mut flags = tcp_seen(tcp_flags);
+    let mut seen_now = entry.seen;
+    // A TCP segment's FIN, RST or SYN counts only near where its direction is in sequence
+    // space (track_seq): a blind one from a spoofed peer changes nothing. The ICMP errors'
+    // lookups pass no flags and are not tracked.
+    if key.proto == IPPROTO_TCP
+        && tcp_flags != 0
+        && let Some(seq) = segment_seq()
+    {
+        let reply = dir == Direction::Reply;
+        let known = if reply { entry.seq[1] } else { entry.seq[0] };
+        let (s, at, counted) = track_seq(seen_now, known, dir, flags, seq);
+        (seen_now, flags) = (s, counted);
+        if at != known {
+            if reply {
+                entry.seq[1] = at;
+            } else {
+                entry.seq[0] = at;
+            }
+        }
+    }
     // A SYN on a closed flow's tuple (the client reused its port) starts a new
     // incarnation: forget the FIN/RST that would shorten its lifetime.
-    let flags = tcp_seen(tcp_flags);
-    let mut seen_now = entry.seen;
     if flags & seen::SYN != 0 {
         seen_now &= !(seen::FIN | seen::RST);
     }
     seen_now |= flags;
+    let mut promote = false;
+    if unreplied {
+        (seen_now, promote) = assure(seen_now, dir);
+    }
     if seen_now != entry.seen {
         entry.seen = seen_now;
     }
-    // A RST ends both directions at once. A flow with an entry per direction (hairpin)
-    // would see it in this direction's only: mark the other's too, or it would stay
-    // "established" for hours and refuse the next flow that reuses the tuple
-    // (nf_conntrack keeps one state for both). Flows with a single entry find no peer.
-    if tcp_seen(tcp_flags) & seen::RST != 0 {
-        let peer = if key.stage == Side::Dst as u8 {
-            CtKey::new(
-                entry.addr,
-                key.saddr,
-                entry.port,
-                key.sport,
-                key.proto,
-                Side::Src,
-            )
-        } else {
-            CtKey::new(
-                key.daddr,
-                entry.addr,
-                key.dport,
-                entry.port,
-                key.proto,
-                Side::Dst,
-            )
-        };
-        if let Some(pe) = CT.get_ptr_mut(&peer) {
+    // Hairpin keeps an entry per direction and stage, in pairs that one packet meets at
+    // the two stages: what one learns, its peer (the other direction's entry at the other
+    // stage) needs too. A flow with a single entry finds no peer.
+    if entry.kind & !kind::REPLY == kind::HAIRPIN {
+        let peer = peer_key(key, entry);
+        // A RST ends both directions at once; the peer would stay "established" for hours
+        // and refuse the next flow that reuses the tuple (nf_conntrack keeps one state for
+        // both).
+        let reset = flags & seen::RST != 0;
+        // The replies' entries are the first to see a reply; the original direction's
+        // learn it from them, and are the ones that assure the flow.
+        let replied = unreplied && dir == Direction::Reply;
+        if (reset || replied || promote)
+            && let Some((pe, peer_unreplied)) = find(&peer)
+        {
             // SAFETY: as above.
-            unsafe { (*pe).seen |= seen::RST };
+            let pe = unsafe { &mut *pe };
+            if reset {
+                pe.seen |= seen::RST;
+            }
+            if replied {
+                pe.seen |= seen::REPLIED;
+            }
+            if promote && peer_unreplied {
+                enter_main(&peer, &{ *pe });
+            }
         }
     }
-    Probe::Mine(*entry)
+    let out = *entry;
+    if promote {
+        enter_main(key, &out);
+    }
+    Probe::Mine(out)
 }
 
-/// Inserts `entry` only if `key` is free (BPF_NOEXIST), or if what is there has expired,
-/// or, with `reopen` (a TCP SYN whose tuple leaves no choice), if it belongs to a flow
-/// that has seen FIN or RST: as nf_conntrack lets a SYN reopen a closed connection
-/// (tcp_conntrack's TCP_CONNTRACK_CLOSE → SYN_SENT), a client that reuses its port through
-/// another published port of the same backend must not be refused for 10 s.
+/// The key of a hairpin entry's peer: the entry of the other direction at the other stage
+/// (the replies' dst stage pairs with the original direction's src stage, and the other
+/// way round).
+#[inline(always)]
+fn peer_key(key: &CtKey, entry: &CtEntry) -> CtKey {
+    if key.stage == Side::Dst as u8 {
+        CtKey::new(
+            entry.addr,
+            key.saddr,
+            entry.port,
+            key.sport,
+            key.proto,
+            Side::Src,
+        )
+    } else {
+        CtKey::new(
+            key.daddr,
+            entry.addr,
+            key.dport,
+            entry.port,
+            key.proto,
+            Side::Dst,
+        )
+    }
+}
+
+/// Moves an assured flow's entry into the main table. When the main table is full the
+/// entry stays where it is, counted as `ct-full`: the flow goes on, exposed to the LRU.
+#[inline(always)]
+fn enter_main(key: &CtKey, entry: &CtEntry) {
+    // BPF_NOEXIST: another CPU may have moved it first; then this copy is not needed.
+    if CT.insert(key, entry, BPF_NOEXIST as u64).is_ok() || CT.get_ptr(key).is_some() {
+        let _ = CT_NEW.remove(key);
+    } else if let Some(c) = DROPS.get_ptr_mut(DropReason::CtFull as u32) {
+        // SAFETY: this CPU's slot of a per-CPU array, as in crate::metrics.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Whether `e`, found at `key`, may give way to a new flow: expired, or, with `reopen`,
+/// closed (see [`insert_new`]).
+#[inline(always)]
+fn replaceable(key: &CtKey, e: &CtEntry, cfg: &DpConfig, now: Tick, reopen: bool) -> bool {
+    cfg.timeouts.expired(key.proto, e, now) || (reopen && e.seen & (seen::FIN | seen::RST) != 0)
+}
+
+/// Inserts `entry`, among the unreplied flows, only if `key` is free (BPF_NOEXIST) in both
+/// tables, or if what is there has expired, or, with `reopen` (a TCP SYN whose tuple
+/// leaves no choice), if it belongs to a flow that has seen FIN or RST: as nf_conntrack lets
+/// a SYN reopen a closed connection (tcp_conntrack's TCP_CONNTRACK_CLOSE → SYN_SENT), a
+/// client that reuses its port through another published port of the same backend must
+/// not be refused for 10 s.
 #[inline(always)]
 pub fn insert_new(key: &CtKey, entry: &CtEntry, cfg: &DpConfig, now: Tick, reopen: bool) -> bool {
-    if CT.insert(key, entry, BPF_NOEXIST as u64).is_ok() {
-        return true;
+    // The unreplied table first, the main table second: an entry moves the other way
+    // (into the main table, then out of this one), so a key that is moving is seen in
+    // one of them, and two flows never both get it.
+    if CT_NEW.insert(key, entry, BPF_NOEXIST as u64).is_err() {
+        let free = CT_NEW.get_ptr(key).is_some_and(|e| {
+            // SAFETY: as in probe().
+            replaceable(key, unsafe { &*e }, cfg, now, reopen)
+        });
+        if !(free && CT_NEW.insert(key, entry, BPF_ANY as u64).is_ok()) {
+            return false;
+        }
     }
-    let replaceable = CT.get_ptr(key).is_some_and(|e| {
-        // SAFETY: as in lookup().
-        let e = unsafe { &*e };
-        cfg.timeouts.expired(key.proto, e, now) || (reopen && e.seen & (seen::FIN | seen::RST) != 0)
-    });
-    replaceable && CT.insert(key, entry, BPF_ANY as u64).is_ok()
+    if let Some(e) = CT.get_ptr(key) {
+        // SAFETY: as in probe().
+        if replaceable(key, unsafe { &*e }, cfg, now, reopen) {
+            let _ = CT.remove(key);
+        } else {
+            let _ = CT_NEW.remove(key);
+            return false;
+        }
+    }
+    true
 }
 
 /// Inserts a flow's entries in order, all or none: after a failure the entries already
@@ -177,9 +318,11 @@ pub fn insert_flow<const N: usize>(
     true
 }
 
+/// Removes a flow's entry that [`insert_new`] made (it cannot have moved yet: that takes
+/// a packet of the flow).
 #[inline(always)]
 pub fn remove(key: &CtKey) {
-    let _ = CT.remove(key);
+    let _ = CT_NEW.remove(key);
 }
 
 /// Remembers what a first fragment's `stage` wrote, for the later fragments.

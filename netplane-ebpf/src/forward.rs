@@ -152,7 +152,7 @@ fn fits(ctx: &TcContext, p: &Packet, mtu: u32) -> bool {
 /// or TCX_NEXT (the kernel's path) when its TTL is about to expire.
 #[inline(always)]
 pub fn send(ctx: &TcContext, route: &Route, slot: u32) -> i32 {
-    if decrement_ttl(ctx).is_err() {
+    if !header_valid(ctx) || decrement_ttl(ctx).is_err() {
         return TCX_NEXT;
     }
     let mut nh = bpf_redir_neigh {
@@ -182,7 +182,7 @@ pub fn to_container(ctx: &TcContext, p: &Packet, cfg: &DpConfig) -> Option<i32> 
     }
     // SAFETY: a lookup; the value is copied out.
     let ep = *unsafe { ENDPOINTS.get(&p.daddr) }?;
-    if !fits(ctx, p, ep.mtu) {
+    if !fits(ctx, p, ep.mtu) || !header_valid(ctx) {
         return None;
     }
     // Ethernet and the IPv4 header up to the TTL; the TTL is checked before anything is
@@ -199,6 +199,31 @@ pub fn to_container(ctx: &TcContext, p: &Packet, cfg: &DpConfig) -> Option<i32> 
     count(forwarded::INTO_CONTAINER);
     // SAFETY: a helper that takes plain values; flags 0: the device's egress.
     Some(unsafe { bpf_redirect(ep.ifindex, 0) } as i32)
+}
+
+/// What ip_rcv_core() checks of an option-less IPv4 header before anything else sees the
+/// packet, and the redirect skips: the header checksum (ip_fast_csum()), and a total
+/// length that covers the header and fits the frame. A packet that fails goes to the
+/// stack, which drops it (IPSTATS_MIB_CSUMERRORS, INHDRERRORS) as it would have. The NAT
+/// stages' incremental updates keep a right checksum right and a wrong one wrong, so this
+/// holds before or after them.
+#[inline(always)]
+fn header_valid(ctx: &TcContext) -> bool {
+    let Some(h) = ptr_at::<[u8; 20]>(ctx, ETH_HLEN) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked the bounds.
+    let h = unsafe { &*h };
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_ne_bytes([h[i], h[i + 1]]));
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    let tot_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    sum == 0xffff && tot_len >= 20 && ETH_HLEN + tot_len <= ctx.len() as usize
 }
 
 /// A TCP segment with only the ACK flag and no payload (see the module's note).

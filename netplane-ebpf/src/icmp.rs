@@ -25,12 +25,28 @@ use crate::parse::{Frag, IcmpError, Packet, QUOTE_OFF, quote, read};
 /// netplane translated.
 #[inline(always)]
 pub fn translate(ctx: &TcContext, outer: Packet, cfg: &DpConfig, stage: Side) -> i32 {
-    match (quote(ctx, outer), stage) {
-        (Some(mut e), Side::Dst) => from_outside(ctx, &mut e, cfg),
+    let from_container = stage == Side::Src && subnet_of(outer.saddr).is_some();
+    let verdict = match (quote(ctx, outer), stage) {
+        (Some(mut e), Side::Dst) => return from_outside(ctx, &mut e, cfg),
         (Some(mut e), Side::Src) => to_outside(ctx, &mut e, cfg),
-        (None, _) => TCX_NEXT,
+        (None, _) => Untranslated,
+    };
+    match verdict {
+        Translated(v) => v,
+        // An error from a container about no flow of ours (or quoting what netplane does
+        // not translate) would leave with the container's address: nf_conntrack calls it
+        // INVALID and lets it out; here it stays in.
+        Untranslated if from_container => drop(DropReason::Untranslatable),
+        Untranslated => TCX_NEXT,
     }
 }
+
+/// What [`to_outside`] did: the verdict of a translation, or nothing.
+enum Outgoing {
+    Translated(i32),
+    Untranslated,
+}
+use Outgoing::{Translated, Untranslated};
 
 /// Uplink ingress: an error from outside about a packet that left translated, a
 /// masqueraded flow's or a published port's reply. The quote's source becomes the
@@ -64,7 +80,7 @@ fn from_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
 /// packet that came in translated, a published port's or a masqueraded flow's reply. The
 /// quote's destination becomes the address the peer sent to.
 #[inline(always)]
-fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
+fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> Outgoing {
     let q = &e.quote;
     let now = now();
     // A published port: the quote's reverse is the tuple of the flow's replies.
@@ -87,13 +103,18 @@ fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
         };
         match masquerade_port(&flow, cfg, now) {
             Masquerade::Port(port) => (cfg.uplink_addr, port),
-            Masquerade::None => return TCX_NEXT,
+            Masquerade::None => return Untranslated,
         }
     } else {
-        return TCX_NEXT;
+        return Untranslated;
     };
     let outer = (e.outer.saddr == q.daddr).then_some(Side::Src);
-    write_back(ctx, e, Side::Dst, addr, port, outer)
+    // An error about the flow from another container than the flow's own: its address
+    // would leave as it is.
+    if outer.is_none() && subnet_of(e.outer.saddr).is_some() {
+        return Untranslated;
+    }
+    Translated(write_back(ctx, e, Side::Dst, addr, port, outer))
 }
 
 /// Writes `addr:port` as the quote's `side`, and `addr` as the error's own `outer` side.

@@ -7,26 +7,39 @@
 //! under them (`netplane_common::nat::maps::PINNED`): a map's name, type, key, value, size
 //! and flags are shared with the agent and with the data plane already running.
 
-use aya_ebpf::bindings::{BPF_F_NO_COMMON_LRU, BPF_F_NO_PREALLOC};
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray};
 use netplane_common::counters::{COUNTERS_SLOTS, Counters};
 use netplane_common::nat::{
-    Backend, CtEntry, CtKey, DROP_REASONS, DpConfig, Endpoint, FragEntry, FragKey, NetInfo,
-    PortKey, SockRevEntry, SockRevKey, Tick, forwarded,
+    Backend, CtEntry, CtKey, CtTables, DROP_REASONS, DpConfig, Endpoint, FragEntry, FragKey,
+    NetInfo, PortKey, SockRevEntry, SockRevKey, Tick, forwarded,
 };
 
-/// The conntrack table's default size; the agent sets its own (`conntrack.max_entries`)
-/// at load time (EbpfLoader::map_max_entries).
+/// The conntrack table's default size; `up` sets its own (`conntrack.max_entries`, and
+/// CtTables::unreplied_entries of it) at load time (EbpfLoader::map_max_entries).
 const CT_MAX_ENTRIES: u32 = 131_072;
 const FRAG_MAX_ENTRIES: u32 = 8_192;
 
-/// Connection tracking: the entries netplane_common::nat describes.
+/// Connection tracking, the main table: the assured flows (see
+/// netplane_common::nat::CtTables). A preallocated hash: it holds exactly `max_entries`,
+/// and an insert into a full table fails (-E2BIG, alloc_htab_elem()) instead of evicting.
 #[map(name = "NP_CT")]
-// BPF_F_NO_COMMON_LRU: per-CPU LRU lists, no lock shared by all CPUs on every insert
-// (kernel/bpf/bpf_lru_list.c); eviction is then per CPU, which an over-sized table hides.
-pub static CT: LruHashMap<CtKey, CtEntry> =
-    LruHashMap::with_max_entries(CT_MAX_ENTRIES, BPF_F_NO_COMMON_LRU);
+pub static CT: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+/// Connection tracking, the unreplied flows: where every entry is born. An LRU with one
+/// list for all CPUs, so that all of its entries are usable whichever CPU inserts
+/// (BPF_F_NO_COMMON_LRU would give each CPU its own share to evict from).
+#[map(name = "NP_CT_NEW")]
+pub static CT_NEW: LruHashMap<CtKey, CtEntry> =
+    LruHashMap::with_max_entries(CtTables::unreplied_entries(CT_MAX_ENTRIES), 0);
+
+/// The TCP sequence number of the packet this CPU's program run is handling, and 1 when it
+/// is valid: set once per packet by crate::conntrack::segment, read by its lookups (a
+/// program run is never interleaved with another on its CPU: TC runs with bottom halves
+/// off, and redirects happen after it returns).
+#[map(name = "NP_SEGMENT")]
+pub static SEGMENT: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the first fragment of a datagram was translated to, for its later fragments.
 #[map(name = "NP_FRAGS")]
@@ -95,3 +108,10 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS,
 /// Where redirected UDP sockets really sent to, for recvmsg4 (see crate::sock).
 #[map(name = "NP_SOCK_REV")]
 pub static SOCK_REV: LruHashMap<SockRevKey, SockRevEntry> = LruHashMap::with_max_entries(65_536, 0);
+
+/// The port masquerade gave a flow whose own source port was taken (host order, in a
+/// u32), by the flow's original tuple at the src stage: a cache of crate::nat_port's
+/// search, checked against the conntrack entry on every use, so an eviction costs a
+/// search, never a wrong translation.
+#[map(name = "NP_MASQ_PORTS")]
+pub static MASQ_PORTS: LruHashMap<CtKey, u32> = LruHashMap::with_max_entries(65_536, 0);

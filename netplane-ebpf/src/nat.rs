@@ -7,20 +7,23 @@
 //! - src stage, TC egress of the same devices: reverse DNAT, and masquerade on the uplink.
 //!
 //! The source ports of SNAT come from crate::nat_port; ICMP errors about these flows go to
-//! crate::icmp.
+//! crate::icmp. Other IP protocols are masqueraded by address only. Whatever a container
+//! sends that cannot be translated (malformed headers, an ICMP error about no flow, a
+//! later fragment of no datagram) is dropped at the uplink with a named reason: no packet
+//! leaves it with a container's source.
 
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, Side, Tick, forwarded, kind, tcp_seen,
 };
-use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP};
+use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::addr::{is_local, is_loopback, published, published_on_local, subnet_of};
 use crate::conntrack::{self, Probe, config, key_of, now, opens_flow};
 use crate::csum::{set_addr, set_port};
 use crate::metrics::drop;
-use crate::nat_port::{Masquerade, masquerade_port, reserve_port};
+use crate::nat_port::{Masquerade, local_socket, masquerade_port, remember, reserve_port};
 use crate::parse::{Frag, Kind, Packet, Parsed, parse};
 use crate::{forward, icmp};
 
@@ -40,6 +43,8 @@ fn entry(addr: u32, port: u16, k: u8, now: Tick, tcp_flags: u8) -> CtEntry {
         kind: k,
         created: now,
         last_seen: now,
+        // Recorded by conntrack::probe() from the flow's packets.
+        seq: [0; 2],
     }
 }
 
@@ -87,12 +92,20 @@ fn later_fragment(ctx: &TcContext, p: &mut Packet, stage: Side) -> i32 {
 #[inline(always)]
 pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
     let Parsed { kind, mut p } = parse(ctx);
+    conntrack::segment(ctx, &p);
     let Some(cfg) = config() else { return TCX_NEXT };
     match kind {
         Kind::Nat => {}
         Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Side::Dst),
+        Kind::Generic if hook == Hook::Uplink => return generic_reply(ctx, &mut p, cfg),
+        // From a container, whatever it is, isolation between networks holds.
+        Kind::IcmpError | Kind::Generic | Kind::Untranslatable | Kind::Malformed
+            if hook == Hook::Bridge =>
+        {
+            return isolate(&p, cfg);
+        }
         // Not ours to translate.
-        Kind::IcmpError | Kind::Other => return TCX_NEXT,
+        _ => return TCX_NEXT,
     }
     if p.frag == Frag::Later {
         return later_fragment(ctx, &mut p, Side::Dst);
@@ -100,16 +113,28 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
     // From a container, only what goes to a host address can need a translation (hairpin,
     // and the replies of hairpin, addressed to a gateway); the rest only needs isolation.
     if hook == Hook::Bridge && !is_local(p.daddr) {
-        if cfg.networks > 1
-            && let (Some(from), Some(to)) = (subnet_of(p.saddr), subnet_of(p.daddr))
-            && from.id != to.id
-        {
-            return drop(DropReason::Isolation);
+        let verdict = isolate(&p, cfg);
+        if verdict != TCX_NEXT {
+            return verdict;
         }
         return out_of_bridge(ctx, &mut p, cfg);
     }
     let now = now();
     if let Some(e) = conntrack::lookup(&key_of(&p, Side::Dst), cfg, now, p.tcp_flags) {
+        // A connected UDP socket of this very tuple, opened after the masqueraded flow
+        // took it (the kernel's port choice knows nothing of NAT), keeps its traffic: the
+        // stack delivers to it, as without NAT. Not asked for TCP, where it would cost a
+        // socket lookup per packet for nothing: the peer has one connection per 4-tuple,
+        // so a later local connection with the tuple of a live flow cannot open anyway
+        // (its SYN meets a challenge ACK, which the container's stack ignores), and opens
+        // once the flow is gone.
+        if hook == Hook::Uplink
+            && p.proto == IPPROTO_UDP
+            && e.kind == kind::MASQUERADE
+            && local_socket(ctx, p.proto, p.daddr, p.dport, p.saddr, p.sport, true)
+        {
+            return TCX_NEXT;
+        }
         return forward_after(ctx, &mut p, cfg, hook, Side::Dst, e.addr, e.port, now);
     }
     // On a bridge the destination is known to be local already (checked above). ICMP
@@ -145,7 +170,7 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         }
         let created = match hook {
             Hook::Uplink => new_published_flow(&p, &b, cfg, now),
-            Hook::Bridge => new_hairpin_flow(&p, &b, cfg, now),
+            Hook::Bridge => new_hairpin_flow(ctx, &p, &b, cfg, now),
         };
         if let Err(reason) = created {
             return drop(reason);
@@ -179,6 +204,65 @@ fn forward_after(
     match forward::route(ctx, p, cfg, 0, now) {
         Some(r) => forward::send(ctx, &r, forwarded::INTO_CONTAINER),
         None => TCX_NEXT,
+    }
+}
+
+/// Isolation between networks: a container's packet straight to another network's
+/// container is dropped.
+#[inline(always)]
+fn isolate(p: &Packet, cfg: &DpConfig) -> i32 {
+    if cfg.networks > 1
+        && let (Some(from), Some(to)) = (subnet_of(p.saddr), subnet_of(p.daddr))
+        && from.id != to.id
+    {
+        return drop(DropReason::Isolation);
+    }
+    TCX_NEXT
+}
+
+/// The key of the replies of another protocol's flow masqueraded to `uplink` (no ports).
+#[inline(always)]
+fn generic_key(peer: u32, uplink: u32, proto: u8) -> CtKey {
+    CtKey::new(peer, uplink, 0, 0, proto, Side::Dst)
+}
+
+/// Uplink ingress, another protocol: the reply of a masqueraded flow goes back to its
+/// container, by address.
+#[inline(always)]
+fn generic_reply(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
+    let now = now();
+    let Some(e) = conntrack::lookup(&generic_key(p.saddr, p.daddr, p.proto), cfg, now, 0) else {
+        return TCX_NEXT;
+    };
+    match set_addr(ctx, p, Side::Dst, e.addr) {
+        Ok(()) => TCX_NEXT,
+        Err(_) => drop(DropReason::RewriteFailed),
+    }
+}
+
+/// Uplink egress, another protocol from a container: masquerade by address only, as
+/// netfilter's generic protocol NAT (nf_nat_l4proto_unique_tuple() has no port to change
+/// for it). One container at a time talks a protocol to a peer; another's packet is
+/// untranslatable until that flow expires. Every fragment carries the addresses: none
+/// needs its first.
+#[inline(always)]
+fn generic_masquerade(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
+    let now = now();
+    let key = generic_key(p.daddr, cfg.uplink_addr, p.proto);
+    let mine = match conntrack::probe(&key, Some((p.saddr, 0)), cfg, now, 0) {
+        Probe::Mine(_) => true,
+        Probe::Free => {
+            let e = entry(p.saddr, 0, kind::MASQUERADE, now, 0);
+            conntrack::insert_new(&key, &e, cfg, now, false)
+        }
+        Probe::Other => false,
+    };
+    if !mine {
+        return drop(DropReason::Untranslatable);
+    }
+    match set_addr(ctx, p, Side::Src, cfg.uplink_addr) {
+        Ok(()) => TCX_NEXT,
+        Err(_) => drop(DropReason::RewriteFailed),
     }
 }
 
@@ -226,13 +310,25 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
         }
     }
     let Parsed { kind, mut p } = parse(ctx);
+    conntrack::segment(ctx, &p);
+    // What leaves the uplink never has a container's source: it is translated here, or
+    // dropped (Untranslatable, Malformed, FragmentUnknown), even where nf_conntrack would
+    // call it INVALID and let it out.
+    let from_container = |p: &Packet| hook == Hook::Uplink && subnet_of(p.saddr).is_some();
     match kind {
         Kind::Nat => {}
         Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Side::Src),
-        Kind::IcmpError | Kind::Other => return TCX_NEXT,
+        Kind::Generic if from_container(&p) => return generic_masquerade(ctx, &mut p, cfg),
+        Kind::Untranslatable if from_container(&p) => return drop(DropReason::Untranslatable),
+        Kind::Malformed if from_container(&p) => return drop(DropReason::Malformed),
+        _ => return TCX_NEXT,
     }
     if p.frag == Frag::Later {
-        return later_fragment(ctx, &mut p, Side::Src);
+        let verdict = later_fragment(ctx, &mut p, Side::Src);
+        if verdict == TCX_NEXT && from_container(&p) {
+            return drop(DropReason::FragmentUnknown);
+        }
+        return verdict;
     }
     // The uplink's own address is never a source this stage rewrites (those are container
     // addresses), and it is what packets the bridge already translated carry.
@@ -243,12 +339,13 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
     if let Some(e) = conntrack::lookup(&key_of(&p, Side::Src), cfg, now, p.tcp_flags) {
         return rewrite(ctx, &mut p, Side::Src, e.addr, e.port, now);
     }
-    if hook == Hook::Uplink && subnet_of(p.saddr).is_some() && subnet_of(p.daddr).is_none() {
+    // Masquerade, as iptables' `-s SUBNET ! -o BRIDGE`: whatever the destination.
+    if from_container(&p) {
         let port = match masquerade_port(&p, cfg, now) {
             Masquerade::Port(port) => Ok(port),
             // Never let a container address out: without a flow there is no translation.
             Masquerade::None if !opens_flow(&p) => Err(DropReason::TcpNoSynNewFlow),
-            Masquerade::None => new_masquerade_flow(&p, cfg, now),
+            Masquerade::None => new_masquerade_flow(ctx, &p, cfg, now),
         };
         return match port {
             Ok(port) => rewrite(ctx, &mut p, Side::Src, cfg.uplink_addr, port, now),
@@ -261,9 +358,16 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
 /// Masquerade: container → outside, SNAT to the uplink address. The flow's one entry is
 /// its replies', which reserves the port (see [`masquerade_port`]).
 #[inline(always)]
-fn new_masquerade_flow(p: &Packet, cfg: &DpConfig, now: Tick) -> Result<u16, DropReason> {
+fn new_masquerade_flow(
+    ctx: &TcContext,
+    p: &Packet,
+    cfg: &DpConfig,
+    now: Tick,
+) -> Result<u16, DropReason> {
     let e = entry(p.saddr, p.sport, kind::MASQUERADE, now, p.tcp_flags);
-    reserve_port(p, cfg.uplink_addr, p.daddr, p.dport, &e, cfg, now)
+    let port = reserve_port(ctx, p, cfg.uplink_addr, p.daddr, p.dport, &e, cfg, now)?;
+    remember(p, port);
+    Ok(port)
 }
 
 /// The conntrack key of the replies of a flow from outside to published port `b`: the
@@ -294,12 +398,18 @@ fn new_published_flow(
 /// network): DNAT here, and SNAT to the backend network's gateway at the bridge's egress so
 /// that the replies come back through the host. Four entries.
 #[inline(always)]
-fn new_hairpin_flow(p: &Packet, b: &Backend, cfg: &DpConfig, now: Tick) -> Result<(), DropReason> {
+fn new_hairpin_flow(
+    ctx: &TcContext,
+    p: &Packet,
+    b: &Backend,
+    cfg: &DpConfig,
+    now: Tick,
+) -> Result<(), DropReason> {
     let reopen = p.proto == IPPROTO_TCP;
     let g = b.gateway;
     // The replies' dst stage: backend → gateway:P becomes backend → client.
     let reply_dst = entry(p.saddr, p.sport, kind::HAIRPIN | kind::REPLY, now, 0);
-    let port = reserve_port(p, g, b.addr, b.port, &reply_dst, cfg, now)?;
+    let port = reserve_port(ctx, p, g, b.addr, b.port, &reply_dst, cfg, now)?;
     let reply_dst_key = CtKey::new(b.addr, g, b.port, port, p.proto, Side::Dst);
     // The replies' src stage: backend → client becomes published address → client.
     let reply_src_key = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Side::Src);

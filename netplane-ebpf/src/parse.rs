@@ -15,6 +15,14 @@ pub const IP_DST_OFF: usize = IP_OFF + 16;
 
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_TIMESTAMP: u8 = 13;
+const ICMP_TIMESTAMP_REPLY: u8 = 14;
+const ICMP_INFO_REQUEST: u8 = 15;
+const ICMP_INFO_REPLY: u8 = 16;
+const ICMP_ADDRESS: u8 = 17;
+const ICMP_ADDRESS_REPLY: u8 = 18;
+/// The shortest TCP header (data offset 5).
+const TCP_MIN_HLEN: usize = 20;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Frag {
@@ -26,9 +34,10 @@ pub enum Frag {
     Later,
 }
 
-/// An IPv4 packet netplane may translate: TCP, UDP, or ICMP echo. Addresses and ports
-/// are in network byte order. For ICMP echo the identifier is `sport` of a request and
-/// `dport` of a reply.
+/// An IPv4 packet netplane may translate: TCP, UDP, or an ICMP query (echo, timestamp,
+/// information, address mask: the types with an identifier, which nf_conntrack_proto_icmp
+/// tracks too). Addresses and ports are in network byte order. For an ICMP query the
+/// identifier is `sport` of a request and `dport` of a reply.
 pub struct Packet {
     pub saddr: u32,
     pub daddr: u32,
@@ -55,14 +64,25 @@ pub struct Parsed {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// TCP, UDP or ICMP echo: `p` is it.
+    /// TCP, UDP or an ICMP query: `p` is it.
     Nat,
     /// An ICMP error (destination unreachable, time exceeded, parameter problem): `p` has
     /// its own addresses, and in `l4_off` where its ICMP header starts. What it quotes is
     /// read by [`quote`] (see crate::icmp).
     IcmpError,
-    /// Not IPv4, a protocol netplane does not translate, or malformed: passed untouched,
-    /// for the stack to judge.
+    /// Another IP protocol (GRE, SCTP, …): `p` has its addresses and protocol, no ports.
+    /// Masquerade translates it by address only, as netfilter's generic protocol NAT does
+    /// (nf_nat_proto.c: no port to change).
+    Generic,
+    /// An ICMP message that is neither a query with an identifier nor an error (router
+    /// solicitation, redirect, unknown types): `p` has its addresses. Nothing ties its
+    /// answers to a flow, so it cannot be masqueraded.
+    Untranslatable,
+    /// IPv4 with headers that contradict themselves (an IHL or a TCP data offset below 5,
+    /// a total length shorter than the header, an L4 header cut short): `p` has its
+    /// addresses, read from the fixed header, which the frame holds.
+    Malformed,
+    /// Not IPv4, or too short to hold its header: passed untouched, for the stack to judge.
     Other,
 }
 
@@ -149,13 +169,6 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     }
     let ihl = usize::from(ip.ihl());
     let proto = ip.proto;
-    if ip.version() != 4
-        || ihl < Ipv4Hdr::LEN
-        || usize::from(ip.tot_len()) < ihl
-        || !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP)
-    {
-        return Parsed::OTHER;
-    }
     let frag_field = u16::from_be_bytes(ip.frags);
     let frag = match (frag_field & 0x1fff, frag_field & 0x2000 != 0) {
         (0, false) => Frag::Whole,
@@ -174,36 +187,93 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         tcp_flags: 0,
         l4_hlen: 8,
     };
+    // The checks of ip_rcv_core(), except the checksum (see crate::forward): what fails
+    // them is junk, which the stack drops on input, but which a program on an egress
+    // hook must not let out with a container's address.
+    let mut tot_len = usize::from(ip.tot_len());
+    // A BIG TCP packet (GSO beyond 64 KiB) says 0 here, and its length is the skb's
+    // (iph_set_totlen(), skb_ip_totlen()).
+    // SAFETY: reading a field of the context the kernel passed in.
+    if tot_len == 0 && unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        tot_len = (ctx.len() as usize).saturating_sub(IP_OFF);
+    }
+    if ip.version() != 4 || ihl < Ipv4Hdr::LEN || tot_len < ihl {
+        return Parsed {
+            kind: Kind::Malformed,
+            p,
+        };
+    }
+    if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP) {
+        return Parsed {
+            kind: Kind::Generic,
+            p,
+        };
+    }
     if frag == Frag::Later {
         return Parsed { kind: Kind::Nat, p };
     }
+    // The L4 header must lie within the IP total length, not only within the frame: a
+    // short packet's Ethernet padding is not a header.
+    let l4_room = tot_len - ihl;
     match proto {
         IPPROTO_TCP => {
             // Ports, and the flags byte at offset 13.
             let Ok(l4) = read::<[u8; 14]>(ctx, p.l4_off) else {
-                return Parsed::OTHER;
+                return Parsed {
+                    kind: Kind::Malformed,
+                    p,
+                };
             };
             p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
             p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
             p.tcp_flags = l4[13];
             p.l4_hlen = (l4[12] >> 4) * 4;
+            let hlen = usize::from(p.l4_hlen);
+            if hlen < TCP_MIN_HLEN || hlen > l4_room {
+                return Parsed {
+                    kind: Kind::Malformed,
+                    p,
+                };
+            }
         }
         IPPROTO_UDP => {
             // The whole UDP header must be there, even when its checksum is not used.
             let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
-                return Parsed::OTHER;
+                return Parsed {
+                    kind: Kind::Malformed,
+                    p,
+                };
             };
+            if l4_room < 8 {
+                return Parsed {
+                    kind: Kind::Malformed,
+                    p,
+                };
+            }
             p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
             p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
         }
         _ => {
             let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
-                return Parsed::OTHER;
+                return Parsed {
+                    kind: Kind::Malformed,
+                    p,
+                };
             };
+            if l4_room < 8 {
+                return Parsed {
+                    kind: Kind::Malformed,
+                    p,
+                };
+            }
             let id = u16::from_ne_bytes([l4[4], l4[5]]);
             match l4[0] {
-                ICMP_ECHO_REQUEST => p.sport = id,
-                ICMP_ECHO_REPLY => p.dport = id,
+                ICMP_ECHO_REQUEST | ICMP_TIMESTAMP | ICMP_INFO_REQUEST | ICMP_ADDRESS => {
+                    p.sport = id
+                }
+                ICMP_ECHO_REPLY | ICMP_TIMESTAMP_REPLY | ICMP_INFO_REPLY | ICMP_ADDRESS_REPLY => {
+                    p.dport = id
+                }
                 ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETERPROB
                     if frag == Frag::Whole =>
                 {
@@ -212,8 +282,12 @@ pub fn parse(ctx: &TcContext) -> Parsed {
                         p,
                     };
                 }
-                // Redirects, timestamps and the rest are not translated.
-                _ => return Parsed::OTHER,
+                _ => {
+                    return Parsed {
+                        kind: Kind::Untranslatable,
+                        p,
+                    };
+                }
             }
         }
     }

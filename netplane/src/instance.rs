@@ -8,12 +8,15 @@ use serde::Serialize;
 
 use crate::config::{Container, Mode, Plan, format_mac};
 use crate::dataplane::{self, Dataplane, DataplaneError, DataplaneStatus, HostContext};
+use crate::lock::{InstanceLock, LockError};
 use crate::netns;
 use crate::state::{State, StateError};
+use crate::sysctl::shared::{self, Released, SharedError};
 use crate::sysctl::{self, SysctlError};
 use crate::topology::{self, TopologyError};
 
-/// Sysctls `up` needs in netplane's namespace, restored by `down`.
+/// Sysctls `up` needs in netplane's namespace, shared with every other instance there
+/// (see [`shared`]): the last `down` restores them.
 const SYSCTLS: &[(&str, &str)] = &[("net.ipv4.ip_forward", "1")];
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,10 @@ pub enum Error {
     #[error(transparent)]
     Sysctl(#[from] SysctlError),
     #[error(transparent)]
+    SharedSysctl(#[from] SharedError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
@@ -81,6 +88,8 @@ pub struct UpReport {
 enum Created {
     Netns(String),
     Link(String),
+    /// A shared sysctl this instance did not hold before.
+    SharedSysctl(String),
 }
 
 pub fn require_root() -> Result<(), Error> {
@@ -99,9 +108,11 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// Builds or converges the topology of `plan`. Validation that needs the host happens
-/// before any change; a failure part-way rolls back what this run created.
+/// before any change; a failure part-way rolls back what this run created. Holds the
+/// instance's lock throughout: a concurrent `up` or `down` waits.
 pub fn up(plan: &Plan) -> Result<UpReport, Error> {
     require_root()?;
+    let _lock = InstanceLock::acquire(&plan.name, "up")?;
     runtime().block_on(up_async(plan))
 }
 
@@ -124,9 +135,10 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     journal.netns.extend(desired_netns.iter().cloned());
     journal.links.extend(desired_links.iter().cloned());
     // Prior values of the sysctls that exist already; those of bridges this run creates
-    // go away with the bridges.
+    // go away with the bridges. Shared ones are journaled in their own record.
     for (key, _) in wanted_sysctls(plan, &*dp) {
-        if !journal.sysctls.contains_key(&key)
+        if !shared::is_shared(&key)
+            && !journal.sysctls.contains_key(&key)
             && let Ok(prior) = sysctl::read(&key)
         {
             journal.sysctls.insert(key, prior);
@@ -143,7 +155,7 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     let mut created = Vec::new();
 
     if let Err(cause) = apply(&h, plan, &old, &*dp, &mut host, &mut created, &mut report).await {
-        let mut rollback = rollback(&h, created, &old, &journal).await;
+        let mut rollback = rollback(&h, &plan.name, created, &old, &journal).await;
         if !old.dataplanes.contains(&dp.mode()) {
             rollback.extend(dp.teardown(&plan.name).err().map(|e| e.to_string()));
         }
@@ -339,7 +351,20 @@ async fn apply(
         }
     }
     // Sysctls after the topology: some are per bridge.
-    for (key, value) in wanted_sysctls(plan, dp) {
+    let (common, own): (Vec<_>, Vec<_>) = wanted_sysctls(plan, dp)
+        .into_iter()
+        .partition(|(key, _)| shared::is_shared(key));
+    for held in shared::hold(&plan.name, &common)? {
+        if held.newly {
+            created.push(Created::SharedSysctl(held.key.clone()));
+        }
+        if held.changed {
+            report
+                .changes
+                .push(format!("sysctl {} = {}", held.key, held.value));
+        }
+    }
+    for (key, value) in own {
         if sysctl::read(&key)? != value {
             sysctl::write(&key, &value)?;
             report.changes.push(format!("sysctl {key} = {value}"));
@@ -365,6 +390,7 @@ async fn apply(
 /// the failures.
 async fn rollback(
     h: &rtnetlink::Handle,
+    name: &str,
     created: Vec<Created>,
     old: &State,
     journal: &State,
@@ -375,6 +401,9 @@ async fn rollback(
             Created::Netns(ns) => netns::delete(&ns).map(drop).map_err(|e| e.to_string()),
             Created::Link(l) => topology::delete_link(h, &l)
                 .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Created::SharedSysctl(key) => shared::release(name, Some(&[key]))
                 .map(drop)
                 .map_err(|e| e.to_string()),
         };
@@ -389,9 +418,10 @@ async fn rollback(
 }
 
 /// Removes everything instance `name` owns. Finishes every step, then reports every
-/// failure. Succeeds when things are already gone.
+/// failure. Succeeds when things are already gone. Holds the instance's lock throughout.
 pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
     require_root()?;
+    let _lock = InstanceLock::acquire(name, "down")?;
     runtime().block_on(async {
         let state = State::load(name)?.unwrap_or_default();
         let mut netns_names = state.netns.clone();
@@ -431,6 +461,24 @@ pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
             }
             Err(e) => failures.push(e.to_string()),
         }
+        match shared::release(name, None) {
+            Ok(released) => {
+                for r in released {
+                    match r {
+                        Released::Restored { key, value } => {
+                            removed.push(format!("sysctl {key} restored to {value}"));
+                        }
+                        Released::StillHeld { key, by } => tracing::info!(
+                            "sysctl {key} left as it is: instance(s) {} rely on it",
+                            by.join(", ")
+                        ),
+                    }
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+        // The instance's own (per-device) sysctls; shared ones there were recorded by an
+        // older netplane.
         for (key, value) in &state.sysctls {
             match sysctl::write(key, value) {
                 Ok(()) => removed.push(format!("sysctl {key} restored to {value}")),
@@ -546,6 +594,16 @@ pub fn status(name: &str) -> Result<Status, Error> {
                 }
             })
             .collect();
+        // Forwarding turned off under a running instance (by hand, or by another tool's
+        // teardown) stops every container's traffic without a trace elsewhere.
+        // (A per-device one of a missing bridge cannot be read: reported as the bridge.)
+        for (key, value) in wanted_sysctls(&plan, &*dp) {
+            if let Ok(v) = sysctl::read(&key)
+                && v != value
+            {
+                problems.push(format!("sysctl {key} is {v}; netplane needs {value}"));
+            }
+        }
         if !health.healthy {
             problems.push(format!(
                 "{} data plane unhealthy: {}",

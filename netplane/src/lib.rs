@@ -14,6 +14,7 @@ use tracing_subscriber as _;
 pub mod config;
 pub mod dataplane;
 pub mod instance;
+pub mod lock;
 pub mod netns;
 pub mod privilege;
 pub mod state;

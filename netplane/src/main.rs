@@ -61,7 +61,8 @@ enum Cmd {
     },
     /// Remove everything `up` made: namespaces, links, state, changed sysctls.
     Down(ConfigArg),
-    /// Show the networks, containers, published ports and the data plane's health.
+    /// Show the networks, containers, published ports and the data plane's health. Exits
+    /// non-zero when anything is wrong, each problem named.
     Status {
         #[command(flatten)]
         config: ConfigArg,
@@ -107,7 +108,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     match run(cli.cmd) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             for cause in e.chain().skip(1) {
@@ -152,7 +153,8 @@ fn load_plan(arg: &ConfigArg) -> anyhow::Result<Plan> {
     Ok(load_config(arg)?.plan()?)
 }
 
-fn run(cmd: Cmd) -> anyhow::Result<()> {
+/// Runs one command; its exit status is `status`'s verdict, or success.
+fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Up { config, mode } => {
             let mut plan = load_plan(&config)?;
@@ -169,7 +171,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     println!("  {change}");
                 }
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Down(c) => {
             // `down` must work even when the config no longer validates.
@@ -177,7 +179,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let plan = config.plan().ok();
             let removed = instance::down(&config.name, plan.as_ref())?;
             println!("{}: down ({} objects removed)", config.name, removed.len());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { config, json } => {
             let name = load_config(&config)?.name;
@@ -187,13 +189,19 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             } else {
                 print_status(&status);
             }
-            Ok(())
+            // Scripts and monitors read the verdict from the exit status: any problem,
+            // the data plane's included, fails.
+            Ok(if status.problems.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Exec {
             config,
             container,
             cmd,
-        } => exec(&config, &container, &cmd),
+        } => exec(&config, &container, &cmd).map(|()| ExitCode::SUCCESS),
         Cmd::Conntrack { config, json } => {
             let name = load_config(&config)?.name;
             let flows = instance::flows(&name)?;
@@ -214,11 +222,11 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 }
                 println!("{} flows", flows.len());
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Agent { name } => {
             netplane::dataplane::ebpf::agent::run(&name);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Count { iface, seconds } => {
             let mut counter = netplane::dataplane::ebpf::counter::PacketCounter::load()?;
@@ -231,7 +239,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("direction  packets  bytes");
             println!("ingress    {:>7}  {}", t.ingress.packets, t.ingress.bytes);
             println!("egress     {:>7}  {}", t.egress.packets, t.egress.bytes);
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
@@ -310,8 +318,24 @@ fn print_dataplane(dp: &netplane::dataplane::DataplaneStatus) {
     for a in &dp.attached {
         println!("  attached: {a}");
     }
-    if let Some(pid) = dp.agent_pid {
-        println!("  agent: running (pid {pid})");
+    match &dp.agent {
+        Some(a) if a.running => println!(
+            "  agent: running (pid {}), last garbage collection {}",
+            a.pid.unwrap_or_default(),
+            a.last_gc_secs_ago
+                .map_or("never".to_owned(), |s| format!("{s}s ago"))
+        ),
+        Some(_) => println!("  agent: NOT RUNNING"),
+        None => println!("  agent: none ({} mode has no agent)", dp.mode),
+    }
+    if let Some(u) = &dp.uplink {
+        let addr = |a: Option<std::net::Ipv4Addr>| a.map_or("none".to_owned(), |a| a.to_string());
+        println!(
+            "  uplink: {} ({}), masquerade to {}",
+            u.name,
+            addr(u.address),
+            addr(u.translation_address)
+        );
     }
     if let Some(rules) = dp.dnat_rules {
         println!("  DNAT rules: {rules}");

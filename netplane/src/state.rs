@@ -3,7 +3,8 @@
 //!
 //! `up` writes the state *before* it creates anything (every object it may create is
 //! listed), so `down` after `up` was killed half-way still finds everything. /run is a
-//! tmpfs: after a reboot the kernel objects are gone too.
+//! tmpfs: after a reboot the kernel objects are gone too. `up` and `down` change it only
+//! under the instance's lock (`lock::InstanceLock`, an flock of the same directory).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -30,7 +31,8 @@ pub struct State {
     pub netns: BTreeSet<String>,
     /// Links in netplane's own namespace (bridges, host veth ends) it created or may have.
     pub links: BTreeSet<String>,
-    /// Sysctls netplane changed, with the value each had before.
+    /// Sysctls of this instance's own devices that netplane changed, with the value each
+    /// had before. (Shared ones, such as `ip_forward`, are in `sysctl::shared`'s record.)
     pub sysctls: BTreeMap<String, String>,
     /// Data planes that programmed, or may have programmed, NAT for this instance.
     #[serde(default)]
@@ -63,6 +65,11 @@ impl State {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(err(path)(e)),
         }
+    }
+
+    /// Whether instance `name` has a state: it is up, or an `up` of it is under way.
+    pub fn exists(name: &str) -> bool {
+        file(name).exists()
     }
 
     /// Writes atomically (temp file + rename), so a crash never leaves half a file.

@@ -1,6 +1,11 @@
 //! The few sysctls netplane changes, in the network namespace it runs in. `/proc/sys/net`
 //! resolves to the reading process's own netns, so a sandboxed netplane never touches the
 //! root namespace's values.
+//!
+//! [`shared`]: the ones every instance in a namespace relies on (`ip_forward`), restored
+//! only when the last of them goes.
+
+pub mod shared;
 
 use std::io;
 use std::path::PathBuf;

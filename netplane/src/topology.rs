@@ -9,7 +9,6 @@ use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use nix::sched::{CloneFlags, setns};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
@@ -65,18 +64,14 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 /// the thread that created it, so it is created on a thread that joined `ns`.
 pub fn connect(ns: Option<&str>) -> Result<Handle, TopologyError> {
     let rt = tokio::runtime::Handle::current();
-    let file = ns.map(netns::open).transpose()?;
-    let (conn, handle, _) = std::thread::scope(|s| {
-        s.spawn(|| {
-            let _guard = rt.enter();
-            if let Some(f) = &file {
-                setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| TopologyError::Socket(e.into()))?;
-            }
-            rtnetlink::new_connection().map_err(TopologyError::Socket)
-        })
-        .join()
-        .expect("netlink thread does not panic")
-    })?;
+    let open = || {
+        let _guard = rt.enter();
+        rtnetlink::new_connection().map_err(TopologyError::Socket)
+    };
+    let (conn, handle, _) = match ns {
+        Some(ns) => netns::run_in(ns, open)??,
+        None => open()?,
+    };
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -435,4 +430,44 @@ pub async fn default_route_interface(h: &Handle) -> Result<Option<String>, Topol
         .into_iter()
         .find(|l| l.index == index)
         .map(|l| l.name))
+}
+
+/// A namespace's links, and its IPv4 addresses per interface index.
+pub type HostNow = (Vec<Link>, Vec<(u32, Ipv4Net)>);
+
+/// The links and IPv4 addresses of the caller's namespace as they are now, read on a
+/// thread of its own with a runtime of its own, so that callers inside a runtime (the
+/// agent's event loop) and outside one (`status`) can ask alike.
+pub fn host_now() -> Result<HostNow, TopologyError> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(TopologyError::Socket)?;
+            rt.block_on(async {
+                let h = connect(None)?;
+                Ok((links(&h).await?, ipv4_addresses(&h).await?))
+            })
+        })
+        .join()
+        .expect("netlink thread does not panic")
+    })
+}
+
+/// The changes of links and IPv4 addresses in the caller's namespace, one item per
+/// notification (RTNLGRP_LINK and RTNLGRP_IPV4_IFADDR, what `ip monitor link address`
+/// shows): a device created, deleted or changed, an address added or removed. The items
+/// say only that something changed; the caller looks again with [`host_now`]. The stream
+/// ends if the socket fails (an overrun: ENOBUFS), and the connection is driven on the
+/// current tokio runtime.
+pub fn watch_links_and_addresses() -> Result<impl futures::Stream<Item = ()> + Unpin, TopologyError>
+{
+    use futures::StreamExt;
+    use rtnetlink::MulticastGroup;
+    let (conn, _handle, messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
+            .map_err(TopologyError::Socket)?;
+    tokio::spawn(conn);
+    Ok(messages.map(|_| ()))
 }

@@ -66,6 +66,37 @@ pub struct HostContext {
     pub links: Vec<Link>,
 }
 
+impl HostContext {
+    /// The host as `plan` sees it on uplink `uplink`, from the namespace's `links` and
+    /// IPv4 `addrs` (per interface index): masquerade uses the uplink's first address;
+    /// published ports answer on every address and on the networks' gateways. `None`
+    /// when the uplink is missing or has no IPv4 address.
+    pub fn from_host(
+        plan: &Plan,
+        uplink: &str,
+        links: Vec<Link>,
+        addrs: &[(u32, ipnet::Ipv4Net)],
+    ) -> Option<HostContext> {
+        let uplink_index = links.iter().find(|l| l.name == uplink)?.index;
+        let uplink_addr = addrs
+            .iter()
+            .find(|(i, _)| *i == uplink_index)
+            .map(|(_, a)| a.addr())?;
+        let local_addrs = addrs
+            .iter()
+            .map(|(_, a)| a.addr())
+            .chain(plan.networks.iter().map(|n| n.gateway))
+            .collect();
+        Some(HostContext {
+            uplink: uplink.to_owned(),
+            uplink_index,
+            uplink_addr,
+            local_addrs,
+            links,
+        })
+    }
+}
+
 /// A data plane's health and counters, for `netplane status` (and its `--json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct DataplaneStatus {
@@ -88,6 +119,31 @@ pub struct DataplaneStatus {
     pub dnat_rules: Option<usize>,
     /// The eBPF mode's agent (conntrack garbage collection), when it runs.
     pub agent_pid: Option<u32>,
+    /// The agent of modes that have one (eBPF); `None` in the others.
+    pub agent: Option<AgentStatus>,
+    /// The uplink now, and the address the data plane translates to, for modes that
+    /// program it (eBPF); iptables' MASQUERADE takes the device's address by itself.
+    pub uplink: Option<UplinkStatus>,
+}
+
+/// The agent of a data plane: whether it runs, and when it last collected garbage.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub running: bool,
+    pub pid: Option<u32>,
+    /// Seconds since its last completed garbage collection (or since it started, before
+    /// the first); `None` when it never ran.
+    pub last_gc_secs_ago: Option<u64>,
+}
+
+/// The uplink as the host has it and as the data plane uses it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UplinkStatus {
+    pub name: String,
+    /// Its (first) IPv4 address now; `None` when it is missing or has none.
+    pub address: Option<std::net::Ipv4Addr>,
+    /// The address masquerade translates to, as the data plane has it.
+    pub translation_address: Option<std::net::Ipv4Addr>,
 }
 
 impl DataplaneStatus {
@@ -104,6 +160,8 @@ impl DataplaneStatus {
             fast_forwarded: None,
             dnat_rules: None,
             agent_pid: None,
+            agent: None,
+            uplink: None,
         }
     }
 
@@ -171,5 +229,45 @@ pub fn for_mode(mode: Mode) -> Box<dyn Dataplane> {
         Mode::Iptables => Box::new(iptables::Iptables),
         Mode::Ebpf => Box::new(ebpf::Ebpf),
         Mode::NoNat => Box::new(none::NoNat),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn link(index: u32, name: &str) -> Link {
+        Link {
+            index,
+            name: name.to_owned(),
+            up: true,
+            master: None,
+            mac: None,
+            mtu: None,
+        }
+    }
+
+    #[test]
+    fn the_host_context_follows_the_uplink_first_address() {
+        let plan = Config::embedded_default().plan().unwrap();
+        let links = vec![link(1, "lo"), link(7, "up0")];
+        let net = |s: &str| s.parse::<ipnet::Ipv4Net>().unwrap();
+        let addrs = [
+            (1, net("127.0.0.1/8")),
+            (7, net("203.0.113.5/24")),
+            (7, net("203.0.113.3/24")),
+        ];
+        let host = HostContext::from_host(&plan, "up0", links.clone(), &addrs).unwrap();
+        assert_eq!(
+            (host.uplink_index, host.uplink_addr.to_string()),
+            (7, "203.0.113.5".into())
+        );
+        // Every address is local, and so is each network's gateway.
+        assert!(host.local_addrs.contains(&"203.0.113.3".parse().unwrap()));
+        assert!(host.local_addrs.contains(&plan.networks[0].gateway));
+        // An uplink without an address, or missing, gives nothing to translate to.
+        assert!(HostContext::from_host(&plan, "up0", links.clone(), &addrs[..1]).is_none());
+        assert!(HostContext::from_host(&plan, "eth9", links, &addrs).is_none());
     }
 }

@@ -25,6 +25,24 @@
 //!   for MILLIS ms (AF_PACKET) and prints one line per frame with both checksums verified
 //!   in software: `SRC:SPORT DST:DPORT PROTO ip=ok|BAD l4=ok|BAD|-`. Veth never checks
 //!   checksums, so this is how the tests see what is really on the wire.
+//! - Masquerade robustness (issue 12): `nptest capture-ip IFACE MILLIS` prints every IPv4
+//!   frame IFACE receives, valid or not (`SRC DST PROTO ip=ok|BAD hl=N [type=N]`);
+//!   `nptest send-junk DST REPEAT` sends from a raw socket what is not plain TCP/UDP/echo
+//!   (other protocols, other ICMP types, malformed headers); `nptest many-tcp ADDR COUNT`
+//!   holds COUNT connections open at once; `nptest echo-all tcp|udp ADDR` answers every
+//!   line of every peer with `<line> from <ip>:<port>`; `nptest hold-from tcp|udp SPORT
+//!   ADDR COUNT MILLIS` is `hold-tcp` from a fixed source port, for TCP or UDP.
+//!   `nptest send-bad-ip-csum IFACE GATEWAY SPORT DST:DPORT COUNT` writes UDP frames with
+//!   a wrong IPv4 header checksum straight onto IFACE, to GATEWAY's MAC.
+//! - Conntrack robustness (issue 12, items 1-3): `nptest syn-flood ADDR:PORT COUNT` sends
+//!   COUNT TCP SYNs from a raw socket, spoofed from random TEST-NET-2 addresses and ports;
+//!   `nptest udp-flood ADDR:PORT COUNT` sends one datagram from each of COUNT source ports
+//!   (a new flow each); `nptest idle-tcp ADDR:PORT FILE` exchanges a line on a new
+//!   connection, prints `listening`, waits (up to 60 s) until FILE exists, then exchanges
+//!   another line on the same connection and prints `2 lines on one connection`;
+//!   `nptest blind-tcp SRC:SPORT DST:DPORT FLAGS COUNT` sends COUNT segments with FLAGS
+//!   (letters of `FSRPA`) spoofed from SRC:SPORT, at sequence numbers spread over the
+//!   whole space, as a blind attacker who knows the 4-tuple would.
 #![expect(
     unused_crate_dependencies,
     reason = "a binary sees every dependency of its package; the library target is where an unused one shows"
@@ -54,6 +72,20 @@ fn main() {
         ["sink-tcp", addr] => sink_tcp(addr),
         ["bulk-tcp", addr, mib] => bulk_tcp(addr, mib),
         ["hold-tcp", addr, count, millis] => hold_tcp(addr, count, millis),
+        ["capture-ip", iface, millis] => capture_ip(iface, millis),
+        ["send-junk", dst, repeat] => send_junk(dst, repeat),
+        ["many-tcp", addr, count] => many_tcp(addr, count),
+        ["echo-all", proto, addr] => echo_all(proto, addr),
+        ["hold-from", proto, sport, addr, count, millis] => {
+            hold_from(proto, sport, addr, count, millis)
+        }
+        ["send-bad-ip-csum", iface, gateway, sport, dst, count] => {
+            send_bad_ip_csum(iface, gateway, sport, dst, count)
+        }
+        ["syn-flood", addr, count] => syn_flood(addr, count),
+        ["udp-flood", addr, count] => udp_flood(addr, count),
+        ["idle-tcp", addr, file] => idle_tcp(addr, file),
+        ["blind-tcp", src, dst, flags, count] => blind_tcp(src, dst, flags, count),
         _ => Err("usage: see the header of tests/src/bin/nptest.rs".into()),
     };
     if let Err(e) = res {
@@ -306,5 +338,681 @@ fn hold_tcp(a: &str, count: &str, millis: &str) -> Result<(), String> {
         std::thread::sleep(pause);
     }
     println!("{count} lines on one connection");
+    Ok(())
+}
+
+// --- Masquerade robustness (issue 12, items 9-11): raw junk, wire census, many
+// connections, fixed source ports. ---
+
+/// `capture-ip`: every IPv4 frame IFACE receives, read from the raw bytes (no validity
+/// required): `SRC DST PROTO ip=ok|BAD hl=IHL_BYTES [type=N]` (ICMP's type).
+fn capture_ip(iface: &str, millis: &str) -> Result<(), String> {
+    let millis: u64 = millis.parse().map_err(|e| format!("{millis}: {e}"))?;
+    let fd = packet_socket(iface)?;
+    listening();
+    let end = std::time::Instant::now() + Duration::from_millis(millis);
+    let mut buf = vec![0u8; 65536];
+    while std::time::Instant::now() < end {
+        let Some(f) = recv_incoming(&fd, &mut buf) else {
+            continue;
+        };
+        if f.len() < 34 || f[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &f[14..];
+        let [a, b] = [&ip[12..16], &ip[16..20]]
+            .map(|s| std::net::Ipv4Addr::from(<[u8; 4]>::try_from(s).expect("4 bytes")));
+        let hlen = usize::from(ip[0] & 0x0f) * 4;
+        let ip_ok =
+            hlen >= 20 && ip.len() >= hlen && netplane_common::csum::checksum(&ip[..hlen]) == 0;
+        let icmp_type = match (ip[9], ip.get(hlen)) {
+            (1, Some(t)) if hlen >= 20 => format!(" type={t}"),
+            _ => String::new(),
+        };
+        println!(
+            "{a} {b} {} ip={} hl={hlen}{icmp_type}",
+            ip[9],
+            if ip_ok { "ok" } else { "BAD" }
+        );
+    }
+    Ok(())
+}
+
+/// An AF_PACKET socket bound to `iface`, with a 100 ms receive timeout.
+fn packet_socket(iface: &str) -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let name = std::ffi::CString::new(iface).map_err(|e| e.to_string())?;
+    // SAFETY: plain libc calls on a socket we own; every pointer is to a live local.
+    unsafe {
+        let index = libc::if_nametoindex(name.as_ptr());
+        if index == 0 {
+            return Err(format!("no interface {iface}"));
+        }
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
+        if fd < 0 {
+            return Err(format!("AF_PACKET: {}", std::io::Error::last_os_error()));
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = index as i32;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            len,
+        ) != 0
+        {
+            return Err(format!("bind {iface}: {}", std::io::Error::last_os_error()));
+        }
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
+        Ok(fd)
+    }
+}
+
+/// One frame the interface received (not one it sent), if any came within the timeout.
+fn recv_incoming<'b>(fd: &std::os::fd::OwnedFd, buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: recvfrom into our buffer and a sockaddr_ll, with their sizes.
+    unsafe {
+        let mut from: libc::sockaddr_ll = std::mem::zeroed();
+        let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        let n = libc::recvfrom(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            0,
+            (&mut from as *mut libc::sockaddr_ll).cast(),
+            &mut from_len,
+        );
+        (n > 0 && from.sll_pkttype != libc::PACKET_OUTGOING).then(|| &buf[..n as usize])
+    }
+}
+
+/// An IPv4 header of `ihl` words (options: NOPs) for a payload of `len` bytes; the
+/// kernel fills in the source, the total length and the checksum of one of ≥ 5 words
+/// (raw_send_hdrinc()).
+fn ip_header(proto: u8, ihl: u8, frag: u16, dst: [u8; 4], len: usize) -> Vec<u8> {
+    let hlen = usize::from(ihl) * 4;
+    let mut h = vec![1u8; hlen.max(20)];
+    h[..20].copy_from_slice(&[0; 20]);
+    h[0] = 0x40 | ihl;
+    h[2..4].copy_from_slice(&((hlen.max(20) + len) as u16).to_be_bytes());
+    h[4..6].copy_from_slice(&0x4242u16.to_be_bytes());
+    h[6..8].copy_from_slice(&frag.to_be_bytes());
+    h[8] = 64;
+    h[9] = proto;
+    h[16..20].copy_from_slice(&dst);
+    h
+}
+
+/// An ICMP message of `ty` with its checksum, `body` after the 4-byte header.
+fn icmp(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    m.extend_from_slice(body);
+    let c = netplane_common::csum::checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// `send-junk DST`: from a raw socket (IPPROTO_RAW), each packet a container could send
+/// that is not plain TCP, UDP or ICMP echo: `translatable` ones (ICMP timestamp, GRE,
+/// protocol 253, UDP with IP options) and the rest (truncated or inconsistent headers, a
+/// later fragment of no datagram, an ICMP error about no flow, a router solicitation),
+/// REPEAT times each. Prints how many were sent.
+fn send_junk(dst: &str, repeat: &str) -> Result<(), String> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let repeat: u32 = repeat.parse().map_err(|e| format!("{repeat}: {e}"))?;
+    let d: std::net::Ipv4Addr = dst.parse().map_err(|e| format!("{dst}: {e}"))?;
+    let o = d.octets();
+    let udp = |sport: u16, len: usize| {
+        let mut u = vec![0u8; len.max(8)];
+        u[..2].copy_from_slice(&sport.to_be_bytes());
+        u[2..4].copy_from_slice(&9u16.to_be_bytes());
+        u[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+        u.truncate(len);
+        u
+    };
+    let mut tcp_doff2 = vec![0u8; 20];
+    tcp_doff2[..4].copy_from_slice(&[0x9c, 0x41, 0, 80]);
+    tcp_doff2[12] = 2 << 4;
+    tcp_doff2[13] = 0x02;
+    // An ICMP port unreachable quoting a UDP datagram outside → container that never was.
+    let mut quoted = ip_header(17, 5, 0, [10, 89, 0, 3], 8);
+    quoted[12..16].copy_from_slice(&o);
+    quoted.extend(udp(53, 8));
+    let mut unreach = vec![0u8; 4];
+    unreach.extend(quoted);
+    let mut port_unreachable = icmp(3, &unreach);
+    port_unreachable[1] = 3;
+    let c = {
+        port_unreachable[2..4].copy_from_slice(&[0, 0]);
+        netplane_common::csum::checksum(&port_unreachable)
+    };
+    port_unreachable[2..4].copy_from_slice(&c.to_be_bytes());
+    let packets: Vec<(u8, u8, u16, Vec<u8>)> = vec![
+        // Translatable.
+        (
+            1,
+            5,
+            0,
+            icmp(13, &[0x12, 0x34, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+        ),
+        (
+            47,
+            5,
+            0,
+            [0, 0, 0x08, 0x00]
+                .iter()
+                .copied()
+                .chain([0x45; 20])
+                .collect(),
+        ),
+        (253, 5, 0, vec![0xab; 16]),
+        (17, 6, 0, udp(40_001, 12)),
+        // Not translatable.
+        (1, 5, 0, icmp(10, &[0, 0, 0, 0])),
+        (1, 5, 0, port_unreachable),
+        (1, 5, 0, vec![8, 0]),
+        (6, 5, 0, vec![0x9c, 0x40, 0, 80, 0, 0]),
+        (6, 5, 0, tcp_doff2),
+        (17, 5, 0, vec![0x9c, 0x42, 0]),
+        (17, 5, 100, vec![0x5a; 16]),
+    ];
+    // SAFETY: a raw socket we own; sendto with a live buffer and sockaddr_in.
+    let fd = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        if fd < 0 {
+            return Err(format!("raw socket: {}", std::io::Error::last_os_error()));
+        }
+        OwnedFd::from_raw_fd(fd)
+    };
+    let mut sent = 0;
+    for _ in 0..repeat {
+        for (proto, ihl, frag, payload) in &packets {
+            let mut pkt = ip_header(*proto, *ihl, *frag, o, payload.len());
+            pkt.extend_from_slice(payload);
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(o),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: as above.
+            let n = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    (&sin as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as u32,
+                )
+            };
+            if n >= 0 {
+                sent += 1;
+            }
+        }
+    }
+    println!("{sent} sent");
+    Ok(())
+}
+
+/// `many-tcp ADDR COUNT`: COUNT connections open at once, each sending a line; then
+/// every answer is read. Prints `COUNT ok`, or fails with how many failed and the first
+/// error.
+fn many_tcp(a: &str, count: &str) -> Result<(), String> {
+    let count: u32 = count.parse().map_err(|e| format!("{count}: {e}"))?;
+    let sa = addr(a)?;
+    let mut open = Vec::new();
+    let mut failures = Vec::new();
+    for i in 0..count {
+        match TcpStream::connect_timeout(&sa, TIMEOUT)
+            .and_then(|mut s| writeln!(s, "c{i}").map(|()| s))
+        {
+            Ok(s) => open.push((i, s)),
+            Err(e) => failures.push(format!("connection {i}: {e}")),
+        }
+    }
+    for (i, s) in &open {
+        s.set_read_timeout(Some(TIMEOUT)).ok();
+        let mut answer = String::new();
+        if let Err(e) = BufReader::new(s).read_line(&mut answer) {
+            failures.push(format!("connection {i}: read: {e}"));
+        } else if !answer.starts_with(&format!("c{i} ")) {
+            failures.push(format!("connection {i}: answer {answer:?}"));
+        }
+    }
+    if let Some(first) = failures.first() {
+        return Err(format!("{} of {count} failed; {first}", failures.len()));
+    }
+    println!("{count} ok");
+    Ok(())
+}
+
+/// `echo-all PROTO ADDR`: answers every line (TCP, every connection at once) or every
+/// datagram (UDP) with `<line> from <peer ip>:<peer port>`, until killed.
+fn echo_all(proto: &str, a: &str) -> Result<(), String> {
+    let sa = addr(a)?;
+    if proto == "udp" {
+        let s = UdpSocket::bind(sa).map_err(|e| format!("bind {a}: {e}"))?;
+        listening();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, peer) = s.recv_from(&mut buf).map_err(|e| e.to_string())?;
+            let line = String::from_utf8_lossy(&buf[..n]).trim_end().to_owned();
+            let _ = s.send_to(format!("{line} from {peer}").as_bytes(), peer);
+        }
+    }
+    let l = TcpListener::bind(sa).map_err(|e| format!("bind {a}: {e}"))?;
+    listening();
+    loop {
+        let (mut s, peer) = l.accept().map_err(|e| e.to_string())?;
+        std::thread::spawn(move || {
+            let Ok(r) = s.try_clone() else { return };
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { return };
+                if writeln!(s, "{line} from {peer}").is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// `hold-from PROTO SPORT ADDR COUNT MILLIS`: a TCP connection or a connected UDP
+/// socket from source port SPORT (any local address) to ADDR, COUNT lines MILLIS ms
+/// apart, each answer checked to be its own line. Prints `listening` after the first
+/// answer (so that a harness can wait for the flow to exist), then
+/// `<count> lines from :SPORT`.
+fn hold_from(proto: &str, sport: &str, a: &str, count: &str, millis: &str) -> Result<(), String> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    let sport: u16 = sport.parse().map_err(|e| format!("{sport}: {e}"))?;
+    let count: u32 = count.parse().map_err(|e| format!("{count}: {e}"))?;
+    let pause = Duration::from_millis(millis.parse().map_err(|e| format!("{millis}: {e}"))?);
+    let sa = addr(a)?;
+    let kind = if proto == "udp" {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
+    // SAFETY: socket and bind with a live sockaddr_in; the fd is owned from here on.
+    let fd = unsafe {
+        let fd = libc::socket(libc::AF_INET, kind, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let fd = OwnedFd::from_raw_fd(fd);
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: sport.to_be(),
+            sin_addr: libc::in_addr { s_addr: 0 },
+            sin_zero: [0; 8],
+        };
+        if libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
+            return Err(format!(
+                "bind :{sport}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        fd.into_raw_fd()
+    };
+    /// Sends a line, returns the answer.
+    type Exchange = Box<dyn FnMut(&str) -> Result<String, String>>;
+    let mut exchange: Exchange = if proto == "udp" {
+        // SAFETY: the fd is a bound UDP socket, now owned by the UdpSocket.
+        let s = unsafe { UdpSocket::from_raw_fd(fd) };
+        s.connect(sa).map_err(|e| format!("connect {a}: {e}"))?;
+        s.set_read_timeout(Some(TIMEOUT)).ok();
+        Box::new(move |line| {
+            s.send(line.as_bytes()).map_err(|e| e.to_string())?;
+            // Answers to another process's lines (another flow with this 4-tuple on the
+            // wire) are skipped: each line names its process.
+            loop {
+                let mut buf = [0u8; 512];
+                let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
+                let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if answer.starts_with(&format!("{line} ")) {
+                    return Ok(answer);
+                }
+            }
+        })
+    } else {
+        // SAFETY: the fd is a bound TCP socket, now owned by the TcpStream.
+        let s = unsafe { TcpStream::from_raw_fd(fd) };
+        let SocketAddr::V4(v4) = sa else {
+            return Err(format!("{a}: IPv4 only"));
+        };
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(v4.ip().octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: connect with a live sockaddr_in and its size.
+        let rc = unsafe {
+            libc::connect(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(format!("connect {a} from :{sport}: {e}"));
+        }
+        s.set_read_timeout(Some(TIMEOUT)).ok();
+        let mut reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+        let mut s = s;
+        Box::new(move |line| {
+            writeln!(s, "{line}").map_err(|e| e.to_string())?;
+            let mut answer = String::new();
+            reader.read_line(&mut answer).map_err(|e| e.to_string())?;
+            Ok(answer)
+        })
+    };
+    for i in 1..=count {
+        let line = format!("line-{i}-from-{sport}-pid-{}", std::process::id());
+        let answer = exchange(&line).map_err(|e| format!("line {i}: {e}"))?;
+        if !answer.starts_with(&format!("{line} ")) {
+            return Err(format!("line {i}: unexpected answer {answer:?}"));
+        }
+        if i == 1 {
+            listening();
+        }
+        std::thread::sleep(pause);
+    }
+    println!("{count} lines from :{sport}");
+    Ok(())
+}
+
+// --- Conntrack robustness (issue 12, items 1-3): floods and idle connections. ---
+
+/// A raw IPv4 socket that sends whole packets (IPPROTO_RAW implies IP_HDRINCL).
+fn raw_ip_socket() -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2); the descriptor is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(format!("raw socket: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a descriptor we just opened.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `packet` (a whole IPv4 packet) to `dst` on raw socket `fd`.
+fn send_raw(fd: &std::os::fd::OwnedFd, packet: &[u8], dst: [u8; 4]) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: the buffer and the address outlive the call; their lengths are theirs.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(format!("sendto: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// A 20-byte IPv4 header from `src` (0: the kernel fills in the sender's address) to
+/// `dst`, for `len` bytes of `proto`; the kernel fills in the checksum (raw_send_hdrinc()).
+fn flood_ip_header(proto: u8, src: [u8; 4], dst: [u8; 4], len: usize) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&((20 + len) as u16).to_be_bytes());
+    h[8] = 64;
+    h[9] = proto;
+    h[12..16].copy_from_slice(&src);
+    h[16..20].copy_from_slice(&dst);
+    h
+}
+
+/// xorshift32: cheap, reproducible spread of spoofed sources.
+fn next_random(state: &mut u32) -> u32 {
+    *state ^= *state << 13;
+    *state ^= *state >> 17;
+    *state ^= *state << 5;
+    *state
+}
+
+fn ipv4_target(a: &str) -> Result<([u8; 4], u16), String> {
+    match addr(a)? {
+        SocketAddr::V4(v4) => Ok((v4.ip().octets(), v4.port())),
+        SocketAddr::V6(_) => Err(format!("{a}: not IPv4")),
+    }
+}
+
+/// `syn-flood ADDR:PORT COUNT`: COUNT SYNs to ADDR:PORT, each from a random address of
+/// 198.51.100.0/24 (TEST-NET-2) and a random port, as fast as the socket takes them.
+/// Prints `COUNT sent`.
+fn syn_flood(a: &str, count: &str) -> Result<(), String> {
+    use netplane_common::csum;
+    let (dst, dport) = ipv4_target(a)?;
+    let count: u32 = count.parse().map_err(|e| format!("{count}: {e}"))?;
+    let fd = raw_ip_socket()?;
+    let mut state = 0x2545_f491u32;
+    for _ in 0..count {
+        let r = next_random(&mut state);
+        let src = [198, 51, 100, (r % 254 + 1) as u8];
+        let sport = 1024 + ((r >> 8) % 64_000) as u16;
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+        tcp[4..8].copy_from_slice(&next_random(&mut state).to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = 0x02; // SYN
+        tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+        let acc = csum::pseudo_header(src, dst, 6, 20);
+        let c = !csum::fold(csum::sum(&tcp, acc));
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        let mut packet = flood_ip_header(6, src, dst, 20).to_vec();
+        packet.extend_from_slice(&tcp);
+        send_raw(&fd, &packet, dst)?;
+    }
+    println!("{count} sent");
+    Ok(())
+}
+
+/// `udp-flood ADDR:PORT COUNT`: one datagram to ADDR:PORT from each of COUNT source ports
+/// (from 1024 up), from this namespace's own address: COUNT new flows. Prints `COUNT sent`.
+fn udp_flood(a: &str, count: &str) -> Result<(), String> {
+    let (dst, dport) = ipv4_target(a)?;
+    let count: u32 = count.parse().map_err(|e| format!("{count}: {e}"))?;
+    if count > 64_000 {
+        return Err(format!("{count}: at most 64000 source ports"));
+    }
+    let fd = raw_ip_socket()?;
+    for i in 0..count {
+        let sport = 1024 + i as u16;
+        let mut udp = [0u8; 9];
+        udp[0..2].copy_from_slice(&sport.to_be_bytes());
+        udp[2..4].copy_from_slice(&dport.to_be_bytes());
+        udp[4..6].copy_from_slice(&9u16.to_be_bytes());
+        // Checksum 0: none (RFC 768), as the source address is the kernel's to fill in.
+        udp[8] = b'x';
+        let mut packet = flood_ip_header(17, [0; 4], dst, udp.len()).to_vec();
+        packet.extend_from_slice(&udp);
+        send_raw(&fd, &packet, dst)?;
+    }
+    println!("{count} sent");
+    Ok(())
+}
+
+/// `idle-tcp ADDR:PORT FILE`: a connection that exchanges a line, stays idle until FILE
+/// exists, then exchanges another: an established flow that must survive what happens
+/// meanwhile.
+fn idle_tcp(a: &str, file: &str) -> Result<(), String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr(a)?, TIMEOUT).map_err(|e| format!("connect {a}: {e}"))?;
+    s.set_read_timeout(Some(TIMEOUT)).ok();
+    let mut reader = BufReader::new(s.try_clone().map_err(|e| e.to_string())?);
+    let mut exchange = |i: u32| -> Result<(), String> {
+        writeln!(s, "line-{i}").map_err(|e| format!("line {i}: {e}"))?;
+        let mut answer = String::new();
+        reader
+            .read_line(&mut answer)
+            .map_err(|e| format!("line {i}: {e}"))?;
+        if !answer.starts_with(&format!("line-{i} ")) {
+            return Err(format!("line {i}: unexpected answer {answer:?}"));
+        }
+        Ok(())
+    };
+    exchange(1)?;
+    listening();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::path::Path::new(file).exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{file} never appeared"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    exchange(2)?;
+    println!("2 lines on one connection");
+    Ok(())
+}
+
+/// `blind-tcp SRC:SPORT DST:DPORT FLAGS COUNT`: COUNT segments with FLAGS from a spoofed
+/// SRC:SPORT, the i-th at sequence number i × 2^32 / COUNT plus a fixed odd offset: spread
+/// so that at most one can fall near any flow's place. Prints `COUNT sent`.
+fn blind_tcp(src: &str, dst: &str, flags: &str, count: &str) -> Result<(), String> {
+    use netplane_common::csum;
+    let (saddr, sport) = ipv4_target(src)?;
+    let (daddr, dport) = ipv4_target(dst)?;
+    let count: u32 = count.parse().map_err(|e| format!("{count}: {e}"))?;
+    let mut bits = 0u8;
+    for c in flags.chars() {
+        bits |= match c {
+            'F' => 0x01,
+            'S' => 0x02,
+            'R' => 0x04,
+            'P' => 0x08,
+            'A' => 0x10,
+            _ => return Err(format!("{flags}: flags are letters of FSRPA")),
+        };
+    }
+    let fd = raw_ip_socket()?;
+    for i in 0..count {
+        let seq = ((u64::from(i) << 32) / u64::from(count.max(1))) as u32 ^ 0x1357_9bdf;
+        let mut tcp = [0u8; 20];
+        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+        tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+        tcp[8..12].copy_from_slice(&seq.rotate_left(16).to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = bits;
+        tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+        let acc = csum::pseudo_header(saddr, daddr, 6, 20);
+        let c = !csum::fold(csum::sum(&tcp, acc));
+        tcp[16..18].copy_from_slice(&c.to_be_bytes());
+        let mut packet = flood_ip_header(6, saddr, daddr, 20).to_vec();
+        packet.extend_from_slice(&tcp);
+        send_raw(&fd, &packet, daddr)?;
+    }
+    println!("{count} sent");
+    Ok(())
+}
+
+/// `send-bad-ip-csum IFACE GATEWAY SPORT DST:DPORT COUNT`: COUNT UDP datagrams from
+/// IFACE's address and port SPORT to DST:DPORT, written straight onto IFACE (AF_PACKET)
+/// to GATEWAY's MAC (from the neighbour table, /proc/net/arp), with a wrong IPv4 header
+/// checksum: what ip_rcv() drops, and a redirect would not.
+fn send_bad_ip_csum(
+    iface: &str,
+    gateway: &str,
+    sport: &str,
+    dst: &str,
+    count: &str,
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let sport: u16 = sport.parse().map_err(|e| format!("{sport}: {e}"))?;
+    let count: u32 = count.parse().map_err(|e| format!("{count}: {e}"))?;
+    let SocketAddr::V4(dst) = addr(dst)? else {
+        return Err(format!("{dst}: IPv4 only"));
+    };
+    let mac = |text: &str| -> Result<[u8; 6], String> {
+        let bytes: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).map_err(|e| format!("MAC {text}: {e}")))
+            .collect::<Result<_, _>>()?;
+        bytes.try_into().map_err(|_| format!("MAC {text}"))
+    };
+    let arp = std::fs::read_to_string("/proc/net/arp").map_err(|e| e.to_string())?;
+    let gw_mac = arp
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(gateway))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .ok_or(format!("no neighbour entry for {gateway}"))?;
+    let gw_mac = mac(gw_mac)?;
+    let own_mac = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
+        .map_err(|e| format!("{iface}: {e}"))?;
+    let own_mac = mac(&own_mac)?;
+    // The interface's address: the source a connected UDP socket gets.
+    let probe = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    probe.connect(dst).map_err(|e| e.to_string())?;
+    let std::net::IpAddr::V4(src) = probe.local_addr().map_err(|e| e.to_string())?.ip() else {
+        return Err("no IPv4 source".into());
+    };
+    let payload = b"bad-ip-csum";
+    let mut ip = ip_header(17, 5, 0, dst.ip().octets(), 8 + payload.len());
+    ip[12..16].copy_from_slice(&src.octets());
+    let c = netplane_common::csum::checksum(&ip);
+    // Right but for one bit: a wrong checksum.
+    ip[10..12].copy_from_slice(&(c ^ 0x0100).to_be_bytes());
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&gw_mac);
+    frame.extend_from_slice(&own_mac);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&sport.to_be_bytes());
+    frame.extend_from_slice(&dst.port().to_be_bytes());
+    frame.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 0]);
+    frame.extend_from_slice(payload);
+    let fd = packet_socket(iface)?;
+    let mut sent = 0;
+    for _ in 0..count {
+        // SAFETY: send on our bound AF_PACKET socket, from a live buffer.
+        let n = unsafe { libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n == frame.len() as isize {
+            sent += 1;
+        }
+    }
+    println!("{sent} sent");
     Ok(())
 }

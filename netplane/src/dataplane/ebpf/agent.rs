@@ -1,8 +1,17 @@
 //! The agent: the long-running half of eBPF mode. The data plane's `apply` starts it
-//! (detached, one per instance) and its `teardown` stops it. It garbage-collects expired
-//! conntrack entries; the data path never depends on it (programs and maps are pinned), so
-//! killing it loses nothing but memory reclamation until the next `up` starts it again. It
-//! exits by itself when the instance's pins disappear.
+//! (detached, one per instance) and its `teardown` stops it. It does two jobs, on two
+//! threads:
+//!
+//! - it garbage-collects expired conntrack entries, every [`GC_INTERVAL`], at SCHED_IDLE,
+//!   and records when it last did (`/run/netplane/<name>/agent.gc`, which `status` reads);
+//! - it follows the host: on every change of a link or an IPv4 address (rtnetlink
+//!   notifications), and every [`GC_INTERVAL`] in case one was missed, it points the
+//!   programs at the uplink's address and index as they are now and attaches again the
+//!   programs of a device that was deleted and created again (see [`reconcile`]).
+//!
+//! The data path never depends on it (programs and maps are pinned), so killing it loses
+//! memory reclamation and the following of the host until the next `up` starts it again.
+//! It exits by itself when the instance's pins disappear.
 //!
 //! Its log (stderr, at the level of the `up` that started it, or `RUST_LOG`) goes to
 //! `/run/netplane/<name>/agent.log`.
@@ -11,16 +20,48 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use super::{gc, pin_dir};
-use crate::state;
+use futures::{FutureExt, StreamExt};
+
+use super::{EbpfError, attach, gc, maps, pin_dir};
+use crate::dataplane::HostContext;
+use crate::lock::{DirLock, LockError};
+use crate::state::{self, State, StateError};
+use crate::topology::{self, TopologyError};
 
 /// How often the agent collects garbage.
 pub const GC_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How old the last garbage collection may be before `status` calls the agent stuck:
+/// several intervals, since SCHED_IDLE lets it wait while the CPUs are busy.
+pub const GC_STALE: Duration = Duration::from_secs(30);
+
+/// How long the agent lets a burst of notifications settle before it looks (one `ip`
+/// command of a DHCP client sends several), and how soon it tries again when `up` or
+/// `down` holds the instance.
+const SETTLE: Duration = Duration::from_millis(50);
+const RETRY: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+enum AgentError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+}
+
 fn pid_file(name: &str) -> PathBuf {
     state::dir(name).join("agent.pid")
+}
+
+/// Touched after every garbage collection.
+fn gc_file(name: &str) -> PathBuf {
+    state::dir(name).join("agent.gc")
 }
 
 /// Where the agent of instance `name` writes its log.
@@ -28,28 +69,174 @@ pub fn log_file(name: &str) -> PathBuf {
     state::dir(name).join("agent.log")
 }
 
-/// The agent's loop. Returns when the instance is gone.
+/// The agent's main: garbage collection on a thread of its own, the following of the host
+/// on this one. Returns when the instance is gone.
 pub fn run(name: &str) {
+    tracing::info!(instance = name, pid = std::process::id(), "agent running");
+    let gc_name = name.to_owned();
+    let collector = std::thread::Builder::new()
+        .name("gc".into())
+        .spawn(move || collect(&gc_name));
+    if let Err(e) = &collector {
+        tracing::error!("cannot start the garbage collection thread: {e}");
+    }
+    follow(name);
+    if let Ok(t) = collector {
+        let _ = t.join();
+    }
+}
+
+/// The garbage collection loop, at SCHED_IDLE.
+fn collect(name: &str) {
     // Garbage collection walks the whole conntrack map, two syscalls per entry, and
     // nothing is lost if it waits: the programs treat an expired entry as absent, and the
     // LRU map evicts under pressure. So it runs only when a CPU has nothing else to do
-    // (SCHED_IDLE), never in the way of the containers' work.
+    // (SCHED_IDLE), never in the way of the containers' work. The policy is per thread
+    // (sched_setscheduler(2) with pid 0: the calling thread), so the thread that follows
+    // the host keeps the normal policy and answers within milliseconds.
     let idle = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a plain syscall on this process, with a parameter block on our stack.
+    // SAFETY: a plain syscall on this thread, with a parameter block on our stack.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
         tracing::warn!(
-            "could not lower the agent to SCHED_IDLE: {}",
+            "could not lower garbage collection to SCHED_IDLE: {}",
             io::Error::last_os_error()
         );
     }
-    tracing::info!(instance = name, pid = std::process::id(), "agent running");
     while pin_dir(name).exists() {
         let removed = gc(name);
         if removed > 0 {
             tracing::debug!(removed, "conntrack garbage collection");
         }
+        if let Err(e) = std::fs::write(gc_file(name), removed.to_string()) {
+            tracing::warn!("cannot record the garbage collection: {e}");
+        }
         std::thread::sleep(GC_INTERVAL);
     }
+}
+
+/// The loop that follows the host: a reconciliation after every burst of link and address
+/// notifications, and every [`GC_INTERVAL`] in case one was lost (a netlink socket
+/// overruns silently under a storm of changes). Returns when the instance is gone.
+fn follow(name: &str) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot follow the host's changes (no runtime: {e})");
+            return;
+        }
+    };
+    rt.block_on(async {
+        let mut changes = match topology::watch_links_and_addresses() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("cannot subscribe to link and address changes ({e}); looking every {GC_INTERVAL:?}");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(GC_INTERVAL);
+        // Whether a change waits to be looked at (`up` held the instance).
+        let mut pending = true;
+        // What could not be done last time: said once, not every few seconds.
+        let mut failed: Vec<String> = Vec::new();
+        while pin_dir(name).exists() {
+            let retry = tokio::time::sleep(if pending { RETRY } else { GC_INTERVAL * 2 });
+            tokio::select! {
+                ev = async { changes.as_mut()?.next().await }, if changes.is_some() => {
+                    match ev {
+                        Some(()) => {
+                            tokio::time::sleep(SETTLE).await;
+                            // Drain the burst: one look covers it all.
+                            while let Some(Some(())) =
+                                changes.as_mut().and_then(|c| c.next().now_or_never())
+                            {}
+                        }
+                        None => {
+                            tracing::warn!("the netlink subscription ended; subscribing again");
+                            tokio::time::sleep(RETRY).await;
+                            changes = topology::watch_links_and_addresses().ok();
+                        }
+                    }
+                    pending = true;
+                }
+                _ = tick.tick() => pending = true,
+                _ = retry => {}
+            }
+            if pending {
+                let now = match reconcile(name) {
+                    Ok(failures) => failures,
+                    Err(AgentError::Lock(LockError::Busy { .. })) => continue,
+                    Err(e) => vec![format!("cannot follow the host: {e}")],
+                };
+                pending = false;
+                for f in now.iter().filter(|f| !failed.contains(f)) {
+                    tracing::warn!("{f}");
+                }
+                failed = now;
+            }
+        }
+    });
+}
+
+/// Brings the data plane in line with the host as it is now, without the config: the
+/// programs of a device that was deleted and created again are attached again, and the
+/// masquerade address, the uplink's index and the local addresses are the host's. Holds
+/// the instance's lock, without waiting: while `up` or `down` holds it, the change is
+/// theirs to see ([`LockError::Busy`], tried again soon). Returns what it could not do.
+fn reconcile(name: &str) -> Result<Vec<String>, AgentError> {
+    let _lock = DirLock::acquire(
+        &state::dir(name),
+        &format!("instance {name}"),
+        "netplane agent",
+        Duration::ZERO,
+    )?;
+    // The plan last applied completely; none while the first `up` runs.
+    let Some(plan) = State::load(name)?.and_then(|s| s.plan) else {
+        return Ok(Vec::new());
+    };
+    let dir = pin_dir(name);
+    let Some(uplink) = attach::pinned_uplink(&plan, &dir) else {
+        return Ok(vec![
+            "no uplink program is pinned: re-run `netplane up`".to_owned(),
+        ]);
+    };
+    let (mut changes, failures) = attach::reattach(&dir, &plan, &uplink);
+    let failures = failures
+        .iter()
+        .map(|e| format!("cannot attach again: {}", error_chain(e)))
+        .collect();
+    let (links, addrs) = topology::host_now()?;
+    match HostContext::from_host(&plan, &uplink, links, &addrs) {
+        Some(host) => changes.extend(maps::follow_uplink(name, &host)?),
+        None => tracing::debug!(uplink, "the uplink is missing or has no IPv4 address"),
+    }
+    for c in changes {
+        tracing::info!("followed the host: {c}");
+    }
+    Ok(failures)
+}
+
+/// An error and its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// How long ago instance `name`'s agent last collected garbage (or started, before its
+/// first collection); `None` when it never ran.
+pub fn last_gc(name: &str) -> Option<Duration> {
+    let at = [gc_file(name), pid_file(name)]
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .max()?;
+    Some(SystemTime::now().duration_since(at).unwrap_or_default())
 }
 
 /// The pid of instance `name`'s agent, if one is running.
@@ -67,8 +254,19 @@ pub fn running(name: &str) -> Option<u32> {
 
 /// Starts the agent unless it runs. Returns the pid of a newly started one.
 pub fn ensure_running(name: &str) -> io::Result<Option<u32>> {
-    if running(name).is_some() {
-        return Ok(None);
+    if let Some(pid) = running(name) {
+        if same_executable(pid) {
+            return Ok(None);
+        }
+        // An agent of another build (netplane was upgraded): it would keep the old
+        // code's idea of the maps, and of what to follow. The new one takes over; for a
+        // moment both may run, which is harmless (each collection and each
+        // reconciliation is complete on its own, the latter under the instance's lock).
+        tracing::info!(
+            pid,
+            "the agent runs another build of netplane: restarting it"
+        );
+        stop(name);
     }
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -92,6 +290,15 @@ pub fn ensure_running(name: &str) -> io::Result<Option<u32>> {
     Ok(Some(child.id()))
 }
 
+/// Whether process `pid` runs the same executable file as this process (compared by
+/// inode: a replaced binary keeps its old inode alive for the processes running it).
+fn same_executable(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let theirs = id(&format!("/proc/{pid}/exe"));
+    theirs.is_some() && theirs == id("/proc/self/exe")
+}
+
 /// Stops instance `name`'s agent, if it runs.
 pub fn stop(name: &str) -> Option<u32> {
     let pid = running(name)?;
@@ -100,5 +307,6 @@ pub fn stop(name: &str) -> Option<u32> {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = std::fs::remove_file(pid_file(name));
+    let _ = std::fs::remove_file(gc_file(name));
     Some(pid)
 }

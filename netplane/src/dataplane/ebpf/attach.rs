@@ -99,40 +99,211 @@ pub(super) fn pinned(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// What is wrong with the links pinned in `dir` for `plan`: one line per link missing or
-/// left over. When the plan names no uplink (the default route's interface is then only
-/// known to `up`), the uplink programs' links may be on any one device.
-pub(super) fn problems(plan: &Plan, dir: &Path) -> Vec<String> {
+/// The uplink whose links are pinned in `dir`: the plan's, or, when the plan names none
+/// (the default route's interface is then only known to `up`), the one device that the
+/// uplink programs' pins name.
+pub(super) fn pinned_uplink(plan: &Plan, dir: &Path) -> Option<String> {
+    if let Some(u) = &plan.uplink {
+        return Some(u.clone());
+    }
     let pinned = pinned(dir);
-    let mut expected: BTreeSet<String> =
-        SOCK_PROGRAMS.iter().map(|p| link_name(p, CGROUP)).collect();
+    let mut on = BTreeSet::new();
     for (prog, _, target) in PROGRAMS {
-        match (target, &plan.uplink) {
-            (Target::Bridges, _) => {
-                expected.extend(plan.networks.iter().map(|n| link_name(prog, &n.name)));
-            }
-            (Target::Uplink, Some(u)) => {
-                expected.insert(link_name(prog, u));
-            }
-            (Target::Uplink, None) => {
-                let on: Vec<&String> = pinned
-                    .iter()
-                    .filter(|l| l.starts_with(&link_name(prog, "")))
-                    .collect();
-                expected.insert(match on[..] {
-                    [one] => one.clone(),
-                    _ => link_name(prog, "<uplink>"),
-                });
-            }
+        if matches!(target, Target::Uplink) {
+            let prefix = link_name(prog, "");
+            on.extend(pinned.iter().filter_map(|l| l.strip_prefix(&prefix)));
         }
     }
-    let missing = expected
-        .difference(&pinned)
-        .map(|l| format!("link {l} is not pinned"));
-    let extra = pinned
-        .difference(&expected)
-        .map(|l| format!("link {l} is pinned but not in the plan"));
-    missing.chain(extra).collect()
+    match on.into_iter().collect::<Vec<&str>>()[..] {
+        [one] => Some(one.to_owned()),
+        _ => None,
+    }
+}
+
+/// Where a program stands on its device.
+#[derive(Debug, PartialEq, Eq)]
+enum Attachment {
+    /// Its pinned link runs on the device as it is now.
+    Live,
+    /// The device does not exist.
+    NoDevice,
+    /// No link is pinned for it.
+    NotPinned,
+    /// A link is pinned, but the device's hook does not run it: the device was deleted
+    /// (tcx_uninstall() detaches its links, which the pin keeps alive, attached to
+    /// nothing) and maybe created again under the same name, with a new index.
+    Detached,
+}
+
+/// Whether the link pinned at `pin` runs on `device`'s TCX hook `kind`: the device's
+/// hook lists the link's program (BPF_PROG_QUERY). The pin alone proves nothing.
+fn attachment(pin: &Path, device: &str, kind: TcAttachType) -> Attachment {
+    let Ok((_, on_device)) = SchedClassifier::query_tcx(device, kind) else {
+        return Attachment::NoDevice;
+    };
+    let Some(program) = link_program(pin) else {
+        return Attachment::NotPinned;
+    };
+    if on_device.iter().any(|p| p.id() == program) {
+        Attachment::Live
+    } else {
+        Attachment::Detached
+    }
+}
+
+/// The id of the program that the link pinned at `pin` carries (a detached link still
+/// holds its program).
+fn link_program(pin: &Path) -> Option<u32> {
+    let link = FdLink::from(PinnedLink::from_pin(pin).ok()?);
+    Some(link.info().ok()?.program_id())
+}
+
+/// Whether every TC program `plan` wants on uplink `uplink` runs on its device through
+/// the link pinned in `dir`.
+pub(super) fn all_live(plan: &Plan, uplink: &str, dir: &Path) -> bool {
+    attachments(plan, uplink).all(|(prog, kind, device)| {
+        attachment(&dir.join(link_name(prog, device)), device, kind) == Attachment::Live
+    })
+}
+
+/// What is wrong with the attachments of `plan` pinned in `dir`, checked against the
+/// devices as they are now: one line per program not running where it should, and per
+/// link left over.
+pub(super) fn problems(plan: &Plan, dir: &Path) -> Vec<String> {
+    let pinned = pinned(dir);
+    let mut problems = Vec::new();
+    let uplink = pinned_uplink(plan, dir);
+    let mut expected: BTreeSet<String> =
+        SOCK_PROGRAMS.iter().map(|p| link_name(p, CGROUP)).collect();
+    if uplink.is_none() {
+        problems.push(format!(
+            "{} is not attached to any uplink: no link of it is pinned",
+            PROGRAMS[0].0
+        ));
+    }
+    for (prog, kind, device) in attachments(plan, uplink.as_deref().unwrap_or("")) {
+        if device.is_empty() {
+            continue;
+        }
+        let name = link_name(prog, device);
+        let why = match attachment(&dir.join(&name), device, kind) {
+            Attachment::Live => None,
+            Attachment::NoDevice => Some(format!(
+                "{prog} is not attached to {device} ({}): the device is missing",
+                hook(kind)
+            )),
+            Attachment::NotPinned => Some(format!(
+                "{prog} is not attached to {device} ({}): no link is pinned",
+                hook(kind)
+            )),
+            Attachment::Detached => Some(format!(
+                "{prog} is not attached to {device} ({}): its pinned link is detached (the device was deleted, or deleted and created again)",
+                hook(kind)
+            )),
+        };
+        problems.extend(why);
+        expected.insert(name);
+    }
+    problems.extend(
+        SOCK_PROGRAMS
+            .iter()
+            .filter(|p| !pinned.contains(&link_name(p, CGROUP)))
+            .map(|p| format!("{p} is not attached to the root cgroup: no link is pinned")),
+    );
+    problems.extend(
+        pinned
+            .difference(&expected)
+            .map(|l| format!("link {l} is pinned but not in the plan")),
+    );
+    problems
+}
+
+/// Attaches again, on the device as it is now, every TC program of `plan` (on uplink
+/// `uplink`) whose pinned link no longer runs there, with the very program that the
+/// link carried (or, when its pin is gone, that another device's link of the same
+/// program carries): the agent's answer to a device deleted and created again. It loads
+/// nothing, so it never mixes programs of another build with the maps. Missing devices
+/// are left alone. Returns a line per attachment, and the failures.
+pub(super) fn reattach(dir: &Path, plan: &Plan, uplink: &str) -> (Vec<String>, Vec<EbpfError>) {
+    let (mut changes, mut failures) = (Vec::new(), Vec::new());
+    let all: Vec<(&str, TcAttachType, &str)> = attachments(plan, uplink).collect();
+    for &(prog, kind, device) in &all {
+        let pin = dir.join(link_name(prog, device));
+        if matches!(
+            attachment(&pin, device, kind),
+            Attachment::Live | Attachment::NoDevice
+        ) {
+            continue;
+        }
+        let program = link_program(&pin).or_else(|| {
+            all.iter()
+                .filter(|(p, _, d)| *p == prog && *d != device)
+                .find_map(|(_, _, d)| link_program(&dir.join(link_name(prog, d))))
+        });
+        let Some(program) = program else {
+            failures.push(EbpfError::MissingProgram(format!(
+                "{prog} (no pinned link carries it any more: re-run `netplane up`)"
+            )));
+            continue;
+        };
+        match attach_loaded(program, prog, kind, device, &pin) {
+            Ok(()) => changes.push(format!("ebpf: {prog} attached again to {device}")),
+            Err(e) => failures.push(e),
+        }
+    }
+    (changes, failures)
+}
+
+/// Attaches the loaded program `id` (named `program`) to `device`'s hook `kind` as a new
+/// TCX link, and pins it at `pin` in place of whatever was pinned there (rename over it:
+/// the old link's last reference goes with it).
+fn attach_loaded(
+    id: u32,
+    program: &str,
+    kind: TcAttachType,
+    device: &str,
+    pin: &Path,
+) -> Result<(), EbpfError> {
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .ok_or_else(|| EbpfError::MissingProgram(format!("{program} (id {id})")))?;
+    let mut prog = SchedClassifier::from_program_info(info, program.to_owned().into())
+        .map_err(EbpfError::load(program))?;
+    let attach_err = |source: aya::programs::ProgramError| EbpfError::Attach {
+        program: program.to_owned(),
+        device: device.to_owned(),
+        hook: hook(kind),
+        source: source.into(),
+    };
+    let link_id = prog.attach(device, kind).map_err(attach_err)?;
+    let link: FdLink = prog
+        .take_link(link_id)
+        .map_err(attach_err)?
+        .try_into()
+        .map_err(|source: LinkError| EbpfError::Link {
+            program: program.to_owned(),
+            device: device.to_owned(),
+            source: source.into(),
+        })?;
+    pin_over(link, pin)
+}
+
+/// Pins `link` at `pin`, replacing what is pinned there: pinned beside it first, then
+/// renamed over it, so that the path never lacks a link.
+fn pin_over(link: FdLink, pin: &Path) -> Result<(), EbpfError> {
+    // bpffs refuses names with a dot (bpf_mkobj_ops: EPERM), hence no ".new".
+    let tmp = PathBuf::from(format!("{}_new", pin.display()));
+    let _ = std::fs::remove_file(&tmp);
+    link.pin(&tmp).map_err(|source| EbpfError::Pin {
+        path: tmp.clone(),
+        source: source.into(),
+    })?;
+    std::fs::rename(&tmp, pin).map_err(|source| EbpfError::Io {
+        action: "pin",
+        path: pin.to_owned(),
+        source,
+    })
 }
 
 /// Attaches every program where `plan` wants it on uplink `uplink`, swapping it into the
@@ -184,12 +355,20 @@ fn attach_tc(
         device: device.to_owned(),
         source: source.into(),
     };
+    // A pinned link is swapped in place only while it runs on the device as it is now: a
+    // link whose device was deleted refuses updates (tcx_link_update(): -ENOLINK), and
+    // one whose device was created again would run nowhere. Its pin then goes, which
+    // releases it, and a new link takes its place.
+    let live = attachment(pin, device, kind) == Attachment::Live;
     let (id, fresh) = match PinnedLink::from_pin(pin) {
-        Ok(old) => {
+        Ok(old) if live => {
             let link = SchedClassifierLink::try_from(FdLink::from(old)).map_err(link_err)?;
             (prog.attach_to_link(link).map_err(attach_err)?, false)
         }
-        Err(_) => (prog.attach(device, kind).map_err(attach_err)?, true),
+        _ => {
+            let _ = std::fs::remove_file(pin);
+            (prog.attach(device, kind).map_err(attach_err)?, true)
+        }
     };
     // The pin, not this process, keeps the link: take it from aya so that dropping the
     // Ebpf object does not detach it.
@@ -237,18 +416,7 @@ fn attach_cgroup(bpf: &mut AyaEbpf, program: &str, pin: &Path) -> Result<(), Ebp
                 device: format!("the root cgroup {root}"),
                 source: source.into(),
             })?;
-    // bpffs refuses names with a dot (bpf_mkobj_ops: EPERM), hence no ".new".
-    let tmp = PathBuf::from(format!("{}_new", pin.display()));
-    let _ = std::fs::remove_file(&tmp);
-    link.pin(&tmp).map_err(|source| EbpfError::Pin {
-        path: tmp.clone(),
-        source: source.into(),
-    })?;
-    std::fs::rename(&tmp, pin).map_err(|source| EbpfError::Io {
-        action: "pin",
-        path: pin.to_owned(),
-        source,
-    })
+    pin_over(link, pin)
 }
 
 /// Unpins the links of `dir` in `pinned` that are not `wanted` (of devices that left the

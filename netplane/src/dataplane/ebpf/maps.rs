@@ -324,6 +324,50 @@ pub(super) fn pinned_config(name: &str) -> Option<DpConfig> {
     Array::<_, DpConfig>::try_from(map).ok()?.get(&0, 0).ok()
 }
 
+/// Points instance `name`'s programs at the uplink as the host has it now (the agent's job
+/// when an address or a link changes under the data plane): the masquerade address and the
+/// uplink's index in the config, and the local addresses that published ports answer on.
+/// Only what differs is written; the rest of the config stays as `up` wrote it. Returns a
+/// line per change.
+pub(super) fn follow_uplink(name: &str, host: &HostContext) -> Result<Vec<String>, EbpfError> {
+    let mut changes = Vec::new();
+    let mut map = pinned_map(name, maps::CONFIG).ok_or(EbpfError::MissingMap(maps::CONFIG))?;
+    let mut config: Array<_, DpConfig> =
+        Array::try_from(&mut map).map_err(EbpfError::map(maps::CONFIG))?;
+    let mut cfg = config.get(&0, 0).map_err(EbpfError::map(maps::CONFIG))?;
+    let (addr, index) = (ne_addr(host.uplink_addr), host.uplink_index);
+    if (cfg.uplink_addr, cfg.uplink_ifindex) != (addr, index) {
+        changes.push(format!(
+            "masquerade to {} on {} (index {index})",
+            host.uplink_addr, host.uplink
+        ));
+        (cfg.uplink_addr, cfg.uplink_ifindex) = (addr, index);
+        config
+            .set(0, cfg, 0)
+            .map_err(EbpfError::map(maps::CONFIG))?;
+    }
+    let want: BTreeMap<u32, u32> = host
+        .local_addrs
+        .iter()
+        .copied()
+        .chain([Ipv4Addr::LOCALHOST])
+        .map(|a| (ne_addr(a), 1u32))
+        .collect();
+    let mut local =
+        pinned_map(name, maps::LOCAL_ADDRS).ok_or(EbpfError::MissingMap(maps::LOCAL_ADDRS))?;
+    let mut had: Vec<u32> = HashMap::<_, u32, u32>::try_from(&local)
+        .map_err(EbpfError::map(maps::LOCAL_ADDRS))?
+        .keys()
+        .filter_map(Result::ok)
+        .collect();
+    had.sort_unstable();
+    if !had.iter().eq(want.keys()) {
+        changes.push("local addresses".to_owned());
+        sync_map(&mut local, maps::LOCAL_ADDRS, &want)?;
+    }
+    Ok(changes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,9 +11,10 @@
 //! One file per job: `object` loads the embedded object (the only place that does) and
 //! defines [`EbpfError`]; `attach` puts the programs on their devices; `maps` programs the
 //! maps from the plan; `conntrack` lists and collects the conntrack table; `stats` reads
-//! the counters for `status`; [`agent`] runs the garbage collection; [`counter`] is the
-//! packet counter of `netplane count`; [`testrun`] holds the NAT programs for
-//! BPF_PROG_TEST_RUN.
+//! the counters for `status`, checked against the devices and addresses as they are now;
+//! [`agent`] runs the garbage collection and follows the host (an uplink address that
+//! moves, a device deleted and created again); [`counter`] is the packet counter of
+//! `netplane count`; [`testrun`] holds the NAT programs for BPF_PROG_TEST_RUN.
 
 pub mod agent;
 mod attach;
@@ -154,20 +155,26 @@ fn program(
     let stamp_file = crate::state::dir(&plan.name).join("ebpf.object");
     let stamp = object::stamp();
     // Fast path: the same programs are attached where the plan wants them, so only the
-    // maps change; with the previous plan, only the entries that differ.
+    // maps change; with the previous plan, only the entries that differ. "Attached" is
+    // asked of the devices, not of the pins: a device deleted and created again keeps
+    // its name and its pin, not its programs.
     if pinned == wanted
         && old.is_some()
+        && attach::all_live(plan, &host.uplink, &dir)
+        && conntrack::ct_sized_as(&plan.name, plan.conntrack.max_entries)
         && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
         && let Some(mut maps) = Maps::pinned(&plan.name)
     {
         maps.program(plan, host, old)?;
         return Ok(Vec::new());
     }
+    let resize = conntrack::ct_resize(&plan.name, plan.conntrack.max_entries);
     let mut bpf = object::load(&LoadOptions {
         pins: Some(&dir),
         ct_max_entries: Some(plan.conntrack.max_entries),
     })?;
     let mut changes = attach::attach_all(&mut bpf, &dir, plan, &host.uplink)?;
+    changes.extend(resize);
     changes.extend(attach::detach_stale(&dir, &pinned, &wanted));
     Maps::take(&mut bpf)?.program(plan, host, None)?;
     std::fs::write(&stamp_file, stamp).map_err(|source| DataplaneError::Io {

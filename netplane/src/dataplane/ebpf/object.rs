@@ -11,9 +11,10 @@ use aya::pin::PinError;
 use aya::programs::ProgramError;
 use aya::programs::links::LinkError;
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
-use netplane_common::nat::maps;
+use netplane_common::nat::{CtTables, maps};
 
 use super::bpffs::{self, BpffsError};
+use super::conntrack;
 
 /// The eBPF ELF object built from `netplane-ebpf` (see build.rs).
 pub(super) static OBJECT: &[u8] =
@@ -117,7 +118,9 @@ pub(super) struct LoadOptions<'a> {
     /// Where the maps are pinned: existing pins are reused (the conntrack table survives),
     /// missing ones are created. `None`: private maps, gone with the object.
     pub pins: Option<&'a Path>,
-    /// The capacity of the conntrack map; `None`: the object's own.
+    /// The capacity of the main conntrack table (the unreplied flows' follows from it);
+    /// `None`: the object's own. Pinned tables of another size are replaced, their entries
+    /// copied (see conntrack::set_aside).
     pub ct_max_entries: Option<u32>,
 }
 
@@ -127,8 +130,13 @@ pub(super) struct LoadOptions<'a> {
 pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
     bpffs::ensure_mounted(Path::new(bpffs::DEFAULT_PATH))?;
     let mut loader = EbpfLoader::new();
+    let mut resized = Vec::new();
     if let Some(n) = opts.ct_max_entries {
         loader.map_max_entries(maps::CT, n);
+        loader.map_max_entries(maps::CT_NEW, CtTables::unreplied_entries(n));
+        if let Some(dir) = opts.pins {
+            resized = conntrack::set_aside(dir, n)?;
+        }
     }
     let paths: Vec<(&str, PathBuf)> = opts
         .pins
@@ -137,7 +145,22 @@ pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
     for (m, p) in &paths {
         loader.map_pin_path(m, p.as_path());
     }
-    loader.load(OBJECT).map_err(|e| EbpfError::Object(e.into()))
+    let mut bpf = loader
+        .load(OBJECT)
+        .map_err(|e| EbpfError::Object(e.into()))?;
+    if let (Some(dir), false) = (opts.pins, resized.is_empty()) {
+        // Borrowed, not taken: the programs, loaded later, refer to the maps' descriptors.
+        let mut tables: Vec<(&str, &mut aya::maps::Map)> = bpf
+            .maps_mut()
+            .filter(|(name, _)| [maps::CT, maps::CT_NEW].contains(name))
+            .collect();
+        let (copied, lost) = conntrack::migrate(dir, &mut tables);
+        tracing::info!(?resized, copied, lost, "conntrack tables resized");
+        if lost > 0 {
+            tracing::warn!(lost, "conntrack entries did not fit the resized tables");
+        }
+    }
+    Ok(bpf)
 }
 
 /// The program `name` of `bpf`, as type `P`.

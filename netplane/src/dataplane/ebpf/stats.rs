@@ -2,6 +2,8 @@
 //! fast-forwarded packets, each program's cost, each bounded map's fill, and `status`
 //! built from them.
 
+use std::net::Ipv4Addr;
+
 use aya::maps::{HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use netplane_common::nat::{
@@ -9,28 +11,41 @@ use netplane_common::nat::{
     SockRevEntry, SockRevKey, forwarded, maps,
 };
 
-use super::maps::pinned_map;
-use super::{agent, attach, pin_dir};
+use super::maps::{pinned_config, pinned_map};
+use super::{agent, attach, conntrack, conntrack_entries, pin_dir};
 use crate::config::{Mode, Plan};
-use crate::dataplane::{DataplaneStatus, FastForwarded, MapFill};
+use crate::dataplane::{
+    AgentStatus, DataplaneStatus, FastForwarded, HostContext, MapFill, UplinkStatus,
+};
+use crate::topology;
 
-/// The status of instance `plan.name`'s eBPF data plane. Healthy when the links pinned
-/// are the ones the plan wants.
+/// The status of instance `plan.name`'s eBPF data plane, checked against the host as it
+/// is now. Healthy when every program runs on its device as it is now, masquerade
+/// translates to the uplink's current address, the maps have the sizes of the plan, and
+/// the agent runs and collected garbage recently; anything else is a named problem.
 pub(super) fn status(plan: &Plan) -> DataplaneStatus {
     let name = &plan.name;
     let dir = pin_dir(name);
     let mut st = DataplaneStatus::new(Mode::Ebpf);
     st.problems = attach::problems(plan, &dir);
+    let (uplink, problems) = uplink_status(plan);
+    st.uplink = uplink;
+    st.problems.extend(problems);
     st.attached = attach::pinned(&dir)
         .iter()
         .map(|l| l.strip_prefix("link_").unwrap_or(l).to_owned())
         .collect();
-    st.conntrack = hash_fill::<CtKey, CtEntry>(name, maps::CT);
+    // Entries of both tables (the unreplied flows' too), over the main table's capacity.
+    st.conntrack = hash_fill::<CtKey, CtEntry>(name, maps::CT).map(|mut f| {
+        f.entries = conntrack_entries(name).len() as u64;
+        f
+    });
     st.drops = drop_counters(name)
         .into_iter()
         .map(|(reason, n)| (reason.to_owned(), n))
         .collect();
     st.maps = [
+        hash_fill::<CtKey, CtEntry>(name, maps::CT_NEW),
         hash_fill::<FragKey, FragEntry>(name, maps::FRAGS),
         hash_fill::<PortKey, Backend>(name, maps::PUBLISHED),
         subnets_fill(name),
@@ -48,8 +63,110 @@ pub(super) fn status(plan: &Plan) -> DataplaneStatus {
             out_of_containers,
         }
     });
-    st.agent_pid = agent::running(name);
+    // The sizes as the kernel has them, against the plan's.
+    if !conntrack::ct_sized_as(name, plan.conntrack.max_entries) {
+        st.problems.push(format!(
+            "the conntrack tables are not sized for max_entries = {} (the main table has room for {})",
+            plan.conntrack.max_entries,
+            st.conntrack
+                .as_ref()
+                .and_then(|c| c.max_entries)
+                .map_or("?".to_owned(), |n| n.to_string()),
+        ));
+    }
+    let (agent, problem) = agent_status(name);
+    st.agent_pid = agent.pid;
+    st.agent = Some(agent);
+    st.problems.extend(problem);
     st.finish()
+}
+
+/// The agent of instance `name`, and what is wrong with it.
+fn agent_status(name: &str) -> (AgentStatus, Option<String>) {
+    let pid = agent::running(name);
+    let age = agent::last_gc(name);
+    let status = AgentStatus {
+        running: pid.is_some(),
+        pid,
+        last_gc_secs_ago: age.map(|a| a.as_secs()),
+    };
+    let problem = match (pid, age) {
+        (None, _) => Some(
+            "the agent is not running: no conntrack garbage collection, and nothing follows the uplink's address and links (`netplane up` starts it)"
+                .to_owned(),
+        ),
+        (Some(pid), Some(age)) if age > agent::GC_STALE => Some(format!(
+            "the agent (pid {pid}) last collected garbage {}s ago (every {}s is normal, {}s is the limit)",
+            age.as_secs(),
+            agent::GC_INTERVAL.as_secs(),
+            agent::GC_STALE.as_secs()
+        )),
+        _ => None,
+    };
+    (status, problem)
+}
+
+/// The uplink as the host has it now against what the programs use: the masquerade
+/// address and the uplink's index in the config map, and the local addresses that
+/// published ports answer on. Returns the uplink's status and the problems.
+fn uplink_status(plan: &Plan) -> (Option<UplinkStatus>, Vec<String>) {
+    let name = &plan.name;
+    let mut problems = Vec::new();
+    let Some(uplink) = attach::pinned_uplink(plan, &pin_dir(name)) else {
+        return (None, problems);
+    };
+    let config = pinned_config(name);
+    let translation = config.map(|c| Ipv4Addr::from(c.uplink_addr.to_ne_bytes()));
+    let host = match topology::host_now() {
+        Ok((links, addrs)) => HostContext::from_host(plan, &uplink, links, &addrs),
+        Err(e) => {
+            problems.push(format!("cannot read the host's links and addresses: {e}"));
+            None
+        }
+    };
+    let status = UplinkStatus {
+        name: uplink.clone(),
+        address: host.as_ref().map(|h| h.uplink_addr),
+        translation_address: translation,
+    };
+    let (Some(host), Some(config)) = (host, config) else {
+        if config.is_none() {
+            problems.push(format!("the config map ({}) is not pinned", maps::CONFIG));
+        } else {
+            problems.push(format!(
+                "uplink {uplink} is missing or has no IPv4 address: masquerade has nothing to translate to"
+            ));
+        }
+        return (Some(status), problems);
+    };
+    if Some(host.uplink_addr) != translation {
+        problems.push(format!(
+            "masquerade translates to {} but uplink {uplink} has {} (the agent follows address changes: is it running?)",
+            translation.map_or("nothing".to_owned(), |a| a.to_string()),
+            host.uplink_addr
+        ));
+    }
+    if config.uplink_ifindex != host.uplink_index {
+        problems.push(format!(
+            "the programs know uplink {uplink} as index {}, it is index {} now",
+            config.uplink_ifindex, host.uplink_index
+        ));
+    }
+    let local: Vec<Ipv4Addr> = pinned_map(name, maps::LOCAL_ADDRS)
+        .and_then(|m| HashMap::<_, u32, u32>::try_from(m).ok())
+        .map(|m| {
+            m.keys()
+                .filter_map(Result::ok)
+                .map(|k| Ipv4Addr::from(k.to_ne_bytes()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for a in host.local_addrs.iter().filter(|a| !local.contains(a)) {
+        problems.push(format!(
+            "published ports do not answer on {a}: it is not in the local-addresses map"
+        ));
+    }
+    (Some(status), problems)
 }
 
 /// `map`'s fill: `entries`, over the capacity the kernel reports for it.

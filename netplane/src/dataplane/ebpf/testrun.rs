@@ -24,7 +24,10 @@ impl TestRunPrograms {
     /// # Errors
     /// [`EbpfError::Load`] carries the verifier log when the kernel rejects a program.
     pub fn load(plan: &Plan, host: &HostContext) -> Result<TestRunPrograms, EbpfError> {
-        let mut bpf = object::load(&LoadOptions::default())?;
+        let mut bpf = object::load(&LoadOptions {
+            ct_max_entries: Some(plan.conntrack.max_entries),
+            ..LoadOptions::default()
+        })?;
         for (prog, _, _) in PROGRAMS {
             object::program::<SchedClassifier>(&mut bpf, prog)?
                 .load()

@@ -1,32 +1,43 @@
 //! nf_conntrack, as iptables mode uses it: flushing the kernel's entries that would
-//! blackhole a newly (un)published UDP port, and reading how full its table is.
+//! blackhole a UDP port whose translation changed, and reading how full its table is.
 //!
 //! UDP has no handshake: a client that kept sending to host:port before the port was
 //! published keeps matching its old, un-NATed conntrack entry for as long as it sends, and
 //! never reaches the container (moby#8795, containernetworking/plugins#123). The same
-//! happens in reverse after unpublishing. Deleting the entries for the port makes the next
-//! datagram go through the NAT rules again.
+//! happens in reverse after unpublishing, and when the port's backend changes (the
+//! container was re-created at another address): the entry's DNAT still names the old
+//! backend, and each datagram refreshes it. NAT is decided once per connection, when the
+//! entry is created (nf_nat_inet_fn() runs the nat table only for a new one), so only
+//! deleting the entries for the port makes the next datagram go through the rules again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 
 use super::run;
 use crate::config::{Plan, Proto};
 use crate::dataplane::{DataplaneError, MapFill};
 
-/// Host UDP ports published in exactly one of `old` and `new`.
+/// Host UDP ports whose translation differs between `old` and `new`: published in only
+/// one of them, or to another backend (container address or port) or host address.
 pub fn changed_udp_ports(old: Option<&Plan>, new: &Plan) -> BTreeSet<u16> {
-    let ports = |p: &Plan| -> BTreeSet<u16> {
-        p.containers
-            .iter()
-            .flat_map(|c| &c.publish)
-            .filter(|m| m.proto == Proto::Udp)
-            .flat_map(|m| m.host_ports())
-            .collect()
+    type Backends = BTreeMap<u16, BTreeSet<(Option<Ipv4Addr>, Ipv4Addr, u16)>>;
+    let backends = |p: &Plan| -> Backends {
+        let mut by_port = Backends::new();
+        for c in &p.containers {
+            for m in c.publish.iter().filter(|m| m.proto == Proto::Udp) {
+                for (hp, cp) in m.pairs() {
+                    by_port.entry(hp).or_default().insert((m.host_ip, c.ip, cp));
+                }
+            }
+        }
+        by_port
     };
-    let new_ports = ports(new);
-    let old_ports = old.map(ports).unwrap_or_default();
-    new_ports
-        .symmetric_difference(&old_ports)
+    let new_backends = backends(new);
+    let old_backends = old.map(backends).unwrap_or_default();
+    new_backends
+        .keys()
+        .chain(old_backends.keys())
+        .filter(|port| new_backends.get(port) != old_backends.get(port))
         .copied()
         .collect()
 }
@@ -60,4 +71,58 @@ pub fn fill() -> Option<MapFill> {
         entries: read("nf_conntrack_count")?,
         max_entries: read("nf_conntrack_max"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn plan(web: &str, publish: &str) -> Plan {
+        Config::parse(
+            &format!(
+                r#"
+                [[networks]]
+                name = "npa"
+                subnet = "10.89.0.0/24"
+                [[containers]]
+                name = "web"
+                network = "npa"
+                ip = "{web}"
+                publish = [{publish}]
+                [[containers]]
+                name = "dns"
+                network = "npa"
+                publish = ["5300:53/udp"]
+                "#
+            ),
+            "test",
+        )
+        .unwrap()
+        .plan()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_udp_port_whose_backend_changed_is_flushed() {
+        let ports = r#""5353:53/udp", "8080:80""#;
+        let before = plan("10.89.0.10", ports);
+        assert!(changed_udp_ports(Some(&before), &before).is_empty());
+        assert_eq!(
+            changed_udp_ports(None, &before),
+            [5300, 5353].into(),
+            "first up"
+        );
+        // Re-created at another address: its UDP port's entries are stale, TCP and the
+        // other container's are not.
+        let moved = plan("10.89.0.20", ports);
+        assert_eq!(changed_udp_ports(Some(&before), &moved), [5353].into());
+        let other_port = plan("10.89.0.10", r#""5353:54/udp", "8080:80""#);
+        assert_eq!(changed_udp_ports(Some(&before), &other_port), [5353].into());
+        let unpublished = plan("10.89.0.10", r#""8080:80""#);
+        assert_eq!(
+            changed_udp_ports(Some(&before), &unpublished),
+            [5353].into()
+        );
+    }
 }
