@@ -541,9 +541,10 @@ pub mod maps {
     /// (see netplane-ebpf's nat_port), not pinned: after a new `up` the search finds them.
     pub const MASQ_PORTS: &str = "NP_MASQ_PORTS";
     /// Every map the agent pins, so that the data plane outlives it.
-    pub const PINNED: [&str; 11] = [
+    pub const PINNED: [&str; 12] = [
         CT,
         CT_NEW,
+        MASQ_PORTS,
         FRAGS,
         PUBLISHED,
         SUBNETS,

@@ -242,12 +242,6 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
         }
     }
     let addrs = topology::ipv4_addresses(h).await?;
-    let uplink_index = links.iter().find(|l| l.name == uplink).map(|l| l.index);
-    let uplink_addr = addrs
-        .iter()
-        .find(|(i, _)| Some(*i) == uplink_index)
-        .map(|(_, a)| a.addr())
-        .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))?;
     for &(ifindex, addr) in &addrs {
         let iface = links
             .iter()
@@ -269,18 +263,8 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
             });
         }
     }
-    let local_addrs = addrs
-        .iter()
-        .map(|(_, a)| a.addr())
-        .chain(plan.networks.iter().map(|n| n.gateway))
-        .collect();
-    Ok(HostContext {
-        uplink,
-        uplink_index: uplink_index.unwrap_or(0),
-        uplink_addr,
-        local_addrs,
-        links,
-    })
+    HostContext::from_host(plan, &uplink, links, &addrs)
+        .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))
 }
 
 /// The sysctls `up` sets: IPv4 forwarding, and what the data plane asks for.

@@ -251,3 +251,35 @@ fn prepare_run_dir() -> Result<(), NetnsError> {
         Err(e) => Err(err(e)),
     }
 }
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, Linux 5.14):
+/// unlike the namespace's inode, never reused while the system runs. The socket-layer
+/// programs compare it with bpf_get_netns_cookie(); host-wide records are keyed by it.
+/// A socket is created in the creating task's namespace (sock_create() uses
+/// current->nsproxy->net_ns), so this is right on a thread that entered another
+/// namespace with setns too, where /proc/self/ns/net would name the main thread's.
+pub fn cookie() -> std::io::Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain syscalls; the fd is owned at once, and getsockopt writes at most
+    // `len` bytes into `cookie`.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        if libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(cookie)
+    }
+}

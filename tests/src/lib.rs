@@ -40,3 +40,18 @@ pub fn privileged(what: &str) -> bool {
     eprintln!("SKIPPED {what}: needs root (network namespaces and BPF); CI runs it as root");
     false
 }
+
+/// The data planes that every end-to-end test runs against (`none` has no NAT to test).
+pub const MODES: &[&str] = &["iptables", "ebpf"];
+
+/// Runs `f` once per mode of [`MODES`], saying which, or skips the whole test (with the
+/// reason) when it cannot run here.
+pub fn each_mode(test: &str, f: impl Fn(&str)) {
+    if !privileged(test) {
+        return;
+    }
+    for mode in MODES {
+        eprintln!("{test}: mode {mode}");
+        f(mode);
+    }
+}

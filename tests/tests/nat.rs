@@ -1,5 +1,5 @@
 //! The end-to-end NAT suite: what "works" means for a data plane. Every test runs against
-//! each mode in [`MODES`]; a mode's own checks (counters, the agent) come on top.
+//! each mode in `netplane_tests::MODES`; a mode's own checks (counters, the agent) come on top.
 //!
 //! The world: an "outside" namespace (203.0.113.2, TEST-NET-3) with no route to any
 //! container subnet, so a reply reaches a container only if the host translated it; a host
@@ -12,10 +12,7 @@
 use netplane_tests::host::{
     Host, OUTSIDE_IP, Server, UPLINK_IP, client, pings, tcp_exchange, udp_exchange,
 };
-use netplane_tests::{Netns, privileged};
-
-/// The data planes under test.
-const MODES: &[&str] = &["iptables", "ebpf"];
+use netplane_tests::{Netns, each_mode};
 
 const CONTAINERS: &str = r#"
 [[containers]]
@@ -53,17 +50,6 @@ fn up(mode: &str) -> Host {
     h.write_config(&format!("mode = \"{mode}\"\n{}", networks()));
     h.netplane_ok(&["up"]);
     h
-}
-
-/// Runs `f` once per mode, saying which mode failed.
-fn each_mode(test: &str, f: impl Fn(&str)) {
-    if !privileged(test) {
-        return;
-    }
-    for mode in MODES {
-        eprintln!("{test}: mode {mode}");
-        f(mode);
-    }
 }
 
 fn tcp_fails(from: &Netns, target: &str) -> bool {

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -130,7 +130,7 @@ impl Record {
 fn open(instance: &str) -> Result<(Record, DirLock), SharedError> {
     let own = dir().join(format!(
         "{}.json",
-        netns_cookie().map_err(SharedError::NetnsCookie)?
+        crate::netns::cookie().map_err(SharedError::NetnsCookie)?
     ));
     let lock = DirLock::acquire(
         &dir(),
@@ -243,35 +243,6 @@ pub fn release(instance: &str, keys: Option<&[String]>) -> Result<Vec<Released>,
     }
     record.save()?;
     Ok(released)
-}
-
-/// The cookie of the calling thread's network namespace: a socket is created in the
-/// creating task's namespace (sock_create() uses current->nsproxy->net_ns), so this is
-/// right on a thread that entered another namespace with setns too, where
-/// /proc/self/ns/net would name the main thread's.
-fn netns_cookie() -> io::Result<u64> {
-    // SAFETY: plain syscalls; the fd is owned at once, and getsockopt writes at most
-    // `len` bytes into `cookie`.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let sock = OwnedFd::from_raw_fd(fd);
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        if libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(cookie)
-    }
 }
 
 #[cfg(test)]

@@ -8,10 +8,7 @@ use std::process::Output;
 use netplane_tests::host::{
     Host, OUTSIDE_IP, Server, UPLINK_IP, client, netplane_bin, tcp_exchange, udp_exchange,
 };
-use netplane_tests::privileged;
-
-/// The data planes under test.
-const MODES: &[&str] = &["iptables", "ebpf"];
+use netplane_tests::{each_mode, privileged};
 
 /// One network, a published TCP and UDP port, and a second container.
 const ONE_NETWORK: &str = r#"
@@ -26,17 +23,6 @@ publish = ["8080:80", "5353:53/udp"]
 name = "peer"
 network = "npa"
 "#;
-
-/// Runs `f` once per mode, saying which mode failed.
-fn each_mode(test: &str, f: impl Fn(&str)) {
-    if !privileged(test) {
-        return;
-    }
-    for mode in MODES {
-        eprintln!("{test}: mode {mode}");
-        f(mode);
-    }
-}
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -10,9 +10,7 @@
 use std::path::PathBuf;
 
 use netplane_tests::host::{Host, OUTSIDE_IP, Server, UPLINK_IP, client};
-use netplane_tests::privileged;
-
-const MODES: &[&str] = &["iptables", "ebpf"];
+use netplane_tests::{each_mode, privileged};
 
 const CONTAINERS: &str = r#"
 [[containers]]
@@ -38,16 +36,6 @@ fn write_config(h: &Host, mode: &str, conntrack: &str) {
         "mode = \"{mode}\"\n{}{CONTAINERS}\n[conntrack]\n{conntrack}\n",
         netplane_tests::TWO_NETWORKS
     ));
-}
-
-fn each_mode(test: &str, f: impl Fn(&str)) {
-    if !privileged(test) {
-        return;
-    }
-    for mode in MODES {
-        eprintln!("{test}: mode {mode}");
-        f(mode);
-    }
 }
 
 /// The file that lets the `idle-tcp` connections of host `h` go on; removed on drop.

@@ -9,11 +9,8 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use netplane_tests::each_mode;
 use netplane_tests::host::{Host, OUTSIDE_IP, Server, UPLINK, UPLINK_IP, client};
-use netplane_tests::privileged;
-
-/// The data planes under test.
-const MODES: &[&str] = &["iptables", "ebpf"];
 
 /// The uplink's address after a renewal (TEST-NET-3, the outside's subnet).
 const RENEWED_IP: &str = "203.0.113.5";
@@ -41,17 +38,6 @@ fn up(mode: &str) -> Host {
     h.write_config(&format!("mode = \"{mode}\"\n{CONFIG}"));
     h.netplane_ok(&["up"]);
     h
-}
-
-/// Runs `f` once per mode, saying which mode failed.
-fn each_mode(test: &str, f: impl Fn(&str)) {
-    if !privileged(test) {
-        return;
-    }
-    for mode in MODES {
-        eprintln!("{test}: mode {mode}");
-        f(mode);
-    }
 }
 
 /// One TCP exchange that may fail: a server in `server_ns` on `listen`, a client in

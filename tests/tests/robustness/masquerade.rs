@@ -8,9 +8,7 @@
 //!   socket's traffic stays its own.
 
 use netplane_tests::host::{Host, OUTSIDE_IP, Server, UPLINK_IP, client};
-use netplane_tests::privileged;
-
-const MODES: &[&str] = &["iptables", "ebpf"];
+use netplane_tests::{each_mode, privileged};
 
 const CONTAINERS: &str = r#"
 [[containers]]
@@ -31,16 +29,6 @@ fn up(mode: &str, extra: &str) -> Host {
     ));
     h.netplane_ok(&["up"]);
     h
-}
-
-fn each_mode(test: &str, f: impl Fn(&str)) {
-    if !privileged(test) {
-        return;
-    }
-    for mode in MODES {
-        eprintln!("{test}: mode {mode}");
-        f(mode);
-    }
 }
 
 /// A drop counter of the eBPF data plane, from `status --json`.

@@ -81,7 +81,7 @@ impl Maps {
                 icmp: ct.icmp_timeout,
                 _pad: 0,
             },
-            netns_cookie: netns_cookie().map_err(EbpfError::NetnsCookie)?,
+            netns_cookie: crate::netns::cookie().map_err(EbpfError::NetnsCookie)?,
             networks: plan.networks.len() as u32,
             uplink_ifindex: host.uplink_index,
             flags: if plan.ebpf.fast_forward {
@@ -283,29 +283,6 @@ fn published_edits(old: &Plan, plan: &Plan) -> Option<Edits> {
     }
     remove.retain(|k| !write.iter().any(|(w, _)| w == k));
     Some((remove, write))
-}
-
-/// The cookie of the caller's network namespace (SO_NETNS_COOKIE, Linux 5.14), which the
-/// socket-layer programs compare with bpf_get_netns_cookie().
-fn netns_cookie() -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let sock = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 /// The map `map` that instance `name` pinned.
