@@ -130,6 +130,15 @@ impl Host {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A drop counter of the eBPF data plane (`status --json`), by reason name.
+    pub fn drops(&self, reason: &str) -> u64 {
+        let status: serde_json::Value =
+            serde_json::from_str(&self.netplane_ok(&["status", "--json"])).unwrap();
+        status["dataplane_health"]["drops"][reason]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no drop counter {reason} in {status}"))
+    }
+
     /// The namespace of container `c`.
     pub fn container(&self, c: &str) -> Netns {
         Netns::named(format!("{}-{c}", self.name()))

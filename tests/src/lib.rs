@@ -7,10 +7,9 @@
 //! namespace's interfaces, routes, sysctls or firewall: veth pairs are created directly
 //! inside the sandbox namespaces, and every address is on a TEST-NET range (RFC 5737).
 
-// What the harness's binaries (the bench's command line) and tests use, which the
-// library target sees too.
+// What the harness's binaries (the bench's command line) use, which the library target
+// sees too.
 use clap as _;
-use serde_json as _;
 
 pub mod bench;
 pub mod host;

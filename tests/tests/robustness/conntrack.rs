@@ -82,15 +82,6 @@ fn idle_flows(h: &Host, go: &Go) -> (Vec<Server>, Server, Server) {
     (servers, published, masqueraded)
 }
 
-/// A counter of the eBPF data plane, from `status --json`.
-fn drops(h: &Host, reason: &str) -> u64 {
-    let status: serde_json::Value =
-        serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
-    status["dataplane_health"]["drops"][reason]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no drop counter {reason} in {status}"))
-}
-
 /// Ten times a 4,096-entry table of spoofed SYNs to the published port, and as many UDP
 /// flows from a container that nobody answers, while two connections sit idle: both
 /// carry data both ways afterwards (the echo answers), and no RST reaches them.
@@ -134,7 +125,7 @@ fn floods_of_unreplied_flows_do_not_evict_established_ones() {
             // (`tcp-no-syn-new-flow` does count here: the backend's retransmitted SYN-ACKs
             // to flood sources whose unreplied entries the LRU evicted, never let out.)
             if mode == "ebpf" {
-                assert_eq!(drops(&h, "ct-full"), 0, "no assured flow was refused");
+                assert_eq!(h.drops("ct-full"), 0, "no assured flow was refused");
             }
         },
     );

@@ -31,15 +31,6 @@ fn up(mode: &str, extra: &str) -> Host {
     h
 }
 
-/// A drop counter of the eBPF data plane, from `status --json`.
-fn drops(h: &Host, reason: &str) -> u64 {
-    let status: serde_json::Value =
-        serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
-    status["dataplane_health"]["drops"][reason]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no drop counter {reason} in {status}"))
-}
-
 /// Container `a` sends every kind of packet that is not plain TCP, UDP or ICMP echo
 /// (`nptest send-junk`: ICMP timestamp, GRE, protocol 253, UDP with IP options, and
 /// truncated or inconsistent headers, a later fragment of no datagram, an ICMP error
@@ -83,9 +74,9 @@ fn no_container_source_leaves_the_uplink() {
                 leaked.len(),
                 leaked.join("\n")
             );
-            assert!(drops(&h, "malformed") > 0, "malformed drops counted");
+            assert!(h.drops("malformed") > 0, "malformed drops counted");
             assert!(
-                drops(&h, "untranslatable") > 0,
+                h.drops("untranslatable") > 0,
                 "untranslatable drops counted"
             );
         }
@@ -163,7 +154,7 @@ fn port_search_finds_a_free_port() {
             assert_eq!(r, Ok("350 ok".to_owned()), "container {}", c.name);
         }
         if mode == "ebpf" {
-            assert_eq!(drops(&h, "nat-port-exhausted"), 0);
+            assert_eq!(h.drops("nat-port-exhausted"), 0);
         }
     });
 }
