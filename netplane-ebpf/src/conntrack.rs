@@ -173,6 +173,9 @@ pub fn probe(
     let mut promote = false;
     if unreplied {
         (seen_now, promote) = assure(seen_now, dir);
+        // A SYN again (a retransmission, or a spoofer repeating itself after the SYN-ACK
+        // it never saw) assures nothing: the handshake's third packet does.
+        promote &= flags & seen::SYN == 0;
     }
     if seen_now != entry.seen {
         entry.seen = seen_now;

@@ -56,7 +56,7 @@ pub enum LockError {
 /// trace), before the lock is released.
 pub struct DirLock {
     dir: PathBuf,
-    _lock: Flock<File>,
+    lock: Flock<File>,
 }
 
 impl DirLock {
@@ -100,7 +100,7 @@ impl DirLock {
                     std::fs::write(dir.join(HOLDER_FILE), entry).map_err(io_err("write holder"))?;
                     return Ok(DirLock {
                         dir: dir.to_owned(),
-                        _lock: lock,
+                        lock,
                     });
                 }
                 Err((_, Errno::EWOULDBLOCK)) => {
@@ -128,6 +128,17 @@ impl DirLock {
 
 impl Drop for DirLock {
     fn drop(&mut self) {
+        // Only while the path still names the directory we locked: once our holder
+        // removed it (`down` does), a waiter may have created and locked a new one there,
+        // whose holder file and directory are not ours to remove.
+        let ours = self
+            .lock
+            .metadata()
+            .ok()
+            .zip(std::fs::metadata(&self.dir).ok());
+        if !ours.is_some_and(|(l, c)| l.dev() == c.dev() && l.ino() == c.ino()) {
+            return;
+        }
         let _ = std::fs::remove_file(self.dir.join(HOLDER_FILE));
         // Fails, as it should, while anything else is in it.
         let _ = std::fs::remove_dir(&self.dir);
@@ -156,15 +167,17 @@ impl InstanceLock {
 /// [`DEFAULT_TIMEOUT`], or `NETPLANE_LOCK_TIMEOUT` when it is a number of seconds.
 pub fn timeout() -> Duration {
     match std::env::var(TIMEOUT_ENV) {
-        Ok(v) => v.trim().parse::<f64>().map_or_else(
-            |_| {
+        Ok(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .unwrap_or_else(|| {
                 tracing::warn!(
                     "{TIMEOUT_ENV}={v:?} is not a number of seconds; waiting {DEFAULT_TIMEOUT:?}"
                 );
                 DEFAULT_TIMEOUT
-            },
-            Duration::from_secs_f64,
-        ),
+            }),
         Err(_) => DEFAULT_TIMEOUT,
     }
 }

@@ -43,12 +43,24 @@ pub enum SharedError {
     Sysctl(#[from] SysctlError),
 }
 
-/// Whether `key` is shared by the whole namespace: everything except the settings of one
-/// device (`net.ipv4.conf.<device>.…`), which belong to the instance owning the device.
+/// Whether `key` is shared by the whole namespace: the namespace-wide settings
+/// (`net.ipv4.ip_forward`, `….conf.all.…`, `….conf.default.…`). Anything else (a
+/// device's settings, `net.ipv4.conf.<device>.…`) belongs to the instance owning the
+/// device, and goes with it.
 pub fn is_shared(key: &str) -> bool {
-    match key.strip_prefix("net.ipv4.conf.") {
-        Some(rest) => rest.starts_with("all.") || rest.starts_with("default."),
-        None => true,
+    const NAMESPACE_WIDE: &[&str] = &["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"];
+    NAMESPACE_WIDE.contains(&key)
+        || ["net.ipv4.conf.", "net.ipv6.conf."].iter().any(|p| {
+            key.strip_prefix(p)
+                .is_some_and(|rest| rest.starts_with("all.") || rest.starts_with("default."))
+        })
+}
+
+/// Writes a prior value back; a setting that is gone (its device went) needs nothing.
+fn restore(key: &str, prior: &str) -> Result<(), SysctlError> {
+    match super::write(key, prior) {
+        Err(e) if e.source.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 
@@ -77,6 +89,21 @@ impl Record {
         };
         match entries {
             Ok(entries) => Ok(Record { path, entries }),
+            // An unreadable record must not block every `up` and `down` here: set it
+            // aside for whoever investigates, and start anew.
+            Err(source) if source.kind() == io::ErrorKind::InvalidData => {
+                let aside = path.with_extension("json.unreadable");
+                tracing::warn!(
+                    "shared sysctl record {} is unreadable ({source}); moved to {}",
+                    path.display(),
+                    aside.display()
+                );
+                let _ = std::fs::rename(&path, &aside);
+                Ok(Record {
+                    path,
+                    entries: BTreeMap::new(),
+                })
+            }
             Err(source) => Err(SharedError::Record {
                 path: path.display().to_string(),
                 source,
@@ -144,19 +171,24 @@ fn open(instance: &str) -> Result<(Record, DirLock), SharedError> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| *p != own && p.extension().is_some_and(|x| x == "json"));
+    // Best effort: another namespace's bookkeeping must never block this one's `down`.
     for path in others {
         if let Ok(mut record) = Record::load(path) {
             let before = record.entries.clone();
             record.forget_vanished();
-            if record.entries != before {
-                record.save()?;
+            if record.entries != before
+                && let Err(e) = record.save()
+            {
+                tracing::warn!("{e}");
             }
         }
     }
     // This namespace's record is saved by the caller.
     let mut record = Record::load(own)?;
     for (key, prior) in record.forget_vanished() {
-        super::write(&key, &prior)?;
+        if let Err(e) = restore(&key, &prior) {
+            tracing::warn!("restoring {key} for a vanished instance: {e}");
+        }
     }
     Ok((record, lock))
 }
@@ -236,13 +268,21 @@ pub fn release(instance: &str, keys: Option<&[String]>) -> Result<Vec<Released>,
             });
         }
     }
+    // Every key is let go and the record saved whatever fails, so that `down` finishes;
+    // the first failure is reported after.
+    let mut failed = None;
     for (key, prior) in restore {
-        super::write(&key, &prior)?;
         record.entries.remove(&key);
-        released.push(Released::Restored { key, value: prior });
+        match self::restore(&key, &prior) {
+            Ok(()) => released.push(Released::Restored { key, value: prior }),
+            Err(e) => failed = failed.or(Some(e)),
+        }
     }
     record.save()?;
-    Ok(released)
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(released),
+    }
 }
 
 #[cfg(test)]
@@ -255,5 +295,7 @@ mod tests {
         assert!(is_shared("net.ipv4.conf.all.route_localnet"));
         assert!(is_shared("net.ipv4.conf.default.rp_filter"));
         assert!(!is_shared("net.ipv4.conf.npa.route_localnet"));
+        assert!(!is_shared("net.ipv4.neigh.npa.gc_stale_time"));
+        assert!(!is_shared("net.ipv6.conf.npa.accept_ra"));
     }
 }

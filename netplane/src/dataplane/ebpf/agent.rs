@@ -103,6 +103,9 @@ fn collect(name: &str) {
         );
     }
     while pin_dir(name).exists() {
+        // A heartbeat before the walk too: walking a table of a million entries at
+        // SCHED_IDLE on a busy host may take longer than `status` waits for one.
+        let _ = std::fs::write(gc_file(name), "walking");
         let removed = gc(name);
         if removed > 0 {
             tracing::debug!(removed, "conntrack garbage collection");

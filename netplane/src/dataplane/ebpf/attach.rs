@@ -95,7 +95,8 @@ pub(super) fn pinned(dir: &Path) -> BTreeSet<String> {
         .flatten()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("link_"))
+        // A `…_new` pin is a replacement that a killed `up` left half-way (see `pin_over`).
+        .filter(|n| n.starts_with("link_") && !n.ends_with("_new"))
         .collect()
 }
 
