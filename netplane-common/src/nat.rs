@@ -538,7 +538,7 @@ pub mod maps {
     pub const FORWARDED: &str = "NP_FORWARDED";
     pub const ENDPOINTS: &str = "NP_ENDPOINTS";
     /// Masquerade's ports of flows that could not keep their own: a cache of the search
-    /// (see netplane-ebpf's nat_port), not pinned: after a new `up` the search finds them.
+    /// (see netplane-ebpf's nat_port), pinned so that a new `up` keeps them.
     pub const MASQ_PORTS: &str = "NP_MASQ_PORTS";
     /// Every map the agent pins, so that the data plane outlives it.
     pub const PINNED: [&str; 12] = [

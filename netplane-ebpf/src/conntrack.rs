@@ -200,7 +200,8 @@ pub fn probe(
             if reset {
                 pe.seen |= seen::RST;
             }
-            if replied {
+            // Written only when it changes: the peer's line is shared with other CPUs.
+            if replied && pe.seen & seen::REPLIED == 0 {
                 pe.seen |= seen::REPLIED;
             }
             if promote && peer_unreplied {

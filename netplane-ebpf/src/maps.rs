@@ -109,8 +109,8 @@ pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS,
 #[map(name = "NP_SOCK_REV")]
 pub static SOCK_REV: LruHashMap<SockRevKey, SockRevEntry> = LruHashMap::with_max_entries(65_536, 0);
 
-/// The port masquerade gave a flow whose own source port was taken (host order, in a
-/// u32), by the flow's original tuple at the src stage: a cache of crate::nat_port's
+/// The port masquerade gave a flow whose own source port was taken (network byte order,
+/// as `Masquerade::Port`, in a u32), by the flow's original tuple at the src stage: a cache of crate::nat_port's
 /// search, checked against the conntrack entry on every use, so an eviction costs a
 /// search, never a wrong translation.
 #[map(name = "NP_MASQ_PORTS")]

@@ -230,6 +230,11 @@ fn generic_key(peer: u32, uplink: u32, proto: u8) -> CtKey {
 /// container, by address.
 #[inline(always)]
 fn generic_reply(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
+    // Only what is addressed to the translation address can be a reply: the rest (a
+    // router's VRRP, another host's GRE) costs no lookup.
+    if p.daddr != cfg.uplink_addr {
+        return TCX_NEXT;
+    }
     let now = now();
     let Some(e) = conntrack::lookup(&generic_key(p.saddr, p.daddr, p.proto), cfg, now, 0) else {
         return TCX_NEXT;
@@ -240,6 +245,11 @@ fn generic_reply(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
     }
 }
 
+/// The protocols whose checksum covers the addresses, beyond TCP and UDP (RFC 4340 §9.1,
+/// RFC 3828 §3.2).
+const IPPROTO_DCCP: u8 = 33;
+const IPPROTO_UDPLITE: u8 = 136;
+
 /// Uplink egress, another protocol from a container: masquerade by address only, as
 /// netfilter's generic protocol NAT (nf_nat_l4proto_unique_tuple() has no port to change
 /// for it). One container at a time talks a protocol to a peer; another's packet is
@@ -247,6 +257,12 @@ fn generic_reply(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
 /// needs its first.
 #[inline(always)]
 fn generic_masquerade(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
+    // DCCP and UDP-Lite checksum a pseudo-header with the addresses, as TCP and UDP do:
+    // rewritten by address alone they would leave with a wrong checksum, so they are
+    // refused, counted, rather than sent corrupt (netfilter translates them by port).
+    if matches!(p.proto, IPPROTO_DCCP | IPPROTO_UDPLITE) {
+        return drop(DropReason::Untranslatable);
+    }
     let now = now();
     let key = generic_key(p.daddr, cfg.uplink_addr, p.proto);
     let mine = match conntrack::probe(&key, Some((p.saddr, 0)), cfg, now, 0) {

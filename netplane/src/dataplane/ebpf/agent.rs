@@ -164,7 +164,13 @@ fn follow(name: &str) {
                     }
                     pending = true;
                 }
-                _ = tick.tick() => pending = true,
+                _ = tick.tick() => {
+                    pending = true;
+                    // A subscription that failed is tried again at every tick.
+                    if changes.is_none() {
+                        changes = topology::watch_links_and_addresses().ok();
+                    }
+                }
                 _ = retry => {}
             }
             if pending {
