@@ -5,9 +5,9 @@
 //! after both.
 //!
 //! One record per network namespace, `/run/netplane/.host/<netns cookie>.json`, changed
-//! only under the flock of `/run/netplane/.host/` ([`DirLock`]). /run/netplane is the
-//! host's however many namespaces netplane runs in, and sysctls under `net.` are per
-//! namespace, so the record is keyed by the namespace's cookie (SO_NETNS_COOKIE): unlike
+//! only under the flock of `/run/netplane/.host/` ([`DirLock`]). /run/netplane is
+//! one directory for every namespace netplane runs in on this host, while sysctls under
+//! `net.` are per namespace, so the record is keyed by the namespace's cookie (SO_NETNS_COOKIE): unlike
 //! its inode number, a cookie is never reused while the machine runs (net_alloc_cookie()
 //! counts up), so a record left by a namespace that died cannot be taken for a new one's.
 //! The record is written before a value changes, so a `down` after a crashed `up` still

@@ -158,6 +158,21 @@ pub(super) fn set_aside(dir: &Path, max_entries: u32) -> Result<Vec<&'static str
     Ok(moved)
 }
 
+/// Undoes [`set_aside`] after a load that failed: the tables set aside, which the
+/// attached programs still use, get their pins back (over any new table's pin).
+pub(super) fn put_back(dir: &Path, moved: &[&str]) {
+    for map in moved {
+        let pin = dir.join(map);
+        let _ = std::fs::remove_file(&pin);
+        if let Err(e) = std::fs::rename(aside_path(dir, map), &pin) {
+            tracing::warn!(
+                "cannot pin conntrack table {map} back at {}: {e}",
+                pin.display()
+            );
+        }
+    }
+}
+
 /// Copies the entries of the conntrack tables set aside in `dir` into `tables` (the new
 /// main and unreplied tables, by name), each into the table it came from, or among the
 /// unreplied flows when the main table is full; an entry already there is left as it is
@@ -202,9 +217,9 @@ fn copy_aside(dir: &Path, tables: &mut [(&str, &mut Map)]) -> (usize, usize) {
     (copied, lost)
 }
 
-/// The entries of a conntrack table set aside, also of the layout before issue 12 (a
-/// 16-byte value, without [`CtEntry::seq`], which starts unknown, as in a new entry): an
-/// upgrade keeps the flows too.
+/// The entries of a conntrack table set aside, also in the 16-byte layout of an instance
+/// started by an earlier netplane (no [`CtEntry::seq`], which then starts unknown, as in a
+/// new entry): an upgrade keeps the flows too.
 fn old_entries(old: Map) -> Vec<(CtKey, CtEntry)> {
     if let Ok(ct) = HashMap::<_, CtKey, CtEntry>::try_from(&old) {
         return ct.iter().filter_map(Result::ok).collect();

@@ -145,9 +145,16 @@ pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
     for (m, p) in &paths {
         loader.map_pin_path(m, p.as_path());
     }
-    let mut bpf = loader
-        .load(OBJECT)
-        .map_err(|e| EbpfError::Object(e.into()))?;
+    let mut bpf = match loader.load(OBJECT) {
+        Ok(bpf) => bpf,
+        Err(e) => {
+            // The programs attached now keep the tables set aside: pin them back.
+            if let Some(dir) = opts.pins {
+                conntrack::put_back(dir, &resized);
+            }
+            return Err(EbpfError::Object(e.into()));
+        }
+    };
     if let (Some(dir), false) = (opts.pins, resized.is_empty()) {
         // Borrowed, not taken: the programs, loaded later, refer to the maps' descriptors.
         let mut tables: Vec<(&str, &mut aya::maps::Map)> = bpf
