@@ -548,6 +548,30 @@ fn an_unreplied_flood_never_evicts_assured_flows() {
     assert_eq!(drops(&p, "ct-full"), 0);
 }
 
+/// A spoofer that repeats its SYN after the SYN-ACK it never saw (or a client's SYN
+/// retransmission) assures nothing: only the handshake's third packet does. Twice the
+/// main table of such flows leave it empty, so none is refused for room (`ct-full`).
+#[test]
+fn a_repeated_syn_does_not_assure_a_flow() {
+    if !privileged("a_repeated_syn_does_not_assure_a_flow") {
+        return;
+    }
+    const TABLE: u32 = 1024;
+    let mut p = programs_for(&plan_with(&format!("max_entries = {TABLE}")));
+    for i in 0..2 * TABLE {
+        let (src, sport) = flood_source(i);
+        let syn = tcp(Ip::new(src, U), sport, 8080, TCP_SYN, b"");
+        p.run(UPLINK_IN, &syn).unwrap();
+        p.run(
+            UPLINK_OUT,
+            &tcp(Ip::new(WEB, src), 80, sport, TCP_SYN | TCP_ACK, b""),
+        )
+        .unwrap();
+        p.run(UPLINK_IN, &syn).unwrap();
+    }
+    assert_eq!(drops(&p, "ct-full"), 0, "no spoofed flow was assured");
+}
+
 #[test]
 fn the_main_conntrack_table_holds_max_entries_flows() {
     if !privileged("the_main_conntrack_table_holds_max_entries_flows") {
