@@ -461,9 +461,14 @@ pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
             }
             Err(e) => failures.push(e.to_string()),
         }
-        // The instance's own (per-device) sysctls; shared ones there were recorded by an
-        // older netplane.
+        // The instance's own (per-device) sysctls. A shared one here comes from a state
+        // written by an earlier netplane, before the shared record: it is left as it is
+        // (forwarding left on, as Docker leaves it), since another instance may rely on it.
         for (key, value) in &state.sysctls {
+            if shared::is_shared(key) {
+                tracing::warn!("sysctl {key} left as it is: shared with other instances");
+                continue;
+            }
             match sysctl::write(key, value) {
                 Ok(()) => removed.push(format!("sysctl {key} restored to {value}")),
                 // A per-device sysctl of a device that is gone: nothing to restore.
