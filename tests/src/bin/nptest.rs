@@ -473,7 +473,7 @@ fn icmp(ty: u8, body: &[u8]) -> Vec<u8> {
 /// later fragment of no datagram, an ICMP error about no flow, a router solicitation),
 /// REPEAT times each. Prints how many were sent.
 fn send_junk(dst: &str, repeat: &str) -> Result<(), String> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::{FromRawFd, OwnedFd};
     let repeat: u32 = repeat.parse().map_err(|e| format!("{repeat}: {e}"))?;
     let d: std::net::Ipv4Addr = dst.parse().map_err(|e| format!("{dst}: {e}"))?;
     let o = d.octets();
@@ -544,26 +544,7 @@ fn send_junk(dst: &str, repeat: &str) -> Result<(), String> {
         for (proto, ihl, frag, payload) in &packets {
             let mut pkt = ip_header(*proto, *ihl, *frag, o, payload.len());
             pkt.extend_from_slice(payload);
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as u16,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(o),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: as above.
-            let n = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    pkt.as_ptr().cast(),
-                    pkt.len(),
-                    0,
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    std::mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            if n >= 0 {
+            if send_raw(&fd, &pkt, o).is_ok() {
                 sent += 1;
             }
         }

@@ -128,14 +128,11 @@ impl Maps {
                 .map_err(EbpfError::map(maps::SUBNETS))?;
         }
 
-        let local_addrs = host
-            .local_addrs
-            .iter()
-            .copied()
-            .chain([Ipv4Addr::LOCALHOST])
-            .map(|a| (ne_addr(a), 1u32))
-            .collect();
-        sync_map(&mut self.local_addrs, maps::LOCAL_ADDRS, &local_addrs)?;
+        sync_map(
+            &mut self.local_addrs,
+            maps::LOCAL_ADDRS,
+            &local_addr_entries(host),
+        )?;
         // The containers, for delivery straight into them. Their devices come from the
         // host's links as they are now: a recreated container has a new ifindex.
         let endpoints = plan
@@ -323,13 +320,7 @@ pub(super) fn follow_uplink(name: &str, host: &HostContext) -> Result<Vec<String
             .set(0, cfg, 0)
             .map_err(EbpfError::map(maps::CONFIG))?;
     }
-    let want: BTreeMap<u32, u32> = host
-        .local_addrs
-        .iter()
-        .copied()
-        .chain([Ipv4Addr::LOCALHOST])
-        .map(|a| (ne_addr(a), 1u32))
-        .collect();
+    let want = local_addr_entries(host);
     let mut local =
         pinned_map(name, maps::LOCAL_ADDRS).ok_or(EbpfError::MissingMap(maps::LOCAL_ADDRS))?;
     let mut had: Vec<u32> = HashMap::<_, u32, u32>::try_from(&local)
@@ -343,6 +334,17 @@ pub(super) fn follow_uplink(name: &str, host: &HostContext) -> Result<Vec<String
         sync_map(&mut local, maps::LOCAL_ADDRS, &want)?;
     }
     Ok(changes)
+}
+
+/// The local-addresses map's entries for `host`: every host address, the gateways and
+/// 127.0.0.1 (published ports answer on all of them).
+fn local_addr_entries(host: &HostContext) -> BTreeMap<u32, u32> {
+    host.local_addrs
+        .iter()
+        .copied()
+        .chain([Ipv4Addr::LOCALHOST])
+        .map(|a| (ne_addr(a), 1u32))
+        .collect()
 }
 
 #[cfg(test)]
