@@ -219,56 +219,16 @@ fn probe_udp(a: &str) -> Result<(), String> {
 }
 
 fn capture(iface: &str, millis: &str) -> Result<(), String> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     use std::time::Instant;
 
     use netplane_common::packet::parse_ethernet;
 
     let millis: u64 = millis.parse().map_err(|e| format!("{millis}: {e}"))?;
-    let name = std::ffi::CString::new(iface).map_err(|e| e.to_string())?;
-    // SAFETY: plain libc calls on a socket we own; every pointer is to a live local.
+    let fd = packet_socket(iface)?;
+    let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+    // SAFETY: recvfrom on a socket we own, into live locals.
     unsafe {
-        let index = libc::if_nametoindex(name.as_ptr());
-        if index == 0 {
-            return Err(format!("no interface {iface}"));
-        }
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto));
-        if fd < 0 {
-            return Err(format!(
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = index as i32;
-        let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-        if libc::bind(
-            fd.as_raw_fd(),
-            (&sll as *const libc::sockaddr_ll).cast(),
-            len,
-        ) != 0
-        {
-            return Err(format!(
-                "bind to {iface}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        let tv_len = std::mem::size_of::<libc::timeval>() as u32;
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            tv_len,
-        );
         listening();
         let end = Instant::now() + Duration::from_millis(millis);
         let mut buf = vec![0u8; 65536];

@@ -89,7 +89,22 @@ fn idle_flows(h: &Host, go: &Go) -> (Vec<Server>, Server, Server) {
 /// iptables mode runs it too: nf_conntrack early-drops unreplied entries when full. Its
 /// table size (`net.netfilter.nf_conntrack_max`) is global and read-only outside the
 /// initial network namespace, so the sandbox cannot shrink it to 4,096: there the flood
-/// fills less of it, and the case is the same flows surviving the same traffic.
+/// fills less of it, and the case is the same flows surviving the same traffic./// Lets the idle connections of [`idle_flows`] send their second line, and checks that
+/// each carried both lines, both ways, on its one connection.
+fn both_carried_on(go: &Go, published: Server, masqueraded: Server) {
+    go.give();
+    assert_eq!(
+        published.output().trim(),
+        "2 lines on one connection",
+        "the published port's connection"
+    );
+    assert_eq!(
+        masqueraded.output().trim(),
+        "2 lines on one connection",
+        "the masqueraded connection"
+    );
+}
+
 #[test]
 fn floods_of_unreplied_flows_do_not_evict_established_ones() {
     each_mode(
@@ -111,17 +126,7 @@ fn floods_of_unreplied_flows_do_not_evict_established_ones() {
             )
             .unwrap();
             assert_eq!(sent, format!("{flood} sent"));
-            go.give();
-            assert_eq!(
-                published.output().trim(),
-                "2 lines on one connection",
-                "the published port's connection"
-            );
-            assert_eq!(
-                masqueraded.output().trim(),
-                "2 lines on one connection",
-                "the masqueraded connection"
-            );
+            both_carried_on(&go, published, masqueraded);
             // (`tcp-no-syn-new-flow` does count here: the backend's retransmitted SYN-ACKs
             // to flood sources whose unreplied entries the LRU evicted, never let out.)
             if mode == "ebpf" {
@@ -180,17 +185,7 @@ fn blind_rst_and_fin_do_not_close_a_live_flow() {
             }
         }
         std::thread::sleep(std::time::Duration::from_millis(1_600));
-        go.give();
-        assert_eq!(
-            published.output().trim(),
-            "2 lines on one connection",
-            "the published port's connection"
-        );
-        assert_eq!(
-            masqueraded.output().trim(),
-            "2 lines on one connection",
-            "the masqueraded connection"
-        );
+        both_carried_on(&go, published, masqueraded);
     });
 }
 
