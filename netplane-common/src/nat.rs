@@ -315,6 +315,21 @@ pub const fn track_seq(
     (seen_flags, moved, flags)
 }
 
+/// Whether a TCP segment of the original direction with acknowledgment number `ack` (None:
+/// no ACK flag) acknowledges what the reply direction sent, whose sequence number the
+/// entry keeps as `reply_seq` (valid once [`seen::REPLY_SEQ`] is in `seen_flags`): within
+/// [`TCP_CLOSE_WINDOW`] of it, as the handshake's third packet is (SYN-ACK's + 1). Only
+/// such a segment assures a TCP flow, as nf_conntrack's SYN_RECV → ESTABLISHED needs an
+/// ACK in window: a spoofer who never saw the SYN-ACK guesses right once in 8,192.
+pub const fn acknowledges(seen_flags: u8, reply_seq: u32, ack: Option<u32>) -> bool {
+    let Some(ack) = ack else { return false };
+    if seen_flags & seen::REPLY_SEQ == 0 {
+        return false;
+    }
+    let delta = ack.wrapping_sub(reply_seq) as i32;
+    delta <= TCP_CLOSE_WINDOW as i32 && delta >= -(TCP_CLOSE_WINDOW as i32)
+}
+
 /// The [`seen`] flags for a TCP header's flag byte (byte 13).
 pub const fn tcp_seen(flags: u8) -> u8 {
     use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
@@ -467,10 +482,16 @@ pub enum DropReason {
     /// another protocol towards a peer that another container already talks to in it):
     /// it must not leave with the container's address.
     Untranslatable = 9,
+    /// The first fragment of a datagram to a translated flow, after a later fragment of it
+    /// went ahead untranslated: the datagram cannot be completed, so it is dropped whole
+    /// (the later fragments expire in the host's reassembly queue). TC ingress runs before
+    /// the kernel's reassembly, and nothing after it can rewrite the datagram: see the
+    /// README, "Fragments".
+    FragmentReordered = 10,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::Isolation,
         DropReason::NatPortExhausted,
@@ -481,6 +502,7 @@ impl DropReason {
         DropReason::LoopbackGuard,
         DropReason::CtFull,
         DropReason::Untranslatable,
+        DropReason::FragmentReordered,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -495,6 +517,7 @@ impl DropReason {
             DropReason::LoopbackGuard => "loopback-guard",
             DropReason::CtFull => "ct-full",
             DropReason::Untranslatable => "untranslatable",
+            DropReason::FragmentReordered => "fragment-reordered",
         }
     }
 }
@@ -529,6 +552,9 @@ pub mod maps {
     /// The unreplied flows (see [`super::CtTables`]).
     pub const CT_NEW: &str = "NP_CT_NEW";
     pub const FRAGS: &str = "NP_FRAGS";
+    /// Later fragments that arrived before their first fragment (see
+    /// [`super::DropReason::FragmentReordered`]).
+    pub const FRAGS_EARLY: &str = "NP_FRAGS_EARLY";
     pub const PUBLISHED: &str = "NP_PUBLISHED";
     pub const SUBNETS: &str = "NP_SUBNETS";
     pub const LOCAL_ADDRS: &str = "NP_LOCAL_ADDRS";
@@ -541,11 +567,12 @@ pub mod maps {
     /// (see netplane-ebpf's nat_port), pinned so that a new `up` keeps them.
     pub const MASQ_PORTS: &str = "NP_MASQ_PORTS";
     /// Every map the agent pins, so that the data plane outlives it.
-    pub const PINNED: [&str; 12] = [
+    pub const PINNED: [&str; 13] = [
         CT,
         CT_NEW,
         MASQ_PORTS,
         FRAGS,
+        FRAGS_EARLY,
         PUBLISHED,
         SUBNETS,
         LOCAL_ADDRS,
@@ -599,6 +626,30 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_ack_of_the_reply_assures() {
+        let s = seen::REPLIED | seen::REPLY_SEQ;
+        let synack = 0xffff_fff0;
+        assert!(
+            acknowledges(s, synack, Some(synack.wrapping_add(1))),
+            "across the wrap"
+        );
+        assert!(acknowledges(s, synack, Some(synack.wrapping_add(60_000))));
+        assert!(
+            !acknowledges(s, synack, Some(synack.wrapping_add(1 << 20))),
+            "blind"
+        );
+        assert!(
+            !acknowledges(s, synack, Some(synack.wrapping_sub(1 << 20))),
+            "blind"
+        );
+        assert!(!acknowledges(s, synack, None), "no ACK flag");
+        assert!(
+            !acknowledges(seen::REPLIED, synack, Some(synack.wrapping_add(1))),
+            "no reply sequence number known"
+        );
+    }
 
     #[test]
     fn reversed_tuple_is_the_reply() {

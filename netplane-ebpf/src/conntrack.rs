@@ -13,13 +13,13 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
-    CtEntry, CtKey, Direction, DpConfig, DropReason, FragEntry, FragKey, Side, Tick, assure, kind,
-    seen, tcp_seen, tick, ticks_since, track_seq,
+    CtEntry, CtKey, Direction, DpConfig, DropReason, FragEntry, FragKey, Side, Tick, acknowledges,
+    assure, kind, seen, tcp_seen, tick, ticks_since, track_seq,
 };
 use netplane_common::packet::IPPROTO_TCP;
 use netplane_common::packet::tcp_flags::{ACK as TCP_ACK, SYN as TCP_SYN};
 
-use crate::maps::{CONFIG, CT, CT_NEW, DROPS, FRAGS, SEGMENT};
+use crate::maps::{CONFIG, CT, CT_NEW, DROPS, FRAGS, FRAGS_EARLY, SEGMENT};
 use crate::parse::{Frag, Packet, read};
 
 #[inline(always)]
@@ -46,24 +46,27 @@ pub fn opens_flow(p: &Packet) -> bool {
     p.proto != IPPROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
-/// Notes the TCP sequence number of `p`, the packet of this program run, for the lookups
-/// that follow (see [`probe`]). Every stage calls it first, after parsing: a packet that is
-/// not a TCP segment with a header clears it.
+/// Notes the TCP sequence and acknowledgment numbers of `p`, the packet of this program
+/// run, for the lookups that follow (see [`probe`]). Every stage calls it first, after
+/// parsing: a packet that is not a TCP segment with a header clears them.
 #[inline(always)]
 pub fn segment(ctx: &TcContext, p: &Packet) {
     let Some(slot) = SEGMENT.get_ptr_mut(0) else {
         return;
     };
-    let seq = if p.proto == IPPROTO_TCP && p.frag != Frag::Later {
-        read::<u32>(ctx, p.l4_off + 4).ok()
+    let numbers = if p.proto == IPPROTO_TCP && p.frag != Frag::Later {
+        read::<[u32; 2]>(ctx, p.l4_off + 4).ok()
     } else {
         None
     };
     // SAFETY: this CPU's slot of a per-CPU array, as in crate::metrics.
     unsafe {
-        *slot = match seq {
-            Some(s) => [u32::from_be(s), 1],
-            None => [0, 0],
+        *slot = match numbers {
+            Some([seq, ack]) => {
+                let ack_valid = if p.tcp_flags & TCP_ACK != 0 { 2 } else { 0 };
+                [u32::from_be(seq), u32::from_be(ack), 1 | ack_valid]
+            }
+            None => [0, 0, 0],
         }
     };
 }
@@ -73,7 +76,15 @@ pub fn segment(ctx: &TcContext, p: &Packet) {
 fn segment_seq() -> Option<u32> {
     // SAFETY: as in segment().
     let s = unsafe { *SEGMENT.get_ptr(0)? };
-    (s[1] == 1).then_some(s[0])
+    (s[2] & 1 != 0).then_some(s[0])
+}
+
+/// The acknowledgment number [`segment`] noted for this packet, if it has the ACK flag.
+#[inline(always)]
+fn segment_ack() -> Option<u32> {
+    // SAFETY: as in segment().
+    let s = unsafe { *SEGMENT.get_ptr(0)? };
+    (s[2] & 2 != 0).then_some(s[1])
 }
 
 /// What a key of the conntrack tables holds for the packet looking.
@@ -176,6 +187,14 @@ pub fn probe(
         // A SYN again (a retransmission, or a spoofer repeating itself after the SYN-ACK
         // it never saw) assures nothing: the handshake's third packet does.
         promote &= flags & seen::SYN == 0;
+        // And for TCP only a segment that acknowledges the reply side's (the handshake's
+        // third packet, SYN-ACK's sequence number + 1) assures: a spoofer's blind ACK does
+        // not, so it cannot fill the main table with flows that never were.
+        // (Hairpin flows, between local containers, keep each direction's numbers in
+        // another entry, and are left out.)
+        promote &= key.proto != IPPROTO_TCP
+            || entry.kind & !kind::REPLY == kind::HAIRPIN
+            || acknowledges(seen_now, entry.seq[1], segment_ack());
     }
     if seen_now != entry.seen {
         entry.seen = seen_now;
@@ -346,4 +365,17 @@ pub fn frag_record(key: &FragKey, addr: u32, now: Tick) {
 pub fn frag_lookup(key: &FragKey) -> Option<u32> {
     // SAFETY: as in lookup().
     FRAGS.get_ptr(key).map(|e| unsafe { (*e).addr })
+}
+
+/// Remembers a later fragment that went on untranslated, before any first fragment.
+#[inline(always)]
+pub fn frag_early(key: &FragKey, now: Tick) {
+    let _ = FRAGS_EARLY.insert(key, &now, BPF_ANY as u64);
+}
+
+/// Whether a later fragment of this first fragment's datagram went ahead of it (and
+/// forgets it: the answer is given once).
+#[inline(always)]
+pub fn frag_went_ahead(key: &FragKey) -> bool {
+    FRAGS_EARLY.remove(key).is_ok()
 }

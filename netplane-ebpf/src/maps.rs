@@ -34,17 +34,25 @@ pub static CT: HashMap<CtKey, CtEntry> = HashMap::with_max_entries(CT_MAX_ENTRIE
 pub static CT_NEW: LruHashMap<CtKey, CtEntry> =
     LruHashMap::with_max_entries(CtTables::unreplied_entries(CT_MAX_ENTRIES), 0);
 
-/// The TCP sequence number of the packet this CPU's program run is handling, and 1 when it
-/// is valid: set once per packet by crate::conntrack::segment, read by its lookups (a
+/// The TCP sequence and acknowledgment numbers of the packet this CPU's program run is
+/// handling, and which are valid (bit 0: the sequence number, bit 1: the ACK): set once
+/// per packet by crate::conntrack::segment, read by its lookups (a
 /// program run is never interleaved with another on its CPU: TC runs with bottom halves
 /// off, and redirects happen after it returns).
 #[map(name = "NP_SEGMENT")]
-pub static SEGMENT: PerCpuArray<[u32; 2]> = PerCpuArray::with_max_entries(1, 0);
+pub static SEGMENT: PerCpuArray<[u32; 3]> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the first fragment of a datagram was translated to, for its later fragments.
 #[map(name = "NP_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, FragEntry> =
     LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);
+
+/// Later fragments to a local address that came before their first fragment, by the key
+/// the first fragment will look up: small, as such fragments are rare and its entries
+/// only live until that first fragment. Its evictions cost only the count of
+/// `fragment-reordered`, never a packet.
+#[map(name = "NP_FRAGS_EARLY")]
+pub static FRAGS_EARLY: LruHashMap<FragKey, Tick> = LruHashMap::with_max_entries(1_024, 0);
 
 /// The instance's settings, in the single entry.
 #[map(name = "NP_CONFIG")]

@@ -64,6 +64,11 @@ fn frag_key(p: &Packet, stage: Side) -> FragKey {
 #[inline(always)]
 fn rewrite(ctx: &TcContext, p: &mut Packet, stage: Side, addr: u32, port: u16, now: Tick) -> i32 {
     let fk = frag_key(p, stage);
+    // The later fragments that came first went on with the old address, into the host's
+    // reassembly queue: this datagram can no longer complete (see DropReason).
+    if p.frag == Frag::First && stage == Side::Dst && conntrack::frag_went_ahead(&fk) {
+        return drop(DropReason::FragmentReordered);
+    }
     if set_port(ctx, p, stage, port)
         .and_then(|()| set_addr(ctx, p, stage, addr))
         .is_err()
@@ -76,16 +81,15 @@ fn rewrite(ctx: &TcContext, p: &mut Packet, stage: Side, addr: u32, port: u16, n
     TCX_NEXT
 }
 
-/// Later fragments follow their first fragment's translation at this stage.
+/// Later fragments follow their first fragment's translation at this stage; `None` when
+/// no first fragment was translated here.
 #[inline(always)]
-fn later_fragment(ctx: &TcContext, p: &mut Packet, stage: Side) -> i32 {
-    let Some(addr) = conntrack::frag_lookup(&frag_key(p, stage)) else {
-        return TCX_NEXT;
-    };
-    match set_addr(ctx, p, stage, addr) {
+fn later_fragment(ctx: &TcContext, p: &mut Packet, key: &FragKey, stage: Side) -> Option<i32> {
+    let addr = conntrack::frag_lookup(key)?;
+    Some(match set_addr(ctx, p, stage, addr) {
         Ok(()) => TCX_NEXT,
         Err(_) => drop(DropReason::RewriteFailed),
-    }
+    })
 }
 
 /// TC ingress: the dst stage.
@@ -108,7 +112,15 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         _ => return TCX_NEXT,
     }
     if p.frag == Frag::Later {
-        return later_fragment(ctx, &mut p, Side::Dst);
+        let key = frag_key(&p, Side::Dst);
+        return later_fragment(ctx, &mut p, &key, Side::Dst).unwrap_or_else(|| {
+            // Ahead of its first fragment, to a host address: if the first turns out to
+            // belong to a translated flow, the datagram is lost, and counted there.
+            if hook == Hook::Uplink && is_local(p.daddr) {
+                conntrack::frag_early(&key, now());
+            }
+            TCX_NEXT
+        });
     }
     // From a container, only what goes to a host address can need a translation (hairpin,
     // and the replies of hairpin, addressed to a gateway); the rest only needs isolation.
@@ -340,11 +352,12 @@ pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
         _ => return TCX_NEXT,
     }
     if p.frag == Frag::Later {
-        let verdict = later_fragment(ctx, &mut p, Side::Src);
-        if verdict == TCX_NEXT && from_container(&p) {
-            return drop(DropReason::FragmentUnknown);
-        }
-        return verdict;
+        let key = frag_key(&p, Side::Src);
+        return match later_fragment(ctx, &mut p, &key, Side::Src) {
+            Some(verdict) => verdict,
+            None if from_container(&p) => drop(DropReason::FragmentUnknown),
+            None => TCX_NEXT,
+        };
     }
     // The uplink's own address is never a source this stage rewrites (those are container
     // addresses), and it is what packets the bridge already translated carry.

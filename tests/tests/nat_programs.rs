@@ -286,6 +286,20 @@ fn ip_options_and_fragments() {
     };
     let lone = ipv4_frame(later, 17, &[0xab; 64]);
     assert_eq!(p.run(UPLINK_IN, &lone).unwrap(), (TCX_NEXT, lone));
+    // Its first fragment, to a published port, comes too late: the later one is in the
+    // host's reassembly queue, so the datagram is dropped whole, and counted.
+    let late_first = Ip {
+        id: 0x4242,
+        more_fragments: true,
+        ..Ip::new(D, U)
+    };
+    let datagram = udp_datagram(&Ip::new(D, U), 7001, 5353, &[0x5a; 1544], true);
+    let late_first = ipv4_frame(late_first, 17, &datagram[..1480]);
+    assert_eq!(p.run(UPLINK_IN, &late_first).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&p, "fragment-reordered"), 1);
+    // Once: a retransmission of the datagram (same id) passes.
+    assert_eq!(p.run(UPLINK_IN, &late_first).unwrap().0, TCX_NEXT);
+    assert_eq!(drops(&p, "fragment-reordered"), 1);
 
     // After its first fragment, a later one follows the same translation.
     let first = Ip {
@@ -570,6 +584,55 @@ fn a_repeated_syn_does_not_assure_a_flow() {
         p.run(UPLINK_IN, &syn).unwrap();
     }
     assert_eq!(drops(&p, "ct-full"), 0, "no spoofed flow was assured");
+}
+
+/// A spoofer's blind ACK after the SYN-ACK it never saw assures nothing either: its ACK
+/// number is not the SYN-ACK's + 1. Twice the main table of such flows leave it empty;
+/// then as many real handshakes (ACK = SYN-ACK + 1) fill it, and the one too many is
+/// counted, which shows that the check tells the two apart.
+#[test]
+fn a_blind_ack_does_not_assure_a_flow() {
+    if !privileged("a_blind_ack_does_not_assure_a_flow") {
+        return;
+    }
+    const TABLE: u32 = 1024;
+    const SYNACK_SEQ: u32 = 1000; // what tcp() writes
+    let mut p = programs_for(&plan_with(&format!("max_entries = {TABLE}")));
+    let handshake = |p: &mut TestRunPrograms, i: u32, ack: u32| {
+        let (src, sport) = flood_source(i);
+        p.run(UPLINK_IN, &tcp(Ip::new(src, U), sport, 8080, TCP_SYN, b""))
+            .unwrap();
+        p.run(
+            UPLINK_OUT,
+            &tcp(Ip::new(WEB, src), 80, sport, TCP_SYN | TCP_ACK, b""),
+        )
+        .unwrap();
+        let third = with_ack(tcp(Ip::new(src, U), sport, 8080, TCP_ACK, b""), ack);
+        assert_eq!(p.run(UPLINK_IN, &third).unwrap().0, TCX_NEXT);
+    };
+    for i in 0..2 * TABLE {
+        handshake(&mut p, i, SYNACK_SEQ.wrapping_add(0x1234_5678 + i * 4096));
+    }
+    assert_eq!(
+        drops(&p, "ct-full"),
+        0,
+        "no blindly acknowledged flow was assured"
+    );
+    for i in 2 * TABLE..3 * TABLE + 1 {
+        handshake(&mut p, i, SYNACK_SEQ + 1);
+    }
+    assert_eq!(drops(&p, "ct-full"), 1, "real handshakes are assured");
+}
+
+/// `frame` (from [`tcp`]) with acknowledgment number `ack`, its checksum updated.
+fn with_ack(mut f: Vec<u8>, ack: u32) -> Vec<u8> {
+    let (ack_at, csum_at) = (14 + 20 + 8, 14 + 20 + 16);
+    let old = u32::from_be_bytes(f[ack_at..ack_at + 4].try_into().unwrap());
+    let check = u16::from_be_bytes([f[csum_at], f[csum_at + 1]]);
+    let check = netplane_common::csum::replace32(check, old, ack);
+    f[ack_at..ack_at + 4].copy_from_slice(&ack.to_be_bytes());
+    f[csum_at..csum_at + 2].copy_from_slice(&check.to_be_bytes());
+    f
 }
 
 #[test]

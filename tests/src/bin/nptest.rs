@@ -43,6 +43,10 @@
 //!   `nptest blind-tcp SRC:SPORT DST:DPORT FLAGS COUNT` sends COUNT segments with FLAGS
 //!   (letters of `FSRPA`) spoofed from SRC:SPORT, at sequence numbers spread over the
 //!   whole space, as a blind attacker who knows the 4-tuple would.
+//! - Fragments (issue 12, item 12): `nptest send-fragments ADDR:PORT SIZE in-order|reversed`
+//!   sends one UDP datagram of SIZE bytes as 1,000-byte IP fragments, from a raw socket,
+//!   in order or last first, and prints the answer that reaches the datagram's source
+//!   port (as `send-udp`), or fails when none comes.
 #![expect(
     unused_crate_dependencies,
     reason = "a binary sees every dependency of its package; the library target is where an unused one shows"
@@ -86,6 +90,7 @@ fn main() {
         ["udp-flood", addr, count] => udp_flood(addr, count),
         ["idle-tcp", addr, file] => idle_tcp(addr, file),
         ["blind-tcp", src, dst, flags, count] => blind_tcp(src, dst, flags, count),
+        ["send-fragments", addr, size, order] => send_fragments(addr, size, order),
         _ => Err("usage: see the header of tests/src/bin/nptest.rs".into()),
     };
     if let Err(e) = res {
@@ -955,5 +960,64 @@ fn send_bad_ip_csum(
         }
     }
     println!("{sent} sent");
+    Ok(())
+}
+
+/// `send-fragments ADDR:PORT SIZE ORDER`: see the header.
+fn send_fragments(a: &str, size: &str, order: &str) -> Result<(), String> {
+    use netplane_common::csum;
+    const PIECE: usize = 1_000; // a multiple of 8, as every fragment but the last must be
+    let (dst, dport) = ipv4_target(a)?;
+    let size: usize = size.parse().map_err(|e| format!("{size}: {e}"))?;
+    let reversed = match order {
+        "in-order" => false,
+        "reversed" => true,
+        _ => return Err(format!("{order}: in-order or reversed")),
+    };
+    // A socket for the answer; connecting it also tells the source address the route picks.
+    let s = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    s.connect(a).map_err(|e| format!("connect {a}: {e}"))?;
+    s.set_read_timeout(Some(TIMEOUT)).ok();
+    let SocketAddr::V4(local) = s.local_addr().map_err(|e| e.to_string())? else {
+        return Err("not IPv4".into());
+    };
+    let src = local.ip().octets();
+    let mut udp: Vec<u8> = local.port().to_be_bytes().to_vec();
+    udp.extend_from_slice(&dport.to_be_bytes());
+    udp.extend_from_slice(&((8 + size) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend((0..size).map(|i| (i % 251) as u8));
+    let c = !csum::fold(csum::sum(
+        &udp,
+        csum::pseudo_header(src, dst, 17, udp.len() as u16),
+    ));
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let id = (std::process::id() as u16).wrapping_mul(31);
+    let mut pieces: Vec<Vec<u8>> = udp
+        .chunks(PIECE)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let more = (i + 1) * PIECE < udp.len();
+            let frag = ((i * PIECE / 8) as u16) | if more { 0x2000 } else { 0 };
+            let mut h = flood_ip_header(17, src, dst, chunk.len());
+            h[4..6].copy_from_slice(&id.to_be_bytes());
+            h[6..8].copy_from_slice(&frag.to_be_bytes());
+            let mut packet = h.to_vec();
+            packet.extend_from_slice(chunk);
+            packet
+        })
+        .collect();
+    if reversed {
+        pieces.reverse();
+    }
+    let fd = raw_ip_socket()?;
+    for piece in &pieces {
+        send_raw(&fd, piece, dst)?;
+    }
+    let mut buf = [0u8; 1024];
+    let n = s
+        .recv(&mut buf)
+        .map_err(|e| format!("no answer from {a}: {e}"))?;
+    println!("{}", String::from_utf8_lossy(&buf[..n]));
     Ok(())
 }

@@ -6,7 +6,8 @@
 //! - [`host_changes`]: the uplink's address and links change under the data plane, and
 //!   what `status` says about it;
 //! - [`conntrack`]: floods and blind RST/FIN against established flows, table resizing;
-//! - [`masquerade`]: no private address leaks, port search, the host's own sockets.
+//! - [`masquerade`]: no private address leaks, port search, the host's own sockets;
+//! - [`fragments`]: fragments that arrive before their first fragment.
 #![expect(
     unused_crate_dependencies,
     reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
@@ -14,5 +15,6 @@
 
 mod concurrency;
 mod conntrack;
+mod fragments;
 mod host_changes;
 mod masquerade;
