@@ -22,7 +22,10 @@ mod tunables;
 
 pub(crate) use names::fnv1a_32;
 pub use names::format_mac;
-pub use plan::{Container, Network, Plan};
+pub use plan::{Container, Network, Plan, Route};
 pub use publish::{PortMapping, Proto};
-pub use schema::{Config, ConfigError, ContainerConfig, DEFAULT_CONFIG, Mode, NetworkConfig};
+pub use schema::{
+    Config, ConfigError, ContainerConfig, DEFAULT_CONFIG, Driver, GatewayMode, Mode, NetworkConfig,
+    RouteConfig,
+};
 pub use tunables::{ConntrackConfig, EbpfConfig};

@@ -13,7 +13,7 @@ use super::names::{
     check_bridge_name, check_ifname, check_name, container_mac, host_veth_name, netns_name,
 };
 use super::publish::PortMapping;
-use super::schema::{Config, ConfigError, Mode, invalid};
+use super::schema::{Config, ConfigError, Driver, GatewayMode, Mode, invalid};
 use super::tunables::{ConntrackConfig, EbpfConfig};
 
 /// A validated config with every default filled in.
@@ -26,6 +26,8 @@ pub struct Plan {
     pub containers: Vec<Container>,
     // Defaulted, like `ebpf`, so that a plan recorded without these sections still loads.
     #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
     pub conntrack: ConntrackConfig,
     #[serde(default)]
     pub ebpf: EbpfConfig,
@@ -33,11 +35,32 @@ pub struct Plan {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Network {
-    /// Also the bridge device's name.
+    /// Also the bridge device's name (a `bridge` network's).
     pub name: String,
     pub subnet: Ipv4Net,
-    /// The bridge's own address, the containers' default route.
+    /// The host's address on the network, the containers' next hop: on the bridge, or on
+    /// every host veth of a `ptp` network (as CNI's ptp plugin does). An `isolated`
+    /// network has none on the host (see [`Network::has_gateway`]).
     pub gateway: Ipv4Addr,
+    #[serde(default)]
+    pub driver: Driver,
+    #[serde(default)]
+    pub gateway_mode: GatewayMode,
+}
+
+impl Network {
+    /// Whether the host carries the gateway address and the containers a default route.
+    pub fn has_gateway(&self) -> bool {
+        self.gateway_mode != GatewayMode::Isolated
+    }
+}
+
+/// `[[routes]]`: another host's container subnet and the underlay address it is reached
+/// through. Never masqueraded; its containers are peers of the local ones.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Route {
+    pub subnet: Ipv4Net,
+    pub via: Ipv4Addr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,6 +101,7 @@ impl Config {
         }
         let networks = self.plan_networks()?;
         let containers = self.plan_containers(&networks)?;
+        let routes = self.plan_routes(&networks)?;
         self.conntrack.validate()?;
         Ok(Plan {
             name: self.name.clone(),
@@ -85,6 +109,7 @@ impl Config {
             uplink: self.uplink.clone(),
             networks,
             containers,
+            routes,
             conntrack: self.conntrack,
             ebpf: self.ebpf,
         })
@@ -126,13 +151,86 @@ impl Config {
                 Some(text) => parse_host_addr(&field("gateway"), text, subnet)?,
             };
 
+            if net.driver == Driver::Ptp && net.gateway_mode == GatewayMode::Isolated {
+                return Err(invalid(
+                    field("gateway_mode"),
+                    "isolated",
+                    "a ptp network's containers reach each other only through the host's \
+                     routing, so it needs a gateway; use driver = \"bridge\"",
+                ));
+            }
+
             networks.push(Network {
                 name: net.name.clone(),
                 subnet,
                 gateway,
+                driver: net.driver,
+                gateway_mode: net.gateway_mode,
             });
         }
         Ok(networks)
+    }
+
+    /// `[[routes]]`: each a subnet of its own, away from every local network, via an
+    /// address outside them. (That `via` is on a local link is checked against the host,
+    /// at `up`.)
+    fn plan_routes(&self, networks: &[Network]) -> Result<Vec<Route>, ConfigError> {
+        let mut routes: Vec<Route> = Vec::with_capacity(self.routes.len());
+        for (i, r) in self.routes.iter().enumerate() {
+            let field = |f: &str| format!("routes[{i}].{f}");
+            let subnet = parse_subnet(&field("subnet"), &r.subnet)?;
+            let overlaps = |other: &Ipv4Net| other.contains(&subnet) || subnet.contains(other);
+            if let Some((j, n)) = networks
+                .iter()
+                .enumerate()
+                .find(|(_, n)| overlaps(&n.subnet))
+            {
+                return Err(invalid(
+                    field("subnet"),
+                    &r.subnet,
+                    format!(
+                        "overlaps networks[{j}].subnet ({}) of network {:?}: a routed subnet \
+                         is another host's",
+                        n.subnet, n.name
+                    ),
+                ));
+            }
+            if let Some((j, o)) = routes.iter().enumerate().find(|(_, o)| overlaps(&o.subnet)) {
+                return Err(invalid(
+                    field("subnet"),
+                    &r.subnet,
+                    format!("overlaps routes[{j}].subnet ({})", o.subnet),
+                ));
+            }
+            let via: Ipv4Addr = r
+                .via
+                .parse()
+                .map_err(|_| invalid(field("via"), &r.via, "not an IPv4 address"))?;
+            if via.is_unspecified() || via.is_broadcast() || via.is_multicast() || via.is_loopback()
+            {
+                return Err(invalid(field("via"), &r.via, "not a unicast host address"));
+            }
+            if let Some(n) = networks.iter().find(|n| n.subnet.contains(&via)) {
+                return Err(invalid(
+                    field("via"),
+                    &r.via,
+                    format!(
+                        "inside the subnet {} of local network {:?}: the next hop is another \
+                         host's underlay address",
+                        n.subnet, n.name
+                    ),
+                ));
+            }
+            if subnet.contains(&via) {
+                return Err(invalid(
+                    field("via"),
+                    &r.via,
+                    format!("inside the routed subnet {subnet} itself"),
+                ));
+            }
+            routes.push(Route { subnet, via });
+        }
+        Ok(routes)
     }
 
     /// Two passes: validate every container and reserve the explicit addresses, then hand
@@ -217,6 +315,39 @@ impl Config {
             for (j, spec) in c.publish.iter().enumerate() {
                 let field = format!("containers[{i}].publish[{j}]");
                 let mapping = PortMapping::parse(spec).map_err(|r| invalid(&field, spec, r))?;
+                match network.gateway_mode {
+                    GatewayMode::Isolated => {
+                        return Err(invalid(
+                            field,
+                            spec,
+                            format!(
+                                "network {:?} is isolated: nothing outside it can reach its \
+                                 containers",
+                                network.name
+                            ),
+                        ));
+                    }
+                    // Docker's routed mode opens the container port by direct routing, and
+                    // ignores the host port; a host address would mean a DNAT it never does.
+                    GatewayMode::Routed => {
+                        if let Some(ip) = mapping.host_ip {
+                            return Err(invalid(
+                                field,
+                                spec,
+                                format!(
+                                    "network {:?} is routed: its published container ports \
+                                     are reached at the container's address, so host \
+                                     address {ip} cannot apply",
+                                    network.name
+                                ),
+                            ));
+                        }
+                        // Host ports are not taken on the host: no clash to look for.
+                        publish.push(mapping);
+                        continue;
+                    }
+                    GatewayMode::Nat | GatewayMode::NatUnprotected => {}
+                }
                 if let Some((oi, oj, other)) =
                     published.iter().find(|(_, _, m)| m.overlaps(&mapping))
                 {
@@ -470,6 +601,121 @@ mod tests {
         let msg = conflict("9000-9005:9000-9005", "8990-9003:1-14").expect("ranges overlap");
         assert!(msg.contains("host port 9000/tcp"), "{msg}");
         assert!(conflict("9000-9005:9000-9005", "9006-9010:1-5").is_none());
+    }
+
+    #[test]
+    fn drivers_gateway_modes_and_routes_plan() {
+        let plan = plan(
+            r#"
+            [[networks]]
+            name = "np1"
+            subnet = "10.0.1.0/24"
+            driver = "ptp"
+            gateway_mode = "routed"
+            [[networks]]
+            name = "np2"
+            subnet = "10.0.3.0/24"
+            gateway_mode = "isolated"
+            [[containers]]
+            name = "web"
+            network = "np1"
+            publish = ["8080:80", "53:53/udp"]
+            [[containers]]
+            name = "other"
+            network = "np1"
+            publish = ["8080:80"]
+            [[routes]]
+            subnet = "10.0.2.0/24"
+            via = "192.0.2.12"
+            "#,
+        );
+        let np1 = plan.network("np1").expect("np1");
+        assert_eq!(
+            (np1.driver, np1.gateway_mode),
+            (Driver::Ptp, GatewayMode::Routed)
+        );
+        assert!(np1.has_gateway() && !plan.network("np2").expect("np2").has_gateway());
+        assert_eq!(plan.network("np2").expect("np2").driver, Driver::Bridge);
+        // Routed: host ports are not taken, so two containers may name the same one.
+        assert_eq!(plan.container("other").expect("other").publish.len(), 1);
+        assert_eq!(
+            plan.routes,
+            [Route {
+                subnet: "10.0.2.0/24".parse().expect("net"),
+                via: Ipv4Addr::new(192, 0, 2, 12),
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_routes_and_gateway_modes() {
+        let net = network("np0", "10.0.0.0/24", None);
+        let route =
+            |subnet: &str, via: &str| format!("[[routes]]\nsubnet = {subnet:?}\nvia = {via:?}\n");
+        for (toml, field, value, reason) in [
+            (
+                route("10.0.0.128/25", "192.0.2.2"),
+                "routes[0].subnet",
+                "10.0.0.128/25",
+                "networks[0]",
+            ),
+            (
+                route("10.0.2.0/24", "10.0.0.7"),
+                "routes[0].via",
+                "10.0.0.7",
+                "np0",
+            ),
+            (
+                route("10.0.2.0/24", "10.0.2.1"),
+                "routes[0].via",
+                "10.0.2.1",
+                "routed subnet",
+            ),
+            (
+                route("10.0.2.0/24", "nowhere"),
+                "routes[0].via",
+                "nowhere",
+                "IPv4",
+            ),
+            (
+                route("10.0.2.0/24", "192.0.2.2") + &route("10.0.0.0/8", "192.0.2.3"),
+                "routes[1].subnet",
+                "10.0.0.0/8",
+                "networks[0]",
+            ),
+            (
+                route("10.0.2.0/24", "192.0.2.2") + &route("10.0.2.0/25", "192.0.2.3"),
+                "routes[1].subnet",
+                "10.0.2.0/25",
+                "routes[0]",
+            ),
+        ] {
+            let msg = plan_err(&(net.clone() + &toml), field, value);
+            assert!(msg.contains(reason), "{msg}");
+        }
+        let ptp_isolated = "[[networks]]\nname = \"np0\"\nsubnet = \"10.0.0.0/24\"\n\
+                            driver = \"ptp\"\ngateway_mode = \"isolated\"\n";
+        plan_err(ptp_isolated, "networks[0].gateway_mode", "isolated");
+        let with_mode = |mode: &str, publish: &str| {
+            format!(
+                "[[networks]]\nname = \"np0\"\nsubnet = \"10.0.0.0/24\"\n\
+                 gateway_mode = {mode:?}\n{}",
+                container("a", "np0", None, &[publish])
+            )
+        };
+        let msg = plan_err(
+            &with_mode("routed", "192.0.2.1:8080:80"),
+            "containers[0].publish[0]",
+            "192.0.2.1:8080:80",
+        );
+        assert!(msg.contains("routed") && msg.contains("192.0.2.1"), "{msg}");
+        let msg = plan_err(
+            &with_mode("isolated", "8080:80"),
+            "containers[0].publish[0]",
+            "8080:80",
+        );
+        assert!(msg.contains("isolated"), "{msg}");
+        plan(&with_mode("nat-unprotected", "127.0.0.1:8080:80"));
     }
 
     #[test]

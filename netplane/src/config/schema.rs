@@ -25,6 +25,9 @@ pub struct Config {
     pub networks: Vec<NetworkConfig>,
     #[serde(default)]
     pub containers: Vec<ContainerConfig>,
+    /// Other hosts' container subnets, reached through their underlay addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub conntrack: ConntrackConfig,
     #[serde(default)]
@@ -80,6 +83,67 @@ pub struct NetworkConfig {
     pub subnet: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    #[serde(default)]
+    pub driver: Driver,
+    #[serde(default)]
+    pub gateway_mode: GatewayMode,
+}
+
+/// How a network's containers are attached.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// A Linux bridge, with the gateway address on it (Docker's bridge driver).
+    #[default]
+    Bridge,
+    /// Point-to-point veths: no bridge, each container a /32 that the host routes to
+    /// (seed 004, CNI's ptp plugin, Calico).
+    Ptp,
+}
+
+/// What the host does for traffic between a network and everything beyond it: Docker
+/// 28's gateway modes (`com.docker.network.bridge.gateway_mode_ipv4`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayMode {
+    /// Masquerade out, published ports in; container addresses are not reachable from
+    /// other hosts directly.
+    #[default]
+    Nat,
+    /// As `nat`, and every container port is reachable by direct routing too.
+    NatUnprotected,
+    /// No NAT: containers go out with their own addresses, and the container ports named
+    /// in `publish` (and ICMP echo) are reachable by direct routing.
+    Routed,
+    /// No gateway and no route out: only the network's own containers talk.
+    Isolated,
+}
+
+impl GatewayMode {
+    /// Whether traffic out of the network is masqueraded and published ports DNATed.
+    pub fn nat(self) -> bool {
+        matches!(self, GatewayMode::Nat | GatewayMode::NatUnprotected)
+    }
+}
+
+impl fmt::Display for GatewayMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GatewayMode::Nat => "nat",
+            GatewayMode::NatUnprotected => "nat-unprotected",
+            GatewayMode::Routed => "routed",
+            GatewayMode::Isolated => "isolated",
+        })
+    }
+}
+
+/// `[[routes]]`: another host's container subnet, reached through `via`, never
+/// masqueraded.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub subnet: String,
+    pub via: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -182,6 +246,18 @@ mod tests {
             msg.contains("mode") && msg.contains("foo") && msg.contains("line 2"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn unknown_driver_and_gateway_mode_are_rejected() {
+        let net = "[[networks]]\nname = \"np0\"\nsubnet = \"10.0.0.0/24\"\n";
+        for (line, bad) in [
+            ("driver = \"macvlan\"", "macvlan"),
+            ("gateway_mode = \"nat_unprotected\"", "nat_unprotected"),
+        ] {
+            let msg = toml_err(&format!("{net}{line}\n"));
+            assert!(msg.contains(bad) && msg.contains("line 4"), "{msg}");
+        }
     }
 
     #[test]
