@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::config::{Container, Mode, Plan, format_mac};
+use crate::config::{Container, Driver, GatewayMode, Mode, Plan, format_mac};
 use crate::dataplane::{self, Dataplane, DataplaneError, DataplaneStatus, HostContext};
 use crate::lock::{InstanceLock, LockError};
 use crate::netns;
@@ -43,6 +43,13 @@ pub enum Error {
         subnet: Ipv4Net,
         addr: Ipv4Net,
         iface: String,
+    },
+    #[error("routes[{index}].{field} = \"{value}\": {reason}")]
+    Route {
+        index: usize,
+        field: &'static str,
+        value: String,
+        reason: String,
     },
     #[error(transparent)]
     Topology(#[from] TopologyError),
@@ -88,6 +95,8 @@ pub struct UpReport {
 enum Created {
     Netns(String),
     Link(String),
+    /// A host route of `[[routes]]`, by destination.
+    Route(Ipv4Net),
     /// A shared sysctl this instance did not hold before.
     SharedSysctl(String),
 }
@@ -125,15 +134,19 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
 
     // Journal first: everything this run may create is recorded before it exists.
     let desired_netns: BTreeSet<String> = plan.containers.iter().map(|c| c.netns.clone()).collect();
+    // A ptp network has no bridge.
     let desired_links: BTreeSet<String> = plan
         .networks
         .iter()
+        .filter(|n| n.driver == Driver::Bridge)
         .map(|n| n.name.clone())
         .chain(plan.containers.iter().map(|c| c.host_veth.clone()))
         .collect();
+    let desired_routes: BTreeSet<Ipv4Net> = plan.routes.iter().map(|r| r.subnet).collect();
     let mut journal = old.clone();
     journal.netns.extend(desired_netns.iter().cloned());
     journal.links.extend(desired_links.iter().cloned());
+    journal.routes.extend(desired_routes.iter().copied());
     // Prior values of the sysctls that exist already; those of bridges this run creates
     // go away with the bridges. Shared ones are journaled in their own record.
     for (key, _) in wanted_sysctls(plan, &*dp) {
@@ -188,12 +201,20 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    for r in old.routes.difference(&desired_routes) {
+        match topology::delete_host_route(&h, *r).await {
+            Ok(true) => report.changes.push(format!("removed route {r}")),
+            Ok(false) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
     let state = State {
         plan: Some(plan.clone()),
         netns: desired_netns,
         links: desired_links,
         sysctls: journal.sysctls,
         dataplanes: [dp.mode()].into(),
+        routes: desired_routes,
     };
     state.save(&plan.name)?;
     if !failures.is_empty() {
@@ -263,8 +284,80 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
             });
         }
     }
+    check_routes(h, plan, old, &links, &addrs).await?;
     HostContext::from_host(plan, &uplink, links, &addrs)
         .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))
+}
+
+/// `[[routes]]` against the host: each `via` is on a link of the host (a connected prefix
+/// of one of its addresses, netplane's own links aside), no host address lies in a routed
+/// subnet, and a route to that subnet that netplane does not own is not taken over.
+async fn check_routes(
+    h: &rtnetlink::Handle,
+    plan: &Plan,
+    old: &State,
+    links: &[topology::Link],
+    addrs: &[(u32, Ipv4Net)],
+) -> Result<(), Error> {
+    let iface = |ifindex: u32| {
+        links
+            .iter()
+            .find(|l| l.index == ifindex)
+            .map_or_else(|| ifindex.to_string(), |l| l.name.clone())
+    };
+    let foreign: Vec<(String, Ipv4Net)> = addrs
+        .iter()
+        .map(|&(i, a)| (iface(i), a))
+        .filter(|(name, _)| !old.links.contains(name))
+        .collect();
+    for (index, r) in plan.routes.iter().enumerate() {
+        if let Some((name, a)) = foreign.iter().find(|(_, a)| r.subnet.contains(&a.addr())) {
+            return Err(Error::Route {
+                index,
+                field: "subnet",
+                value: r.subnet.to_string(),
+                reason: format!("collides with {a} on {name}: a routed subnet is another host's"),
+            });
+        }
+        if !foreign
+            .iter()
+            .any(|(_, a)| a.contains(&r.via) && a.prefix_len() < 32)
+        {
+            let connected: Vec<String> = foreign
+                .iter()
+                .filter(|(_, a)| !a.addr().is_loopback())
+                .map(|(name, a)| format!("{} on {name}", a.trunc()))
+                .collect();
+            return Err(Error::Route {
+                index,
+                field: "via",
+                value: r.via.to_string(),
+                reason: format!(
+                    "not on any local link (connected: {})",
+                    if connected.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        connected.join(", ")
+                    }
+                ),
+            });
+        }
+        if !old.routes.contains(&r.subnet) {
+            let present = topology::routes_to(h, r.subnet).await?;
+            if let Some((gw, _)) = present.first() {
+                return Err(Error::Route {
+                    index,
+                    field: "subnet",
+                    value: r.subnet.to_string(),
+                    reason: format!(
+                        "the host already has a route to it{} that netplane does not own",
+                        gw.map(|g| format!(" (via {g})")).unwrap_or_default()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The sysctls `up` sets: IPv4 forwarding, and what the data plane asks for.
@@ -286,16 +379,20 @@ async fn apply(
     created: &mut Vec<Created>,
     report: &mut UpReport,
 ) -> Result<(), Error> {
-    for net in &plan.networks {
+    for net in plan.networks.iter().filter(|n| n.driver == Driver::Bridge) {
         let (changed, made) = topology::ensure_bridge(h, net).await?;
         if made {
             created.push(Created::Link(net.name.clone()));
         }
         if changed {
-            report.changes.push(format!(
-                "bridge {} ({} via {})",
-                net.name, net.subnet, net.gateway
-            ));
+            let via = if net.has_gateway() {
+                format!("via {}", net.gateway)
+            } else {
+                "isolated".to_owned()
+            };
+            report
+                .changes
+                .push(format!("bridge {} ({} {via})", net.name, net.subnet));
         }
     }
     // A failpoint for the rollback tests: failures part-way are otherwise hard to cause
@@ -305,10 +402,20 @@ async fn apply(
         if fail_before.as_deref() == Some(c.name.as_str()) {
             return Err(Error::Injected(c.name.clone()));
         }
-        // A container whose network or address changed is rebuilt from scratch, as a
-        // runtime would recreate it.
-        if let Some(prev) = old.plan.as_ref().and_then(|p| p.container(&c.name))
-            && (prev.network != c.network || prev.ip != c.ip || prev.mac != c.mac)
+        let net = plan
+            .network(&c.network)
+            .expect("a planned container's network");
+        // A container whose network, address or attachment changed is rebuilt from
+        // scratch, as a runtime would recreate it.
+        let old_driver = |p: &Plan, prev: &Container| p.network(&prev.network).map(|n| n.driver);
+        if let Some((old_plan, prev)) = old
+            .plan
+            .as_ref()
+            .and_then(|p| p.container(&c.name).map(|prev| (p, prev)))
+            && (prev.network != c.network
+                || prev.ip != c.ip
+                || prev.mac != c.mac
+                || old_driver(old_plan, prev) != Some(net.driver))
         {
             topology::delete_link(h, &prev.host_veth).await?;
             netns::delete(&prev.netns)?;
@@ -316,22 +423,37 @@ async fn apply(
         if netns::create(&c.netns)? {
             created.push(Created::Netns(c.netns.clone()));
         }
-        let bridge =
-            topology::link(h, &c.network)
-                .await?
-                .ok_or_else(|| TopologyError::Vanished {
-                    object: c.network.clone(),
+        let (mut changed, made) = match net.driver {
+            Driver::Bridge => {
+                let bridge = topology::link(h, &c.network).await?.ok_or_else(|| {
+                    TopologyError::Vanished {
+                        object: c.network.clone(),
+                    }
                 })?;
-        let (mut changed, made) = topology::ensure_veth(h, c, &bridge).await?;
+                topology::ensure_veth(h, c, &bridge).await?
+            }
+            Driver::Ptp => topology::ensure_ptp_veth(h, c, net).await?,
+        };
         if made {
             created.push(Created::Link(c.host_veth.clone()));
         }
         let ch = topology::connect(Some(&c.netns))?;
-        changed |= topology::ensure_container_inside(&ch, c).await?;
+        changed |= topology::ensure_container_inside(&ch, c, net).await?;
         if changed {
             report
                 .changes
                 .push(format!("container {} ({} on {})", c.name, c.ip, c.network));
+        }
+    }
+    for r in &plan.routes {
+        let existed = !topology::routes_to(h, r.subnet).await?.is_empty();
+        if topology::ensure_host_route(h, r).await? {
+            if !existed {
+                created.push(Created::Route(r.subnet));
+            }
+            report
+                .changes
+                .push(format!("route {} via {}", r.subnet, r.via));
         }
     }
     // Sysctls after the topology: some are per bridge.
@@ -387,6 +509,10 @@ async fn rollback(
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string()),
+            Created::Route(r) => topology::delete_host_route(h, r)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
             Created::SharedSysctl(key) => shared::release(name, Some(&[key]))
                 .map(drop)
                 .map_err(|e| e.to_string()),
@@ -438,6 +564,13 @@ pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
                 for l in &links {
                     match topology::delete_link(&h, l).await {
                         Ok(true) => removed.push(format!("link {l}")),
+                        Ok(false) => {}
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                for r in &state.routes {
+                    match topology::delete_host_route(&h, *r).await {
+                        Ok(true) => removed.push(format!("route {r}")),
                         Ok(false) => {}
                         Err(e) => failures.push(e.to_string()),
                     }
@@ -502,7 +635,11 @@ pub struct Status {
 pub struct NetworkStatus {
     pub name: String,
     pub subnet: String,
-    pub gateway: String,
+    /// None on an isolated network.
+    pub gateway: Option<String>,
+    pub driver: Driver,
+    pub gateway_mode: GatewayMode,
+    /// Whether the bridge is there and up (a ptp network has none: always true).
     pub bridge_up: bool,
 }
 
@@ -546,14 +683,17 @@ pub fn status(name: &str) -> Result<Status, Error> {
             .networks
             .iter()
             .map(|n| {
-                let bridge_up = links.iter().any(|l| l.name == n.name && l.up);
+                let bridge_up =
+                    n.driver == Driver::Ptp || links.iter().any(|l| l.name == n.name && l.up);
                 if !bridge_up {
                     problems.push(format!("bridge {} is missing or down", n.name));
                 }
                 NetworkStatus {
                     name: n.name.clone(),
                     subnet: n.subnet.to_string(),
-                    gateway: n.gateway.to_string(),
+                    gateway: n.has_gateway().then(|| n.gateway.to_string()),
+                    driver: n.driver,
+                    gateway_mode: n.gateway_mode,
                     bridge_up,
                 }
             })

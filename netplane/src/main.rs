@@ -276,10 +276,26 @@ fn print_status(s: &instance::Status) {
     } else {
         let mode = s.mode.map(|m| m.to_string()).unwrap_or_default();
         println!("{}: up, mode {mode}, data plane: {}", s.name, s.dataplane);
-        println!("\nNETWORK          SUBNET              GATEWAY          BRIDGE");
+        println!(
+            "\nNETWORK          SUBNET              GATEWAY          DRIVER  GATEWAY MODE     BRIDGE"
+        );
         for n in &s.networks {
-            let state = if n.bridge_up { "up" } else { "MISSING" };
-            println!("{:<16} {:<19} {:<16} {state}", n.name, n.subnet, n.gateway);
+            let state = match (n.driver, n.bridge_up) {
+                (netplane::config::Driver::Ptp, _) => "-",
+                (_, true) => "up",
+                (_, false) => "MISSING",
+            };
+            let driver = match n.driver {
+                netplane::config::Driver::Bridge => "bridge",
+                netplane::config::Driver::Ptp => "ptp",
+            };
+            println!(
+                "{:<16} {:<19} {:<16} {driver:<7} {:<16} {state}",
+                n.name,
+                n.subnet,
+                n.gateway.as_deref().unwrap_or("none"),
+                n.gateway_mode.to_string(),
+            );
         }
         println!(
             "\nCONTAINER        NETWORK          IP               MAC                NETNS / VETH (host)      PUBLISH"

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Mode, Plan};
@@ -37,6 +38,9 @@ pub struct State {
     /// Data planes that programmed, or may have programmed, NAT for this instance.
     #[serde(default)]
     pub dataplanes: BTreeSet<Mode>,
+    /// Destinations of the host routes (`[[routes]]`) netplane created or may have.
+    #[serde(default)]
+    pub routes: BTreeSet<Ipv4Net>,
 }
 
 pub fn dir(name: &str) -> PathBuf {

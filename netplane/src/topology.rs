@@ -1,5 +1,14 @@
 //! The network topology through rtnetlink: bridges, veth pairs, addresses and routes.
 //!
+//! A `bridge` network is a Linux bridge with the gateway address, each container's veth
+//! a port of it. A `ptp` network has no bridge (CNI's ptp plugin, Calico, seed 004): each
+//! container's eth0 holds its address as a /32 with `default via GATEWAY onlink`, and the
+//! host end of its veth holds the gateway address as a /32 (the same on every host veth
+//! of the network, as CNI's ptp plugin does) and a /32 route to the container. The host
+//! answers the container's ARP for the gateway because the address is on that veth: no
+//! proxy ARP, which would depend on the host having a route to the gateway elsewhere
+//! (arp_process(): arp_fwd_proxy() wants the route out of another device).
+//!
 //! Every `ensure_*` compares what exists with what the plan wants and changes only the
 //! difference, so `up` converges and a second `up` changes nothing. `-EEXIST` and `-ENODEV`
 //! are normal answers here, not failures (as in iproute2 and netavark).
@@ -11,13 +20,15 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
 };
 
-use crate::config::{Container, Network};
+use crate::config::{Container, Network, Route};
 use crate::netns;
 
 /// The name of every container's end of its veth pair, as in Docker.
@@ -187,12 +198,13 @@ pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>, TopologyE
         .collect())
 }
 
-/// Makes `ifindex` carry exactly `want` as its IPv4 address (others are removed).
+/// Makes `ifindex` carry exactly `want` as its IPv4 address, or none (others are
+/// removed).
 async fn ensure_only_address(
     h: &Handle,
     ifname: &str,
     ifindex: u32,
-    want: Ipv4Net,
+    want: Option<Ipv4Net>,
 ) -> Result<bool, TopologyError> {
     let msgs: Vec<AddressMessage> = h
         .address()
@@ -206,7 +218,7 @@ async fn ensure_only_address(
     let mut changed = false;
     for m in msgs {
         let Some(ip) = local_ipv4(&m) else { continue };
-        if ip == want.addr() && m.header.prefix_len == want.prefix_len() {
+        if want.is_some_and(|w| ip == w.addr() && m.header.prefix_len == w.prefix_len()) {
             present = true;
         } else {
             h.address()
@@ -217,7 +229,9 @@ async fn ensure_only_address(
             changed = true;
         }
     }
-    if !present {
+    if let Some(want) = want
+        && !present
+    {
         h.address()
             .add(ifindex, IpAddr::V4(want.addr()), want.prefix_len())
             .execute()
@@ -228,8 +242,9 @@ async fn ensure_only_address(
     Ok(changed)
 }
 
-/// The bridge of `net`, up, with the gateway address. Returns whether anything changed,
-/// and whether the bridge itself was created by this call.
+/// The bridge of `net`, up, with the gateway address (none on an isolated network).
+/// Returns whether anything changed, and whether the bridge itself was created by this
+/// call.
 pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), TopologyError> {
     let (bridge, created) = match link(h, &net.name).await? {
         Some(l) => (l, false),
@@ -247,7 +262,9 @@ pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), To
             (l, true)
         }
     };
-    let want = Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("validated prefix");
+    let want = net
+        .has_gateway()
+        .then(|| Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("validated prefix"));
     let addr_changed = ensure_only_address(h, &net.name, bridge.index, want).await?;
     let up_changed = set_up(h, &bridge).await?;
     Ok((created || addr_changed || up_changed, created))
@@ -324,9 +341,164 @@ pub async fn ensure_veth(
     Ok((changed, created))
 }
 
+/// The host end of a ptp container's veth pair: created if missing (the container end
+/// named eth0 inside its netns, with the container's MAC), on no bridge, up, with the
+/// network's gateway as a /32, and the host's /32 route to the container through it.
+/// Returns (changed, created).
+pub async fn ensure_ptp_veth(
+    h: &Handle,
+    c: &Container,
+    net: &Network,
+) -> Result<(bool, bool), TopologyError> {
+    let mut created = false;
+    let host = match link(h, &c.host_veth).await? {
+        Some(l) => l,
+        None => {
+            created = true;
+            create_veth(h, &c.host_veth, CONTAINER_IF, &c.netns, Some(c.mac)).await?
+        }
+    };
+    let mut changed = created;
+    if host.master.is_some() {
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(host.index)
+                    .nocontroller()
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl_err("take off its bridge", c.host_veth.clone()))?;
+        changed = true;
+    }
+    let gw = Ipv4Net::new(net.gateway, 32).expect("a /32");
+    changed |= ensure_only_address(h, &c.host_veth, host.index, Some(gw)).await?;
+    changed |= set_up(h, &host).await?;
+    // The route needs the device up (a route through a down device is refused).
+    let to_container = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(c.ip, 32)
+        .output_interface(host.index)
+        .scope(RouteScope::Link)
+        .pref_source(net.gateway)
+        .protocol(RouteProtocol::Static)
+        .build();
+    changed |= ensure_route(h, to_container, &format!("{}/32 dev {}", c.ip, c.host_veth)).await?;
+    Ok((changed, created))
+}
+
+/// Adds or replaces `route` in the main table unless a route of the same destination
+/// with the same gateway and device is there. Returns whether it changed anything.
+async fn ensure_route(h: &Handle, route: RouteMessage, what: &str) -> Result<bool, TopologyError> {
+    let key = |r: &RouteMessage| {
+        let mut dst = None;
+        let mut gw = None;
+        let mut oif = None;
+        let mut src = None;
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                RouteAttribute::PrefSource(RouteAddress::Inet(s)) => src = Some(*s),
+                _ => {}
+            }
+        }
+        (dst, r.header.destination_prefix_length, gw, oif, src)
+    };
+    let want = key(&route);
+    let present: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list routes for", what))?;
+    // Without a device in the wish (a route via a gateway), any device matches.
+    if present.iter().any(|r| {
+        let k = key(r);
+        k.0 == want.0
+            && k.1 == want.1
+            && k.2 == want.2
+            && (want.3.is_none() || k.3 == want.3)
+            && (want.4.is_none() || k.4 == want.4)
+    }) {
+        return Ok(false);
+    }
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl_err("add route", what))?;
+    Ok(true)
+}
+
+/// `[[routes]]`: the host's route to another host's container subnet. Returns whether it
+/// changed anything.
+pub async fn ensure_host_route(h: &Handle, r: &Route) -> Result<bool, TopologyError> {
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(r.subnet.addr(), r.subnet.prefix_len())
+        .gateway(r.via)
+        .protocol(RouteProtocol::Static)
+        .build();
+    ensure_route(h, route, &format!("{} via {}", r.subnet, r.via)).await
+}
+
+/// The main table's routes to exactly `subnet`: (gateway, protocol) of each.
+pub async fn routes_to(
+    h: &Handle,
+    subnet: Ipv4Net,
+) -> Result<Vec<(Option<Ipv4Addr>, RouteProtocol)>, TopologyError> {
+    let routes: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list routes to", subnet.to_string()))?;
+    Ok(routes
+        .into_iter()
+        .filter(|r| {
+            r.header.destination_prefix_length == subnet.prefix_len()
+                && r.attributes.iter().any(|a| {
+                    matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == subnet.addr())
+                })
+        })
+        .map(|r| {
+            let gw = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                _ => None,
+            });
+            (gw, r.header.protocol)
+        })
+        .collect())
+}
+
+/// Deletes the main table's route to `subnet` (a `[[routes]]` entry); `Ok(false)` when
+/// there was none.
+pub async fn delete_host_route(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyError> {
+    if routes_to(h, subnet).await?.is_empty() {
+        return Ok(false);
+    }
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(subnet.addr(), subnet.prefix_len())
+        .protocol(RouteProtocol::Static)
+        .build();
+    match h.route().del(route).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(nl_err("delete route to", subnet.to_string())(e)),
+    }
+}
+
 /// Inside the container's namespace (handle `ch`): lo and eth0 up, eth0 with the MAC and
-/// address of the plan, and the default route via the gateway.
-pub async fn ensure_container_inside(ch: &Handle, c: &Container) -> Result<bool, TopologyError> {
+/// address of the plan, and the default route via the gateway (on a ptp network an onlink
+/// one, the gateway being outside the container's /32; none on an isolated network).
+pub async fn ensure_container_inside(
+    ch: &Handle,
+    c: &Container,
+    net: &Network,
+) -> Result<bool, TopologyError> {
     let lo = link(ch, "lo")
         .await?
         .ok_or_else(|| TopologyError::Vanished {
@@ -354,10 +526,18 @@ pub async fn ensure_container_inside(ch: &Handle, c: &Container) -> Result<bool,
         changed = true;
     }
     let want = Ipv4Net::new(c.ip, c.prefix_len).expect("validated prefix");
-    changed |=
-        ensure_only_address(ch, &format!("{}: {CONTAINER_IF}", c.netns), eth.index, want).await?;
+    changed |= ensure_only_address(
+        ch,
+        &format!("{}: {CONTAINER_IF}", c.netns),
+        eth.index,
+        Some(want),
+    )
+    .await?;
     changed |= set_up(ch, &eth).await?;
-    changed |= ensure_default_route(ch, &c.netns, eth.index, c.gateway).await?;
+    if net.has_gateway() {
+        let onlink = net.driver == crate::config::Driver::Ptp;
+        changed |= ensure_default_route(ch, &c.netns, eth.index, c.gateway, onlink).await?;
+    }
     Ok(changed)
 }
 
@@ -366,6 +546,7 @@ async fn ensure_default_route(
     ns: &str,
     oif: u32,
     gw: Ipv4Addr,
+    onlink: bool,
 ) -> Result<bool, TopologyError> {
     let routes: Vec<RouteMessage> = ch
         .route()
@@ -391,10 +572,13 @@ async fn ensure_default_route(
     if current == Some((Some(gw), Some(oif))) {
         return Ok(false);
     }
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+    let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(gw)
-        .output_interface(oif)
-        .build();
+        .output_interface(oif);
+    if onlink {
+        route = route.onlink();
+    }
+    let route = route.build();
     ch.route()
         .add(route)
         .replace()

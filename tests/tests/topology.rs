@@ -428,3 +428,200 @@ fn a_failure_part_way_rolls_back_and_foreign_objects_are_never_adopted() {
     h.netplane_ok(&["up"]);
     assert!(pings(&h.container("c1"), "10.89.0.3"));
 }
+
+/// `driver = "ptp"`: no bridge; each container a /32 behind its host veth, which holds
+/// the gateway as a /32 and the host's route to the container. Containers reach each
+/// other and the host through the host's routing, with their own addresses. A ptp
+/// network turned into a bridge one (and back) rebuilds its containers.
+#[test]
+fn ptp_containers_are_routed_by_the_host() {
+    if !privileged("ptp_containers_are_routed_by_the_host") {
+        return;
+    }
+    let h = Host::new();
+    let config = |driver: &str| {
+        format!(
+            "mode = \"none\"\n[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n\
+             driver = \"{driver}\"\n[[containers]]\nname = \"c1\"\nnetwork = \"npa\"\n\
+             [[containers]]\nname = \"c2\"\nnetwork = \"npa\"\n"
+        )
+    };
+    h.write_config(&config("ptp"));
+    h.netplane_ok(&["up"]);
+    let (c1, c2) = (h.container("c1"), h.container("c2"));
+    assert!(!host_links(&h).contains(&"npa".to_owned()), "no bridge");
+    assert!(
+        c1.sh(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+            .contains("10.89.0.2/32")
+    );
+    let default = c1.sh(&["ip", "route", "show", "default"]);
+    assert!(
+        default.contains("via 10.89.0.1 dev eth0") && default.contains("onlink"),
+        "{default}"
+    );
+    let routes = h.host.sh(&["ip", "route", "show", "10.89.0.3"]);
+    assert!(
+        routes.contains("scope link") && routes.contains("src 10.89.0.1"),
+        "{routes}"
+    );
+    // The gateway, a /32 on every host veth of the network.
+    let gateways = h.host.sh(&["ip", "-o", "-4", "addr", "show"]);
+    assert_eq!(gateways.matches("10.89.0.1/32").count(), 2, "{gateways}");
+    assert!(pings(&c1, "10.89.0.3"));
+    let msg = message();
+    assert_eq!(
+        tcp_exchange(&c2, "10.89.0.3:80", &c1, "10.89.0.3:80", &msg),
+        format!("{msg} from 10.89.0.2")
+    );
+    let msg = message();
+    assert_eq!(
+        tcp_exchange(&h.host, "10.89.0.1:9000", &c2, "10.89.0.1:9000", &msg),
+        format!("{msg} from 10.89.0.3")
+    );
+    let msg = message();
+    assert_eq!(
+        tcp_exchange(&c1, "0.0.0.0:9001", &h.host, "10.89.0.2:9001", &msg),
+        format!("{msg} from 10.89.0.1")
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["networks"][0]["driver"], "ptp");
+    assert_eq!(
+        status["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{status}"
+    );
+
+    // To a bridge network and back: the containers are rebuilt, and reach each other.
+    for driver in ["bridge", "ptp"] {
+        h.write_config(&config(driver));
+        h.netplane_ok(&["up"]);
+        let c1 = h.container("c1");
+        let want = if driver == "bridge" {
+            "10.89.0.2/24"
+        } else {
+            "10.89.0.2/32"
+        };
+        assert!(
+            c1.sh(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+                .contains(want),
+            "{driver}"
+        );
+        assert!(pings(&c1, "10.89.0.3"), "{driver}");
+        assert_eq!(
+            host_links(&h).contains(&"npa".to_owned()),
+            driver == "bridge",
+            "the bridge exists only for a bridge network"
+        );
+    }
+    h.netplane_ok(&["down"]);
+    assert!(netns_of(&h).is_empty());
+    assert!(
+        !h.host
+            .sh(&["ip", "-o", "-4", "addr", "show"])
+            .contains("10.89.0.1")
+    );
+    assert!(!h.host.sh(&["ip", "route"]).contains("10.89.0."));
+}
+
+/// `gateway_mode = "isolated"`: the bridge has no address and the containers no default
+/// route; the network's containers still reach each other.
+#[test]
+fn an_isolated_network_has_no_gateway() {
+    if !privileged("an_isolated_network_has_no_gateway") {
+        return;
+    }
+    let h = Host::new();
+    h.write_config(
+        "mode = \"none\"\n[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n\
+         gateway_mode = \"isolated\"\n[[containers]]\nname = \"c1\"\nnetwork = \"npa\"\n\
+         [[containers]]\nname = \"c2\"\nnetwork = \"npa\"\n",
+    );
+    h.netplane_ok(&["up"]);
+    let c1 = h.container("c1");
+    assert!(
+        !h.host
+            .sh(&["ip", "-o", "-4", "addr", "show", "dev", "npa"])
+            .contains("inet"),
+        "no gateway address on the bridge"
+    );
+    assert_eq!(c1.sh(&["ip", "route", "show", "default"]).trim(), "");
+    assert!(pings(&c1, "10.89.0.3"));
+    assert!(!pings(&h.host, "10.89.0.2"), "the host has no way in");
+    let status: serde_json::Value =
+        serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["networks"][0]["gateway"], serde_json::Value::Null);
+    assert_eq!(status["networks"][0]["gateway_mode"], "isolated");
+    h.netplane_ok(&["down"]);
+}
+
+/// `[[routes]]`: a host route per entry, changed and removed with the config, gone after
+/// `down`; a `via` off every local link, or a route the host already has, is refused
+/// before anything changes.
+#[test]
+fn routes_to_other_hosts_follow_the_config() {
+    if !privileged("routes_to_other_hosts_follow_the_config") {
+        return;
+    }
+    let h = Host::new();
+    let config = |routes: &[(&str, &str)]| {
+        let mut c = format!("mode = \"none\"\n{}", netplane_tests::TWO_NETWORKS);
+        for (subnet, via) in routes {
+            c += &format!("[[routes]]\nsubnet = \"{subnet}\"\nvia = \"{via}\"\n");
+        }
+        c
+    };
+    let routes = |h: &Host| h.host.sh(&["ip", "route", "show", "proto", "static"]);
+    h.write_config(&config(&[
+        ("10.0.2.0/24", "203.0.113.12"),
+        ("10.0.3.0/24", "203.0.113.13"),
+    ]));
+    h.netplane_ok(&["up"]);
+    let r = routes(&h);
+    assert!(
+        r.contains("10.0.2.0/24 via 203.0.113.12 dev up0")
+            && r.contains("10.0.3.0/24 via 203.0.113.13 dev up0"),
+        "{r}"
+    );
+    h.write_config(&config(&[("10.0.2.0/24", "203.0.113.14")]));
+    let out = h.netplane_ok(&["up"]);
+    assert!(out.contains("removed route 10.0.3.0/24"), "{out}");
+    let r = routes(&h);
+    assert!(
+        r.contains("10.0.2.0/24 via 203.0.113.14") && !r.contains("10.0.3.0"),
+        "{r}"
+    );
+
+    // Bad input: named, and nothing changes.
+    let before = (routes(&h), host_links(&h));
+    h.write_config(&config(&[("10.0.2.0/24", "198.51.100.7")]));
+    let out = h.netplane(&["up"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("routes[0].via = \"198.51.100.7\"") && err.contains("not on any local link"),
+        "{err}"
+    );
+    h.host
+        .sh(&["ip", "route", "add", "10.0.9.0/24", "via", "203.0.113.2"]);
+    h.write_config(&config(&[
+        ("10.0.2.0/24", "203.0.113.14"),
+        ("10.0.9.0/24", "203.0.113.12"),
+    ]));
+    let out = h.netplane(&["up"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("routes[1].subnet = \"10.0.9.0/24\"") && err.contains("does not own"),
+        "{err}"
+    );
+    // (A route added by hand is `proto boot`: not among these.)
+    assert_eq!((routes(&h), host_links(&h)), before, "nothing changed");
+    h.netplane_ok(&["down"]);
+    let r = routes(&h);
+    assert!(!r.contains("10.0.2.0"), "{r}");
+    assert!(
+        h.host.sh(&["ip", "route"]).contains("10.0.9.0/24"),
+        "a route netplane does not own stays"
+    );
+}

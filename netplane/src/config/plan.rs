@@ -68,7 +68,7 @@ pub struct Container {
     pub name: String,
     pub network: String,
     pub ip: Ipv4Addr,
-    /// The network's prefix length.
+    /// The network's prefix length on a bridge network, 32 on a ptp network.
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
     /// Docker style: 02:42 followed by the IPv4 address, so it is stable and readable.
@@ -391,7 +391,11 @@ impl Config {
                 name: c.name.clone(),
                 network: net.name.clone(),
                 ip,
-                prefix_len: net.subnet.prefix_len(),
+                // A ptp container is alone on its link: its address is a /32.
+                prefix_len: match net.driver {
+                    Driver::Bridge => net.subnet.prefix_len(),
+                    Driver::Ptp => 32,
+                },
                 gateway: net.gateway,
                 mac: container_mac(ip),
                 netns: netns_name(&self.name, &c.name),
