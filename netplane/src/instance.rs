@@ -142,7 +142,18 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
         .map(|n| n.name.clone())
         .chain(plan.containers.iter().map(|c| c.host_veth.clone()))
         .collect();
-    let desired_routes: BTreeSet<Ipv4Net> = plan.routes.iter().map(|r| r.subnet).collect();
+    // [[routes]], and each ptp network's unreachable cover (see topology).
+    let desired_routes: BTreeSet<Ipv4Net> = plan
+        .routes
+        .iter()
+        .map(|r| r.subnet)
+        .chain(
+            plan.networks
+                .iter()
+                .filter(|n| n.driver == Driver::Ptp)
+                .map(|n| n.subnet),
+        )
+        .collect();
     let mut journal = old.clone();
     journal.netns.extend(desired_netns.iter().cloned());
     journal.links.extend(desired_links.iter().cloned());
@@ -344,7 +355,7 @@ async fn check_routes(
         }
         if !old.routes.contains(&r.subnet) {
             let present = topology::routes_to(h, r.subnet).await?;
-            if let Some((gw, _)) = present.first() {
+            if let Some(gw) = present.first().map(topology::gateway_of) {
                 return Err(Error::Route {
                     index,
                     field: "subnet",
@@ -443,6 +454,12 @@ async fn apply(
             report
                 .changes
                 .push(format!("container {} ({} on {})", c.name, c.ip, c.network));
+        }
+    }
+    for net in plan.networks.iter().filter(|n| n.driver == Driver::Ptp) {
+        let existed = !topology::routes_to(h, net.subnet).await?.is_empty();
+        if topology::ensure_unreachable(h, net.subnet).await? && !existed {
+            created.push(Created::Route(net.subnet));
         }
     }
     for r in &plan.routes {

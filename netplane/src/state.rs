@@ -38,7 +38,8 @@ pub struct State {
     /// Data planes that programmed, or may have programmed, NAT for this instance.
     #[serde(default)]
     pub dataplanes: BTreeSet<Mode>,
-    /// Destinations of the host routes (`[[routes]]`) netplane created or may have.
+    /// Destinations of the host routes netplane created or may have: `[[routes]]`, and
+    /// each ptp network's unreachable cover.
     #[serde(default)]
     pub routes: BTreeSet<Ipv4Net>,
 }

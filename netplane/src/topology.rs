@@ -21,7 +21,7 @@ use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
@@ -403,7 +403,14 @@ async fn ensure_route(h: &Handle, route: RouteMessage, what: &str) -> Result<boo
                 _ => {}
             }
         }
-        (dst, r.header.destination_prefix_length, gw, oif, src)
+        (
+            dst,
+            r.header.destination_prefix_length,
+            gw,
+            oif,
+            src,
+            r.header.kind,
+        )
     };
     let want = key(&route);
     let present: Vec<RouteMessage> = h
@@ -421,6 +428,7 @@ async fn ensure_route(h: &Handle, route: RouteMessage, what: &str) -> Result<boo
             && k.2 == want.2
             && (want.3.is_none() || k.3 == want.3)
             && (want.4.is_none() || k.4 == want.4)
+            && k.5 == want.5
     }) {
         return Ok(false);
     }
@@ -444,11 +452,8 @@ pub async fn ensure_host_route(h: &Handle, r: &Route) -> Result<bool, TopologyEr
     ensure_route(h, route, &format!("{} via {}", r.subnet, r.via)).await
 }
 
-/// The main table's routes to exactly `subnet`: (gateway, protocol) of each.
-pub async fn routes_to(
-    h: &Handle,
-    subnet: Ipv4Net,
-) -> Result<Vec<(Option<Ipv4Addr>, RouteProtocol)>, TopologyError> {
+/// The main table's routes to exactly `subnet`.
+pub async fn routes_to(h: &Handle, subnet: Ipv4Net) -> Result<Vec<RouteMessage>, TopologyError> {
     let routes: Vec<RouteMessage> = h
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -459,36 +464,52 @@ pub async fn routes_to(
     Ok(routes
         .into_iter()
         .filter(|r| {
-            r.header.destination_prefix_length == subnet.prefix_len()
+            r.header.table == RouteHeader::RT_TABLE_MAIN
+                && r.header.destination_prefix_length == subnet.prefix_len()
                 && r.attributes.iter().any(|a| {
                     matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == subnet.addr())
                 })
         })
-        .map(|r| {
-            let gw = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
-                _ => None,
-            });
-            (gw, r.header.protocol)
-        })
         .collect())
 }
 
-/// Deletes the main table's route to `subnet` (a `[[routes]]` entry); `Ok(false)` when
-/// there was none.
-pub async fn delete_host_route(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyError> {
-    if routes_to(h, subnet).await?.is_empty() {
-        return Ok(false);
-    }
+/// The gateway of a route, if it has one.
+pub fn gateway_of(r: &RouteMessage) -> Option<Ipv4Addr> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+        _ => None,
+    })
+}
+
+/// A ptp network's subnet as `unreachable` (`proto static`): its containers' /32 routes
+/// are more specific, and a packet to an address of the subnet that no container has is
+/// answered with an ICMP unreachable here, instead of following the default route back
+/// out (a bridge network's connected route does the same for a bridge). Returns whether
+/// it changed anything.
+pub async fn ensure_unreachable(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyError> {
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(subnet.addr(), subnet.prefix_len())
+        .kind(RouteType::Unreachable)
         .protocol(RouteProtocol::Static)
         .build();
-    match h.route().del(route).execute().await {
-        Ok(()) => Ok(true),
-        Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(false),
-        Err(e) => Err(nl_err("delete route to", subnet.to_string())(e)),
+    ensure_route(h, route, &format!("unreachable {subnet}")).await
+}
+
+/// Deletes the main table's `proto static` routes to exactly `subnet` (a `[[routes]]`
+/// entry, or a ptp network's unreachable route); `Ok(false)` when there was none.
+pub async fn delete_host_route(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyError> {
+    let mut deleted = false;
+    for r in routes_to(h, subnet).await? {
+        if r.header.protocol != RouteProtocol::Static {
+            continue;
+        }
+        match h.route().del(r).execute().await {
+            Ok(()) => deleted = true,
+            Err(e) if errno(&e) == Some(libc::ESRCH) => {}
+            Err(e) => return Err(nl_err("delete route to", subnet.to_string())(e)),
+        }
     }
+    Ok(deleted)
 }
 
 /// Inside the container's namespace (handle `ch`): lo and eth0 up, eth0 with the MAC and

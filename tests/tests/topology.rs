@@ -464,6 +464,9 @@ fn ptp_containers_are_routed_by_the_host() {
         routes.contains("scope link") && routes.contains("src 10.89.0.1"),
         "{routes}"
     );
+    // The rest of the subnet is unreachable, not sent to the default route.
+    let cover = h.host.sh(&["ip", "route", "show", "10.89.0.0/24"]);
+    assert!(cover.contains("unreachable 10.89.0.0/24"), "{cover}");
     // The gateway, a /32 on every host veth of the network.
     let gateways = h.host.sh(&["ip", "-o", "-4", "addr", "show"]);
     assert_eq!(gateways.matches("10.89.0.1/32").count(), 2, "{gateways}");

@@ -21,7 +21,7 @@ mod testutil;
 mod tunables;
 
 pub(crate) use names::fnv1a_32;
-pub use names::format_mac;
+pub use names::{HOST_VETH_PREFIX, format_mac};
 pub use plan::{Container, Network, Plan, Route};
 pub use publish::{PortMapping, Proto};
 pub use schema::{
