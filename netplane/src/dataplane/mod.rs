@@ -48,6 +48,9 @@ pub enum DataplaneError {
     Ebpf(#[from] ebpf::EbpfError),
     #[error("eBPF mode needs {what}; use mode = \"iptables\" on this host")]
     Unsupported { what: String },
+    /// A teardown that finished every step, some of which failed.
+    #[error("{mode} teardown: {} step(s) failed: {}", failures.len(), failures.join("; "))]
+    Teardown { mode: Mode, failures: Vec<String> },
 }
 
 /// What the data plane needs to know about the host beyond the plan.

@@ -1,6 +1,11 @@
 //! `mode = "none"`: the topology alone, with no NAT (the benchmark's baseline, or a host
 //! where another tool owns NAT). Like netavark's `fwnone.rs`, it is a data plane that
 //! does nothing, so that callers never branch around a missing one.
+//!
+//! Gateway modes are the data plane's to enforce, so here only their topology remains:
+//! every network, bridge or ptp, is routed to and from untranslated and unfiltered (an
+//! isolated network still has no gateway, and `[[routes]]` are still routed), whatever
+//! its `gateway_mode` says; published ports take no host port.
 
 use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
 use crate::config::{Mode, Plan};
@@ -34,7 +39,7 @@ impl Dataplane for NoNat {
     }
 
     fn describe(&self) -> &'static str {
-        "none (topology only, no NAT)"
+        "none (topology only: no NAT, no filtering, gateway modes not enforced)"
     }
 
     fn status(&self, _plan: &Plan) -> DataplaneStatus {

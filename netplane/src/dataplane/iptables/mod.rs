@@ -2,18 +2,21 @@
 //! netplane's own chains, applied as one `iptables-restore --noflush` batch.
 //!
 //! Per instance, four chains (`<tag>` is 6 hex digits of the instance name, because chain
-//! names are limited to 28 characters):
+//! names are limited to 28 characters); [`rules`] decides what each holds, per network,
+//! from its driver (bridge device or ptp host veths) and its gateway mode:
 //! - `raw NETPLANE-RAW-<tag>` (from PREROUTING): drops packets to 127.0.0.1-published ports
 //!   that did not arrive on `lo` (moby#45610: a neighbour routing 127.0.0.1 to us).
 //! - `nat NETPLANE-DNAT-<tag>` (from PREROUTING and OUTPUT, for local destinations): one
-//!   DNAT per published port, so remote hosts, host processes and containers (hairpin)
-//!   all reach it.
-//! - `nat NETPLANE-MASQ-<tag>` (from POSTROUTING): masquerade of the subnets leaving their
-//!   bridge (the seeds' rule), of hairpinned DNAT flows going back into their bridge, and
-//!   of loopback sources (host → 127.0.0.1:port needs `route_localnet` on the bridge and a
-//!   source that can leave the host).
+//!   DNAT per published port of the NAT networks, so remote hosts, host processes and
+//!   containers (hairpin) all reach it.
+//! - `nat NETPLANE-MASQ-<tag>` (from POSTROUTING): nothing towards `[[routes]]` subnets;
+//!   masquerade of the NAT networks' subnets leaving the network (the seeds' rule), SNAT
+//!   to the gateway of hairpinned DNAT flows going back in, and of loopback sources
+//!   (host → 127.0.0.1:port needs `route_localnet` on the way out and a source that can
+//!   leave the host).
 //! - `filter NETPLANE-FWD-<tag>` (first in FORWARD): isolation between networks except
-//!   for DNATed (published) flows, then accepts for the bridges, so netplane works when the
+//!   for DNATed (published) flows, routed subnets as peers, each gateway mode's filter on
+//!   what enters a network, and accepts for what leaves one, so netplane works when the
 //!   FORWARD policy is DROP. netplane never changes a policy.
 //!
 //! Other tools' rules are never flushed: built-in chains are not declared in the batch (a
@@ -23,14 +26,16 @@
 //! [`nf_conntrack`] flushes the kernel's conntrack entries that would blackhole a UDP port.
 
 pub mod nf_conntrack;
+pub mod rules;
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
-use crate::config::{Mode, Plan, fnv1a_32};
+use crate::config::{Driver, Mode, Plan, fnv1a_32};
 use crate::state;
+
+pub use rules::ruleset;
 
 pub struct Iptables;
 
@@ -73,90 +78,6 @@ fn chains_of(table: &str, name: &str) -> Vec<String> {
     kinds.into_iter().map(|k| chain(k, name)).collect()
 }
 
-/// The contents of netplane's chains for `plan`, as `iptables-restore` input (declaring a
-/// chain in a `--noflush` batch creates it or flushes it). Pure, so unit-tested.
-pub fn ruleset(plan: &Plan) -> String {
-    let (raw, dnat, masq, fwd) = (
-        chain("RAW", &plan.name),
-        chain("DNAT", &plan.name),
-        chain("MASQ", &plan.name),
-        chain("FWD", &plan.name),
-    );
-    let mut rules: Vec<(&str, String)> = Vec::new();
-
-    for c in &plan.containers {
-        for m in &c.publish {
-            let proto = m.proto;
-            let dst = m
-                .host_ip
-                .map(|ip| format!("-d {ip}/32 "))
-                .unwrap_or_default();
-            for (hp, cp) in m.pairs() {
-                if m.host_ip == Some(Ipv4Addr::LOCALHOST) {
-                    rules.push(("raw", format!("-A {raw} -d 127.0.0.1/32 ! -i lo -p {proto} -m {proto} --dport {hp} -j DROP")));
-                }
-                // One rule per port: a DNAT range would pick any port of the range, not
-                // the matching one (what Docker does too).
-                rules.push((
-                    "nat",
-                    format!("-A {dnat} {dst}-p {proto} -m {proto} --dport {hp} -j DNAT --to-destination {}:{cp}", c.ip),
-                ));
-            }
-        }
-    }
-    for n in &plan.networks {
-        let (br, subnet) = (&n.name, n.subnet);
-        rules.push((
-            "nat",
-            format!("-A {masq} -s {subnet} ! -o {br} -j MASQUERADE"),
-        ));
-        rules.push((
-            "nat",
-            format!("-A {masq} -s {subnet} -o {br} -m conntrack --ctstate DNAT -j MASQUERADE"),
-        ));
-        rules.push((
-            "nat",
-            format!("-A {masq} -s 127.0.0.0/8 -o {br} -j MASQUERADE"),
-        ));
-    }
-    for a in &plan.networks {
-        for b in plan.networks.iter().filter(|b| b.name != a.name) {
-            rules.push((
-                "filter",
-                format!(
-                    "-A {fwd} -i {} -o {} -m conntrack ! --ctstate DNAT -j DROP",
-                    a.name, b.name
-                ),
-            ));
-        }
-    }
-    for n in &plan.networks {
-        let br = &n.name;
-        rules.push((
-            "filter",
-            format!("-A {fwd} -o {br} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
-        ));
-        rules.push((
-            "filter",
-            format!("-A {fwd} -o {br} -m conntrack --ctstate DNAT -j ACCEPT"),
-        ));
-        rules.push(("filter", format!("-A {fwd} -i {br} -j ACCEPT")));
-    }
-
-    let mut out = String::new();
-    for table in TABLES {
-        writeln!(out, "*{table}").unwrap();
-        for c in chains_of(table, &plan.name) {
-            writeln!(out, ":{c} - [0:0]").unwrap();
-        }
-        for (_, r) in rules.iter().filter(|(t, _)| *t == table) {
-            writeln!(out, "{r}").unwrap();
-        }
-        writeln!(out, "COMMIT").unwrap();
-    }
-    out
-}
-
 /// The jump rules missing from `saved` (an `iptables-save` dump), as batch lines per table.
 fn missing_jumps(saved: &str, name: &str) -> Vec<(&'static str, String)> {
     JUMPS
@@ -191,10 +112,10 @@ fn table_lines<'a>(saved: &'a str, table: &str) -> impl Iterator<Item = &'a str>
         .take_while(|l| *l != "COMMIT")
 }
 
-/// The batch that removes instance `name` from `saved`: its jumps, then its chains.
-fn teardown_batch(saved: &str, name: &str) -> (String, Vec<String>) {
-    let mut batch = String::new();
-    let mut removed = Vec::new();
+/// What removes instance `name` from `saved`, one batch per table (its jumps, then its
+/// chains), with a line per object each removes.
+fn teardown_batches(saved: &str, name: &str) -> Vec<(&'static str, String, Vec<String>)> {
+    let mut batches = Vec::new();
     for table in TABLES {
         let ours = chains_of(table, name);
         let jumps: Vec<&str> = table_lines(saved, table)
@@ -212,6 +133,8 @@ fn teardown_batch(saved: &str, name: &str) -> (String, Vec<String>) {
         if jumps.is_empty() && present.is_empty() {
             continue;
         }
+        let mut batch = String::new();
+        let mut removed = Vec::new();
         writeln!(batch, "*{table}").unwrap();
         for j in jumps {
             writeln!(batch, "-D {}", &j[3..]).unwrap();
@@ -225,8 +148,56 @@ fn teardown_batch(saved: &str, name: &str) -> (String, Vec<String>) {
             removed.push(format!("iptables -t {table} chain {c}"));
         }
         writeln!(batch, "COMMIT").unwrap();
+        batches.push((table, batch, removed));
     }
-    (batch, removed)
+    batches
+}
+
+/// Runs one table's teardown batch. When the batch fails as a whole (a rule gone since
+/// the dump, a chain another tool still jumps to), each command runs on its own, so
+/// everything that can go goes; returns the commands that failed.
+fn run_teardown(table: &str, batch: &str) -> Vec<String> {
+    let Err(whole) = run("iptables-restore", &["--noflush"], Some(batch)) else {
+        return Vec::new();
+    };
+    tracing::debug!("iptables teardown of table {table} as one batch: {whole}");
+    batch
+        .lines()
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|cmd| {
+            let one = format!("*{table}\n{cmd}\nCOMMIT\n");
+            run("iptables-restore", &["--noflush"], Some(&one))
+                .err()
+                .map(|e| format!("iptables -t {table} {cmd}: {e}"))
+        })
+        .collect()
+}
+
+/// How netplane's chains in `saved` differ from `rules` (a [`ruleset`]), one line per
+/// chain that is missing or holds another number of rules than applied (flushed or edited
+/// by hand). By count, not by text: iptables versions print some matches differently.
+fn drift(saved: &str, rules: &str, name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for table in TABLES {
+        for c in chains_of(table, name) {
+            let rule = format!("-A {c} ");
+            let count = |lines: &mut dyn Iterator<Item = &str>| {
+                lines.filter(|l| l.starts_with(&rule)).count()
+            };
+            let want = count(&mut rules.lines());
+            if !table_lines(saved, table).any(|l| l.starts_with(&format!(":{c} "))) {
+                found.push(format!("chain {c} (table {table}) is missing"));
+            } else {
+                let have = count(&mut table_lines(saved, table));
+                if have != want {
+                    found.push(format!(
+                        "chain {c} (table {table}) has {have} rules, netplane applied {want}"
+                    ));
+                }
+            }
+        }
+    }
+    found
 }
 
 /// Where the last applied ruleset is kept, to tell "nothing to change" from a change.
@@ -257,13 +228,26 @@ impl Dataplane for Iptables {
     }
 
     fn sysctls(&self, plan: &Plan) -> Vec<(String, String)> {
-        // Lets DNATed packets from 127.0.0.1 be routed out of the bridge (the kernel
-        // otherwise drops loopback sources on non-loopback devices: ip_route_output_key_hash).
-        plan.networks
+        // Lets DNATed packets from 127.0.0.1 be routed out of the device towards the
+        // container: the bridge, or a ptp container's host veth (__mkroute_output()
+        // refuses a loopback source on a device without it). Only NAT networks publish.
+        let devices = plan
+            .networks
             .iter()
-            .map(|n| {
+            .filter(|n| n.gateway_mode.nat())
+            .flat_map(|n| match n.driver {
+                Driver::Bridge => vec![n.name.as_str()],
+                Driver::Ptp => plan
+                    .containers
+                    .iter()
+                    .filter(|c| c.network == n.name)
+                    .map(|c| c.host_veth.as_str())
+                    .collect(),
+            });
+        devices
+            .map(|dev| {
                 (
-                    format!("net.ipv4.conf.{}.route_localnet", n.name),
+                    format!("net.ipv4.conf.{dev}.route_localnet"),
                     "1".to_owned(),
                 )
             })
@@ -280,11 +264,7 @@ impl Dataplane for Iptables {
         let saved = save()?;
         let jumps = missing_jumps(&saved, &plan.name);
         let unchanged = std::fs::read_to_string(applied_file(&plan.name)).is_ok_and(|r| r == rules)
-            && TABLES.iter().all(|t| {
-                chains_of(t, &plan.name)
-                    .iter()
-                    .all(|c| table_lines(&saved, t).any(|l| l.starts_with(&format!(":{c} "))))
-            });
+            && drift(&saved, &rules, &plan.name).is_empty();
         let mut changes = Vec::new();
         if !unchanged || !jumps.is_empty() {
             // One atomic batch: our chains' contents and any missing jump.
@@ -323,12 +303,35 @@ impl Dataplane for Iptables {
     }
 
     fn teardown(&self, name: &str) -> Result<Vec<String>, DataplaneError> {
-        let (batch, removed) = teardown_batch(&save()?, name);
-        if !batch.is_empty() {
-            run("iptables-restore", &["--noflush"], Some(&batch))?;
+        let mut removed = Vec::new();
+        let mut failures = Vec::new();
+        match save() {
+            Ok(saved) => {
+                for (table, batch, objects) in teardown_batches(&saved, name) {
+                    let failed = run_teardown(table, &batch);
+                    if failed.is_empty() {
+                        removed.extend(objects);
+                    }
+                    failures.extend(failed);
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
         }
-        let _ = std::fs::remove_file(applied_file(name));
-        Ok(removed)
+        let path = applied_file(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                failures.push(format!("cannot remove {}: {e}", path.display()));
+            }
+            _ => {}
+        }
+        if failures.is_empty() {
+            Ok(removed)
+        } else {
+            Err(DataplaneError::Teardown {
+                mode: Mode::Iptables,
+                failures,
+            })
+        }
     }
 
     fn describe(&self) -> &'static str {
@@ -341,6 +344,14 @@ impl Dataplane for Iptables {
             Ok(saved) => {
                 for (t, j) in missing_jumps(&saved, &plan.name) {
                     st.problems.push(format!("missing jump in table {t}: {j}"));
+                }
+                // Against what `up` applied (absent before the first `up`).
+                if let Ok(applied) = std::fs::read_to_string(applied_file(&plan.name)) {
+                    st.problems.extend(
+                        drift(&saved, &applied, &plan.name)
+                            .into_iter()
+                            .map(|d| format!("{d}; `netplane up` restores it")),
+                    );
                 }
                 st.attached = TABLES
                     .iter()
@@ -414,69 +425,68 @@ pub(super) fn run(
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The unit tests' plan: instance `t`, networks `npa` (10.89.0.0/24, `mode`) and `npb`
+/// (10.89.1.0/24, nat), both of `driver`; on `npa`, container `web` publishing `publish`
+/// (TOML list items) and container `peer`.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn plan() -> Plan {
-        Config::parse(
+fn test_plan(driver: &str, mode: &str, publish: &str) -> Plan {
+    crate::config::Config::parse(
+        &format!(
             r#"
             name = "t"
             mode = "iptables"
             [[networks]]
             name = "npa"
             subnet = "10.89.0.0/24"
+            driver = "{driver}"
+            gateway_mode = "{mode}"
             [[networks]]
             name = "npb"
             subnet = "10.89.1.0/24"
+            driver = "{driver}"
             [[containers]]
             name = "web"
             network = "npa"
-            publish = ["8080:80", "127.0.0.1:8081:80", "5353:53/udp", "9000-9001:7000-7001"]
-            "#,
-            "test",
-        )
-        .unwrap()
-        .plan()
-        .unwrap()
-    }
+            publish = [{publish}]
+            [[containers]]
+            name = "peer"
+            network = "npa"
+            "#
+        ),
+        "test",
+    )
+    .unwrap()
+    .plan()
+    .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
-    fn ruleset_has_a_dnat_per_port_and_the_masquerades() {
-        let r = ruleset(&plan());
-        let t = tag("t");
-        for want in [
-            format!(
-                "-A NETPLANE-DNAT-{t} -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.89.0.2:80"
-            ),
-            format!(
-                "-A NETPLANE-DNAT-{t} -d 127.0.0.1/32 -p tcp -m tcp --dport 8081 -j DNAT --to-destination 10.89.0.2:80"
-            ),
-            format!(
-                "-A NETPLANE-DNAT-{t} -p udp -m udp --dport 5353 -j DNAT --to-destination 10.89.0.2:53"
-            ),
-            format!(
-                "-A NETPLANE-DNAT-{t} -p tcp -m tcp --dport 9001 -j DNAT --to-destination 10.89.0.2:7001"
-            ),
-            format!(
-                "-A NETPLANE-RAW-{t} -d 127.0.0.1/32 ! -i lo -p tcp -m tcp --dport 8081 -j DROP"
-            ),
-            format!("-A NETPLANE-MASQ-{t} -s 10.89.0.0/24 ! -o npa -j MASQUERADE"),
-            format!("-A NETPLANE-FWD-{t} -i npa -o npb -m conntrack ! --ctstate DNAT -j DROP"),
-            format!("-A NETPLANE-FWD-{t} -i npb -o npa -m conntrack ! --ctstate DNAT -j DROP"),
-        ] {
-            assert!(r.lines().any(|l| l == want), "missing {want}\n{r}");
-        }
-        // Only the loopback-bound port gets the moby#45610 drop.
-        assert_eq!(r.matches("-j DROP").count(), 3);
-        // Each table is declared, committed, and declares only netplane's chains.
-        assert_eq!(r.matches("COMMIT").count(), 3);
-        assert!(
-            r.lines()
-                .filter(|l| l.starts_with(':'))
-                .all(|l| l.starts_with(":NETPLANE-"))
+    fn route_localnet_is_set_on_the_devices_towards_nat_networks() {
+        let keys = |p: &Plan| -> Vec<String> {
+            Iptables
+                .sysctls(p)
+                .into_iter()
+                .map(|(k, v)| {
+                    assert_eq!(v, "1");
+                    k
+                })
+                .collect()
+        };
+        let key = |dev: &str| format!("net.ipv4.conf.{dev}.route_localnet");
+        assert_eq!(
+            keys(&test_plan("bridge", "nat", "")),
+            [key("npa"), key("npb")]
         );
+        // No bridge on ptp: each container's host veth is the way to it (npb has none).
+        let p = test_plan("ptp", "nat-unprotected", "");
+        let veths = ["web", "peer"].map(|c| key(&p.container(c).unwrap().host_veth));
+        assert_eq!(keys(&p), veths);
+        // A routed network publishes nothing on a host address.
+        assert_eq!(keys(&test_plan("bridge", "routed", "")), [key("npb")]);
     }
 
     #[test]
@@ -497,9 +507,12 @@ mod tests {
         );
         assert!(missing[3].1.starts_with("-I FORWARD 1 "));
 
-        let (batch, removed) = teardown_batch(&saved, "t");
+        let batches = teardown_batches(&saved, "t");
+        assert_eq!(batches.len(), 1, "only the nat table has anything of ours");
+        let (table, batch, removed) = &batches[0];
+        assert_eq!(*table, "nat");
         assert_eq!(
-            batch,
+            *batch,
             format!(
                 "*nat\n-D PREROUTING -m addrtype --dst-type LOCAL -m comment --comment \"netplane t\" -j NETPLANE-DNAT-{t}\n\
                  -F NETPLANE-DNAT-{t}\n-F NETPLANE-MASQ-{t}\n-X NETPLANE-DNAT-{t}\n-X NETPLANE-MASQ-{t}\nCOMMIT\n"
@@ -509,6 +522,32 @@ mod tests {
         assert!(
             !batch.contains("OTHER"),
             "other tools' rules are never touched"
+        );
+    }
+
+    #[test]
+    fn drift_names_chains_flushed_or_missing() {
+        let p = test_plan("ptp", "nat", "");
+        let rules = ruleset(&p);
+        // The host as `up` left it: our chains, as iptables-save prints them.
+        assert!(drift(&rules, &rules, "t").is_empty());
+        let t = tag("t");
+        let flushed: String = rules
+            .lines()
+            .filter(|l| !l.starts_with(&format!("-A NETPLANE-FWD-{t} ")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            drift(&flushed, &rules, "t"),
+            [format!(
+                "chain NETPLANE-FWD-{t} (table filter) has 0 rules, netplane applied {}",
+                rules.matches("-A NETPLANE-FWD-").count()
+            )]
+        );
+        let gone = flushed.replace(&format!(":NETPLANE-FWD-{t} - [0:0]\n"), "");
+        assert_eq!(
+            drift(&gone, &rules, "t"),
+            [format!("chain NETPLANE-FWD-{t} (table filter) is missing")]
         );
     }
 

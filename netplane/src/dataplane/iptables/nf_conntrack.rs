@@ -13,21 +13,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use super::rules::dnat_mappings;
 use super::run;
 use crate::config::{Plan, Proto};
 use crate::dataplane::{DataplaneError, MapFill};
 
 /// Host UDP ports whose translation differs between `old` and `new`: published in only
-/// one of them, or to another backend (container address or port) or host address.
+/// one of them, or to another backend (container address or port) or host address. A
+/// routed network's `publish` takes no host port: a network turning routed unpublishes.
 pub fn changed_udp_ports(old: Option<&Plan>, new: &Plan) -> BTreeSet<u16> {
     type Backends = BTreeMap<u16, BTreeSet<(Option<Ipv4Addr>, Ipv4Addr, u16)>>;
     let backends = |p: &Plan| -> Backends {
         let mut by_port = Backends::new();
-        for c in &p.containers {
-            for m in c.publish.iter().filter(|m| m.proto == Proto::Udp) {
-                for (hp, cp) in m.pairs() {
-                    by_port.entry(hp).or_default().insert((m.host_ip, c.ip, cp));
-                }
+        for (c, m) in dnat_mappings(p).filter(|(_, m)| m.proto == Proto::Udp) {
+            for (hp, cp) in m.pairs() {
+                by_port.entry(hp).or_default().insert((m.host_ip, c.ip, cp));
             }
         }
         by_port
@@ -123,6 +123,14 @@ mod tests {
         assert_eq!(
             changed_udp_ports(Some(&before), &unpublished),
             [5353].into()
+        );
+        // A network turning routed takes its host ports back: every one is stale.
+        let mut routed = before.clone();
+        routed.networks[0].gateway_mode = crate::config::GatewayMode::Routed;
+        assert!(changed_udp_ports(None, &routed).is_empty());
+        assert_eq!(
+            changed_udp_ports(Some(&before), &routed),
+            [5300, 5353].into()
         );
     }
 }
