@@ -1,6 +1,8 @@
 //! The sandboxed host that tests, the bench and the demo run netplane in: a "host"
 //! namespace with its uplink `up0` (203.0.113.1/24) cabled to an "outside" namespace
-//! (203.0.113.2/24, TEST-NET-3) that is its default gateway.
+//! (203.0.113.2/24, TEST-NET-3) that is its default gateway. And what every netplane
+//! instance of the harness shares ([`Instance`]): running `netplane` in its namespace with
+//! its config, reading its status, and a [`Snapshot`] of what it may change on its host.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -15,12 +17,23 @@ pub const OUTSIDE_IP: &str = "203.0.113.2";
 /// A host namespace for one netplane instance, named after the sandbox, and the outside
 /// world it is cabled to. On drop, and on SIGINT, SIGTERM or SIGHUP, the instance's `down`
 /// runs and every namespace goes (see [`Sandbox`]).
+///
+/// It derefs to its [`Instance`] (`h.host`, `h.netplane_ok(…)`, `h.container(…)`): a
+/// machine of the multi-host world ([`crate::multihost`]) is an `Instance` without an
+/// outside namespace of its own, and both share one way of running netplane.
 pub struct Host {
     pub sandbox: Sandbox,
-    /// Where netplane runs (its "root" namespace).
-    pub host: Netns,
     /// The uplink's peer: the default gateway, and the remote client of published ports.
     pub outside: Netns,
+    instance: Instance,
+}
+
+/// One netplane instance: its name, the namespace it runs in (its "root" namespace) and
+/// its config file, which goes with the sandbox.
+pub struct Instance {
+    /// Where netplane runs.
+    pub host: Netns,
+    name: String,
     config: PathBuf,
 }
 
@@ -69,13 +82,13 @@ impl Host {
 
     fn in_sandbox(mut sandbox: Sandbox) -> Host {
         let (host, outside) = cable(&mut sandbox);
-        let config = std::env::temp_dir().join(format!("{}.toml", sandbox.prefix()));
-        sandbox.owns_file(config.clone());
+        // The instance is named after the sandbox (see [`Instance::name`]).
+        let name = sandbox.prefix().to_owned();
+        let instance = Instance::new(&sandbox, name, host);
         Host {
             sandbox,
-            host,
             outside,
-            config,
+            instance,
         }
     }
 
@@ -85,16 +98,37 @@ impl Host {
     /// unnamed, until the host drops (see [`Sandbox::retire`]).
     pub fn renew(&mut self) {
         self.sandbox.retire();
-        (self.host, self.outside) = cable(&mut self.sandbox);
+        (self.instance.host, self.outside) = cable(&mut self.sandbox);
+    }
+}
+
+impl std::ops::Deref for Host {
+    type Target = Instance;
+
+    fn deref(&self) -> &Instance {
+        &self.instance
+    }
+}
+
+impl Instance {
+    /// Instance `name` running in `host`, registered with `sandbox`: its `down` runs on
+    /// every removal of the sandbox, and its config file goes with it. `name` is the
+    /// sandbox's prefix or one of its [`Sandbox::instance_name`]s.
+    pub fn new(sandbox: &Sandbox, name: String, host: Netns) -> Instance {
+        sandbox.runs_instance_in(&name, &host);
+        let config = std::env::temp_dir().join(format!("{name}.toml"));
+        sandbox.owns_file(config.clone());
+        Instance { host, name, config }
     }
 
-    /// The instance name to run netplane under: unique, and the sandbox's prefix, so that
-    /// the container namespaces (`<name>-<container>`) are swept by the sandbox's removal.
+    /// The instance name to run netplane under: unique, and starting with the sandbox's
+    /// prefix, so that the container namespaces (`<name>-<container>`) are swept by the
+    /// sandbox's removal.
     pub fn name(&self) -> &str {
-        self.sandbox.prefix()
+        &self.name
     }
 
-    /// The config file that [`Host::netplane`] passes with `-c`.
+    /// The config file that [`Instance::netplane`] passes with `-c`.
     pub fn config_path(&self) -> &Path {
         &self.config
     }
@@ -123,25 +157,150 @@ impl Host {
         let out = self.netplane(args);
         assert!(
             out.status.success(),
-            "netplane {args:?} failed:\n{}{}",
+            "netplane {args:?} of {} failed:\n{}{}",
+            self.name,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::from_str(&self.netplane_ok(&["status", "--json"])).unwrap()
+    }
+
     /// A drop counter of the eBPF data plane (`status --json`), by reason name.
     pub fn drops(&self, reason: &str) -> u64 {
-        let status: serde_json::Value =
-            serde_json::from_str(&self.netplane_ok(&["status", "--json"])).unwrap();
+        let status = self.status();
         status["dataplane_health"]["drops"][reason]
             .as_u64()
             .unwrap_or_else(|| panic!("no drop counter {reason} in {status}"))
     }
 
+    /// Every drop counter of the eBPF data plane that is not zero, by reason name.
+    pub fn all_drops(&self) -> std::collections::BTreeMap<String, u64> {
+        let status = self.status();
+        status["dataplane_health"]["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_u64().filter(|n| *n > 0)?)))
+            .collect()
+    }
+
     /// The namespace of container `c`.
     pub fn container(&self, c: &str) -> Netns {
         Netns::named(format!("{}-{c}", self.name()))
+    }
+
+    /// The host end of container `c`'s veth pair (`vnp…`), as `status` reports it.
+    pub fn host_veth(&self, c: &str) -> String {
+        let status = self.status();
+        status["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| x["name"] == c)
+            .and_then(|x| x["host_veth"].as_str())
+            .unwrap_or_else(|| panic!("no container {c} in {status}"))
+            .to_owned()
+    }
+
+    /// What the host namespace holds that `up` may change, for comparing before and after.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::of(self)
+    }
+}
+
+/// What a netplane instance may change on its host, read from the outside (`ip`,
+/// `iptables-save`, `nft`, bpffs, /run): equal before `up` and after `down`, and after an
+/// `up` that was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `ip -o link`: name, flags and master of every link (no counters, no state that
+    /// traffic changes).
+    pub links: Vec<String>,
+    pub addresses: String,
+    /// Every IPv4 route of every table (`ip -4 route show table all`).
+    pub routes: String,
+    /// Policy routing rules (`ip rule`).
+    pub rules: String,
+    /// iptables-save and nft lines that name netplane (its chains, `NETPLANE-…`).
+    pub firewall: Vec<String>,
+    pub ip_forward: String,
+    /// Named namespaces whose names start with the instance's.
+    pub namespaces: Vec<String>,
+    /// Whether the instance's bpffs pin directory and state directory exist.
+    pub pins: bool,
+    pub state: bool,
+}
+
+impl Snapshot {
+    /// What differs from `other`, field by field (`field: before -> after`): empty when
+    /// they are equal.
+    pub fn diff(&self, other: &Snapshot) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut field = |name: &str, a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| {
+            let (a, b) = (format!("{a:?}"), format!("{b:?}"));
+            if a != b {
+                out.push(format!("{name}: {a} -> {b}"));
+            }
+        };
+        field("links", &self.links, &other.links);
+        field("addresses", &self.addresses, &other.addresses);
+        field("routes", &self.routes, &other.routes);
+        field("rules", &self.rules, &other.rules);
+        field("firewall", &self.firewall, &other.firewall);
+        field("ip_forward", &self.ip_forward, &other.ip_forward);
+        field("namespaces", &self.namespaces, &other.namespaces);
+        field("pins", &self.pins, &other.pins);
+        field("state", &self.state, &other.state);
+        out
+    }
+
+    fn of(i: &Instance) -> Snapshot {
+        let ns = &i.host;
+        let links = ns
+            .sh(&["ip", "-o", "link", "show"])
+            .lines()
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let master = w
+                    .iter()
+                    .position(|x| *x == "master")
+                    .map_or("", |i| w[i + 1]);
+                // "N: name@peer: <FLAGS> …": the flags show up/down, not the carrier.
+                format!("{} {} {master}", w[1], w[2])
+            })
+            .collect();
+        let firewall = [
+            ns.sh(&["iptables-save"]),
+            String::from_utf8_lossy(&ns.run(&["nft", "list", "ruleset"]).stdout).into_owned(),
+        ]
+        .iter()
+        .flat_map(|t| t.lines().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| l.to_ascii_lowercase().contains("netplane"))
+        .collect();
+        let mut namespaces: Vec<String> = std::fs::read_dir(netplane::netns::RUN_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("{}-", i.name())))
+            .collect();
+        namespaces.sort();
+        Snapshot {
+            links,
+            addresses: ns.sh(&["ip", "-o", "-4", "addr", "show"]),
+            routes: ns.sh(&["ip", "-4", "route", "show", "table", "all"]),
+            rules: ns.sh(&["ip", "-4", "rule", "show"]),
+            firewall,
+            ip_forward: ns.sh(&["sysctl", "-n", "net.ipv4.ip_forward"]),
+            namespaces,
+            pins: Path::new(&format!("/sys/fs/bpf/netplane/{}", i.name())).exists(),
+            state: Path::new(&format!("/run/netplane/{}", i.name())).exists(),
+        }
     }
 }
 
@@ -149,7 +308,6 @@ impl Host {
 fn cable(sandbox: &mut Sandbox) -> (Netns, Netns) {
     let host = sandbox.netns("host");
     let outside = sandbox.netns("out");
-    sandbox.runs_netplane_in(&host);
     sandbox.veth(
         &host,
         UPLINK,

@@ -31,9 +31,10 @@ pub struct Sandbox {
 struct Owned {
     prefix: String,
     namespaces: Mutex<Vec<String>>,
-    /// The namespace where a netplane instance named after the prefix may run: removed
-    /// with `down` before the namespaces go (see [`Sandbox::runs_netplane_in`]).
-    netplane_in: Mutex<Option<String>>,
+    /// The netplane instances that may run in the sandbox, as (instance name, namespace it
+    /// runs in): each removed with its `down` before the namespaces go (see
+    /// [`Sandbox::runs_instance_in`]).
+    instances: Mutex<Vec<(String, String)>>,
     /// Files that go with the sandbox (see [`Sandbox::owns_file`]).
     files: Mutex<Vec<PathBuf>>,
 }
@@ -58,7 +59,7 @@ impl Sandbox {
         let owned = Arc::new(Owned {
             prefix: format!("{kind}{}x{n}", std::process::id()),
             namespaces: Mutex::default(),
-            netplane_in: Mutex::default(),
+            instances: Mutex::default(),
             files: Mutex::default(),
         });
         lock(&LIVE).push(owned.clone());
@@ -99,11 +100,57 @@ impl Sandbox {
         }
     }
 
-    /// Declares that a netplane instance named [`Sandbox::prefix`] may run in `ns`: every
-    /// removal (drop, signal, [`Sandbox::retire`]) runs its `down` first, which also
-    /// removes what `up` made outside the namespaces (pins in bpffs, the agent, the state).
-    pub fn runs_netplane_in(&self, ns: &Netns) {
-        *lock(&self.owned.netplane_in) = Some(ns.name.clone());
+    /// A veth pair `ifname` (in `ns`, up, with address `addr`) ↔ `port` (in `bridge_ns`,
+    /// up, no address), `port` enslaved to the bridge `bridge` there: a machine's cable to
+    /// an L2 segment. Created inside `ns`, so no name ever exists in the root namespace.
+    pub fn bridge_port(
+        &self,
+        bridge_ns: &Netns,
+        bridge: &str,
+        port: &str,
+        ns: &Netns,
+        ifname: &str,
+        addr: &str,
+    ) {
+        ns.sh(&[
+            "ip",
+            "link",
+            "add",
+            ifname,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            &bridge_ns.name,
+        ]);
+        ns.sh(&["ip", "addr", "add", addr, "dev", ifname]);
+        ns.sh(&["ip", "link", "set", ifname, "up"]);
+        bridge_ns.sh(&["ip", "link", "set", port, "master", bridge, "up"]);
+    }
+
+    /// The name of a further netplane instance of this sandbox, `<prefix>-<role>`: its
+    /// container namespaces (`<instance>-<container>`) then start with the prefix too, so
+    /// the sandbox's sweep finds them whatever happened.
+    pub fn instance_name(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix())
+    }
+
+    /// Declares that the netplane instance `name` (the prefix, or an
+    /// [`Sandbox::instance_name`]) may run in `ns`: every removal (drop, signal,
+    /// [`Sandbox::retire`]) runs its `down` first, which also removes what `up` made outside
+    /// the namespaces (routes and pins in bpffs, the agent, the state), and then its state
+    /// directory if `down` could not. Declaring a name again moves it to `ns`.
+    pub fn runs_instance_in(&self, name: &str, ns: &Netns) {
+        assert!(
+            name == self.prefix() || name.starts_with(&format!("{}-", self.prefix())),
+            "instance {name} is not named after sandbox {}: the sweep would miss its namespaces",
+            self.prefix()
+        );
+        let mut instances = lock(&self.owned.instances);
+        instances.retain(|(n, _)| n != name);
+        instances.push((name.to_owned(), ns.name.clone()));
     }
 
     /// Makes `path` go with the sandbox, on drop or signal (a config file, say).
@@ -111,7 +158,7 @@ impl Sandbox {
         lock(&self.owned.files).push(path);
     }
 
-    /// Runs the instance's `down` (see [`Sandbox::runs_netplane_in`]), then unnames every
+    /// Runs every instance's `down` (see [`Sandbox::runs_instance_in`]), then unnames every
     /// namespace of the sandbox but keeps each alive by an open file until the sandbox
     /// drops: its names are free for new namespaces at once. The kernel tears a namespace
     /// down in a worker (cleanup_net()), which would compete for the CPUs with what runs
@@ -140,25 +187,32 @@ impl Drop for Sandbox {
 }
 
 impl Owned {
-    /// Everything: the instance, the namespaces, the files, and netplane's state
-    /// directory of the instance in case `down` could not run.
+    /// Everything: the instances, the namespaces, the files, and netplane's state
+    /// directory of each instance in case `down` could not run.
     fn remove_all(&self) {
         self.remove(|_| {});
         for f in lock(&self.files).drain(..) {
             let _ = std::fs::remove_file(f);
         }
-        let _ = std::fs::remove_dir_all(format!("/run/netplane/{}", self.prefix));
+        let mut names: Vec<String> = lock(&self.instances)
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.push(self.prefix.clone());
+        for name in names {
+            let _ = std::fs::remove_dir_all(format!("/run/netplane/{name}"));
+        }
     }
 
-    /// `down` of the instance, then every namespace of the sandbox is deleted, also any
-    /// with the sandbox's prefix that something under test created (netplane names
-    /// container namespaces `<instance>-<container>`, and sandboxes lend their prefix as
-    /// the instance name). `before_delete` sees each name while it still exists.
+    /// `down` of every instance, then every namespace of the sandbox is deleted, also
+    /// any with the sandbox's prefix that something under test created (netplane names
+    /// container namespaces `<instance>-<container>`, and instances are named after the
+    /// sandbox's prefix). `before_delete` sees each name while it still exists.
     fn remove(&self, mut before_delete: impl FnMut(&str)) {
         // Held throughout: the signal handler and a drop never remove at the same time.
         let mut names = lock(&self.namespaces);
-        if let Some(host) = lock(&self.netplane_in).clone() {
-            self.down_in(&host);
+        for (instance, host) in lock(&self.instances).clone() {
+            down_in(&instance, &host);
         }
         if let Ok(dir) = std::fs::read_dir(netplane::netns::RUN_DIR) {
             for e in dir.flatten() {
@@ -183,18 +237,18 @@ impl Owned {
             }
         }
     }
+}
 
-    /// `netplane down` of the instance named after the prefix, in namespace `host`
-    /// (in-process: it needs only the instance name, the state has the rest).
-    fn down_in(&self, host: &str) {
-        if !netplane::netns::exists(host) {
-            return;
-        }
-        match netplane::netns::run_in(host, || netplane::instance::down(&self.prefix, None)) {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("sandbox: netplane down {}: {e}", self.prefix),
-            Err(e) => eprintln!("sandbox: netplane down {}: {e}", self.prefix),
-        }
+/// `netplane down` of instance `name`, in namespace `host` (in-process: it needs only the
+/// instance name, the state has the rest).
+fn down_in(name: &str, host: &str) {
+    if !netplane::netns::exists(host) {
+        return;
+    }
+    match netplane::netns::run_in(host, || netplane::instance::down(name, None)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => eprintln!("sandbox: netplane down {name}: {e}"),
+        Err(e) => eprintln!("sandbox: netplane down {name}: {e}"),
     }
 }
 

@@ -1,5 +1,6 @@
-//! `netplane-bench --smoke`: the benchmark runs end to end and every mode answers. A smoke
-//! test only: no figure is asserted (speed is measured by the benchmark, not by tests).
+//! `netplane-bench --smoke`: the benchmark runs end to end and every mode answers, on the
+//! bridge network and on the ptp one. A smoke test only: no figure is asserted (speed is
+//! measured by the benchmark, not by tests).
 #![expect(
     unused_crate_dependencies,
     reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
@@ -52,6 +53,15 @@ fn the_benchmark_runs_every_mode_without_a_failed_request() {
             );
             assert_eq!(rate["errors"], 0, "{mode}: failed connections at N={n}");
         }
+        // The same container on a ptp network: request/response and connections.
+        for key in ["ptp_tcp_rr", "ptp_tcp_crr"] {
+            assert!(
+                s[key]["per_s"].as_f64().unwrap_or(0.0) > 0.0,
+                "{mode}: {key}: {}",
+                s[key]
+            );
+            assert_eq!(s[key]["errors"], 0, "{mode}: {key}: failed requests");
+        }
         // UDP may lose a datagram on a busy machine (its 500 ms timeout counts as an error);
         // more than one would be a fault.
         assert!(
@@ -62,6 +72,16 @@ fn the_benchmark_runs_every_mode_without_a_failed_request() {
             s["udp_rr"]["per_s"].as_f64().unwrap() > 0.0,
             "{mode}: UDP answers"
         );
+    }
+    // ptp over bridge, per mode, for both ptp rows.
+    let ratios = &doc["summary"]["ptp_over_bridge"];
+    for metric in ["tcp_rr_ptp", "tcp_crr_1_ptp"] {
+        for mode in ["baseline", "ebpf", "iptables", "nftables"] {
+            assert!(
+                ratios[metric][mode]["median"].as_f64().unwrap_or(0.0) > 0.0,
+                "ptp/bridge {metric} {mode}: {ratios}"
+            );
+        }
     }
     for f in ["bench.md", "bench.svg"] {
         assert!(out_dir.join(f).exists(), "{f} written");

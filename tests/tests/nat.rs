@@ -1,9 +1,12 @@
 //! The end-to-end NAT suite: what "works" means for a data plane. Every test runs against
-//! each mode in `netplane_tests::MODES`; a mode's own checks (counters, the agent) come on top.
+//! each mode in `netplane_tests::MODES`, on bridge networks and on ptp networks
+//! (`netplane_tests::DRIVERS`: published ports, masquerade, hairpin, 127.0.0.1 publishing
+//! and isolation behave the same without a bridge); a mode's own checks (counters, the
+//! agent) come on top.
 //!
 //! The world: an "outside" namespace (203.0.113.2, TEST-NET-3) with no route to any
 //! container subnet, so a reply reaches a container only if the host translated it; a host
-//! namespace running netplane with uplink 203.0.113.1; two networks.
+//! namespace running netplane with uplink 203.0.113.1; two networks of one driver.
 #![expect(
     unused_crate_dependencies,
     reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
@@ -12,7 +15,7 @@
 use netplane_tests::host::{
     Host, OUTSIDE_IP, Server, UPLINK_IP, client, pings, tcp_exchange, udp_exchange,
 };
-use netplane_tests::{Netns, each_mode};
+use netplane_tests::{Netns, each_mode_and_driver};
 
 const CONTAINERS: &str = r#"
 [[containers]]
@@ -28,16 +31,16 @@ network = "npb"
 "#;
 const WEB: &str = "10.89.0.2";
 
-/// The two networks and their containers.
-fn networks() -> String {
-    format!("{}{CONTAINERS}", netplane_tests::TWO_NETWORKS)
+/// The two networks, of `driver`, and their containers.
+fn networks(driver: &str) -> String {
+    format!("{}{CONTAINERS}", netplane_tests::two_networks(driver))
 }
 
 /// A second uplink address, for ports published on one host address only.
 const SECOND_IP: &str = "203.0.113.3";
 
-/// A host with the two networks up in `mode`.
-fn up(mode: &str) -> Host {
+/// A host with the two networks of `driver` up in `mode`.
+fn up(mode: &str, driver: &str) -> Host {
     let h = Host::new();
     h.host.sh(&[
         "ip",
@@ -47,7 +50,7 @@ fn up(mode: &str) -> Host {
         "dev",
         "up0",
     ]);
-    h.write_config(&format!("mode = \"{mode}\"\n{}", networks()));
+    h.write_config(&format!("mode = \"{mode}\"\n{}", networks(driver)));
     h.netplane_ok(&["up"]);
     h
 }
@@ -110,8 +113,8 @@ fn rules(ns: &Netns) -> String {
 
 #[test]
 fn masquerade_container_to_outside() {
-    each_mode("masquerade_container_to_outside", |mode| {
-        let h = up(mode);
+    each_mode_and_driver("masquerade_container_to_outside", |mode, driver| {
+        let h = up(mode, driver);
         let web = h.container("web");
         let msg = format!("masq-{mode}");
         let answer = tcp_exchange(
@@ -186,8 +189,8 @@ fn masquerade_container_to_outside() {
 
 #[test]
 fn published_ports_from_outside() {
-    each_mode("published_ports_from_outside", |mode| {
-        let h = up(mode);
+    each_mode_and_driver("published_ports_from_outside", |mode, driver| {
+        let h = up(mode, driver);
         let web = h.container("web");
         let answer = tcp_exchange(
             &web,
@@ -278,105 +281,108 @@ fn checked_frames(capture: &str, pred: impl Fn(&str, &str) -> bool) -> Vec<Strin
 
 #[test]
 fn checksums_on_the_wire_are_right_both_ways() {
-    each_mode("checksums_on_the_wire_are_right_both_ways", |mode| {
-        let h = up(mode);
-        let web = h.container("web");
-        // Containers keep TX checksum offload, so their packets cross the host as
-        // CHECKSUM_PARTIAL (only the pseudo-header sum in the field), the case a rewrite
-        // gets wrong without BPF_F_PSEUDO_HDR. The host's own devices checksum in software
-        // when they transmit (skb_checksum_help()), so the wire shows the result; veth
-        // alone would carry partial checksums that nobody verifies. The outside sends full
-        // checksums, as packets from a NIC have them.
-        let status: serde_json::Value =
-            serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
-        let web_veth = status["containers"][0]["host_veth"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        for dev in ["up0", web_veth.as_str()] {
-            h.host.sh(&["ethtool", "-K", dev, "tx", "off"]);
-        }
-        h.outside.sh(&["ethtool", "-K", "eth0", "tx", "off"]);
-        let at_outside = Server::start(&h.outside, &["capture", "eth0", "2500"]);
-        let at_web = Server::start(&web, &["capture", "eth0", "2500"]);
-        tcp_exchange(
-            &h.outside,
-            "0.0.0.0:7000",
-            &web,
-            &format!("{OUTSIDE_IP}:7000"),
-            "masq",
-        );
-        udp_exchange(
-            &h.outside,
-            "0.0.0.0:7001",
-            &web,
-            &format!("{OUTSIDE_IP}:7001"),
-            300,
-            None,
-        )
-        .unwrap();
-        tcp_exchange(
-            &web,
-            "0.0.0.0:80",
-            &h.outside,
-            &format!("{UPLINK_IP}:8080"),
-            "published",
-        );
-        udp_exchange(
-            &web,
-            "0.0.0.0:53",
-            &h.outside,
-            &format!("{UPLINK_IP}:5353"),
-            300,
-            None,
-        )
-        .unwrap();
-        // From the other network to the published port: partial checksums, both addresses
-        // rewritten on the bridges (DNAT, and SNAT to the web network's gateway).
-        let other = h.container("other");
-        tcp_exchange(
-            &web,
-            "0.0.0.0:80",
-            &other,
-            &format!("{UPLINK_IP}:8080"),
-            "hairpin",
-        );
-        udp_exchange(
-            &web,
-            "0.0.0.0:53",
-            &other,
-            &format!("{UPLINK_IP}:5353"),
-            300,
-            None,
-        )
-        .unwrap();
-        let at_web = at_web.output();
-        // Source rewritten (masquerade, and the replies of the published port) ...
-        let rewritten_src =
-            checked_frames(&at_outside.output(), |src, _| src.starts_with(UPLINK_IP));
-        // ... and destination rewritten (DNAT, and the replies to masquerade) ...
-        let rewritten_dst = checked_frames(&at_web, |src, dst| {
-            src.starts_with(OUTSIDE_IP) && dst.starts_with(WEB)
-        });
-        // ... and both, from partial checksums.
-        let rewritten_both = checked_frames(&at_web, |src, dst| {
-            src.starts_with("10.89.0.1:") && dst.starts_with(WEB)
-        });
-        for (what, protos) in [
-            ("source", rewritten_src),
-            ("destination", rewritten_dst),
-            ("hairpin", rewritten_both),
-        ] {
-            assert!(
-                protos.iter().filter(|p| *p == "6").count() >= 3,
-                "{what}-rewritten TCP seen: {protos:?}"
+    each_mode_and_driver(
+        "checksums_on_the_wire_are_right_both_ways",
+        |mode, driver| {
+            let h = up(mode, driver);
+            let web = h.container("web");
+            // Containers keep TX checksum offload, so their packets cross the host as
+            // CHECKSUM_PARTIAL (only the pseudo-header sum in the field), the case a rewrite
+            // gets wrong without BPF_F_PSEUDO_HDR. The host's own devices checksum in software
+            // when they transmit (skb_checksum_help()), so the wire shows the result; veth
+            // alone would carry partial checksums that nobody verifies. The outside sends full
+            // checksums, as packets from a NIC have them.
+            let status: serde_json::Value =
+                serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
+            let web_veth = status["containers"][0]["host_veth"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            for dev in ["up0", web_veth.as_str()] {
+                h.host.sh(&["ethtool", "-K", dev, "tx", "off"]);
+            }
+            h.outside.sh(&["ethtool", "-K", "eth0", "tx", "off"]);
+            let at_outside = Server::start(&h.outside, &["capture", "eth0", "2500"]);
+            let at_web = Server::start(&web, &["capture", "eth0", "2500"]);
+            tcp_exchange(
+                &h.outside,
+                "0.0.0.0:7000",
+                &web,
+                &format!("{OUTSIDE_IP}:7000"),
+                "masq",
             );
-            assert!(
-                protos.iter().any(|p| p == "17"),
-                "{what}-rewritten UDP seen: {protos:?}"
+            udp_exchange(
+                &h.outside,
+                "0.0.0.0:7001",
+                &web,
+                &format!("{OUTSIDE_IP}:7001"),
+                300,
+                None,
+            )
+            .unwrap();
+            tcp_exchange(
+                &web,
+                "0.0.0.0:80",
+                &h.outside,
+                &format!("{UPLINK_IP}:8080"),
+                "published",
             );
-        }
-    });
+            udp_exchange(
+                &web,
+                "0.0.0.0:53",
+                &h.outside,
+                &format!("{UPLINK_IP}:5353"),
+                300,
+                None,
+            )
+            .unwrap();
+            // From the other network to the published port: partial checksums, both addresses
+            // rewritten on the bridges (DNAT, and SNAT to the web network's gateway).
+            let other = h.container("other");
+            tcp_exchange(
+                &web,
+                "0.0.0.0:80",
+                &other,
+                &format!("{UPLINK_IP}:8080"),
+                "hairpin",
+            );
+            udp_exchange(
+                &web,
+                "0.0.0.0:53",
+                &other,
+                &format!("{UPLINK_IP}:5353"),
+                300,
+                None,
+            )
+            .unwrap();
+            let at_web = at_web.output();
+            // Source rewritten (masquerade, and the replies of the published port) ...
+            let rewritten_src =
+                checked_frames(&at_outside.output(), |src, _| src.starts_with(UPLINK_IP));
+            // ... and destination rewritten (DNAT, and the replies to masquerade) ...
+            let rewritten_dst = checked_frames(&at_web, |src, dst| {
+                src.starts_with(OUTSIDE_IP) && dst.starts_with(WEB)
+            });
+            // ... and both, from partial checksums.
+            let rewritten_both = checked_frames(&at_web, |src, dst| {
+                src.starts_with("10.89.0.1:") && dst.starts_with(WEB)
+            });
+            for (what, protos) in [
+                ("source", rewritten_src),
+                ("destination", rewritten_dst),
+                ("hairpin", rewritten_both),
+            ] {
+                assert!(
+                    protos.iter().filter(|p| *p == "6").count() >= 3,
+                    "{what}-rewritten TCP seen: {protos:?}"
+                );
+                assert!(
+                    protos.iter().any(|p| p == "17"),
+                    "{what}-rewritten UDP seen: {protos:?}"
+                );
+            }
+        },
+    );
 }
 
 /// Segments TCP in namespace `ns` had to queue out of order (TcpExt TCPOFOQueue).
@@ -404,8 +410,8 @@ fn link_packets(ns: &Netns, dev: &str) -> (u64, u64) {
 
 #[test]
 fn bulk_streams_arrive_in_order() {
-    each_mode("bulk_streams_arrive_in_order", |mode| {
-        let h = up(mode);
+    each_mode_and_driver("bulk_streams_arrive_in_order", |mode, driver| {
+        let h = up(mode, driver);
         let web = h.container("web");
         // 64 MiB each way: full-sized GSO packets and small ones in one flow. In eBPF mode
         // they must all take the short way, or the small ones would overtake the big ones
@@ -422,7 +428,7 @@ fn bulk_streams_arrive_in_order() {
             let before = out_of_order(receiver);
             let sink = Server::start(receiver, &["sink-tcp", listen]);
             let (web_rx, up0_tx) = (link_packets(&web, "eth0").0, link_packets(&h.host, "up0").1);
-            let bridge_tx = link_packets(&h.host, "npa").1;
+            let bridge_tx = (driver == "bridge").then(|| link_packets(&h.host, "npa").1);
             let fwd = (mode == "ebpf").then(|| {
                 (
                     dataplane_counter(&h, "/fast_forwarded/into_containers"),
@@ -456,6 +462,9 @@ fn bulk_streams_arrive_in_order() {
                 // Into the container, data goes past the bridge, onto the host veth;
                 // pure ACKs (all that enters it while it sends) cross the bridge, as the
                 // kernel's forwarding would take them (netplane-ebpf's forward.rs says why).
+                // Bridge only: a ptp network has no bridge device to count them on (its
+                // host veth is the only way in, whichever way a packet took).
+                let Some(bridge_tx) = bridge_tx else { continue };
                 let bridge_tx = link_packets(&h.host, "npa").1 - bridge_tx;
                 if std::ptr::eq(receiver, &web) {
                     assert!(bridge_tx <= 5, "{bridge_tx} of {web_rx} crossed the bridge");
@@ -472,72 +481,79 @@ fn bulk_streams_arrive_in_order() {
 
 #[test]
 fn icmp_errors_reach_the_sockets_they_are_about() {
-    each_mode("icmp_errors_reach_the_sockets_they_are_about", |mode| {
-        let h = up(mode);
-        let web = h.container("web");
-        // Nothing listens behind the published UDP port: the container's "port
-        // unreachable" quotes the translated datagram, and reaches the outside's socket
-        // only if the quote is translated back.
-        let refused = |from: &Netns, target: &str| client(from, &["probe-udp", target]).unwrap();
-        assert_eq!(refused(&h.outside, &format!("{UPLINK_IP}:5353")), "refused");
-        // And the other way, for a masqueraded flow.
-        assert_eq!(refused(&web, &format!("{OUTSIDE_IP}:7009")), "refused");
-        // (With a listener, the same probes are answered.)
-        let _server = Server::start(&web, &["serve-udp", "0.0.0.0:53"]);
-        assert_eq!(
-            refused(&h.outside, &format!("{UPLINK_IP}:5353")),
-            "answered"
-        );
-    });
+    each_mode_and_driver(
+        "icmp_errors_reach_the_sockets_they_are_about",
+        |mode, driver| {
+            let h = up(mode, driver);
+            let web = h.container("web");
+            // Nothing listens behind the published UDP port: the container's "port
+            // unreachable" quotes the translated datagram, and reaches the outside's socket
+            // only if the quote is translated back.
+            let refused =
+                |from: &Netns, target: &str| client(from, &["probe-udp", target]).unwrap();
+            assert_eq!(refused(&h.outside, &format!("{UPLINK_IP}:5353")), "refused");
+            // And the other way, for a masqueraded flow.
+            assert_eq!(refused(&web, &format!("{OUTSIDE_IP}:7009")), "refused");
+            // (With a listener, the same probes are answered.)
+            let _server = Server::start(&web, &["serve-udp", "0.0.0.0:53"]);
+            assert_eq!(
+                refused(&h.outside, &format!("{UPLINK_IP}:5353")),
+                "answered"
+            );
+        },
+    );
 }
 
 #[test]
 fn established_connections_survive_up_and_the_agent() {
-    each_mode("established_connections_survive_up_and_the_agent", |mode| {
-        let h = up(mode);
-        let web = h.container("web");
-        let _server = Server::start(&web, &["echo-tcp", "0.0.0.0:80"]);
-        // 40 lines, 100 ms apart, on one connection through the published port.
-        let bin = netplane_tests::host::nptest_bin();
-        let client = h.outside.spawn(&[
-            bin.to_str().unwrap(),
-            "hold-tcp",
-            &format!("{UPLINK_IP}:8080"),
-            "40",
-            "100",
-        ]);
-        std::thread::sleep(std::time::Duration::from_millis(500));
-        h.netplane_ok(&["up"]);
-        if mode == "ebpf" {
-            // The agent dies; the pinned data plane does not.
-            let status: serde_json::Value =
-                serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
-            let pid = status["dataplane_health"]["agent_pid"]
-                .as_u64()
-                .expect("an agent runs in eBPF mode");
-            h.host.sh(&["kill", "-9", &pid.to_string()]);
+    each_mode_and_driver(
+        "established_connections_survive_up_and_the_agent",
+        |mode, driver| {
+            let h = up(mode, driver);
+            let web = h.container("web");
+            let _server = Server::start(&web, &["echo-tcp", "0.0.0.0:80"]);
+            // 40 lines, 100 ms apart, on one connection through the published port.
+            let bin = netplane_tests::host::nptest_bin();
+            let client = h.outside.spawn(&[
+                bin.to_str().unwrap(),
+                "hold-tcp",
+                &format!("{UPLINK_IP}:8080"),
+                "40",
+                "100",
+            ]);
             std::thread::sleep(std::time::Duration::from_millis(500));
-            let flows = h.netplane_ok(&["conntrack"]);
+            h.netplane_ok(&["up"]);
+            if mode == "ebpf" {
+                // The agent dies; the pinned data plane does not.
+                let status: serde_json::Value =
+                    serde_json::from_str(&h.netplane_ok(&["status", "--json"])).unwrap();
+                let pid = status["dataplane_health"]["agent_pid"]
+                    .as_u64()
+                    .expect("an agent runs in eBPF mode");
+                h.host.sh(&["kill", "-9", &pid.to_string()]);
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                let flows = h.netplane_ok(&["conntrack"]);
+                assert!(
+                    flows.contains("ESTABLISHED") && flows.contains(":8080"),
+                    "{flows}"
+                );
+            }
+            h.netplane_ok(&["up"]);
+            let out = client.wait_with_output().unwrap();
             assert!(
-                flows.contains("ESTABLISHED") && flows.contains(":8080"),
-                "{flows}"
+                out.status.success(),
+                "the connection broke: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
             );
-        }
-        h.netplane_ok(&["up"]);
-        let out = client.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "the connection broke: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
+        },
+    );
 }
 
 #[test]
 fn published_ports_from_the_host() {
-    each_mode("published_ports_from_the_host", |mode| {
-        let h = up(mode);
+    each_mode_and_driver("published_ports_from_the_host", |mode, driver| {
+        let h = up(mode, driver);
         let web = h.container("web");
         let answer = tcp_exchange(
             &web,
@@ -583,6 +599,8 @@ fn published_ports_from_the_host() {
             "local",
         ]);
         evil.sysctl("net.ipv4.conf.all.route_localnet", "1");
+        // `onlink`: on a ptp network the container's address is a /32, so the gateway is
+        // on no connected prefix (its own default route says onlink too).
         evil.sh(&[
             "ip",
             "route",
@@ -592,6 +610,7 @@ fn published_ports_from_the_host() {
             "10.89.0.1",
             "dev",
             "eth0",
+            "onlink",
         ]);
         let dropped_before = loopback_guard_drops(mode, &h);
         assert!(
@@ -607,8 +626,8 @@ fn published_ports_from_the_host() {
 
 #[test]
 fn hairpin_to_a_peer_and_to_itself() {
-    each_mode("hairpin_to_a_peer_and_to_itself", |mode| {
-        let h = up(mode);
+    each_mode_and_driver("hairpin_to_a_peer_and_to_itself", |mode, driver| {
+        let h = up(mode, driver);
         let (web, peer) = (h.container("web"), h.container("peer"));
         let answer = tcp_exchange(
             &web,
@@ -634,10 +653,10 @@ fn hairpin_to_a_peer_and_to_itself() {
 
 #[test]
 fn networks_are_isolated_but_published_ports_are_reachable() {
-    each_mode(
+    each_mode_and_driver(
         "networks_are_isolated_but_published_ports_are_reachable",
-        |mode| {
-            let h = up(mode);
+        |mode, driver| {
+            let h = up(mode, driver);
             let (web, other) = (h.container("web"), h.container("other"));
             assert!(!pings(&other, WEB), "ping across networks");
             assert!(
@@ -664,56 +683,64 @@ fn networks_are_isolated_but_published_ports_are_reachable() {
 
 #[test]
 fn a_thousand_short_connections_without_a_failure() {
-    each_mode("a_thousand_short_connections_without_a_failure", |mode| {
-        let h = up(mode);
-        let web = h.container("web");
-        for (server, listen, from, target) in [
-            (&web, "0.0.0.0:80", &h.outside, format!("{UPLINK_IP}:8080")),
-            (
-                &h.outside,
-                "0.0.0.0:7000",
-                &web,
-                format!("{OUTSIDE_IP}:7000"),
-            ),
-        ] {
-            let srv = Server::start(server, &["serve-tcp", listen, "1000"]);
-            if let Err(e) = client(from, &["send-tcp", &target, "many", "1000"]) {
-                panic!("{target}: {e}");
+    each_mode_and_driver(
+        "a_thousand_short_connections_without_a_failure",
+        |mode, driver| {
+            let h = up(mode, driver);
+            let web = h.container("web");
+            for (server, listen, from, target) in [
+                (&web, "0.0.0.0:80", &h.outside, format!("{UPLINK_IP}:8080")),
+                (
+                    &h.outside,
+                    "0.0.0.0:7000",
+                    &web,
+                    format!("{OUTSIDE_IP}:7000"),
+                ),
+            ] {
+                let srv = Server::start(server, &["serve-tcp", listen, "1000"]);
+                if let Err(e) = client(from, &["send-tcp", &target, "many", "1000"]) {
+                    panic!("{target}: {e}");
+                }
+                assert!(srv.finish(), "the server answered all 1000");
             }
-            assert!(srv.finish(), "the server answered all 1000");
-        }
-    });
+        },
+    );
 }
 
 #[test]
 fn a_newly_published_udp_port_is_not_blackholed_by_old_conntrack_entries() {
-    each_mode("a_newly_published_udp_port_is_not_blackholed", |mode| {
-        let h = up(mode);
-        let config = format!(
-            "mode = \"{mode}\"\n{}",
-            networks().replace(", \"5353:53/udp\"", "")
-        );
-        h.write_config(&config);
-        h.netplane_ok(&["up"]);
-        let web = h.container("web");
-        // A client keeps sending from one source port while the port is not published:
-        // the host has a conntrack entry for the flow without NAT.
-        let target = format!("{UPLINK_IP}:5353");
-        assert!(udp_exchange(&web, "0.0.0.0:53", &h.outside, &target, 10, Some(40000)).is_err());
-        h.write_config(&format!("mode = \"{mode}\"\n{}", networks()));
-        h.netplane_ok(&["up"]);
-        let answer = udp_exchange(&web, "0.0.0.0:53", &h.outside, &target, 10, Some(40000));
-        assert_eq!(
-            answer.unwrap(),
-            format!("10 bytes from {OUTSIDE_IP}"),
-            "the same flow now reaches the container"
-        );
-    });
+    each_mode_and_driver(
+        "a_newly_published_udp_port_is_not_blackholed",
+        |mode, driver| {
+            let h = up(mode, driver);
+            let config = format!(
+                "mode = \"{mode}\"\n{}",
+                networks(driver).replace(", \"5353:53/udp\"", "")
+            );
+            h.write_config(&config);
+            h.netplane_ok(&["up"]);
+            let web = h.container("web");
+            // A client keeps sending from one source port while the port is not published:
+            // the host has a conntrack entry for the flow without NAT.
+            let target = format!("{UPLINK_IP}:5353");
+            assert!(
+                udp_exchange(&web, "0.0.0.0:53", &h.outside, &target, 10, Some(40000)).is_err()
+            );
+            h.write_config(&format!("mode = \"{mode}\"\n{}", networks(driver)));
+            h.netplane_ok(&["up"]);
+            let answer = udp_exchange(&web, "0.0.0.0:53", &h.outside, &target, 10, Some(40000));
+            assert_eq!(
+                answer.unwrap(),
+                format!("10 bytes from {OUTSIDE_IP}"),
+                "the same flow now reaches the container"
+            );
+        },
+    );
 }
 
 #[test]
 fn down_restores_the_firewall_exactly_and_rejects_bad_input_unchanged() {
-    each_mode("down_restores_the_firewall_exactly", |mode| {
+    each_mode_and_driver("down_restores_the_firewall_exactly", |mode, driver| {
         let h = Host::new();
         // Another tool's rules, in every table netplane uses: they must survive untouched.
         for rule in [
@@ -731,7 +758,7 @@ fn down_restores_the_firewall_exactly_and_rejects_bad_input_unchanged() {
         // Bad input: a host port published twice. Rejected, nothing changed.
         h.write_config(&format!(
             "mode = \"{mode}\"\n{}",
-            networks().replace(
+            networks(driver).replace(
                 "publish = [\"8080:80\"",
                 "publish = [\"8080:80\", \"8080:81\""
             )
@@ -741,7 +768,7 @@ fn down_restores_the_firewall_exactly_and_rejects_bad_input_unchanged() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("8080:81"));
         assert_eq!(rules(&h.host), before);
 
-        h.write_config(&format!("mode = \"{mode}\"\n{}", networks()));
+        h.write_config(&format!("mode = \"{mode}\"\n{}", networks(driver)));
         h.netplane_ok(&["up"]);
         match mode {
             "iptables" => assert_ne!(rules(&h.host), before, "iptables mode adds its rules"),

@@ -2,11 +2,16 @@
 //! reference and a no-NAT baseline, measured side by side in one run.
 //!
 //! It runs in the harness's [`Host`]: the "outside" namespace (the client, on
-//! TEST-NET-3) cabled to a "host" namespace where netplane runs, with one container. Modes
-//! are interleaved in rounds, in a new random order each round; ratios are computed
-//! within a round (the same minutes of the same machine) and reported as the median with
-//! its spread. Client and server threads are pinned to different CPUs. Every measurement
-//! has a warm-up.
+//! TEST-NET-3) cabled to a "host" namespace where netplane runs, with one container on a
+//! bridge network. Modes are interleaved in rounds, in a new random order each round;
+//! ratios are computed within a round (the same minutes of the same machine) and reported
+//! as the median with its spread. Client and server threads are pinned to different CPUs.
+//! Every measurement has a warm-up.
+//!
+//! Each mode is also measured with its container on a ptp network (no bridge: a /32 route
+//! to the container's host veth), for request/response and connect/request/close, right
+//! after the bridge network in the same round: the rows ending in ", ptp", and the ratio
+//! ptp/bridge per mode under the table.
 
 mod load;
 pub mod report;
@@ -15,7 +20,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use netplane::config::{Config, Mode, Plan};
+use netplane::config::{Config, Driver, Mode, Plan};
 use netplane::dataplane::ebpf::{
     conntrack_entries, ct_bytes_per_entry, drop_counters, program_costs,
 };
@@ -100,6 +105,10 @@ pub struct Sample {
     pub change_up_ms: Option<f64>,
     /// The eBPF data plane's drop counters after the round (a diagnosis, not a figure).
     pub drops: Vec<(String, u64)>,
+    /// TCP request/response with the container on a ptp network instead of a bridge.
+    pub ptp_tcp_rr: Option<Rate>,
+    /// TCP connect/request/close (N = the first of the scale) on a ptp network.
+    pub ptp_tcp_crr: Option<Rate>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +165,8 @@ pub struct Results {
     /// per run during a separate connect/request/close run with BPF_ENABLE_STATS on (it
     /// costs a little per run, so it is kept out of the figures above).
     pub ebpf_program_costs: Vec<(String, u64, f64)>,
+    /// The same with the container on a ptp network (the programs on its host veth).
+    pub ebpf_program_costs_ptp: Vec<(String, u64, f64)>,
 }
 
 /// The bench's sandbox: the harness's [`Host`], whose outside namespace is the client.
@@ -197,8 +208,20 @@ impl Bench {
         self.host.container("web")
     }
 
-    /// The plan of `mode` with `n` published TCP ports (and one UDP port).
+    /// The plan of `mode` with `n` published TCP ports (and one UDP port), the container
+    /// on a bridge network.
     fn plan(&self, mode: Mode, n: u32, shift_first: bool) -> anyhow::Result<Plan> {
+        self.plan_on(Driver::Bridge, mode, n, shift_first)
+    }
+
+    /// [`Bench::plan`] with the container on a network of `driver`.
+    fn plan_on(
+        &self,
+        driver: Driver,
+        mode: Mode,
+        n: u32,
+        shift_first: bool,
+    ) -> anyhow::Result<Plan> {
         let mut publish: Vec<String> = (0..n)
             .map(|i| format!("\"{}:{SERVER_PORT}\"", u32::from(FIRST_PORT) + i))
             .collect();
@@ -206,8 +229,13 @@ impl Bench {
             publish[0] = format!("\"{}:{SERVER_PORT}\"", FIRST_PORT - 1);
         }
         publish.push(format!("\"{UDP_PORT}:{SERVER_PORT}/udp\""));
+        let driver = match driver {
+            Driver::Bridge => "bridge",
+            Driver::Ptp => "ptp",
+        };
         let text = format!(
             "name = \"{}\"\nmode = \"{mode}\"\nuplink = \"{UPLINK}\"\n[[networks]]\nname = \"npa\"\nsubnet = \"{SUBNET}\"\n\
+             driver = \"{driver}\"\n\
              [[containers]]\nname = \"web\"\nnetwork = \"npa\"\nip = \"{WEB}\"\npublish = [{}]\n",
             self.name(),
             publish.join(", ")
@@ -428,7 +456,47 @@ fn measure(bench: &mut Bench, mode: &str, opts: &Options, round: usize) -> anyho
     }
     drop(web_servers);
     drop(outside_servers);
+    (s.ptp_tcp_rr, s.ptp_tcp_crr) = measure_ptp(bench, mode, netplane_mode, opts, round)?;
     Ok(s)
+}
+
+/// Request/response and connect/request/close (N = the first of the scale) of one mode,
+/// with the container on a ptp network: no bridge, the host routes to the container's
+/// veth. In fresh namespaces, as every measurement.
+fn measure_ptp(
+    bench: &mut Bench,
+    mode: &str,
+    netplane_mode: Mode,
+    opts: &Options,
+    round: usize,
+) -> anyhow::Result<(Option<Rate>, Option<Rate>)> {
+    let p = |what: &str| progress(round, opts.rounds, mode, &format!("ptp network: {what}"));
+    let n = opts.scale[0];
+    p("setting up");
+    let sb = bench.fresh();
+    sb.up(&sb.plan_on(Driver::Ptp, netplane_mode, n, false)?)?;
+    if mode == "nftables" {
+        nft_apply(sb, n, false)?;
+    }
+    let (secs, warm) = (opts.secs(), Duration::from_secs_f64(opts.warmup));
+    let _web_servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
+    // The same targets as on the bridge network (see `measure`).
+    let target = |port: u16| {
+        if mode == "baseline" {
+            sock(WEB, SERVER_PORT)
+        } else {
+            sock(UPLINK_IP, port)
+        }
+    };
+    let t = target(FIRST_PORT);
+    p("TCP request/response");
+    from_client(sb, move || load::tcp_rr(t, warm));
+    let rr = from_client(sb, move || load::tcp_rr(t, secs));
+    p(&format!("TCP connect/request/close, N = {n}"));
+    let t = target(FIRST_PORT + (n - 1) as u16);
+    from_client(sb, move || load::tcp_crr(t, warm));
+    let crr = from_client(sb, move || load::tcp_crr(t, secs));
+    Ok((Some(rr), Some(crr)))
 }
 
 fn machine() -> Machine {
@@ -569,11 +637,18 @@ fn slab_bytes() -> f64 {
         .sum()
 }
 
-/// Per-program run time of the eBPF data plane under connect/request/close.
-fn profile(bench: &mut Bench, opts: &Options) -> anyhow::Result<Vec<(String, u64, f64)>> {
-    eprintln!("[profile] ebpf: per-program run time under connect/request/close");
+/// Per-program run time of the eBPF data plane under connect/request/close, with the
+/// container on a network of `driver`.
+fn profile(
+    bench: &mut Bench,
+    opts: &Options,
+    driver: Driver,
+) -> anyhow::Result<Vec<(String, u64, f64)>> {
+    eprintln!(
+        "[profile] ebpf, {driver:?} network: per-program run time under connect/request/close"
+    );
     let sb = bench.fresh();
-    sb.up(&sb.plan(Mode::Ebpf, opts.scale[0], false)?)?;
+    sb.up(&sb.plan_on(driver, Mode::Ebpf, opts.scale[0], false)?)?;
     let servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
     let t = sock(UPLINK_IP, FIRST_PORT);
@@ -627,12 +702,14 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
         rounds.push(samples);
     }
     let memory = memory(&mut bench)?;
-    let ebpf_program_costs = profile(&mut bench, &opts)?;
+    let ebpf_program_costs = profile(&mut bench, &opts, Driver::Bridge)?;
+    let ebpf_program_costs_ptp = profile(&mut bench, &opts, Driver::Ptp)?;
     Ok(Results {
         options: opts,
         machine,
         rounds,
         memory,
         ebpf_program_costs,
+        ebpf_program_costs_ptp,
     })
 }

@@ -65,6 +65,13 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
             Box::new(|s| Some(s.tcp_rr.p99_us)),
         ),
         m(
+            "tcp_rr_ptp",
+            "TCP request/response, ptp",
+            "trans/s",
+            true,
+            Box::new(|s| s.ptp_tcp_rr.map(|r| r.per_s)),
+        ),
+        m(
             "udp_rr",
             "UDP request/response",
             "trans/s",
@@ -102,6 +109,16 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
             false,
             Box::new(move |s| crr(s).map(|r| r.p99_us)),
         ));
+        // The ptp network is measured at the first N only (see `bench::measure_ptp`).
+        if n == scale[0] {
+            v.push(m(
+                &format!("tcp_crr_{n}_ptp"),
+                &format!("TCP connect/request/close, N={n}, ptp"),
+                "conn/s",
+                true,
+                Box::new(|s| s.ptp_tcp_crr.map(|r| r.per_s)),
+            ));
+        }
     }
     let n_max = scale.last().copied().unwrap_or(1);
     v.push(m(
@@ -172,6 +189,27 @@ pub struct Row {
 pub struct Summary {
     pub rows: Vec<Row>,
     pub memory_ratio: f64,
+    /// Per ptp metric (`tcp_rr_ptp`, `tcp_crr_<N>_ptp`) and mode: the ptp network's figure
+    /// over the bridge network's, computed within each round.
+    pub ptp_over_bridge: BTreeMap<String, BTreeMap<String, Ratio>>,
+}
+
+/// `(ptp metric, its bridge counterpart)`.
+fn ptp_pairs(scale: &[u32]) -> [(String, String); 2] {
+    let n = scale.first().copied().unwrap_or(1);
+    [
+        ("tcp_rr_ptp".into(), "tcp_rr".into()),
+        (format!("tcp_crr_{n}_ptp"), format!("tcp_crr_{n}")),
+    ]
+}
+
+/// Median, min and max of per-round ratios, `None` when no round has both figures.
+fn ratio_of(per_round: Vec<f64>) -> Option<Ratio> {
+    let per_round: Vec<f64> = per_round.into_iter().filter(|x| x.is_finite()).collect();
+    let median = median(per_round.clone())?;
+    let min = per_round.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Some(Ratio { median, min, max })
 }
 
 pub fn summarize(r: &Results) -> Summary {
@@ -196,23 +234,12 @@ pub fn summarize(r: &Results) -> Summary {
             let ebpf_over = ["iptables", "nftables", "baseline"]
                 .iter()
                 .filter_map(|other| {
-                    let per_round: Vec<f64> = r
+                    let per_round = r
                         .rounds
                         .iter()
                         .filter_map(|rd| Some(of(rd, "ebpf")? / of(rd, other)?))
-                        .filter(|x| x.is_finite())
                         .collect();
-                    let med = median(per_round.clone())?;
-                    let min = per_round.iter().copied().fold(f64::INFINITY, f64::min);
-                    let max = per_round.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    Some((
-                        (*other).to_owned(),
-                        Ratio {
-                            median: med,
-                            min,
-                            max,
-                        },
-                    ))
+                    Some(((*other).to_owned(), ratio_of(per_round)?))
                 })
                 .collect();
             Row {
@@ -225,10 +252,33 @@ pub fn summarize(r: &Results) -> Summary {
             }
         })
         .collect();
+    let all = metrics(&r.options.scale);
+    let get = |key: &str| &all.iter().find(|m| m.key == key).expect("a metric").get;
+    let ptp_over_bridge = ptp_pairs(&r.options.scale)
+        .into_iter()
+        .map(|(ptp, bridge)| {
+            let per_mode = MODES
+                .iter()
+                .filter_map(|mode| {
+                    let per_round = r
+                        .rounds
+                        .iter()
+                        .filter_map(|rd| {
+                            let (_, s) = rd.iter().find(|(k, _)| k == mode)?;
+                            Some(get(&ptp)(s)? / get(&bridge)(s)?)
+                        })
+                        .collect();
+                    Some(((*mode).to_owned(), ratio_of(per_round)?))
+                })
+                .collect();
+            (ptp, per_mode)
+        })
+        .collect();
     Summary {
         rows,
         // The worse of the two kinds.
         memory_ratio: r.memory.published.ratio().max(r.memory.masquerade.ratio()),
+        ptp_over_bridge,
     }
 }
 
@@ -299,10 +349,29 @@ pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
         );
         out.push_str(&line(&cells, markdown));
     }
-    let m = &r.memory;
     if markdown {
         out.push('\n');
     }
+    for (metric, per_mode) in &s.ptp_over_bridge {
+        let label = s
+            .rows
+            .iter()
+            .find(|row| &row.metric == metric)
+            .map_or(metric.as_str(), |row| row.label.as_str());
+        let ratios: Vec<String> = MODES
+            .iter()
+            .filter_map(|m| Some(format!("{m} {}", fmt_ratio(Some(per_mode.get(*m)?)))))
+            .collect();
+        writeln!(
+            out,
+            "ptp over bridge, {}: {}{}",
+            label.trim_end_matches(", ptp"),
+            ratios.join(", "),
+            if markdown { "  " } else { "" },
+        )
+        .unwrap();
+    }
+    let m = &r.memory;
     for (kind, f) in [
         ("published port", &m.published),
         ("masquerade", &m.masquerade),
@@ -327,8 +396,14 @@ pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
 /// The per-program profile of the eBPF data path.
 pub fn profile(r: &Results) -> String {
     let mut out = String::from("eBPF programs under connect/request/close (BPF_ENABLE_STATS):\n");
-    for (link, runs, ns) in &r.ebpf_program_costs {
-        writeln!(out, "  {link:<40} {runs:>9} runs {ns:>8.0} ns/run").unwrap();
+    for (network, costs) in [
+        ("bridge network", &r.ebpf_program_costs),
+        ("ptp network", &r.ebpf_program_costs_ptp),
+    ] {
+        writeln!(out, " {network}:").unwrap();
+        for (link, runs, ns) in costs {
+            writeln!(out, "  {link:<40} {runs:>9} runs {ns:>8.0} ns/run").unwrap();
+        }
     }
     out
 }
