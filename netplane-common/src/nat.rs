@@ -1,7 +1,8 @@
 //! The eBPF data plane's map types and the pure logic of its connection tracking.
 //!
 //! NAT works in two stages, as in netfilter: the **dst stage** (TC ingress: the uplink's,
-//! and each bridge's for packets from containers) rewrites destinations: DNAT of published
+//! and each container network's: its bridge's, or a `ptp` network's host veths', for
+//! packets from containers) rewrites destinations: DNAT of published
 //! ports and the reverse of SNAT. The **src stage** (TC egress of the same devices)
 //! rewrites sources: SNAT (masquerade, hairpin) and the reverse of DNAT. Rewriting a
 //! destination before routing and a source after it keeps every packet the kernel routes
@@ -12,7 +13,9 @@
 //! keyed by the tuple of its replies, which also tracks its state for both directions:
 //! the original direction finds it from its own tuple (a published port's through the
 //! published-ports map; a masqueraded flow's by trying the ports masquerade hands out).
-//! Hairpin, translated twice, keeps an entry per stage and direction: four.
+//! Hairpin, translated twice, keeps an entry per stage and direction: four. A flow that a
+//! container of a `routed` network opens is tracked by one such entry too, whose rewrite
+//! is the identity ([`kind::ROUTED`]): its replies are what the outside may send it.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -123,6 +126,16 @@ pub mod kind {
     pub const MASQUERADE: u8 = 1;
     pub const PUBLISHED: u8 = 2;
     pub const HAIRPIN: u8 = 3;
+    /// A flow that a container of a `routed` network opened towards the outside: tracked,
+    /// not translated (the entry's address and port are the container's own), so that its
+    /// replies may come in while the rest of the outside may not. One entry, keyed by the
+    /// replies' tuple at the uplink's dst stage, as a masqueraded flow's.
+    pub const ROUTED: u8 = 4;
+    /// A flow that the outside opened straight to a container of a `nat-unprotected`
+    /// network: tracked, not translated, so that the container's replies leave with its
+    /// own address instead of being masqueraded as a flow of its own. One entry, keyed by
+    /// the replies' tuple at the uplink's src stage, as a published flow's.
+    pub const DIRECT: u8 = 5;
     /// Set on the entries of the reply direction.
     pub const REPLY: u8 = 0x80;
 }
@@ -239,8 +252,8 @@ impl Direction {
     /// The direction of a packet that found entry `e_kind`: by its own tuple (the key is the
     /// packet's tuple at the stage), or through a key made for it (`by_own_tuple` false: a
     /// masqueraded flow's original direction, found by its port, or a published port's,
-    /// through the backend). Masqueraded and published flows are keyed by their replies'
-    /// tuple; hairpin keeps an entry per direction, its replies' marked [`kind::REPLY`].
+    /// through the backend, or a routed container's, by its reversed tuple). Masqueraded,
+    /// published and routed flows are keyed by their replies' tuple; hairpin keeps an entry per direction, its replies' marked [`kind::REPLY`].
     /// (An ICMP error about a masqueraded flow, from outside, finds it as its replies do,
     /// and counts as one, where nf_conntrack would not set IPS_SEEN_REPLY: it takes a
     /// packet of the original direction after it to assure the flow all the same.)
@@ -378,6 +391,34 @@ pub struct NetInfo {
     /// An index unique per network: two addresses are on one network iff equal.
     pub id: u32,
     pub gateway: u32,
+    /// Its [`gateway_mode`].
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
+impl NetInfo {
+    /// Whether its containers' packets to the outside are masqueraded, and its published
+    /// ports DNATed (`nat`, `nat-unprotected`).
+    pub const fn nat(&self) -> bool {
+        matches!(self.mode, gateway_mode::NAT | gateway_mode::NAT_UNPROTECTED)
+    }
+}
+
+/// A network's gateway mode ([`NetInfo::mode`]), Docker 28's: what the programs do between
+/// its containers and the outside ("outside": neither a local container network nor a
+/// never-NAT prefix).
+pub mod gateway_mode {
+    /// Masquerade out, published host ports DNATed in; nothing else from the outside
+    /// reaches a container's address directly (`direct-routing`).
+    pub const NAT: u8 = 0;
+    /// As [`NAT`], but the outside may reach any container port directly.
+    pub const NAT_UNPROTECTED: u8 = 1;
+    /// No translation: containers go out with their own addresses. From the outside only
+    /// the container ports of their publish entries, ICMP echo requests and the replies of
+    /// flows they opened ([`super::kind::ROUTED`]) come in.
+    pub const ROUTED: u8 = 2;
+    /// Nothing in or out, except between its own containers (`isolated-network`).
+    pub const ISOLATED: u8 = 3;
 }
 
 /// A container as the uplink's programs deliver to it: the value of the endpoints map,
@@ -433,6 +474,17 @@ pub mod flags {
     /// Translated packets of known flows go straight to their next hop
     /// (bpf_redirect_neigh), past the kernel's forwarding path and netfilter.
     pub const FAST_FORWARD: u32 = 1;
+    /// Some network is not in a nat mode (`routed`, `isolated`): a container's packet on
+    /// its way out needs its network's mode (one subnet lookup, skipped without this).
+    pub const MODES: u32 = 2;
+    /// Some network is `ptp`: containers of one network talk through the host, so the
+    /// hooks of their host veths see that traffic, and must tell it from the outside.
+    pub const PTP: u32 = 4;
+    /// The never-NAT map holds prefixes (`[[routes]]`): consulted before masquerade, and for
+    /// what comes in from the outside straight to a container.
+    pub const ROUTES: u32 = 8;
+    /// Some network is `isolated`: the bridges' egress looks at what the host sends.
+    pub const ISOLATED: u32 = 16;
 }
 
 /// How many ports masquerade tries after the original one.
@@ -488,10 +540,17 @@ pub enum DropReason {
     /// the kernel's reassembly, and nothing after it can rewrite the datagram: see the
     /// README, "Fragments".
     FragmentReordered = 10,
+    /// From the outside (through the uplink) straight to a container's address, not part
+    /// of any flow netplane translated or tracked, and not open in the container network's
+    /// gateway mode: `nat` (only published host ports reach containers), or `routed` (a
+    /// container port that no publish entry names).
+    DirectRouting = 11,
+    /// Into or out of an `isolated` network, other than between its own containers.
+    IsolatedNetwork = 12,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Malformed,
         DropReason::Isolation,
         DropReason::NatPortExhausted,
@@ -503,6 +562,8 @@ impl DropReason {
         DropReason::CtFull,
         DropReason::Untranslatable,
         DropReason::FragmentReordered,
+        DropReason::DirectRouting,
+        DropReason::IsolatedNetwork,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -518,6 +579,8 @@ impl DropReason {
             DropReason::CtFull => "ct-full",
             DropReason::Untranslatable => "untranslatable",
             DropReason::FragmentReordered => "fragment-reordered",
+            DropReason::DirectRouting => "direct-routing",
+            DropReason::IsolatedNetwork => "isolated-network",
         }
     }
 }
@@ -566,8 +629,12 @@ pub mod maps {
     /// Masquerade's ports of flows that could not keep their own: a cache of the search
     /// (see netplane-ebpf's nat_port), pinned so that a new `up` keeps them.
     pub const MASQ_PORTS: &str = "NP_MASQ_PORTS";
+    /// The never-NAT prefixes: the `[[routes]]` subnets (other hosts' containers).
+    pub const NEVER_NAT: &str = "NP_NEVER_NAT";
+    /// The container ports of `routed` networks open to the outside.
+    pub const ROUTED_PORTS: &str = "NP_ROUTED_PORTS";
     /// Every map the agent pins, so that the data plane outlives it.
-    pub const PINNED: [&str; 13] = [
+    pub const PINNED: [&str; 15] = [
         CT,
         CT_NEW,
         MASQ_PORTS,
@@ -581,6 +648,8 @@ pub mod maps {
         SOCK_REV,
         FORWARDED,
         ENDPOINTS,
+        NEVER_NAT,
+        ROUTED_PORTS,
     ];
 }
 
@@ -708,6 +777,11 @@ mod tests {
         assert_eq!(Direction::of(false, kind::PUBLISHED), Original);
         assert_eq!(Direction::of(true, kind::HAIRPIN), Original);
         assert_eq!(Direction::of(true, kind::HAIRPIN | kind::REPLY), Reply);
+        // A routed container's flow: keyed by its replies' tuple, as a masqueraded one.
+        assert_eq!(Direction::of(true, kind::ROUTED), Reply);
+        assert_eq!(Direction::of(false, kind::ROUTED), Original);
+        assert_eq!(Direction::of(true, kind::DIRECT), Reply);
+        assert_eq!(Direction::of(false, kind::DIRECT), Original);
         // A spoofed SYN: SYN, then the SYN-ACK to nowhere, and no third ACK.
         let (s, promote) = assure(seen::SYN, Original);
         assert!(!promote);
@@ -804,5 +878,6 @@ mod tests {
         assert_eq!(core::mem::size_of::<DpConfig>(), 56);
         assert_eq!(core::mem::size_of::<FragKey>(), 12);
         assert_eq!(core::mem::size_of::<Endpoint>(), 20);
+        assert_eq!(core::mem::size_of::<NetInfo>(), 12);
     }
 }

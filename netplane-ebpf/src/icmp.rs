@@ -8,28 +8,43 @@
 //! ICMP checksum (which covers the quote, and has no pseudo-header) are updated; the
 //! quoted TCP/UDP checksum is left as it is, as receivers do not check it (tcp_v4_err(),
 //! __udp4_lib_err() read the ports only).
+//!
+//! An error from outside straight to a container's address is let in as the container
+//! network's gateway mode says (crate::access): in a `routed` network, one about a flow
+//! the container opened (tracked, untranslated) or about one of its published ports.
 
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::programs::TcContext;
-use netplane_common::nat::{CtKey, DpConfig, DropReason, Side};
+use netplane_common::nat::{CtKey, DpConfig, DropReason, Side, kind};
 
-use crate::addr::{published, subnet_of};
+use crate::access;
+use crate::addr::{published, routed_port, subnet_of};
 use crate::conntrack::{self, Probe, now};
 use crate::csum::{set_addr, write};
 use crate::metrics::drop;
 use crate::nat_port::{Masquerade, masquerade_port};
 use crate::parse::{Frag, IcmpError, Packet, QUOTE_OFF, quote, read};
 
-/// An ICMP error `outer` met on the uplink at `stage`: ingress (dst stage) for errors from
-/// outside, egress (src stage) for errors going out. Untouched unless it quotes a flow
-/// netplane translated.
+/// Uplink ingress: an error from outside. Translated back when it quotes a flow netplane
+/// translated; when it quotes none, and goes straight to a container, its network's
+/// gateway mode decides.
 #[inline(always)]
-pub fn translate(ctx: &TcContext, outer: Packet, cfg: &DpConfig, stage: Side) -> i32 {
-    let from_container = stage == Side::Src && subnet_of(outer.saddr).is_some();
-    let verdict = match (quote(ctx, outer), stage) {
-        (Some(mut e), Side::Dst) => return from_outside(ctx, &mut e, cfg),
-        (Some(mut e), Side::Src) => to_outside(ctx, &mut e, cfg),
-        (None, _) => Untranslated,
+pub fn from_outside(ctx: &TcContext, outer: Packet, cfg: &DpConfig) -> i32 {
+    let (saddr, daddr) = (outer.saddr, outer.daddr);
+    match quote(ctx, outer) {
+        Some(mut e) => about_flow_in(ctx, &mut e, cfg),
+        None => access::from_outside(saddr, daddr, cfg, || false, || TCX_NEXT),
+    }
+}
+
+/// Uplink egress: an error going out, from a container of a `nat` network
+/// (`from_container`) or from the host. Untouched unless it quotes a flow netplane
+/// translated; one from a container about no such flow is dropped.
+#[inline(always)]
+pub fn to_outside(ctx: &TcContext, outer: Packet, cfg: &DpConfig, from_container: bool) -> i32 {
+    let verdict = match quote(ctx, outer) {
+        Some(mut e) => about_flow_out(ctx, &mut e, cfg),
+        None => Untranslated,
     };
     match verdict {
         Translated(v) => v,
@@ -41,7 +56,7 @@ pub fn translate(ctx: &TcContext, outer: Packet, cfg: &DpConfig, stage: Side) ->
     }
 }
 
-/// What [`to_outside`] did: the verdict of a translation, or nothing.
+/// What [`about_flow_out`] did: the verdict of a translation, or nothing.
 enum Outgoing {
     Translated(i32),
     Untranslated,
@@ -50,14 +65,19 @@ use Outgoing::{Translated, Untranslated};
 
 /// Uplink ingress: an error from outside about a packet that left translated, a
 /// masqueraded flow's or a published port's reply. The quote's source becomes the
-/// container's again.
+/// container's again. About no such flow: the gateway mode of the container it goes to,
+/// if any, decides.
 #[inline(always)]
-fn from_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
+fn about_flow_in(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
     let q = &e.quote;
     let now = now();
     // Masquerade: the quote's reverse is the tuple of the flow's replies, its key.
     let replies = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, Side::Dst);
     let (addr, port) = if let Some(entry) = conntrack::lookup(&replies, cfg, now, 0) {
+        // A routed container's own flow: nothing was translated, nothing to write back.
+        if entry.kind == kind::ROUTED || entry.kind == kind::DIRECT {
+            return TCX_NEXT;
+        }
         (entry.addr, entry.port)
     } else if let Some(b) = published(q.saddr, q.sport, q.proto)
         && let Probe::Mine(_) = conntrack::probe(
@@ -70,7 +90,16 @@ fn from_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
     {
         (b.addr, b.port)
     } else {
-        return TCX_NEXT;
+        // About a packet a routed container sent from a published port (path MTU
+        // discovery of the flows that reach it).
+        let (source, sport, proto, to) = (q.saddr, q.sport, q.proto, e.outer.daddr);
+        return access::from_outside(
+            e.outer.saddr,
+            to,
+            cfg,
+            || source == to && routed_port(source, sport, proto),
+            || TCX_NEXT,
+        );
     };
     let outer = (e.outer.daddr == q.saddr).then_some(Side::Dst);
     write_back(ctx, e, Side::Src, addr, port, outer)
@@ -80,7 +109,7 @@ fn from_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
 /// packet that came in translated, a published port's or a masqueraded flow's reply. The
 /// quote's destination becomes the address the peer sent to.
 #[inline(always)]
-fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> Outgoing {
+fn about_flow_out(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> Outgoing {
     let q = &e.quote;
     let now = now();
     // A published port: the quote's reverse is the tuple of the flow's replies.
@@ -100,6 +129,7 @@ fn to_outside(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> Outgoing {
             id: 0,
             tcp_flags: 0,
             l4_hlen: 0,
+            icmp_type: 0,
         };
         match masquerade_port(&flow, cfg, now) {
             Masquerade::Port(port) => (cfg.uplink_addr, port),

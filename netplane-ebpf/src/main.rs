@@ -4,14 +4,17 @@
 //!
 //! - `maps`: every map; `parse`: headers;
 //! - `metrics`: counters and drops; `csum`: rewrites with checksum updates;
-//!   `addr`: what an address is (local, container network, published port);
+//!   `addr`: what an address is (local, container network, never-NAT, published port);
 //!   `conntrack`: the conntrack and fragment maps' lookups and inserts;
+//! - `access`: the gateway modes and never-NAT prefixes (what reaches a container from the
+//!   outside, what leaves untranslated);
 //! - `nat_port`: the source port of SNAT; `forward`: the short way past the stack;
 //! - `icmp`: ICMP errors about translated flows;
 //! - `nat`: the two NAT stages of the TC programs; `sock`: the cgroup programs.
 #![no_std]
 #![no_main]
 
+mod access;
 mod addr;
 mod conntrack;
 mod csum;
@@ -59,18 +62,20 @@ pub fn netplane_uplink_egress(ctx: TcContext) -> i32 {
     nat::src_stage(&ctx, Hook::Uplink)
 }
 
-/// Bridge, TC ingress (packets from containers into the host): hairpin DNAT, reverse of
-/// hairpin SNAT, isolation between networks.
+/// A container network's device, TC ingress (packets from containers into the host): on a
+/// bridge network its bridge, on a ptp network each container's host veth (one program,
+/// attached per veth). Hairpin DNAT, reverse of hairpin SNAT, isolation between networks,
+/// masquerade taken early (see nat::out_of_bridge).
 #[classifier]
 pub fn netplane_bridge_ingress(ctx: TcContext) -> i32 {
-    nat::dst_stage(&ctx, Hook::Bridge)
+    nat::dst_stage(&ctx, Hook::Network)
 }
 
-/// Bridge, TC egress (packets from the host into containers): hairpin SNAT and the
-/// reverse of hairpin DNAT.
+/// The same devices, TC egress (packets from the host into containers): hairpin SNAT and
+/// the reverse of hairpin DNAT; nothing into an isolated network.
 #[classifier]
 pub fn netplane_bridge_egress(ctx: TcContext) -> i32 {
-    nat::src_stage(&ctx, Hook::Bridge)
+    nat::src_stage(&ctx, Hook::Network)
 }
 
 /// Host processes connecting (TCP, connected UDP) to a published port.

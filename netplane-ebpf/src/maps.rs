@@ -62,9 +62,21 @@ pub static CONFIG: Array<DpConfig> = Array::with_max_entries(1, 0);
 #[map(name = "NP_PUBLISHED")]
 pub static PUBLISHED: HashMap<PortKey, Backend> = HashMap::with_max_entries(65_536, 0);
 
-/// The container networks, by prefix.
+/// The container networks, by prefix, with their gateway modes.
 #[map(name = "NP_SUBNETS")]
 pub static SUBNETS: LpmTrie<u32, NetInfo> = LpmTrie::with_max_entries(256, BPF_F_NO_PREALLOC);
+
+/// The never-NAT prefixes, `[[routes]]`: other hosts' container subnets, whose traffic
+/// with the local containers is never translated, either way (the value is unused).
+#[map(name = "NP_NEVER_NAT")]
+pub static NEVER_NAT: LpmTrie<u32, u32> = LpmTrie::with_max_entries(1_024, BPF_F_NO_PREALLOC);
+
+/// The container ports of `routed` networks that the outside may reach directly (their
+/// publish entries' container ports), by container address, port and protocol (the value
+/// is unused). Not preallocated: most hosts have none.
+#[map(name = "NP_ROUTED_PORTS")]
+pub static ROUTED_PORTS: HashMap<PortKey, u32> =
+    HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
 
 /// The host's own addresses (the value is unused).
 #[map(name = "NP_LOCAL_ADDRS")]

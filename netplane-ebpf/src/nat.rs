@@ -1,10 +1,16 @@
 //! The two NAT stages (see netplane_common::nat for the model).
 //!
-//! - dst stage, TC ingress of the uplink and of each bridge: reverse SNAT, DNAT of
-//!   published ports (on the uplink for remote clients; on a bridge for containers, i.e.
-//!   hairpin and cross-network, which also set up the SNAT that brings replies back through
-//!   the host), and isolation between networks.
-//! - src stage, TC egress of the same devices: reverse DNAT, and masquerade on the uplink.
+//! - dst stage, TC ingress of the uplink and of each container network (its bridge, or
+//!   each host veth of a `ptp` network): reverse SNAT, DNAT of published ports (on the
+//!   uplink for remote clients; on a network for containers, i.e. hairpin and
+//!   cross-network, which also set up the SNAT that brings replies back through the host),
+//!   isolation between networks, and the gateway modes' rules for what comes straight
+//!   from the outside (crate::access).
+//! - src stage, TC egress of the same devices: reverse DNAT, and on the uplink masquerade,
+//!   or, for a `routed` network's containers, the tracking of the flows they open.
+//!
+//! Nothing between the local containers and a never-NAT prefix (`[[routes]]`) is
+//! translated, either way.
 //!
 //! The source ports of SNAT come from crate::nat_port; ICMP errors about these flows go to
 //! crate::icmp. Other IP protocols are masqueraded by address only. Whatever a container
@@ -15,23 +21,29 @@
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
-    Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, Side, Tick, forwarded, kind, tcp_seen,
+    Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, Side, Tick, flags, forwarded, kind,
+    tcp_seen,
 };
-use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, tcp_flags};
 
-use crate::addr::{is_local, is_loopback, published, published_on_local, subnet_of};
+use crate::access::{self, Onward, Source};
+use crate::addr::{is_local, is_loopback, published_on_local, routed_port};
 use crate::conntrack::{self, Probe, config, key_of, now, opens_flow};
 use crate::csum::{set_addr, set_port};
 use crate::metrics::drop;
 use crate::nat_port::{Masquerade, local_socket, masquerade_port, remember, reserve_port};
-use crate::parse::{Frag, Kind, Packet, Parsed, parse};
+use crate::parse::{Frag, Kind, Packet, Parsed, parse, query_request};
 use crate::{forward, icmp};
 
 /// Where a program is attached.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Uplink,
-    Bridge,
+    /// A container network's device on the host: its bridge, or, on a `ptp` network, each
+    /// container's host veth. The hooks see the same packets (from containers to the host,
+    /// from the host to containers), except that on ptp they also see what containers of
+    /// one network send each other, which a bridge switches.
+    Network,
 }
 
 #[inline(always)]
@@ -98,38 +110,48 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
     let Parsed { kind, mut p } = parse(ctx);
     conntrack::segment(ctx, &p);
     let Some(cfg) = config() else { return TCX_NEXT };
-    match kind {
-        Kind::Nat => {}
-        Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Side::Dst),
-        Kind::Generic if hook == Hook::Uplink => return generic_reply(ctx, &mut p, cfg),
-        // From a container, whatever it is, isolation between networks holds.
-        Kind::IcmpError | Kind::Generic | Kind::Untranslatable | Kind::Malformed
-            if hook == Hook::Bridge =>
-        {
-            return isolate(&p, cfg);
-        }
+    match (kind, hook) {
+        (Kind::Nat, _) => {}
         // Not ours to translate.
-        _ => return TCX_NEXT,
+        (Kind::Other, _) => return TCX_NEXT,
+        (Kind::IcmpError, Hook::Uplink) => return icmp::from_outside(ctx, p, cfg),
+        (Kind::Generic, Hook::Uplink) => return generic_reply(ctx, &mut p, cfg),
+        // Nothing to translate; what goes straight to a container obeys its gateway mode.
+        (Kind::Untranslatable | Kind::Malformed, Hook::Uplink) => {
+            return access::from_outside(p.saddr, p.daddr, cfg, || false, || TCX_NEXT);
+        }
+        // From a container, whatever it is, isolation between networks holds.
+        (_, Hook::Network) => return access::contain(&p, cfg),
     }
     if p.frag == Frag::Later {
         let key = frag_key(&p, Side::Dst);
         return later_fragment(ctx, &mut p, &key, Side::Dst).unwrap_or_else(|| {
+            if hook == Hook::Network {
+                return TCX_NEXT;
+            }
             // Ahead of its first fragment, to a host address: if the first turns out to
             // belong to a translated flow, the datagram is lost, and counted there.
-            if hook == Hook::Uplink && is_local(p.daddr) {
+            if is_local(p.daddr) {
                 conntrack::frag_early(&key, now());
+                return TCX_NEXT;
             }
-            TCX_NEXT
+            access::fragment_from_outside(p.daddr)
         });
     }
     // From a container, only what goes to a host address can need a translation (hairpin,
-    // and the replies of hairpin, addressed to a gateway); the rest only needs isolation.
-    if hook == Hook::Bridge && !is_local(p.daddr) {
-        let verdict = isolate(&p, cfg);
-        if verdict != TCX_NEXT {
-            return verdict;
+    // and the replies of hairpin, addressed to a gateway); the rest needs isolation, and
+    // masquerade when it leaves for the outside.
+    if hook == Hook::Network {
+        if !is_local(p.daddr) {
+            return match access::onward(&p, cfg) {
+                Ok(Onward::Outside) => out_of_bridge(ctx, &mut p, cfg),
+                Ok(Onward::Container | Onward::Untranslated) => TCX_NEXT,
+                Err(reason) => drop(reason),
+            };
         }
-        return out_of_bridge(ctx, &mut p, cfg);
+        if access::from_isolated(&p, cfg) {
+            return drop(DropReason::IsolatedNetwork);
+        }
     }
     let now = now();
     if let Some(e) = conntrack::lookup(&key_of(&p, Side::Dst), cfg, now, p.tcp_flags) {
@@ -147,14 +169,17 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         {
             return TCX_NEXT;
         }
+        // (A routed container's flow: the rewrite is the identity, and its replies take
+        // the short way in as translated ones do.)
         return forward_after(ctx, &mut p, cfg, hook, Side::Dst, e.addr, e.port, now);
     }
-    // On a bridge the destination is known to be local already (checked above). ICMP
+    // On a network the destination is known to be local already (checked above). ICMP
     // echo is never published.
-    let backend = match (hook, p.proto) {
-        (_, IPPROTO_ICMP) => None,
-        (Hook::Uplink, _) => published(p.daddr, p.dport, p.proto),
-        (Hook::Bridge, _) => published_on_local(p.daddr, p.dport, p.proto),
+    let local = hook == Hook::Network || is_local(p.daddr);
+    let backend = if local && p.proto != IPPROTO_ICMP {
+        published_on_local(p.daddr, p.dport, p.proto)
+    } else {
+        None
     };
     if let Some(b) = backend {
         // Ports published on 127.0.0.1 are for host processes (the cgroup programs); a
@@ -182,12 +207,23 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         }
         let created = match hook {
             Hook::Uplink => new_published_flow(&p, &b, cfg, now),
-            Hook::Bridge => new_hairpin_flow(ctx, &p, &b, cfg, now),
+            Hook::Network => new_hairpin_flow(ctx, &p, &b, cfg, now),
         };
         if let Err(reason) = created {
             return drop(reason);
         }
         return forward_after(ctx, &mut p, cfg, hook, Side::Dst, b.addr, b.port, now);
+    }
+    if !local {
+        // From the outside straight to a container's address, maybe: its gateway mode
+        // decides.
+        return access::from_outside(
+            p.saddr,
+            p.daddr,
+            cfg,
+            || access::routed_open(&p),
+            || track_direct(&p, cfg, now),
+        );
     }
     TCX_NEXT
 }
@@ -219,19 +255,6 @@ fn forward_after(
     }
 }
 
-/// Isolation between networks: a container's packet straight to another network's
-/// container is dropped.
-#[inline(always)]
-fn isolate(p: &Packet, cfg: &DpConfig) -> i32 {
-    if cfg.networks > 1
-        && let (Some(from), Some(to)) = (subnet_of(p.saddr), subnet_of(p.daddr))
-        && from.id != to.id
-    {
-        return drop(DropReason::Isolation);
-    }
-    TCX_NEXT
-}
-
 /// The key of the replies of another protocol's flow masqueraded to `uplink` (no ports).
 #[inline(always)]
 fn generic_key(peer: u32, uplink: u32, proto: u8) -> CtKey {
@@ -243,9 +266,17 @@ fn generic_key(peer: u32, uplink: u32, proto: u8) -> CtKey {
 #[inline(always)]
 fn generic_reply(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
     // Only what is addressed to the translation address can be a reply: the rest (a
-    // router's VRRP, another host's GRE) costs no lookup.
+    // router's VRRP, another host's GRE) costs no conntrack lookup, unless it goes
+    // straight to a container: a routed container's own flow's replies, tracked.
     if p.daddr != cfg.uplink_addr {
-        return TCX_NEXT;
+        let (peer, to, proto) = (p.saddr, p.daddr, p.proto);
+        return access::from_outside(
+            peer,
+            to,
+            cfg,
+            || conntrack::lookup(&generic_key(peer, to, proto), cfg, now(), 0).is_some(),
+            || generic_track_direct(to, peer, proto, cfg),
+        );
     }
     let now = now();
     let Some(e) = conntrack::lookup(&generic_key(p.saddr, p.daddr, p.proto), cfg, now, 0) else {
@@ -328,58 +359,213 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
 #[inline(always)]
 pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(cfg) = config() else { return TCX_NEXT };
-    if hook == Hook::Bridge {
-        // Only hairpinned flows (which entered through a bridge) are translated here;
-        // packets from the uplink or from host processes go on without a parse.
-        // SAFETY: reading a field of the context the kernel passed in.
-        let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
-        if iif == 0 || iif == cfg.uplink_ifindex {
-            return TCX_NEXT;
-        }
+    if hook == Hook::Network {
+        return into_network(ctx, cfg);
     }
     let Parsed { kind, mut p } = parse(ctx);
     conntrack::segment(ctx, &p);
-    // What leaves the uplink never has a container's source: it is translated here, or
-    // dropped (Untranslatable, Malformed, FragmentUnknown), even where nf_conntrack would
-    // call it INVALID and let it out.
-    let from_container = |p: &Packet| hook == Hook::Uplink && subnet_of(p.saddr).is_some();
+    // What leaves the uplink never has the source of a `nat` network's container: it is
+    // translated here, or dropped (Untranslatable, Malformed, FragmentUnknown), even
+    // where nf_conntrack would call it INVALID and let it out. A `routed` network's
+    // containers, and any container towards a never-NAT prefix, leave with their own
+    // addresses; an `isolated` network's never leave.
     match kind {
         Kind::Nat => {}
-        Kind::IcmpError if hook == Hook::Uplink => return icmp::translate(ctx, p, cfg, Side::Src),
-        Kind::Generic if from_container(&p) => return generic_masquerade(ctx, &mut p, cfg),
-        Kind::Untranslatable if from_container(&p) => return drop(DropReason::Untranslatable),
-        Kind::Malformed if from_container(&p) => return drop(DropReason::Malformed),
-        _ => return TCX_NEXT,
+        Kind::Other => return TCX_NEXT,
+        _ => {
+            return match (kind, access::source(&p, cfg)) {
+                (_, Source::Isolated) => drop(DropReason::IsolatedNetwork),
+                (Kind::IcmpError, Source::Nat | Source::Unprotected) => {
+                    icmp::to_outside(ctx, p, cfg, true)
+                }
+                (Kind::IcmpError, Source::Host) => icmp::to_outside(ctx, p, cfg, false),
+                (Kind::Generic, Source::Nat) => generic_masquerade(ctx, &mut p, cfg),
+                (Kind::Generic, Source::Unprotected) => {
+                    // The replies of another protocol's flow from the outside.
+                    let direct = generic_direct_key(p.saddr, p.daddr, p.proto);
+                    if conntrack::lookup(&direct, cfg, now(), 0).is_some() {
+                        return TCX_NEXT;
+                    }
+                    generic_masquerade(ctx, &mut p, cfg)
+                }
+                (Kind::Generic, Source::Routed) => generic_track(&p, cfg),
+                (Kind::Untranslatable, Source::Nat | Source::Unprotected) => {
+                    drop(DropReason::Untranslatable)
+                }
+                (Kind::Malformed, Source::Nat | Source::Unprotected) => drop(DropReason::Malformed),
+                _ => TCX_NEXT,
+            };
+        }
     }
     if p.frag == Frag::Later {
         let key = frag_key(&p, Side::Src);
         return match later_fragment(ctx, &mut p, &key, Side::Src) {
             Some(verdict) => verdict,
-            None if from_container(&p) => drop(DropReason::FragmentUnknown),
-            None => TCX_NEXT,
+            None => match access::source(&p, cfg) {
+                Source::Nat | Source::Unprotected => drop(DropReason::FragmentUnknown),
+                Source::Isolated => drop(DropReason::IsolatedNetwork),
+                Source::Host | Source::Routed | Source::Peer => TCX_NEXT,
+            },
         };
     }
     // The uplink's own address is never a source this stage rewrites (those are container
     // addresses), and it is what packets the bridge already translated carry.
-    if hook == Hook::Uplink && p.saddr == cfg.uplink_addr {
+    if p.saddr == cfg.uplink_addr {
         return TCX_NEXT;
     }
     let now = now();
+    let source = access::source(&p, cfg);
+    match source {
+        Source::Host => return TCX_NEXT,
+        Source::Isolated => return drop(DropReason::IsolatedNetwork),
+        Source::Routed => return track_routed(&p, cfg, now),
+        Source::Nat | Source::Unprotected | Source::Peer => {}
+    }
+    // The replies of a published port (a `nat` network's container, to a client outside or
+    // in a never-NAT prefix): reverse DNAT; of a direct flow into a `nat-unprotected`
+    // one: nothing to write.
     if let Some(e) = conntrack::lookup(&key_of(&p, Side::Src), cfg, now, p.tcp_flags) {
         return rewrite(ctx, &mut p, Side::Src, e.addr, e.port, now);
     }
-    // Masquerade, as iptables' `-s SUBNET ! -o BRIDGE`: whatever the destination.
-    if from_container(&p) {
-        let port = match masquerade_port(&p, cfg, now) {
-            Masquerade::Port(port) => Ok(port),
-            // Never let a container address out: without a flow there is no translation.
-            Masquerade::None if !opens_flow(&p) => Err(DropReason::TcpNoSynNewFlow),
-            Masquerade::None => new_masquerade_flow(ctx, &p, cfg, now),
-        };
-        return match port {
-            Ok(port) => rewrite(ctx, &mut p, Side::Src, cfg.uplink_addr, port, now),
-            Err(reason) => drop(reason),
-        };
+    if source == Source::Peer {
+        return TCX_NEXT;
+    }
+    // Masquerade, as iptables' `-s SUBNET ! -o BRIDGE`: whatever the destination outside.
+    let port = match masquerade_port(&p, cfg, now) {
+        Masquerade::Port(port) => Ok(port),
+        // Never let a container address out: without a flow there is no translation.
+        Masquerade::None if !opens_flow(&p) => Err(DropReason::TcpNoSynNewFlow),
+        Masquerade::None => new_masquerade_flow(ctx, &p, cfg, now),
+    };
+    match port {
+        Ok(port) => rewrite(ctx, &mut p, Side::Src, cfg.uplink_addr, port, now),
+        Err(reason) => drop(reason),
+    }
+}
+
+/// A network's TC egress (the host sends a packet into a container network): only
+/// hairpinned flows (which entered through a network) are translated here; packets from
+/// the uplink or from host processes go on without a parse, unless an `isolated` network
+/// exists, into which nothing goes.
+#[inline(always)]
+fn into_network(ctx: &TcContext, cfg: &DpConfig) -> i32 {
+    // SAFETY: reading a field of the context the kernel passed in.
+    let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let outsider = iif == 0 || iif == cfg.uplink_ifindex;
+    if outsider && cfg.flags & flags::ISOLATED == 0 {
+        return TCX_NEXT;
+    }
+    let Parsed { kind, mut p } = parse(ctx);
+    if kind == Kind::Other {
+        return TCX_NEXT;
+    }
+    if access::into_isolated(p.daddr, cfg) {
+        return drop(DropReason::IsolatedNetwork);
+    }
+    if outsider || kind != Kind::Nat {
+        return TCX_NEXT;
+    }
+    conntrack::segment(ctx, &p);
+    if p.frag == Frag::Later {
+        let key = frag_key(&p, Side::Src);
+        return later_fragment(ctx, &mut p, &key, Side::Src).unwrap_or(TCX_NEXT);
+    }
+    let now = now();
+    match conntrack::lookup(&key_of(&p, Side::Src), cfg, now, p.tcp_flags) {
+        Some(e) => rewrite(ctx, &mut p, Side::Src, e.addr, e.port, now),
+        None => TCX_NEXT,
+    }
+}
+
+/// A container of a `routed` network sends to the outside with its own address: its flow
+/// is tracked, untranslated, by the entry of its replies at the uplink's dst stage, so
+/// that they come in (see [`kind::ROUTED`]). A packet of no entry that starts none (see
+/// [`opens_routed_flow`]) leaves all the same: its address is its own; only a flow that
+/// cannot be tracked is refused, as its replies could not come in.
+#[inline(always)]
+fn track_routed(p: &Packet, cfg: &DpConfig, now: Tick) -> i32 {
+    // The replies of flows to its published container ports come in anyway: no entry.
+    if p.proto != IPPROTO_ICMP && routed_port(p.saddr, p.sport, p.proto) {
+        return TCX_NEXT;
+    }
+    let replies = CtKey::new(p.daddr, p.saddr, p.dport, p.sport, p.proto, Side::Dst);
+    if let Probe::Free = conntrack::probe(&replies, Some((p.saddr, p.sport)), cfg, now, p.tcp_flags)
+        && opens_routed_flow(p)
+    {
+        let e = entry(p.saddr, p.sport, kind::ROUTED, now, p.tcp_flags);
+        if !conntrack::insert_new(&replies, &e, cfg, now, p.proto == IPPROTO_TCP) {
+            // Its replies would find no entry: refused now rather than later.
+            return drop(DropReason::CtInsertFailed);
+        }
+    }
+    TCX_NEXT
+}
+
+/// From the outside straight to a container of a `nat-unprotected` network: let in, and
+/// tracked untranslated by the entry of its replies at the uplink's src stage (the
+/// container's answers find it as a published port's replies find theirs, and leave with
+/// its own address rather than masqueraded as a flow of their own). Every packet of the
+/// flow refreshes the entry, as it refreshes a published flow's.
+#[inline(always)]
+fn track_direct(p: &Packet, cfg: &DpConfig, now: Tick) -> i32 {
+    let replies = CtKey::new(p.daddr, p.saddr, p.dport, p.sport, p.proto, Side::Src);
+    if let Probe::Free = conntrack::probe(&replies, Some((p.daddr, p.dport)), cfg, now, p.tcp_flags)
+        && opens_flow(p)
+    {
+        let e = entry(p.daddr, p.dport, kind::DIRECT, now, p.tcp_flags);
+        if !conntrack::insert_new(&replies, &e, cfg, now, p.proto == IPPROTO_TCP) {
+            return drop(DropReason::CtInsertFailed);
+        }
+    }
+    TCX_NEXT
+}
+
+/// The key of the replies of another protocol's flow from `peer` straight to `container`
+/// (a `nat-unprotected` network's), at the uplink's src stage.
+#[inline(always)]
+fn generic_direct_key(container: u32, peer: u32, proto: u8) -> CtKey {
+    CtKey::new(container, peer, 0, 0, proto, Side::Src)
+}
+
+/// [`track_direct`] for another protocol, by address.
+#[inline(always)]
+fn generic_track_direct(container: u32, peer: u32, proto: u8, cfg: &DpConfig) -> i32 {
+    let now = now();
+    let key = generic_direct_key(container, peer, proto);
+    if let Probe::Free = conntrack::probe(&key, Some((container, 0)), cfg, now, 0) {
+        let e = entry(container, 0, kind::DIRECT, now, 0);
+        if !conntrack::insert_new(&key, &e, cfg, now, false) {
+            return drop(DropReason::CtInsertFailed);
+        }
+    }
+    TCX_NEXT
+}
+
+/// Whether a routed container's packet without an entry starts one: any UDP datagram, an
+/// ICMP query request (not the answer to one from outside, which echo requests get), and
+/// a TCP segment other than a bare reset, so that a connection older than its entry (the
+/// data plane came up, or the entry expired while idle) is picked up mid-stream, as
+/// nf_conntrack does by default (nf_conntrack_tcp_loose).
+#[inline(always)]
+fn opens_routed_flow(p: &Packet) -> bool {
+    match p.proto {
+        IPPROTO_TCP => p.tcp_flags & tcp_flags::RST == 0,
+        IPPROTO_ICMP => query_request(p.icmp_type),
+        _ => true,
+    }
+}
+
+/// Uplink egress, another protocol from a routed container: tracked by address, as
+/// [`generic_masquerade`] does, without the translation.
+#[inline(always)]
+fn generic_track(p: &Packet, cfg: &DpConfig) -> i32 {
+    let now = now();
+    let key = generic_key(p.daddr, p.saddr, p.proto);
+    if let Probe::Free = conntrack::probe(&key, Some((p.saddr, 0)), cfg, now, 0) {
+        let e = entry(p.saddr, 0, kind::ROUTED, now, 0);
+        if !conntrack::insert_new(&key, &e, cfg, now, false) {
+            return drop(DropReason::CtInsertFailed);
+        }
     }
     TCX_NEXT
 }

@@ -14,7 +14,7 @@ pub const IP_SRC_OFF: usize = IP_OFF + 12;
 pub const IP_DST_OFF: usize = IP_OFF + 16;
 
 const ICMP_ECHO_REPLY: u8 = 0;
-const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_TIMESTAMP: u8 = 13;
 const ICMP_TIMESTAMP_REPLY: u8 = 14;
 const ICMP_INFO_REQUEST: u8 = 15;
@@ -52,6 +52,8 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// The L4 header's length (TCP's data offset, with its options); 8 for UDP and ICMP.
     pub l4_hlen: u8,
+    /// The ICMP type of an ICMP message (not of a later fragment); 0 otherwise.
+    pub icmp_type: u8,
 }
 
 /// What [`parse`] found. A kind and an always complete [`Packet`], not an enum with a
@@ -100,6 +102,7 @@ impl Parsed {
             id: 0,
             tcp_flags: 0,
             l4_hlen: 0,
+            icmp_type: 0,
         },
     };
 }
@@ -186,6 +189,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         id: u16::from_ne_bytes(ip.id),
         tcp_flags: 0,
         l4_hlen: 8,
+        icmp_type: 0,
     };
     // The checks of ip_rcv_core(), except the checksum (see crate::forward): what fails
     // them is junk, which the stack drops on input, but which a program on an egress
@@ -267,10 +271,9 @@ pub fn parse(ctx: &TcContext) -> Parsed {
                 };
             }
             let id = u16::from_ne_bytes([l4[4], l4[5]]);
+            p.icmp_type = l4[0];
             match l4[0] {
-                ICMP_ECHO_REQUEST | ICMP_TIMESTAMP | ICMP_INFO_REQUEST | ICMP_ADDRESS => {
-                    p.sport = id
-                }
+                t if query_request(t) => p.sport = id,
                 ICMP_ECHO_REPLY | ICMP_TIMESTAMP_REPLY | ICMP_INFO_REPLY | ICMP_ADDRESS_REPLY => {
                     p.dport = id
                 }
@@ -292,6 +295,16 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         }
     }
     Parsed { kind: Kind::Nat, p }
+}
+
+/// Whether ICMP type `t` is a query's request (echo, timestamp, information, address
+/// mask): the types that carry an identifier and ask for an answer.
+#[inline(always)]
+pub const fn query_request(t: u8) -> bool {
+    matches!(
+        t,
+        ICMP_ECHO_REQUEST | ICMP_TIMESTAMP | ICMP_INFO_REQUEST | ICMP_ADDRESS
+    )
 }
 
 /// What the ICMP error `outer` quotes, if it is TCP or UDP with an option-less header, not

@@ -19,6 +19,7 @@ use netplane_tests::privileged;
 const UPLINK_IN: &str = "netplane_uplink_ingress";
 const UPLINK_OUT: &str = "netplane_uplink_egress";
 const BRIDGE_IN: &str = "netplane_bridge_ingress";
+const BRIDGE_OUT: &str = "netplane_bridge_egress";
 const TCX_NEXT: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
 
@@ -57,16 +58,17 @@ fn programs() -> TestRunPrograms {
     programs_for(&plan())
 }
 
+/// The programs with maps programmed for `plan`, on a host whose uplink has address U and
+/// which carries every network's gateway (as HostContext::from_host lists them: an
+/// isolated network's too, which the data plane must leave out).
 fn programs_for(plan: &Plan) -> TestRunPrograms {
     let host = HostContext {
         uplink: "up0".into(),
         uplink_index: 0,
         uplink_addr: Ipv4Addr::from(U),
-        local_addrs: vec![
-            Ipv4Addr::from(U),
-            Ipv4Addr::new(10, 89, 0, 1),
-            Ipv4Addr::new(10, 89, 1, 1),
-        ],
+        local_addrs: std::iter::once(Ipv4Addr::from(U))
+            .chain(plan.networks.iter().map(|n| n.gateway))
+            .collect(),
         links: Vec::new(),
     };
     TestRunPrograms::load(plan, &host).expect("load the NAT programs")
@@ -761,4 +763,650 @@ fn a_blind_rst_or_fin_does_not_close_a_live_flow() {
         )
         .unwrap();
     assert_eq!(checked(&out).src(), WEB, "the reset published flow expired");
+}
+
+// Docker 28's gateway modes and [[routes]] (issue 13). One network per mode, the routed one
+// a ptp network, and a never-NAT prefix: R, another host's container.
+const NAT_WEB: [u8; 4] = [10, 89, 0, 2];
+const NAT_GW: [u8; 4] = [10, 89, 0, 1];
+const OPEN: [u8; 4] = [10, 89, 1, 2];
+const SRV: [u8; 4] = [10, 89, 2, 2];
+const QUIET: [u8; 4] = [10, 89, 2, 3];
+const ISO: [u8; 4] = [10, 89, 3, 2];
+const ISO_PEER: [u8; 4] = [10, 89, 3, 3];
+const R: [u8; 4] = [10, 90, 0, 5];
+const ROUTER: [u8; 4] = [198, 51, 100, 1];
+const IPPROTO_GRE: u8 = 47;
+
+fn modes_plan() -> Plan {
+    let text = r#"
+        name = "kt"
+        [[networks]]
+        name = "npn"
+        subnet = "10.89.0.0/24"
+        [[networks]]
+        name = "npu"
+        subnet = "10.89.1.0/24"
+        gateway_mode = "nat-unprotected"
+        [[networks]]
+        name = "npr"
+        subnet = "10.89.2.0/24"
+        driver = "ptp"
+        gateway_mode = "routed"
+        [[networks]]
+        name = "npi"
+        subnet = "10.89.3.0/24"
+        gateway_mode = "isolated"
+        [[containers]]
+        name = "web"
+        network = "npn"
+        publish = ["8080:80"]
+        [[containers]]
+        name = "open"
+        network = "npu"
+        [[containers]]
+        name = "srv"
+        network = "npr"
+        publish = ["80:80", "5353:53/udp", "9000-9002:9000-9002"]
+        [[containers]]
+        name = "quiet"
+        network = "npr"
+        [[containers]]
+        name = "iso"
+        network = "npi"
+        [[containers]]
+        name = "isopeer"
+        network = "npi"
+        [[routes]]
+        subnet = "10.90.0.0/24"
+        via = "203.0.113.12"
+        "#;
+    let plan = Config::parse(text, "test").unwrap().plan().unwrap();
+    for (c, ip) in [
+        ("web", NAT_WEB),
+        ("open", OPEN),
+        ("srv", SRV),
+        ("quiet", QUIET),
+        ("iso", ISO),
+        ("isopeer", ISO_PEER),
+    ] {
+        assert_eq!(plan.container(c).unwrap().ip, Ipv4Addr::from(ip), "{c}");
+    }
+    plan
+}
+
+/// Runs `frame` through `prog` and asserts that it passed untouched.
+fn passes(p: &mut TestRunPrograms, prog: &str, frame: &[u8], what: &str) {
+    let (verdict, out) = p.run(prog, frame).unwrap();
+    assert_eq!(verdict, TCX_NEXT, "{what}: passed");
+    assert_eq!(out, frame, "{what}: untouched");
+}
+
+/// Runs `frame` through `prog` and asserts that it was dropped.
+fn dropped(p: &mut TestRunPrograms, prog: &str, frame: &[u8], what: &str) {
+    assert_eq!(
+        p.run(prog, frame).unwrap().0,
+        TC_ACT_SHOT,
+        "{what}: dropped"
+    );
+}
+
+#[test]
+fn gateway_modes_decide_what_comes_in_straight_from_outside() {
+    if !privileged("gateway_modes_decide_what_comes_in_straight_from_outside") {
+        return;
+    }
+    let mut p = programs_for(&modes_plan());
+    let syn = |dst, dport| tcp(Ip::new(D, dst), 5555, dport, TCP_SYN, b"");
+
+    // nat: only the published host port reaches the container; its address does not.
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &syn(NAT_WEB, 80),
+        "nat, TCP to the container",
+    );
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &udp(Ip::new(D, NAT_WEB), 5555, 53, b"q"),
+        "nat, UDP to the container",
+    );
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(D, NAT_WEB), 8, 1, 1),
+        "nat, echo request to the container",
+    );
+    assert_eq!(drops(&p, "direct-routing"), 3);
+    let (verdict, out) = p.run(UPLINK_IN, &syn(U, 8080)).unwrap();
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!(
+        checked(&out).dst(),
+        NAT_WEB,
+        "the published port still works"
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &syn(NAT_GW, 22),
+        "nat, the host's gateway address",
+    );
+
+    // nat-unprotected: any port, any protocol.
+    passes(&mut p, UPLINK_IN, &syn(OPEN, 22), "nat-unprotected, TCP");
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &ipv4_frame(Ip::new(D, OPEN), IPPROTO_GRE, &[0; 8]),
+        "nat-unprotected, GRE",
+    );
+
+    // routed: the published container ports (host ports ignored, ranges expanded), echo
+    // requests, nothing else.
+    passes(&mut p, UPLINK_IN, &syn(SRV, 80), "routed, published 80/tcp");
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &syn(SRV, 9001),
+        "routed, inside 9000-9002",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &udp(Ip::new(D, SRV), 5555, 53, b"q"),
+        "routed, published 53/udp",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(D, QUIET), 8, 7, 1),
+        "routed, echo request to a container with nothing published",
+    );
+    let direct = drops(&p, "direct-routing");
+    for (frame, what) in [
+        (syn(SRV, 81), "routed, unpublished port"),
+        (syn(SRV, 9003), "routed, beyond the range"),
+        (syn(SRV, 5353), "routed, the host port of a mapping"),
+        (syn(SRV, 53), "routed, 53 is published for UDP only"),
+        (syn(QUIET, 80), "routed, a container with nothing published"),
+        (
+            icmp_echo(Ip::new(D, QUIET), 0, 7, 1),
+            "routed, an echo reply nobody asked for",
+        ),
+        (
+            ipv4_frame(Ip::new(D, SRV), IPPROTO_GRE, &[0; 8]),
+            "routed, GRE of no flow",
+        ),
+    ] {
+        dropped(&mut p, UPLINK_IN, &frame, what);
+    }
+    assert_eq!(drops(&p, "direct-routing"), direct + 7);
+
+    // isolated: nothing.
+    dropped(&mut p, UPLINK_IN, &syn(ISO, 80), "isolated");
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(D, ISO), 8, 1, 1),
+        "isolated, echo",
+    );
+    // Its "gateway" is not the host's: no published port answers there.
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &syn([10, 89, 3, 1], 8080),
+        "isolated gateway",
+    );
+    assert_eq!(drops(&p, "isolated-network"), 3);
+
+    // Transit to no container network is not netplane's business.
+    let transit = syn([198, 51, 100, 7], 80);
+    passes(&mut p, UPLINK_IN, &transit, "transit");
+}
+
+#[test]
+fn routed_containers_go_out_untranslated_and_their_flows_replies_come_back() {
+    if !privileged("routed_containers_go_out_untranslated_and_their_flows_replies_come_back") {
+        return;
+    }
+    let mut p = programs_for(&modes_plan());
+
+    // TCP: a connection the container opens leaves with its own address, at the network's
+    // hook (no masquerade taken early) and at the uplink, and its replies come in.
+    let syn = tcp(Ip::new(SRV, D), 40000, 443, TCP_SYN, b"");
+    passes(&mut p, BRIDGE_IN, &syn, "routed SYN at its network's hook");
+    passes(&mut p, UPLINK_OUT, &syn, "routed SYN at the uplink");
+    let synack = tcp(Ip::new(D, SRV), 443, 40000, TCP_SYN | TCP_ACK, b"");
+    let (verdict, out) = p.run(UPLINK_IN, &synack).unwrap();
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!(out, synack, "the reply comes in untouched");
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &tcp(Ip::new(SRV, D), 40000, 443, TCP_ACK, b"GET"),
+        "routed data",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new(D, SRV), 443, 40000, TCP_ACK, b"200"),
+        "its reply",
+    );
+    // The same peer on another tuple is not a reply.
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new(D, SRV), 443, 40001, TCP_SYN | TCP_ACK, b""),
+        "another tuple",
+    );
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new([203, 0, 113, 9], SRV), 443, 40000, TCP_ACK, b""),
+        "another peer",
+    );
+
+    // UDP and ICMP echo, by port and identifier.
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &udp(Ip::new(QUIET, D), 5000, 53, b"q"),
+        "routed UDP out",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &udp(Ip::new(D, QUIET), 53, 5000, b"r"),
+        "its reply",
+    );
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &udp(Ip::new(D, QUIET), 54, 5000, b"r"),
+        "from another port",
+    );
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &icmp_echo(Ip::new(QUIET, D), 8, 77, 1),
+        "routed ping out",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(D, QUIET), 0, 77, 1),
+        "its echo reply",
+    );
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(D, QUIET), 0, 78, 1),
+        "an echo reply of another identifier",
+    );
+    // Another protocol, by address.
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &ipv4_frame(Ip::new(QUIET, D), IPPROTO_GRE, &[0; 8]),
+        "routed GRE out",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &ipv4_frame(Ip::new(D, QUIET), IPPROTO_GRE, &[0; 8]),
+        "its GRE back",
+    );
+
+    // Answering an echo request from outside opens nothing: the same identifier is still
+    // no reply.
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(D, QUIET), 8, 99, 1),
+        "an echo request from outside",
+    );
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &icmp_echo(Ip::new(QUIET, D), 0, 99, 1),
+        "its reply leaves",
+    );
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(D, QUIET), 0, 99, 1),
+        "an echo reply to the answered identifier",
+    );
+
+    // ICMP errors: about a flow the container opened, or about its published port's, they
+    // come in (path MTU discovery); about nothing known, not. An error the container
+    // sends leaves untranslated.
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &icmp_error(Ip::new(ROUTER, SRV), 3, 4, &syn),
+        "frag needed about its own flow",
+    );
+    let published_reply = tcp(Ip::new(SRV, D), 80, 5555, TCP_SYN | TCP_ACK, b"");
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &published_reply,
+        "the published port's reply",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &icmp_error(Ip::new(ROUTER, SRV), 3, 4, &published_reply),
+        "frag needed about the published port's reply",
+    );
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &icmp_error(
+            Ip::new(ROUTER, SRV),
+            3,
+            4,
+            &tcp(Ip::new(SRV, D), 41234, 9, TCP_SYN, b""),
+        ),
+        "an error about no flow",
+    );
+    let refused = udp(Ip::new(D, SRV), 6000, 53, b"q");
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &icmp_error(Ip::new(SRV, D), 3, 3, &refused),
+        "port unreachable from the container",
+    );
+
+    // Nothing of it was translated or refused for want of a translation.
+    assert_eq!(drops(&p, "untranslatable"), 0);
+    assert_eq!(drops(&p, "tcp-no-syn-new-flow"), 0);
+    assert_eq!(drops(&p, "direct-routing"), 6);
+}
+
+#[test]
+fn routed_flows_are_picked_up_mid_stream() {
+    if !privileged("routed_flows_are_picked_up_mid_stream") {
+        return;
+    }
+    let mut p = programs_for(&modes_plan());
+    // A connection older than its entry (netplane came up under it): its next segment
+    // out tracks it, and the replies come in. A bare reset opens nothing.
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &tcp(Ip::new(SRV, D), 40500, 443, 0x04, b""),
+        "a reset leaves",
+    );
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new(D, SRV), 443, 40500, TCP_ACK, b""),
+        "no flow after a bare reset",
+    );
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &tcp(Ip::new(SRV, D), 40501, 443, TCP_ACK, b"more"),
+        "mid-stream data leaves",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new(D, SRV), 443, 40501, TCP_ACK, b"ok"),
+        "its replies come in",
+    );
+}
+
+#[test]
+fn masquerade_is_for_nat_networks_only() {
+    if !privileged("masquerade_is_for_nat_networks_only") {
+        return;
+    }
+    let mut p = programs_for(&modes_plan());
+    for (src, what) in [(NAT_WEB, "nat"), (OPEN, "nat-unprotected")] {
+        let (verdict, out) = p
+            .run(UPLINK_OUT, &tcp(Ip::new(src, D), 42000, 80, TCP_SYN, b""))
+            .unwrap();
+        assert_eq!(verdict, TCX_NEXT);
+        assert_eq!(checked(&out).src(), U, "{what} is masqueraded");
+    }
+    // A routed network's host port is not published on the host.
+    let (verdict, out) = p
+        .run(UPLINK_IN, &tcp(Ip::new(D, U), 5555, 80, TCP_SYN, b""))
+        .unwrap();
+    assert_eq!(verdict, TCX_NEXT);
+    assert_eq!(checked(&out).dst(), U, "no DNAT for a routed mapping");
+    // A routed container out, a ptp network's containers between them: nothing
+    // translated at the network's hook.
+    passes(
+        &mut p,
+        BRIDGE_IN,
+        &tcp(Ip::new(SRV, D), 42001, 80, TCP_SYN, b""),
+        "routed, out",
+    );
+    passes(
+        &mut p,
+        BRIDGE_IN,
+        &tcp(Ip::new(SRV, QUIET), 42002, 80, TCP_ACK, b"x"),
+        "ptp, between containers of the network",
+    );
+    assert_eq!(drops(&p, "isolation"), 0);
+}
+
+#[test]
+fn never_nat_prefixes_are_peers_both_ways() {
+    if !privileged("never_nat_prefixes_are_peers_both_ways") {
+        return;
+    }
+    let mut p = programs_for(&modes_plan());
+    // Out: never masqueraded, from a nat network's container too, at the network's hook
+    // (no masquerade taken early) and at the uplink; a TCP segment of no flow is no
+    // trouble (nothing to translate, so nothing to refuse).
+    let to_peer = tcp(Ip::new(NAT_WEB, R), 43000, 80, TCP_SYN, b"");
+    passes(
+        &mut p,
+        BRIDGE_IN,
+        &to_peer,
+        "nat → routed subnet, network hook",
+    );
+    passes(&mut p, UPLINK_OUT, &to_peer, "nat → routed subnet, uplink");
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &tcp(Ip::new(NAT_WEB, R), 43001, 80, TCP_ACK, b"x"),
+        "a segment of no flow",
+    );
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &udp(Ip::new(SRV, R), 5000, 53, b"q"),
+        "routed → routed subnet",
+    );
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &ipv4_frame(Ip::new(NAT_WEB, R), IPPROTO_GRE, &[0; 8]),
+        "GRE, untranslated",
+    );
+    let (_, out) = p
+        .run(
+            UPLINK_OUT,
+            &tcp(Ip::new(NAT_WEB, D), 43002, 80, TCP_SYN, b""),
+        )
+        .unwrap();
+    assert_eq!(checked(&out).src(), U, "the outside is still masqueraded");
+
+    // In: as between containers of one network, whatever the mode; an isolated network
+    // stays isolated.
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new(R, NAT_WEB), 5555, 80, TCP_SYN, b""),
+        "routed subnet → nat container",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new(R, QUIET), 5555, 1234, TCP_SYN, b""),
+        "routed subnet → routed container, unpublished port",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(R, NAT_WEB), 0, 5, 1),
+        "routed subnet → nat container, any ICMP",
+    );
+    // A published host port reached from a routed subnet is translated both ways as from
+    // anywhere: its replies are a flow of the port, not a peer's plain traffic.
+    let (_, out) = p
+        .run(UPLINK_IN, &tcp(Ip::new(R, U), 6000, 8080, TCP_SYN, b""))
+        .unwrap();
+    assert_eq!(checked(&out).dst(), NAT_WEB, "DNAT from a routed subnet");
+    let (_, out) = p
+        .run(
+            UPLINK_OUT,
+            &tcp(Ip::new(NAT_WEB, R), 80, 6000, TCP_SYN | TCP_ACK, b""),
+        )
+        .unwrap();
+    let ip = checked(&out);
+    assert_eq!(
+        (ip.src(), ip.ports()),
+        (U, Some((8080, 6000))),
+        "its reply, reverse-DNATed"
+    );
+    assert_eq!(drops(&p, "direct-routing"), 0);
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new(R, ISO), 5555, 80, TCP_SYN, b""),
+        "routed subnet → isolated",
+    );
+    assert_eq!(drops(&p, "isolated-network"), 1);
+    assert_eq!(drops(&p, "tcp-no-syn-new-flow"), 0);
+}
+
+#[test]
+fn isolated_networks_keep_to_themselves() {
+    if !privileged("isolated_networks_keep_to_themselves") {
+        return;
+    }
+    let mut p = programs_for(&modes_plan());
+    let from_iso = |dst| tcp(Ip::new(ISO, dst), 44000, 80, TCP_SYN, b"");
+    for (dst, what) in [
+        (D, "to the outside"),
+        (U, "to a host address"),
+        ([10, 89, 3, 1], "to its would-be gateway"),
+        (NAT_WEB, "to another network"),
+        (R, "to a routed subnet"),
+    ] {
+        dropped(&mut p, BRIDGE_IN, &from_iso(dst), what);
+    }
+    dropped(
+        &mut p,
+        BRIDGE_IN,
+        &icmp_error(Ip::new(ISO, D), 3, 3, &udp(Ip::new(D, ISO), 1, 2, b"")),
+        "an ICMP error out",
+    );
+    dropped(&mut p, UPLINK_OUT, &from_iso(D), "at the uplink");
+    // Into it: from the host (the bridge's egress), and from another network.
+    dropped(
+        &mut p,
+        BRIDGE_OUT,
+        &tcp(Ip::new(U, ISO), 44001, 80, TCP_SYN, b""),
+        "from the host",
+    );
+    assert_eq!(drops(&p, "isolated-network"), 8);
+    dropped(
+        &mut p,
+        BRIDGE_IN,
+        &tcp(Ip::new(NAT_WEB, ISO), 44002, 80, TCP_SYN, b""),
+        "from another network",
+    );
+    assert_eq!(drops(&p, "isolation"), 1);
+    // The host's packets to other networks go on.
+    passes(
+        &mut p,
+        BRIDGE_OUT,
+        &tcp(Ip::new(U, NAT_WEB), 44003, 80, TCP_SYN, b""),
+        "host → nat container",
+    );
+}
+
+#[test]
+fn the_replies_of_a_direct_flow_into_a_nat_unprotected_container_leave_untranslated() {
+    if !privileged(
+        "the_replies_of_a_direct_flow_into_a_nat_unprotected_container_leave_untranslated",
+    ) {
+        return;
+    }
+    let mut p = programs_for(&modes_plan());
+    // TCP: the handshake's reply and the data leave with the container's own address, at
+    // the network's hook (where masquerade is taken early) and at the uplink.
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new(D, OPEN), 5555, 22, TCP_SYN, b""),
+        "SYN straight to the container",
+    );
+    let synack = tcp(Ip::new(OPEN, D), 22, 5555, TCP_SYN | TCP_ACK, b"");
+    passes(&mut p, BRIDGE_IN, &synack, "its SYN-ACK, network hook");
+    passes(&mut p, UPLINK_OUT, &synack, "its SYN-ACK, uplink");
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &tcp(Ip::new(D, OPEN), 5555, 22, TCP_ACK, b"ls"),
+        "the client's data",
+    );
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &tcp(Ip::new(OPEN, D), 22, 5555, TCP_ACK, b"files"),
+        "the container's answer",
+    );
+    // UDP and ICMP echo the same way.
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &udp(Ip::new(D, OPEN), 6000, 53, b"q"),
+        "a datagram straight to the container",
+    );
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &udp(Ip::new(OPEN, D), 53, 6000, b"r"),
+        "its answer",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(D, OPEN), 8, 31, 1),
+        "an echo request straight to the container",
+    );
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &icmp_echo(Ip::new(OPEN, D), 0, 31, 1),
+        "its echo reply",
+    );
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &ipv4_frame(Ip::new(D, OPEN), IPPROTO_GRE, &[0; 8]),
+        "GRE straight to the container",
+    );
+    passes(
+        &mut p,
+        UPLINK_OUT,
+        &ipv4_frame(Ip::new(OPEN, D), IPPROTO_GRE, &[0; 8]),
+        "GRE back",
+    );
+    // What the container opens itself is masqueraded as ever.
+    let (_, out) = p
+        .run(UPLINK_OUT, &udp(Ip::new(OPEN, D), 7000, 53, b"q"))
+        .unwrap();
+    assert_eq!(checked(&out).src(), U, "its own flow is masqueraded");
+    assert_eq!(drops(&p, "tcp-no-syn-new-flow"), 0);
 }

@@ -1,6 +1,14 @@
-//! Where the programs go: the TC programs on the uplink and the bridges (TCX links, swapped
-//! in place by a later `up`), the socket-layer programs on the root cgroup, and the pins
-//! that keep every link.
+//! Where the programs go: the TC programs on the uplink and on each container network (its
+//! bridge, or each host veth of a `ptp` network) as TCX links, swapped in place by a later
+//! `up`; the socket-layer programs on the root cgroup; and the pins that keep every link
+//! and the TC programs.
+//!
+//! A ptp network's programs are attached per container, so attaching must not cost a
+//! program load (a verifier run) per container: the TC programs are pinned
+//! (`prog_<program>`) by the `up` that loads them, and a container that appears gets its
+//! two links from those pins ([`attach_missing`]), as a recreated device gets its own
+//! back from the agent ([`reattach`]); a container that goes takes its links' pins with
+//! it ([`detach_stale`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,7 +19,7 @@ use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 
 use super::object::{self, EbpfError};
-use crate::config::Plan;
+use crate::config::{Driver, Plan};
 
 /// The NAT programs and where each is attached.
 pub(super) const PROGRAMS: [(&str, TcAttachType, Target); 4] = [
@@ -28,12 +36,12 @@ pub(super) const PROGRAMS: [(&str, TcAttachType, Target); 4] = [
     (
         "netplane_bridge_ingress",
         TcAttachType::Ingress,
-        Target::Bridges,
+        Target::Networks,
     ),
     (
         "netplane_bridge_egress",
         TcAttachType::Egress,
-        Target::Bridges,
+        Target::Networks,
     ),
 ];
 
@@ -50,12 +58,19 @@ const CGROUP: &str = "cgroup";
 #[derive(Clone, Copy)]
 pub(super) enum Target {
     Uplink,
-    Bridges,
+    /// Each container network's device on the host: a bridge network's bridge, each
+    /// container's host veth on a ptp network.
+    Networks,
 }
 
 /// The pin name of the link of `program` on `device`.
 fn link_name(program: &str, device: &str) -> String {
     format!("link_{program}_{device}")
+}
+
+/// Where TC program `program` is pinned, for attaching it without a load.
+fn program_pin(dir: &Path, program: &str) -> PathBuf {
+    dir.join(format!("prog_{program}"))
 }
 
 fn hook(kind: TcAttachType) -> &'static str {
@@ -74,10 +89,29 @@ fn attachments<'a>(
     PROGRAMS.iter().flat_map(move |&(prog, kind, target)| {
         let devices: Vec<&'a str> = match target {
             Target::Uplink => vec![uplink],
-            Target::Bridges => plan.networks.iter().map(|n| n.name.as_str()).collect(),
+            Target::Networks => network_devices(plan).collect(),
         };
         devices.into_iter().map(move |d| (prog, kind, d))
     })
+}
+
+/// The host devices of `plan`'s container networks: each bridge network's bridge, and the
+/// host veth of each container of a ptp network (whose hooks do the bridge's job).
+fn network_devices(plan: &Plan) -> impl Iterator<Item = &str> {
+    let bridges = plan
+        .networks
+        .iter()
+        .filter(|n| n.driver == Driver::Bridge)
+        .map(|n| n.name.as_str());
+    let veths = plan
+        .containers
+        .iter()
+        .filter(|c| {
+            plan.network(&c.network)
+                .is_some_and(|n| n.driver == Driver::Ptp)
+        })
+        .map(|c| c.host_veth.as_str());
+    bridges.chain(veths)
 }
 
 /// The pin names of every link `plan` wants on uplink `uplink`.
@@ -159,14 +193,6 @@ fn link_program(pin: &Path) -> Option<u32> {
     Some(link.info().ok()?.program_id())
 }
 
-/// Whether every TC program `plan` wants on uplink `uplink` runs on its device through
-/// the link pinned in `dir`.
-pub(super) fn all_live(plan: &Plan, uplink: &str, dir: &Path) -> bool {
-    attachments(plan, uplink).all(|(prog, kind, device)| {
-        attachment(&dir.join(link_name(prog, device)), device, kind) == Attachment::Live
-    })
-}
-
 /// What is wrong with the attachments of `plan` pinned in `dir`, checked against the
 /// devices as they are now: one line per program not running where it should, and per
 /// link left over.
@@ -220,9 +246,10 @@ pub(super) fn problems(plan: &Plan, dir: &Path) -> Vec<String> {
 }
 
 /// Attaches again, on the device as it is now, every TC program of `plan` (on uplink
-/// `uplink`) whose pinned link no longer runs there, with the very program that the
-/// link carried (or, when its pin is gone, that another device's link of the same
-/// program carries): the agent's answer to a device deleted and created again. It loads
+/// `uplink`) whose pinned link no longer runs there, with the program pinned by the `up`
+/// that loaded it (or, without that pin, the very program that the link carried, or
+/// that another device's link of the same program carries): the agent's answer to a
+/// device deleted and created again, a ptp network's host veths included. It loads
 /// nothing, so it never mixes programs of another build with the maps. Missing devices
 /// are left alone. Returns a line per attachment, and the failures.
 pub(super) fn reattach(dir: &Path, plan: &Plan, uplink: &str) -> (Vec<String>, Vec<EbpfError>) {
@@ -236,23 +263,74 @@ pub(super) fn reattach(dir: &Path, plan: &Plan, uplink: &str) -> (Vec<String>, V
         ) {
             continue;
         }
-        let program = link_program(&pin).or_else(|| {
-            all.iter()
-                .filter(|(p, _, d)| *p == prog && *d != device)
-                .find_map(|(_, _, d)| link_program(&dir.join(link_name(prog, d))))
-        });
-        let Some(program) = program else {
-            failures.push(EbpfError::MissingProgram(format!(
-                "{prog} (no pinned link carries it any more: re-run `netplane up`)"
-            )));
-            continue;
+        let attached = if program_pin(dir, prog).exists() {
+            attach_pinned(dir, prog, kind, device, &pin)
+        } else {
+            let program = link_program(&pin).or_else(|| {
+                all.iter()
+                    .filter(|(p, _, d)| *p == prog && *d != device)
+                    .find_map(|(_, _, d)| link_program(&dir.join(link_name(prog, d))))
+            });
+            let Some(program) = program else {
+                failures.push(EbpfError::MissingProgram(format!(
+                    "{prog} (no pinned link carries it any more: re-run `netplane up`)"
+                )));
+                continue;
+            };
+            attach_loaded(program, prog, kind, device, &pin)
         };
-        match attach_loaded(program, prog, kind, device, &pin) {
+        match attached {
             Ok(()) => changes.push(format!("ebpf: {prog} attached again to {device}")),
             Err(e) => failures.push(e),
         }
     }
     (changes, failures)
+}
+
+/// Whether every TC program is pinned in `dir`, and every socket-layer link: then `up`
+/// can attach what is missing without loading anything ([`attach_missing`]).
+pub(super) fn programs_pinned(dir: &Path) -> bool {
+    PROGRAMS
+        .iter()
+        .all(|(prog, _, _)| program_pin(dir, prog).exists())
+        && SOCK_PROGRAMS
+            .iter()
+            .all(|prog| dir.join(link_name(prog, CGROUP)).exists())
+}
+
+/// Attaches every TC program of `plan` (on uplink `uplink`) that does not run on its
+/// device, from the programs pinned in `dir` (see [`programs_pinned`]): no load, no
+/// verifier run, whatever the number of devices. A new container of a ptp network costs
+/// two TCX links. Returns a line per attachment.
+pub(super) fn attach_missing(
+    dir: &Path,
+    plan: &Plan,
+    uplink: &str,
+) -> Result<Vec<String>, EbpfError> {
+    let mut changes = Vec::new();
+    for (prog, kind, device) in attachments(plan, uplink) {
+        let pin = dir.join(link_name(prog, device));
+        if attachment(&pin, device, kind) == Attachment::Live {
+            continue;
+        }
+        attach_pinned(dir, prog, kind, device, &pin)?;
+        changes.push(format!("ebpf: {prog} attached to {device}"));
+    }
+    Ok(changes)
+}
+
+/// Attaches TC program `program`, as pinned in `dir`, to `device`'s hook `kind` as a new
+/// TCX link pinned at `pin` (over whatever was pinned there).
+fn attach_pinned(
+    dir: &Path,
+    program: &str,
+    kind: TcAttachType,
+    device: &str,
+    pin: &Path,
+) -> Result<(), EbpfError> {
+    let prog =
+        SchedClassifier::from_pin(program_pin(dir, program)).map_err(EbpfError::load(program))?;
+    attach_as_link(prog, program, kind, device, pin)
 }
 
 /// Attaches the loaded program `id` (named `program`) to `device`'s hook `kind` as a new
@@ -269,8 +347,20 @@ fn attach_loaded(
         .filter_map(Result::ok)
         .find(|p| p.id() == id)
         .ok_or_else(|| EbpfError::MissingProgram(format!("{program} (id {id})")))?;
-    let mut prog = SchedClassifier::from_program_info(info, program.to_owned().into())
+    let prog = SchedClassifier::from_program_info(info, program.to_owned().into())
         .map_err(EbpfError::load(program))?;
+    attach_as_link(prog, program, kind, device, pin)
+}
+
+/// Attaches `prog` (a loaded program, named `program`) to `device`'s hook `kind` as a new
+/// TCX link, and pins it at `pin` in place of whatever was pinned there.
+fn attach_as_link(
+    mut prog: SchedClassifier,
+    program: &str,
+    kind: TcAttachType,
+    device: &str,
+    pin: &Path,
+) -> Result<(), EbpfError> {
     let attach_err = |source: aya::programs::ProgramError| EbpfError::Attach {
         program: program.to_owned(),
         device: device.to_owned(),
@@ -317,6 +407,11 @@ pub(super) fn attach_all(
     uplink: &str,
 ) -> Result<Vec<String>, EbpfError> {
     let mut changes = Vec::new();
+    // Every TC program is loaded and pinned, even one with no device yet (a ptp network
+    // without containers): later containers attach it from its pin.
+    for (prog, _, _) in PROGRAMS {
+        load_and_pin(bpf, prog, &program_pin(dir, prog))?;
+    }
     for (prog, kind, device) in attachments(plan, uplink) {
         if attach_tc(bpf, prog, kind, device, &dir.join(link_name(prog, device)))? {
             changes.push(format!("ebpf: {prog} attached to {device}"));
@@ -330,6 +425,27 @@ pub(super) fn attach_all(
         attach_cgroup(bpf, prog, &pin)?;
     }
     Ok(changes)
+}
+
+/// Loads TC program `program` of `bpf` and pins it at `pin`, over the pin of an earlier
+/// load (pinned beside it, then renamed over it).
+fn load_and_pin(bpf: &mut AyaEbpf, program: &str, pin: &Path) -> Result<(), EbpfError> {
+    let prog: &mut SchedClassifier = object::program(bpf, program)?;
+    if prog.fd().is_err() {
+        prog.load().map_err(EbpfError::load(program))?;
+    }
+    let tmp = PathBuf::from(format!("{}_new", pin.display()));
+    let _ = std::fs::remove_file(&tmp);
+    let pinned = |source: aya::pin::PinError| EbpfError::Pin {
+        path: tmp.clone(),
+        source: source.into(),
+    };
+    prog.pin(&tmp).map_err(pinned)?;
+    std::fs::rename(&tmp, pin).map_err(|source| EbpfError::Io {
+        action: "pin",
+        path: pin.to_owned(),
+        source,
+    })
 }
 
 /// Attaches `program` to `device`, or swaps it into the link pinned at `pin` by an earlier
@@ -446,4 +562,56 @@ fn cgroup2_root() -> Option<String> {
         (post.split_whitespace().next()? == "cgroup2")
             .then(|| pre.split_whitespace().nth(4).map(str::to_owned))?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn a_ptp_network_s_programs_go_on_its_containers_host_veths() {
+        let plan = Config::parse(
+            r#"
+            [[networks]]
+            name = "npa"
+            subnet = "10.89.0.0/24"
+            [[networks]]
+            name = "npp"
+            subnet = "10.89.1.0/24"
+            driver = "ptp"
+            [[containers]]
+            name = "a"
+            network = "npa"
+            [[containers]]
+            name = "b"
+            network = "npp"
+            [[containers]]
+            name = "c"
+            network = "npp"
+            "#,
+            "test",
+        )
+        .unwrap()
+        .plan()
+        .unwrap();
+        let veth = |c: &str| plan.container(c).unwrap().host_veth.clone();
+        let devices: Vec<&str> = network_devices(&plan).collect();
+        assert_eq!(devices, ["npa", veth("b").as_str(), veth("c").as_str()]);
+        let wanted = wanted(&plan, "up0");
+        for device in ["npa", &veth("b"), &veth("c")] {
+            for prog in ["netplane_bridge_ingress", "netplane_bridge_egress"] {
+                assert!(
+                    wanted.contains(&link_name(prog, device)),
+                    "{prog} on {device}"
+                );
+            }
+        }
+        assert!(!wanted.iter().any(|l| l.ends_with("_npp")), "no device npp");
+        assert!(
+            !wanted.iter().any(|l| l.ends_with(&veth("a"))),
+            "a is bridged"
+        );
+        assert_eq!(wanted.len(), 2 + 3 * 2 + SOCK_PROGRAMS.len());
+    }
 }

@@ -379,8 +379,9 @@ pub fn flows(name: &str) -> Vec<Flow> {
         .filter(|(k, e)| e.kind != kind::HAIRPIN || k.stage == dst_stage)
         .map(|(k, e)| {
             let (mut src, mut dst) = (endpoint(k.saddr, k.sport), endpoint(k.daddr, k.dport));
-            let translated = if e.kind == kind::PUBLISHED {
-                // Key: backend → client; entry: the published address.
+            let translated = if e.kind == kind::PUBLISHED || e.kind == kind::DIRECT {
+                // Key: backend → client; entry: the published address (a direct flow's:
+                // the container itself).
                 (src, dst) = (dst, endpoint(e.addr, e.port));
                 format!("{src} → {}", endpoint(k.saddr, k.sport))
             } else if e.kind == kind::MASQUERADE {
@@ -388,6 +389,10 @@ pub fn flows(name: &str) -> Vec<Flow> {
                 let nat = dst;
                 (src, dst) = (endpoint(e.addr, e.port), src);
                 format!("{nat} → {dst}")
+            } else if e.kind == kind::ROUTED {
+                // Key: peer → container (its replies); nothing is translated.
+                (src, dst) = (dst, src);
+                format!("{src} → {dst}")
             } else {
                 // For hairpin, the src-stage entry tells the source the backend sees.
                 let nat_src = entries
@@ -417,6 +422,8 @@ pub fn flows(name: &str) -> Vec<Flow> {
                 kind: match e.kind {
                     kind::MASQUERADE => "masquerade",
                     kind::PUBLISHED => "published",
+                    kind::ROUTED => "routed",
+                    kind::DIRECT => "direct",
                     _ => "hairpin",
                 },
                 original: format!("{src} → {dst}"),

@@ -1,6 +1,8 @@
 //! The maps the programs read their settings from, programmed from the plan: the config,
-//! the subnets, the host's local addresses, the containers' endpoints and the published
-//! ports. And the openers of the pinned maps, which the rest of the module reads.
+//! the subnets (with their gateway modes), the never-NAT prefixes (`[[routes]]`), the
+//! host's local addresses, the containers' endpoints, the published ports and the
+//! container ports that `routed` networks open. And the openers of the pinned maps, which
+//! the rest of the module reads.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -8,11 +10,13 @@ use std::net::Ipv4Addr;
 use aya::Ebpf as AyaEbpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData};
-use netplane_common::nat::{Backend, DpConfig, Endpoint, NetInfo, PortKey, Timeouts, flags, maps};
+use netplane_common::nat::{
+    Backend, DpConfig, Endpoint, NetInfo, PortKey, Timeouts, flags, gateway_mode, maps,
+};
 
 use super::object::EbpfError;
 use super::pin_dir;
-use crate::config::{Container, Plan, PortMapping};
+use crate::config::{Container, Driver, GatewayMode, Network, Plan, PortMapping};
 use crate::dataplane::HostContext;
 use crate::topology::Link;
 
@@ -32,6 +36,8 @@ pub(super) struct Maps {
     local_addrs: Map,
     published: Map,
     endpoints: Map,
+    never_nat: Map,
+    routed_ports: Map,
 }
 
 impl Maps {
@@ -44,6 +50,8 @@ impl Maps {
             local_addrs: take(maps::LOCAL_ADDRS)?,
             published: take(maps::PUBLISHED)?,
             endpoints: take(maps::ENDPOINTS)?,
+            never_nat: take(maps::NEVER_NAT)?,
+            routed_ports: take(maps::ROUTED_PORTS)?,
         })
     }
 
@@ -55,13 +63,16 @@ impl Maps {
             local_addrs: pinned_map(name, maps::LOCAL_ADDRS)?,
             published: pinned_map(name, maps::PUBLISHED)?,
             endpoints: pinned_map(name, maps::ENDPOINTS)?,
+            never_nat: pinned_map(name, maps::NEVER_NAT)?,
+            routed_ports: pinned_map(name, maps::ROUTED_PORTS)?,
         })
     }
 
-    /// Writes the plan into the maps: settings, subnets, local addresses, endpoints,
-    /// published ports. With the `old` plan those maps were last programmed with, only the
-    /// published ports that changed are written (one change costs a syscall or two,
-    /// whatever N); without it, the map is synchronised entry by entry.
+    /// Writes the plan into the maps: settings, subnets, never-NAT prefixes, local
+    /// addresses, endpoints, published ports, routed networks' open ports. With the `old`
+    /// plan those maps were last programmed with, only the published ports, open ports and
+    /// prefixes that changed are written (one change costs a syscall or two, whatever N);
+    /// without it, each map is synchronised entry by entry.
     pub(super) fn program(
         &mut self,
         plan: &Plan,
@@ -84,11 +95,7 @@ impl Maps {
             netns_cookie: crate::netns::cookie().map_err(EbpfError::NetnsCookie)?,
             networks: plan.networks.len() as u32,
             uplink_ifindex: host.uplink_index,
-            flags: if plan.ebpf.fast_forward {
-                flags::FAST_FORWARD
-            } else {
-                0
-            },
+            flags: config_flags(plan),
             _pad: 0,
         };
         let mut config: Array<_, DpConfig> =
@@ -103,8 +110,11 @@ impl Maps {
         let same_networks = old.is_some_and(|o| {
             o.networks
                 .iter()
-                .map(|n| (n.subnet, n.gateway))
-                .eq(plan.networks.iter().map(|n| (n.subnet, n.gateway)))
+                .map(|n| (n.subnet, n.gateway, n.gateway_mode))
+                .eq(plan
+                    .networks
+                    .iter()
+                    .map(|n| (n.subnet, n.gateway, n.gateway_mode)))
         });
         let old_keys: Vec<Key<u32>> = if same_networks {
             Vec::new()
@@ -122,23 +132,49 @@ impl Maps {
             let info = NetInfo {
                 id: i as u32 + 1,
                 gateway: ne_addr(n.gateway),
+                mode: mode_of(n),
+                _pad: [0; 3],
             };
             subnets
                 .insert(&key, info, 0)
                 .map_err(EbpfError::map(maps::SUBNETS))?;
         }
 
+        // [[routes]]: few, and written only when they changed.
+        let mut never_nat: LpmTrie<_, u32, u32> =
+            LpmTrie::try_from(&mut self.never_nat).map_err(EbpfError::map(maps::NEVER_NAT))?;
+        let want: BTreeMap<(u32, u32), ()> = never_nat_entries(plan);
+        let had: BTreeMap<(u32, u32), ()> = match old {
+            Some(old) => never_nat_entries(old),
+            None => never_nat
+                .keys()
+                .filter_map(Result::ok)
+                .map(|k| ((k.prefix_len(), k.data()), ()))
+                .collect(),
+        };
+        for (prefix_len, addr) in had.keys().filter(|k| !want.contains_key(k)) {
+            let _ = never_nat.remove(&Key::new(*prefix_len, *addr));
+        }
+        for (prefix_len, addr) in want.keys().filter(|k| !had.contains_key(k)) {
+            never_nat
+                .insert(&Key::new(*prefix_len, *addr), 1, 0)
+                .map_err(EbpfError::map(maps::NEVER_NAT))?;
+        }
+
         sync_map(
             &mut self.local_addrs,
             maps::LOCAL_ADDRS,
-            &local_addr_entries(host),
+            &local_addr_entries(host, plan),
         )?;
         // The containers, for delivery straight into them. Their devices come from the
         // host's links as they are now: a recreated container has a new ifindex.
         let endpoints = plan
             .containers
             .iter()
-            .filter_map(|c| Some((ne_addr(c.ip), container_endpoint(c, &host.links)?)))
+            .filter_map(|c| {
+                let driver = plan.network(&c.network)?.driver;
+                Some((ne_addr(c.ip), container_endpoint(c, driver, &host.links)?))
+            })
             .collect();
         sync_map(&mut self.endpoints, maps::ENDPOINTS, &endpoints)?;
 
@@ -172,8 +208,103 @@ impl Maps {
                 .insert(k, b, 0)
                 .map_err(EbpfError::map(maps::PUBLISHED))?;
         }
+
+        // The routed networks' open container ports: against the old plan's when there is
+        // one (a map of thousands is not read back on every `up`), else against the map.
+        let mut open: HashMap<_, PortKey, u32> = HashMap::try_from(&mut self.routed_ports)
+            .map_err(EbpfError::map(maps::ROUTED_PORTS))?;
+        let want = routed_port_entries(plan);
+        let had: BTreeMap<PortKey, u32> = match old {
+            Some(old) => routed_port_entries(old),
+            None => open.iter().filter_map(Result::ok).collect(),
+        };
+        for k in had.keys().filter(|k| !want.contains_key(k)) {
+            let _ = open.remove(k);
+        }
+        for (k, v) in want.iter().filter(|(k, _)| !had.contains_key(k)) {
+            open.insert(k, v, 0)
+                .map_err(EbpfError::map(maps::ROUTED_PORTS))?;
+        }
         Ok(())
     }
+}
+
+/// The programs' switches for `plan` ([`flags`]): what the config makes worth a lookup.
+fn config_flags(plan: &Plan) -> u32 {
+    let mut f = 0;
+    if plan.ebpf.fast_forward {
+        f |= flags::FAST_FORWARD;
+    }
+    if plan.networks.iter().any(|n| !n.gateway_mode.nat()) {
+        f |= flags::MODES;
+    }
+    if plan.networks.iter().any(|n| n.driver == Driver::Ptp) {
+        f |= flags::PTP;
+    }
+    if !plan.routes.is_empty() {
+        f |= flags::ROUTES;
+    }
+    if plan
+        .networks
+        .iter()
+        .any(|n| n.gateway_mode == GatewayMode::Isolated)
+    {
+        f |= flags::ISOLATED;
+    }
+    f
+}
+
+/// Network `n`'s gateway mode, as the programs know it.
+fn mode_of(n: &Network) -> u8 {
+    match n.gateway_mode {
+        GatewayMode::Nat => gateway_mode::NAT,
+        GatewayMode::NatUnprotected => gateway_mode::NAT_UNPROTECTED,
+        GatewayMode::Routed => gateway_mode::ROUTED,
+        GatewayMode::Isolated => gateway_mode::ISOLATED,
+    }
+}
+
+/// The never-NAT trie's keys for `plan` (prefix length, network address), its routes'
+/// subnets.
+fn never_nat_entries(plan: &Plan) -> BTreeMap<(u32, u32), ()> {
+    plan.routes
+        .iter()
+        .map(|r| {
+            (
+                (
+                    u32::from(r.subnet.prefix_len()),
+                    ne_addr(r.subnet.network()),
+                ),
+                (),
+            )
+        })
+        .collect()
+}
+
+/// The open-ports map's entries for `plan`: every container port that the publish entries
+/// of a `routed` network's containers name (ranges expanded; the host ports are ignored,
+/// as Docker ignores them).
+fn routed_port_entries(plan: &Plan) -> BTreeMap<PortKey, u32> {
+    plan.containers
+        .iter()
+        .filter(|c| {
+            plan.network(&c.network)
+                .is_some_and(|n| n.gateway_mode == GatewayMode::Routed)
+        })
+        .flat_map(|c| {
+            c.publish.iter().flat_map(move |m| {
+                (0..m.count).map(move |i| {
+                    let key = PortKey {
+                        addr: ne_addr(c.ip),
+                        port: ne_port(m.container_port + i),
+                        proto: m.proto.number(),
+                        _pad: 0,
+                    };
+                    (key, 1u32)
+                })
+            })
+        })
+        .collect()
 }
 
 /// Makes hash map `map` (named `name`) hold exactly `want`: what it has and `want` has not
@@ -198,17 +329,24 @@ fn sync_map<K: aya::Pod + Ord, V: aya::Pod>(
     Ok(())
 }
 
-/// Container `c` as the programs deliver to it, from its host veth and its bridge among
-/// the host's `links`. None when they are not there or lack an MTU or a MAC: its packets
-/// then take the kernel's path.
-fn container_endpoint(c: &Container, links: &[Link]) -> Option<Endpoint> {
+/// Container `c` (on a network of driver `driver`) as the programs deliver to it, from its
+/// host veth and its bridge among the host's `links`. None when they are not there or lack
+/// an MTU or a MAC: its packets then take the kernel's path.
+fn container_endpoint(c: &Container, driver: Driver, links: &[Link]) -> Option<Endpoint> {
     let link = |name: &str| links.iter().find(|l| l.name == name);
     let veth = link(&c.host_veth)?;
+    // What the host sends a container comes from its gateway's MAC: the bridge's, or on
+    // ptp the host veth's own (where the gateway address is, and what the container's
+    // ARP for the gateway learned).
+    let gateway = match driver {
+        Driver::Bridge => link(&c.network)?,
+        Driver::Ptp => veth,
+    };
     Some(Endpoint {
         ifindex: veth.index,
         mtu: veth.mtu?,
         mac: c.mac,
-        gateway_mac: link(&c.network)?.mac?,
+        gateway_mac: gateway.mac?,
     })
 }
 
@@ -241,10 +379,19 @@ fn mapping_entries<'a>(
     })
 }
 
+/// Whether container `c`'s publish entries are DNATed host ports: on a `nat` network.
+/// (A `routed` network's name container ports open to direct routing instead, see
+/// [`routed_port_entries`]; an `isolated` one has none.)
+fn publishes_host_ports(plan: &Plan, c: &Container) -> bool {
+    plan.network(&c.network)
+        .is_some_and(|n| n.gateway_mode.nat())
+}
+
 /// The published-ports map's entries for `plan`.
 fn published_entries(plan: &Plan) -> BTreeMap<PortKey, Backend> {
     plan.containers
         .iter()
+        .filter(|c| publishes_host_ports(plan, c))
         .flat_map(|c| {
             c.publish
                 .iter()
@@ -268,10 +415,15 @@ fn published_edits(old: &Plan, plan: &Plan) -> Option<Edits> {
     for (o, c) in old.containers.iter().zip(&plan.containers) {
         if (&o.name, o.ip, &o.network, o.publish.len())
             != (&c.name, c.ip, &c.network, c.publish.len())
-            || old.network(&o.network).map(|n| n.gateway)
-                != plan.network(&c.network).map(|n| n.gateway)
+            || old.network(&o.network).map(|n| (n.gateway, n.gateway_mode))
+                != plan
+                    .network(&c.network)
+                    .map(|n| (n.gateway, n.gateway_mode))
         {
             return None;
+        }
+        if !publishes_host_ports(plan, c) {
+            continue;
         }
         for (a, b) in o.publish.iter().zip(&c.publish).filter(|(a, b)| a != b) {
             remove.extend(mapping_entries(old, o, a).map(|(k, _)| k));
@@ -303,7 +455,11 @@ pub(super) fn pinned_config(name: &str) -> Option<DpConfig> {
 /// uplink's index in the config, and the local addresses that published ports answer on.
 /// Only what differs is written; the rest of the config stays as `up` wrote it. Returns a
 /// line per change.
-pub(super) fn follow_uplink(name: &str, host: &HostContext) -> Result<Vec<String>, EbpfError> {
+pub(super) fn follow_uplink(
+    name: &str,
+    plan: &Plan,
+    host: &HostContext,
+) -> Result<Vec<String>, EbpfError> {
     let mut changes = Vec::new();
     let mut map = pinned_map(name, maps::CONFIG).ok_or(EbpfError::MissingMap(maps::CONFIG))?;
     let mut config: Array<_, DpConfig> =
@@ -320,7 +476,7 @@ pub(super) fn follow_uplink(name: &str, host: &HostContext) -> Result<Vec<String
             .set(0, cfg, 0)
             .map_err(EbpfError::map(maps::CONFIG))?;
     }
-    let want = local_addr_entries(host);
+    let want = local_addr_entries(host, plan);
     let mut local =
         pinned_map(name, maps::LOCAL_ADDRS).ok_or(EbpfError::MissingMap(maps::LOCAL_ADDRS))?;
     let mut had: Vec<u32> = HashMap::<_, u32, u32>::try_from(&local)
@@ -338,13 +494,26 @@ pub(super) fn follow_uplink(name: &str, host: &HostContext) -> Result<Vec<String
 
 /// The local-addresses map's entries for `host`: every host address, the gateways and
 /// 127.0.0.1 (published ports answer on all of them).
-fn local_addr_entries(host: &HostContext) -> BTreeMap<u32, u32> {
-    host.local_addrs
-        .iter()
-        .copied()
+fn local_addr_entries(host: &HostContext, plan: &Plan) -> BTreeMap<u32, u32> {
+    local_addrs(host, plan)
         .chain([Ipv4Addr::LOCALHOST])
         .map(|a| (ne_addr(a), 1u32))
         .collect()
+}
+
+/// The host's addresses as the programs know them: all of `host`'s, but for the gateway
+/// of an `isolated` network, which the host does not carry (nothing in such a subnet is
+/// the host's: `up` refuses subnets that collide with a host address).
+pub(super) fn local_addrs<'a>(
+    host: &'a HostContext,
+    plan: &'a Plan,
+) -> impl Iterator<Item = Ipv4Addr> + 'a {
+    host.local_addrs.iter().copied().filter(|a| {
+        !plan
+            .networks
+            .iter()
+            .any(|n| !n.has_gateway() && n.subnet.contains(a))
+    })
 }
 
 #[cfg(test)]
@@ -389,5 +558,159 @@ mod tests {
         assert!(remove.is_empty(), "the key stays; its value changes");
         assert_eq!(u16::from_be(write[0].1.port), 90);
         assert!(published_edits(&plan("\"8080:80\""), &plan("\"8080:80\", \"8081:81\"")).is_none());
+    }
+
+    /// A routed ptp network and an isolated one beside the nat network of [`plan`], and a
+    /// route.
+    fn modes(mode: &str) -> Plan {
+        let text = format!(
+            r#"
+            [[networks]]
+            name = "npa"
+            subnet = "10.89.0.0/24"
+            [[networks]]
+            name = "npr"
+            subnet = "10.89.2.0/24"
+            driver = "ptp"
+            gateway_mode = "{mode}"
+            [[networks]]
+            name = "npi"
+            subnet = "10.89.3.0/24"
+            gateway_mode = "isolated"
+            [[containers]]
+            name = "web"
+            network = "npa"
+            publish = ["8080:80"]
+            [[containers]]
+            name = "srv"
+            network = "npr"
+            publish = ["8081:80", "9000-9002:7000-7002/udp"]
+            [[routes]]
+            subnet = "10.90.0.0/24"
+            via = "203.0.113.12"
+            "#
+        );
+        Config::parse(&text, "test").unwrap().plan().unwrap()
+    }
+
+    #[test]
+    fn routed_mappings_open_container_ports_and_publish_no_host_port() {
+        let plan = modes("routed");
+        let open: Vec<(Ipv4Addr, u16, u8)> = routed_port_entries(&plan)
+            .keys()
+            .map(|k| {
+                (
+                    Ipv4Addr::from(k.addr.to_ne_bytes()),
+                    u16::from_be(k.port),
+                    k.proto,
+                )
+            })
+            .collect();
+        let srv = Ipv4Addr::new(10, 89, 2, 2);
+        assert_eq!(
+            open,
+            [
+                (srv, 80, 6),
+                (srv, 7000, 17),
+                (srv, 7001, 17),
+                (srv, 7002, 17)
+            ],
+            "the container ports, ranges expanded; host ports ignored"
+        );
+        let published: Vec<u16> = published_entries(&plan)
+            .keys()
+            .map(|k| u16::from_be(k.port))
+            .collect();
+        assert_eq!(published, [8080], "only the nat network's host port");
+        // The network turning nat: its mappings become host ports, its open ports go.
+        let nat = modes("nat-unprotected");
+        assert!(routed_port_entries(&nat).is_empty());
+        assert!(published_edits(&plan, &nat).is_none(), "compared whole");
+        assert_eq!(published_entries(&nat).len(), 1 + 1 + 3);
+    }
+
+    #[test]
+    fn the_programs_flags_follow_the_plan() {
+        let plan = modes("routed");
+        let f = config_flags(&plan);
+        for flag in [
+            flags::FAST_FORWARD,
+            flags::MODES,
+            flags::PTP,
+            flags::ROUTES,
+            flags::ISOLATED,
+        ] {
+            assert_ne!(f & flag, 0, "flag {flag}");
+        }
+        // One plain nat bridge network: no lookup is paid for what it does not have.
+        assert_eq!(config_flags(&plan_default()), flags::FAST_FORWARD);
+        let prefixes: Vec<(u32, Ipv4Addr)> = never_nat_entries(&plan)
+            .keys()
+            .map(|(len, a)| (*len, Ipv4Addr::from(a.to_ne_bytes())))
+            .collect();
+        assert_eq!(prefixes, [(24, Ipv4Addr::new(10, 90, 0, 0))]);
+        assert_eq!(
+            mode_of(plan.network("npi").unwrap()),
+            gateway_mode::ISOLATED
+        );
+    }
+
+    fn plan_default() -> Plan {
+        plan("\"8080:80\"")
+    }
+
+    #[test]
+    fn an_isolated_network_s_gateway_is_no_local_address() {
+        let plan = modes("routed");
+        let host = HostContext {
+            uplink: "up0".into(),
+            uplink_index: 2,
+            uplink_addr: Ipv4Addr::new(203, 0, 113, 1),
+            local_addrs: std::iter::once(Ipv4Addr::new(203, 0, 113, 1))
+                .chain(plan.networks.iter().map(|n| n.gateway))
+                .collect(),
+            links: Vec::new(),
+        };
+        let local: Vec<Ipv4Addr> = local_addrs(&host, &plan).collect();
+        assert!(
+            local.contains(&Ipv4Addr::new(10, 89, 2, 1)),
+            "a ptp gateway is"
+        );
+        assert!(!local.contains(&Ipv4Addr::new(10, 89, 3, 1)), "{local:?}");
+    }
+
+    #[test]
+    fn a_ptp_container_is_reached_from_its_host_veth_s_mac() {
+        let plan = modes("routed");
+        let link = |index, name: &str, mac: u8| Link {
+            index,
+            name: name.to_owned(),
+            up: true,
+            master: None,
+            mac: Some([2, 0, 0, 0, 0, mac]),
+            mtu: Some(1500),
+        };
+        let (web, srv) = (
+            plan.container("web").unwrap(),
+            plan.container("srv").unwrap(),
+        );
+        let links = [
+            link(3, "npa", 0xaa),
+            link(4, &web.host_veth, 0x04),
+            link(5, &srv.host_veth, 0x05),
+        ];
+        let bridged = container_endpoint(web, Driver::Bridge, &links).unwrap();
+        assert_eq!(
+            (bridged.ifindex, bridged.gateway_mac[5]),
+            (4, 0xaa),
+            "the bridge's"
+        );
+        let ptp = container_endpoint(srv, Driver::Ptp, &links).unwrap();
+        assert_eq!(
+            (ptp.ifindex, ptp.gateway_mac[5]),
+            (5, 0x05),
+            "its host veth's own"
+        );
+        assert_eq!(ptp.mac, srv.mac);
     }
 }

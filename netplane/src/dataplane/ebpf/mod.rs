@@ -1,12 +1,15 @@
-//! The eBPF data plane: TC programs on the uplink and on every bridge (attached as TCX
-//! links), with connection tracking in BPF maps. No iptables rule, no nf_conntrack.
+//! The eBPF data plane: TC programs on the uplink and on every container network (its
+//! bridge, or each host veth of a ptp network), attached as TCX links, with connection
+//! tracking in BPF maps. No iptables rule, no nf_conntrack.
 //!
-//! Everything lives under `/sys/fs/bpf/netplane/<name>/`: the maps (`NP_*`) and one link
-//! per program and device (`link_<program>_<device>`). Pins keep the data plane running
-//! when the agent exits or is killed; a new `up` reuses the pinned maps (so the
-//! conntrack table, and every established connection, survives) and swaps the programs
-//! inside the pinned links atomically (BPF_LINK_UPDATE). `down` removes the directory,
-//! which unpins, and so detaches, everything.
+//! Everything lives under `/sys/fs/bpf/netplane/<name>/`: the maps (`NP_*`), the TC
+//! programs (`prog_<program>`) and one link per program and device
+//! (`link_<program>_<device>`). Pins keep the data plane running when the agent exits or
+//! is killed; a new `up` reuses the pinned maps (so the conntrack table, and every
+//! established connection, survives) and, when it brings a new build, swaps the programs
+//! inside the pinned links atomically (BPF_LINK_UPDATE); otherwise it loads nothing, and
+//! attaches what is missing (a new ptp container's veth) from the pinned programs.
+//! `down` removes the directory, which unpins, and so detaches, everything.
 //!
 //! One file per job: `object` loads the embedded object (the only place that does) and
 //! defines [`EbpfError`]; `attach` puts the programs on their devices; `maps` programs the
@@ -154,29 +157,37 @@ fn program(
     let pinned = attach::pinned(&dir);
     let stamp_file = crate::state::dir(&plan.name).join("ebpf.object");
     let stamp = object::stamp();
-    // Fast path: the same programs are attached where the plan wants them, so only the
-    // maps change; with the previous plan, only the entries that differ. "Attached" is
-    // asked of the devices, not of the pins: a device deleted and created again keeps
-    // its name and its pin, not its programs.
-    if pinned == wanted
-        && old.is_some()
-        && attach::all_live(plan, &host.uplink, &dir)
+    // Fast path: this build's programs are loaded and pinned, and the maps fit, so only
+    // the maps change (with the previous plan, only the entries that differ), and a
+    // program that does not run where the plan wants it (a new bridge or uplink, a new
+    // ptp container's host veth, a device created again: "attached" is asked of the
+    // devices, not of the pins) is attached from its pin, with no load and no verifier
+    // run; links of devices that left the plan are unpinned, which detaches them.
+    if old.is_some()
+        && attach::programs_pinned(&dir)
         && conntrack::ct_sized_as(&plan.name, plan.conntrack.max_entries)
         && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
         && let Some(mut maps) = Maps::pinned(&plan.name)
     {
+        let mut changes = attach::attach_missing(&dir, plan, &host.uplink)?;
+        changes.extend(attach::detach_stale(&dir, &pinned, &wanted));
         maps.program(plan, host, old)?;
-        return Ok(Vec::new());
+        return Ok(changes);
     }
     let resize = conntrack::ct_resize(&plan.name, plan.conntrack.max_entries);
     let mut bpf = object::load(&LoadOptions {
         pins: Some(&dir),
         ct_max_entries: Some(plan.conntrack.max_entries),
     })?;
+    // The maps hold the plan before the new programs run on them (a map made anew, for
+    // another build's layout, starts empty). Taken from the object, they stay open until
+    // the programs, which refer to them, are loaded.
+    let mut maps = Maps::take(&mut bpf)?;
+    maps.program(plan, host, None)?;
     let mut changes = attach::attach_all(&mut bpf, &dir, plan, &host.uplink)?;
+    drop(maps);
     changes.extend(resize);
     changes.extend(attach::detach_stale(&dir, &pinned, &wanted));
-    Maps::take(&mut bpf)?.program(plan, host, None)?;
     std::fs::write(&stamp_file, stamp).map_err(|source| DataplaneError::Io {
         path: stamp_file.display().to_string(),
         source,

@@ -6,12 +6,15 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::MapError;
+use aya::maps::{MapData, MapError};
 use aya::pin::PinError;
 use aya::programs::ProgramError;
 use aya::programs::links::LinkError;
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
-use netplane_common::nat::{CtTables, maps};
+use netplane_common::nat::{
+    Backend, CtKey, CtTables, DROP_REASONS, DpConfig, Endpoint, FragEntry, FragKey, NetInfo,
+    PortKey, SockRevEntry, SockRevKey, forwarded, maps,
+};
 
 use super::bpffs::{self, BpffsError};
 use super::conntrack;
@@ -138,6 +141,9 @@ pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
             resized = conntrack::set_aside(dir, n)?;
         }
     }
+    if let Some(dir) = opts.pins {
+        replace_stale_layouts(dir);
+    }
     let paths: Vec<(&str, PathBuf)> = opts
         .pins
         .map(|dir| maps::PINNED.iter().map(|m| (*m, dir.join(m))).collect())
@@ -170,6 +176,62 @@ pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
     Ok(bpf)
 }
 
+/// The layout of every pinned map but the conntrack tables (which conntrack::set_aside
+/// resizes with their entries), as this build's programs define it (netplane-ebpf's
+/// maps.rs): (name, key size, value size, and for the arrays their number of entries).
+/// An LPM trie's key is its 4-byte prefix length and the data.
+fn layouts() -> [(&'static str, u32, u32, Option<u32>); 13] {
+    fn size<T>() -> u32 {
+        std::mem::size_of::<T>() as u32
+    }
+    [
+        (maps::CONFIG, 4, size::<DpConfig>(), Some(1)),
+        (maps::SUBNETS, 8, size::<NetInfo>(), None),
+        (maps::NEVER_NAT, 8, 4, None),
+        (maps::LOCAL_ADDRS, 4, 4, None),
+        (maps::PUBLISHED, size::<PortKey>(), size::<Backend>(), None),
+        (maps::ROUTED_PORTS, size::<PortKey>(), 4, None),
+        (maps::ENDPOINTS, 4, size::<Endpoint>(), None),
+        (maps::DROPS, 4, 8, Some(DROP_REASONS)),
+        (maps::FORWARDED, 4, 8, Some(forwarded::SLOTS)),
+        (
+            maps::SOCK_REV,
+            size::<SockRevKey>(),
+            size::<SockRevEntry>(),
+            None,
+        ),
+        (maps::FRAGS, size::<FragKey>(), size::<FragEntry>(), None),
+        (maps::FRAGS_EARLY, size::<FragKey>(), 4, None),
+        (maps::MASQ_PORTS, size::<CtKey>(), 4, None),
+    ]
+}
+
+/// Before a load with the pins of `dir`: unpins each map pinned by another build whose
+/// layout is not this build's (a value that grew, a drop reason more), so that the load
+/// creates it anew; aya reuses a pin without comparing its shape, and the verifier would
+/// refuse the new programs on the old map (or a counter would count nowhere). These maps
+/// hold settings that `up` writes whole after such a load, or caches and counters: nothing
+/// is lost that matters. The programs still attached keep the old map until `up` swaps
+/// them.
+fn replace_stale_layouts(dir: &Path) {
+    for (map, key, value, entries) in layouts() {
+        let pin = dir.join(map);
+        let Ok(info) = MapData::from_pin(&pin).and_then(|d| d.info()) else {
+            continue;
+        };
+        let fits = info.key_size() == key
+            && info.value_size() == value
+            && entries.is_none_or(|n| info.max_entries() == n);
+        if !fits {
+            tracing::info!(
+                map,
+                "pinned by another build with another layout: made anew"
+            );
+            let _ = std::fs::remove_file(&pin);
+        }
+    }
+}
+
 /// The program `name` of `bpf`, as type `P`.
 pub(super) fn program<'a, P>(bpf: &'a mut AyaEbpf, name: &str) -> Result<&'a mut P, EbpfError>
 where
@@ -191,7 +253,19 @@ pub(super) fn stamp() -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::OBJECT;
+    use super::{OBJECT, layouts};
+    use netplane_common::nat::maps;
+
+    #[test]
+    fn every_pinned_map_has_a_known_layout() {
+        let known: Vec<&str> = layouts().iter().map(|l| l.0).collect();
+        for map in maps::PINNED {
+            assert!(
+                known.contains(&map) || [maps::CT, maps::CT_NEW].contains(&map),
+                "{map}: no layout (see object::replace_stale_layouts)"
+            );
+        }
+    }
 
     #[test]
     fn embedded_object_is_a_bpf_elf_with_classifiers() {

@@ -49,6 +49,8 @@ pub(super) fn status(plan: &Plan) -> DataplaneStatus {
         hash_fill::<FragKey, FragEntry>(name, maps::FRAGS),
         hash_fill::<PortKey, Backend>(name, maps::PUBLISHED),
         subnets_fill(name),
+        never_nat_fill(name),
+        hash_fill::<PortKey, u32>(name, maps::ROUTED_PORTS),
         hash_fill::<u32, u32>(name, maps::LOCAL_ADDRS),
         hash_fill::<u32, Endpoint>(name, maps::ENDPOINTS),
         hash_fill::<SockRevKey, SockRevEntry>(name, maps::SOCK_REV),
@@ -161,7 +163,7 @@ fn uplink_status(plan: &Plan) -> (Option<UplinkStatus>, Vec<String>) {
                 .collect()
         })
         .unwrap_or_default();
-    for a in host.local_addrs.iter().filter(|a| !local.contains(a)) {
+    for a in super::maps::local_addrs(&host, plan).filter(|a| !local.contains(a)) {
         problems.push(format!(
             "published ports do not answer on {a}: it is not in the local-addresses map"
         ));
@@ -191,6 +193,13 @@ fn subnets_fill(name: &str) -> Option<MapFill> {
     let m = LpmTrie::<_, u32, NetInfo>::try_from(pinned_map(name, maps::SUBNETS)?).ok()?;
     let entries = m.keys().filter(Result::is_ok).count();
     Some(fill(maps::SUBNETS, m.map(), entries))
+}
+
+/// The fill of the never-NAT prefixes' map (an LPM trie) of instance `name`.
+fn never_nat_fill(name: &str) -> Option<MapFill> {
+    let m = LpmTrie::<_, u32, u32>::try_from(pinned_map(name, maps::NEVER_NAT)?).ok()?;
+    let entries = m.keys().filter(Result::is_ok).count();
+    Some(fill(maps::NEVER_NAT, m.map(), entries))
 }
 
 /// Drops per reason of instance `name`.
