@@ -88,7 +88,13 @@ impl HostContext {
         let local_addrs = addrs
             .iter()
             .map(|(_, a)| a.addr())
-            .chain(plan.networks.iter().map(|n| n.gateway))
+            // An isolated network's gateway is not on the host.
+            .chain(
+                plan.networks
+                    .iter()
+                    .filter(|n| n.has_gateway())
+                    .map(|n| n.gateway),
+            )
             .collect();
         Some(HostContext {
             uplink: uplink.to_owned(),
