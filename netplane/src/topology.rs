@@ -413,13 +413,7 @@ async fn ensure_route(h: &Handle, route: RouteMessage, what: &str) -> Result<boo
         )
     };
     let want = key(&route);
-    let present: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list routes for", what))?;
+    let present = ipv4_routes(h, "list routes for", what).await?;
     // Without a device in the wish (a route via a gateway), any device matches.
     if present.iter().any(|r| {
         let k = key(r);
@@ -454,13 +448,7 @@ pub async fn ensure_host_route(h: &Handle, r: &Route) -> Result<bool, TopologyEr
 
 /// The main table's routes to exactly `subnet`.
 pub async fn routes_to(h: &Handle, subnet: Ipv4Net) -> Result<Vec<RouteMessage>, TopologyError> {
-    let routes: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list routes to", subnet.to_string()))?;
+    let routes = ipv4_routes(h, "list routes to", subnet.to_string()).await?;
     Ok(routes
         .into_iter()
         .filter(|r| {
@@ -479,6 +467,21 @@ pub fn gateway_of(r: &RouteMessage) -> Option<Ipv4Addr> {
         RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
         _ => None,
     })
+}
+
+/// Every IPv4 route of the namespace of `h` (all tables); `action` and `object` name the
+/// listing in an error.
+async fn ipv4_routes(
+    h: &Handle,
+    action: &'static str,
+    object: impl Into<String>,
+) -> Result<Vec<RouteMessage>, TopologyError> {
+    h.route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err(action, object))
 }
 
 /// A ptp network's subnet as `unreachable` (`proto static`): its containers' /32 routes
@@ -569,13 +572,7 @@ async fn ensure_default_route(
     gw: Ipv4Addr,
     onlink: bool,
 ) -> Result<bool, TopologyError> {
-    let routes: Vec<RouteMessage> = ch
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list routes of", ns))?;
+    let routes = ipv4_routes(ch, "list routes of", ns).await?;
     let current = routes
         .iter()
         .find(|r| r.header.destination_prefix_length == 0)
@@ -614,13 +611,7 @@ async fn ensure_default_route(
 
 /// The interface of the default route in the caller's namespace, if there is one.
 pub async fn default_route_interface(h: &Handle) -> Result<Option<String>, TopologyError> {
-    let routes: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list", "routes"))?;
+    let routes = ipv4_routes(h, "list", "routes").await?;
     let oif = routes
         .iter()
         .filter(|r| r.header.destination_prefix_length == 0)
