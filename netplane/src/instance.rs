@@ -44,6 +44,16 @@ pub enum Error {
         addr: Ipv4Net,
         iface: String,
     },
+    #[error(
+        "networks[{index}].subnet = \"{subnet}\": the host already routes {route} ({iface}), \
+         which netplane does not own"
+    )]
+    SubnetRoute {
+        index: usize,
+        subnet: Ipv4Net,
+        route: String,
+        iface: String,
+    },
     #[error("routes[{index}].{field} = \"{value}\": {reason}")]
     Route {
         index: usize,
@@ -142,7 +152,7 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
         .map(|n| n.name.clone())
         .chain(plan.containers.iter().map(|c| c.host_veth.clone()))
         .collect();
-    // [[routes]], and each ptp network's unreachable cover (see topology).
+    // [[routes]], and each ptp network's blackhole cover (see topology).
     let desired_routes: BTreeSet<Ipv4Net> = plan
         .routes
         .iter()
@@ -295,9 +305,55 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
             });
         }
     }
+    check_network_routes(h, plan, old, &links).await?;
     check_routes(h, plan, old, &links, &addrs).await?;
     HostContext::from_host(plan, &uplink, links, &addrs)
         .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))
+}
+
+/// A network's subnet against the host's main routing table: a route inside it (or
+/// equal to it) that netplane does not own would take its traffic, or be replaced by a
+/// ptp network's cover route and then deleted with it. That is how a subnet that another
+/// instance in this namespace holds shows, even without an address on the host (a ptp
+/// network's cover route). Wider routes (a 10.0.0.0/8 via a router) are fine: the
+/// network's are more specific.
+async fn check_network_routes(
+    h: &rtnetlink::Handle,
+    plan: &Plan,
+    old: &State,
+    links: &[topology::Link],
+) -> Result<(), Error> {
+    let ours: BTreeSet<u32> = links
+        .iter()
+        .filter(|l| old.links.contains(&l.name))
+        .map(|l| l.index)
+        .collect();
+    for r in topology::main_routes(h).await? {
+        if r.prefix_len == 0
+            || old.routes.contains(&r.dst)
+            || r.oif.is_some_and(|i| ours.contains(&i))
+        {
+            continue;
+        }
+        if let Some((index, n)) = plan
+            .networks
+            .iter()
+            .enumerate()
+            .find(|(_, n)| n.subnet.contains(&r.dst))
+        {
+            let iface = r
+                .oif
+                .and_then(|i| links.iter().find(|l| l.index == i))
+                .map_or_else(|| "no device".to_owned(), |l| l.name.clone());
+            return Err(Error::SubnetRoute {
+                index,
+                subnet: n.subnet,
+                route: r.describe(),
+                iface,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `[[routes]]` against the host: each `via` is on a link of the host (a connected prefix
@@ -328,6 +384,18 @@ async fn check_routes(
                 field: "subnet",
                 value: r.subnet.to_string(),
                 reason: format!("collides with {a} on {name}: a routed subnet is another host's"),
+            });
+        }
+        if let Some((name, _)) = addrs
+            .iter()
+            .map(|&(i, a)| (iface(i), a))
+            .find(|(_, a)| a.addr() == r.via)
+        {
+            return Err(Error::Route {
+                index,
+                field: "via",
+                value: r.via.to_string(),
+                reason: format!("an address of this host (on {name}), not another host's"),
             });
         }
         if !foreign
@@ -371,12 +439,32 @@ async fn check_routes(
     Ok(())
 }
 
-/// The sysctls `up` sets: IPv4 forwarding, and what the data plane asks for.
+/// The sysctls `up` sets: IPv4 forwarding, strict reverse-path filtering on ptp host
+/// veths, and what the data plane asks for.
+///
+/// A ptp container's packets are routed by the host, and its veth's only route is the /32
+/// to it: with `rp_filter = 1` (strict, RFC 3704) the kernel drops what a container sends
+/// with any other source address, so that it cannot pass as another network's container
+/// or as a routed peer (on a bridge, the device says where a packet came from).
 fn wanted_sysctls(plan: &Plan, dp: &dyn Dataplane) -> Vec<(String, String)> {
     let mut all: Vec<(String, String)> = SYSCTLS
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    all.extend(
+        plan.containers
+            .iter()
+            .filter(|c| {
+                plan.network(&c.network)
+                    .is_some_and(|n| n.driver == Driver::Ptp)
+            })
+            .map(|c| {
+                (
+                    format!("net.ipv4.conf.{}.rp_filter", c.host_veth),
+                    "1".to_owned(),
+                )
+            }),
+    );
     all.extend(dp.sysctls(plan));
     all
 }
@@ -458,7 +546,7 @@ async fn apply(
     }
     for net in plan.networks.iter().filter(|n| n.driver == Driver::Ptp) {
         let existed = !topology::routes_to(h, net.subnet).await?.is_empty();
-        if topology::ensure_unreachable(h, net.subnet).await? && !existed {
+        if topology::ensure_cover(h, net.subnet).await? && !existed {
             created.push(Created::Route(net.subnet));
         }
     }

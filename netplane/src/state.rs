@@ -39,7 +39,7 @@ pub struct State {
     #[serde(default)]
     pub dataplanes: BTreeSet<Mode>,
     /// Destinations of the host routes netplane created or may have: `[[routes]]`, and
-    /// each ptp network's unreachable cover.
+    /// each ptp network's blackhole cover.
     #[serde(default)]
     pub routes: BTreeSet<Ipv4Net>,
 }

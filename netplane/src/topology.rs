@@ -413,7 +413,11 @@ async fn ensure_route(h: &Handle, route: RouteMessage, what: &str) -> Result<boo
         )
     };
     let want = key(&route);
-    let present = ipv4_routes(h, "list routes for", what).await?;
+    let present: Vec<RouteMessage> = ipv4_routes(h, "list routes for", what)
+        .await?
+        .into_iter()
+        .filter(|r| r.header.table == RouteHeader::RT_TABLE_MAIN)
+        .collect();
     // Without a device in the wish (a route via a gateway), any device matches.
     if present.iter().any(|r| {
         let k = key(r);
@@ -454,11 +458,20 @@ pub async fn routes_to(h: &Handle, subnet: Ipv4Net) -> Result<Vec<RouteMessage>,
         .filter(|r| {
             r.header.table == RouteHeader::RT_TABLE_MAIN
                 && r.header.destination_prefix_length == subnet.prefix_len()
-                && r.attributes.iter().any(|a| {
-                    matches!(a, RouteAttribute::Destination(RouteAddress::Inet(d)) if *d == subnet.addr())
-                })
+                && destination_of(r) == subnet.addr()
         })
         .collect())
+}
+
+/// The destination of a route: 0.0.0.0 when it has none (the default route's).
+fn destination_of(r: &RouteMessage) -> Ipv4Addr {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            _ => None,
+        })
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
 }
 
 /// The gateway of a route, if it has one.
@@ -484,22 +497,72 @@ async fn ipv4_routes(
         .map_err(nl_err(action, object))
 }
 
-/// A ptp network's subnet as `unreachable` (`proto static`): its containers' /32 routes
-/// are more specific, and a packet to an address of the subnet that no container has is
-/// answered with an ICMP unreachable here, instead of following the default route back
-/// out (a bridge network's connected route does the same for a bridge). Returns whether
-/// it changed anything.
-pub async fn ensure_unreachable(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyError> {
+/// A ptp network's subnet as `blackhole` (`proto static`): its containers' /32 routes
+/// are more specific, and a packet to an address of the subnet that no container has
+/// ends here instead of following the default route back out. A blackhole, not an
+/// `unreachable`: that would answer with an ICMP error before the firewall's FORWARD
+/// drop, and so tell a prober which addresses have no container, where a nat bridge
+/// network stays silent about both. Returns whether it changed anything.
+pub async fn ensure_cover(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyError> {
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(subnet.addr(), subnet.prefix_len())
-        .kind(RouteType::Unreachable)
+        .kind(RouteType::BlackHole)
         .protocol(RouteProtocol::Static)
         .build();
-    ensure_route(h, route, &format!("unreachable {subnet}")).await
+    ensure_route(h, route, &format!("blackhole {subnet}")).await
+}
+
+/// A route of the main table, as the checks look at it.
+#[derive(Debug, Clone)]
+pub struct MainRoute {
+    pub dst: Ipv4Net,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub kind: RouteType,
+}
+
+impl MainRoute {
+    /// As `ip route` would show it, briefly.
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            RouteType::Unicast => String::new(),
+            other => format!("{} ", format!("{other:?}").to_lowercase()),
+        };
+        let via = self
+            .gateway
+            .map(|g| format!(" via {g}"))
+            .unwrap_or_default();
+        format!("{kind}{}{via}", self.dst)
+    }
+}
+
+/// The IPv4 routes of the main table.
+pub async fn main_routes(h: &Handle) -> Result<Vec<MainRoute>, TopologyError> {
+    Ok(ipv4_routes(h, "list", "routes")
+        .await?
+        .into_iter()
+        .filter(|r| r.header.table == RouteHeader::RT_TABLE_MAIN)
+        .map(|r| {
+            let dst = destination_of(&r);
+            let prefix_len = r.header.destination_prefix_length;
+            MainRoute {
+                dst: Ipv4Net::new(dst, prefix_len).unwrap_or_default(),
+                prefix_len,
+                gateway: gateway_of(&r),
+                oif: r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                }),
+                kind: r.header.kind,
+            }
+        })
+        .collect())
 }
 
 /// Deletes the main table's `proto static` routes to exactly `subnet` (a `[[routes]]`
-/// entry, or a ptp network's unreachable route); `Ok(false)` when there was none.
+/// entry, a ptp network's cover route, a container's default route); `Ok(false)` when
+/// there was none.
 pub async fn delete_host_route(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyError> {
     let mut deleted = false;
     for r in routes_to(h, subnet).await? {
@@ -561,6 +624,9 @@ pub async fn ensure_container_inside(
     if net.has_gateway() {
         let onlink = net.driver == crate::config::Driver::Ptp;
         changed |= ensure_default_route(ch, &c.netns, eth.index, c.gateway, onlink).await?;
+    } else {
+        // A network that became isolated: its containers lose their way out.
+        changed |= delete_host_route(ch, Ipv4Net::default()).await?;
     }
     Ok(changed)
 }

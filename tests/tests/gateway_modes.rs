@@ -136,6 +136,43 @@ fn what_reaches_a_container_follows_its_gateway_mode() {
                     seen, want,
                     "{mode}, {driver}, gateway_mode = {gateway_mode}"
                 );
+                if *gateway_mode == "isolated" {
+                    let web = h.container("web");
+                    assert_eq!(
+                        web.sh(&["ip", "route", "show", "default"]).trim(),
+                        "",
+                        "the default route went with the gateway"
+                    );
+                    // A container that makes its own way out through the bridge (the
+                    // host routes what reaches it) is still stopped by the data plane.
+                    let mac = h.host.mac("npa");
+                    web.sh(&[
+                        "ip",
+                        "neigh",
+                        "replace",
+                        "10.89.0.1",
+                        "lladdr",
+                        &mac,
+                        "dev",
+                        "eth0",
+                    ]);
+                    web.sh(&[
+                        "ip",
+                        "route",
+                        "add",
+                        "default",
+                        "via",
+                        "10.89.0.1",
+                        "dev",
+                        "eth0",
+                        "onlink",
+                    ]);
+                    assert_eq!(
+                        look(&h).out_from,
+                        None,
+                        "{mode}: out of an isolated network"
+                    );
+                }
                 if mode == "ebpf" {
                     let drops = h.all_drops();
                     let reason = match *gateway_mode {

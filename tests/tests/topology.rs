@@ -464,9 +464,20 @@ fn ptp_containers_are_routed_by_the_host() {
         routes.contains("scope link") && routes.contains("src 10.89.0.1"),
         "{routes}"
     );
-    // The rest of the subnet is unreachable, not sent to the default route.
+    // The rest of the subnet goes nowhere, not to the default route.
     let cover = h.host.sh(&["ip", "route", "show", "10.89.0.0/24"]);
-    assert!(cover.contains("unreachable 10.89.0.0/24"), "{cover}");
+    assert!(cover.contains("blackhole 10.89.0.0/24"), "{cover}");
+    // Strict reverse-path filtering: a container cannot send as another address.
+    assert_eq!(
+        h.host
+            .sh(&[
+                "sysctl",
+                "-n",
+                &format!("net.ipv4.conf.{}.rp_filter", h.host_veth("c1"))
+            ])
+            .trim(),
+        "1"
+    );
     // The gateway, a /32 on every host veth of the network.
     let gateways = h.host.sh(&["ip", "-o", "-4", "addr", "show"]);
     assert_eq!(gateways.matches("10.89.0.1/32").count(), 2, "{gateways}");

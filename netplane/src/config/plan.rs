@@ -91,6 +91,62 @@ impl Plan {
     }
 }
 
+/// A `[[routes]]` subnet: any prefix length (a /32 is one remote container), but unicast
+/// space only: not the default route, nor loopback, "this network", multicast or the
+/// reserved 240.0.0.0/4.
+fn parse_route_subnet(field: &str, value: &str) -> Result<Ipv4Net, ConfigError> {
+    let subnet: Ipv4Net = value.parse().map_err(|_| {
+        invalid(
+            field,
+            value,
+            "not an IPv4 subnet in CIDR form, e.g. \"10.0.2.0/24\"",
+        )
+    })?;
+    if subnet.trunc() != subnet {
+        return Err(invalid(
+            field,
+            value,
+            format!("has host bits set; did you mean {}?", subnet.trunc()),
+        ));
+    }
+    let reserved: [(&str, Ipv4Net); 4] = [
+        (
+            "\"this network\"",
+            Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 8).expect("/8"),
+        ),
+        (
+            "loopback",
+            Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("/8").trunc(),
+        ),
+        (
+            "multicast",
+            Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("/4"),
+        ),
+        (
+            "reserved",
+            Ipv4Net::new(Ipv4Addr::new(240, 0, 0, 0), 4).expect("/4"),
+        ),
+    ];
+    if subnet.prefix_len() == 0 {
+        return Err(invalid(
+            field,
+            value,
+            "the default route is not another host's container subnet",
+        ));
+    }
+    if let Some((what, _)) = reserved
+        .iter()
+        .find(|(_, r)| r.contains(&subnet) || subnet.contains(r))
+    {
+        return Err(invalid(
+            field,
+            value,
+            format!("overlaps {what} address space"),
+        ));
+    }
+    Ok(subnet)
+}
+
 impl Config {
     /// Validates everything that can be checked without looking at the host, and
     /// resolves defaults (gateways, container addresses, device names).
@@ -178,7 +234,7 @@ impl Config {
         let mut routes: Vec<Route> = Vec::with_capacity(self.routes.len());
         for (i, r) in self.routes.iter().enumerate() {
             let field = |f: &str| format!("routes[{i}].{f}");
-            let subnet = parse_subnet(&field("subnet"), &r.subnet)?;
+            let subnet = parse_route_subnet(&field("subnet"), &r.subnet)?;
             let overlaps = |other: &Ipv4Net| other.contains(&subnet) || subnet.contains(other);
             if let Some((j, n)) = networks
                 .iter()
@@ -682,6 +738,24 @@ mod tests {
                 "IPv4",
             ),
             (
+                route("224.0.0.0/4", "192.0.2.2"),
+                "routes[0].subnet",
+                "224.0.0.0/4",
+                "multicast",
+            ),
+            (
+                route("0.0.0.0/0", "192.0.2.2"),
+                "routes[0].subnet",
+                "0.0.0.0/0",
+                "default",
+            ),
+            (
+                route("10.0.2.1/24", "192.0.2.2"),
+                "routes[0].subnet",
+                "10.0.2.1/24",
+                "10.0.2.0/24",
+            ),
+            (
                 route("10.0.2.0/24", "192.0.2.2") + &route("10.0.0.0/8", "192.0.2.3"),
                 "routes[1].subnet",
                 "10.0.0.0/8",
@@ -720,6 +794,8 @@ mod tests {
         );
         assert!(msg.contains("isolated"), "{msg}");
         plan(&with_mode("nat-unprotected", "127.0.0.1:8080:80"));
+        // One remote container is a route of its own.
+        plan(&(net.clone() + &route("10.0.2.7/32", "192.0.2.2")));
     }
 
     #[test]
