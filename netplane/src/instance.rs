@@ -1,7 +1,7 @@
 //! `up`, `down` and `status` of one netplane instance: the plan applied to the host through
 //! [`topology`], with ownership recorded in [`State`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -101,6 +101,15 @@ pub struct UpReport {
     pub dataplane_ms: Option<f64>,
 }
 
+/// What one `up` run did so far: what it created (for rollback), and the values from
+/// before of sysctls of devices it created (known only once they exist; kept in the
+/// state on success, so that a later `up` that no longer wants one restores it).
+#[derive(Default)]
+struct Progress {
+    created: Vec<Created>,
+    fresh_priors: BTreeMap<String, String>,
+}
+
 /// An object `up` created in this run, for rollback.
 enum Created {
     Netns(String),
@@ -186,10 +195,10 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
         changes: Vec::new(),
         dataplane_ms: None,
     };
-    let mut created = Vec::new();
+    let mut progress = Progress::default();
 
-    if let Err(cause) = apply(&h, plan, &old, &*dp, &mut host, &mut created, &mut report).await {
-        let mut rollback = rollback(&h, &plan.name, created, &old, &journal).await;
+    if let Err(cause) = apply(&h, plan, &old, &*dp, &mut host, &mut progress, &mut report).await {
+        let mut rollback = rollback(&h, &plan.name, progress.created, &old, &journal).await;
         if !old.dataplanes.contains(&dp.mode()) {
             rollback.extend(dp.teardown(&plan.name).err().map(|e| e.to_string()));
         }
@@ -229,11 +238,40 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
             Err(e) => failures.push(e.to_string()),
         }
     }
+    // A device sysctl no longer wanted (a network that stopped publishing no longer needs
+    // route_localnet) gets its value from before back; one of a device that is gone went
+    // with it.
+    let wanted: BTreeSet<String> = wanted_sysctls(plan, &*dp)
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
+    let mut sysctls = journal.sysctls;
+    for (key, prior) in progress.fresh_priors {
+        sysctls.entry(key).or_insert(prior);
+    }
+    sysctls.retain(|key, prior| {
+        if wanted.contains(key) || shared::is_shared(key) {
+            return true;
+        }
+        match sysctl::write(key, prior) {
+            Ok(()) => {
+                report
+                    .changes
+                    .push(format!("sysctl {key} restored to {prior}"));
+                false
+            }
+            Err(e) if e.source.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                failures.push(e.to_string());
+                true
+            }
+        }
+    });
     let state = State {
         plan: Some(plan.clone()),
         netns: desired_netns,
         links: desired_links,
-        sysctls: journal.sysctls,
+        sysctls,
         dataplanes: [dp.mode()].into(),
         routes: desired_routes,
     };
@@ -475,9 +513,13 @@ async fn apply(
     old: &State,
     dp: &dyn Dataplane,
     host: &mut HostContext,
-    created: &mut Vec<Created>,
+    progress: &mut Progress,
     report: &mut UpReport,
 ) -> Result<(), Error> {
+    let Progress {
+        created,
+        fresh_priors,
+    } = progress;
     for net in plan.networks.iter().filter(|n| n.driver == Driver::Bridge) {
         let (changed, made) = topology::ensure_bridge(h, net).await?;
         if made {
@@ -576,7 +618,11 @@ async fn apply(
         }
     }
     for (key, value) in own {
-        if sysctl::read(&key)? != value {
+        let current = sysctl::read(&key)?;
+        if current != value {
+            if !old.sysctls.contains_key(&key) {
+                fresh_priors.insert(key.clone(), current);
+            }
             sysctl::write(&key, &value)?;
             report.changes.push(format!("sysctl {key} = {value}"));
         }

@@ -136,6 +136,25 @@ fn what_reaches_a_container_follows_its_gateway_mode() {
                     seen, want,
                     "{mode}, {driver}, gateway_mode = {gateway_mode}"
                 );
+                // iptables mode lets 127.0.0.1-DNATed packets out of the network's device
+                // only while the network publishes host ports (nat modes); the value from
+                // before comes back when it stops.
+                let device = if driver == "bridge" {
+                    "npa".to_owned()
+                } else {
+                    h.host_veth("web")
+                };
+                let route_localnet = h.host.sh(&[
+                    "sysctl",
+                    "-n",
+                    &format!("net.ipv4.conf.{device}.route_localnet"),
+                ]);
+                let nat = matches!(*gateway_mode, "nat" | "nat-unprotected");
+                assert_eq!(
+                    route_localnet.trim(),
+                    if mode == "iptables" && nat { "1" } else { "0" },
+                    "{mode}, {driver}, {gateway_mode}: route_localnet on {device}"
+                );
                 if *gateway_mode == "isolated" {
                     let web = h.container("web");
                     assert_eq!(
