@@ -388,7 +388,8 @@ pub struct Backend {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct NetInfo {
-    /// An index unique per network: two addresses are on one network iff equal.
+    /// A number unique per network, never 0: two addresses are on one network iff equal.
+    /// (The agent derives it from the subnet, so that it stays while the maps change.)
     pub id: u32,
     pub gateway: u32,
     /// Its [`gateway_mode`].
@@ -516,7 +517,10 @@ pub enum DropReason {
     Isolation = 1,
     /// Masquerade found no free source port.
     NatPortExhausted = 2,
-    /// A conntrack entry could not be inserted (map full, or a race lost twice).
+    /// A conntrack entry could not be inserted (map full, or a race lost twice), or a packet
+    /// from the outside straight to a `nat-unprotected` container would start a flow whose
+    /// tuple clashes with one of a translated flow of that container (nf_conntrack's
+    /// insert_failed, which drops the packet too).
     CtInsertFailed = 3,
     /// A TCP segment without SYN that would open a new masqueraded flow.
     TcpNoSynNewFlow = 4,

@@ -77,6 +77,12 @@ pub fn routed_open(p: &Packet) -> bool {
 /// the container (and the kernel drops overlapping fragments, ip_frag_queue()).
 #[inline(always)]
 pub fn fragment_from_outside(daddr: u32) -> i32 {
+    unless_isolated(daddr)
+}
+
+/// From the outside to `daddr`: dropped only when it is in an `isolated` network.
+#[inline(always)]
+pub fn unless_isolated(daddr: u32) -> i32 {
     let n = network_of(daddr);
     if n.id != 0 && n.mode == gateway_mode::ISOLATED {
         return drop(DropReason::IsolatedNetwork);

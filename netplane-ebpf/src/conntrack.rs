@@ -117,6 +117,19 @@ pub fn lookup(key: &CtKey, cfg: &DpConfig, now: Tick, tcp_flags: u8) -> Option<C
     }
 }
 
+/// Whether `key` holds a live entry that says `want` (address, port), looked at without
+/// touching it: for a packet that is not of that flow (its timestamp and TCP state are
+/// not this packet's to change).
+#[inline(always)]
+pub fn holds(key: &CtKey, want: (u32, u16), cfg: &DpConfig, now: Tick) -> bool {
+    let Some((e, _)) = find(key) else {
+        return false;
+    };
+    // SAFETY: as in probe(); only read.
+    let e = unsafe { &*e };
+    !cfg.timeouts.expired(key.proto, e, now) && e.addr == want.0 && e.port == want.1
+}
+
 /// [`lookup`], where the entry of the packet's flow must also say `want` (address, port):
 /// several flows may share a key, as the ports masquerade hands out do. With `want`, the
 /// key is not the packet's own tuple, but its flow's replies'.

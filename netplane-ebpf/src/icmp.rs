@@ -6,8 +6,9 @@
 //! and the error's own address when it is the translated one, are translated back, as
 //! nf_nat_icmp_reply_translation() does for iptables. The quote's IP checksum and the
 //! ICMP checksum (which covers the quote, and has no pseudo-header) are updated; the
-//! quoted TCP/UDP checksum is left as it is, as receivers do not check it (tcp_v4_err(),
-//! __udp4_lib_err() read the ports only).
+//! quoted TCP/UDP/ICMP checksum is left as it is, as receivers do not check it
+//! (tcp_v4_err(), __udp4_lib_err() read the ports only, ping_err() the identifier). An
+//! ICMP query's identifier is its port, as for the query itself.
 //!
 //! An error from outside straight to a container's address is let in as the container
 //! network's gateway mode says (crate::access): in a `routed` network, one about a flow
@@ -16,14 +17,16 @@
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{CtKey, DpConfig, DropReason, Side, kind};
+use netplane_common::packet::IPPROTO_ICMP;
+use network_types::ip::Ipv4Hdr;
 
 use crate::access;
-use crate::addr::{published, routed_port, subnet_of};
+use crate::addr::{never_nat, published, routed_port, subnet_of};
 use crate::conntrack::{self, Probe, now};
 use crate::csum::{set_addr, write};
 use crate::metrics::drop;
 use crate::nat_port::{Masquerade, masquerade_port};
-use crate::parse::{Frag, IcmpError, Packet, QUOTE_OFF, quote, read};
+use crate::parse::{Frag, ICMP_ID_OFF, IcmpError, Packet, QUOTE_OFF, quote, read};
 
 /// Uplink ingress: an error from outside. Translated back when it quotes a flow netplane
 /// translated; when it quotes none, and goes straight to a container, its network's
@@ -73,36 +76,55 @@ fn about_flow_in(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
     let now = now();
     // Masquerade: the quote's reverse is the tuple of the flow's replies, its key.
     let replies = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, Side::Dst);
-    let (addr, port) = if let Some(entry) = conntrack::lookup(&replies, cfg, now, 0) {
-        // A routed container's own flow: nothing was translated, nothing to write back.
-        if entry.kind == kind::ROUTED || entry.kind == kind::DIRECT {
-            return TCX_NEXT;
-        }
-        (entry.addr, entry.port)
-    } else if let Some(b) = published(q.saddr, q.sport, q.proto)
-        && let Probe::Mine(_) = conntrack::probe(
-            &CtKey::new(b.addr, q.daddr, b.port, q.dport, q.proto, Side::Src),
-            Some((q.saddr, q.sport)),
-            cfg,
-            now,
-            0,
-        )
-    {
-        (b.addr, b.port)
-    } else {
-        // About a packet a routed container sent from a published port (path MTU
-        // discovery of the flows that reach it).
-        let (source, sport, proto, to) = (q.saddr, q.sport, q.proto, e.outer.daddr);
-        return access::from_outside(
-            e.outer.saddr,
-            to,
-            cfg,
-            || source == to && routed_port(source, sport, proto),
-            || TCX_NEXT,
-        );
+    let (addr, port) = match conntrack::lookup(&replies, cfg, now, 0) {
+        Some(entry) if entry.kind != kind::ROUTED => (entry.addr, entry.port),
+        // A routed container's own flow (the entry says the container, the quote's
+        // source): nothing was translated, nothing to write back. Only to that container:
+        // to another, the error goes where the flow does not, and its gateway mode decides.
+        Some(_) if e.outer.daddr == q.saddr => return TCX_NEXT,
+        _ => match published(q.saddr, q.sport, q.proto) {
+            Some(b)
+                if matches!(
+                    conntrack::probe(
+                        &CtKey::new(b.addr, q.daddr, b.port, q.dport, q.proto, Side::Src),
+                        Some((q.saddr, q.sport)),
+                        cfg,
+                        now,
+                        0,
+                    ),
+                    Probe::Mine(_)
+                ) =>
+            {
+                (b.addr, b.port)
+            }
+            _ => return about_no_flow_in(e, cfg),
+        },
     };
     let outer = (e.outer.daddr == q.saddr).then_some(Side::Dst);
     write_back(ctx, e, Side::Src, addr, port, outer)
+}
+
+/// Uplink ingress: an error from outside about no flow netplane translated or tracked.
+#[inline(always)]
+fn about_no_flow_in(e: &IcmpError, cfg: &DpConfig) -> i32 {
+    let q = &e.quote;
+    let (source, sport, proto, to) = (q.saddr, q.sport, q.proto, e.outer.daddr);
+    // About what the container sent to a never-NAT prefix (another host's containers,
+    // whose flows are not tracked): path MTU discovery between the hosts, from the peer
+    // host's or a router's address, which is in no prefix. iptables lets it in as
+    // RELATED; only an `isolated` network refuses it.
+    if source == to && never_nat(q.daddr, cfg) {
+        return access::unless_isolated(to);
+    }
+    // About a packet a routed container sent from a published port (path MTU discovery
+    // of the flows that reach it).
+    access::from_outside(
+        e.outer.saddr,
+        to,
+        cfg,
+        || source == to && routed_port(source, sport, proto),
+        || TCX_NEXT,
+    )
 }
 
 /// Uplink egress: an error going out, from a container or from the host itself, about a
@@ -179,6 +201,14 @@ fn rewrite_quote(
     let (addr_off, old_addr, port_off, old_port) = match side {
         Side::Src => (ip + 12, e.quote.saddr, ip + 20, e.quote.sport),
         Side::Dst => (ip + 16, e.quote.daddr, ip + 22, e.quote.dport),
+    };
+    // An ICMP query's port is its identifier, on either side (see parse::quote). The
+    // quoted ICMP checksum is left as it is, as the quoted TCP/UDP one is (ping_err()
+    // reads the identifier only).
+    let port_off = if e.quote.proto == IPPROTO_ICMP {
+        ip + Ipv4Hdr::LEN + ICMP_ID_OFF
+    } else {
+        port_off
     };
     let old_ip_csum: u16 = read(ctx, ip + 10)?;
     ctx.l3_csum_replace(ip + 10, old_addr as u64, addr as u64, 4)

@@ -31,7 +31,9 @@ use crate::addr::{is_local, is_loopback, published_on_local, routed_port};
 use crate::conntrack::{self, Probe, config, key_of, now, opens_flow};
 use crate::csum::{set_addr, set_port};
 use crate::metrics::drop;
-use crate::nat_port::{Masquerade, local_socket, masquerade_port, remember, reserve_port};
+use crate::nat_port::{
+    Masquerade, local_socket, masquerade_port, masqueraded, remember, reserve_port,
+};
 use crate::parse::{Frag, Kind, Packet, Parsed, parse, query_request};
 use crate::{forward, icmp};
 
@@ -493,7 +495,10 @@ fn track_routed(p: &Packet, cfg: &DpConfig, now: Tick) -> i32 {
         && opens_routed_flow(p)
     {
         let e = entry(p.saddr, p.sport, kind::ROUTED, now, p.tcp_flags);
-        if !conntrack::insert_new(&replies, &e, cfg, now, p.proto == IPPROTO_TCP) {
+        // Only a SYN may take the tuple of a closed flow (see conntrack::insert_new): a
+        // segment picked up mid-stream is no new connection.
+        let reopen = p.proto == IPPROTO_TCP && p.tcp_flags & tcp_flags::SYN != 0;
+        if !conntrack::insert_new(&replies, &e, cfg, now, reopen) {
             // Its replies would find no entry: refused now rather than later.
             return drop(DropReason::CtInsertFailed);
         }
@@ -506,18 +511,53 @@ fn track_routed(p: &Packet, cfg: &DpConfig, now: Tick) -> i32 {
 /// container's answers find it as a published port's replies find theirs, and leave with
 /// its own address rather than masqueraded as a flow of their own). Every packet of the
 /// flow refreshes the entry, as it refreshes a published flow's.
+///
+/// Unless the container's end of the tuple is taken by a translated flow: one the
+/// container opened (masqueraded: its replies come to the uplink's address), or one that
+/// reached it through a published port. A packet with the reverse tuple straight to the
+/// container would join that flow untranslated, and an entry for it would make the
+/// container's next packets of the flow leave with its own address. nf_conntrack refuses
+/// such a packet the same way: its new connection's reply tuple is the existing one's
+/// original tuple (or its reply tuple), so __nf_conntrack_confirm() finds the clash,
+/// drops the packet, and counts insert_failed: here `ct-insert-failed`.
 #[inline(always)]
 fn track_direct(p: &Packet, cfg: &DpConfig, now: Tick) -> i32 {
     let replies = CtKey::new(p.daddr, p.saddr, p.dport, p.sport, p.proto, Side::Src);
-    if let Probe::Free = conntrack::probe(&replies, Some((p.daddr, p.dport)), cfg, now, p.tcp_flags)
-        && opens_flow(p)
-    {
-        let e = entry(p.daddr, p.dport, kind::DIRECT, now, p.tcp_flags);
-        if !conntrack::insert_new(&replies, &e, cfg, now, p.proto == IPPROTO_TCP) {
-            return drop(DropReason::CtInsertFailed);
+    match conntrack::probe(&replies, Some((p.daddr, p.dport)), cfg, now, p.tcp_flags) {
+        Probe::Mine(_) => TCX_NEXT,
+        // A published port's flow (its entry says the published address).
+        Probe::Other => drop(DropReason::CtInsertFailed),
+        Probe::Free => {
+            if masqueraded(&reversed(p), cfg, now) {
+                return drop(DropReason::CtInsertFailed);
+            }
+            if opens_flow(p) {
+                let e = entry(p.daddr, p.dport, kind::DIRECT, now, p.tcp_flags);
+                if !conntrack::insert_new(&replies, &e, cfg, now, p.proto == IPPROTO_TCP) {
+                    return drop(DropReason::CtInsertFailed);
+                }
+            }
+            TCX_NEXT
         }
     }
-    TCX_NEXT
+}
+
+/// The packet of the other direction of `p`'s tuple (no TCP flags: it is only looked up).
+#[inline(always)]
+fn reversed(p: &Packet) -> Packet {
+    Packet {
+        saddr: p.daddr,
+        daddr: p.saddr,
+        sport: p.dport,
+        dport: p.sport,
+        proto: p.proto,
+        l4_off: 0,
+        frag: Frag::Whole,
+        id: 0,
+        tcp_flags: 0,
+        l4_hlen: 0,
+        icmp_type: 0,
+    }
 }
 
 /// The key of the replies of another protocol's flow from `peer` straight to `container`
@@ -527,12 +567,18 @@ fn generic_direct_key(container: u32, peer: u32, proto: u8) -> CtKey {
     CtKey::new(container, peer, 0, 0, proto, Side::Src)
 }
 
-/// [`track_direct`] for another protocol, by address.
+/// [`track_direct`] for another protocol, by address: refused when the container
+/// already talks the protocol to `peer` masqueraded (its packets would leave
+/// untranslated once this entry exists).
 #[inline(always)]
 fn generic_track_direct(container: u32, peer: u32, proto: u8, cfg: &DpConfig) -> i32 {
     let now = now();
     let key = generic_direct_key(container, peer, proto);
     if let Probe::Free = conntrack::probe(&key, Some((container, 0)), cfg, now, 0) {
+        let masqueraded = generic_key(peer, cfg.uplink_addr, proto);
+        if conntrack::holds(&masqueraded, (container, 0), cfg, now) {
+            return drop(DropReason::CtInsertFailed);
+        }
         let e = entry(container, 0, kind::DIRECT, now, 0);
         if !conntrack::insert_new(&key, &e, cfg, now, false) {
             return drop(DropReason::CtInsertFailed);

@@ -283,6 +283,22 @@ pub fn masquerade_port(p: &Packet, cfg: &DpConfig, now: Tick) -> Masquerade {
     }
 }
 
+/// Whether container → outside packet `p` is of a live masqueraded flow, looked at without
+/// touching the flow (for a packet from the outside that has the reverse tuple, see
+/// crate::nat's `track_direct`): at its own port or at the one [`MASQ_PORTS`] remembers.
+/// No search: a flow off its own port whose cache entry was evicted is not seen, as its
+/// own segments would not see it without one.
+#[inline(always)]
+pub fn masqueraded(p: &Packet, cfg: &DpConfig, now: Tick) -> bool {
+    let me = (p.saddr, p.sport);
+    if conntrack::holds(&replies_at(p, cfg, p.sport), me, cfg, now) {
+        return true;
+    }
+    // SAFETY: a lookup; the value is copied out.
+    unsafe { MASQ_PORTS.get(&key_of(p, Side::Src)) }
+        .is_some_and(|port| conntrack::holds(&replies_at(p, cfg, *port as u16), me, cfg, now))
+}
+
 /// Records the port a masqueraded flow got when it is not its own.
 #[inline(always)]
 pub fn remember(p: &Packet, port: u16) {

@@ -114,7 +114,8 @@ pub struct IcmpError {
     pub quote: Quote,
 }
 
-/// The tuple of the TCP or UDP packet an ICMP error quotes, network byte order. Its IPv4
+/// The tuple of the TCP, UDP or ICMP query packet an ICMP error quotes, network byte order
+/// (an ICMP query's identifier is its port, see [`quote`]). Its IPv4
 /// header starts [`QUOTE_OFF`] bytes after the ICMP header; only option-less headers are
 /// translated.
 pub struct Quote {
@@ -126,6 +127,8 @@ pub struct Quote {
 }
 
 pub const QUOTE_OFF: usize = 8;
+/// Where a quoted ICMP query's identifier is, from the start of its ICMP header.
+pub const ICMP_ID_OFF: usize = 4;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_PARAMETERPROB: u8 = 12;
@@ -307,26 +310,45 @@ pub const fn query_request(t: u8) -> bool {
     )
 }
 
-/// What the ICMP error `outer` quotes, if it is TCP or UDP with an option-less header, not
-/// a later fragment, and its ports are there.
+/// What the ICMP error `outer` quotes, if it is TCP, UDP or an ICMP query (the identifier
+/// as the port, as [`parse`] has it: `sport` of a request, `dport` of a reply) with an
+/// option-less header, not a later fragment, and its ports are there.
 #[inline(always)]
 pub fn quote(ctx: &TcContext, outer: Packet) -> Option<IcmpError> {
     let off = outer.l4_off + QUOTE_OFF;
     let ip: Ipv4Hdr = read(ctx, off).ok()?;
-    let ports: [u8; 4] = read(ctx, off + Ipv4Hdr::LEN).ok()?;
     let later_fragment = u16::from_be_bytes(ip.frags) & 0x1fff != 0;
-    if ip.version() != 4
-        || usize::from(ip.ihl()) != Ipv4Hdr::LEN
-        || later_fragment
-        || !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP)
-    {
+    if ip.version() != 4 || usize::from(ip.ihl()) != Ipv4Hdr::LEN || later_fragment {
         return None;
     }
+    let l4 = off + Ipv4Hdr::LEN;
+    let (sport, dport) = match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports: [u8; 4] = read(ctx, l4).ok()?;
+            (
+                u16::from_ne_bytes([ports[0], ports[1]]),
+                u16::from_ne_bytes([ports[2], ports[3]]),
+            )
+        }
+        IPPROTO_ICMP => {
+            // An error quotes 8 bytes of the payload at least (RFC 792): the whole header.
+            let h: [u8; 8] = read(ctx, l4).ok()?;
+            let id = u16::from_ne_bytes([h[4], h[5]]);
+            match h[0] {
+                t if query_request(t) => (id, 0),
+                ICMP_ECHO_REPLY | ICMP_TIMESTAMP_REPLY | ICMP_INFO_REPLY | ICMP_ADDRESS_REPLY => {
+                    (0, id)
+                }
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
     let quote = Quote {
         saddr: u32::from_ne_bytes(ip.src_addr),
         daddr: u32::from_ne_bytes(ip.dst_addr),
-        sport: u16::from_ne_bytes([ports[0], ports[1]]),
-        dport: u16::from_ne_bytes([ports[2], ports[3]]),
+        sport,
+        dport,
         proto: ip.proto,
     };
     Some(IcmpError { outer, quote })

@@ -1410,3 +1410,263 @@ fn the_replies_of_a_direct_flow_into_a_nat_unprotected_container_leave_untransla
     assert_eq!(checked(&out).src(), U, "its own flow is masqueraded");
     assert_eq!(drops(&p, "tcp-no-syn-new-flow"), 0);
 }
+
+#[test]
+fn a_packet_from_outside_never_takes_over_a_masqueraded_flow_of_a_nat_unprotected_container() {
+    if !privileged(
+        "a_packet_from_outside_never_takes_over_a_masqueraded_flow_of_a_nat_unprotected_container",
+    ) {
+        return;
+    }
+    let mut p = programs_for(&modes_plan());
+    let src_out = |p: &mut TestRunPrograms, frame: &[u8]| {
+        let (verdict, out) = p.run(UPLINK_OUT, frame).unwrap();
+        assert_eq!(verdict, TCX_NEXT);
+        checked(&out).src()
+    };
+    // UDP: the container's query is masqueraded; the same tuple reversed, straight to the
+    // container (the peer, or a spoofer), clashes with it and is refused, as nf_conntrack
+    // refuses it; the container's next query is still masqueraded.
+    let query = udp(Ip::new(OPEN, D), 5000, 53, b"q");
+    assert_eq!(src_out(&mut p, &query), U);
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &udp(Ip::new(D, OPEN), 53, 5000, b"r"),
+        "UDP straight to the masqueraded tuple",
+    );
+    assert_eq!(src_out(&mut p, &query), U, "UDP still masqueraded");
+    // TCP, a segment of the connection and a SYN alike.
+    let syn = tcp(Ip::new(OPEN, D), 40100, 443, TCP_SYN, b"");
+    assert_eq!(src_out(&mut p, &syn), U);
+    for flags in [TCP_SYN, TCP_ACK] {
+        dropped(
+            &mut p,
+            UPLINK_IN,
+            &tcp(Ip::new(D, OPEN), 443, 40100, flags, b""),
+            "TCP straight to the masqueraded tuple",
+        );
+    }
+    let data = tcp(Ip::new(OPEN, D), 40100, 443, TCP_ACK, b"x");
+    assert_eq!(src_out(&mut p, &data), U, "TCP still masqueraded");
+    // ICMP echo: a reply of its identifier straight to the container.
+    let ping = icmp_echo(Ip::new(OPEN, D), 8, 44, 1);
+    assert_eq!(src_out(&mut p, &ping), U);
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &icmp_echo(Ip::new(D, OPEN), 0, 44, 1),
+        "an echo reply straight to the container",
+    );
+    assert_eq!(src_out(&mut p, &ping), U, "ping still masqueraded");
+    // Another protocol, by address.
+    let gre = ipv4_frame(Ip::new(OPEN, D), IPPROTO_GRE, &[0; 8]);
+    assert_eq!(src_out(&mut p, &gre), U);
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &ipv4_frame(Ip::new(D, OPEN), IPPROTO_GRE, &[0; 8]),
+        "GRE straight to the container",
+    );
+    assert_eq!(src_out(&mut p, &gre), U, "GRE still masqueraded");
+    assert_eq!(drops(&p, "ct-insert-failed"), 5);
+    // Other tuples still come in straight, as nat-unprotected lets them.
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &udp(Ip::new(D, OPEN), 53, 5001, b"r"),
+        "another port",
+    );
+}
+
+#[test]
+fn icmp_errors_about_traffic_to_never_nat_prefixes_come_in() {
+    if !privileged("icmp_errors_about_traffic_to_never_nat_prefixes_come_in") {
+        return;
+    }
+    // The via of the route: the other host, whose address is in no never-NAT prefix.
+    const VIA: [u8; 4] = [203, 0, 113, 12];
+    let mut p = programs_for(&modes_plan());
+    // Path MTU discovery between hosts: "fragmentation needed" about what a container of
+    // any mode sent a peer, from the other host or a router on the way.
+    for (src, what) in [(NAT_WEB, "nat"), (OPEN, "nat-unprotected"), (SRV, "routed")] {
+        let to_peer = tcp(Ip::new(src, R), 43100, 80, TCP_SYN, b"");
+        passes(&mut p, UPLINK_OUT, &to_peer, what);
+        for from in [VIA, ROUTER] {
+            passes(
+                &mut p,
+                UPLINK_IN,
+                &icmp_error(Ip::new(from, src), 3, 4, &to_peer),
+                what,
+            );
+        }
+    }
+    // Not about the container it goes to: as any error about no flow.
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &icmp_error(
+            Ip::new(VIA, NAT_WEB),
+            3,
+            4,
+            &tcp(Ip::new(PEER, R), 43100, 80, TCP_SYN, b""),
+        ),
+        "about another address",
+    );
+    assert_eq!(drops(&p, "direct-routing"), 1);
+    // An isolated network stays isolated.
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &icmp_error(
+            Ip::new(VIA, ISO),
+            3,
+            4,
+            &tcp(Ip::new(ISO, R), 43100, 80, TCP_SYN, b""),
+        ),
+        "to an isolated container",
+    );
+    assert_eq!(drops(&p, "isolated-network"), 1);
+}
+
+/// The identifier of the ICMP query an ICMP error frame quotes.
+fn quoted_icmp_id(frame: &[u8]) -> u16 {
+    let ip = checked(frame);
+    let q = &ip.payload[8..];
+    assert_eq!(q[9], 1, "an ICMP quote");
+    let ihl = usize::from(q[0] & 0xf) * 4;
+    u16::from_be_bytes([q[ihl + 4], q[ihl + 5]])
+}
+
+#[test]
+fn icmp_errors_quoting_an_echo_request_find_its_flow() {
+    if !privileged("icmp_errors_quoting_an_echo_request_find_its_flow") {
+        return;
+    }
+    // A routed container's ping (traceroute's time exceeded): its flow's entry lets the
+    // error in, as it does the echo reply.
+    let mut p = programs_for(&modes_plan());
+    let ping = icmp_echo(Ip::new(QUIET, D), 8, 77, 1);
+    passes(&mut p, UPLINK_OUT, &ping, "routed ping out");
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &icmp_error(Ip::new(ROUTER, QUIET), 11, 0, &ping),
+        "time exceeded about the routed ping",
+    );
+    dropped(
+        &mut p,
+        UPLINK_IN,
+        &icmp_error(
+            Ip::new(ROUTER, QUIET),
+            11,
+            0,
+            &icmp_echo(Ip::new(QUIET, D), 8, 78, 1),
+        ),
+        "about a ping of another identifier",
+    );
+
+    // A masqueraded ping: the error is translated back, the identifier too when the
+    // flow could not keep its own.
+    let mut p = programs();
+    let (_, first) = p
+        .run(UPLINK_OUT, &icmp_echo(Ip::new(WEB, D), 8, 77, 1))
+        .unwrap();
+    let (_, second) = p
+        .run(UPLINK_OUT, &icmp_echo(Ip::new(PEER, D), 8, 77, 1))
+        .unwrap();
+    let id = quoted_icmp_id(&icmp_error(Ip::new(ROUTER, U), 11, 0, &second));
+    assert_ne!(id, 77, "the second ping got another identifier");
+    for (sent, container) in [(first, WEB), (second, PEER)] {
+        let (verdict, out) = p
+            .run(UPLINK_IN, &icmp_error(Ip::new(ROUTER, U), 11, 0, &sent))
+            .unwrap();
+        assert_eq!(verdict, TCX_NEXT);
+        assert_eq!(
+            (checked(&out).src(), checked(&out).dst()),
+            (ROUTER, container)
+        );
+        let (src, dst, _) = quote(&out);
+        assert_eq!((src, dst), (container, D));
+        assert_eq!(quoted_icmp_id(&out), 77, "the container's identifier");
+    }
+}
+
+#[test]
+fn an_icmp_error_about_a_routed_flow_reaches_only_its_container() {
+    if !privileged("an_icmp_error_about_a_routed_flow_reaches_only_its_container") {
+        return;
+    }
+    let mut p = programs_for(&modes_plan());
+    let syn = tcp(Ip::new(SRV, D), 40000, 443, TCP_SYN, b"");
+    passes(&mut p, UPLINK_OUT, &syn, "routed SYN");
+    passes(
+        &mut p,
+        UPLINK_IN,
+        &icmp_error(Ip::new(ROUTER, SRV), 3, 4, &syn),
+        "to the flow's container",
+    );
+    for to in [QUIET, NAT_WEB, OPEN] {
+        let verdict = p
+            .run(UPLINK_IN, &icmp_error(Ip::new(ROUTER, to), 3, 4, &syn))
+            .unwrap()
+            .0;
+        if to == OPEN {
+            assert_eq!(verdict, TCX_NEXT, "nat-unprotected lets anything in");
+        } else {
+            assert_eq!(verdict, TC_ACT_SHOT, "to another container");
+        }
+    }
+    assert_eq!(drops(&p, "direct-routing"), 2);
+}
+
+#[test]
+fn rewriting_the_networks_never_leaves_a_container_unknown() {
+    if !privileged("rewriting_the_networks_never_leaves_a_container_unknown") {
+        return;
+    }
+    // `up` with a network more, then less (and the others' order changed, so that an id
+    // by position would move), over and over, while a nat container's packets run: every
+    // one is masqueraded, and the isolated network's stay in.
+    let with = modes_plan();
+    let mut without = modes_plan();
+    without.networks.retain(|n| n.name != "npu");
+    without.containers.retain(|c| c.network != "npu");
+    without.networks.reverse();
+    let host = HostContext {
+        uplink: "up0".into(),
+        uplink_index: 0,
+        uplink_addr: Ipv4Addr::from(U),
+        local_addrs: vec![Ipv4Addr::from(U)],
+        links: Vec::new(),
+    };
+    let mut p = programs_for(&with);
+    let mut maps = p.take_maps().unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..300 {
+                maps.program(&without, &host, Some(&with)).unwrap();
+                maps.program(&with, &host, Some(&without)).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let mut sport = 20000u16;
+        let mut runs = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            sport = sport.wrapping_add(1).max(20000);
+            let (verdict, out) = p
+                .run(UPLINK_OUT, &udp(Ip::new(NAT_WEB, D), sport, 53, b"q"))
+                .unwrap();
+            assert_eq!(verdict, TCX_NEXT);
+            assert_eq!(checked(&out).src(), U, "masqueraded, run {runs}");
+            dropped(
+                &mut p,
+                BRIDGE_OUT,
+                &tcp(Ip::new(U, ISO), 44001, 80, TCP_SYN, b""),
+                "into the isolated network",
+            );
+            runs += 1;
+        }
+    });
+}

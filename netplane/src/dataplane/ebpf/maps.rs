@@ -98,15 +98,30 @@ impl Maps {
             flags: config_flags(plan),
             _pad: 0,
         };
+        // The config's flags and network count only switch lookups on (netplane_common's
+        // `flags`): one that is on with nothing to find costs a lookup, one that is off
+        // while the entries it is for exist lets their packets through unchecked (an
+        // isolated network open). So while the maps change, the config says the union of
+        // what it said and what it will say, and what is no longer needed goes off last.
         let mut config: Array<_, DpConfig> =
             Array::try_from(&mut self.config).map_err(EbpfError::map(maps::CONFIG))?;
+        let was = config.get(&0, 0).map_err(EbpfError::map(maps::CONFIG))?;
+        let during = DpConfig {
+            networks: cfg.networks.max(was.networks),
+            flags: cfg.flags | (was.flags & !flags::FAST_FORWARD),
+            ..cfg
+        };
         config
-            .set(0, cfg, 0)
+            .set(0, during, 0)
             .map_err(EbpfError::map(maps::CONFIG))?;
 
         let mut subnets: LpmTrie<_, u32, NetInfo> =
             LpmTrie::try_from(&mut self.subnets).map_err(EbpfError::map(maps::SUBNETS))?;
-        // The subnets change only with the networks.
+        // The subnets change only with the networks. Written in place: every wanted key is
+        // overwritten first (an update replaces its value atomically), then the keys no
+        // longer wanted go, so that no lookup finds a network missing meanwhile. The ids
+        // come from the subnets, not from the networks' order, so that two networks never
+        // share one on the way either.
         let same_networks = old.is_some_and(|o| {
             o.networks
                 .iter()
@@ -116,28 +131,23 @@ impl Maps {
                     .iter()
                     .map(|n| (n.subnet, n.gateway, n.gateway_mode)))
         });
-        let old_keys: Vec<Key<u32>> = if same_networks {
-            Vec::new()
-        } else {
-            subnets.keys().filter_map(Result::ok).collect()
-        };
-        for k in &old_keys {
-            let _ = subnets.remove(k);
-        }
-        for (i, n) in plan.networks.iter().enumerate().filter(|_| !same_networks) {
-            let key = Key::new(
-                u32::from(n.subnet.prefix_len()),
-                ne_addr(n.subnet.network()),
-            );
-            let info = NetInfo {
-                id: i as u32 + 1,
-                gateway: ne_addr(n.gateway),
-                mode: mode_of(n),
-                _pad: [0; 3],
-            };
-            subnets
-                .insert(&key, info, 0)
-                .map_err(EbpfError::map(maps::SUBNETS))?;
+        if !same_networks {
+            let want = subnet_entries(plan);
+            let had: BTreeMap<(u32, u32), NetInfo> = subnets
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+                .collect();
+            for (&(prefix_len, addr), info) in &want {
+                if had.get(&(prefix_len, addr)) != Some(info) {
+                    subnets
+                        .insert(&Key::new(prefix_len, addr), *info, 0)
+                        .map_err(EbpfError::map(maps::SUBNETS))?;
+                }
+            }
+            for &(prefix_len, addr) in had.keys().filter(|k| !want.contains_key(k)) {
+                let _ = subnets.remove(&Key::new(prefix_len, addr));
+            }
         }
 
         // [[routes]]: few, and written only when they changed.
@@ -225,8 +235,40 @@ impl Maps {
             open.insert(k, v, 0)
                 .map_err(EbpfError::map(maps::ROUTED_PORTS))?;
         }
+
+        // Every map says the plan now: the switches it no longer needs go off.
+        if during != cfg {
+            let mut config: Array<_, DpConfig> =
+                Array::try_from(&mut self.config).map_err(EbpfError::map(maps::CONFIG))?;
+            config
+                .set(0, cfg, 0)
+                .map_err(EbpfError::map(maps::CONFIG))?;
+        }
         Ok(())
     }
+}
+
+/// The subnet trie's entries for `plan`: (prefix length, network address) → its network.
+/// A network's id is its network address (host order) with the lowest bit set: unique,
+/// as subnets do not overlap and are /30 at most (two low bits of host part), never 0
+/// (no network), and the same on every `up` while the subnet stays.
+fn subnet_entries(plan: &Plan) -> BTreeMap<(u32, u32), NetInfo> {
+    plan.networks
+        .iter()
+        .map(|n| {
+            let key = (
+                u32::from(n.subnet.prefix_len()),
+                ne_addr(n.subnet.network()),
+            );
+            let info = NetInfo {
+                id: u32::from(n.subnet.network()) | 1,
+                gateway: ne_addr(n.gateway),
+                mode: mode_of(n),
+                _pad: [0; 3],
+            };
+            (key, info)
+        })
+        .collect()
 }
 
 /// The programs' switches for `plan` ([`flags`]): what the config makes worth a lookup.

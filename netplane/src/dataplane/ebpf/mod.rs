@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 pub use conntrack::{Flow, conntrack_entries, ct_bytes_per_entry, flows, gc};
 pub use object::EbpfError;
 pub use stats::{drop_counters, program_costs};
-pub use testrun::TestRunPrograms;
+pub use testrun::{TestRunMaps, TestRunPrograms};
 
 use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
 use crate::config::{Mode, Plan};
@@ -169,9 +169,11 @@ fn program(
         && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
         && let Some(mut maps) = Maps::pinned(&plan.name)
     {
+        // The maps first, as on the slow path: a program attached to a new device (a new
+        // network's bridge) runs at once, and must find that network in them.
+        maps.program(plan, host, old)?;
         let mut changes = attach::attach_missing(&dir, plan, &host.uplink)?;
         changes.extend(attach::detach_stale(&dir, &pinned, &wanted));
-        maps.program(plan, host, old)?;
         return Ok(changes);
     }
     let resize = conntrack::ct_resize(&plan.name, plan.conntrack.max_entries);

@@ -16,6 +16,28 @@ use crate::dataplane::HostContext;
 /// plan, attached nowhere: for running them on crafted packets with BPF_PROG_TEST_RUN.
 pub struct TestRunPrograms {
     bpf: AyaEbpf,
+    maps: Option<Maps>,
+}
+
+/// The maps of a [`TestRunPrograms`] that `up` programs, taken out of it to be programmed
+/// again (from another thread while packets run, say).
+pub struct TestRunMaps {
+    maps: Maps,
+}
+
+impl TestRunMaps {
+    /// Programs the maps for `plan`, as `up` does with the previous plan `old`.
+    ///
+    /// # Errors
+    /// What programming the maps met.
+    pub fn program(
+        &mut self,
+        plan: &Plan,
+        host: &HostContext,
+        old: Option<&Plan>,
+    ) -> Result<(), EbpfError> {
+        self.maps.program(plan, host, old)
+    }
 }
 
 impl TestRunPrograms {
@@ -33,8 +55,17 @@ impl TestRunPrograms {
                 .load()
                 .map_err(EbpfError::load(prog))?;
         }
-        Maps::take(&mut bpf)?.program(plan, host, None)?;
-        Ok(TestRunPrograms { bpf })
+        let mut maps = Maps::take(&mut bpf)?;
+        maps.program(plan, host, None)?;
+        Ok(TestRunPrograms {
+            bpf,
+            maps: Some(maps),
+        })
+    }
+
+    /// The maps `up` programs, taken out (once; `None` after).
+    pub fn take_maps(&mut self) -> Option<TestRunMaps> {
+        self.maps.take().map(|maps| TestRunMaps { maps })
     }
 
     /// Runs `program` once on `frame`; returns its verdict and the frame as it left.
