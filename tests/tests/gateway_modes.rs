@@ -96,7 +96,23 @@ fn what_reaches_a_container_follows_its_gateway_mode() {
             for gateway_mode in modes {
                 h.write_config(&config(mode, driver, gateway_mode));
                 h.netplane_ok(&["up"]);
+                if mode == "ebpf" {
+                    // The flows the last mode admitted went with it: each meets the new
+                    // mode's rules as a new flow (as after `conntrack -D`).
+                    let flows = h.netplane_ok(&["conntrack", "--json"]);
+                    assert!(
+                        !flows.contains(WEB),
+                        "{driver}, {gateway_mode}: flows of the old mode left:\n{flows}"
+                    );
+                }
                 let seen = look(&h);
+                // A UDP flow the container opens, which outlives this mode (TCP flows of
+                // `look` close): the next mode's `up` must not leave it behind.
+                let _udp = Server::start(&h.outside, &["serve-udp", "0.0.0.0:5300", "1"]);
+                let _ = client(
+                    &h.container("web"),
+                    &["send-udp", &format!("{OUTSIDE_IP}:5300"), "10"],
+                );
                 let want = match *gateway_mode {
                     // Only the published host port; out masqueraded.
                     "nat" => Seen {

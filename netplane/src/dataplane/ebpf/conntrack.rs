@@ -7,6 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, MapType};
+use ipnet::Ipv4Net;
 use netplane_common::nat::{
     CtEntry, CtKey, CtTables, DpConfig, FragEntry, FragKey, Side, Tick, kind, maps, s_to_ticks,
     seen, tick, ticks_since, ticks_to_s,
@@ -15,6 +16,7 @@ use netplane_common::nat::{
 use super::maps::{pinned_config, pinned_map, pinned_map_data};
 use super::object::EbpfError;
 use super::pin_dir;
+use crate::config::Plan;
 
 /// The conntrack tables: the main one and the unreplied flows' (see
 /// netplane_common::nat::CtTables), in the order lookups take.
@@ -333,6 +335,61 @@ pub fn gc(name: &str) -> usize {
     removed
 }
 
+/// The container addresses whose tracked flows must go when `plan` replaces `old`: every
+/// address of a network whose gateway mode or driver changed (its flows were admitted,
+/// translated or not, under the old mode: a routed flow would keep coming in after a
+/// switch to nat, a masqueraded one would keep reaching a now isolated container), and
+/// the old address of every container that went away or changed address (a new container
+/// may take it). Its flows go as nf_conntrack's would with `conntrack -D`: the next packet
+/// of such a flow meets the new rules as a new one.
+pub(super) fn stale_prefixes(plan: &Plan, old: &Plan) -> Vec<Ipv4Net> {
+    let mut stale: Vec<Ipv4Net> = old
+        .networks
+        .iter()
+        .filter(|o| {
+            plan.network(&o.name).is_none_or(|n| {
+                n.subnet != o.subnet || n.gateway_mode != o.gateway_mode || n.driver != o.driver
+            })
+        })
+        .map(|o| o.subnet)
+        .collect();
+    stale.extend(
+        old.containers
+            .iter()
+            .filter(|o| plan.container(&o.name).is_none_or(|c| c.ip != o.ip))
+            .map(|o| Ipv4Net::from(o.ip)),
+    );
+    stale
+}
+
+/// Removes, from both conntrack tables of instance `name`, every entry that involves an
+/// address of `stale` (the key's addresses, or the address an entry writes). Returns how
+/// many went.
+pub(super) fn forget(name: &str, stale: &[Ipv4Net]) -> usize {
+    if stale.is_empty() {
+        return 0;
+    }
+    let hit = |a: u32| {
+        let ip = Ipv4Addr::from(a.to_ne_bytes());
+        stale.iter().any(|n| n.contains(&ip))
+    };
+    let mut removed = 0;
+    for map in TABLES {
+        let Some(Ok(mut ct)) = pinned_map(name, map).map(HashMap::<_, CtKey, CtEntry>::try_from)
+        else {
+            continue;
+        };
+        let gone: Vec<CtKey> = ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, e)| hit(k.saddr) || hit(k.daddr) || hit(e.addr))
+            .map(|(k, _)| k)
+            .collect();
+        removed += gone.iter().filter(|k| ct.remove(k).is_ok()).count();
+    }
+    removed
+}
+
 /// One tracked flow, as `netplane conntrack` shows it: the original tuple, what NAT makes
 /// of it, its state and timing.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -436,4 +493,38 @@ pub fn flows(name: &str) -> Vec<Flow> {
         .collect();
     flows.sort_by(|a, b| (a.protocol, &a.original).cmp(&(b.protocol, &b.original)));
     flows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn plan(mode: &str, web_ip: &str) -> Plan {
+        Config::parse(
+            &format!(
+                "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n\
+                 gateway_mode = \"{mode}\"\n[[networks]]\nname = \"npb\"\n\
+                 subnet = \"10.89.1.0/24\"\n[[containers]]\nname = \"web\"\n\
+                 network = \"npb\"\nip = \"{web_ip}\"\n"
+            ),
+            "test.toml",
+        )
+        .and_then(|c| c.plan())
+        .expect("plans")
+    }
+
+    #[test]
+    fn stale_flows_are_those_of_changed_networks_and_containers() {
+        let old = plan("nat", "10.89.1.5");
+        assert!(stale_prefixes(&old, &old).is_empty(), "nothing changed");
+        assert_eq!(
+            stale_prefixes(&plan("routed", "10.89.1.5"), &old),
+            ["10.89.0.0/24".parse::<Ipv4Net>().expect("net")]
+        );
+        assert_eq!(
+            stale_prefixes(&plan("nat", "10.89.1.6"), &old),
+            ["10.89.1.5/32".parse::<Ipv4Net>().expect("net")]
+        );
+    }
 }

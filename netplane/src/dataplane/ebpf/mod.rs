@@ -92,6 +92,14 @@ impl Dataplane for Ebpf {
         host: &HostContext,
     ) -> Result<Vec<String>, DataplaneError> {
         let mut changes = program(plan, old, host)?;
+        if let Some(old) = old {
+            let forgotten = conntrack::forget(&plan.name, &conntrack::stale_prefixes(plan, old));
+            if forgotten > 0 {
+                changes.push(format!(
+                    "{forgotten} conntrack entries of changed networks or containers removed"
+                ));
+            }
+        }
         match agent::ensure_running(&plan.name) {
             Ok(Some(pid)) => changes.push(format!("agent started (pid {pid})")),
             Ok(None) => {}
