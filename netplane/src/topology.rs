@@ -301,6 +301,18 @@ pub async fn create_veth(
     })
 }
 
+/// The host end of container `c`'s veth pair, created with its container end (eth0
+/// inside its netns, with the container's MAC) if missing; and whether it was.
+async fn host_end(h: &Handle, c: &Container) -> Result<(Link, bool), TopologyError> {
+    match link(h, &c.host_veth).await? {
+        Some(l) => Ok((l, false)),
+        None => Ok((
+            create_veth(h, &c.host_veth, CONTAINER_IF, &c.netns, Some(c.mac)).await?,
+            true,
+        )),
+    }
+}
+
 /// The container's veth pair: the host end attached to `bridge` and up; the container end
 /// named eth0 inside its netns, with the container's MAC. Returns (changed, created).
 pub async fn ensure_veth(
@@ -308,14 +320,7 @@ pub async fn ensure_veth(
     c: &Container,
     bridge: &Link,
 ) -> Result<(bool, bool), TopologyError> {
-    let mut created = false;
-    let host = match link(h, &c.host_veth).await? {
-        Some(l) => l,
-        None => {
-            created = true;
-            create_veth(h, &c.host_veth, CONTAINER_IF, &c.netns, Some(c.mac)).await?
-        }
-    };
+    let (host, created) = host_end(h, c).await?;
     let mut changed = created;
     if host.master != Some(bridge.index) {
         h.link()
@@ -350,14 +355,7 @@ pub async fn ensure_ptp_veth(
     c: &Container,
     net: &Network,
 ) -> Result<(bool, bool), TopologyError> {
-    let mut created = false;
-    let host = match link(h, &c.host_veth).await? {
-        Some(l) => l,
-        None => {
-            created = true;
-            create_veth(h, &c.host_veth, CONTAINER_IF, &c.netns, Some(c.mac)).await?
-        }
-    };
+    let (host, created) = host_end(h, c).await?;
     let mut changed = created;
     if host.master.is_some() {
         h.link()
