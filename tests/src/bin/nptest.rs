@@ -763,11 +763,36 @@ fn ipv4_target(a: &str) -> Result<([u8; 4], u16), String> {
     }
 }
 
+/// A whole IPv4 packet with a 20-byte TCP header from `src` to `dst` (address, port), with
+/// sequence and acknowledgment numbers `seq` and `ack`, flag byte `flags`, and a right TCP
+/// checksum (the kernel fills in the IP one).
+fn tcp_segment(
+    (src, sport): ([u8; 4], u16),
+    (dst, dport): ([u8; 4], u16),
+    seq: u32,
+    ack: u32,
+    flags: u8,
+) -> Vec<u8> {
+    use netplane_common::csum;
+    let mut tcp = [0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
+    let c = !csum::fold(csum::sum(&tcp, csum::pseudo_header(src, dst, 6, 20)));
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut packet = flood_ip_header(6, src, dst, 20).to_vec();
+    packet.extend_from_slice(&tcp);
+    packet
+}
+
 /// `syn-flood ADDR:PORT COUNT`: COUNT SYNs to ADDR:PORT, each from a random address of
 /// 198.51.100.0/24 (TEST-NET-2) and a random port, as fast as the socket takes them.
 /// Prints `COUNT sent`.
 fn syn_flood(a: &str, count: &str) -> Result<(), String> {
-    use netplane_common::csum;
     let (dst, dport) = ipv4_target(a)?;
     let count: u32 = count.parse().map_err(|e| format!("{count}: {e}"))?;
     let fd = raw_ip_socket()?;
@@ -776,18 +801,8 @@ fn syn_flood(a: &str, count: &str) -> Result<(), String> {
         let r = next_random(&mut state);
         let src = [198, 51, 100, (r % 254 + 1) as u8];
         let sport = 1024 + ((r >> 8) % 64_000) as u16;
-        let mut tcp = [0u8; 20];
-        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-        tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-        tcp[4..8].copy_from_slice(&next_random(&mut state).to_be_bytes());
-        tcp[12] = 5 << 4;
-        tcp[13] = 0x02; // SYN
-        tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
-        let acc = csum::pseudo_header(src, dst, 6, 20);
-        let c = !csum::fold(csum::sum(&tcp, acc));
-        tcp[16..18].copy_from_slice(&c.to_be_bytes());
-        let mut packet = flood_ip_header(6, src, dst, 20).to_vec();
-        packet.extend_from_slice(&tcp);
+        let seq = next_random(&mut state);
+        let packet = tcp_segment((src, sport), (dst, dport), seq, 0, 0x02); // SYN
         send_raw(&fd, &packet, dst)?;
     }
     println!("{count} sent");
@@ -856,7 +871,6 @@ fn idle_tcp(a: &str, file: &str) -> Result<(), String> {
 /// SRC:SPORT, the i-th at sequence number i × 2^32 / COUNT plus a fixed odd offset: spread
 /// so that at most one can fall near any flow's place. Prints `COUNT sent`.
 fn blind_tcp(src: &str, dst: &str, flags: &str, count: &str) -> Result<(), String> {
-    use netplane_common::csum;
     let (saddr, sport) = ipv4_target(src)?;
     let (daddr, dport) = ipv4_target(dst)?;
     let count: u32 = count.parse().map_err(|e| format!("{count}: {e}"))?;
@@ -874,19 +888,13 @@ fn blind_tcp(src: &str, dst: &str, flags: &str, count: &str) -> Result<(), Strin
     let fd = raw_ip_socket()?;
     for i in 0..count {
         let seq = ((u64::from(i) << 32) / u64::from(count.max(1))) as u32 ^ 0x1357_9bdf;
-        let mut tcp = [0u8; 20];
-        tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-        tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-        tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-        tcp[8..12].copy_from_slice(&seq.rotate_left(16).to_be_bytes());
-        tcp[12] = 5 << 4;
-        tcp[13] = bits;
-        tcp[14..16].copy_from_slice(&64_240u16.to_be_bytes());
-        let acc = csum::pseudo_header(saddr, daddr, 6, 20);
-        let c = !csum::fold(csum::sum(&tcp, acc));
-        tcp[16..18].copy_from_slice(&c.to_be_bytes());
-        let mut packet = flood_ip_header(6, saddr, daddr, 20).to_vec();
-        packet.extend_from_slice(&tcp);
+        let packet = tcp_segment(
+            (saddr, sport),
+            (daddr, dport),
+            seq,
+            seq.rotate_left(16),
+            bits,
+        );
         send_raw(&fd, &packet, daddr)?;
     }
     println!("{count} sent");
