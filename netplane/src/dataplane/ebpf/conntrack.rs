@@ -340,7 +340,7 @@ pub fn gc(name: &str) -> usize {
 /// translated or not, under the old mode: a routed flow would keep coming in after a
 /// switch to nat, a masqueraded one would keep reaching a now isolated container), and
 /// the old address of every container that went away or changed address (a new container
-/// may take it). Its flows go as nf_conntrack's would with `conntrack -D`: the next packet
+/// may take it), and every routed subnet added or removed. Its flows go as nf_conntrack's would with `conntrack -D`: the next packet
 /// of such a flow meets the new rules as a new one.
 pub(super) fn stale_prefixes(plan: &Plan, old: &Plan) -> Vec<Ipv4Net> {
     let mut stale: Vec<Ipv4Net> = old
@@ -359,6 +359,12 @@ pub(super) fn stale_prefixes(plan: &Plan, old: &Plan) -> Vec<Ipv4Net> {
             .filter(|o| plan.container(&o.name).is_none_or(|c| c.ip != o.ip))
             .map(|o| Ipv4Net::from(o.ip)),
     );
+    // A routed subnet added or removed: flows with its hosts were masqueraded, or were
+    // not, under the old plan.
+    let routed = |p: &Plan| p.routes.iter().map(|r| r.subnet).collect::<Vec<_>>();
+    let (now, before) = (routed(plan), routed(old));
+    stale.extend(now.iter().filter(|s| !before.contains(s)));
+    stale.extend(before.iter().filter(|s| !now.contains(s)));
     stale
 }
 
@@ -526,5 +532,13 @@ mod tests {
             stale_prefixes(&plan("nat", "10.89.1.6"), &old),
             ["10.89.1.5/32".parse::<Ipv4Net>().expect("net")]
         );
+        let mut routed = old.clone();
+        routed.routes.push(crate::config::Route {
+            subnet: "10.0.2.0/24".parse().expect("net"),
+            via: Ipv4Addr::new(192, 0, 2, 12),
+        });
+        let subnet = ["10.0.2.0/24".parse::<Ipv4Net>().expect("net")];
+        assert_eq!(stale_prefixes(&routed, &old), subnet, "a route added");
+        assert_eq!(stale_prefixes(&old, &routed), subnet, "a route removed");
     }
 }
