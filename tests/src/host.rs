@@ -261,18 +261,11 @@ impl Snapshot {
 
     fn of(i: &Instance) -> Snapshot {
         let ns = &i.host;
+        // The flags show up/down, not the carrier.
         let links = ns
-            .sh(&["ip", "-o", "link", "show"])
-            .lines()
-            .map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                let master = w
-                    .iter()
-                    .position(|x| *x == "master")
-                    .map_or("", |i| w[i + 1]);
-                // "N: name@peer: <FLAGS> …": the flags show up/down, not the carrier.
-                format!("{} {} {master}", w[1], w[2])
-            })
+            .links()
+            .iter()
+            .map(|l| format!("{} {} {}", l.name, l.flags, l.master))
             .collect();
         let firewall = [
             ns.sh(&["iptables-save"]),

@@ -348,6 +348,27 @@ impl Netns {
         self.sh(&["sysctl", "-qw", &format!("{key}={value}")]);
     }
 
+    /// Every link of the namespace, from `ip -o link show`: its words as printed
+    /// (`index` "N:", `name` "name@peer:", `flags` "<…>") and its bridge, if any.
+    pub fn links(&self) -> Vec<LinkLine> {
+        self.sh(&["ip", "-o", "link", "show"])
+            .lines()
+            .map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let master = w
+                    .iter()
+                    .position(|x| *x == "master")
+                    .map_or("", |i| w[i + 1]);
+                LinkLine {
+                    index: w[0].to_owned(),
+                    name: w[1].to_owned(),
+                    flags: w[2].to_owned(),
+                    master: master.to_owned(),
+                }
+            })
+            .collect()
+    }
+
     /// The MAC address of `ifname`. (Not from /sys/class/net: `nsenter --net` keeps the
     /// caller's sysfs mount, which shows the root namespace's devices.)
     pub fn mac(&self, ifname: &str) -> String {
@@ -386,4 +407,24 @@ fn sh(args: &[&str]) {
         "{args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One line of `ip -o link show`, as [`Netns::links`] reads it.
+#[derive(Debug, Clone)]
+pub struct LinkLine {
+    pub index: String,
+    pub name: String,
+    pub flags: String,
+    pub master: String,
+}
+
+impl LinkLine {
+    /// The device's name alone (no `@peer`, no colon).
+    pub fn ifname(&self) -> &str {
+        self.name
+            .split('@')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(':')
+    }
 }

@@ -42,18 +42,9 @@ fn message() -> String {
 /// The names of the links in the host namespace.
 fn host_links(h: &Host) -> Vec<String> {
     h.host
-        .sh(&["ip", "-o", "link", "show"])
-        .lines()
-        .map(|l| {
-            l.split(':')
-                .nth(1)
-                .unwrap()
-                .trim()
-                .split('@')
-                .next()
-                .unwrap()
-                .to_owned()
-        })
+        .links()
+        .iter()
+        .map(|l| l.ifname().to_owned())
         .collect()
 }
 
@@ -166,16 +157,9 @@ fn up_is_idempotent_and_converges_and_down_leaves_nothing() {
     // index, name and bridge of every link: what a recreation would change.
     let identity = || -> Vec<String> {
         h.host
-            .sh(&["ip", "-o", "link", "show"])
-            .lines()
-            .map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                let master = w
-                    .iter()
-                    .position(|x| *x == "master")
-                    .map_or("", |i| w[i + 1]);
-                format!("{} {} {master}", w[0], w[1])
-            })
+            .links()
+            .iter()
+            .map(|l| format!("{} {} {}", l.index, l.name, l.master))
             .collect()
     };
     let ifindexes = identity();

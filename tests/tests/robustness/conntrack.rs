@@ -219,17 +219,7 @@ fn a_new_max_entries_resizes_the_table_and_keeps_the_flows() {
         assert!(!out.contains("nothing to change"), "{out}");
         assert_eq!(ct_capacity(&h), size, "the kernel's table after up");
     }
-    go.give();
-    assert_eq!(
-        published.output().trim(),
-        "2 lines on one connection",
-        "the published port's connection"
-    );
-    assert_eq!(
-        masqueraded.output().trim(),
-        "2 lines on one connection",
-        "the masqueraded connection"
-    );
+    both_carried_on(&go, published, masqueraded);
     // `netplane conntrack` lists them from the new tables.
     let conntrack = h.netplane_ok(&["conntrack"]);
     assert!(
