@@ -218,7 +218,7 @@ fn reconcile(name: &str) -> Result<Vec<String>, AgentError> {
         .collect();
     let (links, addrs) = topology::host_now()?;
     match HostContext::from_host(&plan, &uplink, links, &addrs) {
-        Some(host) => changes.extend(maps::follow_uplink(name, &plan, &host)?),
+        Some(host) => changes.extend(maps::follow_uplink(name, &host)?),
         None => tracing::debug!(uplink, "the uplink is missing or has no IPv4 address"),
     }
     for c in changes {

@@ -174,7 +174,7 @@ impl Maps {
         sync_map(
             &mut self.local_addrs,
             maps::LOCAL_ADDRS,
-            &local_addr_entries(host, plan),
+            &local_addr_entries(host),
         )?;
         // The containers, for delivery straight into them. Their devices come from the
         // host's links as they are now: a recreated container has a new ifindex.
@@ -497,11 +497,7 @@ pub(super) fn pinned_config(name: &str) -> Option<DpConfig> {
 /// uplink's index in the config, and the local addresses that published ports answer on.
 /// Only what differs is written; the rest of the config stays as `up` wrote it. Returns a
 /// line per change.
-pub(super) fn follow_uplink(
-    name: &str,
-    plan: &Plan,
-    host: &HostContext,
-) -> Result<Vec<String>, EbpfError> {
+pub(super) fn follow_uplink(name: &str, host: &HostContext) -> Result<Vec<String>, EbpfError> {
     let mut changes = Vec::new();
     let mut map = pinned_map(name, maps::CONFIG).ok_or(EbpfError::MissingMap(maps::CONFIG))?;
     let mut config: Array<_, DpConfig> =
@@ -518,7 +514,7 @@ pub(super) fn follow_uplink(
             .set(0, cfg, 0)
             .map_err(EbpfError::map(maps::CONFIG))?;
     }
-    let want = local_addr_entries(host, plan);
+    let want = local_addr_entries(host);
     let mut local =
         pinned_map(name, maps::LOCAL_ADDRS).ok_or(EbpfError::MissingMap(maps::LOCAL_ADDRS))?;
     let mut had: Vec<u32> = HashMap::<_, u32, u32>::try_from(&local)
@@ -536,26 +532,17 @@ pub(super) fn follow_uplink(
 
 /// The local-addresses map's entries for `host`: every host address, the gateways and
 /// 127.0.0.1 (published ports answer on all of them).
-fn local_addr_entries(host: &HostContext, plan: &Plan) -> BTreeMap<u32, u32> {
-    local_addrs(host, plan)
+fn local_addr_entries(host: &HostContext) -> BTreeMap<u32, u32> {
+    local_addrs(host)
         .chain([Ipv4Addr::LOCALHOST])
         .map(|a| (ne_addr(a), 1u32))
         .collect()
 }
 
-/// The host's addresses as the programs know them: all of `host`'s, but for the gateway
-/// of an `isolated` network, which the host does not carry (nothing in such a subnet is
-/// the host's: `up` refuses subnets that collide with a host address).
-pub(super) fn local_addrs<'a>(
-    host: &'a HostContext,
-    plan: &'a Plan,
-) -> impl Iterator<Item = Ipv4Addr> + 'a {
-    host.local_addrs.iter().copied().filter(|a| {
-        !plan
-            .networks
-            .iter()
-            .any(|n| !n.has_gateway() && n.subnet.contains(a))
-    })
+/// The host's addresses as the programs know them (`HostContext::from_host` leaves out an
+/// isolated network's gateway, which the host does not carry).
+pub(super) fn local_addrs(host: &HostContext) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    host.local_addrs.iter().copied()
 }
 
 #[cfg(test)]
@@ -704,16 +691,18 @@ mod tests {
     #[test]
     fn an_isolated_network_s_gateway_is_no_local_address() {
         let plan = modes("routed");
-        let host = HostContext {
-            uplink: "up0".into(),
-            uplink_index: 2,
-            uplink_addr: Ipv4Addr::new(203, 0, 113, 1),
-            local_addrs: std::iter::once(Ipv4Addr::new(203, 0, 113, 1))
-                .chain(plan.networks.iter().map(|n| n.gateway))
-                .collect(),
-            links: Vec::new(),
+        let up0 = Link {
+            index: 2,
+            name: "up0".to_owned(),
+            up: true,
+            master: None,
+            mac: None,
+            mtu: None,
         };
-        let local: Vec<Ipv4Addr> = local_addrs(&host, &plan).collect();
+        let uplink_addr = "203.0.113.1/24".parse().expect("net");
+        let host = HostContext::from_host(&plan, "up0", vec![up0], &[(2, uplink_addr)])
+            .expect("the uplink has an address");
+        let local: Vec<Ipv4Addr> = local_addrs(&host).collect();
         assert!(
             local.contains(&Ipv4Addr::new(10, 89, 2, 1)),
             "a ptp gateway is"

@@ -163,7 +163,7 @@ fn uplink_status(plan: &Plan) -> (Option<UplinkStatus>, Vec<String>) {
                 .collect()
         })
         .unwrap_or_default();
-    for a in super::maps::local_addrs(&host, plan).filter(|a| !local.contains(a)) {
+    for a in super::maps::local_addrs(&host).filter(|a| !local.contains(a)) {
         problems.push(format!(
             "published ports do not answer on {a}: it is not in the local-addresses map"
         ));
