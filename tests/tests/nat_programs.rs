@@ -66,8 +66,14 @@ fn programs_for(plan: &Plan) -> TestRunPrograms {
         uplink: "up0".into(),
         uplink_index: 0,
         uplink_addr: Ipv4Addr::from(U),
+        // As HostContext::from_host: an isolated network's gateway is not the host's.
         local_addrs: std::iter::once(Ipv4Addr::from(U))
-            .chain(plan.networks.iter().map(|n| n.gateway))
+            .chain(
+                plan.networks
+                    .iter()
+                    .filter(|n| n.has_gateway())
+                    .map(|n| n.gateway),
+            )
             .collect(),
         links: Vec::new(),
     };
