@@ -135,16 +135,45 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
+/// Which containers an `up` builds, or checks and repairs.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Every one: `netplane up`, which converges the whole host on the plan.
+    All,
+    /// Only these (by name), the others being trusted as the last `up` left them: the CNI
+    /// plugin's ADD and DEL, whose cost must not grow with the containers attached.
+    /// Everything else (networks, routes, sysctls, the data plane, what left the plan)
+    /// converges as with [`Scope::All`].
+    Only(BTreeSet<String>),
+}
+
+impl Scope {
+    fn covers(&self, container: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Only(names) => names.contains(container),
+        }
+    }
+}
+
 /// Builds or converges the topology of `plan`. Validation that needs the host happens
 /// before any change; a failure part-way rolls back what this run created. Holds the
 /// instance's lock throughout: a concurrent `up` or `down` waits.
 pub fn up(plan: &Plan) -> Result<UpReport, Error> {
     require_root()?;
-    let _lock = InstanceLock::acquire(&plan.name, "up")?;
-    runtime().block_on(up_async(plan))
+    let lock = InstanceLock::acquire(&plan.name, "up")?;
+    converge(&lock, plan, &Scope::All)
 }
 
-async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
+/// `up` for a caller that holds the instance's lock already, having read the state under
+/// it to make `plan` (the CNI plugin, which adds or removes one container).
+pub fn converge(lock: &InstanceLock, plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
+    debug_assert_eq!(lock.name(), plan.name);
+    require_root()?;
+    runtime().block_on(up_async(plan, scope))
+}
+
+async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     let h = topology::connect(None)?;
     let old = State::load(&plan.name)?.unwrap_or_default();
     let mut host = check_host(&h, plan, &old).await?;
@@ -152,7 +181,13 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     dp.check()?;
 
     // Journal first: everything this run may create is recorded before it exists.
-    let desired_netns: BTreeSet<String> = plan.containers.iter().map(|c| c.netns.clone()).collect();
+    // Only namespaces netplane makes: a CNI runtime's are the runtime's.
+    let desired_netns: BTreeSet<String> = plan
+        .containers
+        .iter()
+        .filter(|c| c.owns_netns())
+        .map(|c| c.netns.clone())
+        .collect();
     // A ptp network has no bridge.
     let desired_links: BTreeSet<String> = plan
         .networks
@@ -197,7 +232,18 @@ async fn up_async(plan: &Plan) -> Result<UpReport, Error> {
     };
     let mut progress = Progress::default();
 
-    if let Err(cause) = apply(&h, plan, &old, &*dp, &mut host, &mut progress, &mut report).await {
+    if let Err(cause) = apply(
+        &h,
+        plan,
+        &old,
+        &*dp,
+        &mut host,
+        scope,
+        &mut progress,
+        &mut report,
+    )
+    .await
+    {
         let mut rollback = rollback(&h, &plan.name, progress.created, &old, &journal).await;
         if !old.dataplanes.contains(&dp.mode()) {
             rollback.extend(dp.teardown(&plan.name).err().map(|e| e.to_string()));
@@ -306,7 +352,7 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
         }
     }
     for (i, c) in plan.containers.iter().enumerate() {
-        if !old.netns.contains(&c.netns) && netns::exists(&c.netns) {
+        if c.owns_netns() && !old.netns.contains(&c.netns) && netns::exists(&c.netns) {
             return Err(Error::Foreign {
                 field: format!("containers[{i}].name"),
                 value: c.name.clone(),
@@ -507,12 +553,17 @@ fn wanted_sysctls(plan: &Plan, dp: &dyn Dataplane) -> Vec<(String, String)> {
     all
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the one step of `up` that changes the host: it needs all of up's context"
+)]
 async fn apply(
     h: &rtnetlink::Handle,
     plan: &Plan,
     old: &State,
     dp: &dyn Dataplane,
     host: &mut HostContext,
+    scope: &Scope,
     progress: &mut Progress,
     report: &mut UpReport,
 ) -> Result<(), Error> {
@@ -539,7 +590,7 @@ async fn apply(
     // A failpoint for the rollback tests: failures part-way are otherwise hard to cause
     // on purpose once validation has passed.
     let fail_before = std::env::var("NETPLANE_FAIL_BEFORE_CONTAINER").ok();
-    for c in &plan.containers {
+    for c in plan.containers.iter().filter(|c| scope.covers(&c.name)) {
         if fail_before.as_deref() == Some(c.name.as_str()) {
             return Err(Error::Injected(c.name.clone()));
         }
@@ -559,9 +610,11 @@ async fn apply(
                 || old_driver(old_plan, prev) != Some(net.driver))
         {
             topology::delete_link(h, &prev.host_veth).await?;
-            netns::delete(&prev.netns)?;
+            if prev.owns_netns() {
+                netns::delete(&prev.netns)?;
+            }
         }
-        if netns::create(&c.netns)? {
+        if c.owns_netns() && netns::create(&c.netns)? {
             created.push(Created::Netns(c.netns.clone()));
         }
         let (mut changed, made) = match net.driver {
@@ -690,7 +743,12 @@ pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
         // Without state (deleted by hand), the plan's netplane-specific names still find
         // the namespaces and veths; bridges are only removed when the state owns them.
         if let Some(p) = plan {
-            netns_names.extend(p.containers.iter().map(|c| c.netns.clone()));
+            netns_names.extend(
+                p.containers
+                    .iter()
+                    .filter(|c| c.owns_netns())
+                    .map(|c| c.netns.clone()),
+            );
             links.extend(p.containers.iter().map(|c| c.host_veth.clone()));
         }
         let mut removed = Vec::new();
@@ -802,7 +860,7 @@ pub struct ContainerStatus {
     pub mac: String,
     pub netns: String,
     pub host_veth: String,
-    pub container_veth: &'static str,
+    pub container_veth: String,
     pub publish: Vec<String>,
     pub present: bool,
 }
@@ -868,7 +926,7 @@ pub fn status(name: &str) -> Result<Status, Error> {
                     mac: format_mac(c.mac),
                     netns: c.netns.clone(),
                     host_veth: c.host_veth.clone(),
-                    container_veth: topology::CONTAINER_IF,
+                    container_veth: c.ifname().to_owned(),
                     publish: c.publish.iter().map(|p| p.to_string()).collect(),
                     present,
                 }

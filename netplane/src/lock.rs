@@ -149,6 +149,7 @@ impl Drop for DirLock {
 /// instance) for their whole run.
 pub struct InstanceLock {
     _held: DirLock,
+    name: String,
 }
 
 impl InstanceLock {
@@ -160,7 +161,15 @@ impl InstanceLock {
             &format!("netplane {verb}"),
             timeout(),
         )
-        .map(|held| InstanceLock { _held: held })
+        .map(|held| InstanceLock {
+            _held: held,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The instance it locks.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 

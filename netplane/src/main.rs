@@ -47,6 +47,10 @@ struct ConfigArg {
     /// containers, one published port.
     #[arg(short, long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The instance by name instead of by its config: `cni-<network>` for a CNI network
+    /// of netplane-cni. (Not for `up`, which needs the config.)
+    #[arg(long, value_name = "INSTANCE", conflicts_with = "config")]
+    name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -150,7 +154,18 @@ fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
 }
 
 fn load_plan(arg: &ConfigArg) -> anyhow::Result<Plan> {
+    if arg.name.is_some() {
+        bail!("--name: `up` builds from a config; give it with -c FILE");
+    }
     Ok(load_config(arg)?.plan()?)
+}
+
+/// The instance `--name` names, or the config's.
+fn instance_name(arg: &ConfigArg) -> anyhow::Result<String> {
+    match &arg.name {
+        Some(name) => Ok(name.clone()),
+        None => Ok(load_config(arg)?.name),
+    }
 }
 
 /// Runs one command; its exit status is `status`'s verdict, or success.
@@ -174,15 +189,22 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Down(c) => {
-            // `down` must work even when the config no longer validates.
-            let config = load_config(&c)?;
-            let plan = config.plan().ok();
-            let removed = instance::down(&config.name, plan.as_ref())?;
-            println!("{}: down ({} objects removed)", config.name, removed.len());
+            // `down` must work even when the config no longer validates; by name, the
+            // state alone says what to remove.
+            let (name, plan) = match &c.name {
+                Some(name) => (name.clone(), None),
+                None => {
+                    let config = load_config(&c)?;
+                    let plan = config.plan().ok();
+                    (config.name, plan)
+                }
+            };
+            let removed = instance::down(&name, plan.as_ref())?;
+            println!("{name}: down ({} objects removed)", removed.len());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Status { config, json } => {
-            let name = load_config(&config)?.name;
+            let name = instance_name(&config)?;
             let status = instance::status(&name)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -203,7 +225,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             cmd,
         } => exec(&config, &container, &cmd).map(|()| ExitCode::SUCCESS),
         Cmd::Conntrack { config, json } => {
-            let name = load_config(&config)?.name;
+            let name = instance_name(&config)?;
             let flows = instance::flows(&name)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&flows)?);
@@ -247,7 +269,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
 /// Joins the container's namespace and execs CMD. Runs before any thread exists: setns
 /// of the mount namespace requires a single-threaded process.
 fn exec(config: &ConfigArg, container: &str, cmd: &[String]) -> anyhow::Result<()> {
-    let name = load_config(config)?.name;
+    let name = instance_name(config)?;
     // The applied plan is the truth; the config may have been edited since.
     let plan = match State::load(&name)?.and_then(|s| s.plan) {
         Some(p) => p,

@@ -32,6 +32,8 @@ pub enum NetnsError {
     Missing { name: String },
 }
 
+/// The file of namespace `name`: under /run/netns, or `name` itself when it is a path
+/// (a container runtime's namespace, as CNI's `CNI_NETNS` gives it).
 pub fn path(name: &str) -> PathBuf {
     Path::new(RUN_DIR).join(name)
 }

@@ -307,7 +307,7 @@ async fn host_end(h: &Handle, c: &Container) -> Result<(Link, bool), TopologyErr
     match link(h, &c.host_veth).await? {
         Some(l) => Ok((l, false)),
         None => Ok((
-            create_veth(h, &c.host_veth, CONTAINER_IF, &c.netns, Some(c.mac)).await?,
+            create_veth(h, &c.host_veth, c.ifname(), &c.netns, Some(c.mac)).await?,
             true,
         )),
     }
@@ -590,10 +590,10 @@ pub async fn ensure_container_inside(
             object: format!("{}: lo", c.netns),
         })?;
     let mut changed = set_up(ch, &lo).await?;
-    let eth = link(ch, CONTAINER_IF)
+    let eth = link(ch, c.ifname())
         .await?
         .ok_or_else(|| TopologyError::Vanished {
-            object: format!("{}: {CONTAINER_IF}", c.netns),
+            object: format!("{}: {}", c.netns, c.ifname()),
         })?;
     if eth.mac != Some(c.mac) {
         ch.link()
@@ -606,14 +606,14 @@ pub async fn ensure_container_inside(
             .await
             .map_err(nl_err(
                 "set the MAC of",
-                format!("{}: {CONTAINER_IF}", c.netns),
+                format!("{}: {}", c.netns, c.ifname()),
             ))?;
         changed = true;
     }
     let want = Ipv4Net::new(c.ip, c.prefix_len).expect("validated prefix");
     changed |= ensure_only_address(
         ch,
-        &format!("{}: {CONTAINER_IF}", c.netns),
+        &format!("{}: {}", c.netns, c.ifname()),
         eth.index,
         Some(want),
     )
@@ -730,4 +730,54 @@ pub fn watch_links_and_addresses() -> Result<impl futures::Stream<Item = ()> + U
             .map_err(TopologyError::Socket)?;
     tokio::spawn(conn);
     Ok(messages.map(|_| ()))
+}
+
+/// A container's interface as CNI's CHECK looks at it, from inside its namespace.
+#[derive(Debug, Clone)]
+pub struct Inside {
+    /// The interface, when it exists.
+    pub link: Option<Link>,
+    /// Its IPv4 addresses.
+    pub addrs: Vec<Ipv4Net>,
+    /// The namespace's main-table routes.
+    pub routes: Vec<MainRoute>,
+}
+
+/// Interface `ifname` of namespace `ns` (a name or a path), its addresses, and the
+/// namespace's routes.
+pub async fn inside(ns: &str, ifname: &str) -> Result<Inside, TopologyError> {
+    let ch = connect(Some(ns))?;
+    let link = link(&ch, ifname).await?;
+    let addrs = match &link {
+        Some(l) => ipv4_addresses(&ch)
+            .await?
+            .into_iter()
+            .filter(|(i, _)| *i == l.index)
+            .map(|(_, a)| a)
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(Inside {
+        link,
+        addrs,
+        routes: main_routes(&ch).await?,
+    })
+}
+
+/// A route inside a container's namespace (`ns`) to `dst` through its interface `oif`,
+/// via `gw` when given: the routes an IPAM result names beyond the default one.
+pub async fn ensure_container_route(
+    ns: &str,
+    oif: u32,
+    dst: Ipv4Net,
+    gw: Option<Ipv4Addr>,
+) -> Result<bool, TopologyError> {
+    let ch = connect(Some(ns))?;
+    let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .output_interface(oif);
+    if let Some(gw) = gw {
+        route = route.gateway(gw);
+    }
+    ensure_route(&ch, route.build(), &format!("{ns}: {dst}")).await
 }

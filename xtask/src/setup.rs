@@ -55,6 +55,22 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "tests switch TX checksum offload off to see checksums on the wire",
     ),
     ("iperf3", "a cross-check for the benchmark's throughput"),
+    (
+        "podman",
+        "the CNI tests run real Podman containers on netplane-cni (CNI backend)",
+    ),
+    (
+        "containernetworking-plugins",
+        "host-local IPAM that netplane-cni delegates to, and the reference chain the bench compares with",
+    ),
+    ("containerd", "the CNI tests run `ctr run --cni` containers"),
+    ("runc", "the OCI runtime of the CNI tests' Podman and containerd"),
+    ("conmon", "Podman's container monitor"),
+    ("catatonit", "Podman's init for pods"),
+    (
+        "busybox-static",
+        "the CNI tests build their container image offline from it",
+    ),
 ];
 
 /// The oldest rustc-web whose sysroot ships a BPF `core` that aya-ebpf 0.2 compiles with.

@@ -21,8 +21,8 @@ mod testutil;
 mod tunables;
 
 pub(crate) use names::fnv1a_32;
-pub use names::{HOST_VETH_PREFIX, format_mac};
-pub use plan::{Container, Network, Plan, Route};
+pub use names::{HOST_VETH_PREFIX, format_mac, host_veth_name};
+pub use plan::{Attachment, Container, Network, Plan, Route};
 pub use publish::{PortMapping, Proto};
 pub use schema::{
     Config, ConfigError, ContainerConfig, DEFAULT_CONFIG, Driver, GatewayMode, Mode, NetworkConfig,

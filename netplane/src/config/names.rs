@@ -22,7 +22,7 @@ pub const HOST_VETH_PREFIX: &str = "vnp";
 /// `vnp` + FNV-1a of `<instance>/<container>` in hex: 11 bytes, within the kernel's
 /// 15-byte interface-name limit however long the names are, deterministic so a later run
 /// finds the device again, and the `vnp` prefix tells an `ip link` reader whose it is.
-pub(super) fn host_veth_name(instance: &str, container: &str) -> String {
+pub fn host_veth_name(instance: &str, container: &str) -> String {
     format!(
         "{HOST_VETH_PREFIX}{:08x}",
         fnv1a_32(format!("{instance}/{container}").as_bytes())

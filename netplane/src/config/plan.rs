@@ -13,7 +13,10 @@ use super::names::{
     check_bridge_name, check_ifname, check_name, container_mac, host_veth_name, netns_name,
 };
 use super::publish::PortMapping;
-use super::schema::{Config, ConfigError, Driver, GatewayMode, Mode, invalid};
+use super::schema::{
+    Config, ConfigError, ContainerConfig, Driver, GatewayMode, Mode, NetworkConfig, RouteConfig,
+    invalid,
+};
 use super::tunables::{ConntrackConfig, EbpfConfig};
 
 /// A validated config with every default filled in.
@@ -79,6 +82,33 @@ pub struct Container {
     /// container names, so that it fits the kernel's 15-byte limit.
     pub host_veth: String,
     pub publish: Vec<PortMapping>,
+    /// A container that a runtime made and attached through CNI (`netplane-cni`): its
+    /// namespace is the runtime's, and `netns` is then its path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
+}
+
+/// A CNI attachment: the runtime's container ID and interface name, which identify it
+/// (CNI spec: "the tuple (CNI_CONTAINERID, CNI_IFNAME)"), and its namespace's path.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+    pub netns: String,
+}
+
+impl Container {
+    /// The container end of its veth pair: eth0, or the runtime's `CNI_IFNAME`.
+    pub fn ifname(&self) -> &str {
+        self.attachment
+            .as_ref()
+            .map_or(crate::topology::CONTAINER_IF, |a| a.ifname.as_str())
+    }
+
+    /// Whether netplane made its namespace (and so deletes it); a runtime's it never does.
+    pub fn owns_netns(&self) -> bool {
+        self.attachment.is_none()
+    }
 }
 
 impl Plan {
@@ -88,6 +118,48 @@ impl Plan {
 
     pub fn container(&self, name: &str) -> Option<&Container> {
         self.containers.iter().find(|c| c.name == name)
+    }
+
+    /// The config that plans to this plan (every address and gateway explicit), for a
+    /// caller that changes it and plans again: the CNI plugin adds or removes one
+    /// container, and [`Config::plan`] checks the result as it checks a file.
+    pub fn to_config(&self) -> Config {
+        Config {
+            name: self.name.clone(),
+            mode: self.mode,
+            uplink: self.uplink.clone(),
+            networks: self
+                .networks
+                .iter()
+                .map(|n| NetworkConfig {
+                    name: n.name.clone(),
+                    subnet: n.subnet.to_string(),
+                    gateway: Some(n.gateway.to_string()),
+                    driver: n.driver,
+                    gateway_mode: n.gateway_mode,
+                })
+                .collect(),
+            containers: self
+                .containers
+                .iter()
+                .map(|c| ContainerConfig {
+                    name: c.name.clone(),
+                    network: c.network.clone(),
+                    ip: Some(c.ip.to_string()),
+                    publish: c.publish.iter().map(|p| p.spec.clone()).collect(),
+                })
+                .collect(),
+            routes: self
+                .routes
+                .iter()
+                .map(|r| RouteConfig {
+                    subnet: r.subnet.to_string(),
+                    via: r.via.to_string(),
+                })
+                .collect(),
+            conntrack: self.conntrack,
+            ebpf: self.ebpf,
+        }
     }
 }
 
@@ -457,6 +529,7 @@ impl Config {
                 netns: netns_name(&self.name, &c.name),
                 host_veth: p.host_veth,
                 publish: p.publish,
+                attachment: None,
             });
         }
         Ok(containers)

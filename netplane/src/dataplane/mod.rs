@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::config::{Mode, Plan};
+use crate::config::{Container, Mode, Plan};
 use crate::topology::Link;
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +224,12 @@ pub trait Dataplane {
     fn describe(&self) -> &'static str;
 
     fn status(&self, plan: &Plan) -> DataplaneStatus;
+
+    /// What is missing of container `c`'s published ports in what this data plane
+    /// programmed (CNI's CHECK), one line per port; nothing when all are in place.
+    fn verify_ports(&self, _plan: &Plan, _c: &Container) -> Vec<String> {
+        Vec::new()
+    }
 
     /// The NAT sessions it tracks itself, as `netplane conntrack` lists them. Only the
     /// eBPF data plane has its own table; the others have none to show.

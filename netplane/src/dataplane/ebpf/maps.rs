@@ -442,6 +442,31 @@ fn published_entries(plan: &Plan) -> BTreeMap<PortKey, Backend> {
         .collect()
 }
 
+/// The published ports of container `c` that the pinned published-ports map does not
+/// send to it, one line each (CNI's CHECK).
+pub(super) fn missing_ports(plan: &Plan, c: &Container) -> Vec<String> {
+    if !publishes_host_ports(plan, c) || c.publish.is_empty() {
+        return Vec::new();
+    }
+    let map = pinned_map(&plan.name, maps::PUBLISHED).map(HashMap::<_, PortKey, Backend>::try_from);
+    let Some(Ok(map)) = map else {
+        return vec![format!(
+            "the published-ports map of {} is not pinned",
+            plan.name
+        )];
+    };
+    c.publish
+        .iter()
+        .filter(|m| mapping_entries(plan, c, m).any(|(k, b)| map.get(&k, 0).ok() != Some(b)))
+        .map(|m| {
+            format!(
+                "published port {}: not in the eBPF published-ports map",
+                m.spec
+            )
+        })
+        .collect()
+}
+
 /// Keys to remove from the published-ports map, and entries to write.
 type Edits = (Vec<PortKey>, Vec<(PortKey, Backend)>);
 

@@ -37,7 +37,7 @@ pub use stats::{drop_counters, program_costs};
 pub use testrun::{TestRunMaps, TestRunPrograms};
 
 use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
-use crate::config::{Mode, Plan};
+use crate::config::{Container, Mode, Plan};
 use maps::Maps;
 use object::LoadOptions;
 
@@ -146,6 +146,10 @@ impl Dataplane for Ebpf {
 
     fn flows(&self, name: &str) -> Vec<Flow> {
         flows(name)
+    }
+
+    fn verify_ports(&self, plan: &Plan, c: &Container) -> Vec<String> {
+        maps::missing_ports(plan, c)
     }
 }
 

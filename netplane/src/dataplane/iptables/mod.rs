@@ -32,7 +32,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
-use crate::config::{Driver, Mode, Plan, fnv1a_32};
+use crate::config::{Container, Driver, Mode, Plan, fnv1a_32};
 use crate::state;
 
 pub use rules::ruleset;
@@ -331,6 +331,27 @@ impl Dataplane for Iptables {
                 mode: Mode::Iptables,
                 failures,
             })
+        }
+    }
+
+    /// Each DNAT rule of `c`'s ports, as `ruleset` writes it and iptables-save prints it.
+    fn verify_ports(&self, plan: &Plan, c: &Container) -> Vec<String> {
+        let to = format!("--to-destination {}:", c.ip);
+        let want: Vec<String> = ruleset(plan)
+            .lines()
+            .filter(|l| l.starts_with("-A ") && l.contains(&to))
+            .map(str::to_owned)
+            .collect();
+        if want.is_empty() {
+            return Vec::new();
+        }
+        match run("iptables-save", &["-t", "nat"], None) {
+            Ok(saved) => want
+                .into_iter()
+                .filter(|rule| !saved.lines().any(|l| l == rule))
+                .map(|rule| format!("iptables rule missing: {rule}"))
+                .collect(),
+            Err(e) => vec![e.to_string()],
         }
     }
 

@@ -1,0 +1,537 @@
+//! The six CNI commands. ADD and DEL change the instance's plan by one attachment and
+//! converge it ([`instance::converge`], scoped to that container) under the instance's
+//! lock; CHECK compares what exists with the plan; GC removes the attachments the
+//! runtime no longer knows; STATUS says whether an ADD could be served.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde_json::{Value, json};
+
+use super::conf::{NetConf, container_name, version_of};
+use super::ipam::{self, Lease};
+use super::{CniError, Env, SUPPORTED_VERSIONS, code, result};
+use crate::config::{Attachment, Config, Driver, NetworkConfig, Plan};
+use crate::dataplane;
+use crate::instance::{self, Scope};
+use crate::lock::InstanceLock;
+use crate::netns;
+use crate::state::State;
+use crate::topology;
+
+pub fn dispatch(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    match env.command.as_str() {
+        "VERSION" => Ok(Some(json!({
+            "cniVersion": version_of(stdin).unwrap_or_else(|| "1.1.0".to_owned()),
+            "supportedVersions": SUPPORTED_VERSIONS,
+        }))),
+        "ADD" => add(env, stdin).map(Some),
+        "DEL" => del(env, stdin).map(|()| None),
+        "CHECK" => check(env, stdin).map(|()| None),
+        "GC" => gc(env, stdin).map(|()| None),
+        "STATUS" => status(env, stdin).map(|()| None),
+        "" => Err(CniError::new(code::INVALID_ENV, "CNI_COMMAND is not set")),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_COMMAND = {other:?}: not one of ADD, DEL, CHECK, GC, STATUS, VERSION"),
+        )),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn host_err(what: impl std::fmt::Display) -> impl FnOnce(topology::TopologyError) -> CniError {
+    move |e| CniError::new(code::HOST, format!("{what}: {e}"))
+}
+
+fn add(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
+    let conf = NetConf::parse(stdin)?;
+    let (id, ifname, ns) = (env.container_id()?, env.ifname()?, env.netns()?);
+    let instance = conf.instance()?;
+    let publish = conf.publish_specs()?;
+    let ipam_type = conf.ipam_type()?;
+    if !netns::exists(ns) {
+        return Err(CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("CNI_NETNS = {ns:?}: no such network namespace"),
+        ));
+    }
+    let inside = runtime()
+        .block_on(topology::inside(ns, ifname))
+        .map_err(host_err(format!("netns {ns}")))?;
+    if inside.link.is_some() {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!("CNI_IFNAME = {ifname:?}: an interface of that name already exists in {ns}"),
+        ));
+    }
+    // The lease first, outside the instance's lock (the IPAM plugin has its own); a
+    // failure after it gives the lease back, so a failed ADD leaks nothing.
+    let leased = ipam::exec(env, ipam_type, "ADD", stdin)?;
+    let attached = ipam::lease(&leased, ipam_type).and_then(|lease| {
+        attach(
+            &conf,
+            &instance,
+            Attachment {
+                container_id: id.to_owned(),
+                ifname: ifname.to_owned(),
+                netns: ns.to_owned(),
+            },
+            publish,
+            &lease,
+        )
+    });
+    if attached.is_err()
+        && let Err(e) = ipam::exec(env, ipam_type, "DEL", stdin)
+    {
+        eprintln!("netplane-cni: ADD failed, and so did giving the lease back: {e}");
+    }
+    attached
+}
+
+/// The network of `conf` as the instance's plan has it, with the subnet and gateway of
+/// the lease: created on the first ADD, checked on the next ones.
+fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), CniError> {
+    let bridge = conf.bridge();
+    let subnet = lease.address.trunc();
+    let gateway = lease
+        .gateway
+        .or_else(|| subnet.hosts().next())
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("ipam: subnet {subnet} has no host addresses"),
+            )
+        })?;
+    if let Some(other) = config.networks.iter().find(|n| n.name != bridge) {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "bridge = {bridge:?}: network {} has its containers on bridge {:?}; remove \
+                 them (or `netplane down --name cni-{}`) before changing it",
+                conf.name, other.name, conf.name
+            ),
+        ));
+    }
+    match config.networks.first_mut() {
+        Some(n) => {
+            if n.subnet != subnet.to_string() || n.gateway.as_deref() != Some(&gateway.to_string())
+            {
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    format!(
+                        "ipam: gave {} (gateway {gateway}), but network {} is {} (gateway {}) \
+                         for the containers attached already",
+                        lease.address,
+                        conf.name,
+                        n.subnet,
+                        n.gateway.as_deref().unwrap_or("none")
+                    ),
+                ));
+            }
+            n.gateway_mode = conf.gateway_mode();
+        }
+        None => config.networks.push(NetworkConfig {
+            name: bridge.to_owned(),
+            subnet: subnet.to_string(),
+            gateway: Some(gateway.to_string()),
+            driver: Driver::Bridge,
+            gateway_mode: conf.gateway_mode(),
+        }),
+    }
+    Ok(())
+}
+
+/// Plans `config` and gives every container its attachment back: the one being added
+/// (`new`), the others as `old` recorded them.
+fn plan_with_attachments(
+    config: &Config,
+    old: Option<&Plan>,
+    new: Option<(&str, &Attachment)>,
+) -> Result<Plan, CniError> {
+    let mut plan = config.plan()?;
+    for c in &mut plan.containers {
+        let attachment = match new {
+            Some((name, a)) if c.name == name => Some(a.clone()),
+            _ => old
+                .and_then(|p| p.container(&c.name))
+                .and_then(|o| o.attachment.clone()),
+        };
+        if let Some(a) = attachment {
+            c.netns = a.netns.clone();
+            c.attachment = Some(a);
+        }
+    }
+    Ok(plan)
+}
+
+fn attach(
+    conf: &NetConf,
+    instance: &str,
+    attachment: Attachment,
+    publish: Vec<String>,
+    lease: &Lease,
+) -> Result<Value, CniError> {
+    let lock = InstanceLock::acquire(instance, "cni ADD").map_err(instance::Error::from)?;
+    let old = State::load(instance)
+        .map_err(instance::Error::from)?
+        .and_then(|s| s.plan);
+    let mut config = old.as_ref().map_or_else(
+        || Config {
+            name: instance.to_owned(),
+            mode: conf.mode(),
+            uplink: None,
+            networks: Vec::new(),
+            containers: Vec::new(),
+            routes: Vec::new(),
+            conntrack: Default::default(),
+            ebpf: Default::default(),
+        },
+        Plan::to_config,
+    );
+    config.mode = conf.mode();
+    config.uplink = conf.uplink.clone();
+    if let Some(ct) = conf.conntrack {
+        config.conntrack = ct;
+    }
+    network_of(conf, &mut config, lease)?;
+    let name = container_name(&attachment.container_id, &attachment.ifname);
+    // The same attachment again: its interface is gone (checked by the caller), so what
+    // the plan has of it is stale.
+    config.containers.retain(|c| c.name != name);
+    config.containers.push(crate::config::ContainerConfig {
+        name: name.clone(),
+        network: conf.bridge().to_owned(),
+        ip: Some(lease.address.addr().to_string()),
+        publish,
+    });
+    let plan = plan_with_attachments(&config, old.as_ref(), Some((&name, &attachment)))?;
+    instance::converge(&lock, &plan, &Scope::Only([name.clone()].into()))?;
+    let c = plan.container(&name).expect("planned");
+    let net = plan.network(&c.network).expect("planned");
+    if let Err(e) = extra_routes(c, lease) {
+        // Undo the attachment: the runtime sees a failed ADD and nothing of it stays.
+        let _ = detach_locked(&lock, instance, &plan, &[name].into());
+        return Err(e);
+    }
+    let (links, _) = topology::host_now().map_err(host_err("list the host's links"))?;
+    Ok(result::build(
+        &conf.cni_version,
+        net,
+        c,
+        &links,
+        &lease.routes,
+        lease.dns.as_ref(),
+    ))
+}
+
+/// The routes of the IPAM result other than the default one (which the plan gives every
+/// container of a network with a gateway), inside the container.
+fn extra_routes(c: &crate::config::Container, lease: &Lease) -> Result<(), CniError> {
+    let routes: Vec<(Ipv4Net, Option<Ipv4Addr>)> = lease
+        .routes
+        .iter()
+        .filter_map(|r| {
+            let dst: Ipv4Net = r.get("dst")?.as_str()?.parse().ok()?;
+            let gw = r.get("gw").and_then(|g| g.as_str()?.parse().ok());
+            (dst.prefix_len() > 0).then_some((dst, gw.or(Some(c.gateway))))
+        })
+        .collect();
+    if routes.is_empty() {
+        return Ok(());
+    }
+    let rt = runtime();
+    let inside = rt
+        .block_on(topology::inside(&c.netns, c.ifname()))
+        .map_err(host_err(format!("netns {}", c.netns)))?;
+    let oif = inside.link.map(|l| l.index).ok_or_else(|| {
+        CniError::new(code::HOST, format!("{}: {} vanished", c.netns, c.ifname()))
+    })?;
+    for (dst, gw) in routes {
+        rt.block_on(topology::ensure_container_route(&c.netns, oif, dst, gw))
+            .map_err(host_err(format!("route {dst} in {}", c.netns)))?;
+    }
+    Ok(())
+}
+
+/// Removes the containers `names` from the plan `old` and converges: their host veths,
+/// map entries (or DNAT rules), conntrack entries and stale UDP conntrack go; the
+/// runtime's namespaces are not touched.
+fn detach_locked(
+    lock: &InstanceLock,
+    instance: &str,
+    old: &Plan,
+    names: &BTreeSet<String>,
+) -> Result<(), CniError> {
+    let mut config = old.to_config();
+    config.containers.retain(|c| !names.contains(&c.name));
+    let plan = plan_with_attachments(&config, Some(old), None)?;
+    match instance::converge(lock, &plan, &Scope::Only(BTreeSet::new())) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            // The host refused the rest (the uplink is gone, say): the containers' veths
+            // still go, and the state keeps them, so that the next DEL, GC or ADD
+            // removes their data-plane entries.
+            let rt = runtime();
+            for c in old.containers.iter().filter(|c| names.contains(&c.name)) {
+                let _ = rt.block_on(async {
+                    let h = topology::connect(None)?;
+                    topology::delete_link(&h, &c.host_veth).await
+                });
+            }
+            let _ = instance;
+            Err(e.into())
+        }
+    }
+}
+
+/// Detaches the attachments `names` of `instance`, if it exists.
+fn detach(
+    instance: &str,
+    pick: impl Fn(&Plan) -> BTreeSet<String>,
+) -> Result<Vec<Attachment>, CniError> {
+    if !State::exists(instance) {
+        return Ok(Vec::new());
+    }
+    let lock = InstanceLock::acquire(instance, "cni DEL").map_err(instance::Error::from)?;
+    let Some(old) = State::load(instance)
+        .map_err(instance::Error::from)?
+        .and_then(|s| s.plan)
+    else {
+        return Ok(Vec::new());
+    };
+    let names = pick(&old);
+    let gone = old
+        .containers
+        .iter()
+        .filter(|c| names.contains(&c.name))
+        .filter_map(|c| c.attachment.clone())
+        .collect();
+    detach_locked(&lock, instance, &old, &names)?;
+    Ok(gone)
+}
+
+/// Best effort, and always a success (CNI spec: DEL of what is gone is not an error):
+/// with the namespace gone, with `CNI_NETNS` empty, without `prevResult`, repeated. The
+/// attachment's veth, ports, map entries and conntrack entries go, and its lease.
+fn del(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
+    let conf = NetConf::parse(stdin)?;
+    let (id, ifname) = (env.container_id()?, env.ifname()?);
+    let name = container_name(id, ifname);
+    let mut failures = Vec::new();
+    match conf.instance() {
+        Ok(instance) => {
+            if let Err(e) = detach(&instance, |_| [name.clone()].into()) {
+                failures.push(e.to_string());
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
+    match conf.ipam_type() {
+        Ok(ty) => failures.extend(
+            ipam::exec(env, ty, "DEL", stdin)
+                .err()
+                .map(|e| e.to_string()),
+        ),
+        Err(e) => failures.push(e.to_string()),
+    }
+    for f in failures {
+        eprintln!("netplane-cni: DEL {id}/{ifname}: {f}");
+    }
+    Ok(())
+}
+
+/// CNI 1.1's GC: every attachment of the network that is not in
+/// `cni.dev/valid-attachments` goes, as with DEL, lease included.
+fn gc(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
+    let conf = NetConf::parse(stdin)?;
+    let instance = conf.instance()?;
+    let valid = conf.valid_attachments.clone().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "cni.dev/valid-attachments: missing; GC removes what is not in it, so it must be given",
+        )
+    })?;
+    let gone = detach(&instance, |plan| {
+        plan.containers
+            .iter()
+            .filter(|c| {
+                c.attachment.as_ref().is_some_and(|a| {
+                    !valid
+                        .iter()
+                        .any(|v| v.container_id == a.container_id && v.ifname == a.ifname)
+                })
+            })
+            .map(|c| c.name.clone())
+            .collect()
+    })?;
+    if let Ok(ty) = conf.ipam_type() {
+        for a in gone {
+            let env = Env {
+                command: "DEL".into(),
+                container_id: Some(a.container_id.clone()),
+                ifname: Some(a.ifname.clone()),
+                netns: None,
+                ..env.clone()
+            };
+            if let Err(e) = ipam::exec(&env, ty, "DEL", stdin) {
+                eprintln!("netplane-cni: GC of {}/{}: {e}", a.container_id, a.ifname);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// CHECK: the interface, its address and routes, the host veth on the bridge, the port
+/// mappings against the runtime's and against the data plane; then the IPAM plugin's own.
+fn check(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
+    let conf = NetConf::parse(stdin)?;
+    let (id, ifname, ns) = (env.container_id()?, env.ifname()?, env.netns()?);
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "prevResult: missing; CHECK compares against the ADD's result",
+        )
+    })?;
+    let instance = conf.instance()?;
+    let unknown = || {
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!(
+                "container {id} ({ifname}) is not attached to network {}",
+                conf.name
+            ),
+        )
+    };
+    let plan = State::load(&instance)
+        .map_err(instance::Error::from)?
+        .and_then(|s| s.plan)
+        .ok_or_else(unknown)?;
+    let c = plan
+        .container(&container_name(id, ifname))
+        .ok_or_else(unknown)?;
+    let net = plan
+        .network(&c.network)
+        .expect("a planned container's network");
+    let mut problems = Vec::new();
+    let rt = runtime();
+    let inside = rt
+        .block_on(topology::inside(ns, ifname))
+        .map_err(host_err(format!("netns {ns}")))?;
+    let want = Ipv4Net::new(c.ip, c.prefix_len).expect("planned");
+    match &inside.link {
+        None => problems.push(format!("{ifname} is missing in {ns}")),
+        Some(l) => {
+            if !l.up {
+                problems.push(format!("{ifname} is down"));
+            }
+            if l.mac != Some(c.mac) {
+                problems.push(format!(
+                    "{ifname} has another MAC than {}",
+                    crate::config::format_mac(c.mac)
+                ));
+            }
+            if !inside.addrs.contains(&want) {
+                problems.push(format!("{ifname} lacks address {want}"));
+            }
+            if net.has_gateway()
+                && !inside.routes.iter().any(|r| {
+                    r.prefix_len == 0 && r.gateway == Some(c.gateway) && r.oif == Some(l.index)
+                })
+            {
+                problems.push(format!(
+                    "the default route via {} on {ifname} is missing",
+                    c.gateway
+                ));
+            }
+        }
+    }
+    for r in prev
+        .get("routes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(dst) = r
+            .get("dst")
+            .and_then(Value::as_str)
+            .and_then(|d| d.parse::<Ipv4Net>().ok())
+        else {
+            continue;
+        };
+        if !inside.routes.iter().any(|m| m.dst == dst) {
+            problems.push(format!("route {dst} of the result is missing"));
+        }
+    }
+    let prev_has_ip = prev
+        .get("ips")
+        .and_then(Value::as_array)
+        .is_some_and(|ips| {
+            ips.iter()
+                .any(|i| i.get("address").and_then(Value::as_str) == Some(&want.to_string()))
+        });
+    if !prev_has_ip {
+        problems.push(format!("prevResult does not hold {want}"));
+    }
+    let (links, _) = topology::host_now().map_err(host_err("list the host's links"))?;
+    let bridge = links.iter().find(|l| l.name == net.name);
+    match (links.iter().find(|l| l.name == c.host_veth), bridge) {
+        (None, _) => problems.push(format!("host veth {} is missing", c.host_veth)),
+        (_, None) => problems.push(format!("bridge {} is missing", net.name)),
+        (Some(v), Some(b)) => {
+            if v.master != Some(b.index) {
+                problems.push(format!(
+                    "host veth {} is not on bridge {}",
+                    c.host_veth, net.name
+                ));
+            }
+            if !v.up {
+                problems.push(format!("host veth {} is down", c.host_veth));
+            }
+        }
+    }
+    let specs: BTreeSet<String> = conf.publish_specs()?.into_iter().collect();
+    let have: BTreeSet<String> = c.publish.iter().map(|p| p.spec.clone()).collect();
+    if specs != have {
+        problems.push(format!(
+            "port mappings: the runtime asks for [{}], the attachment has [{}]",
+            specs.into_iter().collect::<Vec<_>>().join(", "),
+            have.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    problems.extend(dataplane::for_mode(plan.mode).verify_ports(&plan, c));
+    if !problems.is_empty() {
+        return Err(CniError::new(
+            code::HOST,
+            format!(
+                "CHECK of {id} ({ifname}) on {}: {}",
+                conf.name,
+                problems.join("; ")
+            ),
+        ));
+    }
+    if let Ok(ty) = conf.ipam_type() {
+        ipam::exec(env, ty, "CHECK", stdin)?;
+    }
+    Ok(())
+}
+
+/// CNI 1.1's STATUS: 0 when an ADD could be served (root, the data plane's kernel
+/// features and tools, the IPAM plugin on `CNI_PATH`), else code 50 with the reason.
+fn status(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
+    let conf = NetConf::parse(stdin)?;
+    let unavailable = |what: String| CniError::new(code::NOT_AVAILABLE, what);
+    instance::require_root().map_err(|e| unavailable(e.to_string()))?;
+    dataplane::for_mode(conf.mode())
+        .check()
+        .map_err(|e| unavailable(e.to_string()))?;
+    let ty = conf.ipam_type()?;
+    ipam::find(env, ty).map_err(|e| unavailable(e.msg))?;
+    Ok(())
+}

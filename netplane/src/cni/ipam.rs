@@ -1,0 +1,156 @@
+//! The delegated IPAM plugin, run as the bridge plugin runs it (libcni's
+//! `ipam.ExecAdd`/`ExecDel`): found by its `type` on `CNI_PATH`, given the same
+//! environment with `CNI_COMMAND` set and the same config on stdin.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use super::{CniError, Env, code};
+
+/// What netplane takes from an IPAM result: the IPv4 address and its gateway, and the
+/// routes and DNS to hand back to the runtime.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub address: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub routes: Vec<serde_json::Value>,
+    pub dns: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct IpamResult {
+    #[serde(default)]
+    ips: Vec<IpConfig>,
+    #[serde(default)]
+    routes: Vec<serde_json::Value>,
+    #[serde(default)]
+    dns: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct IpConfig {
+    address: String,
+    #[serde(default)]
+    gateway: Option<String>,
+}
+
+/// The plugin `ty` on `CNI_PATH`.
+pub fn find(env: &Env, ty: &str) -> Result<PathBuf, CniError> {
+    if ty.contains('/') {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("ipam.type = {ty:?}: not a plugin name"),
+        ));
+    }
+    let path = env.path.as_deref().unwrap_or("");
+    std::env::split_paths(path)
+        .map(|d| d.join(ty))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("ipam.type = {ty:?}: no such plugin on CNI_PATH ({path})"),
+            )
+        })
+}
+
+/// Runs the IPAM plugin for `command`; its result's JSON on success. An error it reports
+/// is passed on with its own code.
+pub fn exec(
+    env: &Env,
+    ty: &str,
+    command: &str,
+    stdin: &[u8],
+) -> Result<serde_json::Value, CniError> {
+    let bin = find(env, ty)?;
+    let mut child = Command::new(&bin)
+        .env("CNI_COMMAND", command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            CniError::new(
+                code::IO_FAILURE,
+                format!("cannot run IPAM plugin {}", bin.display()),
+            )
+            .with_details(e.to_string())
+        })?;
+    // A plugin that exits without reading its stdin makes this write fail: its exit
+    // status and output say why.
+    let _ = child.stdin.take().expect("piped").write_all(stdin);
+    let out = child.wait_with_output().map_err(|e| {
+        CniError::new(code::IO_FAILURE, format!("IPAM plugin {ty}")).with_details(e.to_string())
+    })?;
+    let value: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+    if !out.status.success() {
+        let reported = value.as_ref().and_then(|v| {
+            Some(CniError {
+                code: u32::try_from(v.get("code")?.as_u64()?).ok()?,
+                msg: format!("IPAM plugin {ty} {command}: {}", v.get("msg")?.as_str()?),
+                details: v.get("details").and_then(|d| d.as_str()).map(str::to_owned),
+            })
+        });
+        return Err(reported.unwrap_or_else(|| {
+            CniError::new(
+                code::IO_FAILURE,
+                format!("IPAM plugin {ty} {command} failed ({})", out.status),
+            )
+            .with_details(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }));
+    }
+    Ok(value.unwrap_or(serde_json::Value::Null))
+}
+
+/// The lease in an IPAM ADD result: its one IPv4 address.
+pub fn lease(result: &serde_json::Value, ty: &str) -> Result<Lease, CniError> {
+    let r: IpamResult = serde_json::from_value(result.clone()).map_err(|e| {
+        CniError::new(
+            code::DECODE,
+            format!("IPAM plugin {ty} returned a result netplane cannot read"),
+        )
+        .with_details(e.to_string())
+    })?;
+    let mut v4 = Vec::new();
+    for ip in &r.ips {
+        match ip.address.parse::<Ipv4Net>() {
+            Ok(a) => v4.push((a, ip.gateway.as_deref().and_then(|g| g.parse().ok()))),
+            Err(_) if ip.address.contains(':') => {
+                return Err(CniError::new(
+                    code::UNSUPPORTED_FIELD,
+                    format!(
+                        "ipam: IPAM plugin {ty} gave IPv6 address {}; netplane-cni networks \
+                         are IPv4-only for now",
+                        ip.address
+                    ),
+                ));
+            }
+            Err(_) => {
+                return Err(CniError::new(
+                    code::DECODE,
+                    format!("IPAM plugin {ty} returned address {:?}", ip.address),
+                ));
+            }
+        }
+    }
+    let [(address, gateway)] = v4[..] else {
+        return Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "ipam: IPAM plugin {ty} gave {} IPv4 addresses; netplane-cni needs exactly one",
+                v4.len()
+            ),
+        ));
+    };
+    Ok(Lease {
+        address,
+        gateway,
+        routes: r.routes,
+        dns: r.dns,
+    })
+}

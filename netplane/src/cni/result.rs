@@ -1,0 +1,68 @@
+//! The ADD result, in the version the runtime asked for: 1.x as SPEC.md defines it, and
+//! 0.3.x/0.4.0, whose addresses also carry `"version": "4"`.
+
+use serde_json::{Value, json};
+
+use crate::config::{Container, Network, format_mac};
+use crate::topology::Link;
+
+/// The result of attaching `c` to `net`: the bridge (when the network has one), the host
+/// veth and the container's interface (with its `sandbox`), the address with the index of
+/// that interface in `interfaces`, the routes and the DNS of the IPAM result.
+pub fn build(
+    version: &str,
+    net: &Network,
+    c: &Container,
+    links: &[Link],
+    ipam_routes: &[Value],
+    dns: Option<&Value>,
+) -> Value {
+    let mac_of = |name: &str| {
+        links
+            .iter()
+            .find(|l| l.name == name)
+            .and_then(|l| l.mac)
+            .map(format_mac)
+    };
+    let mut interfaces = Vec::new();
+    interfaces.push(json!({"name": net.name, "mac": mac_of(&net.name)}));
+    interfaces.push(json!({"name": c.host_veth, "mac": mac_of(&c.host_veth)}));
+    let sandbox = c
+        .attachment
+        .as_ref()
+        .map_or(c.netns.as_str(), |a| a.netns.as_str());
+    interfaces.push(json!({"name": c.ifname(), "mac": format_mac(c.mac), "sandbox": sandbox}));
+    let mut ip = json!({
+        "address": format!("{}/{}", c.ip, c.prefix_len),
+        "interface": interfaces.len() - 1,
+    });
+    if net.has_gateway() {
+        ip["gateway"] = c.gateway.to_string().into();
+    }
+    if !version.starts_with("1.") {
+        ip["version"] = "4".into();
+    }
+    // The default route netplane gives every container of a network with a gateway, and
+    // what else the IPAM result named.
+    let mut routes: Vec<Value> = Vec::new();
+    if net.has_gateway() {
+        routes.push(json!({"dst": "0.0.0.0/0", "gw": c.gateway.to_string()}));
+    }
+    routes.extend(
+        ipam_routes
+            .iter()
+            .filter(|r| !routes.iter().any(|d| d["dst"] == r["dst"]))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    let mut result = json!({
+        "cniVersion": version,
+        "interfaces": interfaces,
+        "ips": [ip],
+        "routes": routes,
+    });
+    if let Some(dns) = dns {
+        result["dns"] = dns.clone();
+    }
+    result
+}
