@@ -863,6 +863,9 @@ pub struct ContainerStatus {
     pub container_veth: String,
     pub publish: Vec<String>,
     pub present: bool,
+    /// A CNI runtime's container: its ID, interface and namespace path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<crate::config::Attachment>,
 }
 
 /// The instance as recorded, checked against what exists.
@@ -929,6 +932,7 @@ pub fn status(name: &str) -> Result<Status, Error> {
                     container_veth: c.ifname().to_owned(),
                     publish: c.publish.iter().map(|p| p.to_string()).collect(),
                     present,
+                    attachment: c.attachment.clone(),
                 }
             })
             .collect();

@@ -67,8 +67,43 @@ pub fn exec(
     command: &str,
     stdin: &[u8],
 ) -> Result<serde_json::Value, CniError> {
+    match exec_once(env, ty, command, stdin) {
+        // An IPAM plugin of the 1.0 era (host-local of the reference plugins 1.1 refuses a
+        // 1.1.0 config): its ADD, DEL and CHECK did not change in 1.1, so it is asked in
+        // 1.0.0, and its result read as such.
+        Err(e) if e.code == code::INCOMPATIBLE_VERSION => {
+            let Ok(mut conf) = serde_json::from_slice::<serde_json::Value>(stdin) else {
+                return Err(e);
+            };
+            if conf["cniVersion"] != "1.1.0" {
+                return Err(e);
+            }
+            conf["cniVersion"] = "1.0.0".into();
+            exec_once(env, ty, command, conf.to_string().as_bytes())
+        }
+        other => other,
+    }
+}
+
+fn exec_once(
+    env: &Env,
+    ty: &str,
+    command: &str,
+    stdin: &[u8],
+) -> Result<serde_json::Value, CniError> {
     let bin = find(env, ty)?;
-    let mut child = Command::new(&bin)
+    let mut cmd = Command::new(&bin);
+    // The runtime's variables as `env` has them (GC names each attachment it releases).
+    for (key, value) in [
+        ("CNI_CONTAINERID", &env.container_id),
+        ("CNI_NETNS", &env.netns),
+        ("CNI_IFNAME", &env.ifname),
+        ("CNI_ARGS", &env.args),
+        ("CNI_PATH", &env.path),
+    ] {
+        cmd.env(key, value.as_deref().unwrap_or(""));
+    }
+    let mut child = cmd
         .env("CNI_COMMAND", command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
