@@ -624,7 +624,7 @@ async fn apply(
                         object: c.network.clone(),
                     }
                 })?;
-                topology::ensure_veth(h, c, &bridge).await?
+                topology::ensure_veth(h, c, net, &bridge).await?
             }
             Driver::Ptp => topology::ensure_ptp_veth(h, c, net).await?,
         };

@@ -249,8 +249,12 @@ pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), To
     let (bridge, created) = match link(h, &net.name).await? {
         Some(l) => (l, false),
         None => {
+            let mut msg = LinkBridge::new(&net.name);
+            if let Some(mtu) = net.mtu {
+                msg = msg.mtu(mtu);
+            }
             h.link()
-                .add(LinkBridge::new(&net.name).build())
+                .add(msg.build())
                 .execute()
                 .await
                 .map_err(nl_err("create bridge", net.name.clone()))?;
@@ -266,8 +270,27 @@ pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), To
         .has_gateway()
         .then(|| Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("validated prefix"));
     let addr_changed = ensure_only_address(h, &net.name, bridge.index, want).await?;
+    let mtu_changed = ensure_mtu(h, &bridge, net.mtu).await?;
     let up_changed = set_up(h, &bridge).await?;
-    Ok((created || addr_changed || up_changed, created))
+    Ok((
+        created || addr_changed || mtu_changed || up_changed,
+        created,
+    ))
+}
+
+/// Sets `l`'s MTU to `mtu` when one is asked for and it differs. Returns whether it did.
+async fn ensure_mtu(h: &Handle, l: &Link, mtu: Option<u32>) -> Result<bool, TopologyError> {
+    match mtu {
+        Some(m) if l.mtu != Some(m) => {
+            h.link()
+                .set(LinkUnspec::new_with_index(l.index).mtu(m).build())
+                .execute()
+                .await
+                .map_err(nl_err("set the MTU of", l.name.clone()))?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Creates the veth pair `name` ↔ `peer`, the peer inside namespace `peer_ns` (with
@@ -278,6 +301,7 @@ pub async fn create_veth(
     peer: &str,
     peer_ns: &str,
     peer_mac: Option<[u8; 6]>,
+    mtu: Option<u32>,
 ) -> Result<Link, TopologyError> {
     let ns = netns::open(peer_ns)?;
     // One RTM_NEWLINK creates both ends, the peer directly in its namespace under its final
@@ -288,7 +312,12 @@ pub async fn create_veth(
     if let Some(mac) = peer_mac {
         peer_msg = peer_msg.address(mac.to_vec());
     }
-    let msg = LinkVeth::new(name, peer)
+    let mut msg = LinkVeth::new(name, peer);
+    if let Some(mtu) = mtu {
+        peer_msg = peer_msg.mtu(mtu);
+        msg = msg.mtu(mtu);
+    }
+    let msg = msg
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
         .build();
     h.link()
@@ -303,11 +332,11 @@ pub async fn create_veth(
 
 /// The host end of container `c`'s veth pair, created with its container end (eth0
 /// inside its netns, with the container's MAC) if missing; and whether it was.
-async fn host_end(h: &Handle, c: &Container) -> Result<(Link, bool), TopologyError> {
+async fn host_end(h: &Handle, c: &Container, net: &Network) -> Result<(Link, bool), TopologyError> {
     match link(h, &c.host_veth).await? {
         Some(l) => Ok((l, false)),
         None => Ok((
-            create_veth(h, &c.host_veth, c.ifname(), &c.netns, Some(c.mac)).await?,
+            create_veth(h, &c.host_veth, c.ifname(), &c.netns, Some(c.mac), net.mtu).await?,
             true,
         )),
     }
@@ -318,10 +347,11 @@ async fn host_end(h: &Handle, c: &Container) -> Result<(Link, bool), TopologyErr
 pub async fn ensure_veth(
     h: &Handle,
     c: &Container,
+    net: &Network,
     bridge: &Link,
 ) -> Result<(bool, bool), TopologyError> {
-    let (host, created) = host_end(h, c).await?;
-    let mut changed = created;
+    let (host, created) = host_end(h, c, net).await?;
+    let mut changed = created | ensure_mtu(h, &host, net.mtu).await?;
     if host.master != Some(bridge.index) {
         h.link()
             .set(
@@ -355,8 +385,8 @@ pub async fn ensure_ptp_veth(
     c: &Container,
     net: &Network,
 ) -> Result<(bool, bool), TopologyError> {
-    let (host, created) = host_end(h, c).await?;
-    let mut changed = created;
+    let (host, created) = host_end(h, c, net).await?;
+    let mut changed = created | ensure_mtu(h, &host, net.mtu).await?;
     if host.master.is_some() {
         h.link()
             .set(
@@ -618,6 +648,7 @@ pub async fn ensure_container_inside(
         Some(want),
     )
     .await?;
+    changed |= ensure_mtu(ch, &eth, net.mtu).await?;
     changed |= set_up(ch, &eth).await?;
     if net.has_gateway() {
         let onlink = net.driver == crate::config::Driver::Ptp;

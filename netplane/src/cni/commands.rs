@@ -136,6 +136,7 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
                 ));
             }
             n.gateway_mode = conf.gateway_mode();
+            n.mtu = conf.mtu;
         }
         None => config.networks.push(NetworkConfig {
             name: bridge.to_owned(),
@@ -143,6 +144,7 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
             gateway: Some(gateway.to_string()),
             driver: Driver::Bridge,
             gateway_mode: conf.gateway_mode(),
+            mtu: conf.mtu,
         }),
     }
     Ok(())

@@ -49,6 +49,8 @@ pub struct Network {
     pub driver: Driver,
     #[serde(default)]
     pub gateway_mode: GatewayMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 impl Network {
@@ -137,6 +139,7 @@ impl Plan {
                     gateway: Some(n.gateway.to_string()),
                     driver: n.driver,
                     gateway_mode: n.gateway_mode,
+                    mtu: n.mtu,
                 })
                 .collect(),
             containers: self
@@ -294,6 +297,17 @@ impl Config {
                 gateway,
                 driver: net.driver,
                 gateway_mode: net.gateway_mode,
+                mtu: match net.mtu {
+                    // IPv4's minimum (RFC 791), and the largest a veth takes.
+                    Some(m) if !(68..=65535).contains(&m) => {
+                        return Err(invalid(
+                            field("mtu"),
+                            &m.to_string(),
+                            "must be between 68 and 65535",
+                        ));
+                    }
+                    m => m,
+                },
             });
         }
         Ok(networks)

@@ -87,6 +87,9 @@ pub struct NetworkConfig {
     pub driver: Driver,
     #[serde(default)]
     pub gateway_mode: GatewayMode,
+    /// The MTU of the bridge and of every veth (both ends); by default the kernel's (1500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 /// How a network's containers are attached.
