@@ -557,6 +557,16 @@ mod tests {
     use crate::config::testutil::{container, network, plan, plan_err, with_containers};
 
     #[test]
+    fn a_network_mtu_is_checked() {
+        let net = |mtu: &str| {
+            format!("[[networks]]\nname = \"np0\"\nsubnet = \"10.0.0.0/24\"\nmtu = {mtu}\n")
+        };
+        assert_eq!(plan(&net("1400")).networks[0].mtu, Some(1400));
+        let msg = plan_err(&net("40"), "networks[0].mtu", "40");
+        assert!(msg.contains("between 68 and 65535"), "{msg}");
+    }
+
+    #[test]
     fn default_config_plans() {
         let plan = Config::embedded_default().plan().expect("default plans");
         assert_eq!(plan.name, "netplane");

@@ -225,7 +225,7 @@ mod tests {
     fn unknown_fields_are_rejected() {
         for toml in [
             "nmae = \"x\"",
-            "[[networks]]\nname = \"np0\"\nsubnet = \"10.0.0.0/24\"\nmtu = 1500",
+            "[[networks]]\nname = \"np0\"\nsubnet = \"10.0.0.0/24\"\nmut = 1500",
             "[[containers]]\nname = \"a\"\nnetwork = \"np0\"\nimage = \"nginx\"",
         ] {
             let msg = toml_err(toml);
