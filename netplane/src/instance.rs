@@ -735,7 +735,14 @@ async fn rollback(
 /// failure. Succeeds when things are already gone. Holds the instance's lock throughout.
 pub fn down(name: &str, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
     require_root()?;
-    let _lock = InstanceLock::acquire(name, "down")?;
+    let lock = InstanceLock::acquire(name, "down")?;
+    down_locked(&lock, plan)
+}
+
+/// `down` for a caller that holds the instance's lock already (the CNI plugin, finding
+/// the state of a first ADD that did not finish).
+pub fn down_locked(lock: &InstanceLock, plan: Option<&Plan>) -> Result<Vec<String>, Error> {
+    let name = lock.name();
     runtime().block_on(async {
         let state = State::load(name)?.unwrap_or_default();
         let mut netns_names = state.netns.clone();

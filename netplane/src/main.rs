@@ -74,6 +74,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the instances on this host: `up` ones and CNI networks (`cni-<network>`), with
+    /// their mode, networks and containers.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run CMD in a container's network namespace (replaces netplane, like `ip netns exec`).
     Exec {
         #[command(flatten)]
@@ -218,6 +225,47 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Cmd::List { json } => {
+            let rows: Vec<serde_json::Value> = State::instances()
+                .into_iter()
+                .map(|name| {
+                    let plan = State::load(&name).ok().flatten().and_then(|s| s.plan);
+                    serde_json::json!({
+                        "name": name,
+                        "up": plan.is_some(),
+                        "mode": plan.as_ref().map(|p| p.mode.to_string()),
+                        "networks": plan.as_ref().map_or(Vec::new(), |p| {
+                            p.networks.iter().map(|n| format!("{} {}", n.name, n.subnet)).collect()
+                        }),
+                        "containers": plan.as_ref().map_or(0, |p| p.containers.len()),
+                    })
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<32} {:<9} {:>10}  NETWORKS",
+                    "INSTANCE", "MODE", "CONTAINERS"
+                );
+                for r in &rows {
+                    let mode = r["mode"].as_str().unwrap_or("(not up)");
+                    let nets: Vec<&str> = r["networks"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|n| n.as_str())
+                        .collect();
+                    println!(
+                        "{:<32} {mode:<9} {:>10}  {}",
+                        r["name"].as_str().unwrap_or_default(),
+                        r["containers"],
+                        nets.join(", ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Exec {
             config,

@@ -87,6 +87,20 @@ impl State {
         std::fs::rename(&tmp, &path).map_err(err(path))
     }
 
+    /// The names of the instances that have a state in this mount namespace's /run:
+    /// `up` ones and CNI networks (`cni-<network>`) alike.
+    pub fn instances() -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(RUN_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().join("state.json").is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     pub fn remove(name: &str) -> Result<(), StateError> {
         match std::fs::remove_dir_all(dir(name)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(dir(name))(e)),

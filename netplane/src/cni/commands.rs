@@ -306,6 +306,9 @@ fn detach(
         .map_err(instance::Error::from)?
         .and_then(|s| s.plan)
     else {
+        // The first ADD of the network did not finish (it was killed before its
+        // rollback): its journal lists what it may have made, and that all goes.
+        instance::down_locked(&lock, None)?;
         return Ok(Vec::new());
     };
     let names = pick(&old);
