@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::conf::{NetConf, container_name, version_of};
 use super::ipam::{self, Lease};
 use super::{CniError, Env, SUPPORTED_VERSIONS, code, result};
-use crate::config::{Attachment, Config, Driver, NetworkConfig, Plan};
+use crate::config::{Attachment, Config, ConfigError, Driver, NetworkConfig, Plan};
 use crate::dataplane;
 use crate::instance::{self, Scope};
 use crate::lock::InstanceLock;
@@ -150,6 +150,37 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
     Ok(())
 }
 
+/// A planning error, with its field named as the runtime's config names it: the added
+/// container's `publish[i]` is `runtimeConfig.portMappings[i]`, `routes[i]` is
+/// `hostRoutes[i]`, the network's keys are the conf's own.
+fn in_cni_terms(e: ConfigError, config: &Config, new: Option<&str>) -> CniError {
+    let ConfigError::Invalid {
+        field,
+        value,
+        reason,
+    } = e
+    else {
+        return e.into();
+    };
+    let added = new
+        .and_then(|n| config.containers.iter().position(|c| c.name == n))
+        .map(|i| format!("containers[{i}].publish["));
+    let field = match &added {
+        Some(p) if field.starts_with(p.as_str()) => {
+            field.replacen(p.as_str(), "runtimeConfig.portMappings[", 1)
+        }
+        _ if field.starts_with("routes[") => field.replacen("routes[", "hostRoutes[", 1),
+        _ if field.starts_with("networks[0].") => field.replacen("networks[0].", "", 1),
+        _ => field,
+    };
+    ConfigError::Invalid {
+        field,
+        value,
+        reason,
+    }
+    .into()
+}
+
 /// Plans `config` and gives every container its attachment back: the one being added
 /// (`new`), the others as `old` recorded them.
 fn plan_with_attachments(
@@ -157,7 +188,7 @@ fn plan_with_attachments(
     old: Option<&Plan>,
     new: Option<(&str, &Attachment)>,
 ) -> Result<Plan, CniError> {
-    let mut plan = config.plan()?;
+    let mut plan = config.plan().map_err(|e| in_cni_terms(e, config, new.map(|(n, _)| n)))?;
     for c in &mut plan.containers {
         let attachment = match new {
             Some((name, a)) if c.name == name => Some(a.clone()),
@@ -199,6 +230,7 @@ fn attach(
     );
     config.mode = conf.mode();
     config.uplink = conf.uplink.clone();
+    config.routes = conf.host_routes.clone();
     if let Some(ct) = conf.conntrack {
         config.conntrack = ct;
     }

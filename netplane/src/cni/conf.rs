@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use serde::Deserialize;
 
 use super::{CniError, SUPPORTED_VERSIONS, code};
-use crate::config::{ConntrackConfig, GatewayMode, Mode, fnv1a_32};
+use crate::config::{ConntrackConfig, GatewayMode, Mode, RouteConfig, fnv1a_32};
 
 /// The prefix of the netplane instance of a CNI network.
 pub const INSTANCE_PREFIX: &str = "cni-";
@@ -53,6 +53,11 @@ pub struct NetConf {
     /// pair does not say enough (see [`NetConf::gateway_mode`]).
     #[serde(default)]
     pub gateway_mode: Option<GatewayMode>,
+    /// netplane's own: the TOML `[[routes]]` (`{"subnet", "via"}`), other hosts'
+    /// container subnets (a cluster's other nodes' pod subnets), routed through `via` and
+    /// never masqueraded.
+    #[serde(default)]
+    pub host_routes: Vec<RouteConfig>,
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
     #[serde(default)]
