@@ -13,6 +13,8 @@
 use clap as _;
 
 pub mod bench;
+pub mod cni;
+pub mod cni_plugin;
 pub mod host;
 pub mod multihost;
 pub mod packet;

@@ -153,6 +153,21 @@ impl Sandbox {
         instances.push((name.to_owned(), ns.name.clone()));
     }
 
+    /// Declares that the CNI network `net` (a conflist's `name`, which must be one of this
+    /// sandbox's [`Sandbox::instance_name`]s) may have its netplane instance, `cni-<net>`,
+    /// in `ns`: as for [`Sandbox::runs_instance_in`], every removal runs its `down` first.
+    pub fn runs_cni_network_in(&self, net: &str, ns: &Netns) {
+        assert!(
+            net.starts_with(&format!("{}-", self.prefix())),
+            "CNI network {net} is not named after sandbox {}: a sweep would miss it",
+            self.prefix()
+        );
+        let name = format!("cni-{net}");
+        let mut instances = lock(&self.owned.instances);
+        instances.retain(|(n, _)| *n != name);
+        instances.push((name, ns.name.clone()));
+    }
+
     /// Makes `path` go with the sandbox, on drop or signal (a config file, say).
     pub fn owns_file(&self, path: PathBuf) {
         lock(&self.owned.files).push(path);
@@ -260,7 +275,10 @@ fn install_signal_handler() {
     let handler = || {
         eprintln!("\ninterrupted: removing the sandbox");
         kill_children();
-        for owned in lock(&LIVE).iter() {
+        // Held through `exit`: a test thread that would make a new sandbox waits on it,
+        // and never makes one that nobody removes.
+        let live = lock(&LIVE);
+        for owned in live.iter() {
             owned.remove_all();
         }
         std::process::exit(130);
