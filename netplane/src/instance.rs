@@ -245,8 +245,22 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     .await
     {
         let mut rollback = rollback(&h, &plan.name, progress.created, &old, &journal).await;
-        if !old.dataplanes.contains(&dp.mode()) {
-            rollback.extend(dp.teardown(&plan.name).err().map(|e| e.to_string()));
+        match &old.plan {
+            _ if !old.dataplanes.contains(&dp.mode()) => {
+                rollback.extend(dp.teardown(&plan.name).err().map(|e| e.to_string()));
+            }
+            // The data plane may hold part of the new plan (entries of a container that
+            // is gone again): it goes back to the old one, as the topology did.
+            Some(old_plan) if old_plan.mode == dp.mode() => {
+                if let Ok(host_now) = check_host(&h, old_plan, &old).await {
+                    rollback.extend(
+                        dp.apply(old_plan, Some(plan), &host_now)
+                            .err()
+                            .map(|e| format!("the data plane, back to the old plan: {e}")),
+                    );
+                }
+            }
+            _ => {}
         }
         // After a clean rollback the host is as before; otherwise keep the journal, which
         // still lists what is left, so that `down` removes it.
@@ -326,6 +340,32 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
         return Err(Error::Teardown(failures));
     }
     Ok(report)
+}
+
+/// The uplink `up` would use: `configured`, or the default route's device; it must have
+/// an IPv4 address to masquerade to. (CNI's STATUS asks before any ADD.)
+pub fn uplink_of(configured: Option<&str>) -> Result<String, Error> {
+    runtime().block_on(async {
+        let h = topology::connect(None)?;
+        let uplink = match configured {
+            Some(u) => u.to_owned(),
+            None => topology::default_route_interface(&h)
+                .await?
+                .ok_or(Error::NoDefaultRoute)?,
+        };
+        let link = topology::link(&h, &uplink)
+            .await?
+            .ok_or_else(|| Error::UplinkMissing(uplink.clone()))?;
+        if topology::ipv4_addresses(&h)
+            .await?
+            .iter()
+            .any(|(i, _)| *i == link.index)
+        {
+            Ok(uplink)
+        } else {
+            Err(Error::UplinkWithoutAddress(uplink))
+        }
+    })
 }
 
 /// The checks that need the host: the uplink exists and has an address, and no subnet

@@ -650,10 +650,14 @@ pub async fn ensure_container_inside(
     .await?;
     changed |= ensure_mtu(ch, &eth, net.mtu).await?;
     changed |= set_up(ch, &eth).await?;
+    // A runtime's namespace may have other interfaces, whose default route is not
+    // netplane's to replace or delete (the bridge plugin's ipam.ConfigureIface adds its
+    // routes beside others, too).
+    let shared = c.attachment.is_some();
     if net.has_gateway() {
         let onlink = net.driver == crate::config::Driver::Ptp;
-        changed |= ensure_default_route(ch, &c.netns, eth.index, c.gateway, onlink).await?;
-    } else {
+        changed |= ensure_default_route(ch, &c.netns, eth.index, c.gateway, onlink, shared).await?;
+    } else if !shared {
         // A network that became isolated: its containers lose their way out.
         changed |= delete_host_route(ch, Ipv4Net::default()).await?;
     }
@@ -666,6 +670,7 @@ async fn ensure_default_route(
     oif: u32,
     gw: Ipv4Addr,
     onlink: bool,
+    keep_others: bool,
 ) -> Result<bool, TopologyError> {
     let routes = ipv4_routes(ch, "list routes of", ns).await?;
     let current = routes
@@ -683,6 +688,10 @@ async fn ensure_default_route(
             (gw, dev)
         });
     if current == Some((Some(gw), Some(oif))) {
+        return Ok(false);
+    }
+    // Another interface's default route, kept: this one gets none.
+    if keep_others && current.is_some_and(|(_, dev)| dev != Some(oif)) {
         return Ok(false);
     }
     let mut route = RouteMessageBuilder::<Ipv4Addr>::new()

@@ -532,3 +532,102 @@ fn pinned_programs(d: &Direct) -> Vec<(String, u64)> {
     progs.sort();
     progs
 }
+
+#[test]
+fn a_dead_attachment_is_swept_and_a_del_the_host_refuses_keeps_the_lease() {
+    if !privileged("cni_protocol::dead_attachment") {
+        return;
+    }
+    let mut h = Host::new();
+    let d = Direct::new(&h.sandbox, &h.host, "z", 49, "ebpf");
+    let (c1, c2, c3) = (
+        h.sandbox.netns("c1"),
+        h.sandbox.netns("c2"),
+        h.sandbox.netns("c3"),
+    );
+    let port = |p: u16| d.conf(V, &[(p, 80, "tcp", "")]);
+    assert!(d.invoke("ADD", "ctr1", &c1.path(), "eth0", &port(8300)).ok);
+    assert!(d.invoke("ADD", "ctr2", &c2.path(), "eth0", &port(8301)).ok);
+    // ctr1's namespace goes without a DEL (the runtime crashed): its veth pair goes with
+    // it, and the next ADD finds it dead: its port and lease are free again.
+    let path1 = c1.path();
+    let del = std::process::Command::new("ip")
+        .args(["netns", "del", path1.rsplit('/').next().unwrap()])
+        .status();
+    assert!(del.is_ok_and(|s| s.success()));
+    let r = d.invoke("ADD", "ctr3", &c3.path(), "eth0", &port(8300));
+    assert!(r.ok, "{} {}", r.json, r.stderr);
+    assert_eq!(d.leases().len(), 2, "ctr1's lease went back");
+    let ids: Vec<String> = d.net.status()["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["attachment"]["container_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, ["ctr2", "ctr3"]);
+    // Without a default route (and no `uplink` in the conf) the data plane cannot be
+    // updated: DEL fails with code 11 and keeps the lease, so that the address is not
+    // handed out again while a map entry may still lead to it; its veth goes.
+    d.net.host.sh(&["ip", "route", "del", "default"]);
+    let r = d.invoke("DEL", "ctr2", &c2.path(), "eth0", &port(8301));
+    assert_eq!(r.code(), 11, "{}", r.json);
+    assert_eq!(d.leases().len(), 2);
+    // STATUS says so too.
+    assert_eq!(
+        d.invoke("STATUS", "", "", "", &d.conf("1.1.0", &[])).code(),
+        50
+    );
+    // Once the host is back, the next command finishes the job.
+    d.net
+        .host
+        .sh(&["ip", "route", "add", "default", "via", OUTSIDE_IP]);
+    let r = d.invoke("DEL", "ctr3", &c3.path(), "eth0", &port(8300));
+    assert!(r.ok, "{} {}", r.json, r.stderr);
+    assert!(d.leases().is_empty());
+    assert_eq!(d.net.status()["containers"], json!([]));
+    assert_eq!(map_entries(&d.net.status(), "NP_PUBLISHED"), 0);
+}
+
+#[test]
+fn a_second_interface_leaves_the_first_ones_default_route() {
+    if !privileged("cni_protocol::second_interface") {
+        return;
+    }
+    let mut h = Host::new();
+    let a = Direct::new(&h.sandbox, &h.host, "i", 50, "ebpf");
+    let b = Direct::new(&h.sandbox, &h.host, "j", 51, "ebpf");
+    let c = h.sandbox.netns("c");
+    assert!(
+        a.invoke("ADD", "ctr", &c.path(), "eth0", &a.conf(V, &[]))
+            .ok
+    );
+    let before = c.sh(&["ip", "route", "show", "default"]);
+    assert!(before.contains("dev eth0"), "{before}");
+    // eth1 on a network with a gateway: the default route stays on eth0, and the result
+    // does not claim one.
+    let r = b.invoke("ADD", "ctr", &c.path(), "eth1", &b.conf(V, &[]));
+    let routes = r.result()["routes"].as_array().unwrap().clone();
+    assert!(routes.iter().all(|r| r["dst"] != "0.0.0.0/0"), "{routes:?}");
+    assert_eq!(c.sh(&["ip", "route", "show", "default"]), before);
+    // CHECK of eth1 with that result passes.
+    let mut conf = b.conf(V, &[]);
+    conf["prevResult"] = r.result().clone();
+    let r = b.invoke("CHECK", "ctr", &c.path(), "eth1", &conf);
+    assert!(r.ok, "{} {}", r.json, r.stderr);
+    // Port mappings on a network that does not translate host ports are refused.
+    let mut routed = a.conf(V, &[(8400, 80, "tcp", "")]);
+    routed["ipMasq"] = json!(false);
+    let c2 = h.sandbox.netns("c2");
+    assert_eq!(
+        a.invoke("ADD", "ctr2", &c2.path(), "eth0", &routed).code(),
+        2
+    );
+    assert!(
+        b.invoke("DEL", "ctr", &c.path(), "eth1", &b.conf(V, &[]))
+            .ok
+    );
+    assert!(
+        a.invoke("DEL", "ctr", &c.path(), "eth0", &a.conf(V, &[]))
+            .ok
+    );
+}

@@ -17,15 +17,19 @@ use std::process::ExitCode;
 use netplane::cni::{self, CniError, Env, code};
 
 fn main() -> ExitCode {
+    // Warnings on stderr, which runtimes log; `RUST_LOG` overrides. The agent that an ADD
+    // starts inherits the level.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [agent, flag, name] = &args[..]
         && agent == "agent"
         && flag == "--name"
     {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
         netplane::dataplane::ebpf::agent::run(name);
         return ExitCode::SUCCESS;
     }

@@ -87,12 +87,18 @@ fn add(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
             &lease,
         )
     });
-    if attached.is_err()
-        && let Err(e) = ipam::exec(env, ipam_type, "DEL", stdin)
-    {
-        eprintln!("netplane-cni: ADD failed, and so did giving the lease back: {e}");
+    match attached {
+        Ok((result, dead)) => {
+            release(env, &conf, stdin, &dead);
+            Ok(result)
+        }
+        Err(e) => {
+            if let Err(d) = ipam::exec(env, ipam_type, "DEL", stdin) {
+                eprintln!("netplane-cni: ADD failed, and so did giving the lease back: {d}");
+            }
+            Err(e)
+        }
     }
-    attached
 }
 
 /// The network of `conf` as the instance's plan has it, with the subnet and gateway of
@@ -136,7 +142,7 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
                 ));
             }
             n.gateway_mode = conf.gateway_mode();
-            n.mtu = conf.mtu;
+            n.mtu = conf.mtu();
         }
         None => config.networks.push(NetworkConfig {
             name: bridge.to_owned(),
@@ -144,7 +150,7 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
             gateway: Some(gateway.to_string()),
             driver: Driver::Bridge,
             gateway_mode: conf.gateway_mode(),
-            mtu: conf.mtu,
+            mtu: conf.mtu(),
         }),
     }
     Ok(())
@@ -188,7 +194,9 @@ fn plan_with_attachments(
     old: Option<&Plan>,
     new: Option<(&str, &Attachment)>,
 ) -> Result<Plan, CniError> {
-    let mut plan = config.plan().map_err(|e| in_cni_terms(e, config, new.map(|(n, _)| n)))?;
+    let mut plan = config
+        .plan()
+        .map_err(|e| in_cni_terms(e, config, new.map(|(n, _)| n)))?;
     for c in &mut plan.containers {
         let attachment = match new {
             Some((name, a)) if c.name == name => Some(a.clone()),
@@ -210,11 +218,13 @@ fn attach(
     attachment: Attachment,
     publish: Vec<String>,
     lease: &Lease,
-) -> Result<Value, CniError> {
+) -> Result<(Value, Vec<Attachment>), CniError> {
     let lock = InstanceLock::acquire(instance, "cni ADD").map_err(instance::Error::from)?;
     let old = State::load(instance)
         .map_err(instance::Error::from)?
         .and_then(|s| s.plan);
+    let (links, _) = topology::host_now().map_err(host_err("list the host's links"))?;
+    let dead = old.as_ref().map(|p| dead(p, &links)).unwrap_or_default();
     let mut config = old.as_ref().map_or_else(
         || Config {
             name: instance.to_owned(),
@@ -235,10 +245,38 @@ fn attach(
         config.conntrack = ct;
     }
     network_of(conf, &mut config, lease)?;
+    if !publish.is_empty() && !conf.gateway_mode().nat() {
+        return Err(CniError::new(
+            code::UNSUPPORTED_FIELD,
+            format!(
+                "runtimeConfig.portMappings: network {} is {} (isGateway/ipMasq/gatewayMode), \
+                 where host ports are not translated; port mappings need ipMasq = true",
+                conf.name,
+                conf.gateway_mode()
+            ),
+        ));
+    }
     let name = container_name(&attachment.container_id, &attachment.ifname);
-    // The same attachment again: its interface is gone (checked by the caller), so what
-    // the plan has of it is stale.
-    config.containers.retain(|c| c.name != name);
+    if let Some(other) = old
+        .as_ref()
+        .and_then(|p| p.container(&name))
+        .and_then(|c| c.attachment.as_ref())
+        .filter(|a| (&a.container_id, &a.ifname) != (&attachment.container_id, &attachment.ifname))
+    {
+        return Err(CniError::new(
+            code::HOST,
+            format!(
+                "CNI_CONTAINERID = {:?}: its name in the network, {name}, is taken by container \
+                 {} ({}); use another ID",
+                attachment.container_id, other.container_id, other.ifname
+            ),
+        ));
+    }
+    // The same attachment again (its interface is gone: checked by the caller), and the
+    // attachments whose veth is gone: what the plan has of them is stale.
+    config
+        .containers
+        .retain(|c| c.name != name && !dead.contains(&c.name));
     config.containers.push(crate::config::ContainerConfig {
         name: name.clone(),
         network: conf.bridge().to_owned(),
@@ -246,28 +284,83 @@ fn attach(
         publish,
     });
     let plan = plan_with_attachments(&config, old.as_ref(), Some((&name, &attachment)))?;
-    instance::converge(&lock, &plan, &Scope::Only([name.clone()].into()))?;
+    match instance::converge(&lock, &plan, &Scope::Only([name.clone()].into())) {
+        Ok(_) => {}
+        // Done, and saved; only removing what left the plan failed: said, not fatal.
+        Err(instance::Error::Teardown(failures)) => {
+            eprintln!("netplane-cni: ADD: {}", failures.join("; "));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let c = plan.container(&name).expect("planned");
     let net = plan.network(&c.network).expect("planned");
-    if let Err(e) = extra_routes(c, lease) {
-        // Undo the attachment: the runtime sees a failed ADD and nothing of it stays.
-        let _ = detach_locked(&lock, instance, &plan, &[name].into());
-        return Err(e);
+    let finished = extra_routes(c, lease).and_then(|routes| {
+        let (links, _) = topology::host_now().map_err(host_err("list the host's links"))?;
+        Ok(result::build(
+            &conf.cni_version,
+            net,
+            c,
+            &links,
+            &routes,
+            lease.dns.as_ref(),
+        ))
+    });
+    match finished {
+        Ok(result) => Ok((result, gone_of(old.as_ref(), &dead))),
+        Err(e) => {
+            // Undo the attachment: the runtime sees a failed ADD and nothing of it stays.
+            if let Err(undo) = detach_locked(&lock, &plan, &[name].into()) {
+                eprintln!("netplane-cni: ADD failed, and so did undoing it: {undo}");
+            }
+            Err(e)
+        }
     }
-    let (links, _) = topology::host_now().map_err(host_err("list the host's links"))?;
-    Ok(result::build(
-        &conf.cni_version,
-        net,
-        c,
-        &links,
-        &lease.routes,
-        lease.dns.as_ref(),
-    ))
+}
+
+/// The attachments of `plan` whose host veth is gone: the pair went with the container's
+/// namespace (the container died and no DEL came, or a DEL could not finish). ADD, DEL
+/// and GC remove them, lease included, so that nothing of them lingers in the maps.
+fn dead(plan: &Plan, links: &[topology::Link]) -> BTreeSet<String> {
+    plan.containers
+        .iter()
+        .filter(|c| c.attachment.is_some() && !links.iter().any(|l| l.name == c.host_veth))
+        .map(|c| c.name.clone())
+        .collect()
+}
+
+/// The attachments of the containers `names` of `plan`.
+fn gone_of(plan: Option<&Plan>, names: &BTreeSet<String>) -> Vec<Attachment> {
+    plan.into_iter()
+        .flat_map(|p| &p.containers)
+        .filter(|c| names.contains(&c.name))
+        .filter_map(|c| c.attachment.clone())
+        .collect()
+}
+
+/// Gives the leases of `gone` back to the IPAM plugin, as a DEL of each would.
+fn release(env: &Env, conf: &NetConf, stdin: &[u8], gone: &[Attachment]) {
+    let Ok(ty) = conf.ipam_type() else { return };
+    for a in gone {
+        let env = Env {
+            container_id: Some(a.container_id.clone()),
+            ifname: Some(a.ifname.clone()),
+            netns: None,
+            ..env.clone()
+        };
+        if let Err(e) = ipam::exec(&env, ty, "DEL", stdin) {
+            eprintln!(
+                "netplane-cni: releasing the lease of {}/{}: {e}",
+                a.container_id, a.ifname
+            );
+        }
+    }
 }
 
 /// The routes of the IPAM result other than the default one (which the plan gives every
-/// container of a network with a gateway), inside the container.
-fn extra_routes(c: &crate::config::Container, lease: &Lease) -> Result<(), CniError> {
+/// container of a network with a gateway, unless another interface of the namespace has
+/// it), inside the container. Returns the routes through the container's interface, for
+/// the result.
+fn extra_routes(c: &crate::config::Container, lease: &Lease) -> Result<Vec<Value>, CniError> {
     let routes: Vec<(Ipv4Net, Option<Ipv4Addr>)> = lease
         .routes
         .iter()
@@ -277,9 +370,6 @@ fn extra_routes(c: &crate::config::Container, lease: &Lease) -> Result<(), CniEr
             (dst.prefix_len() > 0).then_some((dst, gw.or(Some(c.gateway))))
         })
         .collect();
-    if routes.is_empty() {
-        return Ok(());
-    }
     let rt = runtime();
     let inside = rt
         .block_on(topology::inside(&c.netns, c.ifname()))
@@ -287,19 +377,27 @@ fn extra_routes(c: &crate::config::Container, lease: &Lease) -> Result<(), CniEr
     let oif = inside.link.map(|l| l.index).ok_or_else(|| {
         CniError::new(code::HOST, format!("{}: {} vanished", c.netns, c.ifname()))
     })?;
+    let mut installed: Vec<Value> = inside
+        .routes
+        .iter()
+        .filter(|r| r.prefix_len == 0 && r.oif == Some(oif))
+        .map(|r| json!({"dst": "0.0.0.0/0", "gw": r.gateway.map(|g| g.to_string())}))
+        .collect();
     for (dst, gw) in routes {
         rt.block_on(topology::ensure_container_route(&c.netns, oif, dst, gw))
             .map_err(host_err(format!("route {dst} in {}", c.netns)))?;
+        installed.push(json!({"dst": dst.to_string(), "gw": gw.map(|g| g.to_string())}));
     }
-    Ok(())
+    Ok(installed)
 }
 
 /// Removes the containers `names` from the plan `old` and converges: their host veths,
 /// map entries (or DNAT rules), conntrack entries and stale UDP conntrack go; the
-/// runtime's namespaces are not touched.
+/// runtime's namespaces are not touched. When the host refuses (no uplink, a netlink
+/// error), their veths still go and the plan keeps them: any later ADD, DEL or GC finds
+/// them dead (see [`dead`]) and finishes the job.
 fn detach_locked(
     lock: &InstanceLock,
-    instance: &str,
     old: &Plan,
     names: &BTreeSet<String>,
 ) -> Result<(), CniError> {
@@ -308,10 +406,12 @@ fn detach_locked(
     let plan = plan_with_attachments(&config, Some(old), None)?;
     match instance::converge(lock, &plan, &Scope::Only(BTreeSet::new())) {
         Ok(_) => Ok(()),
+        // Saved without them; only some removal failed, and was said.
+        Err(instance::Error::Teardown(failures)) => {
+            eprintln!("netplane-cni: {}", failures.join("; "));
+            Ok(())
+        }
         Err(e) => {
-            // The host refused the rest (the uplink is gone, say): the containers' veths
-            // still go, and the state keeps them, so that the next DEL, GC or ADD
-            // removes their data-plane entries.
             let rt = runtime();
             for c in old.containers.iter().filter(|c| names.contains(&c.name)) {
                 let _ = rt.block_on(async {
@@ -319,13 +419,16 @@ fn detach_locked(
                     topology::delete_link(&h, &c.host_veth).await
                 });
             }
-            let _ = instance;
-            Err(e.into())
+            Err(CniError::new(
+                code::TRY_AGAIN,
+                format!("the data plane could not be updated; try again: {e}").replace('\n', "; "),
+            ))
         }
     }
 }
 
-/// Detaches the attachments `names` of `instance`, if it exists.
+/// Detaches the attachments that `pick` names, and every dead one (see [`dead`]), from
+/// `instance`, if it exists. Returns the attachments that went.
 fn detach(
     instance: &str,
     pick: impl Fn(&Plan) -> BTreeSet<String>,
@@ -343,49 +446,42 @@ fn detach(
         instance::down_locked(&lock, None)?;
         return Ok(Vec::new());
     };
-    let names = pick(&old);
-    let gone = old
-        .containers
-        .iter()
-        .filter(|c| names.contains(&c.name))
-        .filter_map(|c| c.attachment.clone())
-        .collect();
-    detach_locked(&lock, instance, &old, &names)?;
-    Ok(gone)
+    let (links, _) = topology::host_now().map_err(host_err("list the host's links"))?;
+    let mut names = pick(&old);
+    names.extend(dead(&old, &links));
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    detach_locked(&lock, &old, &names)?;
+    Ok(gone_of(Some(&old), &names))
 }
 
-/// Best effort, and always a success (CNI spec: DEL of what is gone is not an error):
-/// with the namespace gone, with `CNI_NETNS` empty, without `prevResult`, repeated. The
-/// attachment's veth, ports, map entries and conntrack entries go, and its lease.
+/// DEL: the attachment's veth, ports, map entries and conntrack entries go, and its
+/// lease. It succeeds with the namespace gone, with `CNI_NETNS` empty (`ctr run --rm`),
+/// without `prevResult`, repeated, and for a network that is not up. Only a host that
+/// refuses the change makes it fail (code 11, try again), and then the lease is kept, so
+/// that the address is not handed out while a map entry may still lead to it.
 fn del(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
     let conf = NetConf::parse(stdin)?;
     let (id, ifname) = (env.container_id()?, env.ifname()?);
     let name = container_name(id, ifname);
-    let mut failures = Vec::new();
-    match conf.instance() {
-        Ok(instance) => {
-            if let Err(e) = detach(&instance, |_| [name.clone()].into()) {
-                failures.push(e.to_string());
-            }
-        }
-        Err(e) => failures.push(e.to_string()),
+    let ty = conf.ipam_type()?;
+    // A name netplane refuses was never an instance: nothing of it to remove.
+    if let Ok(instance) = conf.instance() {
+        let gone = detach(&instance, |_| [name.clone()].into())?;
+        let others: Vec<Attachment> = gone
+            .into_iter()
+            .filter(|a| (a.container_id.as_str(), a.ifname.as_str()) != (id, ifname))
+            .collect();
+        release(env, &conf, stdin, &others);
     }
-    match conf.ipam_type() {
-        Ok(ty) => failures.extend(
-            ipam::exec(env, ty, "DEL", stdin)
-                .err()
-                .map(|e| e.to_string()),
-        ),
-        Err(e) => failures.push(e.to_string()),
-    }
-    for f in failures {
-        eprintln!("netplane-cni: DEL {id}/{ifname}: {f}");
-    }
-    Ok(())
+    ipam::exec(env, ty, "DEL", stdin).map(drop)
 }
 
 /// CNI 1.1's GC: every attachment of the network that is not in
-/// `cni.dev/valid-attachments` goes, as with DEL, lease included.
+/// `cni.dev/valid-attachments` goes, as with DEL, lease included; an IPAM plugin that
+/// speaks 1.1 gets the GC too (for leases netplane never recorded: an ADD killed
+/// half-way).
 fn gc(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
     let conf = NetConf::parse(stdin)?;
     let instance = conf.instance()?;
@@ -408,19 +504,10 @@ fn gc(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
             .map(|c| c.name.clone())
             .collect()
     })?;
-    if let Ok(ty) = conf.ipam_type() {
-        for a in gone {
-            let env = Env {
-                command: "DEL".into(),
-                container_id: Some(a.container_id.clone()),
-                ifname: Some(a.ifname.clone()),
-                netns: None,
-                ..env.clone()
-            };
-            if let Err(e) = ipam::exec(&env, ty, "DEL", stdin) {
-                eprintln!("netplane-cni: GC of {}/{}: {e}", a.container_id, a.ifname);
-            }
-        }
+    release(env, &conf, stdin, &gone);
+    let ty = conf.ipam_type()?;
+    if ipam::speaks_1_1(env, ty) {
+        ipam::exec(env, ty, "GC", stdin)?;
     }
     Ok(())
 }
@@ -462,6 +549,12 @@ fn check(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
         .block_on(topology::inside(ns, ifname))
         .map_err(host_err(format!("netns {ns}")))?;
     let want = Ipv4Net::new(c.ip, c.prefix_len).expect("planned");
+    // The default route is the container's when the ADD's result said so (another
+    // interface of the namespace may hold it).
+    let lists_default = prev
+        .get("routes")
+        .and_then(Value::as_array)
+        .is_some_and(|rs| rs.iter().any(|r| r["dst"] == "0.0.0.0/0"));
     match &inside.link {
         None => problems.push(format!("{ifname} is missing in {ns}")),
         Some(l) => {
@@ -477,7 +570,7 @@ fn check(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
             if !inside.addrs.contains(&want) {
                 problems.push(format!("{ifname} lacks address {want}"));
             }
-            if net.has_gateway()
+            if lists_default
                 && !inside.routes.iter().any(|r| {
                     r.prefix_len == 0 && r.gateway == Some(c.gateway) && r.oif == Some(l.index)
                 })
@@ -570,5 +663,10 @@ fn status(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
         .map_err(|e| unavailable(e.to_string()))?;
     let ty = conf.ipam_type()?;
     ipam::find(env, ty).map_err(|e| unavailable(e.msg))?;
+    // The uplink ADD would masquerade to, as `up` finds it.
+    instance::uplink_of(conf.uplink.as_deref()).map_err(|e| unavailable(e.to_string()))?;
+    if ipam::speaks_1_1(env, ty) {
+        ipam::exec(env, ty, "STATUS", stdin).map_err(|e| unavailable(e.msg))?;
+    }
     Ok(())
 }

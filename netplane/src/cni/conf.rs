@@ -25,8 +25,8 @@ pub struct NetConf {
     /// Whether the bridge gets the gateway address (the bridge plugin's default: false).
     #[serde(default)]
     pub is_gateway: bool,
-    /// Accepted for the bridge plugin's sake: netplane's containers always get the
-    /// default route through their gateway when it has one.
+    /// As in the bridge plugin, it implies `isGateway`; netplane's containers always get
+    /// the default route through their gateway when the network has one.
     #[serde(default)]
     pub is_default_gateway: bool,
     /// Masquerade what leaves the network (the bridge plugin's default: false).
@@ -36,8 +36,9 @@ pub struct NetConf {
     /// needs it).
     #[serde(default)]
     pub hairpin_mode: bool,
+    /// 0, as in the bridge plugin, is the default.
     #[serde(default)]
-    pub mtu: Option<u32>,
+    mtu: Option<u32>,
     #[serde(default)]
     pub ipam: Option<serde_json::Value>,
     /// netplane's own: the data plane (`ebpf`, the default, or `iptables`).
@@ -143,6 +144,10 @@ impl NetConf {
         Ok(name)
     }
 
+    pub fn mtu(&self) -> Option<u32> {
+        self.mtu.filter(|&m| m != 0)
+    }
+
     pub fn bridge(&self) -> &str {
         self.bridge.as_deref().unwrap_or("cni0")
     }
@@ -155,7 +160,8 @@ impl NetConf {
     /// an isolated network; a gateway with `ipMasq` is Docker's NAT; a gateway without
     /// it routes the containers' own addresses (`routed`). `gatewayMode` overrides.
     pub fn gateway_mode(&self) -> GatewayMode {
-        match (self.gateway_mode, self.is_gateway, self.ip_masq) {
+        let is_gateway = self.is_gateway || self.is_default_gateway;
+        match (self.gateway_mode, is_gateway, self.ip_masq) {
             (Some(m), _, _) => m,
             (None, false, _) => GatewayMode::Isolated,
             (None, true, true) => GatewayMode::Nat,

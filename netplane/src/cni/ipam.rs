@@ -107,7 +107,8 @@ fn exec_once(
         .env("CNI_COMMAND", command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        // Its diagnostics go where the runtime reads this plugin's.
+        .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| {
             CniError::new(
@@ -136,10 +137,21 @@ fn exec_once(
                 code::IO_FAILURE,
                 format!("IPAM plugin {ty} {command} failed ({})", out.status),
             )
-            .with_details(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            .with_details("its stderr is above")
         }));
     }
     Ok(value.unwrap_or(serde_json::Value::Null))
+}
+
+/// Whether the IPAM plugin speaks CNI 1.1 (its VERSION lists 1.1.0), and so knows GC
+/// and STATUS. host-local of the reference plugins 1.1 does not: asked for either, it
+/// fails.
+pub fn speaks_1_1(env: &Env, ty: &str) -> bool {
+    exec_once(env, ty, "VERSION", br#"{"cniVersion":"1.1.0"}"#).is_ok_and(|v| {
+        v["supportedVersions"]
+            .as_array()
+            .is_some_and(|vs| vs.iter().any(|x| x == "1.1.0"))
+    })
 }
 
 /// The lease in an IPAM ADD result: its one IPv4 address.

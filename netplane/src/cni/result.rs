@@ -8,13 +8,13 @@ use crate::topology::Link;
 
 /// The result of attaching `c` to `net`: the bridge (when the network has one), the host
 /// veth and the container's interface (with its `sandbox`), the address with the index of
-/// that interface in `interfaces`, the routes and the DNS of the IPAM result.
+/// that interface in `interfaces`, the routes it has, and the DNS of the IPAM result.
 pub fn build(
     version: &str,
     net: &Network,
     c: &Container,
     links: &[Link],
-    ipam_routes: &[Value],
+    routes: &[Value],
     dns: Option<&Value>,
 ) -> Value {
     let mac_of = |name: &str| {
@@ -42,19 +42,8 @@ pub fn build(
     if !version.starts_with("1.") {
         ip["version"] = "4".into();
     }
-    // The default route netplane gives every container of a network with a gateway, and
-    // what else the IPAM result named.
-    let mut routes: Vec<Value> = Vec::new();
-    if net.has_gateway() {
-        routes.push(json!({"dst": "0.0.0.0/0", "gw": c.gateway.to_string()}));
-    }
-    routes.extend(
-        ipam_routes
-            .iter()
-            .filter(|r| !routes.iter().any(|d| d["dst"] == r["dst"]))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
+    // The routes through the container's interface, as they are.
+    let routes: Vec<Value> = routes.to_vec();
     let mut result = json!({
         "cniVersion": version,
         "interfaces": interfaces,

@@ -215,12 +215,17 @@ impl Dataplane for Iptables {
     }
 
     fn check(&self) -> Result<(), DataplaneError> {
-        for tool in ["iptables-restore", "iptables-save"] {
+        // conntrack flushes the UDP entries of (un)published ports (see nf_conntrack).
+        for (tool, package) in [
+            ("iptables-restore", "iptables"),
+            ("iptables-save", "iptables"),
+            ("conntrack", "conntrack"),
+        ] {
             if run(tool, &["--version"], None).is_err() {
                 return Err(DataplaneError::MissingTool {
                     mode: Mode::Iptables,
                     tool,
-                    package: "iptables",
+                    package,
                 });
             }
         }
@@ -298,6 +303,10 @@ impl Dataplane for Iptables {
         for port in nf_conntrack::changed_udp_ports(old, plan) {
             nf_conntrack::flush_udp_port(port)?;
             changes.push(format!("conntrack: flushed UDP entries to port {port}"));
+        }
+        for ip in nf_conntrack::gone_addresses(old, plan) {
+            nf_conntrack::flush_address(ip)?;
+            changes.push(format!("conntrack: flushed the entries of {ip}"));
         }
         Ok(changes)
     }

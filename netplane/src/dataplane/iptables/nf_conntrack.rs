@@ -42,6 +42,29 @@ pub fn changed_udp_ports(old: Option<&Plan>, new: &Plan) -> BTreeSet<u16> {
         .collect()
 }
 
+/// The addresses of `old`'s containers that `new` no longer has: a container removed,
+/// or moved to another address.
+pub fn gone_addresses(old: Option<&Plan>, new: &Plan) -> Vec<Ipv4Addr> {
+    old.into_iter()
+        .flat_map(|o| &o.containers)
+        .filter(|o| new.container(&o.name).is_none_or(|c| c.ip != o.ip))
+        .map(|o| o.ip)
+        .collect()
+}
+
+/// Deletes every conntrack entry of address `ip`: the flows it opened (masqueraded or
+/// not), and those DNATed to it, whose reply comes from it. A container that took the
+/// address next would otherwise inherit them (as `conntrack -D` by the runtime would).
+pub fn flush_address(ip: Ipv4Addr) -> Result<(), DataplaneError> {
+    for side in ["--orig-src", "--reply-src"] {
+        match run("conntrack", &["-D", side, &ip.to_string()], None) {
+            Err(DataplaneError::Command { stderr, .. }) if stderr.contains("0 flow entries") => {}
+            other => other.map(drop)?,
+        }
+    }
+    Ok(())
+}
+
 /// Deletes the UDP conntrack entries whose original destination port is `port`.
 pub fn flush_udp_port(port: u16) -> Result<(), DataplaneError> {
     match run(
