@@ -29,8 +29,10 @@ pub const TIMEOUT_ENV: &str = "NETPLANE_LOCK_TIMEOUT";
 /// Who holds a lock, for the message of whoever waits: written into the locked directory.
 const HOLDER_FILE: &str = "lock.holder";
 
-/// How often a waiter tries again (flock has no timeout of its own).
-const POLL: Duration = Duration::from_millis(20);
+/// How often a waiter tries again (flock has no timeout of its own). Short: a CNI
+/// runtime's concurrent ADDs each hold the lock for a few milliseconds, and a waiter
+/// should not sleep through several of them.
+const POLL: Duration = Duration::from_millis(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -233,7 +235,7 @@ mod tests {
         };
         // The waiter has opened the directory and polls; the holder removes it (as `down`
         // does) and releases.
-        std::thread::sleep(POLL * 5);
+        std::thread::sleep(Duration::from_millis(100));
         std::fs::write(dir.join("state.json"), "{}").unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         drop(first);
