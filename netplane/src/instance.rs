@@ -179,6 +179,7 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     let mut host = check_host(&h, plan, &old).await?;
     let dp = dataplane::for_mode(plan.mode);
     dp.check()?;
+    dp.check_plan(plan)?;
 
     // Journal first: everything this run may create is recorded before it exists.
     // Only namespaces netplane makes: a CNI runtime's are the runtime's.

@@ -148,6 +148,8 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
             name: bridge.to_owned(),
             subnet: subnet.to_string(),
             gateway: Some(gateway.to_string()),
+            subnet6: None,
+            gateway6: None,
             driver: Driver::Bridge,
             gateway_mode: conf.gateway_mode(),
             mtu: conf.mtu(),
@@ -281,6 +283,7 @@ fn attach(
         name: name.clone(),
         network: conf.bridge().to_owned(),
         ip: Some(lease.address.addr().to_string()),
+        ip6: None,
         publish,
     });
     let plan = plan_with_attachments(&config, old.as_ref(), Some((&name, &attachment)))?;

@@ -2,9 +2,9 @@
 //! container addresses.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::plan::Network;
 use super::schema::{ConfigError, invalid};
@@ -60,6 +60,118 @@ pub(super) fn parse_host_addr(
         return Ok(ip);
     };
     Err(invalid(field, value, reason))
+}
+
+/// The shortest and longest IPv6 prefixes of a network: a /64 is what SLAAC and most
+/// deployments hand out; a /120 still leaves 255 addresses.
+const PREFIX6_MIN: u8 = 64;
+const PREFIX6_MAX: u8 = 120;
+
+pub(super) fn parse_subnet6(field: &str, value: &str) -> Result<Ipv6Net, ConfigError> {
+    let subnet: Ipv6Net = value.parse().map_err(|_| {
+        invalid(
+            field,
+            value,
+            "not an IPv6 subnet in CIDR form, e.g. \"2001:db8:18::/64\"",
+        )
+    })?;
+    if subnet.trunc() != subnet {
+        return Err(invalid(
+            field,
+            value,
+            format!("host bits are set; did you mean \"{}\"?", subnet.trunc()),
+        ));
+    }
+    if !(PREFIX6_MIN..=PREFIX6_MAX).contains(&subnet.prefix_len()) {
+        return Err(invalid(
+            field,
+            value,
+            format!("must be a /{PREFIX6_MIN} to /{PREFIX6_MAX}"),
+        ));
+    }
+    let a = subnet.addr();
+    let reserved = if a.is_loopback() || a.is_unspecified() {
+        Some("loopback or unspecified")
+    } else if a.is_multicast() {
+        Some("multicast")
+    } else if a.is_unicast_link_local() {
+        Some("link-local (fe80::/10)")
+    } else if a.to_ipv4_mapped().is_some() {
+        Some("IPv4-mapped (::ffff:0:0/96)")
+    } else {
+        None
+    };
+    if let Some(what) = reserved {
+        return Err(invalid(field, value, format!("is {what} address space")));
+    }
+    Ok(subnet)
+}
+
+/// An IPv6 address a host may use inside `subnet`: not its first address (the
+/// subnet-router anycast address of RFC 4291, 2.6.1).
+pub(super) fn parse_host_addr6(
+    field: &str,
+    value: &str,
+    subnet: Ipv6Net,
+) -> Result<Ipv6Addr, ConfigError> {
+    let ip: Ipv6Addr = value
+        .parse()
+        .map_err(|_| invalid(field, value, "not an IPv6 address"))?;
+    if !subnet.contains(&ip) {
+        return Err(invalid(
+            field,
+            value,
+            format!("outside the network's subnet6 {subnet}"),
+        ));
+    }
+    if ip == subnet.network() {
+        return Err(invalid(
+            field,
+            value,
+            format!("is the subnet-router anycast address of {subnet}"),
+        ));
+    }
+    Ok(ip)
+}
+
+/// The IPv6 subnet's `::1`: the default gateway6.
+pub(super) fn first_host6(subnet: Ipv6Net) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()) + 1)
+}
+
+/// The container IPv6 addresses of one plan, as [`Addresses`] for IPv4.
+#[derive(Default)]
+pub(super) struct Addresses6<'a> {
+    taken: HashMap<Ipv6Addr, usize>,
+    cursors: HashMap<&'a str, u128>,
+}
+
+impl<'a> Addresses6<'a> {
+    pub(super) fn reserve(&mut self, ip: Ipv6Addr, i: usize) -> Result<(), usize> {
+        match self.taken.insert(ip, i) {
+            Some(j) => Err(j),
+            None => Ok(()),
+        }
+    }
+
+    /// The lowest free address of `net`'s subnet6 after its first, now container `i`'s.
+    pub(super) fn allocate(&mut self, net: &'a Network, i: usize) -> Option<Ipv6Addr> {
+        let subnet = net.subnet6?;
+        let cursor = self
+            .cursors
+            .entry(net.name.as_str())
+            .or_insert_with(|| u128::from(first_host6(subnet)));
+        let last = u128::from(subnet.broadcast());
+        while *cursor <= last {
+            let ip = Ipv6Addr::from(*cursor);
+            *cursor += 1;
+            if Some(ip) != net.gateway6 && !self.taken.contains_key(&ip) {
+                self.taken.insert(ip, i);
+                return Some(ip);
+            }
+        }
+        None
+    }
 }
 
 /// The subnet's first host address: the default gateway, and where allocation starts.

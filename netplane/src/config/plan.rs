@@ -3,16 +3,19 @@
 //! [`Plan`].
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use super::alloc::{Addresses, first_host, parse_host_addr, parse_subnet};
+use super::alloc::{
+    Addresses, Addresses6, first_host, first_host6, parse_host_addr, parse_host_addr6,
+    parse_subnet, parse_subnet6,
+};
 use super::names::{
     check_bridge_name, check_ifname, check_name, container_mac, host_veth_name, netns_name,
 };
-use super::publish::PortMapping;
+use super::publish::{Family, PortMapping};
 use super::schema::{
     Config, ConfigError, ContainerConfig, Driver, GatewayMode, Mode, NetworkConfig, RouteConfig,
     invalid,
@@ -51,6 +54,11 @@ pub struct Network {
     pub gateway_mode: GatewayMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// A dual-stack network's IPv6 subnet, and the host's address on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Net>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<Ipv6Addr>,
 }
 
 impl Network {
@@ -84,6 +92,10 @@ pub struct Container {
     /// container names, so that it fits the kernel's 15-byte limit.
     pub host_veth: String,
     pub publish: Vec<PortMapping>,
+    /// Its IPv6 address, on a dual-stack network (the prefix is the subnet6's; a ptp
+    /// network's is a /128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<Ipv6Addr>,
     /// A container that a runtime made and attached through CNI (`netplane-cni`): its
     /// namespace is the runtime's, and `netns` is then its path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,6 +149,8 @@ impl Plan {
                     name: n.name.clone(),
                     subnet: n.subnet.to_string(),
                     gateway: Some(n.gateway.to_string()),
+                    subnet6: n.subnet6.map(|s| s.to_string()),
+                    gateway6: n.gateway6.map(|g| g.to_string()),
                     driver: n.driver,
                     gateway_mode: n.gateway_mode,
                     mtu: n.mtu,
@@ -149,6 +163,7 @@ impl Plan {
                     name: c.name.clone(),
                     network: c.network.clone(),
                     ip: Some(c.ip.to_string()),
+                    ip6: c.ip6.map(|a| a.to_string()),
                     publish: c.publish.iter().map(|p| p.spec.clone()).collect(),
                 })
                 .collect(),
@@ -282,6 +297,39 @@ impl Config {
                 Some(text) => parse_host_addr(&field("gateway"), text, subnet)?,
             };
 
+            let subnet6 = match &net.subnet6 {
+                None => None,
+                Some(text) => {
+                    let s6 = parse_subnet6(&field("subnet6"), text)?;
+                    if let Some((j, other)) = networks.iter().enumerate().find(|(_, n)| {
+                        n.subnet6
+                            .is_some_and(|o| o.contains(&s6) || s6.contains(&o))
+                    }) {
+                        return Err(invalid(
+                            field("subnet6"),
+                            text,
+                            format!(
+                                "overlaps networks[{j}].subnet6 ({}) of network {:?}",
+                                other.subnet6.expect("found by it"),
+                                other.name
+                            ),
+                        ));
+                    }
+                    Some(s6)
+                }
+            };
+            let gateway6 = match (&net.gateway6, subnet6) {
+                (None, s6) => s6.map(first_host6),
+                (Some(text), Some(s6)) => Some(parse_host_addr6(&field("gateway6"), text, s6)?),
+                (Some(text), None) => {
+                    return Err(invalid(
+                        field("gateway6"),
+                        text,
+                        "the network has no subnet6",
+                    ));
+                }
+            };
+
             if net.driver == Driver::Ptp && net.gateway_mode == GatewayMode::Isolated {
                 return Err(invalid(
                     field("gateway_mode"),
@@ -308,6 +356,8 @@ impl Config {
                     }
                     m => m,
                 },
+                subnet6,
+                gateway6,
             });
         }
         Ok(networks)
@@ -381,6 +431,7 @@ impl Config {
         struct Pending<'a> {
             network: &'a Network,
             ip: Option<Ipv4Addr>,
+            ip6: Option<Ipv6Addr>,
             publish: Vec<PortMapping>,
             host_veth: String,
         }
@@ -388,6 +439,7 @@ impl Config {
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut veths: HashMap<String, usize> = HashMap::new();
         let mut addresses = Addresses::default();
+        let mut addresses6 = Addresses6::default();
         let mut published: Vec<(usize, usize, PortMapping)> = Vec::new();
         let mut pending = Vec::with_capacity(self.containers.len());
 
@@ -453,10 +505,52 @@ impl Config {
                 }
             };
 
+            let ip6 = match (&c.ip6, network.subnet6) {
+                (None, _) => None,
+                (Some(text), None) => {
+                    return Err(invalid(
+                        field("ip6"),
+                        text,
+                        format!("network {:?} has no subnet6", network.name),
+                    ));
+                }
+                (Some(text), Some(s6)) => {
+                    let ip6 = parse_host_addr6(&field("ip6"), text, s6)?;
+                    if Some(ip6) == network.gateway6 {
+                        return Err(invalid(
+                            field("ip6"),
+                            text,
+                            format!("is the gateway6 of network {:?}", network.name),
+                        ));
+                    }
+                    if let Err(j) = addresses6.reserve(ip6, i) {
+                        return Err(invalid(
+                            field("ip6"),
+                            text,
+                            format!(
+                                "already assigned to containers[{j}] ({:?})",
+                                self.containers[j].name
+                            ),
+                        ));
+                    }
+                    Some(ip6)
+                }
+            };
+
             let mut publish = Vec::with_capacity(c.publish.len());
             for (j, spec) in c.publish.iter().enumerate() {
                 let field = format!("containers[{i}].publish[{j}]");
                 let mapping = PortMapping::parse(spec).map_err(|r| invalid(&field, spec, r))?;
+                if mapping.family == Family::V6 && network.subnet6.is_none() {
+                    return Err(invalid(
+                        field,
+                        spec,
+                        format!(
+                            "an IPv6 host address, but network {:?} has no subnet6",
+                            network.name
+                        ),
+                    ));
+                }
                 match network.gateway_mode {
                     GatewayMode::Isolated => {
                         return Err(invalid(
@@ -472,7 +566,11 @@ impl Config {
                     // Docker's routed mode opens the container port by direct routing, and
                     // ignores the host port; a host address would mean a DNAT it never does.
                     GatewayMode::Routed => {
-                        if let Some(ip) = mapping.host_ip {
+                        if let Some(ip) = mapping
+                            .host_ip
+                            .map(std::net::IpAddr::from)
+                            .or(mapping.host_ip6.map(Into::into))
+                        {
                             return Err(invalid(
                                 field,
                                 spec,
@@ -511,6 +609,7 @@ impl Config {
             pending.push(Pending {
                 network,
                 ip,
+                ip6,
                 publish,
                 host_veth,
             });
@@ -529,6 +628,17 @@ impl Config {
                     )
                 })?,
             };
+            let ip6 = match (p.ip6, net.subnet6) {
+                (Some(ip6), _) => Some(ip6),
+                (None, None) => None,
+                (None, Some(s6)) => Some(addresses6.allocate(net, i).ok_or_else(|| {
+                    invalid(
+                        format!("containers[{i}].network"),
+                        &c.network,
+                        format!("no free address left in subnet6 {s6}"),
+                    )
+                })?),
+            };
             containers.push(Container {
                 name: c.name.clone(),
                 network: net.name.clone(),
@@ -543,6 +653,7 @@ impl Config {
                 netns: netns_name(&self.name, &c.name),
                 host_veth: p.host_veth,
                 publish: p.publish,
+                ip6,
                 attachment: None,
             });
         }
@@ -555,6 +666,106 @@ mod tests {
     use super::*;
     use crate::config::format_mac;
     use crate::config::testutil::{container, network, plan, plan_err, with_containers};
+
+    #[test]
+    fn dual_stack_networks_plan_ipv6_addresses() {
+        let toml = r#"
+            [[networks]]
+            name = "np0"
+            subnet = "10.0.0.0/24"
+            subnet6 = "2001:db8:18::/64"
+            [[networks]]
+            name = "np1"
+            subnet = "10.0.1.0/24"
+            [[containers]]
+            name = "a"
+            network = "np0"
+            publish = ["8080:80", "[::1]:8081:80", "[2001:db8:113::1]:8082:80/udp"]
+            [[containers]]
+            name = "b"
+            network = "np0"
+            ip6 = "2001:db8:18::2"
+            [[containers]]
+            name = "c"
+            network = "np1"
+        "#;
+        let p = plan(toml);
+        let net = &p.networks[0];
+        assert_eq!(net.gateway6, Some("2001:db8:18::1".parse().unwrap()));
+        // The explicit address is reserved first: the automatic one skips it.
+        assert_eq!(p.containers[1].ip6, Some("2001:db8:18::2".parse().unwrap()));
+        assert_eq!(p.containers[0].ip6, Some("2001:db8:18::3".parse().unwrap()));
+        assert_eq!((p.networks[1].subnet6, p.containers[2].ip6), (None, None));
+        // And the plan survives the trip back to a config.
+        assert_eq!(p.to_config().plan().unwrap(), p);
+    }
+
+    #[test]
+    fn bad_ipv6_input_names_the_field() {
+        let net = |extra: &str| {
+            format!(
+                "[[networks]]\nname = \"np0\"\nsubnet = \"10.0.0.0/24\"\n{extra}\n\
+                 [[networks]]\nname = \"np1\"\nsubnet = \"10.0.1.0/24\"\nsubnet6 = \"2001:db8:1::/64\"\n"
+            )
+        };
+        let cases: [(&str, &str, &str, &str); 6] = [
+            (
+                "subnet6 = \"2001:db8::/48\"",
+                "networks[0].subnet6",
+                "2001:db8::/48",
+                "/64 to /120",
+            ),
+            (
+                "subnet6 = \"2001:db8:1::/80\"",
+                "networks[1].subnet6",
+                "2001:db8:1::/64",
+                "overlaps",
+            ),
+            (
+                "subnet6 = \"fe80::/64\"",
+                "networks[0].subnet6",
+                "fe80::/64",
+                "link-local",
+            ),
+            (
+                "gateway6 = \"2001:db8:9::1\"",
+                "networks[0].gateway6",
+                "2001:db8:9::1",
+                "no subnet6",
+            ),
+            (
+                "[[containers]]\nname = \"a\"\nnetwork = \"np0\"\nip6 = \"2001:db8:1::5\"",
+                "containers[0].ip6",
+                "2001:db8:1::5",
+                "has no subnet6",
+            ),
+            (
+                "[[containers]]\nname = \"a\"\nnetwork = \"np0\"\npublish = [\"[::1]:80:80\"]",
+                "containers[0].publish[0]",
+                "[::1]:80:80",
+                "has no subnet6",
+            ),
+        ];
+        for (extra, field, value, why) in cases {
+            // The overlap is reported on the second network, which comes later.
+            let toml = if why == "overlaps" {
+                format!(
+                    "{}{}",
+                    net(""),
+                    "[[networks]]\nname = \"np2\"\nsubnet = \"10.0.2.0/24\"\nsubnet6 = \"2001:db8:1::/80\"\n"
+                )
+            } else {
+                net(extra)
+            };
+            let (field, value) = if why == "overlaps" {
+                ("networks[2].subnet6", "2001:db8:1::/80")
+            } else {
+                (field, value)
+            };
+            let msg = plan_err(&toml, field, value);
+            assert!(msg.contains(why), "{msg}");
+        }
+    }
 
     #[test]
     fn a_network_mtu_is_checked() {

@@ -2,7 +2,7 @@
 //! `[hostIP:]hostPort[-end]:containerPort[-end][/tcp|/udp]`.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
 use serde::{Deserialize, Serialize};
@@ -36,11 +36,28 @@ impl fmt::Display for Proto {
     }
 }
 
+/// The address families a mapping publishes on, as Docker's `-p` decides them: without a
+/// host address, both (on a dual-stack network); `0.0.0.0:` IPv4 only; `[::]:` IPv6
+/// only; a literal address, its own.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Both,
+    V4,
+    V6,
+}
+
 /// One `-p` entry: `count` consecutive host ports forwarded to as many container ports.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PortMapping {
-    /// `None` = all host addresses (also what `0.0.0.0` means).
+    /// The IPv4 host address; `None` = all of them (also what `0.0.0.0` means).
     pub host_ip: Option<Ipv4Addr>,
+    /// The IPv6 host address (`[2001:db8::1]:`); `None` = all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub family: Family,
     /// First host port.
     pub host_port: u16,
     /// First container port.
@@ -63,7 +80,7 @@ impl PortMapping {
         // address full of colons) lands in the host-IP part.
         let mut parts = addr_ports.rsplitn(3, ':');
         let container = parts.next().unwrap_or_default();
-        let (host, host_ip) = match (parts.next(), parts.next()) {
+        let (host, (family, host_ip, host_ip6)) = match (parts.next(), parts.next()) {
             (None, _) => {
                 return Err(if parse_range(container).is_ok() {
                     "a host port is required (hostPort:containerPort)".to_owned()
@@ -71,7 +88,7 @@ impl PortMapping {
                     SYNTAX.to_owned()
                 });
             }
-            (Some(host), None) => (host, None),
+            (Some(host), None) => (host, (Family::Both, None, None)),
             (Some(host), Some(ip)) => (host, parse_host_ip(ip)?),
         };
         if host.is_empty() {
@@ -90,6 +107,8 @@ impl PortMapping {
         }
         Ok(PortMapping {
             host_ip,
+            host_ip6,
+            family,
             host_port,
             container_port,
             count: host_count,
@@ -111,23 +130,42 @@ impl PortMapping {
         self.host_ports().zip(self.container_ports())
     }
 
+    /// Whether it publishes on IPv4 host addresses.
+    pub fn on_v4(&self) -> bool {
+        self.family != Family::V6
+    }
+
+    /// Whether it publishes on IPv6 host addresses (of a dual-stack network).
+    pub fn on_v6(&self) -> bool {
+        self.family != Family::V4
+    }
+
     /// Whether both would claim the same host socket: same protocol, intersecting host
-    /// ports, and the same host address or either one listening on all addresses.
+    /// ports, and in a family both publish on, the same host address or either one
+    /// listening on all addresses.
     pub fn overlaps(&self, other: &PortMapping) -> bool {
         let (a, b) = (self.host_ports(), other.host_ports());
-        let ips_overlap = match (self.host_ip, other.host_ip) {
-            (Some(x), Some(y)) => x == y,
-            _ => true,
-        };
-        self.proto == other.proto && a.start() <= b.end() && b.start() <= a.end() && ips_overlap
+        fn same<T: PartialEq>(x: Option<T>, y: Option<T>) -> bool {
+            match (x, y) {
+                (Some(x), Some(y)) => x == y,
+                _ => true,
+            }
+        }
+        let v4 = self.on_v4() && other.on_v4() && same(self.host_ip, other.host_ip);
+        let v6 = self.on_v6() && other.on_v6() && same(self.host_ip6, other.host_ip6);
+        self.proto == other.proto && a.start() <= b.end() && b.start() <= a.end() && (v4 || v6)
     }
 }
 
 impl fmt::Display for PortMapping {
     /// The canonical form, `[ip:]8080[-8085]:80[-85]/tcp`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(ip) = self.host_ip {
-            write!(f, "{ip}:")?;
+        match (self.family, self.host_ip, self.host_ip6) {
+            (_, Some(ip), _) => write!(f, "{ip}:")?,
+            (_, _, Some(ip)) => write!(f, "[{ip}]:")?,
+            (Family::V4, ..) => f.write_str("0.0.0.0:")?,
+            (Family::V6, ..) => f.write_str("[::]:")?,
+            (Family::Both, ..) => {}
         }
         write_range(f, self.host_ports())?;
         f.write_str(":")?;
@@ -176,17 +214,21 @@ fn parse_proto(s: &str) -> Result<Proto, String> {
     }
 }
 
-/// `0.0.0.0` means all addresses, like no address at all.
-fn parse_host_ip(s: &str) -> Result<Option<Ipv4Addr>, String> {
+/// The host address part: its family, and the address unless it is unspecified
+/// (`0.0.0.0`, `[::]`: every address of that family).
+type HostPart = (Family, Option<Ipv4Addr>, Option<Ipv6Addr>);
+
+fn parse_host_ip(s: &str) -> Result<HostPart, String> {
     let bare = s
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
         .unwrap_or(s);
     match bare.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) if ip.is_unspecified() => Ok(None),
-        Ok(IpAddr::V4(ip)) => Ok(Some(ip)),
-        Ok(IpAddr::V6(_)) => Err("IPv6 host addresses are not supported yet".to_owned()),
-        Err(_) => Err(format!("host IP {s:?} is not an IPv4 address; {SYNTAX}")),
+        Ok(IpAddr::V4(ip)) if ip.is_unspecified() => Ok((Family::V4, None, None)),
+        Ok(IpAddr::V4(ip)) => Ok((Family::V4, Some(ip), None)),
+        Ok(IpAddr::V6(ip)) if ip.is_unspecified() => Ok((Family::V6, None, None)),
+        Ok(IpAddr::V6(ip)) => Ok((Family::V6, None, Some(ip))),
+        Err(_) => Err(format!("host IP {s:?} is not an IP address; {SYNTAX}")),
     }
 }
 
@@ -239,6 +281,8 @@ mod tests {
             m,
             PortMapping {
                 host_ip: None,
+                host_ip6: None,
+                family: Family::Both,
                 host_port: 8080,
                 container_port: 80,
                 count: 1,
@@ -275,10 +319,38 @@ mod tests {
     }
 
     #[test]
-    fn unspecified_host_ip_means_all_addresses() {
+    fn unspecified_host_ip_means_all_addresses_of_its_family() {
+        // Docker's -p: no address is both families; 0.0.0.0 IPv4 only; [::] IPv6 only.
         let m = parse("0.0.0.0:8080:80");
-        assert_eq!(m.host_ip, None);
-        assert_eq!(m.to_string(), "8080:80/tcp");
+        assert_eq!((m.host_ip, m.family), (None, Family::V4));
+        assert_eq!(m.to_string(), "0.0.0.0:8080:80/tcp");
+        let m = parse("[::]:8080:80");
+        assert_eq!(
+            (m.host_ip6, m.family, m.on_v4(), m.on_v6()),
+            (None, Family::V6, false, true)
+        );
+        assert_eq!(m.to_string(), "[::]:8080:80/tcp");
+        let m = parse("8080:80");
+        assert_eq!((m.family, m.on_v4(), m.on_v6()), (Family::Both, true, true));
+    }
+
+    #[test]
+    fn ipv6_host_addresses_pin_their_family() {
+        let m = parse("[2001:db8:113::1]:8082:80/udp");
+        assert_eq!(m.host_ip6, Some("2001:db8:113::1".parse().unwrap()));
+        assert_eq!(
+            (m.family, m.proto, m.host_port),
+            (Family::V6, Proto::Udp, 8082)
+        );
+        assert_eq!(m.to_string(), "[2001:db8:113::1]:8082:80/udp");
+        assert_eq!(
+            parse("[::1]:8081:80").host_ip6,
+            Some(std::net::Ipv6Addr::LOCALHOST)
+        );
+        // Different families never clash; the same port on both does.
+        assert!(!parse("0.0.0.0:80:80").overlaps(&parse("[::]:80:81")));
+        assert!(parse("80:80").overlaps(&parse("[::1]:80:81")));
+        assert!(!parse("[::1]:80:80").overlaps(&parse("[2001:db8::1]:80:81")));
     }
 
     #[test]
@@ -343,14 +415,11 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_host_addresses_are_rejected() {
-        assert_eq!(
-            reason("[::1]:80:80"),
-            "IPv6 host addresses are not supported yet"
-        );
-        assert_eq!(
-            reason("::1:80:80"),
-            "IPv6 host addresses are not supported yet"
+    fn a_host_ip_must_be_an_address() {
+        assert!(
+            reason("[nope]:80:80").contains("not an IP address"),
+            "{}",
+            reason("[nope]:80:80")
         );
     }
 

@@ -83,6 +83,12 @@ pub struct NetworkConfig {
     pub subnet: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
+    /// The IPv6 subnet of a dual-stack network (a /64 to a /120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    /// Default: the subnet6's `::1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     #[serde(default)]
     pub driver: Driver,
     #[serde(default)]
@@ -156,6 +162,9 @@ pub struct ContainerConfig {
     pub network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// On a dual-stack network; default: the next free address of its subnet6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     #[serde(default)]
     pub publish: Vec<String>,
 }

@@ -48,6 +48,12 @@ pub enum DataplaneError {
     Ebpf(#[from] ebpf::EbpfError),
     #[error("eBPF mode needs {what}; use mode = \"iptables\" on this host")]
     Unsupported { what: String },
+    #[error("{field} = {value:?}: {reason}")]
+    NotInMode {
+        field: String,
+        value: String,
+        reason: String,
+    },
     /// A teardown that finished every step, some of which failed.
     #[error("{mode} teardown: {} step(s) failed: {}", failures.len(), failures.join("; "))]
     Teardown { mode: Mode, failures: Vec<String> },
@@ -202,6 +208,12 @@ pub trait Dataplane {
 
     /// Checks that this host can run the data plane. Called before anything changes.
     fn check(&self) -> Result<(), DataplaneError>;
+
+    /// Checks that the data plane can program `plan` (a feature that this mode does not
+    /// have), naming the field. Called before anything changes.
+    fn check_plan(&self, _plan: &Plan) -> Result<(), DataplaneError> {
+        Ok(())
+    }
 
     /// Sysctls the data plane needs (key, value), recorded and restored by `down`.
     fn sysctls(&self, plan: &Plan) -> Vec<(String, String)>;

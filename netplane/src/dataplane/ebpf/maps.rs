@@ -402,7 +402,8 @@ fn mapping_entries<'a>(
         .network(&c.network)
         .map(|n| ne_addr(n.gateway))
         .unwrap_or_default();
-    m.pairs().map(move |(hp, cp)| {
+    // The IPv4 published-ports map: a mapping on IPv6 host addresses only has no entry.
+    m.pairs().filter(|_| m.on_v4()).map(move |(hp, cp)| {
         let key = PortKey {
             addr: m.host_ip.map(ne_addr).unwrap_or(0),
             port: ne_port(hp),

@@ -232,6 +232,26 @@ impl Dataplane for Iptables {
         Ok(())
     }
 
+    /// `[::1]:` publishing needs DNAT of loopback traffic out of the host, which IPv4
+    /// allows with `route_localnet` and IPv6 has no equivalent of.
+    fn check_plan(&self, plan: &Plan) -> Result<(), DataplaneError> {
+        for (i, c) in plan.containers.iter().enumerate() {
+            for (j, m) in c.publish.iter().enumerate() {
+                if m.host_ip6 == Some(std::net::Ipv6Addr::LOCALHOST) {
+                    return Err(DataplaneError::NotInMode {
+                        field: format!("containers[{i}].publish[{j}]"),
+                        value: m.spec.clone(),
+                        reason: "iptables mode cannot publish on [::1]: IPv6 has no \
+                                 route_localnet, so DNAT of loopback traffic to a container \
+                                 is dropped; eBPF mode serves it"
+                            .to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn sysctls(&self, plan: &Plan) -> Vec<(String, String)> {
         // Lets DNATed packets from 127.0.0.1 be routed out of the device towards the
         // container: the bridge, or a ptp container's host veth (__mkroute_output()

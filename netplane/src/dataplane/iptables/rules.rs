@@ -174,6 +174,7 @@ pub fn dnat_mappings(plan: &Plan) -> impl Iterator<Item = (&Container, &PortMapp
                 .is_some_and(|n| n.gateway_mode.nat())
         })
         .flat_map(|c| c.publish.iter().map(move |m| (c, m)))
+        .filter(|(_, m)| m.on_v4())
 }
 
 /// The contents of netplane's chains for `plan`, as `iptables-restore` input (declaring a
