@@ -1,6 +1,7 @@
 //! `netplane-bench --smoke`: the benchmark runs end to end and every mode answers, on the
-//! bridge network and on the ptp one. A smoke test only: no figure is asserted (speed is
-//! measured by the benchmark, not by tests).
+//! bridge network and on the ptp one, and its CNI section attaches and detaches containers
+//! with netplane-cni and with the reference chain. A smoke test only: no figure is
+//! asserted (speed is measured by the benchmark, not by tests).
 #![expect(
     unused_crate_dependencies,
     reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
@@ -83,6 +84,48 @@ fn the_benchmark_runs_every_mode_without_a_failed_request() {
             );
         }
     }
+    // The CNI section: every ADD and DEL succeeded (a failure fails the bench), for both
+    // plugins, at 1 and at the larger number attached, and `podman run` answered.
+    let cni = &doc["results"]["cni"];
+    let attached = cni["options"]["attached"].as_u64().unwrap();
+    let samples = cni["options"]["samples"].as_u64().unwrap() as usize;
+    for plugin in ["netplane", "reference"] {
+        let t = &cni[plugin];
+        assert!(
+            t["first_add_ms"].as_f64().unwrap() > 0.0,
+            "{plugin}: first ADD: {t}"
+        );
+        for key in ["add_ms", "del_ms", "add_many_ms", "del_many_ms"] {
+            let v = t[key].as_array().unwrap();
+            assert_eq!(v.len(), samples, "{plugin}: {key}: {t}");
+            assert!(
+                v.iter().all(|x| x.as_f64().unwrap() > 0.0),
+                "{plugin}: {key}: {t}"
+            );
+        }
+        assert_eq!(
+            t["fill_add_ms"].as_array().unwrap().len() as u64,
+            attached - 1,
+            "{plugin}: containers attached before the many-attached samples"
+        );
+        if cni["podman_skipped"].is_null() {
+            assert!(
+                t["podman_first_ms"].as_f64().unwrap() > 0.0,
+                "{plugin}: podman"
+            );
+            let runs = t["podman_ms"].as_array().unwrap();
+            assert!(
+                runs.iter().all(|x| x.as_f64().unwrap() > 0.0),
+                "{plugin}: podman {runs:?}"
+            );
+        }
+    }
+    let rows = doc["summary"]["cni"]["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .any(|r| r["metric"] == "add_1_p50" && r["ratio"].as_f64().unwrap() > 0.0),
+        "CNI summary: {rows:?}"
+    );
     for f in ["bench.md", "bench.svg"] {
         assert!(out_dir.join(f).exists(), "{f} written");
     }

@@ -12,7 +12,11 @@
 //! to the container's host veth), for request/response and connect/request/close, right
 //! after the bridge network in the same round: the rows ending in ", ptp", and the ratio
 //! ptp/bridge per mode under the table.
+//!
+//! Last, the CNI section ([`cni`]): netplane-cni against the reference chain bridge +
+//! host-local + portmap, ADD/DEL times and `podman run` until a published port answers.
 
+pub mod cni;
 mod load;
 pub mod report;
 
@@ -51,6 +55,10 @@ pub struct Options {
     /// Numbers of published ports for the scaling measurement (ascending; the first is
     /// where every other metric is measured).
     pub scale: Vec<u32>,
+    /// Whether the data-plane comparison runs (everything but the CNI section).
+    pub dataplane: bool,
+    /// The CNI section's settings; `None`: it does not run.
+    pub cni: Option<cni::CniOptions>,
 }
 
 impl Options {
@@ -62,6 +70,8 @@ impl Options {
             seconds: 2.0,
             warmup: 0.5,
             scale: vec![1, 1_000, 10_000],
+            dataplane: true,
+            cni: Some(cni::CniOptions::full()),
         }
     }
     /// Under two minutes on the reference machine.
@@ -71,6 +81,8 @@ impl Options {
             seconds: 0.5,
             warmup: 0.2,
             scale: vec![1, 1_000, 10_000],
+            dataplane: true,
+            cni: Some(cni::CniOptions::quick()),
         }
     }
     /// Enough to see that every part works (CI).
@@ -80,6 +92,8 @@ impl Options {
             seconds: 0.2,
             warmup: 0.05,
             scale: vec![1, 100],
+            dataplane: true,
+            cni: Some(cni::CniOptions::smoke()),
         }
     }
     fn secs(&self) -> Duration {
@@ -167,6 +181,8 @@ pub struct Results {
     pub ebpf_program_costs: Vec<(String, u64, f64)>,
     /// The same with the container on a ptp network (the programs on its host veth).
     pub ebpf_program_costs_ptp: Vec<(String, u64, f64)>,
+    /// The CNI section, if it ran.
+    pub cni: Option<cni::CniResults>,
 }
 
 /// The bench's sandbox: the harness's [`Host`], whose outside namespace is the client.
@@ -688,22 +704,27 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
     if machine.cores < 2 {
         eprintln!("warning: 1 CPU: client and server cannot be pinned apart");
     }
-    let mut bench = Bench::new();
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(7);
     let mut rounds = Vec::new();
-    for r in 0..opts.rounds {
-        let mut samples = Vec::new();
-        for mode in shuffled(seed.wrapping_add(r as u64 * 0x9e37_79b9)) {
-            samples.push((mode.to_owned(), measure(&mut bench, mode, &opts, r)?));
+    let (mut memory, mut ebpf_program_costs, mut ebpf_program_costs_ptp) = Default::default();
+    if opts.dataplane {
+        let mut bench = Bench::new();
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(7);
+        for r in 0..opts.rounds {
+            let mut samples = Vec::new();
+            for mode in shuffled(seed.wrapping_add(r as u64 * 0x9e37_79b9)) {
+                samples.push((mode.to_owned(), measure(&mut bench, mode, &opts, r)?));
+            }
+            rounds.push(samples);
         }
-        rounds.push(samples);
+        memory = self::memory(&mut bench)?;
+        ebpf_program_costs = profile(&mut bench, &opts, Driver::Bridge)?;
+        ebpf_program_costs_ptp = profile(&mut bench, &opts, Driver::Ptp)?;
     }
-    let memory = memory(&mut bench)?;
-    let ebpf_program_costs = profile(&mut bench, &opts, Driver::Bridge)?;
-    let ebpf_program_costs_ptp = profile(&mut bench, &opts, Driver::Ptp)?;
+    // Last: its hundreds of namespaces are torn down (by the kernel, in a worker) after it.
+    let cni = opts.cni.as_ref().map(cni::run).transpose()?;
     Ok(Results {
         options: opts,
         machine,
@@ -711,5 +732,6 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
         memory,
         ebpf_program_costs,
         ebpf_program_costs_ptp,
+        cni,
     })
 }

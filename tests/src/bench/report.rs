@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{MODES, Results, Sample};
+use super::{MODES, Results, Sample, cni};
 
 /// Reads one figure from a sample.
 type Getter = Box<dyn Fn(&Sample) -> Option<f64>>;
@@ -192,6 +192,8 @@ pub struct Summary {
     /// Per ptp metric (`tcp_rr_ptp`, `tcp_crr_<N>_ptp`) and mode: the ptp network's figure
     /// over the bridge network's, computed within each round.
     pub ptp_over_bridge: BTreeMap<String, BTreeMap<String, Ratio>>,
+    /// The CNI section's medians, p90s and ratios, if it ran.
+    pub cni: Option<cni::CniSummary>,
 }
 
 /// `(ptp metric, its bridge counterpart)`.
@@ -279,6 +281,7 @@ pub fn summarize(r: &Results) -> Summary {
         // The worse of the two kinds.
         memory_ratio: r.memory.published.ratio().max(r.memory.masquerade.ratio()),
         ptp_over_bridge,
+        cni: r.cni.as_ref().map(cni::summarize),
     }
 }
 
@@ -411,21 +414,35 @@ pub fn profile(r: &Results) -> String {
 pub fn markdown(r: &Results, s: &Summary) -> String {
     let mut out = String::from("# netplane bench\n\n");
     let o = &r.options;
-    writeln!(
+    write!(
         out,
-        "Machine: Linux {}, {} ({} cores); load average before the run: {:.2}.  \nSettings: {} rounds, {} s per measurement after a {} s warm-up, N = {:?} published ports. \
-         Modes ran in a new random order every round; each ratio is computed within a round, then the median (min–max over rounds) is shown. \
-         ↑ higher is better, ↓ lower is better.\n",
-        r.machine.kernel, r.machine.cpu, r.machine.cores, r.machine.load_before, o.rounds, o.seconds, o.warmup, o.scale
+        "Machine: Linux {}, {} ({} cores); load average before the run: {:.2}.",
+        r.machine.kernel, r.machine.cpu, r.machine.cores, r.machine.load_before
     )
     .unwrap();
-    out.push_str(&table(r, s, true));
-    out.push_str("\n```\n");
-    out.push_str(&profile(r));
-    out.push_str("```\n");
-    out.push_str(
-        "\n![connections/s against N, and the other metrics relative to the baseline](bench.svg)\n",
-    );
+    if r.rounds.is_empty() {
+        out.push('\n');
+    } else {
+        writeln!(
+            out,
+            "  \nSettings: {} rounds, {} s per measurement after a {} s warm-up, N = {:?} published ports. \
+             Modes ran in a new random order every round; each ratio is computed within a round, then the median (min–max over rounds) is shown. \
+             ↑ higher is better, ↓ lower is better.\n",
+            o.rounds, o.seconds, o.warmup, o.scale
+        )
+        .unwrap();
+        out.push_str(&table(r, s, true));
+        out.push_str("\n```\n");
+        out.push_str(&profile(r));
+        out.push_str("```\n");
+        out.push_str(
+            "\n![connections/s against N, and the other metrics relative to the baseline](bench.svg)\n",
+        );
+    }
+    if let Some(c) = &s.cni {
+        out.push_str("\n## CNI plugin\n\n");
+        out.push_str(&cni::table(c, true));
+    }
     out
 }
 

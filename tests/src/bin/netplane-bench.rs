@@ -1,7 +1,8 @@
 //! `netplane-bench`: eBPF mode against iptables mode, an nftables reference and a no-NAT
-//! baseline, side by side, in a sandbox of its own (see `netplane_tests::bench`). Writes
-//! bench.json, bench.md and bench.svg into --out. `cargo xtask bench` runs the release
-//! build of it.
+//! baseline, then netplane-cni against the reference CNI chain, side by side, in a sandbox
+//! of its own (see `netplane_tests::bench`). Writes bench.json, bench.md and bench.svg
+//! into --out. `cargo xtask bench` runs the release build of it; `--only cni` (or
+//! `dataplane`) runs one section.
 #![expect(
     unused_crate_dependencies,
     reason = "a binary sees every dependency of its package; the library target is where an unused one shows"
@@ -17,7 +18,8 @@ use netplane_tests::bench::{self, report};
 #[derive(Parser)]
 #[command(
     name = "netplane-bench",
-    about = "Measure netplane's eBPF mode against iptables, nftables and no NAT, side by side"
+    about = "Measure netplane's eBPF mode against iptables, nftables and no NAT, and netplane-cni \
+             against the reference CNI plugins, side by side"
 )]
 struct Cli {
     /// Under two minutes: fewer rounds, shorter measurements.
@@ -38,6 +40,10 @@ struct Cli {
     /// Print the results as JSON instead of the table.
     #[arg(long)]
     json: bool,
+    /// Run one section only: `dataplane` (eBPF against iptables, nftables and no NAT) or
+    /// `cni` (netplane-cni against the reference plugins bridge + host-local + portmap).
+    #[arg(long, value_parser = ["dataplane", "cni"])]
+    only: Option<String>,
     #[command(subcommand)]
     agent: Option<Agent>,
 }
@@ -81,6 +87,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     opts.rounds = cli.rounds.unwrap_or(opts.rounds);
     opts.seconds = cli.seconds.unwrap_or(opts.seconds);
+    match cli.only.as_deref() {
+        Some("dataplane") => opts.cni = None,
+        Some("cni") => opts.dataplane = false,
+        _ => {}
+    }
     let results = bench::run(opts)?;
     let summary = report::summarize(&results);
     let out = &cli.out;
@@ -88,12 +99,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let doc = serde_json::json!({ "results": results, "summary": summary });
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&doc)?)?;
     std::fs::write(out.join("bench.md"), report::markdown(&results, &summary))?;
-    std::fs::write(out.join("bench.svg"), report::svg(&results, &summary))?;
+    let dataplane = !results.rounds.is_empty();
+    if dataplane {
+        std::fs::write(out.join("bench.svg"), report::svg(&results, &summary))?;
+    }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
-        print!("{}", report::table(&results, &summary, false));
-        print!("{}", report::profile(&results));
+        if dataplane {
+            print!("{}", report::table(&results, &summary, false));
+            print!("{}", report::profile(&results));
+        }
+        if let Some(c) = &summary.cni {
+            print!("{}", bench::cni::table(c, false));
+        }
         println!("report: {}", out.join("bench.md").display());
     }
     Ok(())
