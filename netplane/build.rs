@@ -22,6 +22,7 @@ fn main() {
     if let Some(prebuilt) = env::var_os("NETPLANE_EBPF_OBJECT") {
         println!("cargo::rerun-if-changed={}", Path::new(&prebuilt).display());
         std::fs::copy(&prebuilt, &out).expect("copy NETPLANE_EBPF_OBJECT");
+        stamp(&out);
         return;
     }
     for dir in [
@@ -78,6 +79,22 @@ fn main() {
         .join(BPF_TARGET)
         .join("release/netplane");
     std::fs::copy(&obj, &out).unwrap_or_else(|e| fail(&format!("{}: {e}", obj.display())));
+    stamp(&out);
+}
+
+/// What identifies the object (`object::stamp()`): FNV-1a of its bytes and its length,
+/// computed here once rather than by every run of netplane and netplane-cni (2 MB
+/// hashed byte by byte cost each CNI ADD and DEL about 3 ms).
+fn stamp(object: &Path) {
+    let bytes =
+        std::fs::read(object).unwrap_or_else(|e| fail(&format!("{}: {e}", object.display())));
+    let hash = bytes.iter().fold(0x811c_9dc5_u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    println!(
+        "cargo::rustc-env=NETPLANE_EBPF_STAMP={hash:08x}-{}",
+        bytes.len()
+    );
 }
 
 /// bpf-linker is installed by `cargo install`, into $CARGO_HOME/bin, which a CI shell may

@@ -727,8 +727,30 @@ async fn apply(
             report.changes.push(format!("{mode} data plane removed"));
         }
     }
-    // The devices as the topology left them: the data plane may deliver to them.
-    host.links = topology::links(h).await?;
+    // The devices as the topology left them: the data plane may deliver to them. A
+    // scoped run touched only its containers' host veths and the bridges: those are
+    // looked up by name (a dump of every link costs milliseconds with hundreds of
+    // containers); the rest are as check_host found them.
+    match scope {
+        Scope::All => host.links = topology::links(h).await?,
+        Scope::Only(names) => {
+            let touched = plan
+                .networks
+                .iter()
+                .filter(|n| n.driver == Driver::Bridge)
+                .map(|n| n.name.as_str())
+                .chain(
+                    plan.containers
+                        .iter()
+                        .filter(|c| names.contains(&c.name))
+                        .map(|c| c.host_veth.as_str()),
+                );
+            for name in touched {
+                host.links.retain(|l| l.name != name);
+                host.links.extend(topology::link(h, name).await?);
+            }
+        }
+    }
     let t = std::time::Instant::now();
     report
         .changes

@@ -244,17 +244,22 @@ where
 }
 
 /// What identifies this build's object: recorded by `up`, so that a later `up` of the same
-/// binary knows the attached programs are current. Hashing costs about a millisecond:
-/// once per process.
+/// binary knows the attached programs are current. The build script hashes it (FNV-1a of
+/// the bytes, and the length), once per build.
 pub(super) fn stamp() -> &'static str {
-    static STAMP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    STAMP.get_or_init(|| format!("{:08x}-{}", crate::config::fnv1a_32(OBJECT), OBJECT.len()))
+    env!("NETPLANE_EBPF_STAMP")
 }
 
 #[cfg(test)]
 mod tests {
     use super::{OBJECT, layouts};
     use netplane_common::nat::maps;
+
+    #[test]
+    fn the_stamp_is_the_objects_hash() {
+        let want = format!("{:08x}-{}", crate::config::fnv1a_32(OBJECT), OBJECT.len());
+        assert_eq!(super::stamp(), want);
+    }
 
     #[test]
     fn every_pinned_map_has_a_known_layout() {
