@@ -35,6 +35,12 @@ pub enum Error {
         value: String,
         what: &'static str,
     },
+    #[error("{field} = {value:?}: {what}")]
+    NotYet {
+        field: String,
+        value: String,
+        what: &'static str,
+    },
     #[error("injected failure before container {0} (NETPLANE_FAIL_BEFORE_CONTAINER)")]
     Injected(String),
     #[error("networks[{index}].subnet = \"{subnet}\": collides with {addr} on {iface}")]
@@ -177,6 +183,20 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     let h = topology::connect(None)?;
     let old = State::load(&plan.name)?.unwrap_or_default();
     let mut host = check_host(&h, plan, &old).await?;
+    if let Some((i, n)) = plan
+        .networks
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.subnet6.is_some())
+    {
+        return Err(Error::NotYet {
+            field: format!("networks[{i}].subnet6"),
+            value: n.subnet6.map(|s| s.to_string()).unwrap_or_default(),
+            what: "dual-stack networks are planned (addresses, gateways, -p families) but \
+                   not built yet: neither the topology nor a data plane gives containers \
+                   IPv6 so far",
+        });
+    }
     let dp = dataplane::for_mode(plan.mode);
     dp.check()?;
     dp.check_plan(plan)?;

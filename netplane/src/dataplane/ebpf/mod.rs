@@ -78,26 +78,6 @@ impl Dataplane for Ebpf {
         Ok(())
     }
 
-    /// IPv6 (NAT66) is not in the programs yet: a dual-stack network would leave its
-    /// containers' IPv6 traffic untranslated.
-    fn check_plan(&self, plan: &Plan) -> Result<(), DataplaneError> {
-        match plan
-            .networks
-            .iter()
-            .enumerate()
-            .find(|(_, n)| n.subnet6.is_some())
-        {
-            Some((i, n)) => Err(DataplaneError::NotInMode {
-                field: format!("networks[{i}].subnet6"),
-                value: n.subnet6.map(|s| s.to_string()).unwrap_or_default(),
-                reason: "eBPF mode does not translate IPv6 yet; use mode = \"iptables\" for \
-                         dual-stack networks"
-                    .to_owned(),
-            }),
-            None => Ok(()),
-        }
-    }
-
     fn sysctls(&self, _plan: &Plan) -> Vec<(String, String)> {
         Vec::new()
     }
