@@ -182,7 +182,14 @@ pub fn converge(lock: &InstanceLock, plan: &Plan, scope: &Scope) -> Result<UpRep
 async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     let h = topology::connect(None)?;
     let old = State::load(&plan.name)?.unwrap_or_default();
-    let mut host = check_host(&h, plan, &old).await?;
+    let narrow = match scope {
+        Scope::Only(names) => narrow_host(&h, plan, &old, names).await?,
+        Scope::All => None,
+    };
+    let mut host = match narrow {
+        Some(host) => host,
+        None => check_host(&h, plan, &old).await?,
+    };
     if let Some((i, n)) = plan
         .networks
         .iter()
@@ -387,6 +394,65 @@ pub fn uplink_of(configured: Option<&str>) -> Result<String, Error> {
             Err(Error::UplinkWithoutAddress(uplink))
         }
     })
+}
+
+/// [`check_host`] for a converge scoped to containers `names` of a plan whose networks,
+/// routes, uplink and mode are those already applied (a CNI ADD or DEL): those were
+/// checked when they were applied, so only the scoped containers' devices are looked up,
+/// by name, with the uplink and the bridges, instead of every link of the namespace.
+/// `None` when the plan changed more than its containers: the full check then runs.
+async fn narrow_host(
+    h: &rtnetlink::Handle,
+    plan: &Plan,
+    old: &State,
+    names: &BTreeSet<String>,
+) -> Result<Option<HostContext>, Error> {
+    let Some(prev) = &old.plan else {
+        return Ok(None);
+    };
+    if (&prev.networks, &prev.routes, &prev.uplink, prev.mode)
+        != (&plan.networks, &plan.routes, &plan.uplink, plan.mode)
+    {
+        return Ok(None);
+    }
+    let uplink = match &plan.uplink {
+        Some(u) => u.clone(),
+        None => topology::default_route_interface(h)
+            .await?
+            .ok_or(Error::NoDefaultRoute)?,
+    };
+    let mut links = Vec::new();
+    let bridges = plan
+        .networks
+        .iter()
+        .filter(|n| n.driver == Driver::Bridge)
+        .map(|n| n.name.as_str());
+    for name in std::iter::once(uplink.as_str()).chain(bridges) {
+        links.extend(topology::link(h, name).await?);
+    }
+    if !links.iter().any(|l| l.name == uplink) {
+        return Err(Error::UplinkMissing(uplink));
+    }
+    for (i, c) in plan.containers.iter().enumerate() {
+        if !names.contains(&c.name) {
+            continue;
+        }
+        if let Some(l) = topology::link(h, &c.host_veth).await? {
+            if !old.links.contains(&c.host_veth) {
+                return Err(Error::Foreign {
+                    field: format!("containers[{i}].name"),
+                    value: c.name.clone(),
+                    what: "its host veth name",
+                });
+            }
+            links.push(l);
+        }
+    }
+    let addrs = topology::ipv4_addresses(h).await?;
+    let mut host = HostContext::from_host(plan, &uplink, links, &addrs)
+        .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))?;
+    host.touched = Some(names.clone());
+    Ok(Some(host))
 }
 
 /// The checks that need the host: the uplink exists and has an address, and no subnet

@@ -725,11 +725,16 @@ pub async fn default_route_interface(h: &Handle) -> Result<Option<String>, Topol
             _ => None,
         });
     let Some(index) = oif else { return Ok(None) };
-    Ok(links(h)
-        .await?
-        .into_iter()
-        .find(|l| l.index == index)
-        .map(|l| l.name))
+    Ok(link_by_index(h, index).await?.map(|l| l.name))
+}
+
+/// The link of index `index`, if it exists.
+pub async fn link_by_index(h: &Handle, index: u32) -> Result<Option<Link>, TopologyError> {
+    match h.link().get().match_index(index).execute().try_next().await {
+        Ok(m) => Ok(m.map(Link::from)),
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(nl_err("look up link", index.to_string())(e)),
+    }
 }
 
 /// A namespace's links, and its IPv4 addresses per interface index.

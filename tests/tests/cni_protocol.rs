@@ -351,7 +351,12 @@ fn concurrent_adds_and_dels() {
         ips.sort();
         ips.dedup();
         assert_eq!(ips.len(), 8, "{ips:?}");
-        assert_eq!(d.net.status()["containers"].as_array().unwrap().len(), 8);
+        let status = d.net.status();
+        assert_eq!(status["containers"].as_array().unwrap().len(), 8);
+        if mode == "ebpf" {
+            // Each ADD wrote its own container's endpoint, and kept the others'.
+            assert_eq!(map_entries(&status, "NP_ENDPOINTS"), 8, "{status}");
+        }
         // Every container reaches the next one: all eight are wired.
         for (i, ns) in nss.iter().enumerate() {
             let peer = ips[(i + 1) % 8].split('/').next().unwrap().to_owned();

@@ -76,6 +76,7 @@ fn programs_for(plan: &Plan) -> TestRunPrograms {
             )
             .collect(),
         links: Vec::new(),
+        touched: None,
     };
     TestRunPrograms::load(plan, &host).expect("load the NAT programs")
 }
@@ -1645,6 +1646,7 @@ fn rewriting_the_networks_never_leaves_a_container_unknown() {
         uplink_addr: Ipv4Addr::from(U),
         local_addrs: vec![Ipv4Addr::from(U)],
         links: Vec::new(),
+        touched: None,
     };
     let mut p = programs_for(&with);
     let mut maps = p.take_maps().unwrap();

@@ -73,6 +73,10 @@ pub struct HostContext {
     /// The host namespace's links once the topology is built (the eBPF data plane
     /// delivers into a container by its host veth's index, MTU and MAC).
     pub links: Vec<Link>,
+    /// `Some` when `links` holds only the uplink, the bridges and the host veths of these
+    /// containers: a converge scoped to them (a CNI ADD or DEL), whose cost must not grow
+    /// with the containers attached. Only their entries change.
+    pub touched: Option<std::collections::BTreeSet<String>>,
 }
 
 impl HostContext {
@@ -108,6 +112,7 @@ impl HostContext {
             uplink_addr,
             local_addrs,
             links,
+            touched: None,
         })
     }
 }

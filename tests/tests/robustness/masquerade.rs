@@ -247,6 +247,7 @@ fn port_search_covers_the_range() {
             uplink_addr: U.into(),
             local_addrs: vec![U.into(), [10, 89, 0, 1].into(), [10, 89, 1, 1].into()],
             links: Vec::new(),
+            touched: None,
         };
         let mut p = TestRunPrograms::load(&plan, &host).expect("load the NAT programs");
         let mut taken = std::collections::BTreeSet::new();

@@ -178,15 +178,41 @@ impl Maps {
         )?;
         // The containers, for delivery straight into them. Their devices come from the
         // host's links as they are now: a recreated container has a new ifindex.
-        let endpoints = plan
-            .containers
-            .iter()
-            .filter_map(|c| {
-                let driver = plan.network(&c.network)?.driver;
-                Some((ne_addr(c.ip), container_endpoint(c, driver, &host.links)?))
-            })
-            .collect();
-        sync_map(&mut self.endpoints, maps::ENDPOINTS, &endpoints)?;
+        let endpoint = |c: &Container| {
+            let driver = plan.network(&c.network)?.driver;
+            container_endpoint(c, driver, &host.links)
+        };
+        match (&host.touched, old) {
+            // A scoped converge: the touched containers' entries, and those of the
+            // containers that left the plan; the others are as the last `up` wrote them.
+            (Some(touched), Some(old)) => {
+                let mut m: HashMap<_, u32, Endpoint> = HashMap::try_from(&mut self.endpoints)
+                    .map_err(EbpfError::map(maps::ENDPOINTS))?;
+                for o in &old.containers {
+                    if plan.container(&o.name).is_none_or(|c| c.ip != o.ip) {
+                        let _ = m.remove(&ne_addr(o.ip));
+                    }
+                }
+                for c in plan.containers.iter().filter(|c| touched.contains(&c.name)) {
+                    match endpoint(c) {
+                        Some(e) => m
+                            .insert(ne_addr(c.ip), e, 0)
+                            .map_err(EbpfError::map(maps::ENDPOINTS))?,
+                        None => {
+                            let _ = m.remove(&ne_addr(c.ip));
+                        }
+                    }
+                }
+            }
+            _ => {
+                let endpoints = plan
+                    .containers
+                    .iter()
+                    .filter_map(|c| Some((ne_addr(c.ip), endpoint(c)?)))
+                    .collect();
+                sync_map(&mut self.endpoints, maps::ENDPOINTS, &endpoints)?;
+            }
+        }
 
         let mut published: HashMap<_, PortKey, Backend> =
             HashMap::try_from(&mut self.published).map_err(EbpfError::map(maps::PUBLISHED))?;
