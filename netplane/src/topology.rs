@@ -182,9 +182,11 @@ fn local_ipv4(m: &AddressMessage) -> Option<Ipv4Addr> {
 
 /// IPv4 addresses per interface index.
 pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>, TopologyError> {
-    let msgs: Vec<AddressMessage> = h
-        .address()
-        .get()
+    // IPv4 only, asked of the kernel: every veth has an IPv6 link-local address, and a
+    // dump of all families grows with the containers attached.
+    let mut req = h.address().get();
+    req.message_mut().header.family = rtnetlink::packet_route::AddressFamily::Inet;
+    let msgs: Vec<AddressMessage> = req
         .execute()
         .try_collect()
         .await
