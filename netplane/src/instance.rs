@@ -196,13 +196,24 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
         .enumerate()
         .find(|(_, n)| n.subnet6.is_some())
     {
-        return Err(Error::NotYet {
-            field: format!("networks[{i}].subnet6"),
-            value: n.subnet6.map(|s| s.to_string()).unwrap_or_default(),
-            what: "dual-stack networks are planned (addresses, gateways, -p families) but \
-                   not built yet: neither the topology nor a data plane gives containers \
-                   IPv6 so far",
-        });
+        let field = format!("networks[{i}].subnet6");
+        let value = n.subnet6.map(|s| s.to_string()).unwrap_or_default();
+        // A kernel booted with ipv6.disable=1 has no IPv6 at all.
+        if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            return Err(Error::NotYet {
+                field,
+                value,
+                what: "this host has IPv6 disabled (ipv6.disable=1): remove subnet6, or \
+                       boot with IPv6",
+            });
+        }
+        if n.driver == Driver::Ptp {
+            return Err(Error::NotYet {
+                field,
+                value,
+                what: "dual-stack ptp networks are not built yet; use driver = \"bridge\"",
+            });
+        }
     }
     let dp = dataplane::for_mode(plan.mode);
     dp.check()?;
@@ -242,7 +253,7 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     journal.routes.extend(desired_routes.iter().copied());
     // Prior values of the sysctls that exist already; those of bridges this run creates
     // go away with the bridges. Shared ones are journaled in their own record.
-    for (key, _) in wanted_sysctls(plan, &*dp) {
+    for (key, _) in wanted_sysctls(plan, &*dp, Some(&host.uplink)) {
         if !shared::is_shared(&key)
             && !journal.sysctls.contains_key(&key)
             && let Ok(prior) = sysctl::read(&key)
@@ -329,7 +340,7 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     // A device sysctl no longer wanted (a network that stopped publishing no longer needs
     // route_localnet) gets its value from before back; one of a device that is gone went
     // with it.
-    let wanted: BTreeSet<String> = wanted_sysctls(plan, &*dp)
+    let wanted: BTreeSet<String> = wanted_sysctls(plan, &*dp, Some(&host.uplink))
         .into_iter()
         .map(|(key, _)| key)
         .collect();
@@ -650,6 +661,35 @@ async fn check_routes(
     Ok(())
 }
 
+/// A dual-stack network's sysctls: IPv6 forwarding; no router advertisements taken on
+/// netplane's bridges (its gateway is static); and `accept_ra = 2` on an uplink that
+/// takes them (1), because forwarding makes the kernel ignore them at 1, and the host
+/// would lose the default route it learned from them when it expires (moby#43466).
+fn ipv6_sysctls(plan: &Plan, uplink: Option<&str>) -> Vec<(String, String)> {
+    let dual: Vec<&crate::config::Network> = plan
+        .networks
+        .iter()
+        .filter(|n| n.subnet6.is_some())
+        .collect();
+    if dual.is_empty() {
+        return Vec::new();
+    }
+    let mut all = vec![("net.ipv6.conf.all.forwarding".to_owned(), "1".to_owned())];
+    all.extend(dual.iter().filter(|n| n.driver == Driver::Bridge).map(|n| {
+        (
+            format!("net.ipv6.conf.{}.accept_ra", n.name),
+            "0".to_owned(),
+        )
+    }));
+    if let Some(u) = uplink {
+        let key = format!("net.ipv6.conf.{u}.accept_ra");
+        if sysctl::read(&key).is_ok_and(|v| v == "1" || v == "2") {
+            all.push((key, "2".to_owned()));
+        }
+    }
+    all
+}
+
 /// The sysctls `up` sets: IPv4 forwarding, strict reverse-path filtering on ptp host
 /// veths, and what the data plane asks for.
 ///
@@ -657,11 +697,12 @@ async fn check_routes(
 /// to it: with `rp_filter = 1` (strict, RFC 3704) the kernel drops what a container sends
 /// with any other source address, so that it cannot pass as another network's container
 /// or as a routed peer (on a bridge, the device says where a packet came from).
-fn wanted_sysctls(plan: &Plan, dp: &dyn Dataplane) -> Vec<(String, String)> {
+fn wanted_sysctls(plan: &Plan, dp: &dyn Dataplane, uplink: Option<&str>) -> Vec<(String, String)> {
     let mut all: Vec<(String, String)> = SYSCTLS
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    all.extend(ipv6_sysctls(plan, uplink));
     all.extend(
         plan.containers
             .iter()
@@ -784,7 +825,7 @@ async fn apply(
         }
     }
     // Sysctls after the topology: some are per bridge.
-    let (common, own): (Vec<_>, Vec<_>) = wanted_sysctls(plan, dp)
+    let (common, own): (Vec<_>, Vec<_>) = wanted_sysctls(plan, dp, Some(&host.uplink))
         .into_iter()
         .partition(|(key, _)| shared::is_shared(key));
     for held in shared::hold(&plan.name, &common)? {
@@ -1095,7 +1136,7 @@ pub fn status(name: &str) -> Result<Status, Error> {
         // Forwarding turned off under a running instance (by hand, or by another tool's
         // teardown) stops every container's traffic without a trace elsewhere.
         // (A per-device one of a missing bridge cannot be read: reported as the bridge.)
-        for (key, value) in wanted_sysctls(&plan, &*dp) {
+        for (key, value) in wanted_sysctls(&plan, &*dp, None) {
             if let Ok(v) = sysctl::read(&key)
                 && v != value
             {

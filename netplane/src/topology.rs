@@ -13,12 +13,14 @@
 //! difference, so `up` converges and a second `up` changes nothing. `-EEXIST` and `-ENODEV`
 //! are normal answers here, not failures (as in iproute2 and netavark).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use ipnet::{Ipv4Net, Ipv6Net};
+use rtnetlink::packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
+};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -48,6 +50,8 @@ pub enum TopologyError {
     Netns(#[from] netns::NetnsError),
     #[error("{object} is missing after it was created")]
     Vanished { object: String },
+    #[error("{0}")]
+    Sysctl(String),
 }
 
 fn nl_err(
@@ -244,6 +248,74 @@ async fn ensure_only_address(
     Ok(changed)
 }
 
+/// The global IPv6 addresses of `ifindex` (link-local ones are the kernel's, and stay).
+async fn ipv6_addresses_of(
+    h: &Handle,
+    ifname: &str,
+    ifindex: u32,
+) -> Result<Vec<(AddressMessage, Ipv6Net)>, TopologyError> {
+    let mut req = h.address().get().set_link_index_filter(ifindex);
+    req.message_mut().header.family = rtnetlink::packet_route::AddressFamily::Inet6;
+    let msgs: Vec<AddressMessage> = req
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list IPv6 addresses of", ifname))?;
+    Ok(msgs
+        .into_iter()
+        .filter(|m| m.header.scope == AddressScope::Universe)
+        .filter_map(|m| {
+            let ip = m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                _ => None,
+            })?;
+            let net = Ipv6Net::new(ip, m.header.prefix_len).ok()?;
+            Some((m, net))
+        })
+        .collect())
+}
+
+/// Makes `ifindex` carry exactly `want` as its global IPv6 address, or none. Added
+/// without duplicate address detection (IFA_F_NODAD, as netavark does): the address is
+/// netplane's to give, and DAD would hold it "tentative", unusable, for a second or more.
+async fn ensure_only_address6(
+    h: &Handle,
+    ifname: &str,
+    ifindex: u32,
+    want: Option<Ipv6Net>,
+) -> Result<bool, TopologyError> {
+    let mut present = false;
+    let mut changed = false;
+    for (m, net) in ipv6_addresses_of(h, ifname, ifindex).await? {
+        if Some(net) == want {
+            present = true;
+        } else {
+            h.address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(nl_err("remove an old IPv6 address from", ifname))?;
+            changed = true;
+        }
+    }
+    if let Some(want) = want
+        && !present
+    {
+        let mut req = h
+            .address()
+            .add(ifindex, IpAddr::V6(want.addr()), want.prefix_len());
+        let msg = req.message_mut();
+        msg.header.flags = AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        req.execute()
+            .await
+            .map_err(nl_err("add address to", format!("{ifname} ({want})")))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
 /// The bridge of `net`, up, with the gateway address (none on an isolated network).
 /// Returns whether anything changed, and whether the bridge itself was created by this
 /// call.
@@ -272,6 +344,21 @@ pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), To
         .has_gateway()
         .then(|| Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("validated prefix"));
     let addr_changed = ensure_only_address(h, &net.name, bridge.index, want).await?;
+    let want6 = match (net.has_gateway(), net.subnet6, net.gateway6) {
+        (true, Some(s6), Some(gw6)) => Some(Ipv6Net::new(gw6, s6.prefix_len()).expect("/64–/120")),
+        _ => None,
+    };
+    if want6.is_some() {
+        // A host with IPv6 off by default (`default.disable_ipv6 = 1`) gives the new
+        // bridge none, and the kernel then refuses its address (EACCES in
+        // addrconf_add_dev()): the bridge, netplane's own, gets it back, as netavark does.
+        let key = format!("net.ipv6.conf.{}.disable_ipv6", net.name);
+        if crate::sysctl::read(&key).is_ok_and(|v| v != "0") {
+            crate::sysctl::write(&key, "0").map_err(|e| TopologyError::Sysctl(e.to_string()))?;
+        }
+    }
+    let addr_changed =
+        addr_changed | ensure_only_address6(h, &net.name, bridge.index, want6).await?;
     let mtu_changed = ensure_mtu(h, &bridge, net.mtu).await?;
     let up_changed = set_up(h, &bridge).await?;
     Ok((
@@ -650,8 +737,28 @@ pub async fn ensure_container_inside(
         Some(want),
     )
     .await?;
+    // IPv6 on a dual-stack network. A runtime's namespace may hold another plugin's
+    // addresses: only netplane's own containers lose those it did not give.
+    let want6 = c
+        .ip6
+        .zip(net.subnet6)
+        .map(|(ip6, s6)| Ipv6Net::new(ip6, s6.prefix_len()).expect("/64–/120"));
+    if want6.is_some() || c.attachment.is_none() {
+        changed |= ensure_only_address6(
+            ch,
+            &format!("{}: {}", c.netns, c.ifname()),
+            eth.index,
+            want6,
+        )
+        .await?;
+    }
     changed |= ensure_mtu(ch, &eth, net.mtu).await?;
     changed |= set_up(ch, &eth).await?;
+    if net.has_gateway()
+        && let (Some(_), Some(gw6)) = (want6, net.gateway6)
+    {
+        changed |= ensure_default_route6(ch, &c.netns, eth.index, gw6).await?;
+    }
     // A runtime's namespace may have other interfaces, whose default route is not
     // netplane's to replace or delete (the bridge plugin's ipam.ConfigureIface adds its
     // routes beside others, too).
@@ -827,4 +934,57 @@ pub async fn ensure_container_route(
         route = route.gateway(gw);
     }
     ensure_route(&ch, route.build(), &format!("{ns}: {dst}")).await
+}
+
+/// The IPv6 default route of a container (handle `ch`, namespace `ns`): via `gw` on `oif`.
+/// One through another interface is left alone (see `ensure_default_route`).
+async fn ensure_default_route6(
+    ch: &Handle,
+    ns: &str,
+    oif: u32,
+    gw: Ipv6Addr,
+) -> Result<bool, TopologyError> {
+    let routes: Vec<RouteMessage> = ch
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list IPv6 routes of", ns))?;
+    let defaults: Vec<(Option<Ipv6Addr>, Option<u32>)> = routes
+        .iter()
+        .filter(|r| {
+            r.header.table == RouteHeader::RT_TABLE_MAIN
+                && r.header.destination_prefix_length == 0
+                && r.header.kind == RouteType::Unicast
+        })
+        .map(|r| {
+            let gw = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(*g),
+                _ => None,
+            });
+            let dev = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            (gw, dev)
+        })
+        .collect();
+    if defaults.contains(&(Some(gw), Some(oif))) || defaults.iter().any(|(_, d)| *d != Some(oif)) {
+        return Ok(false);
+    }
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .gateway(gw)
+        .output_interface(oif)
+        .build();
+    ch.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl_err(
+            "set the IPv6 default route of",
+            format!("{ns} (via {gw})"),
+        ))?;
+    Ok(true)
 }

@@ -228,7 +228,8 @@ fn bad_input_is_rejected_and_changes_nothing() {
     let net = "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n";
     let c =
         |extra: &str| format!("{net}[[containers]]\nname = \"c1\"\nnetwork = \"npa\"\n{extra}\n");
-    let cases: Vec<(String, &[&str])> = vec![
+    let cases: Vec<(String, &[&str])> =
+        vec![
         (
             "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/33\"\n".into(),
             &["networks[0].subnet", "10.89.0.0/33"],
@@ -286,10 +287,10 @@ fn bad_input_is_rejected_and_changes_nothing() {
             format!("uplink = \"nosuchif\"\n{net}"),
             &["uplink", "nosuchif"],
         ),
-        // Dual-stack networks are planned but not built yet (issue 15): refused, named.
+        // Dual-stack networks run in mode none only, for now: refused in eBPF mode, named.
         (
             format!("{net}subnet6 = \"2001:db8:89::/64\"\n"),
-            &["networks[0].subnet6", "2001:db8:89::/64", "not built yet"],
+            &["networks[0].subnet6", "2001:db8:89::/64", "does not translate IPv6"],
         ),
         (
             format!("{net}subnet6 = \"2001:db8::/48\"\n"),
@@ -635,4 +636,61 @@ fn routes_to_other_hosts_follow_the_config() {
         h.host.sh(&["ip", "route"]).contains("10.0.9.0/24"),
         "a route netplane does not own stays"
     );
+}
+
+/// A dual-stack bridge network (mode none: topology only, as IPv6 NAT is not built yet):
+/// each container gets its IPv6 address (no DAD: usable at once) and a default route via
+/// the bridge's gateway6; IPv6 forwarding is on, the uplink keeps taking router
+/// advertisements (accept_ra 1 → 2), the bridge takes none; `down` puts the sysctls back.
+#[test]
+fn a_dual_stack_network_gives_containers_ipv6() {
+    if !privileged("a_dual_stack_network_gives_containers_ipv6") {
+        return;
+    }
+    let h = Host::new();
+    let sysctl = |key: &str| h.host.sh(&["sysctl", "-n", key]).trim().to_owned();
+    let (fwd, ra) = (
+        "net.ipv6.conf.all.forwarding",
+        format!("net.ipv6.conf.{UPLINK}.accept_ra"),
+    );
+    assert_eq!((sysctl(fwd).as_str(), sysctl(&ra).as_str()), ("0", "1"));
+    h.write_config(
+        "mode = \"none\"\n[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n\
+         subnet6 = \"2001:db8:89::/64\"\n[[containers]]\nname = \"c1\"\nnetwork = \"npa\"\n\
+         [[containers]]\nname = \"c2\"\nnetwork = \"npa\"\nip6 = \"2001:db8:89::50\"\n",
+    );
+    h.netplane_ok(&["up"]);
+    let (c1, c2) = (h.container("c1"), h.container("c2"));
+    let addr = c1.sh(&[
+        "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global",
+    ]);
+    assert!(addr.contains("inet6 2001:db8:89::2/64"), "{addr}");
+    assert!(!addr.contains("tentative"), "DAD is off: {addr}");
+    assert!(
+        c1.sh(&["ip", "-6", "route", "show", "default"])
+            .contains("via 2001:db8:89::1 dev eth0"),
+        "default route via gateway6"
+    );
+    let bridge = h.host.sh(&[
+        "ip", "-o", "-6", "addr", "show", "dev", "npa", "scope", "global",
+    ]);
+    assert!(bridge.contains("inet6 2001:db8:89::1/64"), "{bridge}");
+    // Container ↔ container, host ↔ container, over IPv6, with TCP: the server sees the
+    // client's own address.
+    assert!(pings(&c1, "2001:db8:89::50"));
+    assert!(pings(&h.host, "2001:db8:89::2"));
+    let seen = tcp_exchange(&c2, "[::]:80", &c1, "[2001:db8:89::50]:80", "hi");
+    assert!(seen.ends_with("from 2001:db8:89::2"), "{seen}");
+    assert_eq!(sysctl(fwd), "1");
+    assert_eq!(
+        sysctl(&ra),
+        "2",
+        "the uplink keeps its router advertisements"
+    );
+    assert_eq!(sysctl("net.ipv6.conf.npa.accept_ra"), "0");
+    // Idempotent: a second `up` changes nothing.
+    let again = h.netplane_ok(&["up"]);
+    assert!(again.contains("nothing to change"), "{again}");
+    h.netplane_ok(&["down"]);
+    assert_eq!((sysctl(fwd).as_str(), sysctl(&ra).as_str()), ("0", "1"));
 }

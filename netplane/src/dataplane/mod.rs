@@ -255,6 +255,27 @@ pub trait Dataplane {
     }
 }
 
+/// The first dual-stack network of `plan`, refused by a mode that does not translate IPv6
+/// yet: its containers' IPv6 traffic would leave untranslated.
+pub(crate) fn refuse_ipv6(plan: &Plan, mode: Mode) -> Result<(), DataplaneError> {
+    match plan
+        .networks
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.subnet6.is_some())
+    {
+        Some((i, n)) => Err(DataplaneError::NotInMode {
+            field: format!("networks[{i}].subnet6"),
+            value: n.subnet6.map(|s| s.to_string()).unwrap_or_default(),
+            reason: format!(
+                "{mode} mode does not translate IPv6 yet; dual-stack networks run in mode \
+                 \"none\" (addresses and routes, no NAT) for now"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The data plane of `mode`.
 pub fn for_mode(mode: Mode) -> Box<dyn Dataplane> {
     match mode {

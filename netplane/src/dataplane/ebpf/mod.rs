@@ -78,6 +78,10 @@ impl Dataplane for Ebpf {
         Ok(())
     }
 
+    fn check_plan(&self, plan: &Plan) -> Result<(), DataplaneError> {
+        super::refuse_ipv6(plan, Mode::Ebpf)
+    }
+
     fn sysctls(&self, _plan: &Plan) -> Vec<(String, String)> {
         Vec::new()
     }

@@ -235,6 +235,7 @@ impl Dataplane for Iptables {
     /// `[::1]:` publishing needs DNAT of loopback traffic out of the host, which IPv4
     /// allows with `route_localnet` and IPv6 has no equivalent of.
     fn check_plan(&self, plan: &Plan) -> Result<(), DataplaneError> {
+        super::refuse_ipv6(plan, Mode::Iptables)?;
         for (i, c) in plan.containers.iter().enumerate() {
             for (j, m) in c.publish.iter().enumerate() {
                 if m.host_ip6 == Some(std::net::Ipv6Addr::LOCALHOST) {
