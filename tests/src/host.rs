@@ -313,6 +313,39 @@ fn cable(sandbox: &mut Sandbox) -> (Netns, Netns) {
     (host, outside)
 }
 
+/// The uplink's IPv6 address, and the outside's, for dual-stack tests (RFC 3849).
+pub const UPLINK_IP6: &str = "2001:db8:113::1";
+pub const OUTSIDE_IP6: &str = "2001:db8:113::2";
+
+impl Host {
+    /// Turns IPv6 on for the cable between the host and the outside (the sandbox makes
+    /// namespaces with it off): the uplink [`UPLINK_IP6`]/64, the outside
+    /// [`OUTSIDE_IP6`]/64 (no DAD: usable at once), and the host's IPv6 default route
+    /// via the outside. The outside has no route to the container subnets.
+    pub fn with_ipv6(self) -> Host {
+        for (ns, dev, addr) in [
+            (&self.instance.host, UPLINK, UPLINK_IP6),
+            (&self.outside, "eth0", OUTSIDE_IP6),
+        ] {
+            ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
+            ns.sh(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+        }
+        self.instance
+            .host
+            .sh(&["ip", "-6", "route", "add", "default", "via", OUTSIDE_IP6]);
+        self
+    }
+}
+
 impl Default for Host {
     fn default() -> Self {
         Self::new()

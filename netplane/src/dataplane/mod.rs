@@ -269,7 +269,7 @@ pub(crate) fn refuse_ipv6(plan: &Plan, mode: Mode) -> Result<(), DataplaneError>
             value: n.subnet6.map(|s| s.to_string()).unwrap_or_default(),
             reason: format!(
                 "{mode} mode does not translate IPv6 yet; dual-stack networks run in mode \
-                 \"none\" (addresses and routes, no NAT) for now"
+                 \"iptables\" (ip6tables) or \"none\" for now"
             ),
         }),
         None => Ok(()),

@@ -162,11 +162,14 @@ fn serve_udp(a: &str, count: u32) -> Result<(), String> {
 
 fn send_udp(a: &str, size: &str, sport: Option<&str>) -> Result<(), String> {
     let size: usize = size.parse().map_err(|e| format!("{size}: {e}"))?;
-    let bind = format!("0.0.0.0:{}", sport.unwrap_or("0"));
+    let to = addr(a)?;
+    // The family of the destination: an IPv6 one needs an IPv6 socket.
+    let any = if to.is_ipv6() { "[::]" } else { "0.0.0.0" };
+    let bind = format!("{any}:{}", sport.unwrap_or("0"));
     let s = UdpSocket::bind(&bind).map_err(|e| format!("bind {bind}: {e}"))?;
     s.set_read_timeout(Some(TIMEOUT)).ok();
     let payload: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
-    s.send_to(&payload, addr(a)?)
+    s.send_to(&payload, to)
         .map_err(|e| format!("send to {a}: {e}"))?;
     let mut buf = [0u8; 1024];
     let (n, _) = s

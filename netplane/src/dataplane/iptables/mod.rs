@@ -35,7 +35,46 @@ use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
 use crate::config::{Container, Driver, Mode, Plan, fnv1a_32};
 use crate::state;
 
-pub use rules::ruleset;
+pub use rules::{ruleset, ruleset6};
+
+/// The two rule sets: IPv4 (iptables) and, for dual-stack networks, IPv6 (ip6tables),
+/// with the same chains and jumps in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Family {
+    save: &'static str,
+    restore: &'static str,
+    /// What the last applied rule set is kept as, in the instance's state directory.
+    file: &'static str,
+    v6: bool,
+}
+
+const V4: Family = Family {
+    save: "iptables-save",
+    restore: "iptables-restore",
+    file: "iptables.rules",
+    v6: false,
+};
+const V6: Family = Family {
+    save: "ip6tables-save",
+    restore: "ip6tables-restore",
+    file: "ip6tables.rules",
+    v6: true,
+};
+
+impl Family {
+    fn rules(self, plan: &Plan) -> String {
+        if self.v6 {
+            ruleset6(plan)
+        } else {
+            ruleset(plan)
+        }
+    }
+
+    /// Whether `plan` has rules of this family: IPv6 only with a dual-stack network.
+    fn wanted(self, plan: &Plan) -> bool {
+        !self.v6 || plan.networks.iter().any(|n| n.subnet6.is_some())
+    }
+}
 
 pub struct Iptables;
 
@@ -156,8 +195,8 @@ fn teardown_batches(saved: &str, name: &str) -> Vec<(&'static str, String, Vec<S
 /// Runs one table's teardown batch. When the batch fails as a whole (a rule gone since
 /// the dump, a chain another tool still jumps to), each command runs on its own, so
 /// everything that can go goes; returns the commands that failed.
-fn run_teardown(table: &str, batch: &str) -> Vec<String> {
-    let Err(whole) = run("iptables-restore", &["--noflush"], Some(batch)) else {
+fn run_teardown(fam: Family, table: &str, batch: &str) -> Vec<String> {
+    let Err(whole) = run(fam.restore, &["--noflush"], Some(batch)) else {
         return Vec::new();
     };
     tracing::debug!("iptables teardown of table {table} as one batch: {whole}");
@@ -166,9 +205,9 @@ fn run_teardown(table: &str, batch: &str) -> Vec<String> {
         .filter(|l| l.starts_with('-'))
         .filter_map(|cmd| {
             let one = format!("*{table}\n{cmd}\nCOMMIT\n");
-            run("iptables-restore", &["--noflush"], Some(&one))
+            run(fam.restore, &["--noflush"], Some(&one))
                 .err()
-                .map(|e| format!("iptables -t {table} {cmd}: {e}"))
+                .map(|e| format!("{} -t {table} {cmd}: {e}", fam.restore))
         })
         .collect()
 }
@@ -201,12 +240,81 @@ fn drift(saved: &str, rules: &str, name: &str) -> Vec<String> {
 }
 
 /// Where the last applied ruleset is kept, to tell "nothing to change" from a change.
-fn applied_file(name: &str) -> PathBuf {
-    state::dir(name).join("iptables.rules")
+fn applied_file(name: &str, fam: Family) -> PathBuf {
+    state::dir(name).join(fam.file)
 }
 
-fn save() -> Result<String, DataplaneError> {
-    run("iptables-save", &[], None)
+fn save(fam: Family) -> Result<String, DataplaneError> {
+    run(fam.save, &[], None)
+}
+
+/// Programs `fam`'s rules of `plan` (netplane's chains, and the jumps missing) in one
+/// atomic batch, unless what was applied last is still there. Returns the change.
+fn program(fam: Family, plan: &Plan) -> Result<Option<String>, DataplaneError> {
+    let rules = fam.rules(plan);
+    let saved = save(fam)?;
+    let jumps = missing_jumps(&saved, &plan.name);
+    let unchanged = std::fs::read_to_string(applied_file(&plan.name, fam))
+        .is_ok_and(|r| r == rules)
+        && drift(&saved, &rules, &plan.name).is_empty();
+    if unchanged && jumps.is_empty() {
+        return Ok(None);
+    }
+    let mut batch = String::new();
+    for table in TABLES {
+        let section = rules
+            .split(&format!("*{table}\n"))
+            .nth(1)
+            .and_then(|s| s.split("COMMIT\n").next())
+            .unwrap_or("");
+        writeln!(batch, "*{table}").unwrap();
+        batch.push_str(section);
+        for (_, j) in jumps.iter().filter(|(t, _)| *t == table) {
+            writeln!(batch, "{j}").unwrap();
+        }
+        writeln!(batch, "COMMIT").unwrap();
+    }
+    run(fam.restore, &["--noflush"], Some(&batch))?;
+    let path = applied_file(&plan.name, fam);
+    std::fs::write(&path, &rules).map_err(|source| DataplaneError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let n = rules.lines().filter(|l| l.starts_with("-A ")).count();
+    Ok(Some(format!(
+        "{}: {n} rules in NETPLANE-*-{} chains, {} jumps added",
+        fam.save.trim_end_matches("-save"),
+        tag(&plan.name),
+        jumps.len()
+    )))
+}
+
+/// Removes instance `name`'s chains and jumps of `fam`. Returns what went, and pushes
+/// what failed.
+fn remove(fam: Family, name: &str, failures: &mut Vec<String>) -> Vec<String> {
+    let mut removed = Vec::new();
+    match save(fam) {
+        Ok(saved) => {
+            for (table, batch, objects) in teardown_batches(&saved, name) {
+                let failed = run_teardown(fam, table, &batch);
+                if failed.is_empty() {
+                    removed.extend(objects);
+                }
+                failures.extend(failed);
+            }
+        }
+        // No ip6tables on this host: nothing of it can be there, unless it was applied.
+        Err(_) if fam.v6 && !applied_file(name, fam).exists() => {}
+        Err(e) => failures.push(e.to_string()),
+    }
+    let path = applied_file(name, fam);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            failures.push(format!("cannot remove {}: {e}", path.display()));
+        }
+        _ => {}
+    }
+    removed
 }
 
 impl Dataplane for Iptables {
@@ -235,7 +343,17 @@ impl Dataplane for Iptables {
     /// `[::1]:` publishing needs DNAT of loopback traffic out of the host, which IPv4
     /// allows with `route_localnet` and IPv6 has no equivalent of.
     fn check_plan(&self, plan: &Plan) -> Result<(), DataplaneError> {
-        super::refuse_ipv6(plan, Mode::Iptables)?;
+        if V6.wanted(plan) {
+            for tool in [V6.save, V6.restore] {
+                if run(tool, &["--version"], None).is_err() {
+                    return Err(DataplaneError::MissingTool {
+                        mode: Mode::Iptables,
+                        tool,
+                        package: "iptables",
+                    });
+                }
+            }
+        }
         for (i, c) in plan.containers.iter().enumerate() {
             for (j, m) in c.publish.iter().enumerate() {
                 if m.host_ip6 == Some(std::net::Ipv6Addr::LOCALHOST) {
@@ -286,40 +404,22 @@ impl Dataplane for Iptables {
         old: Option<&Plan>,
         _host: &HostContext,
     ) -> Result<Vec<String>, DataplaneError> {
-        let rules = ruleset(plan);
-        let saved = save()?;
-        let jumps = missing_jumps(&saved, &plan.name);
-        let unchanged = std::fs::read_to_string(applied_file(&plan.name)).is_ok_and(|r| r == rules)
-            && drift(&saved, &rules, &plan.name).is_empty();
         let mut changes = Vec::new();
-        if !unchanged || !jumps.is_empty() {
-            // One atomic batch: our chains' contents and any missing jump.
-            let mut batch = String::new();
-            for table in TABLES {
-                let section = rules
-                    .split(&format!("*{table}\n"))
-                    .nth(1)
-                    .and_then(|s| s.split("COMMIT\n").next())
-                    .unwrap_or("");
-                writeln!(batch, "*{table}").unwrap();
-                batch.push_str(section);
-                for (_, j) in jumps.iter().filter(|(t, _)| *t == table) {
-                    writeln!(batch, "{j}").unwrap();
+        for fam in [V4, V6] {
+            if fam.wanted(plan) {
+                changes.extend(program(fam, plan)?);
+            } else if applied_file(&plan.name, fam).exists() {
+                // The last dual-stack network went: its IPv6 rules go.
+                let mut failures = Vec::new();
+                let removed = remove(fam, &plan.name, &mut failures);
+                if !failures.is_empty() {
+                    return Err(DataplaneError::Teardown {
+                        mode: Mode::Iptables,
+                        failures,
+                    });
                 }
-                writeln!(batch, "COMMIT").unwrap();
+                changes.extend(removed);
             }
-            run("iptables-restore", &["--noflush"], Some(&batch))?;
-            let path = applied_file(&plan.name);
-            std::fs::write(&path, &rules).map_err(|source| DataplaneError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-            let n = rules.lines().filter(|l| l.starts_with("-A ")).count();
-            changes.push(format!(
-                "iptables: {n} rules in NETPLANE-*-{} chains, {} jumps added",
-                tag(&plan.name),
-                jumps.len()
-            ));
         }
         for port in nf_conntrack::changed_udp_ports(old, plan) {
             nf_conntrack::flush_udp_port(port)?;
@@ -333,27 +433,9 @@ impl Dataplane for Iptables {
     }
 
     fn teardown(&self, name: &str) -> Result<Vec<String>, DataplaneError> {
-        let mut removed = Vec::new();
         let mut failures = Vec::new();
-        match save() {
-            Ok(saved) => {
-                for (table, batch, objects) in teardown_batches(&saved, name) {
-                    let failed = run_teardown(table, &batch);
-                    if failed.is_empty() {
-                        removed.extend(objects);
-                    }
-                    failures.extend(failed);
-                }
-            }
-            Err(e) => failures.push(e.to_string()),
-        }
-        let path = applied_file(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                failures.push(format!("cannot remove {}: {e}", path.display()));
-            }
-            _ => {}
-        }
+        let mut removed = remove(V4, name, &mut failures);
+        removed.extend(remove(V6, name, &mut failures));
         if failures.is_empty() {
             Ok(removed)
         } else {
@@ -391,13 +473,31 @@ impl Dataplane for Iptables {
 
     fn status(&self, plan: &Plan) -> DataplaneStatus {
         let mut st = DataplaneStatus::new(Mode::Iptables);
-        match save() {
+        if V6.wanted(plan) {
+            match save(V6) {
+                Ok(saved) => {
+                    for (t, j) in missing_jumps(&saved, &plan.name) {
+                        st.problems
+                            .push(format!("missing ip6tables jump in table {t}: {j}"));
+                    }
+                    if let Ok(applied) = std::fs::read_to_string(applied_file(&plan.name, V6)) {
+                        st.problems.extend(
+                            drift(&saved, &applied, &plan.name)
+                                .into_iter()
+                                .map(|d| format!("ip6tables {d}; `netplane up` restores it")),
+                        );
+                    }
+                }
+                Err(e) => st.problems.push(e.to_string()),
+            }
+        }
+        match save(V4) {
             Ok(saved) => {
                 for (t, j) in missing_jumps(&saved, &plan.name) {
                     st.problems.push(format!("missing jump in table {t}: {j}"));
                 }
                 // Against what `up` applied (absent before the first `up`).
-                if let Ok(applied) = std::fs::read_to_string(applied_file(&plan.name)) {
+                if let Ok(applied) = std::fs::read_to_string(applied_file(&plan.name, V4)) {
                     st.problems.extend(
                         drift(&saved, &applied, &plan.name)
                             .into_iter()

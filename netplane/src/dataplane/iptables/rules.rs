@@ -115,14 +115,25 @@ impl fmt::Display for Match {
 /// forged container source is not "from the network").
 struct Scope<'a> {
     net: &'a Network,
+    /// The IPv6 ruleset's view (ip6tables): the network's subnet6 and addresses.
+    v6: bool,
 }
 
 impl Scope<'_> {
+    /// The network's subnet in this family.
+    fn subnet(&self) -> String {
+        if self.v6 {
+            self.net.subnet6.map(|s| s.to_string()).unwrap_or_default()
+        } else {
+            self.net.subnet.to_string()
+        }
+    }
+
     /// Forwarded out of one of the network's containers.
     fn from(&self) -> Match {
         match self.net.driver {
             Driver::Bridge => Match::default().iif(&self.net.name),
-            Driver::Ptp => Match::default().src(self.net.subnet).iif(HOST_VETHS),
+            Driver::Ptp => Match::default().src(self.subnet()).iif(HOST_VETHS),
         }
     }
 
@@ -131,7 +142,7 @@ impl Scope<'_> {
     fn to(&self) -> Match {
         match self.net.driver {
             Driver::Bridge => Match::default().oif(&self.net.name),
-            Driver::Ptp => Match::default().dst(self.net.subnet),
+            Driver::Ptp => Match::default().dst(self.subnet()),
         }
     }
 
@@ -139,7 +150,7 @@ impl Scope<'_> {
     fn not_to(&self) -> Match {
         match self.net.driver {
             Driver::Bridge => Match::default().not_oif(&self.net.name),
-            Driver::Ptp => Match::default().not_dst(self.net.subnet),
+            Driver::Ptp => Match::default().not_dst(self.subnet()),
         }
     }
 
@@ -148,14 +159,17 @@ impl Scope<'_> {
     fn within(&self) -> Match {
         match self.net.driver {
             Driver::Bridge => self.from().oif(&self.net.name),
-            Driver::Ptp => self.from().dst(self.net.subnet).oif(HOST_VETHS),
+            Driver::Ptp => self.from().dst(self.subnet()).oif(HOST_VETHS),
         }
     }
 
     /// Forwarded to container `c` of the network: its address on its bridge, or its
     /// address on its own host veth.
     fn to_container(&self, c: &Container) -> Match {
-        let dst = Match::default().dst(format!("{}/32", c.ip));
+        let dst = match (self.v6, c.ip6) {
+            (true, Some(ip6)) => Match::default().dst(format!("{ip6}/128")),
+            _ => Match::default().dst(format!("{}/32", c.ip)),
+        };
         match self.net.driver {
             Driver::Bridge => dst.oif(&self.net.name),
             Driver::Ptp => dst.oif(&c.host_veth),
@@ -167,24 +181,50 @@ impl Scope<'_> {
 /// `nat-unprotected` networks (a routed network's `publish` opens container ports by
 /// direct routing, and takes no host port; an isolated network publishes nothing).
 pub fn dnat_mappings(plan: &Plan) -> impl Iterator<Item = (&Container, &PortMapping)> {
+    dnat_mappings_of(plan, false)
+}
+
+/// [`dnat_mappings`] of one family: IPv6 ones are those on IPv6 host addresses of
+/// containers that have an IPv6 address.
+fn dnat_mappings_of(plan: &Plan, v6: bool) -> impl Iterator<Item = (&Container, &PortMapping)> {
     plan.containers
         .iter()
         .filter(|c| {
             plan.network(&c.network)
                 .is_some_and(|n| n.gateway_mode.nat())
         })
+        .filter(move |c| !v6 || c.ip6.is_some())
         .flat_map(|c| c.publish.iter().map(move |m| (c, m)))
-        .filter(|(_, m)| m.on_v4())
+        .filter(move |(_, m)| if v6 { m.on_v6() } else { m.on_v4() })
 }
 
 /// The contents of netplane's chains for `plan`, as `iptables-restore` input (declaring a
 /// chain in a `--noflush` batch creates it or flushes it). Pure, so unit-tested.
 pub fn ruleset(plan: &Plan) -> String {
+    rules_of(plan, false)
+}
+
+/// The IPv6 counterpart of [`ruleset`], as `ip6tables-restore` input: the same chains
+/// for the dual-stack networks' subnet6 (Docker's rules with ip6tables enabled). No
+/// `[[routes]]` (IPv4 subnets), no `[::1]` publishing (refused: IPv6 has no
+/// `route_localnet`), so no `raw` drop and no loopback SNAT; DNAT leaves link-local
+/// clients alone, as Docker does (`! -s fe80::/10`).
+pub fn ruleset6(plan: &Plan) -> String {
+    let mut dual = plan.clone();
+    dual.networks.retain(|n| n.subnet6.is_some());
+    dual.containers
+        .retain(|c| c.ip6.is_some() && dual.networks.iter().any(|n| n.name == c.network));
+    dual.routes.clear();
+    rules_of(&dual, true)
+}
+
+fn rules_of(plan: &Plan, v6: bool) -> String {
     let chains = Chains {
         raw: chain("RAW", &plan.name),
         dnat: chain("DNAT", &plan.name),
         masq: chain("MASQ", &plan.name),
         fwd: chain("FWD", &plan.name),
+        v6,
     };
     let rules = [
         ("raw", chains.raw(plan)),
@@ -213,6 +253,8 @@ struct Chains {
     dnat: String,
     masq: String,
     fwd: String,
+    /// The ip6tables ruleset (see [`ruleset6`]).
+    v6: bool,
 }
 
 impl Chains {
@@ -222,6 +264,9 @@ impl Chains {
     fn raw(&self, plan: &Plan) -> Vec<String> {
         let raw = &self.raw;
         let mut rules = Vec::new();
+        if self.v6 {
+            return rules;
+        }
         for (_, m) in dnat_mappings(plan).filter(|(_, m)| m.host_ip == Some(Ipv4Addr::LOCALHOST)) {
             let proto = m.proto;
             for hp in m.host_ports() {
@@ -238,18 +283,29 @@ impl Chains {
     fn dnat(&self, plan: &Plan) -> Vec<String> {
         let dnat = &self.dnat;
         let mut rules = Vec::new();
-        for (c, m) in dnat_mappings(plan) {
+        for (c, m) in dnat_mappings_of(plan, self.v6) {
             let proto = m.proto;
-            let dst = m
-                .host_ip
-                .map(|ip| format!("-d {ip}/32 "))
-                .unwrap_or_default();
+            let (dst, to) = match (self.v6, c.ip6) {
+                (true, Some(ip6)) => (
+                    m.host_ip6
+                        .map(|ip| format!("-d {ip}/128 "))
+                        .unwrap_or_default()
+                        + "! -s fe80::/10 ",
+                    format!("[{ip6}]"),
+                ),
+                _ => (
+                    m.host_ip
+                        .map(|ip| format!("-d {ip}/32 "))
+                        .unwrap_or_default(),
+                    c.ip.to_string(),
+                ),
+            };
             // One rule per port: a DNAT range would pick any port of the range, not the
             // matching one (what Docker does too).
             for (hp, cp) in m.pairs() {
                 rules.push(format!(
-                    "-A {dnat} {dst}-p {proto} -m {proto} --dport {hp} -j DNAT --to-destination {}:{cp}",
-                    c.ip
+                    "-A {dnat} {}-p {proto} -m {proto} --dport {hp} -j DNAT --to-destination {to}:{cp}",
+                    order_src_first(&dst),
                 ));
             }
         }
@@ -268,7 +324,18 @@ impl Chains {
             .map(|r| format!("-A {masq} -d {} -j RETURN", r.subnet))
             .collect();
         for n in plan.networks.iter().filter(|n| n.gateway_mode.nat()) {
-            let (scope, subnet, gw) = (Scope { net: n }, n.subnet, n.gateway);
+            let scope = Scope {
+                net: n,
+                v6: self.v6,
+            };
+            let (subnet, gw) = if self.v6 {
+                (
+                    scope.subnet(),
+                    n.gateway6.map(|g| g.to_string()).unwrap_or_default(),
+                )
+            } else {
+                (n.subnet.to_string(), n.gateway.to_string())
+            };
             let src = Match::default().src(subnet);
             // Out of the network: the address of the device it leaves by.
             rules.push(format!(
@@ -284,6 +351,9 @@ impl Chains {
                 src.and(scope.to())
             ));
             // Host → 127.0.0.1:port: a loopback source cannot leave the host.
+            if self.v6 {
+                continue;
+            }
             rules.push(format!(
                 "-A {masq} {}-j SNAT --to-source {gw}",
                 Match::default().src("127.0.0.0/8").and(scope.to())
@@ -298,7 +368,11 @@ impl Chains {
     /// Netplane never changes FORWARD's policy, and works whether it is ACCEPT or DROP.
     fn fwd(&self, plan: &Plan) -> Vec<String> {
         let fwd = &self.fwd;
-        let scopes: Vec<Scope> = plan.networks.iter().map(|net| Scope { net }).collect();
+        let scopes: Vec<Scope> = plan
+            .networks
+            .iter()
+            .map(|net| Scope { net, v6: self.v6 })
+            .collect();
         let (isolated, open): (Vec<&Scope>, Vec<&Scope>) = scopes
             .iter()
             .partition(|s| s.net.gateway_mode == GatewayMode::Isolated);
@@ -313,7 +387,7 @@ impl Chains {
             add(s.to(), "-j DROP");
             // Its subnet has no route here (no gateway address): a packet for it would
             // follow the default route, and has no business anywhere.
-            let subnet = Match::default().dst(s.net.subnet);
+            let subnet = Match::default().dst(s.subnet());
             if s.to() != subnet {
                 add(subnet, "-j DROP");
             }
@@ -347,7 +421,14 @@ impl Chains {
                     for (c, port) in routed_ports(plan, s.net) {
                         add(s.to_container(c), &format!("{port} -j ACCEPT"));
                     }
-                    add(to.clone(), "-p icmp -m icmp --icmp-type 8 -j ACCEPT");
+                    add(
+                        to.clone(),
+                        if self.v6 {
+                            "-p ipv6-icmp -m icmp6 --icmpv6-type 128 -j ACCEPT"
+                        } else {
+                            "-p icmp -m icmp --icmp-type 8 -j ACCEPT"
+                        },
+                    );
                     add(to, "-j DROP");
                 }
                 // Not in `open`: its drops come before any accept, above.
@@ -356,6 +437,15 @@ impl Chains {
             add(s.from(), "-j ACCEPT");
         }
         rules
+    }
+}
+
+/// A rule's address matches in iptables-save's order: `-s` before `-d` (the DNAT of IPv6
+/// adds `! -s fe80::/10` after an optional `-d`).
+fn order_src_first(m: &str) -> String {
+    match m.split_once("! -s ") {
+        Some((d, rest)) => format!("! -s {rest}{d}"),
+        None => m.to_owned(),
     }
 }
 
@@ -413,6 +503,73 @@ mod tests {
             .filter_map(|l| l.strip_prefix(&prefix))
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn a_dual_stack_network_gets_ip6tables_rules_for_its_ipv6_mappings() {
+        let p = plan(
+            r#"
+            [[networks]]
+            name = "npa"
+            subnet = "10.89.0.0/24"
+            subnet6 = "2001:db8:89::/64"
+            [[networks]]
+            name = "npb"
+            subnet = "10.89.1.0/24"
+            [[containers]]
+            name = "web"
+            network = "npa"
+            publish = ["8080:80", "[::]:8081:80/udp", "0.0.0.0:8082:80", "[2001:db8:113::1]:8083:80"]
+            [[containers]]
+            name = "v4only"
+            network = "npb"
+            publish = ["9090:90"]
+            "#,
+        );
+        let (r4, r6, t) = (ruleset(&p), ruleset6(&p), tag("t"));
+        // Docker's -p families: no address is both; 0.0.0.0 IPv4 only; [::] and a literal
+        // IPv6 address IPv6 only. Link-local clients are not translated.
+        assert_eq!(
+            chain_rules(&r6, "DNAT"),
+            [
+                "! -s fe80::/10 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [2001:db8:89::2]:80",
+                "! -s fe80::/10 -p udp -m udp --dport 8081 -j DNAT --to-destination [2001:db8:89::2]:80",
+                "! -s fe80::/10 -d 2001:db8:113::1/128 -p tcp -m tcp --dport 8083 -j DNAT --to-destination [2001:db8:89::2]:80",
+            ]
+        );
+        let dnat4 = chain_rules(&r4, "DNAT");
+        assert!(
+            dnat4.iter().any(|r| r.contains("--dport 8082 ")),
+            "{dnat4:?}"
+        );
+        assert!(
+            !dnat4
+                .iter()
+                .any(|r| r.contains("--dport 8081 ") || r.contains("--dport 8083 "))
+        );
+        assert_eq!(
+            chain_rules(&r6, "MASQ"),
+            [
+                "-s 2001:db8:89::/64 ! -o npa -j MASQUERADE",
+                "-s 2001:db8:89::/64 -o npa -m conntrack --ctstate DNAT -j SNAT --to-source 2001:db8:89::1",
+            ]
+        );
+        // The IPv4-only network has no IPv6 rules; no raw drop (no [::1] publishing).
+        assert!(
+            !r6.contains("npb") && chain_rules(&r6, "RAW").is_empty(),
+            "{r6}"
+        );
+        assert_eq!(
+            chain_rules(&r6, "FWD"),
+            [
+                "-i npa -o npa -j ACCEPT",
+                "-o npa -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                "-o npa -m conntrack --ctstate DNAT -j ACCEPT",
+                "-o npa -j DROP",
+                "-i npa -j ACCEPT",
+            ]
+        );
+        assert!(r6.contains(&format!(":NETPLANE-FWD-{t} - [0:0]")));
     }
 
     #[test]

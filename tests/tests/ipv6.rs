@@ -1,0 +1,115 @@
+//! Dual-stack networks end to end (issue 15, first part): the topology in every mode
+//! that takes them, and NAT66 in iptables mode (ip6tables), in a world whose uplink
+//! carries 2001:db8:113::1/64 and whose outside (2001:db8:113::2) has no route to the
+//! containers' prefix. eBPF mode refuses a dual-stack network by name until it
+//! translates IPv6.
+#![expect(
+    unused_crate_dependencies,
+    reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
+)]
+
+use netplane_tests::host::{Host, OUTSIDE_IP6, UPLINK_IP6, pings, tcp_exchange, udp_exchange};
+use netplane_tests::privileged;
+
+const DUAL: &str = r#"
+[[networks]]
+name = "npa"
+subnet = "10.89.0.0/24"
+subnet6 = "2001:db8:89::/64"
+[[containers]]
+name = "web"
+network = "npa"
+publish = ["8080:80", "[::]:5353:53/udp", "0.0.0.0:8082:80"]
+[[containers]]
+name = "client"
+network = "npa"
+"#;
+
+#[test]
+fn iptables_mode_masquerades_and_publishes_over_ipv6() {
+    if !privileged("ipv6::iptables_mode") {
+        return;
+    }
+    let h = Host::new().with_ipv6();
+    h.write_config(&format!("mode = \"iptables\"\n{DUAL}"));
+    h.netplane_ok(&["up"]);
+    let (web, client) = (h.container("web"), h.container("client"));
+    // Masquerade, TCP and UDP: the outside sees the uplink's IPv6 address, which is the
+    // only way back (it has no route to 2001:db8:89::/64).
+    let out = format!("[{OUTSIDE_IP6}]:7000");
+    let seen = tcp_exchange(&h.outside, "[::]:7000", &client, &out, "out");
+    assert!(seen.ends_with(&format!("from {UPLINK_IP6}")), "{seen}");
+    let seen = udp_exchange(&h.outside, "[::]:7000", &client, &out, 300, None);
+    assert_eq!(seen.unwrap(), format!("300 bytes from {UPLINK_IP6}"));
+    assert!(pings(&client, OUTSIDE_IP6), "ICMPv6 echo, masqueraded");
+    // Published TCP (both families) and UDP ([::] only): the server sees the real client.
+    let seen = tcp_exchange(
+        &web,
+        "[::]:80",
+        &h.outside,
+        &format!("[{UPLINK_IP6}]:8080"),
+        "in",
+    );
+    assert!(seen.ends_with(&format!("from {OUTSIDE_IP6}")), "{seen}");
+    let seen = udp_exchange(
+        &web,
+        "[::]:53",
+        &h.outside,
+        &format!("[{UPLINK_IP6}]:5353"),
+        200,
+        None,
+    );
+    assert_eq!(seen.unwrap(), format!("200 bytes from {OUTSIDE_IP6}"));
+    // The same host port over IPv4 still works; 0.0.0.0:8082 is IPv4's only.
+    let seen = tcp_exchange(&web, "0.0.0.0:80", &h.outside, "203.0.113.1:8080", "in4");
+    assert!(seen.ends_with("from 203.0.113.2"), "{seen}");
+    let refused = netplane_tests::host::client(
+        &h.outside,
+        &["send-tcp", &format!("[{UPLINK_IP6}]:8082"), "x"],
+    );
+    assert!(
+        refused.is_err(),
+        "8082 is published on IPv4 only: {refused:?}"
+    );
+    // From the host itself, to its own IPv6 address.
+    let seen = tcp_exchange(
+        &web,
+        "[::]:80",
+        &h.host,
+        &format!("[{UPLINK_IP6}]:8080"),
+        "host",
+    );
+    assert!(seen.contains("from "), "{seen}");
+    // The rules are netplane's own, in ip6tables, and go with `down`.
+    let saved = h.host.sh(&["ip6tables-save"]);
+    assert!(
+        saved.contains("-j MASQUERADE") && saved.contains("NETPLANE-DNAT"),
+        "{saved}"
+    );
+    assert!(h.status()["problems"].as_array().unwrap().is_empty());
+    h.netplane_ok(&["down"]);
+    let saved = h.host.sh(&["ip6tables-save"]);
+    assert!(!saved.contains("NETPLANE"), "{saved}");
+}
+
+#[test]
+fn ebpf_mode_refuses_a_dual_stack_network_by_name() {
+    if !privileged("ipv6::ebpf_refuses") {
+        return;
+    }
+    let h = Host::new().with_ipv6();
+    h.write_config(&format!("mode = \"ebpf\"\n{DUAL}"));
+    let out = h.netplane(&["up"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("networks[0].subnet6")
+            && err.contains("2001:db8:89::/64")
+            && err.contains("does not translate IPv6"),
+        "{err}"
+    );
+    assert!(
+        !h.host.sh(&["ip", "-o", "link"]).contains("npa"),
+        "nothing built"
+    );
+}
