@@ -1043,6 +1043,11 @@ pub struct NetworkStatus {
     pub subnet: String,
     /// None on an isolated network.
     pub gateway: Option<String>,
+    /// A dual-stack network's IPv6 subnet and gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<String>,
     pub driver: Driver,
     pub gateway_mode: GatewayMode,
     /// Whether the bridge is there and up (a ptp network has none: always true).
@@ -1054,6 +1059,8 @@ pub struct ContainerStatus {
     pub name: String,
     pub network: String,
     pub ip: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<String>,
     pub mac: String,
     pub netns: String,
     pub host_veth: String,
@@ -1101,6 +1108,11 @@ pub fn status(name: &str) -> Result<Status, Error> {
                     name: n.name.clone(),
                     subnet: n.subnet.to_string(),
                     gateway: n.has_gateway().then(|| n.gateway.to_string()),
+                    subnet6: n.subnet6.map(|s| s.to_string()),
+                    gateway6: n
+                        .gateway6
+                        .filter(|_| n.has_gateway())
+                        .map(|g| g.to_string()),
                     driver: n.driver,
                     gateway_mode: n.gateway_mode,
                     bridge_up,
@@ -1123,6 +1135,7 @@ pub fn status(name: &str) -> Result<Status, Error> {
                     name: c.name.clone(),
                     network: c.network.clone(),
                     ip: c.ip.to_string(),
+                    ip6: c.ip6.map(|a| a.to_string()),
                     mac: format_mac(c.mac),
                     netns: c.netns.clone(),
                     host_veth: c.host_veth.clone(),

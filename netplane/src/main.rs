@@ -366,6 +366,13 @@ fn print_status(s: &instance::Status) {
                 n.gateway.as_deref().unwrap_or("none"),
                 n.gateway_mode.to_string(),
             );
+            if let Some(s6) = &n.subnet6 {
+                println!(
+                    "{:<16} {s6:<19} {}",
+                    "",
+                    n.gateway6.as_deref().unwrap_or("none")
+                );
+            }
         }
         println!(
             "\nCONTAINER        NETWORK          IP               MAC                NETNS / VETH (host)      PUBLISH"
@@ -382,6 +389,9 @@ fn print_status(s: &instance::Status) {
                 if c.present { "" } else { " (MISSING)" },
                 c.publish.join(", ")
             );
+            if let Some(ip6) = &c.ip6 {
+                println!("{:<16} {:<16} {ip6}", "", "");
+            }
         }
     }
     if let Some(dp) = &s.dataplane_health {

@@ -23,6 +23,13 @@ publish = ["8080:80", "[::]:5353:53/udp", "0.0.0.0:8082:80"]
 [[containers]]
 name = "client"
 network = "npa"
+[[networks]]
+name = "npb"
+subnet = "10.89.1.0/24"
+subnet6 = "2001:db8:90::/64"
+[[containers]]
+name = "other"
+network = "npb"
 "#;
 
 #[test]
@@ -80,6 +87,52 @@ fn iptables_mode_masquerades_and_publishes_over_ipv6() {
         "host",
     );
     assert!(seen.contains("from "), "{seen}");
+    // Hairpin: the container reaches its own published port through the host's address;
+    // the reply comes back through the host (SNAT to gateway6).
+    let seen = tcp_exchange(
+        &web,
+        "[::]:80",
+        &web,
+        &format!("[{UPLINK_IP6}]:8080"),
+        "self",
+    );
+    assert!(seen.ends_with("from 2001:db8:89::1"), "{seen}");
+    // Isolation: another network reaches the container's published port, never its
+    // address.
+    let other = h.container("other");
+    let seen = tcp_exchange(
+        &web,
+        "[::]:80",
+        &other,
+        &format!("[{UPLINK_IP6}]:8080"),
+        "pub",
+    );
+    assert!(seen.contains("from "), "{seen}");
+    let direct = netplane_tests::host::client(&other, &["send-tcp", "[2001:db8:89::2]:80", "x"]);
+    assert!(direct.is_err(), "isolated: {direct:?}");
+    // status shows both families.
+    let status = h.status();
+    assert_eq!(status["networks"][0]["subnet6"], "2001:db8:89::/64");
+    assert_eq!(status["containers"][0]["ip6"], "2001:db8:89::2");
+    // A UDP port re-published to another container: the same client's next datagram
+    // reaches the new one (its stale IPv6 conntrack entry is flushed).
+    let target = format!("[{UPLINK_IP6}]:5353");
+    let first = udp_exchange(&web, "[::]:53", &h.outside, &target, 100, Some(40000));
+    assert_eq!(first.unwrap(), format!("100 bytes from {OUTSIDE_IP6}"));
+    h.write_config(&format!(
+        "mode = \"iptables\"\n{}",
+        DUAL.replace(
+            "publish = [\"8080:80\", \"[::]:5353:53/udp\", \"0.0.0.0:8082:80\"]",
+            ""
+        )
+        .replace(
+            "name = \"client\"\nnetwork = \"npa\"",
+            "name = \"client\"\nnetwork = \"npa\"\npublish = [\"[::]:5353:53/udp\"]"
+        )
+    ));
+    h.netplane_ok(&["up"]);
+    let again = udp_exchange(&client, "[::]:53", &h.outside, &target, 101, Some(40000));
+    assert_eq!(again.unwrap(), format!("101 bytes from {OUTSIDE_IP6}"));
     // The rules are netplane's own, in ip6tables, and go with `down`.
     let saved = h.host.sh(&["ip6tables-save"]);
     assert!(

@@ -11,9 +11,9 @@
 //! deleting the entries for the port makes the next datagram go through the rules again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use super::rules::dnat_mappings;
+use super::rules::dnat_mappings_of;
 use super::run;
 use crate::config::{Plan, Proto};
 use crate::dataplane::{DataplaneError, MapFill};
@@ -22,12 +22,21 @@ use crate::dataplane::{DataplaneError, MapFill};
 /// one of them, or to another backend (container address or port) or host address. A
 /// routed network's `publish` takes no host port: a network turning routed unpublishes.
 pub fn changed_udp_ports(old: Option<&Plan>, new: &Plan) -> BTreeSet<u16> {
-    type Backends = BTreeMap<u16, BTreeSet<(Option<Ipv4Addr>, Ipv4Addr, u16)>>;
+    changed_udp_ports_of(old, new, false)
+}
+
+/// [`changed_udp_ports`] of one family (IPv6: the mappings ip6tables translates).
+pub fn changed_udp_ports_of(old: Option<&Plan>, new: &Plan, v6: bool) -> BTreeSet<u16> {
+    type Backends = BTreeMap<u16, BTreeSet<(Option<IpAddr>, IpAddr, u16)>>;
     let backends = |p: &Plan| -> Backends {
         let mut by_port = Backends::new();
-        for (c, m) in dnat_mappings(p).filter(|(_, m)| m.proto == Proto::Udp) {
+        for (c, m) in dnat_mappings_of(p, v6).filter(|(_, m)| m.proto == Proto::Udp) {
+            let (host, to): (Option<IpAddr>, IpAddr) = match (v6, c.ip6) {
+                (true, Some(ip6)) => (m.host_ip6.map(Into::into), ip6.into()),
+                _ => (m.host_ip.map(Into::into), c.ip.into()),
+            };
             for (hp, cp) in m.pairs() {
-                by_port.entry(hp).or_default().insert((m.host_ip, c.ip, cp));
+                by_port.entry(hp).or_default().insert((host, to, cp));
             }
         }
         by_port
@@ -43,21 +52,30 @@ pub fn changed_udp_ports(old: Option<&Plan>, new: &Plan) -> BTreeSet<u16> {
 }
 
 /// The addresses of `old`'s containers that `new` no longer has: a container removed,
-/// or moved to another address.
-pub fn gone_addresses(old: Option<&Plan>, new: &Plan) -> Vec<Ipv4Addr> {
-    old.into_iter()
-        .flat_map(|o| &o.containers)
-        .filter(|o| new.container(&o.name).is_none_or(|c| c.ip != o.ip))
-        .map(|o| o.ip)
-        .collect()
+/// or moved to another address (IPv4 or IPv6).
+pub fn gone_addresses(old: Option<&Plan>, new: &Plan) -> Vec<IpAddr> {
+    let mut gone = Vec::new();
+    for o in old.into_iter().flat_map(|o| &o.containers) {
+        let now = new.container(&o.name);
+        if now.is_none_or(|c| c.ip != o.ip) {
+            gone.push(o.ip.into());
+        }
+        if let Some(ip6) = o.ip6
+            && now.is_none_or(|c| c.ip6 != o.ip6)
+        {
+            gone.push(ip6.into());
+        }
+    }
+    gone
 }
 
 /// Deletes every conntrack entry of address `ip`: the flows it opened (masqueraded or
 /// not), and those DNATed to it, whose reply comes from it. A container that took the
 /// address next would otherwise inherit them (as `conntrack -D` by the runtime would).
-pub fn flush_address(ip: Ipv4Addr) -> Result<(), DataplaneError> {
+pub fn flush_address(ip: IpAddr) -> Result<(), DataplaneError> {
+    let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
     for side in ["--orig-src", "--reply-src"] {
-        match run("conntrack", &["-D", side, &ip.to_string()], None) {
+        match run("conntrack", &["-D", "-f", family, side, &ip.to_string()], None) {
             Err(DataplaneError::Command { stderr, .. }) if stderr.contains("0 flow entries") => {}
             other => other.map(drop)?,
         }
@@ -66,10 +84,11 @@ pub fn flush_address(ip: Ipv4Addr) -> Result<(), DataplaneError> {
 }
 
 /// Deletes the UDP conntrack entries whose original destination port is `port`.
-pub fn flush_udp_port(port: u16) -> Result<(), DataplaneError> {
+pub fn flush_udp_port(port: u16, v6: bool) -> Result<(), DataplaneError> {
+    let family = if v6 { "ipv6" } else { "ipv4" };
     match run(
         "conntrack",
-        &["-D", "-p", "udp", "--orig-port-dst", &port.to_string()],
+        &["-D", "-f", family, "-p", "udp", "--orig-port-dst", &port.to_string()],
         None,
     ) {
         // conntrack exits 1 when no entry matched: nothing to flush is success.
