@@ -1143,7 +1143,7 @@ fn sha256(bytes: &[u8]) -> Result<String, String> {
 
 /// Runs `cmd` (with `stdin` fed in, or none) to its end; kills it past `limit`, so that a
 /// hung runtime fails its test instead of hanging CI.
-fn output_within(
+pub(crate) fn output_within(
     cmd: &mut Command,
     stdin: Option<&[u8]>,
     limit: Duration,

@@ -3,13 +3,18 @@
 //! namespace. For the cases real runtimes cannot be made to produce on demand (a DEL with
 //! the namespace gone, a broken route for CHECK, eight ADDs at once, GC and STATUS).
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::cni::{CniNetwork, REFERENCE_PLUGINS, host_local_leases, netplane_cni_bin};
+use crate::cni::{
+    CniNetwork, REFERENCE_PLUGINS, host_local_leases, netplane_cni_bin, output_within,
+};
+
+/// How long one plugin invocation may take (a first ADD loads the programs: about a
+/// second in a debug build).
+const PLUGIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 use crate::sandbox::{Netns, Sandbox};
 
 /// A CNI network and the leases of its host-local IPAM, in a temp dir of its own.
@@ -93,27 +98,18 @@ impl Direct {
         conf: &Value,
         cni_path: &str,
     ) -> Reply {
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net={}", self.net.host.path()))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.net.host.path()))
             .arg(netplane_cni_bin())
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", id)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", ifname)
             .env("CNI_PATH", cni_path)
-            .env("CNI_ARGS", "IgnoreUnknown=1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run netplane-cni");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+            .env("CNI_ARGS", "IgnoreUnknown=1");
+        // A plugin that hangs fails the test rather than CI.
+        let out = output_within(&mut cmd, Some(conf.to_string().as_bytes()), PLUGIN_LIMIT)
+            .unwrap_or_else(|e| panic!("netplane-cni {command}: {e}"));
         let stdout = String::from_utf8_lossy(&out.stdout);
         let json = if stdout.trim().is_empty() {
             Value::Null
