@@ -743,6 +743,17 @@ pub async fn ensure_container_inside(
         .ip6
         .zip(net.subnet6)
         .map(|(ip6, s6)| Ipv6Net::new(ip6, s6.prefix_len()).expect("/64–/120"));
+    if want6.is_some() {
+        // A runtime's namespace may have IPv6 off (`default.disable_ipv6 = 1` where it
+        // was made): the interface netplane gives an IPv6 address gets it on.
+        let key = format!("net.ipv6.conf.{}.disable_ipv6", c.ifname());
+        let on = crate::netns::run_in(&c.netns, || match crate::sysctl::read(&key) {
+            Ok(v) if v != "0" => crate::sysctl::write(&key, "0").map(|()| true),
+            _ => Ok(false),
+        })?
+        .map_err(|e| TopologyError::Sysctl(e.to_string()))?;
+        changed |= on;
+    }
     if want6.is_some() || c.attachment.is_none() {
         changed |= ensure_only_address6(
             ch,
@@ -944,32 +955,7 @@ async fn ensure_default_route6(
     oif: u32,
     gw: Ipv6Addr,
 ) -> Result<bool, TopologyError> {
-    let routes: Vec<RouteMessage> = ch
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list IPv6 routes of", ns))?;
-    let defaults: Vec<(Option<Ipv6Addr>, Option<u32>)> = routes
-        .iter()
-        .filter(|r| {
-            r.header.table == RouteHeader::RT_TABLE_MAIN
-                && r.header.destination_prefix_length == 0
-                && r.header.kind == RouteType::Unicast
-        })
-        .map(|r| {
-            let gw = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(*g),
-                _ => None,
-            });
-            let dev = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            });
-            (gw, dev)
-        })
-        .collect();
+    let defaults = default_routes6(ch, ns).await?;
     if defaults.contains(&(Some(gw), Some(oif))) || defaults.iter().any(|(_, d)| *d != Some(oif)) {
         return Ok(false);
     }
@@ -987,4 +973,48 @@ async fn ensure_default_route6(
             format!("{ns} (via {gw})"),
         ))?;
     Ok(true)
+}
+
+/// The IPv6 default routes of the namespace of `ch` (`ns` names it in errors): gateway and
+/// device of each.
+async fn default_routes6(
+    ch: &Handle,
+    ns: &str,
+) -> Result<Vec<(Option<Ipv6Addr>, Option<u32>)>, TopologyError> {
+    let routes: Vec<RouteMessage> = ch
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list IPv6 routes of", ns))?;
+    Ok(routes
+        .iter()
+        .filter(|r| {
+            r.header.table == RouteHeader::RT_TABLE_MAIN
+                && r.header.destination_prefix_length == 0
+                && r.header.kind == RouteType::Unicast
+        })
+        .map(|r| {
+            let gw = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(*g),
+                _ => None,
+            });
+            let dev = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            (gw, dev)
+        })
+        .collect())
+}
+
+/// The gateway of the IPv6 default route through interface `oif` of namespace `ns`.
+pub async fn default_route6_via(ns: &str, oif: u32) -> Result<Option<Ipv6Addr>, TopologyError> {
+    let ch = connect(Some(ns))?;
+    Ok(default_routes6(&ch, ns)
+        .await?
+        .into_iter()
+        .find(|(_, d)| *d == Some(oif))
+        .and_then(|(g, _)| g))
 }

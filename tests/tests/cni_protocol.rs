@@ -636,3 +636,57 @@ fn a_second_interface_leaves_the_first_ones_default_route() {
             .ok
     );
 }
+
+#[test]
+fn dual_stack_leases_in_iptables_mode() {
+    if !privileged("cni_protocol::dual_stack") {
+        return;
+    }
+    let mut h = Host::new().with_ipv6();
+    let c1 = h.sandbox.netns("c1");
+    for (mode, n) in [("iptables", 52), ("ebpf", 53)] {
+        let d = Direct::new(&h.sandbox, &h.host, &format!("6{mode}"), n, mode);
+        // host-local with two ranges hands out one address of each family.
+        let mut conf = d.conf(V, &[(8500, 80, "tcp", "")]);
+        conf["ipam"]["ranges"] =
+            json!([[{"subnet": d.net.subnet}], [{"subnet": "2001:db8:52::/64"}]]);
+        let r = d.invoke("ADD", "ctr6", &c1.path(), "eth0", &conf);
+        if mode == "ebpf" {
+            // eBPF mode does not translate IPv6 yet: refused, named, and the leases back.
+            assert!(
+                r.json["msg"].as_str().unwrap().contains("subnet6"),
+                "{}",
+                r.json
+            );
+            assert!(d.leases().is_empty());
+            continue;
+        }
+        let res = r.result().clone();
+        let ips: Vec<&str> = res["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["address"].as_str().unwrap())
+            .collect();
+        assert_eq!(ips, ["10.89.52.2/24", "2001:db8:52::2/64"], "{res}");
+        assert_eq!(res["ips"][1]["gateway"], json!("2001:db8:52::1"));
+        assert!(
+            res["routes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["dst"] == "::/0"),
+            "{res}"
+        );
+        // The container goes out over IPv6, masqueraded to the uplink's address.
+        let seen = tcp_exchange(&h.outside, "[::]:7000", &c1, "[2001:db8:113::2]:7000", "v6");
+        assert!(seen.ends_with("from 2001:db8:113::1"), "{seen}");
+        // and its published port answers over IPv6 too, seeing the real client.
+        let seen = tcp_exchange(&c1, "[::]:80", &h.outside, "[2001:db8:113::1]:8500", "in6");
+        assert!(seen.ends_with("from 2001:db8:113::2"), "{seen}");
+        assert!(d.invoke("DEL", "ctr6", &c1.path(), "eth0", &conf).ok);
+        assert!(d.leases().is_empty());
+        let saved = h.host.sh(&["ip6tables-save", "-t", "nat"]);
+        assert!(!saved.contains("2001:db8:52::2"), "{saved}");
+    }
+}

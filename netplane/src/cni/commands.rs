@@ -115,6 +115,17 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
                 format!("ipam: subnet {subnet} has no host addresses"),
             )
         })?;
+    // A dual-stack lease: the IPv6 subnet and gateway (host-local's default: ::1).
+    let subnet6 = lease.address6.map(|a| a.trunc());
+    let gateway6 = subnet6.map(|s6| {
+        lease
+            .gateway6
+            .unwrap_or_else(|| std::net::Ipv6Addr::from(u128::from(s6.network()) + 1))
+    });
+    let (subnet6, gateway6) = (
+        subnet6.map(|s| s.to_string()),
+        gateway6.map(|g| g.to_string()),
+    );
     if let Some(other) = config.networks.iter().find(|n| n.name != bridge) {
         return Err(CniError::new(
             code::INVALID_CONFIG,
@@ -127,7 +138,10 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
     }
     match config.networks.first_mut() {
         Some(n) => {
-            if n.subnet != subnet.to_string() || n.gateway.as_deref() != Some(&gateway.to_string())
+            if n.subnet != subnet.to_string()
+                || n.gateway.as_deref() != Some(&gateway.to_string())
+                || (n.subnet6.as_ref(), n.gateway6.as_ref())
+                    != (subnet6.as_ref(), gateway6.as_ref())
             {
                 return Err(CniError::new(
                     code::INVALID_CONFIG,
@@ -148,8 +162,8 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
             name: bridge.to_owned(),
             subnet: subnet.to_string(),
             gateway: Some(gateway.to_string()),
-            subnet6: None,
-            gateway6: None,
+            subnet6,
+            gateway6,
             driver: Driver::Bridge,
             gateway_mode: conf.gateway_mode(),
             mtu: conf.mtu(),
@@ -282,7 +296,7 @@ fn attach(
         name: name.clone(),
         network: conf.bridge().to_owned(),
         ip: Some(lease.address.addr().to_string()),
-        ip6: None,
+        ip6: lease.address6.map(|a| a.addr().to_string()),
         publish,
     });
     let plan = plan_with_attachments(&config, old.as_ref(), Some((&name, &attachment)))?;
@@ -406,6 +420,13 @@ fn extra_routes(c: &crate::config::Container, lease: &Lease) -> Result<Vec<Value
         rt.block_on(topology::ensure_container_route(&c.netns, oif, dst, gw))
             .map_err(host_err(format!("route {dst} in {}", c.netns)))?;
         installed.push(json!({"dst": dst.to_string(), "gw": gw.map(|g| g.to_string())}));
+    }
+    if c.ip6.is_some()
+        && let Some(gw6) = rt
+            .block_on(topology::default_route6_via(&c.netns, oif))
+            .map_err(host_err(format!("IPv6 routes of {}", c.netns)))?
+    {
+        installed.push(json!({"dst": "::/0", "gw": gw6.to_string()}));
     }
     Ok(installed)
 }

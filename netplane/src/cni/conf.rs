@@ -2,7 +2,7 @@
 //! netplane's own, and what the runtime adds (`runtimeConfig`, `prevResult`,
 //! `cni.dev/valid-attachments`). Unknown keys are ignored, as the spec asks.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde::Deserialize;
 
@@ -217,18 +217,17 @@ impl NetConf {
                         ),
                     ));
                 }
+                // Docker's -p families: none is both; 0.0.0.0 and :: one each; an address
+                // its own.
                 let host = match m.host_ip.as_deref().unwrap_or("") {
-                    "" | "0.0.0.0" => String::new(),
-                    ip => match ip.parse::<Ipv4Addr>() {
-                        Ok(a) => format!("{a}:"),
+                    "" => String::new(),
+                    ip => match ip.parse::<IpAddr>() {
+                        Ok(IpAddr::V4(a)) => format!("{a}:"),
+                        Ok(IpAddr::V6(a)) => format!("[{a}]:"),
                         Err(_) => {
                             return Err(CniError::new(
-                                code::UNSUPPORTED_FIELD,
-                                format!(
-                                    "{} = {ip:?}: netplane-cni publishes on IPv4 host \
-                                     addresses only",
-                                    field("hostIP")
-                                ),
+                                code::INVALID_CONFIG,
+                                format!("{} = {ip:?}: not an IP address", field("hostIP")),
                             ));
                         }
                     },
@@ -313,16 +312,21 @@ mod tests {
                 {"hostPort":8080,"containerPort":80,"protocol":"tcp"},
                 {"hostPort":5353,"containerPort":53,"protocol":"udp","hostIP":""},
                 {"hostPort":8081,"containerPort":80,"protocol":"tcp","hostIP":"127.0.0.1"},
-                {"hostPort":9000,"containerPort":90,"hostIP":"0.0.0.0"}]}"#,
+                {"hostPort":9000,"containerPort":90,"hostIP":"0.0.0.0"},
+                {"hostPort":9001,"containerPort":91,"hostIP":"::"},
+                {"hostPort":9002,"containerPort":92,"hostIP":"2001:db8::1"}]}"#,
         )
         .unwrap();
+        // Docker's -p families: no hostIP is both, 0.0.0.0 IPv4 only, :: IPv6 only.
         assert_eq!(
             c.publish_specs().unwrap(),
             [
                 "8080:80/tcp",
                 "5353:53/udp",
                 "127.0.0.1:8081:80/tcp",
-                "9000:90/tcp"
+                "0.0.0.0:9000:90/tcp",
+                "[::]:9001:91/tcp",
+                "[2001:db8::1]:9002:92/tcp"
             ]
         );
         let sctp = conf(r#","runtimeConfig":{"portMappings":[{"hostPort":1,"containerPort":1,"protocol":"sctp"}]}"#).unwrap();

@@ -3,11 +3,11 @@
 //! environment with `CNI_COMMAND` set and the same config on stdin.
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use super::{CniError, Env, code};
@@ -18,6 +18,9 @@ use super::{CniError, Env, code};
 pub struct Lease {
     pub address: Ipv4Net,
     pub gateway: Option<Ipv4Addr>,
+    /// A dual-stack lease's IPv6 address and gateway (host-local with two ranges).
+    pub address6: Option<Ipv6Net>,
+    pub gateway6: Option<Ipv6Addr>,
     pub routes: Vec<serde_json::Value>,
     pub dns: Option<serde_json::Value>,
 }
@@ -164,39 +167,48 @@ pub fn lease(result: &serde_json::Value, ty: &str) -> Result<Lease, CniError> {
         .with_details(e.to_string())
     })?;
     let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
     for ip in &r.ips {
-        match ip.address.parse::<Ipv4Net>() {
-            Ok(a) => v4.push((a, ip.gateway.as_deref().and_then(|g| g.parse().ok()))),
-            Err(_) if ip.address.contains(':') => {
-                return Err(CniError::new(
-                    code::UNSUPPORTED_FIELD,
-                    format!(
-                        "ipam: IPAM plugin {ty} gave IPv6 address {}; netplane-cni networks \
-                         are IPv4-only for now",
-                        ip.address
-                    ),
-                ));
-            }
-            Err(_) => {
-                return Err(CniError::new(
-                    code::DECODE,
-                    format!("IPAM plugin {ty} returned address {:?}", ip.address),
-                ));
-            }
+        if let Ok(a) = ip.address.parse::<Ipv4Net>() {
+            v4.push((a, ip.gateway.as_deref().and_then(|g| g.parse().ok())));
+        } else if let Ok(a) = ip.address.parse::<Ipv6Net>() {
+            v6.push((a, ip.gateway.as_deref().and_then(|g| g.parse().ok())));
+        } else {
+            return Err(CniError::new(
+                code::DECODE,
+                format!("IPAM plugin {ty} returned address {:?}", ip.address),
+            ));
         }
     }
-    let [(address, gateway)] = v4[..] else {
+    let ([(address, gateway)], v6) = (&v4[..], &v6[..]) else {
         return Err(CniError::new(
-            code::INVALID_CONFIG,
+            code::UNSUPPORTED_FIELD,
             format!(
-                "ipam: IPAM plugin {ty} gave {} IPv4 addresses; netplane-cni needs exactly one",
+                "ipam: IPAM plugin {ty} gave {} IPv4 address(es); netplane-cni needs exactly \
+                 one (IPv6-only networks are not supported yet)",
                 v4.len()
             ),
         ));
     };
+    let (address6, gateway6) = match v6 {
+        [] => (None, None),
+        [(a, g)] => (Some(*a), *g),
+        _ => {
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!(
+                    "ipam: IPAM plugin {ty} gave {} IPv6 addresses; netplane-cni takes one",
+                    v6.len()
+                ),
+            ));
+        }
+    };
+    let (address, gateway) = (*address, *gateway);
     Ok(Lease {
         address,
         gateway,
+        address6,
+        gateway6,
         routes: r.routes,
         dns: r.dns,
     })

@@ -42,12 +42,26 @@ pub fn build(
     if !version.starts_with("1.") {
         ip["version"] = "4".into();
     }
+    let mut ips = vec![ip];
+    if let (Some(ip6), Some(s6)) = (c.ip6, net.subnet6) {
+        let mut ip = json!({
+            "address": format!("{ip6}/{}", s6.prefix_len()),
+            "interface": interfaces.len() - 1,
+        });
+        if let (true, Some(gw6)) = (net.has_gateway(), net.gateway6) {
+            ip["gateway"] = gw6.to_string().into();
+        }
+        if !version.starts_with("1.") {
+            ip["version"] = "6".into();
+        }
+        ips.push(ip);
+    }
     // The routes through the container's interface, as they are.
     let routes: Vec<Value> = routes.to_vec();
     let mut result = json!({
         "cniVersion": version,
         "interfaces": interfaces,
-        "ips": [ip],
+        "ips": ips,
         "routes": routes,
     });
     if let Some(dns) = dns {

@@ -425,7 +425,9 @@ impl Dataplane for Iptables {
             for port in nf_conntrack::changed_udp_ports_of(old, plan, fam.v6) {
                 nf_conntrack::flush_udp_port(port, fam.v6)?;
                 let which = if fam.v6 { "IPv6 " } else { "" };
-                changes.push(format!("conntrack: flushed {which}UDP entries to port {port}"));
+                changes.push(format!(
+                    "conntrack: flushed {which}UDP entries to port {port}"
+                ));
             }
         }
         for ip in nf_conntrack::gone_addresses(old, plan) {

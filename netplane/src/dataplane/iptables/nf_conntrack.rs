@@ -75,7 +75,11 @@ pub fn gone_addresses(old: Option<&Plan>, new: &Plan) -> Vec<IpAddr> {
 pub fn flush_address(ip: IpAddr) -> Result<(), DataplaneError> {
     let family = if ip.is_ipv6() { "ipv6" } else { "ipv4" };
     for side in ["--orig-src", "--reply-src"] {
-        match run("conntrack", &["-D", "-f", family, side, &ip.to_string()], None) {
+        match run(
+            "conntrack",
+            &["-D", "-f", family, side, &ip.to_string()],
+            None,
+        ) {
             Err(DataplaneError::Command { stderr, .. }) if stderr.contains("0 flow entries") => {}
             other => other.map(drop)?,
         }
@@ -88,7 +92,15 @@ pub fn flush_udp_port(port: u16, v6: bool) -> Result<(), DataplaneError> {
     let family = if v6 { "ipv6" } else { "ipv4" };
     match run(
         "conntrack",
-        &["-D", "-f", family, "-p", "udp", "--orig-port-dst", &port.to_string()],
+        &[
+            "-D",
+            "-f",
+            family,
+            "-p",
+            "udp",
+            "--orig-port-dst",
+            &port.to_string(),
+        ],
         None,
     ) {
         // conntrack exits 1 when no entry matched: nothing to flush is success.

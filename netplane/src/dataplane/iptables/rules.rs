@@ -186,7 +186,10 @@ pub fn dnat_mappings(plan: &Plan) -> impl Iterator<Item = (&Container, &PortMapp
 
 /// [`dnat_mappings`] of one family: IPv6 ones are those on IPv6 host addresses of
 /// containers that have an IPv6 address.
-pub(super) fn dnat_mappings_of(plan: &Plan, v6: bool) -> impl Iterator<Item = (&Container, &PortMapping)> {
+pub(super) fn dnat_mappings_of(
+    plan: &Plan,
+    v6: bool,
+) -> impl Iterator<Item = (&Container, &PortMapping)> {
     plan.containers
         .iter()
         .filter(|c| {
