@@ -225,6 +225,8 @@ pub fn host_local_leases(data_dir: &Path, net: &CniNetwork) -> Vec<String> {
 struct CniDirs {
     /// The runtime's temp dir.
     root: PathBuf,
+    /// The sandbox's prefix, which starts the name of each of its CNI networks.
+    prefix: String,
 }
 
 impl CniDirs {
@@ -235,7 +237,10 @@ impl CniDirs {
         for d in ["net.d", "bin", "ipam"] {
             std::fs::create_dir_all(root.join(d)).expect("create the runtime's dirs");
         }
-        CniDirs { root }
+        CniDirs {
+            root,
+            prefix: sandbox.prefix().to_owned(),
+        }
     }
 
     fn bin(&self) -> PathBuf {
@@ -271,8 +276,23 @@ impl CniDirs {
 impl Drop for CniDirs {
     fn drop(&mut self) {
         remove_dir_unmounting(&self.root);
+        // libcni's result cache (`<network>-<container>-<ifname>`) is not configurable in
+        // Podman 4.3 or ctr 1.6: what a DEL that never came left there goes with the
+        // sandbox's networks.
+        let cache = Path::new(LIBCNI_CACHE);
+        for e in std::fs::read_dir(cache).into_iter().flatten().flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{}-", self.prefix))
+            {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
+
+/// Where libcni caches ADD results (Podman and ctr use its default).
+const LIBCNI_CACHE: &str = "/var/lib/cni/results";
 
 /// Unmounts whatever is still mounted under `root` (deepest first), then removes it.
 fn remove_dir_unmounting(root: &Path) {
