@@ -254,7 +254,7 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     // Prior values of the sysctls that exist already; those of bridges this run creates
     // go away with the bridges. Shared ones are journaled in their own record.
     for (key, _) in wanted_sysctls(plan, &*dp, Some(&host.uplink)) {
-        if !shared::is_shared(&key)
+        if !held_shared(&key, Some(&host.uplink))
             && !journal.sysctls.contains_key(&key)
             && let Ok(prior) = sysctl::read(&key)
         {
@@ -665,6 +665,18 @@ async fn check_routes(
 /// netplane's bridges (its gateway is static); and `accept_ra = 2` on an uplink that
 /// takes them (1), because forwarding makes the kernel ignore them at 1, and the host
 /// would lose the default route it learned from them when it expires (moby#43466).
+/// The uplink's `accept_ra` key.
+fn uplink_ra(uplink: &str) -> String {
+    format!("net.ipv6.conf.{uplink}.accept_ra")
+}
+
+/// Whether `key` is held in the per-namespace shared record (restored when the last
+/// instance that needs it goes) rather than by this instance alone: the namespace-wide
+/// ones, and the uplink's `accept_ra`, which every instance on that uplink relies on.
+fn held_shared(key: &str, uplink: Option<&str>) -> bool {
+    shared::is_shared(key) || uplink.is_some_and(|u| key == uplink_ra(u))
+}
+
 fn ipv6_sysctls(plan: &Plan, uplink: Option<&str>) -> Vec<(String, String)> {
     let dual: Vec<&crate::config::Network> = plan
         .networks
@@ -674,19 +686,32 @@ fn ipv6_sysctls(plan: &Plan, uplink: Option<&str>) -> Vec<(String, String)> {
     if dual.is_empty() {
         return Vec::new();
     }
-    let mut all = vec![("net.ipv6.conf.all.forwarding".to_owned(), "1".to_owned())];
+    // The uplink's first: turning forwarding on purges the routes learned from RAs on
+    // every interface not at 2 (addrconf_fixup_forwarding() → rt6_purge_dflt_routers()).
+    // Only an uplink that takes RAs and does not forward yet (a router's RAs at 1 are
+    // off by its own choice).
+    let mut all = Vec::new();
+    if let Some(u) = uplink {
+        let (ra, fwd) = (
+            sysctl::read(&uplink_ra(u)),
+            sysctl::read(&format!("net.ipv6.conf.{u}.forwarding")),
+        );
+        let takes_ras = match (ra.as_deref(), fwd.as_deref()) {
+            (Ok("2"), _) => true,
+            (Ok("1"), Ok("0")) => true,
+            _ => false,
+        };
+        if takes_ras {
+            all.push((uplink_ra(u), "2".to_owned()));
+        }
+    }
+    all.push(("net.ipv6.conf.all.forwarding".to_owned(), "1".to_owned()));
     all.extend(dual.iter().filter(|n| n.driver == Driver::Bridge).map(|n| {
         (
             format!("net.ipv6.conf.{}.accept_ra", n.name),
             "0".to_owned(),
         )
     }));
-    if let Some(u) = uplink {
-        let key = format!("net.ipv6.conf.{u}.accept_ra");
-        if sysctl::read(&key).is_ok_and(|v| v == "1" || v == "2") {
-            all.push((key, "2".to_owned()));
-        }
-    }
     all
 }
 
@@ -827,7 +852,7 @@ async fn apply(
     // Sysctls after the topology: some are per bridge.
     let (common, own): (Vec<_>, Vec<_>) = wanted_sysctls(plan, dp, Some(&host.uplink))
         .into_iter()
-        .partition(|(key, _)| shared::is_shared(key));
+        .partition(|(key, _)| held_shared(key, Some(&host.uplink)));
     for held in shared::hold(&plan.name, &common)? {
         if held.newly {
             created.push(Created::SharedSysctl(held.key.clone()));
@@ -836,6 +861,22 @@ async fn apply(
             report
                 .changes
                 .push(format!("sysctl {} = {}", held.key, held.value));
+        }
+    }
+    // Those this instance held for a dual-stack network it no longer has go back (when
+    // no other instance holds them).
+    let unwanted: Vec<String> = [
+        "net.ipv6.conf.all.forwarding".to_owned(),
+        uplink_ra(&host.uplink),
+    ]
+    .into_iter()
+    .filter(|k| !common.iter().any(|(c, _)| c == k))
+    .collect();
+    for r in shared::release(&plan.name, Some(&unwanted))? {
+        if let Released::Restored { key, value } = r {
+            report
+                .changes
+                .push(format!("sysctl {key} restored to {value}"));
         }
     }
     for (key, value) in own {

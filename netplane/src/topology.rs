@@ -357,8 +357,13 @@ pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), To
             crate::sysctl::write(&key, "0").map_err(|e| TopologyError::Sysctl(e.to_string()))?;
         }
     }
-    let addr_changed =
-        addr_changed | ensure_only_address6(h, &net.name, bridge.index, want6).await?;
+    // Only on a dual-stack network: the kernel answers an IPv6 address dump with every
+    // interface's (a link-local one per veth), and an IPv4-only ADD must not pay for it.
+    let addr_changed = addr_changed
+        | match want6 {
+            Some(_) => ensure_only_address6(h, &net.name, bridge.index, want6).await?,
+            None => false,
+        };
     let mtu_changed = ensure_mtu(h, &bridge, net.mtu).await?;
     let up_changed = set_up(h, &bridge).await?;
     Ok((

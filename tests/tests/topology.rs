@@ -691,6 +691,13 @@ fn a_dual_stack_network_gives_containers_ipv6() {
     // Idempotent: a second `up` changes nothing.
     let again = h.netplane_ok(&["up"]);
     assert!(again.contains("nothing to change"), "{again}");
+    // Without subnet6 the network is IPv4-only again, and the IPv6 sysctls go back.
+    h.write_config(
+        "mode = \"none\"\n[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n\
+         [[containers]]\nname = \"c1\"\nnetwork = \"npa\"\n",
+    );
+    h.netplane_ok(&["up"]);
+    assert_eq!((sysctl(fwd).as_str(), sysctl(&ra).as_str()), ("0", "1"));
     h.netplane_ok(&["down"]);
     assert_eq!((sysctl(fwd).as_str(), sysctl(&ra).as_str()), ("0", "1"));
 }

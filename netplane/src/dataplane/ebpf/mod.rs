@@ -192,6 +192,24 @@ fn program(
         changes.extend(attach::detach_stale(&dir, &pinned, &wanted));
         return Ok(changes);
     }
+    // The slow path writes every map whole: a scoped converge's host knows only its own
+    // devices, so the endpoints of the other containers would go. Every link, then.
+    let full;
+    let host = match &host.touched {
+        Some(_) => {
+            let (links, _) = crate::topology::host_now().map_err(|e| DataplaneError::Io {
+                path: "netlink".to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            full = HostContext {
+                links,
+                touched: None,
+                ..host.clone()
+            };
+            &full
+        }
+        None => host,
+    };
     let resize = conntrack::ct_resize(&plan.name, plan.conntrack.max_entries);
     let mut bpf = object::load(&LoadOptions {
         pins: Some(&dir),

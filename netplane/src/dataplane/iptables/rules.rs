@@ -286,6 +286,13 @@ impl Chains {
     fn dnat(&self, plan: &Plan) -> Vec<String> {
         let dnat = &self.dnat;
         let mut rules = Vec::new();
+        if self.v6 && dnat_mappings_of(plan, true).next().is_some() {
+            // The OUTPUT jump is for local destinations, and ::1 is one: DNATed, a
+            // connection to [::1]:port would keep its ::1 source, which the container
+            // drops (no route_localnet in IPv6), and hang instead of being refused.
+            // Docker's jump leaves ::1 out (`! -d ::1/128`).
+            rules.push(format!("-A {dnat} -d ::1/128 -j RETURN"));
+        }
         for (c, m) in dnat_mappings_of(plan, self.v6) {
             let proto = m.proto;
             let (dst, to) = match (self.v6, c.ip6) {
@@ -421,7 +428,7 @@ impl Chains {
                 }
                 GatewayMode::NatUnprotected => add(to, "-j ACCEPT"),
                 GatewayMode::Routed => {
-                    for (c, port) in routed_ports(plan, s.net) {
+                    for (c, port) in routed_ports(plan, s.net, self.v6) {
                         add(s.to_container(c), &format!("{port} -j ACCEPT"));
                     }
                     add(
@@ -454,11 +461,15 @@ fn order_src_first(m: &str) -> String {
 
 /// A routed network's open container ports: `-p proto -m proto --dport port[:last]`
 /// per container, each once.
-fn routed_ports<'a>(plan: &'a Plan, net: &Network) -> Vec<(&'a Container, String)> {
+fn routed_ports<'a>(plan: &'a Plan, net: &Network, v6: bool) -> Vec<(&'a Container, String)> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for c in plan.containers.iter().filter(|c| c.network == net.name) {
-        for m in &c.publish {
+        for m in c
+            .publish
+            .iter()
+            .filter(|m| if v6 { m.on_v6() } else { m.on_v4() })
+        {
             let (first, last) = (*m.container_ports().start(), *m.container_ports().end());
             if !seen.insert((c.ip, m.proto.number(), first, last)) {
                 continue;
@@ -535,6 +546,8 @@ mod tests {
         assert_eq!(
             chain_rules(&r6, "DNAT"),
             [
+                // ::1 is local, but a DNATed [::1] client could never be answered.
+                "-d ::1/128 -j RETURN",
                 "! -s fe80::/10 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [2001:db8:89::2]:80",
                 "! -s fe80::/10 -p udp -m udp --dport 8081 -j DNAT --to-destination [2001:db8:89::2]:80",
                 "! -s fe80::/10 -d 2001:db8:113::1/128 -p tcp -m tcp --dport 8083 -j DNAT --to-destination [2001:db8:89::2]:80",
