@@ -696,11 +696,10 @@ fn ipv6_sysctls(plan: &Plan, uplink: Option<&str>) -> Vec<(String, String)> {
             sysctl::read(&uplink_ra(u)),
             sysctl::read(&format!("net.ipv6.conf.{u}.forwarding")),
         );
-        let takes_ras = match (ra.as_deref(), fwd.as_deref()) {
-            (Ok("2"), _) => true,
-            (Ok("1"), Ok("0")) => true,
-            _ => false,
-        };
+        let takes_ras = matches!(
+            (ra.as_deref(), fwd.as_deref()),
+            (Ok("2"), _) | (Ok("1"), Ok("0"))
+        );
         if takes_ras {
             all.push((uplink_ra(u), "2".to_owned()));
         }

@@ -340,7 +340,9 @@ impl Host {
             ]);
         }
         // ::1 on the host's loopback, as on any host with IPv6.
-        self.instance.host.sysctl("net.ipv6.conf.lo.disable_ipv6", "0");
+        self.instance
+            .host
+            .sysctl("net.ipv6.conf.lo.disable_ipv6", "0");
         self.instance
             .host
             .sh(&["ip", "-6", "route", "add", "default", "via", OUTSIDE_IP6]);

@@ -81,7 +81,10 @@ fn iptables_mode_masquerades_and_publishes_over_ipv6() {
     // From the host to [::1]: not translated (it could not be answered), so refused at
     // once, as before netplane, and a client falls back to 127.0.0.1.
     let local = netplane_tests::host::client(&h.host, &["send-tcp", "[::1]:8080", "x"]);
-    assert!(local.as_ref().is_err_and(|e| e.contains("refused")), "{local:?}");
+    assert!(
+        local.as_ref().is_err_and(|e| e.contains("refused")),
+        "{local:?}"
+    );
     // From the host itself, to its own IPv6 address.
     let seen = tcp_exchange(
         &web,

@@ -64,7 +64,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "host-local IPAM that netplane-cni delegates to, and the reference chain the bench compares with",
     ),
     ("containerd", "the CNI tests run `ctr run --cni` containers"),
-    ("runc", "the OCI runtime of the CNI tests' Podman and containerd"),
+    (
+        "runc",
+        "the OCI runtime of the CNI tests' Podman and containerd",
+    ),
     ("conmon", "Podman's container monitor"),
     ("catatonit", "Podman's init for pods"),
     (
