@@ -504,7 +504,6 @@ fn del(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
     let conf = NetConf::parse(stdin)?;
     let (id, ifname) = (env.container_id()?, env.ifname()?);
     let name = container_name(id, ifname);
-    let ty = conf.ipam_type()?;
     // A name netplane refuses was never an instance: nothing of it to remove.
     if let Ok(instance) = conf.instance() {
         let gone = detach(&instance, |_| [name.clone()].into())?;
@@ -514,7 +513,8 @@ fn del(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
             .collect();
         release(env, &conf, stdin, &others);
     }
-    ipam::exec(env, ty, "DEL", stdin).map(drop)
+    // The attachment is gone whatever the IPAM config says; the lease needs it.
+    ipam::exec(env, conf.ipam_type()?, "DEL", stdin).map(drop)
 }
 
 /// CNI 1.1's GC: every attachment of the network that is not in
