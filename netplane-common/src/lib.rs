@@ -10,3 +10,4 @@ pub mod counters;
 pub mod csum;
 pub mod nat;
 pub mod packet;
+pub mod packet6;

@@ -27,6 +27,8 @@ pub enum ParseError {
     Truncated,
     /// Not IPv4 (version field, or EtherType for [`parse_ethernet`]).
     NotIpv4,
+    /// Not IPv6 (version field, or EtherType), for [`crate::packet6`].
+    NotIpv6,
     /// IHL below 5 words, or total length shorter than the header.
     BadHeaderLength,
 }
