@@ -8,7 +8,9 @@
     reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
 )]
 
-use netplane_tests::host::{Host, OUTSIDE_IP6, UPLINK_IP6, pings, tcp_exchange, udp_exchange};
+use netplane_tests::host::{
+    Host, OUTSIDE_IP6, Server, UPLINK_IP6, client, pings, tcp_exchange, udp_exchange,
+};
 use netplane_tests::privileged;
 
 const DUAL: &str = r#"
@@ -172,4 +174,76 @@ fn ebpf_mode_refuses_a_dual_stack_network_by_name() {
         !h.host.sh(&["ip", "-o", "link"]).contains("npa"),
         "nothing built"
     );
+}
+
+/// The NAT suite's other cases over IPv6, in iptables mode: a port range, a datagram
+/// fragmented at its source (IPv6 routers never fragment), 2×1000 sequential
+/// connections both ways, and an established connection across a re-run of `up`.
+#[test]
+fn iptables_mode_ranges_fragments_many_connections_and_a_rerun_over_ipv6() {
+    if !privileged("ipv6::iptables_more") {
+        return;
+    }
+    let h = Host::new().with_ipv6();
+    h.write_config(&format!(
+        "mode = \"iptables\"\n{}",
+        DUAL.replace("\"0.0.0.0:8082:80\"", "\"[::]:9000-9002:7000-7002\"")
+    ));
+    h.netplane_ok(&["up"]);
+    let web = h.container("web");
+    // Each port of the range goes to its own container port.
+    for (hp, cp) in [(9000, 7000), (9002, 7002)] {
+        let seen = tcp_exchange(
+            &web,
+            &format!("[::]:{cp}"),
+            &h.outside,
+            &format!("[{UPLINK_IP6}]:{hp}"),
+            "range",
+        );
+        assert!(
+            seen.ends_with(&format!("from {OUTSIDE_IP6}")),
+            "{hp}: {seen}"
+        );
+    }
+    // 3,000 bytes over a 1,500-byte link: three fragments, reassembled by conntrack
+    // before the DNAT, and the reply comes back.
+    let seen = udp_exchange(
+        &web,
+        "[::]:53",
+        &h.outside,
+        &format!("[{UPLINK_IP6}]:5353"),
+        3000,
+        None,
+    );
+    assert_eq!(seen.unwrap(), format!("3000 bytes from {OUTSIDE_IP6}"));
+    // 1,000 short connections each way.
+    for (server, listen, from, target) in [
+        (&web, "[::]:80", &h.outside, format!("[{UPLINK_IP6}]:8080")),
+        (
+            &h.outside,
+            "[::]:7000",
+            &web,
+            format!("[{OUTSIDE_IP6}]:7000"),
+        ),
+    ] {
+        let srv = Server::start(server, &["serve-tcp", listen, "1000"]);
+        if let Err(e) = client(from, &["send-tcp", &target, "many", "1000"]) {
+            panic!("{target}: {e}");
+        }
+        assert!(srv.finish(), "the server answered all 1000");
+    }
+    // One connection, 20 lines 100 ms apart, while `up` runs again.
+    let _echo = Server::start(&web, &["echo-tcp", "[::]:80"]);
+    let bin = netplane_tests::host::nptest_bin();
+    let held = h.outside.spawn(&[
+        bin.to_str().unwrap(),
+        "hold-tcp",
+        &format!("[{UPLINK_IP6}]:8080"),
+        "20",
+        "100",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    h.netplane_ok(&["up"]);
+    let out = held.wait_with_output().unwrap();
+    assert!(out.status.success(), "the connection broke: {out:?}");
 }
