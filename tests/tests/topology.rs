@@ -701,3 +701,55 @@ fn a_dual_stack_network_gives_containers_ipv6() {
     h.netplane_ok(&["down"]);
     assert_eq!((sysctl(fwd).as_str(), sysctl(&ra).as_str()), ("0", "1"));
 }
+
+/// moby#43466: turning IPv6 forwarding on makes the kernel drop the default routes that
+/// router advertisements taught the host (addrconf_fixup_forwarding() purges them on
+/// every interface whose accept_ra is not 2). `up` sets the uplink's accept_ra to 2
+/// first: the RA-learned default route survives a dual-stack `up`.
+#[test]
+fn a_default_route_learned_from_router_advertisements_survives_a_dual_stack_up() {
+    if !privileged("a_default_route_learned_from_router_advertisements_survives") {
+        return;
+    }
+    let h = Host::new();
+    for (ns, dev) in [(&h.host, UPLINK), (&h.outside, "eth0")] {
+        // No DAD: the link-local addresses are usable at once.
+        ns.sysctl(&format!("net.ipv6.conf.{dev}.accept_dad"), "0");
+        ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
+    }
+    let ra_route = || {
+        h.host
+            .sh(&["ip", "-6", "route", "show", "default", "proto", "ra"])
+    };
+    let bin = netplane_bin().with_file_name("nptest");
+    let mut learned = String::new();
+    for _ in 0..20 {
+        // (The link-local address may take a moment to appear.)
+        let _ = h
+            .outside
+            .run(&[bin.to_str().unwrap(), "send-ra", "eth0", "1800"]);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        learned = ra_route();
+        if learned.contains("via fe80::") {
+            break;
+        }
+    }
+    assert!(
+        learned.contains(&format!("dev {UPLINK}")),
+        "no RA route: {learned:?}"
+    );
+    h.write_config(
+        "mode = \"none\"\n[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n\
+         subnet6 = \"2001:db8:89::/64\"\n[[containers]]\nname = \"c1\"\nnetwork = \"npa\"\n",
+    );
+    h.netplane_ok(&["up"]);
+    assert_eq!(
+        h.host
+            .sh(&["sysctl", "-n", "net.ipv6.conf.all.forwarding"])
+            .trim(),
+        "1"
+    );
+    let after = ra_route();
+    assert!(after.contains("via fe80::"), "the RA route went: {after:?}");
+    h.netplane_ok(&["down"]);
+}

@@ -47,6 +47,9 @@
 //!   sends one UDP datagram of SIZE bytes as 1,000-byte IP fragments, from a raw socket,
 //!   in order or last first, and prints the answer that reaches the datagram's source
 //!   port (as `send-udp`), or fails when none comes.
+//! - IPv6 (issue 15): `nptest send-ra IFACE LIFETIME` sends one router advertisement to
+//!   all nodes (ff02::1) on IFACE, from its link-local address, with a router lifetime of
+//!   LIFETIME seconds: the receivers that take RAs learn a default route via the sender.
 #![expect(
     unused_crate_dependencies,
     reason = "a binary sees every dependency of its package; the library target is where an unused one shows"
@@ -91,6 +94,7 @@ fn main() {
         ["idle-tcp", addr, file] => idle_tcp(addr, file),
         ["blind-tcp", src, dst, flags, count] => blind_tcp(src, dst, flags, count),
         ["send-fragments", addr, size, order] => send_fragments(addr, size, order),
+        ["send-ra", iface, lifetime] => send_ra(iface, lifetime),
         _ => Err("usage: see the header of tests/src/bin/nptest.rs".into()),
     };
     if let Err(e) = res {
@@ -1030,5 +1034,66 @@ fn send_fragments(a: &str, size: &str, order: &str) -> Result<(), String> {
         .recv(&mut buf)
         .map_err(|e| format!("no answer from {a}: {e}"))?;
     println!("{}", String::from_utf8_lossy(&buf[..n]));
+    Ok(())
+}
+
+/// One router advertisement (RFC 4861, 4.2) to ff02::1 on `iface`: hop limit 255 (a
+/// receiver drops any other), the kernel fills in the ICMPv6 checksum of a raw ICMPv6
+/// socket, and the source is the interface's link-local address.
+fn send_ra(iface: &str, lifetime: &str) -> Result<(), String> {
+    let lifetime: u16 = lifetime.parse().map_err(|e| format!("{lifetime}: {e}"))?;
+    let index = nix::net::if_::if_nametoindex(iface).map_err(|e| format!("{iface}: {e}"))?;
+    // SAFETY: plain socket calls on a descriptor this function owns and closes.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
+        if fd < 0 {
+            return Err(format!(
+                "raw ICMPv6 socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let hops: libc::c_int = 255;
+        let ifindex = index as libc::c_int;
+        for (opt, val) in [
+            (libc::IPV6_MULTICAST_HOPS, hops),
+            (libc::IPV6_MULTICAST_IF, ifindex),
+        ] {
+            let r = libc::setsockopt(
+                fd,
+                libc::IPPROTO_IPV6,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+            if r < 0 {
+                libc::close(fd);
+                return Err(format!("setsockopt: {}", std::io::Error::last_os_error()));
+            }
+        }
+        // type 134, code 0, checksum (kernel), cur hop limit 64, flags 0, router lifetime,
+        // reachable time 0, retrans timer 0.
+        let mut ra = [0u8; 16];
+        ra[0] = 134;
+        ra[4] = 64;
+        ra[6..8].copy_from_slice(&lifetime.to_be_bytes());
+        let mut to: libc::sockaddr_in6 = std::mem::zeroed();
+        to.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        to.sin6_addr.s6_addr = "ff02::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        to.sin6_scope_id = index;
+        let n = libc::sendto(
+            fd,
+            ra.as_ptr().cast(),
+            ra.len(),
+            0,
+            (&to as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if n < 0 {
+            return Err(format!("send the RA on {iface}: {err}"));
+        }
+    }
+    println!("sent");
     Ok(())
 }
