@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use serde::Serialize;
 
 use crate::config::{Container, Driver, GatewayMode, Mode, Plan, format_mac};
@@ -120,8 +120,8 @@ struct Progress {
 enum Created {
     Netns(String),
     Link(String),
-    /// A host route of `[[routes]]`, by destination.
-    Route(Ipv4Net),
+    /// A host route (`[[routes]]`, a ptp cover), by destination.
+    Route(IpNet),
     /// A shared sysctl this instance did not hold before.
     SharedSysctl(String),
 }
@@ -207,13 +207,6 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
                        boot with IPv6",
             });
         }
-        if n.driver == Driver::Ptp {
-            return Err(Error::NotYet {
-                field,
-                value,
-                what: "dual-stack ptp networks are not built yet; use driver = \"bridge\"",
-            });
-        }
     }
     let dp = dataplane::for_mode(plan.mode);
     dp.check()?;
@@ -235,16 +228,17 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
         .map(|n| n.name.clone())
         .chain(plan.containers.iter().map(|c| c.host_veth.clone()))
         .collect();
-    // [[routes]], and each ptp network's blackhole cover (see topology).
-    let desired_routes: BTreeSet<Ipv4Net> = plan
+    // [[routes]], and each ptp network's blackhole cover (see topology), of its subnet6
+    // too.
+    let desired_routes: BTreeSet<IpNet> = plan
         .routes
         .iter()
-        .map(|r| r.subnet)
+        .map(|r| IpNet::V4(r.subnet))
         .chain(
             plan.networks
                 .iter()
                 .filter(|n| n.driver == Driver::Ptp)
-                .map(|n| n.subnet),
+                .flat_map(|n| std::iter::once(IpNet::V4(n.subnet)).chain(n.subnet6.map(IpNet::V6))),
         )
         .collect();
     let mut journal = old.clone();
@@ -552,7 +546,7 @@ async fn check_network_routes(
         .collect();
     for r in topology::main_routes(h).await? {
         if r.prefix_len == 0
-            || old.routes.contains(&r.dst)
+            || old.routes.contains(&IpNet::V4(r.dst))
             || r.oif.is_some_and(|i| ours.contains(&i))
         {
             continue;
@@ -643,7 +637,7 @@ async fn check_routes(
                 ),
             });
         }
-        if !old.routes.contains(&r.subnet) {
+        if !old.routes.contains(&IpNet::V4(r.subnet)) {
             let present = topology::routes_to(h, r.subnet).await?;
             if let Some(gw) = present.first().map(topology::gateway_of) {
                 return Err(Error::Route {
@@ -834,14 +828,20 @@ async fn apply(
     for net in plan.networks.iter().filter(|n| n.driver == Driver::Ptp) {
         let existed = !topology::routes_to(h, net.subnet).await?.is_empty();
         if topology::ensure_cover(h, net.subnet).await? && !existed {
-            created.push(Created::Route(net.subnet));
+            created.push(Created::Route(IpNet::V4(net.subnet)));
+        }
+        if let Some(s6) = net.subnet6 {
+            let existed = topology::has_route6(h, s6).await?;
+            if topology::ensure_cover6(h, s6).await? && !existed {
+                created.push(Created::Route(IpNet::V6(s6)));
+            }
         }
     }
     for r in &plan.routes {
         let existed = !topology::routes_to(h, r.subnet).await?.is_empty();
         if topology::ensure_host_route(h, r).await? {
             if !existed {
-                created.push(Created::Route(r.subnet));
+                created.push(Created::Route(IpNet::V4(r.subnet)));
             }
             report
                 .changes

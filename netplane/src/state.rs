@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Mode, Plan};
@@ -39,9 +39,10 @@ pub struct State {
     #[serde(default)]
     pub dataplanes: BTreeSet<Mode>,
     /// Destinations of the host routes netplane created or may have: `[[routes]]`, and
-    /// each ptp network's blackhole cover.
+    /// each ptp network's blackhole cover (of its subnet6 too). Written as CIDR strings,
+    /// so a state of IPv4 routes only, from before IPv6, loads as it is.
     #[serde(default)]
-    pub routes: BTreeSet<Ipv4Net>,
+    pub routes: BTreeSet<IpNet>,
 }
 
 pub fn dir(name: &str) -> PathBuf {

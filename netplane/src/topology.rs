@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
@@ -349,13 +349,7 @@ pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), To
         _ => None,
     };
     if want6.is_some() {
-        // A host with IPv6 off by default (`default.disable_ipv6 = 1`) gives the new
-        // bridge none, and the kernel then refuses its address (EACCES in
-        // addrconf_add_dev()): the bridge, netplane's own, gets it back, as netavark does.
-        let key = format!("net.ipv6.conf.{}.disable_ipv6", net.name);
-        if crate::sysctl::read(&key).is_ok_and(|v| v != "0") {
-            crate::sysctl::write(&key, "0").map_err(|e| TopologyError::Sysctl(e.to_string()))?;
-        }
+        enable_ipv6(&net.name)?;
     }
     // Only on a dual-stack network: the kernel answers an IPv6 address dump with every
     // interface's (a link-local one per veth), and an IPv4-only ADD must not pay for it.
@@ -495,6 +489,10 @@ pub async fn ensure_ptp_veth(
     }
     let gw = Ipv4Net::new(net.gateway, 32).expect("a /32");
     changed |= ensure_only_address(h, &c.host_veth, host.index, Some(gw)).await?;
+    if c.ip6.is_some() && net.gateway6.is_some() {
+        // Before the device comes up: its link-local address is made then.
+        enable_ipv6(&c.host_veth)?;
+    }
     changed |= set_up(h, &host).await?;
     // The route needs the device up (a route through a down device is refused).
     let to_container = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -505,7 +503,64 @@ pub async fn ensure_ptp_veth(
         .protocol(RouteProtocol::Static)
         .build();
     changed |= ensure_route(h, to_container, &format!("{}/32 dev {}", c.ip, c.host_veth)).await?;
+    // A dual-stack network: the same with gateway6 and the container's /128.
+    if let (Some(ip6), Some(gw6)) = (c.ip6, net.gateway6) {
+        let gw = Ipv6Net::new(gw6, 128).expect("a /128");
+        changed |= ensure_only_address6(h, &c.host_veth, host.index, Some(gw)).await?;
+        changed |= ensure_route6_dev(h, ip6, host.index, &c.host_veth).await?;
+    }
     Ok((changed, created))
+}
+
+/// Readies netplane's own device `dev` for IPv6, before it comes up:
+/// - no duplicate address detection: the host forwards into containers with neighbour
+///   solicitations sent from the device's link-local address, and the kernel sends none
+///   while that address is tentative (ndisc_send_ns() returns without a usable
+///   link-local), which for a second or two would drop forwarded packets;
+/// - IPv6 on, where the host has it off by default (`default.disable_ipv6 = 1` gives new
+///   devices none, and the kernel then refuses their addresses: EACCES in
+///   addrconf_add_dev()), as netavark does.
+fn enable_ipv6(dev: &str) -> Result<(), TopologyError> {
+    for (key, want) in [
+        (format!("net.ipv6.conf.{dev}.accept_dad"), "0"),
+        (format!("net.ipv6.conf.{dev}.disable_ipv6"), "0"),
+    ] {
+        if crate::sysctl::read(&key).is_ok_and(|v| v != want) {
+            crate::sysctl::write(&key, want).map_err(|e| TopologyError::Sysctl(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The host's route to a ptp container's IPv6 address: `ip6/128 dev <host veth>`.
+async fn ensure_route6_dev(
+    h: &Handle,
+    ip6: Ipv6Addr,
+    oif: u32,
+    dev: &str,
+) -> Result<bool, TopologyError> {
+    let dst = Ipv6Net::new(ip6, 128).expect("a /128");
+    let present = routes_to6(h, dst).await?;
+    let via_dev = |r: &RouteMessage| {
+        r.attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == oif))
+    };
+    if present.iter().any(via_dev) {
+        return Ok(false);
+    }
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(ip6, 128)
+        .output_interface(oif)
+        .protocol(RouteProtocol::Static)
+        .build();
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl_err("add route", format!("{dst} dev {dev}")))?;
+    Ok(true)
 }
 
 /// Adds or replaces `route` in the main table unless a route of the same destination
@@ -634,6 +689,71 @@ pub async fn ensure_cover(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyE
     ensure_route(h, route, &format!("blackhole {subnet}")).await
 }
 
+/// The main table's IPv6 routes to exactly `subnet`.
+async fn routes_to6(h: &Handle, subnet: Ipv6Net) -> Result<Vec<RouteMessage>, TopologyError> {
+    let routes: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list IPv6 routes to", subnet.to_string()))?;
+    Ok(routes
+        .into_iter()
+        .filter(|r| {
+            r.header.table == RouteHeader::RT_TABLE_MAIN
+                && r.header.destination_prefix_length == subnet.prefix_len()
+                && r.attributes.iter().any(|a| {
+                    matches!(a, RouteAttribute::Destination(RouteAddress::Inet6(d)) if *d == subnet.addr())
+                })
+        })
+        .collect())
+}
+
+/// Whether the main table has an IPv6 route to exactly `subnet`.
+pub async fn has_route6(h: &Handle, subnet: Ipv6Net) -> Result<bool, TopologyError> {
+    Ok(!routes_to6(h, subnet).await?.is_empty())
+}
+
+/// [`ensure_cover`] for a ptp network's subnet6. Returns whether it changed anything.
+pub async fn ensure_cover6(h: &Handle, subnet: Ipv6Net) -> Result<bool, TopologyError> {
+    let present = routes_to6(h, subnet).await?;
+    if present
+        .iter()
+        .any(|r| r.header.kind == RouteType::BlackHole)
+    {
+        return Ok(false);
+    }
+    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+        .destination_prefix(subnet.addr(), subnet.prefix_len())
+        .kind(RouteType::BlackHole)
+        .protocol(RouteProtocol::Static)
+        .build();
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl_err("add route", format!("blackhole {subnet}")))?;
+    Ok(true)
+}
+
+/// [`delete_host_route`] for IPv6.
+async fn delete_host_route6(h: &Handle, subnet: Ipv6Net) -> Result<bool, TopologyError> {
+    let mut deleted = false;
+    for r in routes_to6(h, subnet).await? {
+        if r.header.protocol != RouteProtocol::Static {
+            continue;
+        }
+        match h.route().del(r).execute().await {
+            Ok(()) => deleted = true,
+            Err(e) if errno(&e) == Some(libc::ESRCH) => {}
+            Err(e) => return Err(nl_err("delete route to", subnet.to_string())(e)),
+        }
+    }
+    Ok(deleted)
+}
+
 /// A route of the main table, as the checks look at it.
 #[derive(Debug, Clone)]
 pub struct MainRoute {
@@ -685,7 +805,11 @@ pub async fn main_routes(h: &Handle) -> Result<Vec<MainRoute>, TopologyError> {
 /// Deletes the main table's `proto static` routes to exactly `subnet` (a `[[routes]]`
 /// entry, a ptp network's cover route, a container's default route); `Ok(false)` when
 /// there was none.
-pub async fn delete_host_route(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyError> {
+pub async fn delete_host_route(h: &Handle, subnet: IpNet) -> Result<bool, TopologyError> {
+    let subnet = match subnet {
+        IpNet::V4(s) => s,
+        IpNet::V6(s) => return delete_host_route6(h, s).await,
+    };
     let mut deleted = false;
     for r in routes_to(h, subnet).await? {
         if r.header.protocol != RouteProtocol::Static {
@@ -744,13 +868,18 @@ pub async fn ensure_container_inside(
     .await?;
     // IPv6 on a dual-stack network. A runtime's namespace may hold another plugin's
     // addresses: only netplane's own containers lose those it did not give.
-    let want6 = c
-        .ip6
-        .zip(net.subnet6)
-        .map(|(ip6, s6)| Ipv6Net::new(ip6, s6.prefix_len()).expect("/64–/120"));
+    // The subnet6's prefix on a bridge, a /128 on ptp (as the IPv4 /32).
+    let want6 = c.ip6.zip(net.subnet6).map(|(ip6, s6)| {
+        let prefix = match net.driver {
+            crate::config::Driver::Bridge => s6.prefix_len(),
+            crate::config::Driver::Ptp => 128,
+        };
+        Ipv6Net::new(ip6, prefix).expect("/64–/128")
+    });
     if want6.is_some() {
         // A runtime's namespace may have IPv6 off (`default.disable_ipv6 = 1` where it
-        // was made): the interface netplane gives an IPv6 address gets it on.
+        // was made): the interface netplane gives an IPv6 address gets it on. (In the
+        // container's namespace: /proc/sys/net is the reading thread's namespace's.)
         let key = format!("net.ipv6.conf.{}.disable_ipv6", c.ifname());
         let on = crate::netns::run_in(&c.netns, || match crate::sysctl::read(&key) {
             Ok(v) if v != "0" => crate::sysctl::write(&key, "0").map(|()| true),
@@ -773,7 +902,8 @@ pub async fn ensure_container_inside(
     if net.has_gateway()
         && let (Some(_), Some(gw6)) = (want6, net.gateway6)
     {
-        changed |= ensure_default_route6(ch, &c.netns, eth.index, gw6).await?;
+        let onlink = net.driver == crate::config::Driver::Ptp;
+        changed |= ensure_default_route6(ch, &c.netns, eth.index, gw6, onlink).await?;
     }
     // A runtime's namespace may have other interfaces, whose default route is not
     // netplane's to replace or delete (the bridge plugin's ipam.ConfigureIface adds its
@@ -784,7 +914,7 @@ pub async fn ensure_container_inside(
         changed |= ensure_default_route(ch, &c.netns, eth.index, c.gateway, onlink, shared).await?;
     } else if !shared {
         // A network that became isolated: its containers lose their way out.
-        changed |= delete_host_route(ch, Ipv4Net::default()).await?;
+        changed |= delete_host_route(ch, IpNet::V4(Ipv4Net::default())).await?;
     }
     Ok(changed)
 }
@@ -959,15 +1089,19 @@ async fn ensure_default_route6(
     ns: &str,
     oif: u32,
     gw: Ipv6Addr,
+    onlink: bool,
 ) -> Result<bool, TopologyError> {
     let defaults = default_routes6(ch, ns).await?;
     if defaults.contains(&(Some(gw), Some(oif))) || defaults.iter().any(|(_, d)| *d != Some(oif)) {
         return Ok(false);
     }
-    let route = RouteMessageBuilder::<Ipv6Addr>::new()
+    let mut route = RouteMessageBuilder::<Ipv6Addr>::new()
         .gateway(gw)
-        .output_interface(oif)
-        .build();
+        .output_interface(oif);
+    if onlink {
+        route = route.onlink();
+    }
+    let route = route.build();
     ch.route()
         .add(route)
         .replace()

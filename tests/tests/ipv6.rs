@@ -34,13 +34,25 @@ name = "other"
 network = "npb"
 "#;
 
+/// [`DUAL`] with its networks on `driver`.
+fn dual(driver: &str) -> String {
+    DUAL.replace("subnet6 = ", &format!("driver = \"{driver}\"\nsubnet6 = "))
+}
+
 #[test]
 fn iptables_mode_masquerades_and_publishes_over_ipv6() {
     if !privileged("ipv6::iptables_mode") {
         return;
     }
+    for driver in netplane_tests::DRIVERS {
+        eprintln!("driver {driver}");
+        masquerade_and_publish(driver);
+    }
+}
+
+fn masquerade_and_publish(driver: &str) {
     let h = Host::new().with_ipv6();
-    h.write_config(&format!("mode = \"iptables\"\n{DUAL}"));
+    h.write_config(&format!("mode = \"iptables\"\n{}", dual(driver)));
     h.netplane_ok(&["up"]);
     let (web, client) = (h.container("web"), h.container("client"));
     // Masquerade, TCP and UDP: the outside sees the uplink's IPv6 address, which is the
@@ -130,14 +142,15 @@ fn iptables_mode_masquerades_and_publishes_over_ipv6() {
     assert_eq!(first.unwrap(), format!("100 bytes from {OUTSIDE_IP6}"));
     h.write_config(&format!(
         "mode = \"iptables\"\n{}",
-        DUAL.replace(
-            "publish = [\"8080:80\", \"[::]:5353:53/udp\", \"0.0.0.0:8082:80\"]",
-            ""
-        )
-        .replace(
-            "name = \"client\"\nnetwork = \"npa\"",
-            "name = \"client\"\nnetwork = \"npa\"\npublish = [\"[::]:5353:53/udp\"]"
-        )
+        dual(driver)
+            .replace(
+                "publish = [\"8080:80\", \"[::]:5353:53/udp\", \"0.0.0.0:8082:80\"]",
+                ""
+            )
+            .replace(
+                "name = \"client\"\nnetwork = \"npa\"",
+                "name = \"client\"\nnetwork = \"npa\"\npublish = [\"[::]:5353:53/udp\"]"
+            )
     ));
     h.netplane_ok(&["up"]);
     let again = udp_exchange(&client, "[::]:53", &h.outside, &target, 101, Some(40000));

@@ -753,3 +753,47 @@ fn a_default_route_learned_from_router_advertisements_survives_a_dual_stack_up()
     assert!(after.contains("via fe80::"), "the RA route went: {after:?}");
     h.netplane_ok(&["down"]);
 }
+
+/// A dual-stack ptp network: each container's IPv6 address is a /128 with an onlink
+/// default route via gateway6, which every host veth carries as a /128 with the host's
+/// /128 route to the container; the subnet6 is covered by a blackhole route, owned and
+/// removed by `down`.
+#[test]
+fn a_dual_stack_ptp_network_routes_ipv6_per_container() {
+    if !privileged("a_dual_stack_ptp_network_routes_ipv6_per_container") {
+        return;
+    }
+    let h = Host::new();
+    h.write_config(
+        "mode = \"none\"\n[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n\
+         driver = \"ptp\"\nsubnet6 = \"2001:db8:89::/64\"\n[[containers]]\nname = \"c1\"\n\
+         network = \"npa\"\n[[containers]]\nname = \"c2\"\nnetwork = \"npa\"\n",
+    );
+    h.netplane_ok(&["up"]);
+    let c1 = h.container("c1");
+    let addr = c1.sh(&[
+        "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global",
+    ]);
+    assert!(addr.contains("inet6 2001:db8:89::2/128"), "{addr}");
+    let default = c1.sh(&["ip", "-6", "route", "show", "default"]);
+    assert!(
+        default.contains("via 2001:db8:89::1 dev eth0") && default.contains("onlink"),
+        "{default}"
+    );
+    let veth = h.host_veth("c1");
+    let routes = h.host.sh(&["ip", "-6", "route"]);
+    assert!(
+        routes.contains(&format!("2001:db8:89::2 dev {veth}")),
+        "{routes}"
+    );
+    assert!(routes.contains("blackhole 2001:db8:89::/64"), "{routes}");
+    assert!(
+        pings(&c1, "2001:db8:89::3"),
+        "container ↔ container through the host"
+    );
+    assert!(pings(&h.host, "2001:db8:89::2"), "host → container");
+    let again = h.netplane_ok(&["up"]);
+    assert!(again.contains("nothing to change"), "{again}");
+    h.netplane_ok(&["down"]);
+    assert!(!h.host.sh(&["ip", "-6", "route"]).contains("2001:db8:89"));
+}

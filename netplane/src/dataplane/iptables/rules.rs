@@ -268,6 +268,14 @@ impl Chains {
         let raw = &self.raw;
         let mut rules = Vec::new();
         if self.v6 {
+            // A ptp container's IPv6 packets: IPv6 has no rp_filter sysctl (what keeps a
+            // ptp container to its own IPv4 address), so the rpfilter match does its job:
+            // a source the host would not route back out of that veth is dropped.
+            if plan.networks.iter().any(|n| n.driver == Driver::Ptp) {
+                rules.push(format!(
+                    "-A {raw} -i {HOST_VETHS} -m rpfilter --invert -j DROP"
+                ));
+            }
             return rules;
         }
         for (_, m) in dnat_mappings(plan).filter(|(_, m)| m.host_ip == Some(Ipv4Addr::LOCALHOST)) {
