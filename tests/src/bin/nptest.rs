@@ -21,9 +21,10 @@
 //! - `nptest echo-tcp ADDR:PORT`: answers every line of one connection, until it closes.
 //! - `nptest hold-tcp ADDR:PORT COUNT MILLIS`: one connection, COUNT lines MILLIS ms apart,
 //!   each answer checked: a long-lived connection, to see it survive changes.
-//! - `nptest capture IFACE MILLIS`: captures the IPv4 TCP/UDP frames that IFACE receives
+//! - `nptest capture IFACE MILLIS`: captures the TCP/UDP frames that IFACE receives
 //!   for MILLIS ms (AF_PACKET) and prints one line per frame with both checksums verified
-//!   in software: `SRC:SPORT DST:DPORT PROTO ip=ok|BAD l4=ok|BAD|-`. Veth never checks
+//!   in software: `SRC:SPORT DST:DPORT PROTO ip=ok|BAD l4=ok|BAD|-` (IPv6: `[SRC]:SPORT
+//!   [DST]:DPORT PROTO ip=- l4=…`, the L4 checksum over the IPv6 pseudo-header). Veth never checks
 //!   checksums, so this is how the tests see what is really on the wire.
 //! - Masquerade robustness (issue 12): `nptest capture-ip IFACE MILLIS` prints every IPv4
 //!   frame IFACE receives, valid or not (`SRC DST PROTO ip=ok|BAD hl=N [type=N]`);
@@ -260,13 +261,22 @@ fn capture(iface: &str, millis: &str) -> Result<(), String> {
             if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
+            let ok = |b: bool| if b { "ok" } else { "BAD" };
+            // IPv6: no header checksum; the L4 one covers the addresses (pseudo-header).
+            if let Ok(ip) = netplane_common::packet6::parse_ethernet6(&buf[..n as usize]) {
+                if let Some((sport, dport)) = ip.ports() {
+                    let l4 = ip.l4_checksum_ok().map_or("-", ok);
+                    let [a, b] = [ip.src(), ip.dst()].map(std::net::Ipv6Addr::from);
+                    println!("[{a}]:{sport} [{b}]:{dport} {} ip=- l4={l4}", ip.protocol);
+                }
+                continue;
+            }
             let Ok(ip) = parse_ethernet(&buf[..n as usize]) else {
                 continue;
             };
             let Some((sport, dport)) = ip.ports() else {
                 continue;
             };
-            let ok = |b: bool| if b { "ok" } else { "BAD" };
             let l4 = ip.l4_checksum_ok().map_or("-", ok);
             let [a, b] = [ip.src(), ip.dst()].map(std::net::Ipv4Addr::from);
             println!(
