@@ -1039,6 +1039,8 @@ pub struct Inside {
     pub link: Option<Link>,
     /// Its IPv4 addresses.
     pub addrs: Vec<Ipv4Net>,
+    /// Its global IPv6 addresses.
+    pub addrs6: Vec<Ipv6Net>,
     /// The namespace's main-table routes.
     pub routes: Vec<MainRoute>,
 }
@@ -1057,9 +1059,18 @@ pub async fn inside(ns: &str, ifname: &str) -> Result<Inside, TopologyError> {
             .collect(),
         None => Vec::new(),
     };
+    let addrs6 = match &link {
+        Some(l) => ipv6_addresses_of(&ch, ifname, l.index)
+            .await?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect(),
+        None => Vec::new(),
+    };
     Ok(Inside {
         link,
         addrs,
+        addrs6,
         routes: main_routes(&ch).await?,
     })
 }

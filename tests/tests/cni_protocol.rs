@@ -684,6 +684,19 @@ fn dual_stack_leases_in_iptables_mode() {
         // and its published port answers over IPv6 too, seeing the real client.
         let seen = tcp_exchange(&c1, "[::]:80", &h.outside, "[2001:db8:113::1]:8500", "in6");
         assert!(seen.ends_with("from 2001:db8:113::2"), "{seen}");
+        // CHECK passes, and sees the IPv6 address go.
+        let mut with_prev = conf.clone();
+        with_prev["prevResult"] = res.clone();
+        let r = d.invoke("CHECK", "ctr6", &c1.path(), "eth0", &with_prev);
+        assert!(r.ok, "{} {}", r.json, r.stderr);
+        let addr6 = format!("2001:db8:{n}::2/64");
+        c1.sh(&["ip", "-6", "addr", "del", &addr6, "dev", "eth0"]);
+        let r = d.invoke("CHECK", "ctr6", &c1.path(), "eth0", &with_prev);
+        assert!(
+            r.json["msg"].as_str().unwrap().contains(&addr6),
+            "{}",
+            r.json
+        );
         assert!(d.invoke("DEL", "ctr6", &c1.path(), "eth0", &conf).ok);
         assert!(d.leases().is_empty());
         let saved = h.host.sh(&["ip6tables-save", "-t", "nat"]);

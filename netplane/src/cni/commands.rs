@@ -609,6 +609,12 @@ fn check(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
             if !inside.addrs.contains(&want) {
                 problems.push(format!("{ifname} lacks address {want}"));
             }
+            if let (Some(ip6), Some(s6)) = (c.ip6, net.subnet6) {
+                let want6 = ipnet::Ipv6Net::new(ip6, s6.prefix_len()).expect("planned");
+                if !inside.addrs6.contains(&want6) {
+                    problems.push(format!("{ifname} lacks address {want6}"));
+                }
+            }
             if lists_default
                 && !inside.routes.iter().any(|r| {
                     r.prefix_len == 0 && r.gateway == Some(c.gateway) && r.oif == Some(l.index)

@@ -451,25 +451,35 @@ impl Dataplane for Iptables {
         }
     }
 
-    /// Each DNAT rule of `c`'s ports, as `ruleset` writes it and iptables-save prints it.
+    /// Each DNAT rule of `c`'s ports, as `ruleset` (and `ruleset6`) write it and
+    /// iptables-save (ip6tables-save) prints it.
     fn verify_ports(&self, plan: &Plan, c: &Container) -> Vec<String> {
-        let to = format!("--to-destination {}:", c.ip);
-        let want: Vec<String> = ruleset(plan)
-            .lines()
-            .filter(|l| l.starts_with("-A ") && l.contains(&to))
-            .map(str::to_owned)
-            .collect();
-        if want.is_empty() {
-            return Vec::new();
+        let mut problems = Vec::new();
+        for fam in [V4, V6] {
+            let to = match (fam.v6, c.ip6) {
+                (false, _) => format!("--to-destination {}:", c.ip),
+                (true, Some(ip6)) => format!("--to-destination [{ip6}]:"),
+                (true, None) => continue,
+            };
+            let want: Vec<String> = fam
+                .rules(plan)
+                .lines()
+                .filter(|l| l.starts_with("-A ") && l.contains(&to))
+                .map(str::to_owned)
+                .collect();
+            if want.is_empty() {
+                continue;
+            }
+            match run(fam.save, &["-t", "nat"], None) {
+                Ok(saved) => problems.extend(
+                    want.into_iter()
+                        .filter(|rule| !saved.lines().any(|l| l == rule))
+                        .map(|rule| format!("{} rule missing: {rule}", fam.save)),
+                ),
+                Err(e) => problems.push(e.to_string()),
+            }
         }
-        match run("iptables-save", &["-t", "nat"], None) {
-            Ok(saved) => want
-                .into_iter()
-                .filter(|rule| !saved.lines().any(|l| l == rule))
-                .map(|rule| format!("iptables rule missing: {rule}"))
-                .collect(),
-            Err(e) => vec![e.to_string()],
-        }
+        problems
     }
 
     fn describe(&self) -> &'static str {
