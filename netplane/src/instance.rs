@@ -655,10 +655,6 @@ async fn check_routes(
     Ok(())
 }
 
-/// A dual-stack network's sysctls: IPv6 forwarding; no router advertisements taken on
-/// netplane's bridges (its gateway is static); and `accept_ra = 2` on an uplink that
-/// takes them (1), because forwarding makes the kernel ignore them at 1, and the host
-/// would lose the default route it learned from them when it expires (moby#43466).
 /// The uplink's `accept_ra` key.
 fn uplink_ra(uplink: &str) -> String {
     format!("net.ipv6.conf.{uplink}.accept_ra")
@@ -671,6 +667,10 @@ fn held_shared(key: &str, uplink: Option<&str>) -> bool {
     shared::is_shared(key) || uplink.is_some_and(|u| key == uplink_ra(u))
 }
 
+/// A dual-stack network's sysctls: IPv6 forwarding; no router advertisements taken on
+/// netplane's bridges (its gateway is static); and `accept_ra = 2` on an uplink that
+/// takes them (1), because forwarding makes the kernel ignore them at 1, and the host
+/// would lose the default route it learned from them when it expires (moby#43466).
 fn ipv6_sysctls(plan: &Plan, uplink: Option<&str>) -> Vec<(String, String)> {
     let dual: Vec<&crate::config::Network> = plan
         .networks
