@@ -139,33 +139,58 @@ pub(super) fn first_host6(subnet: Ipv6Net) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(subnet.network()) + 1)
 }
 
-/// The container IPv6 addresses of one plan, as [`Addresses`] for IPv4.
-#[derive(Default)]
-pub(super) struct Addresses6<'a> {
-    taken: HashMap<Ipv6Addr, usize>,
-    cursors: HashMap<&'a str, u128>,
+/// The subnet's first host address: the default gateway, and where allocation starts.
+pub(super) fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
 
-impl<'a> Addresses6<'a> {
-    pub(super) fn reserve(&mut self, ip: Ipv6Addr, i: usize) -> Result<(), usize> {
+/// The container addresses of one plan, of one family: `A` (`Ipv4Addr`, `Ipv6Addr`)
+/// counted as `N` (`u32`, `u128`). The caller reserves every explicit address before it
+/// allocates any, so an explicit address never depends on its position.
+pub(super) struct Family<'a, A, N> {
+    /// Each address in use, with the index of the container that has it.
+    taken: HashMap<A, usize>,
+    /// The next candidate address per network, so allocation is one sweep per subnet.
+    cursors: HashMap<&'a str, N>,
+}
+
+/// A plan's IPv4 container addresses.
+pub(super) type Addresses<'a> = Family<'a, Ipv4Addr, u32>;
+/// A plan's IPv6 container addresses (dual-stack networks).
+pub(super) type Addresses6<'a> = Family<'a, Ipv6Addr, u128>;
+
+impl<A, N> Default for Family<'_, A, N> {
+    fn default() -> Self {
+        Family {
+            taken: HashMap::new(),
+            cursors: HashMap::new(),
+        }
+    }
+}
+
+impl<'a, A, N> Family<'a, A, N>
+where
+    A: Copy + Eq + std::hash::Hash + From<N>,
+    N: Copy + PartialOrd + std::ops::AddAssign + From<u8>,
+{
+    /// Reserves `ip` for container `i`; `Err(j)` when container `j` has it already.
+    pub(super) fn reserve(&mut self, ip: A, i: usize) -> Result<(), usize> {
         match self.taken.insert(ip, i) {
             Some(j) => Err(j),
             None => Ok(()),
         }
     }
 
-    /// The lowest free address of `net`'s subnet6 after its first, now container `i`'s.
-    pub(super) fn allocate(&mut self, net: &'a Network, i: usize) -> Option<Ipv6Addr> {
-        let subnet = net.subnet6?;
-        let cursor = self
-            .cursors
-            .entry(net.name.as_str())
-            .or_insert_with(|| u128::from(first_host6(subnet)));
-        let last = u128::from(subnet.broadcast());
+    /// The lowest free address of network `net` from `first` to `last`, skipping its
+    /// `gateway` and anything taken, now container `i`'s; `None` when none is left.
+    /// Starting at the first host address rather than after the gateway keeps the low
+    /// addresses usable when the gateway is set to, say, `.254`.
+    fn next(&mut self, net: &'a str, first: N, last: N, gateway: A, i: usize) -> Option<A> {
+        let cursor = self.cursors.entry(net).or_insert(first);
         while *cursor <= last {
-            let ip = Ipv6Addr::from(*cursor);
-            *cursor += 1;
-            if Some(ip) != net.gateway6 && !self.taken.contains_key(&ip) {
+            let ip = A::from(*cursor);
+            *cursor += N::from(1);
+            if ip != gateway && !self.taken.contains_key(&ip) {
                 self.taken.insert(ip, i);
                 return Some(ip);
             }
@@ -174,59 +199,23 @@ impl<'a> Addresses6<'a> {
     }
 }
 
-/// The subnet's first host address: the default gateway, and where allocation starts.
-pub(super) fn first_host(subnet: Ipv4Net) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()) + 1)
-}
-
-/// The container addresses of one plan. The caller reserves every explicit address
-/// before it allocates any, so an explicit address never depends on its position.
-#[derive(Default)]
-pub(super) struct Addresses<'a> {
-    /// Each address in use, with the index of the container that has it.
-    taken: HashMap<Ipv4Addr, usize>,
-    /// The next candidate address per network, so allocation is one sweep per subnet.
-    cursors: HashMap<&'a str, u32>,
-}
-
 impl<'a> Addresses<'a> {
-    /// Reserves `ip` for container `i`; `Err(j)` when container `j` has it already.
-    pub(super) fn reserve(&mut self, ip: Ipv4Addr, i: usize) -> Result<(), usize> {
-        match self.taken.insert(ip, i) {
-            Some(j) => Err(j),
-            None => Ok(()),
-        }
-    }
-
-    /// The lowest free address of `net`, now container `i`'s; `None` when none is left.
+    /// The lowest free address of `net` below its broadcast address.
     pub(super) fn allocate(&mut self, net: &'a Network, i: usize) -> Option<Ipv4Addr> {
-        let cursor = self
-            .cursors
-            .entry(net.name.as_str())
-            .or_insert_with(|| u32::from(first_host(net.subnet)));
-        let ip = next_free(cursor, net, &self.taken)?;
-        self.taken.insert(ip, i);
-        Some(ip)
+        let first = u32::from(first_host(net.subnet));
+        let last = u32::from(net.subnet.broadcast()) - 1;
+        self.next(&net.name, first, last, net.gateway, i)
     }
 }
 
-/// Scans from `cursor` up to (not including) the broadcast address, skipping the gateway
-/// and anything already taken. Starting at the first host address rather than after the
-/// gateway keeps the low addresses usable when the gateway is set to, say, `.254`.
-fn next_free(
-    cursor: &mut u32,
-    net: &Network,
-    taken: &HashMap<Ipv4Addr, usize>,
-) -> Option<Ipv4Addr> {
-    let broadcast = u32::from(net.subnet.broadcast());
-    while *cursor < broadcast {
-        let ip = Ipv4Addr::from(*cursor);
-        *cursor += 1;
-        if ip != net.gateway && !taken.contains_key(&ip) {
-            return Some(ip);
-        }
+impl<'a> Addresses6<'a> {
+    /// The lowest free address of `net`'s subnet6 after its first (there is no broadcast
+    /// address in IPv6: the last one is a host's too).
+    pub(super) fn allocate(&mut self, net: &'a Network, i: usize) -> Option<Ipv6Addr> {
+        let (subnet, gateway) = (net.subnet6?, net.gateway6?);
+        let first = u128::from(first_host6(subnet));
+        self.next(&net.name, first, u128::from(subnet.broadcast()), gateway, i)
     }
-    None
 }
 
 #[cfg(test)]
