@@ -60,6 +60,16 @@ pub enum Error {
         route: String,
         iface: String,
     },
+    #[error(
+        "networks[{index}].subnet6 = \"{subnet6}\": the host already routes {route} ({iface}), \
+         which netplane does not own"
+    )]
+    Subnet6Route {
+        index: usize,
+        subnet6: String,
+        route: String,
+        iface: String,
+    },
     #[error("routes[{index}].{field} = \"{value}\": {reason}")]
     Route {
         index: usize,
@@ -338,6 +348,27 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
         .into_iter()
         .map(|(key, _)| key)
         .collect();
+    // Those shared sysctls this instance held for a dual-stack network it no longer has
+    // go back (when no other instance holds them), now that the new plan is in place.
+    let unwanted: Vec<String> = [
+        "net.ipv6.conf.all.forwarding".to_owned(),
+        uplink_ra(&host.uplink),
+    ]
+    .into_iter()
+    .filter(|k| !wanted.contains(k))
+    .collect();
+    match shared::release(&plan.name, Some(&unwanted)) {
+        Ok(released) => {
+            for r in released {
+                if let Released::Restored { key, value } = r {
+                    report
+                        .changes
+                        .push(format!("sysctl {key} restored to {value}"));
+                }
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
     let mut sysctls = journal.sysctls;
     for (key, prior) in progress.fresh_priors {
         sysctls.entry(key).or_insert(prior);
@@ -522,6 +553,7 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
         }
     }
     check_network_routes(h, plan, old, &links).await?;
+    check_network_routes6(h, plan, old, &links).await?;
     check_routes(h, plan, old, &links, &addrs).await?;
     HostContext::from_host(plan, &uplink, links, &addrs)
         .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))
@@ -565,6 +597,52 @@ async fn check_network_routes(
                 index,
                 subnet: n.subnet,
                 route: r.describe(),
+                iface,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// [`check_network_routes`] for the subnet6 of dual-stack networks: a route inside it
+/// that netplane does not own (another instance's ptp cover, another tool's network, an
+/// address of the host) would take its traffic, or be taken over and deleted with it.
+async fn check_network_routes6(
+    h: &rtnetlink::Handle,
+    plan: &Plan,
+    old: &State,
+    links: &[topology::Link],
+) -> Result<(), Error> {
+    if plan.networks.iter().all(|n| n.subnet6.is_none()) {
+        return Ok(());
+    }
+    let ours: BTreeSet<u32> = links
+        .iter()
+        .filter(|l| old.links.contains(&l.name))
+        .map(|l| l.index)
+        .collect();
+    for (dst, oif) in topology::main_routes6(h).await? {
+        if dst.prefix_len() == 0
+            || old.routes.contains(&IpNet::V6(dst))
+            || oif.is_some_and(|i| ours.contains(&i))
+        {
+            continue;
+        }
+        if let Some((index, n)) = plan
+            .networks
+            .iter()
+            .enumerate()
+            // Wider routes (a 2001:db8::/32 via a router) are fine: the network's are
+            // more specific.
+            .find(|(_, n)| n.subnet6.is_some_and(|s6| s6.contains(&dst)))
+        {
+            let iface = oif
+                .and_then(|i| links.iter().find(|l| l.index == i))
+                .map_or_else(|| "no device".to_owned(), |l| l.name.clone());
+            return Err(Error::Subnet6Route {
+                index,
+                subnet6: n.subnet6.expect("found by it").to_string(),
+                route: dst.to_string(),
                 iface,
             });
         }
@@ -758,7 +836,13 @@ async fn apply(
         fresh_priors,
     } = progress;
     for net in plan.networks.iter().filter(|n| n.driver == Driver::Bridge) {
-        let (changed, made) = topology::ensure_bridge(h, net).await?;
+        // A network that was dual-stack may hold an IPv6 address to remove.
+        let had_v6 = old
+            .plan
+            .as_ref()
+            .and_then(|p| p.network(&net.name))
+            .is_some_and(|n| n.subnet6.is_some());
+        let (changed, made) = topology::ensure_bridge(h, net, had_v6).await?;
         if made {
             created.push(Created::Link(net.name.clone()));
         }
@@ -792,6 +876,7 @@ async fn apply(
             .and_then(|p| p.container(&c.name).map(|prev| (p, prev)))
             && (prev.network != c.network
                 || prev.ip != c.ip
+                || prev.ip6 != c.ip6
                 || prev.mac != c.mac
                 || old_driver(old_plan, prev) != Some(net.driver))
         {
@@ -860,22 +945,6 @@ async fn apply(
             report
                 .changes
                 .push(format!("sysctl {} = {}", held.key, held.value));
-        }
-    }
-    // Those this instance held for a dual-stack network it no longer has go back (when
-    // no other instance holds them).
-    let unwanted: Vec<String> = [
-        "net.ipv6.conf.all.forwarding".to_owned(),
-        uplink_ra(&host.uplink),
-    ]
-    .into_iter()
-    .filter(|k| !common.iter().any(|(c, _)| c == k))
-    .collect();
-    for r in shared::release(&plan.name, Some(&unwanted))? {
-        if let Released::Restored { key, value } = r {
-            report
-                .changes
-                .push(format!("sysctl {key} restored to {value}"));
         }
     }
     for (key, value) in own {

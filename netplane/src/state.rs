@@ -109,3 +109,21 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_of_ipv4_routes_from_before_ipv6_still_loads() {
+        let old = r#"{"plan": null, "netns": [], "links": ["npa"], "sysctls": {},
+                      "dataplanes": ["iptables"], "routes": ["10.0.2.0/24", "10.89.1.0/24"]}"#;
+        let s: State = serde_json::from_str(old).unwrap();
+        assert!(s.routes.contains(&"10.0.2.0/24".parse::<IpNet>().unwrap()));
+        // And with an IPv6 cover, written and read back.
+        let mut s = s;
+        s.routes.insert("2001:db8:89::/64".parse().unwrap());
+        let again: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(again, s);
+    }
+}

@@ -319,7 +319,15 @@ async fn ensure_only_address6(
 /// The bridge of `net`, up, with the gateway address (none on an isolated network).
 /// Returns whether anything changed, and whether the bridge itself was created by this
 /// call.
-pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), TopologyError> {
+///
+/// `had_v6`: the network was dual-stack when last applied, so an IPv6 address it no longer
+/// wants may be there to remove (an IPv4-only network's bridge is not asked for its
+/// IPv6 addresses: see below).
+pub async fn ensure_bridge(
+    h: &Handle,
+    net: &Network,
+    had_v6: bool,
+) -> Result<(bool, bool), TopologyError> {
     let (bridge, created) = match link(h, &net.name).await? {
         Some(l) => (l, false),
         None => {
@@ -354,9 +362,10 @@ pub async fn ensure_bridge(h: &Handle, net: &Network) -> Result<(bool, bool), To
     // Only on a dual-stack network: the kernel answers an IPv6 address dump with every
     // interface's (a link-local one per veth), and an IPv4-only ADD must not pay for it.
     let addr_changed = addr_changed
-        | match want6 {
-            Some(_) => ensure_only_address6(h, &net.name, bridge.index, want6).await?,
-            None => false,
+        | if want6.is_some() || net.subnet6.is_some() || had_v6 {
+            ensure_only_address6(h, &net.name, bridge.index, want6).await?
+        } else {
+            false
         };
     let mtu_changed = ensure_mtu(h, &bridge, net.mtu).await?;
     let up_changed = set_up(h, &bridge).await?;
@@ -703,9 +712,49 @@ async fn routes_to6(h: &Handle, subnet: Ipv6Net) -> Result<Vec<RouteMessage>, To
         .filter(|r| {
             r.header.table == RouteHeader::RT_TABLE_MAIN
                 && r.header.destination_prefix_length == subnet.prefix_len()
-                && r.attributes.iter().any(|a| {
-                    matches!(a, RouteAttribute::Destination(RouteAddress::Inet6(d)) if *d == subnet.addr())
+                // A default route carries no destination: `::`.
+                && r.attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(*d),
+                        _ => None,
+                    })
+                    .unwrap_or(Ipv6Addr::UNSPECIFIED)
+                    == subnet.addr()
+        })
+        .collect())
+}
+
+/// The IPv6 routes of the main table: destination and device (`None`: a blackhole, or
+/// via a gateway without one).
+pub async fn main_routes6(h: &Handle) -> Result<Vec<(Ipv6Net, Option<u32>)>, TopologyError> {
+    let routes: Vec<RouteMessage> = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl_err("list", "IPv6 routes"))?;
+    Ok(routes
+        .iter()
+        .filter(|r| r.header.table == RouteHeader::RT_TABLE_MAIN)
+        .filter_map(|r| {
+            let dst = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(*d),
+                    _ => None,
                 })
+                .unwrap_or(Ipv6Addr::UNSPECIFIED);
+            let oif = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            Some((
+                Ipv6Net::new(dst, r.header.destination_prefix_length).ok()?,
+                oif,
+            ))
         })
         .collect())
 }
@@ -913,8 +962,10 @@ pub async fn ensure_container_inside(
         let onlink = net.driver == crate::config::Driver::Ptp;
         changed |= ensure_default_route(ch, &c.netns, eth.index, c.gateway, onlink, shared).await?;
     } else if !shared {
-        // A network that became isolated: its containers lose their way out.
+        // A network that became isolated: its containers lose their way out, in both
+        // families.
         changed |= delete_host_route(ch, IpNet::V4(Ipv4Net::default())).await?;
+        changed |= delete_host_route6(ch, Ipv6Net::default()).await?;
     }
     Ok(changed)
 }

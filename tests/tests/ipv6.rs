@@ -332,3 +332,43 @@ fn iptables_mode_ipv6_checksums_on_the_wire() {
         );
     }
 }
+
+/// A subnet6 that the host already routes (another instance's ptp cover, another tool's
+/// network) is refused before anything changes, naming the field and the route.
+#[test]
+fn a_subnet6_the_host_already_routes_is_refused() {
+    if !privileged("ipv6::subnet6_taken") {
+        return;
+    }
+    let h = Host::new().with_ipv6();
+    h.host.sh(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "blackhole",
+        "2001:db8:89::/64",
+        "proto",
+        "static",
+    ]);
+    h.write_config(&format!("mode = \"iptables\"\n{}", dual("bridge")));
+    let out = h.netplane(&["up"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("networks[0].subnet6")
+            && err.contains("2001:db8:89::/64")
+            && err.contains("does not own"),
+        "{err}"
+    );
+    assert!(
+        !h.host.sh(&["ip", "-o", "link"]).contains("npa"),
+        "nothing built"
+    );
+    // The route is still there, untouched.
+    assert!(
+        h.host
+            .sh(&["ip", "-6", "route"])
+            .contains("blackhole 2001:db8:89::/64")
+    );
+}

@@ -698,6 +698,13 @@ fn a_dual_stack_network_gives_containers_ipv6() {
     );
     h.netplane_ok(&["up"]);
     assert_eq!((sysctl(fwd).as_str(), sysctl(&ra).as_str()), ("0", "1"));
+    // and the bridge and the container lose their IPv6 addresses and routes.
+    let bridge = h.host.sh(&[
+        "ip", "-o", "-6", "addr", "show", "dev", "npa", "scope", "global",
+    ]);
+    assert_eq!(bridge.trim(), "", "gateway6 left on the bridge");
+    let c1 = h.container("c1");
+    assert_eq!(c1.sh(&["ip", "-6", "route", "show", "default"]).trim(), "");
     h.netplane_ok(&["down"]);
     assert_eq!((sysctl(fwd).as_str(), sysctl(&ra).as_str()), ("0", "1"));
 }
