@@ -173,14 +173,24 @@ fn ebpf_mode_refuses_a_dual_stack_network_by_name() {
         return;
     }
     let h = Host::new().with_ipv6();
-    h.write_config(&format!("mode = \"ebpf\"\n{DUAL}"));
+    refused(
+        &h,
+        &format!("mode = \"ebpf\"\n{DUAL}"),
+        "does not translate IPv6",
+    );
+}
+
+/// `up` of `config` fails, naming the first network's subnet6 and `why`, and builds
+/// nothing.
+fn refused(h: &Host, config: &str, why: &str) {
+    h.write_config(config);
     let out = h.netplane(&["up"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
         err.contains("networks[0].subnet6")
             && err.contains("2001:db8:89::/64")
-            && err.contains("does not translate IPv6"),
+            && err.contains(why),
         "{err}"
     );
     assert!(
@@ -351,19 +361,10 @@ fn a_subnet6_the_host_already_routes_is_refused() {
         "proto",
         "static",
     ]);
-    h.write_config(&format!("mode = \"iptables\"\n{}", dual("bridge")));
-    let out = h.netplane(&["up"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        err.contains("networks[0].subnet6")
-            && err.contains("2001:db8:89::/64")
-            && err.contains("does not own"),
-        "{err}"
-    );
-    assert!(
-        !h.host.sh(&["ip", "-o", "link"]).contains("npa"),
-        "nothing built"
+    refused(
+        &h,
+        &format!("mode = \"iptables\"\n{}", dual("bridge")),
+        "does not own",
     );
     // The route is still there, untouched.
     assert!(
