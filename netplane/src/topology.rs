@@ -789,18 +789,7 @@ pub async fn ensure_cover6(h: &Handle, subnet: Ipv6Net) -> Result<bool, Topology
 
 /// [`delete_host_route`] for IPv6.
 async fn delete_host_route6(h: &Handle, subnet: Ipv6Net) -> Result<bool, TopologyError> {
-    let mut deleted = false;
-    for r in routes_to6(h, subnet).await? {
-        if r.header.protocol != RouteProtocol::Static {
-            continue;
-        }
-        match h.route().del(r).execute().await {
-            Ok(()) => deleted = true,
-            Err(e) if errno(&e) == Some(libc::ESRCH) => {}
-            Err(e) => return Err(nl_err("delete route to", subnet.to_string())(e)),
-        }
-    }
-    Ok(deleted)
+    delete_static(h, routes_to6(h, subnet).await?, subnet.to_string()).await
 }
 
 /// A route of the main table, as the checks look at it.
@@ -859,15 +848,25 @@ pub async fn delete_host_route(h: &Handle, subnet: IpNet) -> Result<bool, Topolo
         IpNet::V4(s) => s,
         IpNet::V6(s) => return delete_host_route6(h, s).await,
     };
+    delete_static(h, routes_to(h, subnet).await?, subnet.to_string()).await
+}
+
+/// Deletes the `proto static` routes among `routes` (those netplane adds); `Ok(false)`
+/// when there was none. `what` names them in an error.
+async fn delete_static(
+    h: &Handle,
+    routes: Vec<RouteMessage>,
+    what: String,
+) -> Result<bool, TopologyError> {
     let mut deleted = false;
-    for r in routes_to(h, subnet).await? {
+    for r in routes {
         if r.header.protocol != RouteProtocol::Static {
             continue;
         }
         match h.route().del(r).execute().await {
             Ok(()) => deleted = true,
             Err(e) if errno(&e) == Some(libc::ESRCH) => {}
-            Err(e) => return Err(nl_err("delete route to", subnet.to_string())(e)),
+            Err(e) => return Err(nl_err("delete route to", what)(e)),
         }
     }
     Ok(deleted)
@@ -1000,13 +999,34 @@ async fn ensure_default_route(
     if keep_others && current.is_some_and(|(_, dev)| dev != Some(oif)) {
         return Ok(false);
     }
-    let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .gateway(gw)
-        .output_interface(oif);
-    if onlink {
-        route = route.onlink();
-    }
-    let route = route.build();
+    replace_default_route(ch, ns, oif, IpAddr::V4(gw), onlink).await
+}
+
+/// Sets the default route of namespace `ns` (handle `ch`) via `gw` on `oif` (onlink on a
+/// ptp network, where the gateway is outside the container's /32 or /128), in place of
+/// the one there. Returns `true`: it changed.
+async fn replace_default_route(
+    ch: &Handle,
+    ns: &str,
+    oif: u32,
+    gw: IpAddr,
+    onlink: bool,
+) -> Result<bool, TopologyError> {
+    // rtnetlink's builders are typed per family.
+    let route = match gw {
+        IpAddr::V4(g) => {
+            let r = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(g)
+                .output_interface(oif);
+            if onlink { r.onlink() } else { r }.build()
+        }
+        IpAddr::V6(g) => {
+            let r = RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(g)
+                .output_interface(oif);
+            if onlink { r.onlink() } else { r }.build()
+        }
+    };
     ch.route()
         .add(route)
         .replace()
@@ -1157,23 +1177,7 @@ async fn ensure_default_route6(
     if defaults.contains(&(Some(gw), Some(oif))) || defaults.iter().any(|(_, d)| *d != Some(oif)) {
         return Ok(false);
     }
-    let mut route = RouteMessageBuilder::<Ipv6Addr>::new()
-        .gateway(gw)
-        .output_interface(oif);
-    if onlink {
-        route = route.onlink();
-    }
-    let route = route.build();
-    ch.route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl_err(
-            "set the IPv6 default route of",
-            format!("{ns} (via {gw})"),
-        ))?;
-    Ok(true)
+    replace_default_route(ch, ns, oif, IpAddr::V6(gw), onlink).await
 }
 
 /// The IPv6 default routes of the namespace of `ch` (`ns` names it in errors): gateway and
