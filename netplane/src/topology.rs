@@ -212,19 +212,75 @@ async fn ensure_only_address(
     ifindex: u32,
     want: Option<Ipv4Net>,
 ) -> Result<bool, TopologyError> {
-    let msgs: Vec<AddressMessage> = h
-        .address()
-        .get()
-        .set_link_index_filter(ifindex)
+    ensure_only(h, ifname, ifindex, false, want.map(IpNet::V4)).await
+}
+
+/// Makes `ifindex` carry exactly `want` as its global IPv6 address, or none. Added
+/// without duplicate address detection (IFA_F_NODAD, as netavark does): the address is
+/// netplane's to give, and DAD would hold it "tentative", unusable, for a second or more.
+async fn ensure_only_address6(
+    h: &Handle,
+    ifname: &str,
+    ifindex: u32,
+    want: Option<Ipv6Net>,
+) -> Result<bool, TopologyError> {
+    ensure_only(h, ifname, ifindex, true, want.map(IpNet::V6)).await
+}
+
+/// The addresses of `ifindex` in one family: IPv4 (its local addresses), or the global
+/// IPv6 ones (link-local ones are the kernel's, and stay). Asked of the kernel per
+/// family: every veth has an IPv6 link-local address, and an IPv4 question must not pay
+/// for them.
+async fn addresses_of(
+    h: &Handle,
+    ifname: &str,
+    ifindex: u32,
+    v6: bool,
+) -> Result<Vec<(AddressMessage, IpNet)>, TopologyError> {
+    let mut req = h.address().get().set_link_index_filter(ifindex);
+    req.message_mut().header.family = if v6 {
+        rtnetlink::packet_route::AddressFamily::Inet6
+    } else {
+        rtnetlink::packet_route::AddressFamily::Inet
+    };
+    let msgs: Vec<AddressMessage> = req
         .execute()
         .try_collect()
         .await
         .map_err(nl_err("list addresses of", ifname))?;
+    Ok(msgs
+        .into_iter()
+        .filter_map(|m| {
+            let net = if v6 {
+                if m.header.scope != AddressScope::Universe {
+                    return None;
+                }
+                let ip = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+                    _ => None,
+                })?;
+                IpNet::V6(Ipv6Net::new(ip, m.header.prefix_len).ok()?)
+            } else {
+                IpNet::V4(Ipv4Net::new(local_ipv4(&m)?, m.header.prefix_len).ok()?)
+            };
+            Some((m, net))
+        })
+        .collect())
+}
+
+/// [`ensure_only_address`] and [`ensure_only_address6`]: the addresses of one family on
+/// `ifindex` become exactly `want`.
+async fn ensure_only(
+    h: &Handle,
+    ifname: &str,
+    ifindex: u32,
+    v6: bool,
+    want: Option<IpNet>,
+) -> Result<bool, TopologyError> {
     let mut present = false;
     let mut changed = false;
-    for m in msgs {
-        let Some(ip) = local_ipv4(&m) else { continue };
-        if want.is_some_and(|w| ip == w.addr() && m.header.prefix_len == w.prefix_len()) {
+    for (m, net) in addresses_of(h, ifname, ifindex, v6).await? {
+        if Some(net) == want {
             present = true;
         } else {
             h.address()
@@ -238,76 +294,13 @@ async fn ensure_only_address(
     if let Some(want) = want
         && !present
     {
-        h.address()
-            .add(ifindex, IpAddr::V4(want.addr()), want.prefix_len())
-            .execute()
-            .await
-            .map_err(nl_err("add address to", format!("{ifname} ({want})")))?;
-        changed = true;
-    }
-    Ok(changed)
-}
-
-/// The global IPv6 addresses of `ifindex` (link-local ones are the kernel's, and stay).
-async fn ipv6_addresses_of(
-    h: &Handle,
-    ifname: &str,
-    ifindex: u32,
-) -> Result<Vec<(AddressMessage, Ipv6Net)>, TopologyError> {
-    let mut req = h.address().get().set_link_index_filter(ifindex);
-    req.message_mut().header.family = rtnetlink::packet_route::AddressFamily::Inet6;
-    let msgs: Vec<AddressMessage> = req
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list IPv6 addresses of", ifname))?;
-    Ok(msgs
-        .into_iter()
-        .filter(|m| m.header.scope == AddressScope::Universe)
-        .filter_map(|m| {
-            let ip = m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
-                _ => None,
-            })?;
-            let net = Ipv6Net::new(ip, m.header.prefix_len).ok()?;
-            Some((m, net))
-        })
-        .collect())
-}
-
-/// Makes `ifindex` carry exactly `want` as its global IPv6 address, or none. Added
-/// without duplicate address detection (IFA_F_NODAD, as netavark does): the address is
-/// netplane's to give, and DAD would hold it "tentative", unusable, for a second or more.
-async fn ensure_only_address6(
-    h: &Handle,
-    ifname: &str,
-    ifindex: u32,
-    want: Option<Ipv6Net>,
-) -> Result<bool, TopologyError> {
-    let mut present = false;
-    let mut changed = false;
-    for (m, net) in ipv6_addresses_of(h, ifname, ifindex).await? {
-        if Some(net) == want {
-            present = true;
-        } else {
-            h.address()
-                .del(m)
-                .execute()
-                .await
-                .map_err(nl_err("remove an old IPv6 address from", ifname))?;
-            changed = true;
+        let mut req = h.address().add(ifindex, want.addr(), want.prefix_len());
+        if v6 {
+            let msg = req.message_mut();
+            msg.header.flags = AddressHeaderFlags::Nodad;
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-    }
-    if let Some(want) = want
-        && !present
-    {
-        let mut req = h
-            .address()
-            .add(ifindex, IpAddr::V6(want.addr()), want.prefix_len());
-        let msg = req.message_mut();
-        msg.header.flags = AddressHeaderFlags::Nodad;
-        msg.attributes
-            .push(AddressAttribute::Flags(AddressFlags::Nodad));
         req.execute()
             .await
             .map_err(nl_err("add address to", format!("{ifname} ({want})")))?;
@@ -1131,10 +1124,13 @@ pub async fn inside(ns: &str, ifname: &str) -> Result<Inside, TopologyError> {
         None => Vec::new(),
     };
     let addrs6 = match &link {
-        Some(l) => ipv6_addresses_of(&ch, ifname, l.index)
+        Some(l) => addresses_of(&ch, ifname, l.index, true)
             .await?
             .into_iter()
-            .map(|(_, a)| a)
+            .filter_map(|(_, a)| match a {
+                IpNet::V6(a) => Some(a),
+                IpNet::V4(_) => None,
+            })
             .collect(),
         None => Vec::new(),
     };
