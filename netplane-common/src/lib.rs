@@ -6,6 +6,7 @@
 //! the bytes without unsafe casts on the agent side.
 #![no_std]
 
+pub mod addr;
 pub mod counters;
 pub mod csum;
 pub mod nat;

@@ -19,6 +19,8 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::addr::{Addr, Ip6};
+
 use crate::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 /// A side of a packet's tuple: its destination or its source (address and port).
@@ -40,10 +42,10 @@ pub enum Side {
 /// For ICMP echo, the identifier is the source port of a request and the destination
 /// port of a reply, so that a reply's tuple is the reverse of its request's.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct CtKey {
-    pub saddr: u32,
-    pub daddr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
+pub struct CtKey<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -52,15 +54,15 @@ pub struct CtKey {
     pub _pad: [u8; 2],
 }
 
-impl CtKey {
+impl<A: Addr> CtKey<A> {
     pub const fn new(
-        saddr: u32,
-        daddr: u32,
+        saddr: A,
+        daddr: A,
         sport: u16,
         dport: u16,
         proto: u8,
         stage: Side,
-    ) -> CtKey {
+    ) -> CtKey<A> {
         CtKey {
             saddr,
             daddr,
@@ -73,7 +75,7 @@ impl CtKey {
     }
 
     /// The tuple of a packet going the other way, at `stage`.
-    pub const fn reversed(&self, stage: Side) -> CtKey {
+    pub const fn reversed(&self, stage: Side) -> CtKey<A> {
         CtKey::new(
             self.daddr, self.saddr, self.dport, self.sport, self.proto, stage,
         )
@@ -146,9 +148,9 @@ pub mod kind {
 /// and the kernel's per-element overhead an entry costs 104 bytes, ~117 per flow with the
 /// table of unreplied flows (see `netplane bench`'s memory figure).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct CtEntry {
-    pub addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
+pub struct CtEntry<A = u32> {
+    pub addr: A,
     pub port: u16,
     /// [`seen`] flags, TCP only.
     pub seen: u8,
@@ -236,7 +238,7 @@ impl Timeouts {
     }
 
     /// Whether `e` (of protocol `proto`) has expired at `now`.
-    pub const fn expired(&self, proto: u8, e: &CtEntry, now: Tick) -> bool {
+    pub const fn expired<A>(&self, proto: u8, e: &CtEntry<A>, now: Tick) -> bool {
         ticks_since(now, e.last_seen) > s_to_ticks(self.lifetime_s(proto, e.seen))
     }
 }
@@ -365,9 +367,9 @@ pub const fn tcp_seen(flags: u8) -> u8 {
 /// A published port: the key of the published-ports map. `addr` 0 means every local
 /// address. Network byte order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Pod, Zeroable)]
-pub struct PortKey {
-    pub addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Zeroable)]
+pub struct PortKey<A = u32> {
+    pub addr: A,
     pub port: u16,
     pub proto: u8,
     pub _pad: u8,
@@ -376,28 +378,28 @@ pub struct PortKey {
 /// Where a published port goes: a container's address and port (network byte order), and
 /// the gateway of its network, which hairpinned flows are masqueraded to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct Backend {
-    pub addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
+pub struct Backend<A = u32> {
+    pub addr: A,
     pub port: u16,
     pub _pad: u16,
-    pub gateway: u32,
+    pub gateway: A,
 }
 
 /// A container network, the value of the subnet LPM trie.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct NetInfo {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
+pub struct NetInfo<A = u32> {
     /// A number unique per network, never 0: two addresses are on one network iff equal.
     /// (The agent derives it from the subnet, so that it stays while the maps change.)
     pub id: u32,
-    pub gateway: u32,
+    pub gateway: A,
     /// Its [`gateway_mode`].
     pub mode: u8,
     pub _pad: [u8; 3],
 }
 
-impl NetInfo {
+impl<A> NetInfo<A> {
     /// Whether its containers' packets to the outside are masqueraded, and its published
     /// ports DNATed (`nat`, `nat-unprotected`).
     pub const fn nat(&self) -> bool {
@@ -467,6 +469,8 @@ pub struct DpConfig {
     pub uplink_ifindex: u32,
     /// [`flags`].
     pub flags: u32,
+    /// The uplink's IPv6 address that masquerade uses; :: when it has none.
+    pub uplink_addr6: Ip6,
     pub _pad: u32,
 }
 
@@ -499,8 +503,9 @@ pub const fn nat_port_candidate(hash: u32, i: u32, min: u16, max: u16) -> u16 {
 }
 
 /// A cheap, stable mix of a tuple, to spread port choices.
-pub const fn tuple_hash(k: &CtKey) -> u32 {
-    let mut h = k.saddr ^ k.daddr.rotate_left(7) ^ ((k.sport as u32) << 16 | k.dport as u32);
+pub fn tuple_hash<A: Addr>(k: &CtKey<A>) -> u32 {
+    let mut h =
+        k.saddr.fold() ^ k.daddr.fold().rotate_left(7) ^ ((k.sport as u32) << 16 | k.dport as u32);
     h ^= h >> 16;
     h = h.wrapping_mul(0x7feb_352d);
     h ^= h >> 15;
@@ -593,23 +598,25 @@ pub const DROP_REASONS: u32 = DropReason::ALL.len() as u32;
 
 /// The key of the fragment map: later fragments carry no ports, so they follow the
 /// translation of their first fragment by (addresses, IP id, protocol), as Cilium's
-/// IPV4_FRAG_DATAGRAMS_MAP does.
+/// IPV4_FRAG_DATAGRAMS_MAP does. The id is IPv4's 16-bit identification, or the 32-bit
+/// one of IPv6's fragment header.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct FragKey {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub id: u16,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
+pub struct FragKey<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
+    pub id: u32,
     pub proto: u8,
     /// As in [`CtKey::stage`].
     pub stage: u8,
+    pub _pad: [u8; 2],
 }
 
 /// The address a stage writes into the later fragments of a datagram.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct FragEntry {
-    pub addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
+pub struct FragEntry<A = u32> {
+    pub addr: A,
     pub last_seen: Tick,
 }
 
@@ -637,8 +644,22 @@ pub mod maps {
     pub const NEVER_NAT: &str = "NP_NEVER_NAT";
     /// The container ports of `routed` networks open to the outside.
     pub const ROUTED_PORTS: &str = "NP_ROUTED_PORTS";
+    /// The IPv6 counterparts of the maps above, by the same key and value types over
+    /// [`crate::addr::Ip6`] (names stay within the kernel's 15 characters).
+    pub const CT6: &str = "NP6_CT";
+    pub const CT6_NEW: &str = "NP6_CT_NEW";
+    pub const FRAGS6: &str = "NP6_FRAGS";
+    pub const FRAGS6_EARLY: &str = "NP6_FRAGS_EARLY";
+    pub const PUBLISHED6: &str = "NP6_PUBLISHED";
+    pub const SUBNETS6: &str = "NP6_SUBNETS";
+    pub const LOCAL_ADDRS6: &str = "NP6_LOCAL_ADDRS";
+    pub const SOCK_REV6: &str = "NP6_SOCK_REV";
+    pub const ENDPOINTS6: &str = "NP6_ENDPOINTS";
+    pub const MASQ_PORTS6: &str = "NP6_MASQ_PORTS";
+    pub const NEVER_NAT6: &str = "NP6_NEVER_NAT";
+    pub const ROUTED_PORTS6: &str = "NP6_ROUTED";
     /// Every map the agent pins, so that the data plane outlives it.
-    pub const PINNED: [&str; 15] = [
+    pub const PINNED: [&str; 27] = [
         CT,
         CT_NEW,
         MASQ_PORTS,
@@ -654,6 +675,18 @@ pub mod maps {
         ENDPOINTS,
         NEVER_NAT,
         ROUTED_PORTS,
+        CT6,
+        CT6_NEW,
+        MASQ_PORTS6,
+        FRAGS6,
+        FRAGS6_EARLY,
+        PUBLISHED6,
+        SUBNETS6,
+        LOCAL_ADDRS6,
+        SOCK_REV6,
+        ENDPOINTS6,
+        NEVER_NAT6,
+        ROUTED_PORTS6,
     ];
 }
 
@@ -661,39 +694,81 @@ pub mod maps {
 /// to a container, the container's address and port, so that `recvmsg` can show the
 /// address the application sent to.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct SockRevKey {
-    pub cookie: u64,
-    pub addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
+pub struct SockRevKey<A = u32> {
+    /// The socket's cookie, in two halves: with a `u64` an IPv6 key would need padding.
+    pub cookie: [u32; 2],
+    pub addr: A,
     pub port: u16,
     pub _pad: u16,
 }
 
+impl<A: Addr> SockRevKey<A> {
+    pub fn new(cookie: u64, addr: A, port: u16) -> Self {
+        SockRevKey {
+            cookie: bytemuck::cast(cookie),
+            addr,
+            port,
+            _pad: 0,
+        }
+    }
+}
+
 /// The address and port a socket originally sent to (network byte order).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct SockRevEntry {
-    pub addr: u32,
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
+pub struct SockRevEntry<A = u32> {
+    pub addr: A,
     pub port: u16,
     pub _pad: u16,
+}
+
+/// `Pod` for the generic map types, per family. bytemuck's derive cannot check a generic
+/// struct for padding, so each instance states its size, which the compiler checks
+/// against the sum of its fields': equal means no padding, and with all fields `Pod`
+/// every bit pattern is valid.
+macro_rules! pod_per_family {
+    ($($t:ident { $($f:ty),* } = $v4:literal, $v6:literal;)*) => {$(
+        // SAFETY: repr(C), every field Pod, no padding (the assertions below).
+        unsafe impl Pod for $t<u32> {}
+        unsafe impl Pod for $t<Ip6> {}
+        const _: () = {
+            type A = u32;
+            assert!(core::mem::size_of::<$t<A>>() == $v4);
+            assert!(0 $(+ core::mem::size_of::<$f>())* == $v4);
+        };
+        const _: () = {
+            type A = Ip6;
+            assert!(core::mem::size_of::<$t<A>>() == $v6);
+            assert!(0 $(+ core::mem::size_of::<$f>())* == $v6);
+        };
+        #[cfg(feature = "user")]
+        // SAFETY: as for bytemuck's Pod above.
+        unsafe impl aya::Pod for $t<u32> {}
+        #[cfg(feature = "user")]
+        unsafe impl aya::Pod for $t<Ip6> {}
+    )*};
+}
+
+pod_per_family! {
+    CtKey { A, A, u16, u16, u8, u8, [u8; 2] } = 16, 40;
+    CtEntry { A, u16, u8, u8, Tick, Tick, [u32; 2] } = 24, 36;
+    PortKey { A, u16, u8, u8 } = 8, 20;
+    Backend { A, u16, u16, A } = 12, 36;
+    NetInfo { u32, A, u8, [u8; 3] } = 12, 24;
+    FragKey { A, A, u32, u8, u8, [u8; 2] } = 16, 40;
+    FragEntry { A, Tick } = 8, 20;
+    SockRevKey { [u32; 2], A, u16, u16 } = 16, 28;
+    SockRevEntry { A, u16, u16 } = 8, 20;
 }
 
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-    // SAFETY: all are repr(C), padding explicit, valid for any bit pattern (Pod derives
-    // check both).
-    unsafe impl aya::Pod for CtKey {}
-    unsafe impl aya::Pod for CtEntry {}
-    unsafe impl aya::Pod for PortKey {}
-    unsafe impl aya::Pod for Backend {}
-    unsafe impl aya::Pod for NetInfo {}
+    // SAFETY: repr(C), padding explicit, valid for any bit pattern (Pod derives check
+    // both).
     unsafe impl aya::Pod for DpConfig {}
     unsafe impl aya::Pod for Endpoint {}
-    unsafe impl aya::Pod for FragKey {}
-    unsafe impl aya::Pod for FragEntry {}
-    unsafe impl aya::Pod for SockRevKey {}
-    unsafe impl aya::Pod for SockRevEntry {}
 }
 
 #[cfg(test)]
@@ -744,7 +819,7 @@ mod tests {
         assert_eq!(t.lifetime_s(IPPROTO_TCP, seen::RST), 10);
         assert_eq!(t.lifetime_s(IPPROTO_UDP, 0), 60);
         assert_eq!(t.lifetime_s(IPPROTO_ICMP, 0), 30);
-        let e = CtEntry {
+        let e = CtEntry::<u32> {
             last_seen: tick(1_000_000_000),
             seen: seen::SYN,
             ..Default::default()
@@ -764,7 +839,7 @@ mod tests {
             MAX_LIFETIME_S as u64
         );
         assert!(s_to_ticks(MAX_LIFETIME_S) < i32::MAX as u32);
-        let e = CtEntry {
+        let e = CtEntry::<u32> {
             last_seen: before_wrap,
             ..Default::default()
         };
@@ -873,15 +948,19 @@ mod tests {
         assert_ne!(a, b);
     }
 
+    /// The generic map types are checked at compile time (pod_per_family!); these are
+    /// the others.
     #[test]
     fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<DpConfig>(), 72);
+        assert_eq!(core::mem::size_of::<Endpoint>(), 20);
+    }
+
+    #[test]
+    fn an_ipv4_flow_costs_what_it_did_before_ipv6() {
         assert_eq!(core::mem::size_of::<CtKey>(), 16);
         assert_eq!(core::mem::size_of::<CtEntry>(), 24);
-        assert_eq!(core::mem::size_of::<PortKey>(), 8);
-        assert_eq!(core::mem::size_of::<Backend>(), 12);
-        assert_eq!(core::mem::size_of::<DpConfig>(), 56);
-        assert_eq!(core::mem::size_of::<FragKey>(), 12);
-        assert_eq!(core::mem::size_of::<Endpoint>(), 20);
-        assert_eq!(core::mem::size_of::<NetInfo>(), 12);
+        assert_eq!(core::mem::size_of::<CtKey<Ip6>>(), 40);
+        assert_eq!(core::mem::size_of::<CtEntry<Ip6>>(), 36);
     }
 }

@@ -23,11 +23,11 @@
 
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use netplane_common::nat::{DpConfig, DropReason, NetInfo, flags, gateway_mode};
-use netplane_common::packet::IPPROTO_ICMP;
 
-use crate::addr::{NO_NETWORK, network_of, never_nat, routed_port};
+use crate::addr::{network_of, never_nat, no_network, routed_port};
+use crate::family::Family;
 use crate::metrics::drop;
-use crate::parse::{ICMP_ECHO_REQUEST, Packet};
+use crate::parse::Packet;
 
 /// A packet from the outside (in through the uplink) to `daddr`, which no translated or
 /// tracked flow accounts for: passed or dropped by the gateway mode of the container
@@ -36,9 +36,9 @@ use crate::parse::{ICMP_ECHO_REQUEST, Packet};
 /// network lets everything in, with the verdict of `unprotected`, which tracks the flow
 /// so that its replies are not masqueraded.
 #[inline(always)]
-pub fn from_outside(
-    saddr: u32,
-    daddr: u32,
+pub fn from_outside<A: Family>(
+    saddr: A,
+    daddr: A,
     cfg: &DpConfig,
     routed_open: impl FnOnce() -> bool,
     unprotected: impl FnOnce() -> i32,
@@ -63,9 +63,9 @@ pub fn from_outside(
 /// Whether a `routed` network lets `p` (TCP, UDP or an ICMP query) in from the outside: a
 /// container port its publish entries name, or an ICMP echo request.
 #[inline(always)]
-pub fn routed_open(p: &Packet) -> bool {
-    if p.proto == IPPROTO_ICMP {
-        p.icmp_type == ICMP_ECHO_REQUEST
+pub fn routed_open<A: Family>(p: &Packet<A>) -> bool {
+    if p.proto == A::ICMP {
+        p.icmp_type == A::ECHO_REQUEST
     } else {
         routed_port(p.daddr, p.dport, p.proto)
     }
@@ -76,13 +76,13 @@ pub fn routed_open(p: &Packet) -> bool {
 /// first fragment decides: a datagram whose first fragment was refused never completes in
 /// the container (and the kernel drops overlapping fragments, ip_frag_queue()).
 #[inline(always)]
-pub fn fragment_from_outside(daddr: u32) -> i32 {
+pub fn fragment_from_outside<A: Family>(daddr: A) -> i32 {
     unless_isolated(daddr)
 }
 
 /// From the outside to `daddr`: dropped only when it is in an `isolated` network.
 #[inline(always)]
-pub fn unless_isolated(daddr: u32) -> i32 {
+pub fn unless_isolated<A: Family>(daddr: A) -> i32 {
     let n = network_of(daddr);
     if n.id != 0 && n.mode == gateway_mode::ISOLATED {
         return drop(DropReason::IsolatedNetwork);
@@ -105,20 +105,20 @@ pub enum Onward {
 
 /// The source's network, when the config makes it matter at a network's ingress (several
 /// networks: isolation; a mode other than `nat`: what leaves translated); else, as when
-/// it is in none, [`NO_NETWORK`].
+/// it is in none, [`no_network`](crate::addr::no_network).
 #[inline(always)]
-fn source_network(p: &Packet, cfg: &DpConfig) -> NetInfo {
+fn source_network<A: Family>(p: &Packet<A>, cfg: &DpConfig) -> NetInfo<A> {
     if cfg.networks > 1 || cfg.flags & flags::MODES != 0 {
         network_of(p.saddr)
     } else {
-        NO_NETWORK
+        no_network()
     }
 }
 
 /// Where a container's packet to a non-local address goes (see [`Onward`]), or why it may
 /// not: isolation between networks, an `isolated` network.
 #[inline(always)]
-pub fn onward(p: &Packet, cfg: &DpConfig) -> Result<Onward, DropReason> {
+pub fn onward<A: Family>(p: &Packet<A>, cfg: &DpConfig) -> Result<Onward, DropReason> {
     let from = source_network(p, cfg);
     // Nothing of an isolated network reaches its bridge's own hook legitimately: between
     // its containers the bridge switches, and the host has no address on it.
@@ -145,7 +145,7 @@ pub fn onward(p: &Packet, cfg: &DpConfig) -> Result<Onward, DropReason> {
 /// Isolation for what a container sends that is not translated (ICMP errors, other
 /// protocols, malformed packets): between networks, and out of an `isolated` one.
 #[inline(always)]
-pub fn contain(p: &Packet, cfg: &DpConfig) -> i32 {
+pub fn contain<A: Family>(p: &Packet<A>, cfg: &DpConfig) -> i32 {
     let from = source_network(p, cfg);
     if from.id == 0 {
         return TCX_NEXT;
@@ -165,7 +165,7 @@ pub fn contain(p: &Packet, cfg: &DpConfig) -> i32 {
 /// Whether `p`, at a network's ingress to a host address, comes from an `isolated`
 /// network (no lookup unless there is one).
 #[inline(always)]
-pub fn from_isolated(p: &Packet, cfg: &DpConfig) -> bool {
+pub fn from_isolated<A: Family>(p: &Packet<A>, cfg: &DpConfig) -> bool {
     cfg.flags & flags::ISOLATED != 0 && {
         let n = network_of(p.saddr);
         n.id != 0 && n.mode == gateway_mode::ISOLATED
@@ -176,7 +176,7 @@ pub fn from_isolated(p: &Packet, cfg: &DpConfig) -> bool {
 /// network (no lookup unless there is one). Its own containers' packets never take the
 /// bridge's own hooks: the bridge switches them.
 #[inline(always)]
-pub fn into_isolated(daddr: u32, cfg: &DpConfig) -> bool {
+pub fn into_isolated<A: Family>(daddr: A, cfg: &DpConfig) -> bool {
     cfg.flags & flags::ISOLATED != 0 && {
         let n = network_of(daddr);
         n.id != 0 && n.mode == gateway_mode::ISOLATED
@@ -205,7 +205,7 @@ pub enum Source {
 
 /// What a packet leaving through the uplink is, by its source and destination.
 #[inline(always)]
-pub fn source(p: &Packet, cfg: &DpConfig) -> Source {
+pub fn source<A: Family>(p: &Packet<A>, cfg: &DpConfig) -> Source {
     let n = network_of(p.saddr);
     if n.id == 0 {
         Source::Host

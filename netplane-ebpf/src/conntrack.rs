@@ -19,7 +19,8 @@ use netplane_common::nat::{
 use netplane_common::packet::IPPROTO_TCP;
 use netplane_common::packet::tcp_flags::{ACK as TCP_ACK, SYN as TCP_SYN};
 
-use crate::maps::{CONFIG, CT, CT_NEW, DROPS, FRAGS, FRAGS_EARLY, SEGMENT};
+use crate::family::Family;
+use crate::maps::{CONFIG, DROPS, SEGMENT};
 use crate::parse::{Frag, Packet, read};
 
 #[inline(always)]
@@ -35,14 +36,14 @@ pub fn config() -> Option<&'static DpConfig> {
 
 /// The conntrack key of `p` at `stage`: its tuple as it is on the wire there.
 #[inline(always)]
-pub fn key_of(p: &Packet, stage: Side) -> CtKey {
+pub fn key_of<A: Family>(p: &Packet<A>, stage: Side) -> CtKey<A> {
     CtKey::new(p.saddr, p.daddr, p.sport, p.dport, p.proto, stage)
 }
 
 /// Whether `p` may open a flow: any UDP or ICMP packet, a TCP segment only with SYN
 /// without ACK.
 #[inline(always)]
-pub fn opens_flow(p: &Packet) -> bool {
+pub fn opens_flow<A>(p: &Packet<A>) -> bool {
     p.proto != IPPROTO_TCP || p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
@@ -50,7 +51,7 @@ pub fn opens_flow(p: &Packet) -> bool {
 /// run, for the lookups that follow (see [`probe`]). Every stage calls it first, after
 /// parsing: a packet that is not a TCP segment with a header clears them.
 #[inline(always)]
-pub fn segment(ctx: &TcContext, p: &Packet) {
+pub fn segment<A>(ctx: &TcContext, p: &Packet<A>) {
     let Some(slot) = SEGMENT.get_ptr_mut(0) else {
         return;
     };
@@ -88,9 +89,9 @@ fn segment_ack() -> Option<u32> {
 }
 
 /// What a key of the conntrack tables holds for the packet looking.
-pub enum Probe {
+pub enum Probe<A> {
     /// The packet's flow: the entry, refreshed with its TCP flags.
-    Mine(CtEntry),
+    Mine(CtEntry<A>),
     /// A live entry of another flow, left as it is (this packet's flags are not its own).
     Other,
     /// Nothing live.
@@ -100,17 +101,22 @@ pub enum Probe {
 /// The entry of `key`: in the main table (the second member false), or among the
 /// unreplied flows (true).
 #[inline(always)]
-fn find(key: &CtKey) -> Option<(*mut CtEntry, bool)> {
-    if let Some(e) = CT.get_ptr_mut(key) {
+fn find<A: Family>(key: &CtKey<A>) -> Option<(*mut CtEntry<A>, bool)> {
+    if let Some(e) = A::ct().get_ptr_mut(key) {
         return Some((e, false));
     }
-    CT_NEW.get_ptr_mut(key).map(|e| (e, true))
+    A::ct_new().get_ptr_mut(key).map(|e| (e, true))
 }
 
 /// The live entry for `key`, the packet's own tuple, refreshed with this packet's TCP
 /// flags.
 #[inline(always)]
-pub fn lookup(key: &CtKey, cfg: &DpConfig, now: Tick, tcp_flags: u8) -> Option<CtEntry> {
+pub fn lookup<A: Family>(
+    key: &CtKey<A>,
+    cfg: &DpConfig,
+    now: Tick,
+    tcp_flags: u8,
+) -> Option<CtEntry<A>> {
     match probe(key, None, cfg, now, tcp_flags) {
         Probe::Mine(e) => Some(e),
         Probe::Other | Probe::Free => None,
@@ -121,7 +127,7 @@ pub fn lookup(key: &CtKey, cfg: &DpConfig, now: Tick, tcp_flags: u8) -> Option<C
 /// touching it: for a packet that is not of that flow (its timestamp and TCP state are
 /// not this packet's to change).
 #[inline(always)]
-pub fn holds(key: &CtKey, want: (u32, u16), cfg: &DpConfig, now: Tick) -> bool {
+pub fn holds<A: Family>(key: &CtKey<A>, want: (A, u16), cfg: &DpConfig, now: Tick) -> bool {
     let Some((e, _)) = find(key) else {
         return false;
     };
@@ -130,35 +136,88 @@ pub fn holds(key: &CtKey, want: (u32, u16), cfg: &DpConfig, now: Tick) -> bool {
     !cfg.timeouts.expired(key.proto, e, now) && e.addr == want.0 && e.port == want.1
 }
 
+/// Whether `key` is free for a new flow: nothing there, or only an expired entry, which
+/// goes.
+#[inline(always)]
+pub fn vacant<A: Family>(key: &CtKey<A>, cfg: &DpConfig, now: Tick) -> bool {
+    let Some((e, unreplied)) = find(key) else {
+        return true;
+    };
+    // SAFETY: as in probe(); only read.
+    if !cfg.timeouts.expired(key.proto, unsafe { &*e }, now) {
+        return false;
+    }
+    if unreplied {
+        let _ = A::ct_new().remove(key);
+    } else {
+        let _ = A::ct().remove(key);
+    }
+    true
+}
+
 /// [`lookup`], where the entry of the packet's flow must also say `want` (address, port):
 /// several flows may share a key, as the ports masquerade hands out do. With `want`, the
 /// key is not the packet's own tuple, but its flow's replies'.
 #[inline(always)]
-pub fn probe(
-    key: &CtKey,
-    want: Option<(u32, u16)>,
+pub fn probe<A: Family>(
+    key: &CtKey<A>,
+    want: Option<(A, u16)>,
     cfg: &DpConfig,
     now: Tick,
     tcp_flags: u8,
-) -> Probe {
+) -> Probe<A> {
+    let _ = cfg;
+    let mut found = CtEntry::default();
+    let wanted = want.unwrap_or((A::ALL_ONES, 0));
+    let w = if want.is_some() { Some(&wanted) } else { None };
+    match probe_found(key, w, now, tcp_flags, &mut found) {
+        Probed::Mine => Probe::Mine(found),
+        Probed::Other => Probe::Other,
+        Probed::Free => Probe::Free,
+    }
+}
+
+/// [`Probe`] without the entry, which [`probe_found`] writes where it is told.
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    Free = 0,
+    Other = 1,
+    Mine = 2,
+}
+
+/// [`probe`]'s work, a function of its own (a BPF-to-BPF call): inlined at each of its
+/// callers, its keys and entries would add up beyond the 512-byte stack with IPv6's
+/// addresses. The entry goes to `out` when it is the packet's.
+#[inline(always)]
+pub fn probe_found<A: Family>(
+    key: &CtKey<A>,
+    want: Option<&(A, u16)>,
+    now: Tick,
+    tcp_flags: u8,
+    out: &mut CtEntry<A>,
+) -> Probed {
+    let Some(cfg) = config() else {
+        return Probed::Free;
+    };
     let Some((e, unreplied)) = find(key) else {
-        return Probe::Free;
+        return Probed::Free;
     };
     // SAFETY: a pointer into the map's value, valid for this program run; concurrent
     // updates of these plain fields from another CPU are benign (last writer wins).
     let entry = unsafe { &mut *e };
     if cfg.timeouts.expired(key.proto, entry, now) {
         if unreplied {
-            let _ = CT_NEW.remove(key);
+            let _ = A::ct_new().remove(key);
         } else {
-            let _ = CT.remove(key);
+            let _ = A::ct().remove(key);
         }
-        return Probe::Free;
+        return Probed::Free;
     }
-    if let Some((addr, port)) = want
+    if let Some(&(addr, port)) = want
         && (entry.addr != addr || entry.port != port)
     {
-        return Probe::Other;
+        return Probed::Other;
     }
     // Refresh the timestamp at most every 100 ticks (~0.1 s): a write per packet would
     // bounce the entry's cache line between CPUs for no gain in precision that lifetimes
@@ -216,7 +275,6 @@ pub fn probe(
     // the two stages: what one learns, its peer (the other direction's entry at the other
     // stage) needs too. A flow with a single entry finds no peer.
     if entry.kind & !kind::REPLY == kind::HAIRPIN {
-        let peer = peer_key(key, entry);
         // A RST ends both directions at once; the peer would stay "established" for hours
         // and refuse the next flow that reuses the tuple (nf_conntrack keeps one state for
         // both).
@@ -224,35 +282,47 @@ pub fn probe(
         // The replies' entries are the first to see a reply; the original direction's
         // learn it from them, and are the ones that assure the flow.
         let replied = unreplied && dir == Direction::Reply;
-        if (reset || replied || promote)
-            && let Some((pe, peer_unreplied)) = find(&peer)
-        {
-            // SAFETY: as above.
-            let pe = unsafe { &mut *pe };
-            if reset {
-                pe.seen |= seen::RST;
-            }
-            // Written only when it changes: the peer's line is shared with other CPUs.
-            if replied && pe.seen & seen::REPLIED == 0 {
-                pe.seen |= seen::REPLIED;
-            }
-            if promote && peer_unreplied {
-                enter_main(&peer, &{ *pe });
-            }
+        if reset || replied || promote {
+            let news = u32::from(reset) | u32::from(replied) << 1 | u32::from(promote) << 2;
+            tell_peer(key, entry, news);
         }
     }
-    let out = *entry;
+    *out = *entry;
     if promote {
-        enter_main(key, &out);
+        enter_main(key, entry);
     }
-    Probe::Mine(out)
+    Probed::Mine
+}
+
+/// Hairpin keeps an entry per direction and stage, in pairs that one packet meets at the
+/// two stages: what one learns, its peer (the other direction's entry at the other
+/// stage) needs too. `news`: bit 0 a RST, bit 1 the first reply, bit 2 the flow is
+/// assured. A function of its own: the peer's key stays off [`probe_into`]'s stack.
+#[inline(always)]
+fn tell_peer<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>, news: u32) -> () {
+    let peer = peer_key(key, entry);
+    let Some((pe, peer_unreplied)) = find(&peer) else {
+        return;
+    };
+    // SAFETY: as in probe_into().
+    let pe = unsafe { &mut *pe };
+    if news & 1 != 0 {
+        pe.seen |= seen::RST;
+    }
+    // Written only when it changes: the peer's line is shared with other CPUs.
+    if news & 2 != 0 && pe.seen & seen::REPLIED == 0 {
+        pe.seen |= seen::REPLIED;
+    }
+    if news & 4 != 0 && peer_unreplied {
+        enter_main(&peer, pe);
+    }
 }
 
 /// The key of a hairpin entry's peer: the entry of the other direction at the other stage
 /// (the replies' dst stage pairs with the original direction's src stage, and the other
 /// way round).
 #[inline(always)]
-fn peer_key(key: &CtKey, entry: &CtEntry) -> CtKey {
+fn peer_key<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> CtKey<A> {
     if key.stage == Side::Dst as u8 {
         CtKey::new(
             entry.addr,
@@ -277,10 +347,10 @@ fn peer_key(key: &CtKey, entry: &CtEntry) -> CtKey {
 /// Moves an assured flow's entry into the main table. When the main table is full the
 /// entry stays where it is, counted as `ct-full`: the flow goes on, exposed to the LRU.
 #[inline(always)]
-fn enter_main(key: &CtKey, entry: &CtEntry) {
+fn enter_main<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) {
     // BPF_NOEXIST: another CPU may have moved it first; then this copy is not needed.
-    if CT.insert(key, entry, BPF_NOEXIST as u64).is_ok() || CT.get_ptr(key).is_some() {
-        let _ = CT_NEW.remove(key);
+    if A::ct().insert(key, entry, BPF_NOEXIST as u64).is_ok() || A::ct().get_ptr(key).is_some() {
+        let _ = A::ct_new().remove(key);
     } else if let Some(c) = DROPS.get_ptr_mut(DropReason::CtFull as u32) {
         // SAFETY: this CPU's slot of a per-CPU array, as in crate::metrics.
         unsafe { *c += 1 };
@@ -290,7 +360,7 @@ fn enter_main(key: &CtKey, entry: &CtEntry) {
 /// Whether `e`, found at `key`, may give way to a new flow: expired, or, with `reopen`,
 /// closed (see [`insert_new`]).
 #[inline(always)]
-fn replaceable(key: &CtKey, e: &CtEntry, cfg: &DpConfig, now: Tick, reopen: bool) -> bool {
+fn replaceable<A>(key: &CtKey<A>, e: &CtEntry<A>, cfg: &DpConfig, now: Tick, reopen: bool) -> bool {
     cfg.timeouts.expired(key.proto, e, now) || (reopen && e.seen & (seen::FIN | seen::RST) != 0)
 }
 
@@ -301,53 +371,32 @@ fn replaceable(key: &CtKey, e: &CtEntry, cfg: &DpConfig, now: Tick, reopen: bool
 /// client that reuses its port through another published port of the same backend must
 /// not be refused for 10 s.
 #[inline(always)]
-pub fn insert_new(key: &CtKey, entry: &CtEntry, cfg: &DpConfig, now: Tick, reopen: bool) -> bool {
-    // The unreplied table first, the main table second: an entry moves the other way
-    // (into the main table, then out of this one), so a key that is moving is seen in
-    // one of them, and two flows never both get it.
-    if CT_NEW.insert(key, entry, BPF_NOEXIST as u64).is_err() {
-        let free = CT_NEW.get_ptr(key).is_some_and(|e| {
-            // SAFETY: as in probe().
-            replaceable(key, unsafe { &*e }, cfg, now, reopen)
-        });
-        if !(free && CT_NEW.insert(key, entry, BPF_ANY as u64).is_ok()) {
-            return false;
-        }
-    }
-    if let Some(e) = CT.get_ptr(key) {
-        // SAFETY: as in probe().
-        if replaceable(key, unsafe { &*e }, cfg, now, reopen) {
-            let _ = CT.remove(key);
-        } else {
-            let _ = CT_NEW.remove(key);
-            return false;
-        }
-    }
-    true
-}
-
-/// Inserts a flow's entries in order, all or none: after a failure the entries already
-/// inserted, and `reserved` (a port reservation made before), are removed again.
-#[inline(always)]
-pub fn insert_flow<const N: usize>(
-    entries: &[(CtKey, CtEntry); N],
-    reserved: Option<&CtKey>,
+pub fn insert_new<A: Family>(
+    key: &CtKey<A>,
+    entry: &CtEntry<A>,
     cfg: &DpConfig,
     now: Tick,
     reopen: bool,
 ) -> bool {
-    for i in 0..N {
-        if !insert_new(&entries[i].0, &entries[i].1, cfg, now, reopen) {
-            // A constant bound: the verifier cannot follow a loop up to `i` over a slice.
-            for (j, done) in entries.iter().enumerate() {
-                if j >= i {
-                    break;
-                }
-                remove(&done.0);
-            }
-            if let Some(r) = reserved {
-                remove(r);
-            }
+    let (ct, ct_new) = (A::ct(), A::ct_new());
+    // The unreplied table first, the main table second: an entry moves the other way
+    // (into the main table, then out of this one), so a key that is moving is seen in
+    // one of them, and two flows never both get it.
+    if ct_new.insert(key, entry, BPF_NOEXIST as u64).is_err() {
+        let free = ct_new.get_ptr(key).is_some_and(|e| {
+            // SAFETY: as in probe().
+            replaceable(key, unsafe { &*e }, cfg, now, reopen)
+        });
+        if !(free && ct_new.insert(key, entry, BPF_ANY as u64).is_ok()) {
+            return false;
+        }
+    }
+    if let Some(e) = ct.get_ptr(key) {
+        // SAFETY: as in probe().
+        if replaceable(key, unsafe { &*e }, cfg, now, reopen) {
+            let _ = ct.remove(key);
+        } else {
+            let _ = ct_new.remove(key);
             return false;
         }
     }
@@ -355,16 +404,16 @@ pub fn insert_flow<const N: usize>(
 }
 
 /// Removes a flow's entry that [`insert_new`] made (it cannot have moved yet: that takes
-/// a packet of the flow).
+/// a packet of the flow), when the rest of its flow could not be inserted.
 #[inline(always)]
-pub fn remove(key: &CtKey) {
-    let _ = CT_NEW.remove(key);
+pub fn remove<A: Family>(key: &CtKey<A>) {
+    let _ = A::ct_new().remove(key);
 }
 
 /// Remembers what a first fragment's `stage` wrote, for the later fragments.
 #[inline(always)]
-pub fn frag_record(key: &FragKey, addr: u32, now: Tick) {
-    let _ = FRAGS.insert(
+pub fn frag_record<A: Family>(key: &FragKey<A>, addr: A, now: Tick) {
+    let _ = A::frags().insert(
         key,
         &FragEntry {
             addr,
@@ -375,20 +424,20 @@ pub fn frag_record(key: &FragKey, addr: u32, now: Tick) {
 }
 
 #[inline(always)]
-pub fn frag_lookup(key: &FragKey) -> Option<u32> {
+pub fn frag_lookup<A: Family>(key: &FragKey<A>) -> Option<A> {
     // SAFETY: as in lookup().
-    FRAGS.get_ptr(key).map(|e| unsafe { (*e).addr })
+    A::frags().get_ptr(key).map(|e| unsafe { (*e).addr })
 }
 
 /// Remembers a later fragment that went on untranslated, before any first fragment.
 #[inline(always)]
-pub fn frag_early(key: &FragKey, now: Tick) {
-    let _ = FRAGS_EARLY.insert(key, &now, BPF_ANY as u64);
+pub fn frag_early<A: Family>(key: &FragKey<A>, now: Tick) {
+    let _ = A::frags_early().insert(key, &now, BPF_ANY as u64);
 }
 
 /// Whether a later fragment of this first fragment's datagram went ahead of it (and
 /// forgets it: the answer is given once).
 #[inline(always)]
-pub fn frag_went_ahead(key: &FragKey) -> bool {
-    FRAGS_EARLY.remove(key).is_ok()
+pub fn frag_went_ahead<A: Family>(key: &FragKey<A>) -> bool {
+    A::frags_early().remove(key).is_ok()
 }

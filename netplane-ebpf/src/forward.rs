@@ -24,6 +24,9 @@
 //! everything by bpf_redirect() to the host veth 1.01, everything through the bridge 1.20,
 //! pure ACKs through the bridge and the rest to the host veth 1.18; connections/s gain
 //! most from the last.
+//!
+//! IPv6 takes the same way ([`Route`] says what differs): its hop limit has no checksum
+//! to update, and a packet with extension headers goes through the stack.
 
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::bindings::{
@@ -33,46 +36,204 @@ use aya_ebpf::helpers::generated::{
     bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
 };
 use aya_ebpf::programs::TcContext;
+use netplane_common::addr::Ip6;
 use netplane_common::nat::{DpConfig, Tick, flags, forwarded, ticks_since};
 use netplane_common::packet::{ETH_HLEN, IPPROTO_TCP, tcp_flags};
+use netplane_common::packet6::IPV6_HLEN;
 
-use crate::maps::{CachedRoute, ENDPOINTS, FORWARDED, ROUTES, RouteKey};
-use crate::parse::{Frag, IP_CSUM_OFF, Packet, ptr_at};
+use crate::family::Family;
+use crate::maps::{CachedRoute, FORWARDED, RouteKey};
+use crate::parse::{Frag, IP_CSUM_OFF, IP6_HOP_LIMIT_OFF, IP6_PAYLOAD_LEN_OFF, Packet, ptr_at};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 /// bpf_fib_lookup()'s BPF_FIB_LKUP_RET_SUCCESS.
 const FIB_SUCCESS: i64 = 0;
 const IP_TTL_OFF: usize = ETH_HLEN + 8;
 
+/// What the short way does differently per family.
+pub trait Forward: Family {
+    /// The IP header's length without options or extension headers.
+    const HLEN: usize;
+    /// Where the TTL or hop limit is.
+    const TTL_OFF: usize;
+    const AF: u8;
+    /// Puts the addresses into a FIB lookup.
+    fn fib_addrs(fib: &mut bpf_fib_lookup, saddr: Self, daddr: Self);
+    /// The next hop a FIB lookup answered.
+    fn fib_next_hop(fib: &bpf_fib_lookup) -> Self;
+    fn neigh(next_hop: Self) -> bpf_redir_neigh__bindgen_ty_1;
+    /// The IP header holds up as ip_rcv_core() would check it: the checksum, which
+    /// nothing verified yet (IPv4), and a length within the frame.
+    fn header_valid(ctx: &TcContext) -> bool;
+    /// Decrements the TTL or hop limit, as ip_forward() / ip6_forward() would.
+    fn decrement_ttl(ctx: &TcContext) -> Result<(), ()>;
+    /// The IP datagram's length from its header.
+    fn ip_len(ctx: &TcContext) -> Option<usize>;
+}
+
+impl Forward for u32 {
+    const HLEN: usize = 20;
+    const TTL_OFF: usize = IP_TTL_OFF;
+    const AF: u8 = AF_INET;
+    #[inline(always)]
+    fn fib_addrs(fib: &mut bpf_fib_lookup, saddr: u32, daddr: u32) {
+        fib.__bindgen_anon_3.ipv4_src = saddr;
+        fib.__bindgen_anon_4.ipv4_dst = daddr;
+    }
+    #[inline(always)]
+    fn fib_next_hop(fib: &bpf_fib_lookup) -> u32 {
+        // SAFETY: the IPv4 member of the union an IPv4 lookup filled.
+        unsafe { fib.__bindgen_anon_4.ipv4_dst }
+    }
+    #[inline(always)]
+    fn neigh(next_hop: u32) -> bpf_redir_neigh__bindgen_ty_1 {
+        bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: next_hop }
+    }
+    /// What ip_rcv_core() checks of an option-less IPv4 header before anything else sees the
+    /// packet, and the redirect skips: the header checksum (ip_fast_csum()), and a total
+    /// length that covers the header and fits the frame. A packet that fails goes to the
+    /// stack, which drops it (IPSTATS_MIB_CSUMERRORS, INHDRERRORS) as it would have. The NAT
+    /// stages' incremental updates keep a right checksum right and a wrong one wrong, so this
+    /// holds before or after them.
+    #[inline(always)]
+    fn header_valid(ctx: &TcContext) -> bool {
+        let Some(h) = ptr_at::<[u8; 20]>(ctx, ETH_HLEN) else {
+            return false;
+        };
+        // SAFETY: ptr_at checked the 20 bytes are in the packet.
+        let h = unsafe { &*h };
+        let mut sum = 0u32;
+        let mut i = 0;
+        while i < 20 {
+            sum += u32::from(u16::from_ne_bytes([h[i], h[i + 1]]));
+            i += 2;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let tot_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        sum == 0xffff && tot_len >= 20 && ETH_HLEN + tot_len <= ctx.len() as usize
+    }
+    /// What ip_forward() does to the header: TTL minus one, checksum updated (RFC 1624).
+    /// Refuses a TTL that would expire, so that the stack sends the ICMP time-exceeded.
+    #[inline(always)]
+    fn decrement_ttl(ctx: &TcContext) -> Result<(), ()> {
+        let ttl_proto: *mut [u8; 2] = ptr_at(ctx, IP_TTL_OFF).ok_or(())?;
+        // SAFETY: ptr_at checked the bytes are in the packet.
+        let old = unsafe { *ttl_proto };
+        if old[0] <= 1 {
+            return Err(());
+        }
+        let new = [old[0] - 1, old[1]];
+        ctx.l3_csum_replace(
+            IP_CSUM_OFF,
+            u16::from_ne_bytes(old) as u64,
+            u16::from_ne_bytes(new) as u64,
+            2,
+        )
+        .map_err(|_| ())?;
+        // The helper may have moved the data: the pointer is taken anew.
+        let ttl: *mut u8 = ptr_at(ctx, IP_TTL_OFF).ok_or(())?;
+        // SAFETY: as above.
+        unsafe { *ttl = new[0] };
+        Ok(())
+    }
+    #[inline(always)]
+    fn ip_len(ctx: &TcContext) -> Option<usize> {
+        let tot_len = ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 2)?;
+        // SAFETY: ptr_at checked the bytes are in the packet.
+        Some(usize::from(u16::from_be_bytes(unsafe { *tot_len })))
+    }
+}
+
+impl Forward for Ip6 {
+    const HLEN: usize = IPV6_HLEN;
+    const TTL_OFF: usize = IP6_HOP_LIMIT_OFF;
+    const AF: u8 = AF_INET6;
+    #[inline(always)]
+    fn fib_addrs(fib: &mut bpf_fib_lookup, saddr: Ip6, daddr: Ip6) {
+        fib.__bindgen_anon_3.ipv6_src = saddr;
+        fib.__bindgen_anon_4.ipv6_dst = daddr;
+    }
+    #[inline(always)]
+    fn fib_next_hop(fib: &bpf_fib_lookup) -> Ip6 {
+        // SAFETY: the IPv6 member of the union an IPv6 lookup filled.
+        unsafe { fib.__bindgen_anon_4.ipv6_dst }
+    }
+    #[inline(always)]
+    fn neigh(next_hop: Ip6) -> bpf_redir_neigh__bindgen_ty_1 {
+        bpf_redir_neigh__bindgen_ty_1 { ipv6_nh: next_hop }
+    }
+    /// No header checksum: only the payload length against the frame (ipv6_rcv()).
+    #[inline(always)]
+    fn header_valid(ctx: &TcContext) -> bool {
+        Self::ip_len(ctx).is_some_and(|len| ETH_HLEN + len <= ctx.len() as usize)
+    }
+    #[inline(always)]
+    fn decrement_ttl(ctx: &TcContext) -> Result<(), ()> {
+        let hop: *mut u8 = ptr_at(ctx, IP6_HOP_LIMIT_OFF).ok_or(())?;
+        // SAFETY: ptr_at checked the byte is in the packet; no checksum covers it.
+        unsafe {
+            if *hop <= 1 {
+                return Err(());
+            }
+            *hop -= 1;
+        }
+        Ok(())
+    }
+    #[inline(always)]
+    fn ip_len(ctx: &TcContext) -> Option<usize> {
+        let len = ptr_at::<[u8; 2]>(ctx, IP6_PAYLOAD_LEN_OFF)?;
+        // SAFETY: ptr_at checked the bytes are in the packet.
+        Some(IPV6_HLEN + usize::from(u16::from_be_bytes(unsafe { *len })))
+    }
+}
+
 /// Whether the short way may take `p` at all: it is on, and the packet is neither a
-/// fragment nor has IP options (which ip_forward() would process).
+/// fragment nor has IP options or extension headers (which the stack would process).
 #[inline(always)]
-pub fn eligible(p: &Packet, cfg: &DpConfig) -> bool {
-    cfg.flags & flags::FAST_FORWARD != 0 && p.frag == Frag::Whole && p.l4_off == ETH_HLEN + 20
+pub fn eligible<A: Forward>(p: &Packet<A>, cfg: &DpConfig) -> bool {
+    cfg.flags & flags::FAST_FORWARD != 0 && p.frag == Frag::Whole && p.l4_off == ETH_HLEN + A::HLEN
 }
 
 /// Where a packet goes next: the device and the next hop's address.
-pub struct Route {
+pub struct Route<A> {
     ifindex: u32,
-    next_hop: u32,
+    next_hop: A,
 }
-
-/// How long a route in the cache ([`ROUTES`]) is used: one second, in ticks.
+/// How long a route in the cache ([`ROUTES`](crate::maps::ROUTES)) is used: one second, in ticks.
 const ROUTE_TTL: u32 = 954;
 
 /// The route of `p` as it is now, if the short way may take it: it leaves through
 /// `want_oif` (0: any device), and nothing about it needs the stack.
 #[inline(always)]
-pub fn route(
+pub fn route<A: Forward>(
     ctx: &TcContext,
-    p: &Packet,
+    p: &Packet<A>,
     cfg: &DpConfig,
     want_oif: u32,
     now: Tick,
-) -> Option<Route> {
+) -> Option<Route<A>> {
     if !eligible(p, cfg) {
         return None;
     }
+    let mut r = Route {
+        ifindex: 0,
+        next_hop: A::UNSPECIFIED,
+    };
+    lookup_route(ctx, p, want_oif, now, &mut r).then_some(r)
+}
+
+/// [`route`]'s lookup, a function of its own (a BPF-to-BPF call): its FIB request is
+/// 64 bytes, which every inlined copy would add to the stage's stack.
+#[inline(always)]
+fn lookup_route<A: Forward>(
+    ctx: &TcContext,
+    p: &Packet<A>,
+    want_oif: u32,
+    now: Tick,
+    out: &mut Route<A>,
+) -> bool {
     // SAFETY: reading a field of the context the kernel passed in.
     let from_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let key = RouteKey {
@@ -80,23 +241,20 @@ pub fn route(
         from_ifindex,
     };
     // SAFETY: a lookup in this CPU's part of the map; the value is copied out.
-    if let Some(r) = unsafe { ROUTES.get(&key) }.copied()
+    if let Some(r) = unsafe { A::routes().get(&key) }.copied()
         && ticks_since(now, r.at) < ROUTE_TTL
     {
-        let usable = (want_oif == 0 || r.ifindex == want_oif) && fits(ctx, p, r.mtu);
-        return usable.then_some(Route {
-            ifindex: r.ifindex,
-            next_hop: r.next_hop,
-        });
+        out.ifindex = r.ifindex;
+        out.next_hop = r.next_hop;
+        return (want_oif == 0 || r.ifindex == want_oif) && fits(ctx, p, r.mtu);
     }
     // SAFETY: a plain, zeroable C struct.
     let mut fib: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
+    fib.family = A::AF;
     fib.l4_protocol = p.proto;
     fib.sport = p.sport;
     fib.dport = p.dport;
-    fib.__bindgen_anon_3.ipv4_src = p.saddr;
-    fib.__bindgen_anon_4.ipv4_dst = p.daddr;
+    A::fib_addrs(&mut fib, p.saddr, p.daddr);
     fib.ifindex = from_ifindex;
     // An input lookup from the device the packet came in through, as ip_route_input()
     // does; it refuses when forwarding is off there (BPF_FIB_LKUP_RET_FWD_DISABLED) and
@@ -111,14 +269,11 @@ pub fn route(
         )
     };
     if rc != FIB_SUCCESS {
-        return None;
+        return false;
     }
     let route = Route {
         ifindex: fib.ifindex,
-        // With SKIP_NEIGH the lookup leaves the next hop (the gateway, or the destination
-        // itself on a connected route) in ipv4_dst.
-        // SAFETY: the lookup was for IPv4, so this member is the one it wrote.
-        next_hop: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+        next_hop: A::fib_next_hop(&fib),
     };
     let cached = CachedRoute {
         ifindex: route.ifindex,
@@ -127,8 +282,10 @@ pub fn route(
         mtu: u32::from(unsafe { fib.__bindgen_anon_1.mtu_result }),
         at: now,
     };
-    let _ = ROUTES.insert(&key, &cached, 0);
-    (want_oif == 0 || route.ifindex == want_oif).then_some(route)
+    let _ = A::routes().insert(&key, &cached, 0);
+    let wanted = want_oif == 0 || route.ifindex == want_oif;
+    *out = route;
+    wanted
 }
 
 /// Whether `p` fits a device of MTU `mtu`, as is_skb_forwardable() judges it (a redirect
@@ -138,7 +295,7 @@ pub fn route(
 /// segment of a bulk stream the slow way and its small packets the short way, which
 /// reorders them.
 #[inline(always)]
-fn fits(ctx: &TcContext, p: &Packet, mtu: u32) -> bool {
+fn fits<A>(ctx: &TcContext, p: &Packet<A>, mtu: u32) -> bool {
     // SAFETY: reading a field of the context the kernel passed in.
     let gso_size = unsafe { (*ctx.skb.skb).gso_size };
     if gso_size == 0 {
@@ -151,15 +308,13 @@ fn fits(ctx: &TcContext, p: &Packet, mtu: u32) -> bool {
 /// Sends the packet along `route`, counted in [`forwarded`] slot `slot`: TC_ACT_REDIRECT,
 /// or TCX_NEXT (the kernel's path) when its TTL is about to expire.
 #[inline(always)]
-pub fn send(ctx: &TcContext, route: &Route, slot: u32) -> i32 {
-    if !header_valid(ctx) || decrement_ttl(ctx).is_err() {
+pub fn send<A: Forward>(ctx: &TcContext, route: &Route<A>, slot: u32) -> i32 {
+    if !A::header_valid(ctx) || A::decrement_ttl(ctx).is_err() {
         return TCX_NEXT;
     }
     let mut nh = bpf_redir_neigh {
-        nh_family: AF_INET as u32,
-        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
-            ipv4_nh: route.next_hop,
-        },
+        nh_family: u32::from(A::AF),
+        __bindgen_anon_1: A::neigh(route.next_hop),
     };
     count(slot);
     // SAFETY: the helper reads `nh`, whose size it is given.
@@ -176,69 +331,40 @@ pub fn send(ctx: &TcContext, route: &Route, slot: u32) -> i32 {
 /// Delivers the packet, now addressed to `p.daddr`, to that container's veth if it is one
 /// of ours and the packet needs nothing the stack would do. None: take another way.
 #[inline(always)]
-pub fn to_container(ctx: &TcContext, p: &Packet, cfg: &DpConfig) -> Option<i32> {
+pub fn to_container<A: Forward>(ctx: &TcContext, p: &Packet<A>, cfg: &DpConfig) -> Option<i32> {
     if !eligible(p, cfg) || pure_ack(ctx, p) {
         return None;
     }
     // SAFETY: a lookup; the value is copied out.
-    let ep = *unsafe { ENDPOINTS.get(&p.daddr) }?;
-    if !fits(ctx, p, ep.mtu) || !header_valid(ctx) {
+    let ep = *unsafe { A::endpoints().get(&p.daddr) }?;
+    if !fits(ctx, p, ep.mtu) || !A::header_valid(ctx) {
         return None;
     }
     // Ethernet and the IPv4 header up to the TTL; the TTL is checked before anything is
     // written, so that a packet left to the stack is as it came.
+    // Both families' TTL or hop limit is within the first IP_TTL_OFF + 1 bytes.
     let hdr: *mut [u8; IP_TTL_OFF + 1] = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
     let hdr = unsafe { &mut *hdr };
-    if hdr[IP_TTL_OFF] <= 1 {
+    if hdr[A::TTL_OFF] <= 1 {
         return None;
     }
     hdr[..6].copy_from_slice(&ep.mac);
     hdr[6..12].copy_from_slice(&ep.gateway_mac);
-    decrement_ttl(ctx).ok()?;
+    A::decrement_ttl(ctx).ok()?;
     count(forwarded::INTO_CONTAINER);
     // SAFETY: a helper that takes plain values; flags 0: the device's egress.
     Some(unsafe { bpf_redirect(ep.ifindex, 0) } as i32)
 }
 
-/// What ip_rcv_core() checks of an option-less IPv4 header before anything else sees the
-/// packet, and the redirect skips: the header checksum (ip_fast_csum()), and a total
-/// length that covers the header and fits the frame. A packet that fails goes to the
-/// stack, which drops it (IPSTATS_MIB_CSUMERRORS, INHDRERRORS) as it would have. The NAT
-/// stages' incremental updates keep a right checksum right and a wrong one wrong, so this
-/// holds before or after them.
-#[inline(always)]
-fn header_valid(ctx: &TcContext) -> bool {
-    let Some(h) = ptr_at::<[u8; 20]>(ctx, ETH_HLEN) else {
-        return false;
-    };
-    // SAFETY: ptr_at checked the bounds.
-    let h = unsafe { &*h };
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 20 {
-        sum += u32::from(u16::from_ne_bytes([h[i], h[i + 1]]));
-        i += 2;
-    }
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    let tot_len = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    sum == 0xffff && tot_len >= 20 && ETH_HLEN + tot_len <= ctx.len() as usize
-}
-
 /// A TCP segment with only the ACK flag and no payload (see the module's note).
 #[inline(always)]
-fn pure_ack(ctx: &TcContext, p: &Packet) -> bool {
+fn pure_ack<A: Forward>(ctx: &TcContext, p: &Packet<A>) -> bool {
     if p.proto != IPPROTO_TCP || p.tcp_flags != tcp_flags::ACK {
         return false;
     }
-    // The IP total length, not the frame's: short frames may carry Ethernet padding.
-    let Some(tot_len) = ptr_at::<[u8; 2]>(ctx, ETH_HLEN + 2) else {
-        return false;
-    };
-    // SAFETY: ptr_at checked the bounds.
-    let tot_len = u16::from_be_bytes(unsafe { *tot_len });
-    usize::from(tot_len) == p.l4_off - ETH_HLEN + usize::from(p.l4_hlen)
+    // The IP length, not the frame's: short frames may carry Ethernet padding.
+    A::ip_len(ctx).is_some_and(|len| len == p.l4_off - ETH_HLEN + usize::from(p.l4_hlen))
 }
 
 #[inline(always)]
@@ -247,29 +373,4 @@ fn count(slot: u32) {
         // SAFETY: this CPU's slot of a per-CPU array.
         unsafe { *c += 1 };
     }
-}
-
-/// What ip_forward() does to the header: TTL minus one, checksum updated (RFC 1624).
-/// Refuses a TTL that would expire, so that the stack sends the ICMP time-exceeded.
-#[inline(always)]
-fn decrement_ttl(ctx: &TcContext) -> Result<(), ()> {
-    let ttl_proto: *mut [u8; 2] = ptr_at(ctx, IP_TTL_OFF).ok_or(())?;
-    // SAFETY: ptr_at checked the bounds.
-    let old = unsafe { *ttl_proto };
-    if old[0] <= 1 {
-        return Err(());
-    }
-    let new = [old[0] - 1, old[1]];
-    ctx.l3_csum_replace(
-        IP_CSUM_OFF,
-        u16::from_ne_bytes(old) as u64,
-        u16::from_ne_bytes(new) as u64,
-        2,
-    )
-    .map_err(|_| ())?;
-    // The helper may have moved the data: take the pointer anew.
-    let ttl: *mut u8 = ptr_at(ctx, IP_TTL_OFF).ok_or(())?;
-    // SAFETY: as above.
-    unsafe { *ttl = new[0] };
-    Ok(())
 }

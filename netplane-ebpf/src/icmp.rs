@@ -16,72 +16,159 @@
 
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::programs::TcContext;
+use netplane_common::addr::{Addr, Ip6};
 use netplane_common::nat::{CtKey, DpConfig, DropReason, Side, kind};
 use netplane_common::packet::IPPROTO_ICMP;
+use netplane_common::packet6::{IPPROTO_ICMPV6, IPV6_HLEN};
 use network_types::ip::Ipv4Hdr;
 
-use crate::access;
+use crate::access::{self, Source};
 use crate::addr::{never_nat, published, routed_port, subnet_of};
 use crate::conntrack::{self, Probe, now};
-use crate::csum::{set_addr, write};
+use crate::csum::{diff128, write, write_addr6};
+use crate::family::Family;
 use crate::metrics::drop;
 use crate::nat_port::{Masquerade, masquerade_port};
-use crate::parse::{Frag, ICMP_ID_OFF, IcmpError, Packet, QUOTE_OFF, quote, read};
+use crate::parse::{Frag, ICMP_ID_OFF, Packet, QUOTE_OFF, Quote, read};
+
+/// How the quote of an ICMP error is rewritten, per family.
+pub trait Quoting: Family {
+    /// Writes `addr:port` as the `side` of the quoted packet, with the error's checksum
+    /// (and IPv4's quoted header checksum) updated.
+    fn rewrite_quote(
+        ctx: &TcContext,
+        e: &IcmpError<'_, Self>,
+        side: Side,
+        addr: Self,
+        port: u16,
+    ) -> Result<(), ()>;
+}
 
 /// Uplink ingress: an error from outside. Translated back when it quotes a flow netplane
 /// translated; when it quotes none, and goes straight to a container, its network's
 /// gateway mode decides.
-#[inline(always)]
-pub fn from_outside(ctx: &TcContext, outer: Packet, cfg: &DpConfig) -> i32 {
-    let (saddr, daddr) = (outer.saddr, outer.daddr);
-    match quote(ctx, outer) {
-        Some(mut e) => about_flow_in(ctx, &mut e, cfg),
-        None => access::from_outside(saddr, daddr, cfg, || false, || TCX_NEXT),
+// ICMP errors are rare: a function of its own (a BPF-to-BPF call) keeps their
+// translation's locals off the stages' stack, which IPv6 fills nearly.
+#[inline(never)]
+pub fn from_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+    let mut q = Quote::none();
+    if !A::quote(ctx, outer, &mut q) {
+        return access::from_outside(outer.saddr, outer.daddr, cfg, || false, || TCX_NEXT);
     }
+    let mut t = Target::none();
+    let found = about_flow_in(outer, &q, cfg, &mut t);
+    if found == NO_FLOW {
+        return about_no_flow_in(outer, &q, cfg);
+    }
+    if found == UNTRANSLATED {
+        return TCX_NEXT;
+    }
+    write_back(ctx, &mut IcmpError { outer, quote: &q }, &t)
 }
 
 /// Uplink egress: an error going out, from a container of a `nat` network
 /// (`from_container`) or from the host. Untouched unless it quotes a flow netplane
 /// translated; one from a container about no such flow is dropped.
-#[inline(always)]
-pub fn to_outside(ctx: &TcContext, outer: Packet, cfg: &DpConfig, from_container: bool) -> i32 {
-    let verdict = match quote(ctx, outer) {
-        Some(mut e) => about_flow_out(ctx, &mut e, cfg),
-        None => Untranslated,
+// ICMP errors are rare: a function of its own (a BPF-to-BPF call) keeps their
+// translation's locals off the stages' stack, which IPv6 fills nearly.
+#[inline(never)]
+pub fn to_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+    let from_container = match access::source(outer, cfg) {
+        Source::Isolated => return drop(DropReason::IsolatedNetwork),
+        Source::Nat | Source::Unprotected => true,
+        Source::Host => false,
+        Source::Routed | Source::Peer => return TCX_NEXT,
     };
-    match verdict {
-        Translated(v) => v,
-        // An error from a container about no flow of ours (or quoting what netplane does
-        // not translate) would leave with the container's address: nf_conntrack calls it
-        // INVALID and lets it out; here it stays in.
-        Untranslated if from_container => drop(DropReason::Untranslatable),
-        Untranslated => TCX_NEXT,
+    let mut q = Quote::none();
+    let mut t = Target::none();
+    if A::quote(ctx, outer, &mut q) && about_flow_out(outer, &q, cfg, &mut t) == FOUND {
+        return write_back(ctx, &mut IcmpError { outer, quote: &q }, &t);
+    }
+    // An error from a container about no flow of ours (or quoting what netplane does
+    // not translate) would leave with the container's address: nf_conntrack calls it
+    // INVALID and lets it out; here it stays in.
+    if from_container {
+        drop(DropReason::Untranslatable)
+    } else {
+        TCX_NEXT
     }
 }
 
-/// What [`about_flow_out`] did: the verdict of a translation, or nothing.
-enum Outgoing {
-    Translated(i32),
-    Untranslated,
+/// What an error's translation writes: `addr:port` as the quote's `side`, and `addr` as
+/// the error's own `outer` side when it has one (`outer` 1: the source, 2: the
+/// destination, 0: none). Filled by the lookups, written by [`write_back`]: kept apart
+/// so that the lookups' frames are gone by then (the stack of IPv6 is tight).
+pub struct Target<A> {
+    addr: A,
+    port: u16,
+    side: Side,
+    outer: u8,
 }
-use Outgoing::{Translated, Untranslated};
+
+impl<A: Addr> Target<A> {
+    #[inline(always)]
+    fn none() -> Self {
+        Target {
+            addr: A::UNSPECIFIED,
+            port: 0,
+            side: Side::Src,
+            outer: 0,
+        }
+    }
+}
+
+impl<A: Addr> Quote<A> {
+    #[inline(always)]
+    fn none() -> Self {
+        Quote {
+            saddr: A::UNSPECIFIED,
+            daddr: A::UNSPECIFIED,
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What the lookups of an error's flow found.
+const NO_FLOW: u32 = 0;
+const FOUND: u32 = 1;
+/// A flow that was not translated: nothing to write.
+const UNTRANSLATED: u32 = 2;
+
+#[inline(always)]
+const fn outer_side(side: Option<Side>) -> u8 {
+    match side {
+        None => 0,
+        Some(Side::Src) => 1,
+        Some(Side::Dst) => 2,
+    }
+}
 
 /// Uplink ingress: an error from outside about a packet that left translated, a
 /// masqueraded flow's or a published port's reply. The quote's source becomes the
-/// container's again. About no such flow: the gateway mode of the container it goes to,
-/// if any, decides.
+/// container's again.
 #[inline(always)]
-fn about_flow_in(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
-    let q = &e.quote;
+fn about_flow_in<A: Quoting>(
+    outer: &Packet<A>,
+    q: &Quote<A>,
+    cfg: &DpConfig,
+    t: &mut Target<A>,
+) -> u32 {
     let now = now();
     // Masquerade: the quote's reverse is the tuple of the flow's replies, its key.
     let replies = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, Side::Dst);
-    let (addr, port) = match conntrack::lookup(&replies, cfg, now, 0) {
-        Some(entry) if entry.kind != kind::ROUTED => (entry.addr, entry.port),
+    match conntrack::lookup(&replies, cfg, now, 0) {
+        Some(entry) if entry.kind != kind::ROUTED => {
+            t.addr = entry.addr;
+            t.port = entry.port;
+        }
         // A routed container's own flow (the entry says the container, the quote's
-        // source): nothing was translated, nothing to write back. Only to that container:
-        // to another, the error goes where the flow does not, and its gateway mode decides.
-        Some(_) if e.outer.daddr == q.saddr => return TCX_NEXT,
+        // source): nothing was translated, nothing to write back. Only to that
+        // container: to another, the error goes where the flow does not, and its
+        // gateway mode decides.
+        Some(_) if outer.daddr == q.saddr => return UNTRANSLATED,
         _ => match published(q.saddr, q.sport, q.proto) {
             Some(b)
                 if matches!(
@@ -95,20 +182,21 @@ fn about_flow_in(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> i32 {
                     Probe::Mine(_)
                 ) =>
             {
-                (b.addr, b.port)
+                t.addr = b.addr;
+                t.port = b.port;
             }
-            _ => return about_no_flow_in(e, cfg),
+            _ => return NO_FLOW,
         },
-    };
-    let outer = (e.outer.daddr == q.saddr).then_some(Side::Dst);
-    write_back(ctx, e, Side::Src, addr, port, outer)
+    }
+    t.side = Side::Src;
+    t.outer = outer_side((outer.daddr == q.saddr).then_some(Side::Dst));
+    FOUND
 }
 
 /// Uplink ingress: an error from outside about no flow netplane translated or tracked.
 #[inline(always)]
-fn about_no_flow_in(e: &IcmpError, cfg: &DpConfig) -> i32 {
-    let q = &e.quote;
-    let (source, sport, proto, to) = (q.saddr, q.sport, q.proto, e.outer.daddr);
+fn about_no_flow_in<A: Quoting>(outer: &Packet<A>, q: &Quote<A>, cfg: &DpConfig) -> i32 {
+    let (source, sport, proto, to) = (q.saddr, q.sport, q.proto, outer.daddr);
     // About what the container sent to a never-NAT prefix (another host's containers,
     // whose flows are not tracked): path MTU discovery between the hosts, from the peer
     // host's or a router's address, which is in no prefix. iptables lets it in as
@@ -119,7 +207,7 @@ fn about_no_flow_in(e: &IcmpError, cfg: &DpConfig) -> i32 {
     // About a packet a routed container sent from a published port (path MTU discovery
     // of the flows that reach it).
     access::from_outside(
-        e.outer.saddr,
+        outer.saddr,
         to,
         cfg,
         || source == to && routed_port(source, sport, proto),
@@ -127,17 +215,22 @@ fn about_no_flow_in(e: &IcmpError, cfg: &DpConfig) -> i32 {
     )
 }
 
-/// Uplink egress: an error going out, from a container or from the host itself, about a
-/// packet that came in translated, a published port's or a masqueraded flow's reply. The
-/// quote's destination becomes the address the peer sent to.
+/// Uplink egress: an error going out, from a container or from the host itself, about
+/// a packet that came in translated, a published port's or a masqueraded flow's reply.
+/// The quote's destination becomes the address the peer sent to.
 #[inline(always)]
-fn about_flow_out(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> Outgoing {
-    let q = &e.quote;
+fn about_flow_out<A: Quoting>(
+    outer: &Packet<A>,
+    q: &Quote<A>,
+    cfg: &DpConfig,
+    t: &mut Target<A>,
+) -> u32 {
     let now = now();
     // A published port: the quote's reverse is the tuple of the flow's replies.
     let replies = CtKey::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, Side::Src);
-    let (addr, port) = if let Some(entry) = conntrack::lookup(&replies, cfg, now, 0) {
-        (entry.addr, entry.port)
+    if let Some(entry) = conntrack::lookup(&replies, cfg, now, 0) {
+        t.addr = entry.addr;
+        t.port = entry.port;
     } else if subnet_of(q.daddr).is_some() {
         // A masqueraded flow: found as its own packets find it.
         let flow = Packet {
@@ -154,33 +247,42 @@ fn about_flow_out(ctx: &TcContext, e: &mut IcmpError, cfg: &DpConfig) -> Outgoin
             icmp_type: 0,
         };
         match masquerade_port(&flow, cfg, now) {
-            Masquerade::Port(port) => (cfg.uplink_addr, port),
-            Masquerade::None => return Untranslated,
+            Masquerade::Port(port) => {
+                t.addr = A::uplink(cfg);
+                t.port = port;
+            }
+            Masquerade::None => return NO_FLOW,
         }
     } else {
-        return Untranslated;
-    };
-    let outer = (e.outer.saddr == q.daddr).then_some(Side::Src);
+        return NO_FLOW;
+    }
+    let outer_src = outer.saddr == q.daddr;
     // An error about the flow from another container than the flow's own: its address
     // would leave as it is.
-    if outer.is_none() && subnet_of(e.outer.saddr).is_some() {
-        return Untranslated;
+    if !outer_src && subnet_of(outer.saddr).is_some() {
+        return NO_FLOW;
     }
-    Translated(write_back(ctx, e, Side::Dst, addr, port, outer))
+    t.side = Side::Dst;
+    t.outer = outer_side(outer_src.then_some(Side::Src));
+    FOUND
 }
 
-/// Writes `addr:port` as the quote's `side`, and `addr` as the error's own `outer` side.
+/// An ICMP error: the packet, and what it quotes.
+pub struct IcmpError<'a, A> {
+    pub outer: &'a mut Packet<A>,
+    pub quote: &'a Quote<A>,
+}
+
+/// Writes `t` into the error: the quote's side, and the error's own.
 #[inline(always)]
-fn write_back(
-    ctx: &TcContext,
-    e: &mut IcmpError,
-    side: Side,
-    addr: u32,
-    port: u16,
-    outer: Option<Side>,
-) -> i32 {
-    match rewrite_quote(ctx, e, side, addr, port).and_then(|()| match outer {
-        Some(s) => set_addr(ctx, &mut e.outer, s, addr).map_err(|_| ()),
+fn write_back<A: Quoting>(ctx: &TcContext, e: &mut IcmpError<A>, t: &Target<A>) -> i32 {
+    let outer = match t.outer {
+        1 => Some(Side::Src),
+        2 => Some(Side::Dst),
+        _ => None,
+    };
+    match A::rewrite_quote(ctx, e, t.side, t.addr, t.port).and_then(|()| match outer {
+        Some(s) => A::set_addr(ctx, e.outer, s, t.addr).map_err(|_| ()),
         None => Ok(()),
     }) {
         Ok(()) => TCX_NEXT,
@@ -188,42 +290,77 @@ fn write_back(
     }
 }
 
-#[inline(always)]
-fn rewrite_quote(
-    ctx: &TcContext,
-    e: &IcmpError,
-    side: Side,
-    addr: u32,
-    port: u16,
-) -> Result<(), ()> {
-    let icmp_csum = e.outer.l4_off + 2;
-    let ip = e.outer.l4_off + QUOTE_OFF;
-    let (addr_off, old_addr, port_off, old_port) = match side {
-        Side::Src => (ip + 12, e.quote.saddr, ip + 20, e.quote.sport),
-        Side::Dst => (ip + 16, e.quote.daddr, ip + 22, e.quote.dport),
-    };
-    // An ICMP query's port is its identifier, on either side (see parse::quote). The
-    // quoted ICMP checksum is left as it is, as the quoted TCP/UDP one is (ping_err()
-    // reads the identifier only).
-    let port_off = if e.quote.proto == IPPROTO_ICMP {
-        ip + Ipv4Hdr::LEN + ICMP_ID_OFF
-    } else {
-        port_off
-    };
-    let old_ip_csum: u16 = read(ctx, ip + 10)?;
-    ctx.l3_csum_replace(ip + 10, old_addr as u64, addr as u64, 4)
-        .map_err(|_| ())?;
-    let new_ip_csum: u16 = read(ctx, ip + 10)?;
-    write(ctx, addr_off, addr).map_err(|_| ())?;
-    write(ctx, port_off, port).map_err(|_| ())?;
-    // Everything written lies inside the ICMP message; its checksum has no pseudo-header.
-    for (old, new, size) in [
-        (old_addr, addr, 4),
-        (u32::from(old_port), u32::from(port), 2),
-        (u32::from(old_ip_csum), u32::from(new_ip_csum), 2),
-    ] {
-        ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, size)
+impl Quoting for u32 {
+    #[inline(always)]
+    fn rewrite_quote(
+        ctx: &TcContext,
+        e: &IcmpError<'_, u32>,
+        side: Side,
+        addr: u32,
+        port: u16,
+    ) -> Result<(), ()> {
+        let icmp_csum = e.outer.l4_off + 2;
+        let ip = e.outer.l4_off + QUOTE_OFF;
+        let (addr_off, old_addr, port_off, old_port) = match side {
+            Side::Src => (ip + 12, e.quote.saddr, ip + 20, e.quote.sport),
+            Side::Dst => (ip + 16, e.quote.daddr, ip + 22, e.quote.dport),
+        };
+        // An ICMP query's port is its identifier, on either side (see parse::quote). The
+        // quoted ICMP checksum is left as it is, as the quoted TCP/UDP one is (ping_err()
+        // reads the identifier only).
+        let port_off = if e.quote.proto == IPPROTO_ICMP {
+            ip + Ipv4Hdr::LEN + ICMP_ID_OFF
+        } else {
+            port_off
+        };
+        let old_ip_csum: u16 = read(ctx, ip + 10)?;
+        ctx.l3_csum_replace(ip + 10, old_addr as u64, addr as u64, 4)
             .map_err(|_| ())?;
+        let new_ip_csum: u16 = read(ctx, ip + 10)?;
+        write(ctx, addr_off, addr).map_err(|_| ())?;
+        write(ctx, port_off, port).map_err(|_| ())?;
+        // Everything written lies inside the ICMP message; its checksum has no pseudo-header.
+        for (old, new, size) in [
+            (old_addr, addr, 4),
+            (u32::from(old_port), u32::from(port), 2),
+            (u32::from(old_ip_csum), u32::from(new_ip_csum), 2),
+        ] {
+            ctx.l4_csum_replace(icmp_csum, old as u64, new as u64, size)
+                .map_err(|_| ())?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+impl Quoting for Ip6 {
+    /// ICMPv6 has no quoted header checksum to fix, but its own checksum covers the quote
+    /// (and a pseudo-header, which crate::csum's set_addr6 keeps right for the outer
+    /// addresses).
+    #[inline(always)]
+    fn rewrite_quote(
+        ctx: &TcContext,
+        e: &IcmpError<'_, Ip6>,
+        side: Side,
+        addr: Ip6,
+        port: u16,
+    ) -> Result<(), ()> {
+        let icmp_csum = e.outer.l4_off + 2;
+        let ip = e.outer.l4_off + QUOTE_OFF;
+        let l4 = ip + IPV6_HLEN;
+        let (addr_off, old_addr, port_off, old_port) = match side {
+            Side::Src => (ip + 8, e.quote.saddr, l4, e.quote.sport),
+            Side::Dst => (ip + 24, e.quote.daddr, l4 + 2, e.quote.dport),
+        };
+        let port_off = if e.quote.proto == IPPROTO_ICMPV6 {
+            l4 + ICMP_ID_OFF
+        } else {
+            port_off
+        };
+        let d = diff128(&old_addr, &addr).map_err(|_| ())?;
+        write_addr6(ctx, addr_off, addr).map_err(|_| ())?;
+        write(ctx, port_off, port).map_err(|_| ())?;
+        ctx.l4_csum_replace(icmp_csum, 0, d, 0).map_err(|_| ())?;
+        ctx.l4_csum_replace(icmp_csum, u64::from(old_port), u64::from(port), 2)
+            .map_err(|_| ())
+    }
 }

@@ -4,6 +4,8 @@
 //!
 //! - `maps`: every map; `parse`: headers;
 //! - `metrics`: counters and drops; `csum`: rewrites with checksum updates;
+//!   `family`: what differs between IPv4 and IPv6 (maps, headers, checksums), so that
+//!   every module above is written once for both;
 //!   `addr`: what an address is (local, container network, never-NAT, published port);
 //!   `conntrack`: the conntrack and fragment maps' lookups and inserts;
 //! - `access`: the gateway modes and never-NAT prefixes (what reaches a container from the
@@ -18,6 +20,7 @@ mod access;
 mod addr;
 mod conntrack;
 mod csum;
+mod family;
 mod forward;
 mod icmp;
 mod maps;
@@ -31,6 +34,7 @@ use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::macros::{cgroup_sock_addr, classifier};
 use aya_ebpf::programs::{SockAddrContext, TcContext};
 use nat::Hook;
+use netplane_common::addr::Ip6;
 use netplane_common::counters::Direction;
 
 /// Counts packets and bytes received by the interface it is attached to.
@@ -53,13 +57,13 @@ pub fn netplane_count_egress(ctx: TcContext) -> i32 {
 /// Uplink, TC ingress: reverse masquerade, DNAT of published ports.
 #[classifier]
 pub fn netplane_uplink_ingress(ctx: TcContext) -> i32 {
-    nat::dst_stage(&ctx, Hook::Uplink)
+    nat::dst_stage::<u32>(&ctx, Hook::Uplink)
 }
 
 /// Uplink, TC egress: masquerade, reverse DNAT.
 #[classifier]
 pub fn netplane_uplink_egress(ctx: TcContext) -> i32 {
-    nat::src_stage(&ctx, Hook::Uplink)
+    nat::src_stage::<u32>(&ctx, Hook::Uplink)
 }
 
 /// A container network's device, TC ingress (packets from containers into the host): on a
@@ -68,14 +72,39 @@ pub fn netplane_uplink_egress(ctx: TcContext) -> i32 {
 /// masquerade taken early (see nat::out_of_bridge).
 #[classifier]
 pub fn netplane_bridge_ingress(ctx: TcContext) -> i32 {
-    nat::dst_stage(&ctx, Hook::Network)
+    nat::dst_stage::<u32>(&ctx, Hook::Network)
 }
 
 /// The same devices, TC egress (packets from the host into containers): hairpin SNAT and
 /// the reverse of hairpin DNAT; nothing into an isolated network.
 #[classifier]
 pub fn netplane_bridge_egress(ctx: TcContext) -> i32 {
-    nat::src_stage(&ctx, Hook::Network)
+    nat::src_stage::<u32>(&ctx, Hook::Network)
+}
+
+// The same four for IPv6: the same code, compiled for it (crate::family). Programs of
+// their own, attached after the IPv4 ones only where a network has a subnet6, so that
+// IPv4 pays nothing for IPv6 it does not use, and each family's chain of calls has the
+// verifier's 512 bytes of stack to itself.
+
+#[classifier]
+pub fn netplane_uplink_ingress6(ctx: TcContext) -> i32 {
+    nat::dst_stage::<Ip6>(&ctx, Hook::Uplink)
+}
+
+#[classifier]
+pub fn netplane_uplink_egress6(ctx: TcContext) -> i32 {
+    nat::src_stage::<Ip6>(&ctx, Hook::Uplink)
+}
+
+#[classifier]
+pub fn netplane_bridge_ingress6(ctx: TcContext) -> i32 {
+    nat::dst_stage::<Ip6>(&ctx, Hook::Network)
+}
+
+#[classifier]
+pub fn netplane_bridge_egress6(ctx: TcContext) -> i32 {
+    nat::src_stage::<Ip6>(&ctx, Hook::Network)
 }
 
 /// Host processes connecting (TCP, connected UDP) to a published port.
@@ -94,6 +123,24 @@ pub fn netplane_sendmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg4)]
 pub fn netplane_recvmsg4(ctx: SockAddrContext) -> i32 {
     sock::recvmsg4(&ctx)
+}
+
+/// Host processes connecting (TCP, connected UDP) to a published port over IPv6.
+#[cgroup_sock_addr(connect6)]
+pub fn netplane_connect6(ctx: SockAddrContext) -> i32 {
+    sock::connect6(&ctx)
+}
+
+/// Host processes sending unconnected UDP to a published port over IPv6.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn netplane_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg6(&ctx)
+}
+
+/// The answers to those, shown as coming from the published address.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn netplane_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::recvmsg6(&ctx)
 }
 
 #[cfg(not(test))]

@@ -10,6 +10,7 @@
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray};
+use netplane_common::addr::Ip6;
 use netplane_common::counters::{COUNTERS_SLOTS, Counters};
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, CtTables, DROP_REASONS, DpConfig, Endpoint, FragEntry, FragKey,
@@ -41,6 +42,27 @@ pub static CT_NEW: LruHashMap<CtKey, CtEntry> =
 /// off, and redirects happen after it returns).
 #[map(name = "NP_SEGMENT")]
 pub static SEGMENT: PerCpuArray<[u32; 3]> = PerCpuArray::with_max_entries(1, 0);
+
+/// How many bytes of IPv6 extension headers crate::parse can follow: the realistic
+/// chains (hop-by-hop options, a routing header, a fragment header) fit many times over.
+/// A packet whose upper layer starts further is Malformed: dropped rather than sent out of
+/// the uplink with a container's address.
+pub const EXT_WINDOW: usize = 128;
+
+/// The IPv6 extension headers of the packet this CPU's program run is parsing, copied
+/// for crate::parse's walk (see SEGMENT on why a per-CPU slot is the run's own).
+#[map(name = "NP_EXT_HEADERS")]
+pub static EXT_HEADERS: PerCpuArray<[u8; EXT_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The IPv6 packet this CPU's program run is translating, as crate::parse read it: in a
+/// map, not on the stack, where it would not fit beside the stages' frames (see
+/// crate::family).
+#[map(name = "NP6_PACKET")]
+pub static PACKET6: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);
+
+/// The state of crate::nat_port's port search, per CPU (see its `Search`).
+#[map(name = "NP_SEARCH")]
+pub static SEARCH: PerCpuArray<[u64; 32]> = PerCpuArray::with_max_entries(1, 0);
 
 /// What the first fragment of a datagram was translated to, for its later fragments.
 #[map(name = "NP_FRAGS")]
@@ -94,17 +116,17 @@ pub static FORWARDED: PerCpuArray<u64> = PerCpuArray::with_max_entries(forwarded
 /// The route cache's key: a destination as reached from a device.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct RouteKey {
-    pub daddr: u32,
+pub struct RouteKey<A> {
+    pub daddr: A,
     pub from_ifindex: u32,
 }
 
 /// A route lookup's answer, and when it was made.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct CachedRoute {
+pub struct CachedRoute<A> {
     pub ifindex: u32,
-    pub next_hop: u32,
+    pub next_hop: A,
     pub mtu: u32,
     pub at: Tick,
 }
@@ -114,7 +136,7 @@ pub struct CachedRoute {
 /// change applies to translated flows within ROUTE_TTL; neighbours are resolved per packet
 /// regardless (bpf_redirect_neigh).
 #[map(name = "NP_ROUTES")]
-pub static ROUTES: LruPerCpuHashMap<RouteKey, CachedRoute> =
+pub static ROUTES: LruPerCpuHashMap<RouteKey<u32>, CachedRoute<u32>> =
     LruPerCpuHashMap::with_max_entries(4_096, 0);
 
 /// Packets and bytes per [`netplane_common::counters::Direction`], per CPU.
@@ -135,3 +157,52 @@ pub static SOCK_REV: LruHashMap<SockRevKey, SockRevEntry> = LruHashMap::with_max
 /// search, never a wrong translation.
 #[map(name = "NP_MASQ_PORTS")]
 pub static MASQ_PORTS: LruHashMap<CtKey, u32> = LruHashMap::with_max_entries(65_536, 0);
+
+// The IPv6 maps: the same design as the IPv4 ones above, over Ip6 keys and values, so
+// that an IPv4 flow's memory stays what it was. The agent sizes the conntrack tables to
+// 1 entry when no network has a subnet6 (they are preallocated).
+
+#[map(name = "NP6_CT")]
+pub static CT6: HashMap<CtKey<Ip6>, CtEntry<Ip6>> = HashMap::with_max_entries(CT_MAX_ENTRIES, 0);
+
+#[map(name = "NP6_CT_NEW")]
+pub static CT6_NEW: LruHashMap<CtKey<Ip6>, CtEntry<Ip6>> =
+    LruHashMap::with_max_entries(CtTables::unreplied_entries(CT_MAX_ENTRIES), 0);
+
+#[map(name = "NP6_FRAGS")]
+pub static FRAGS6: LruHashMap<FragKey<Ip6>, FragEntry<Ip6>> =
+    LruHashMap::with_max_entries(FRAG_MAX_ENTRIES, 0);
+
+#[map(name = "NP6_FRAGS_EARLY")]
+pub static FRAGS6_EARLY: LruHashMap<FragKey<Ip6>, Tick> = LruHashMap::with_max_entries(1_024, 0);
+
+#[map(name = "NP6_PUBLISHED")]
+pub static PUBLISHED6: HashMap<PortKey<Ip6>, Backend<Ip6>> =
+    HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+#[map(name = "NP6_SUBNETS")]
+pub static SUBNETS6: LpmTrie<Ip6, NetInfo<Ip6>> = LpmTrie::with_max_entries(256, BPF_F_NO_PREALLOC);
+
+#[map(name = "NP6_NEVER_NAT")]
+pub static NEVER_NAT6: LpmTrie<Ip6, u32> = LpmTrie::with_max_entries(1_024, BPF_F_NO_PREALLOC);
+
+#[map(name = "NP6_ROUTED")]
+pub static ROUTED_PORTS6: HashMap<PortKey<Ip6>, u32> =
+    HashMap::with_max_entries(65_536, BPF_F_NO_PREALLOC);
+
+#[map(name = "NP6_LOCAL_ADDRS")]
+pub static LOCAL_ADDRS6: HashMap<Ip6, u32> = HashMap::with_max_entries(1_024, BPF_F_NO_PREALLOC);
+
+#[map(name = "NP6_ENDPOINTS")]
+pub static ENDPOINTS6: HashMap<Ip6, Endpoint> = HashMap::with_max_entries(4_096, BPF_F_NO_PREALLOC);
+
+#[map(name = "NP_ROUTES6")]
+pub static ROUTES6: LruPerCpuHashMap<RouteKey<Ip6>, CachedRoute<Ip6>> =
+    LruPerCpuHashMap::with_max_entries(1_024, 0);
+
+#[map(name = "NP6_SOCK_REV")]
+pub static SOCK_REV6: LruHashMap<SockRevKey<Ip6>, SockRevEntry<Ip6>> =
+    LruHashMap::with_max_entries(16_384, 0);
+
+#[map(name = "NP6_MASQ_PORTS")]
+pub static MASQ_PORTS6: LruHashMap<CtKey<Ip6>, u32> = LruHashMap::with_max_entries(16_384, 0);

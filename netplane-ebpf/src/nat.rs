@@ -24,18 +24,25 @@ use netplane_common::nat::{
     Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, Side, Tick, flags, forwarded, kind,
     tcp_seen,
 };
-use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, tcp_flags};
+use netplane_common::packet::{IPPROTO_TCP, IPPROTO_UDP, tcp_flags};
 
 use crate::access::{self, Onward, Source};
-use crate::addr::{is_local, is_loopback, published_on_local, routed_port};
+use crate::addr::{is_local, published_on_local, routed_port};
 use crate::conntrack::{self, Probe, config, key_of, now, opens_flow};
-use crate::csum::{set_addr, set_port};
+use crate::csum::set_port;
+use crate::family::v6_outlined;
+use crate::forward::Forward;
+use crate::icmp::Quoting;
 use crate::metrics::drop;
 use crate::nat_port::{
     Masquerade, local_socket, masquerade_port, masqueraded, remember, reserve_port,
 };
-use crate::parse::{Frag, Kind, Packet, Parsed, parse, query_request};
+use crate::parse::{Frag, Kind, Packet, ether_type};
 use crate::{forward, icmp};
+
+/// A family the NAT stages translate: everything below them, for it.
+pub trait Nat: Forward + Quoting {}
+impl<A: Forward + Quoting> Nat for A {}
 
 /// Where a program is attached.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,7 +56,7 @@ pub enum Hook {
 }
 
 #[inline(always)]
-fn entry(addr: u32, port: u16, k: u8, now: Tick, tcp_flags: u8) -> CtEntry {
+fn entry<A>(addr: A, port: u16, k: u8, now: Tick, tcp_flags: u8) -> CtEntry<A> {
     CtEntry {
         addr,
         port,
@@ -63,20 +70,28 @@ fn entry(addr: u32, port: u16, k: u8, now: Tick, tcp_flags: u8) -> CtEntry {
 }
 
 #[inline(always)]
-fn frag_key(p: &Packet, stage: Side) -> FragKey {
+fn frag_key<A: Copy>(p: &Packet<A>, stage: Side) -> FragKey<A> {
     FragKey {
         saddr: p.saddr,
         daddr: p.daddr,
         id: p.id,
         proto: p.proto,
         stage: stage as u8,
+        _pad: [0; 2],
     }
 }
 
 /// Applies a stage's translation to the packet (the side it rewrites becomes `addr:port`),
 /// and records it for later fragments.
 #[inline(always)]
-fn rewrite(ctx: &TcContext, p: &mut Packet, stage: Side, addr: u32, port: u16, now: Tick) -> i32 {
+fn rewrite<A: Nat>(
+    ctx: &TcContext,
+    p: &mut Packet<A>,
+    stage: Side,
+    addr: A,
+    port: u16,
+    now: Tick,
+) -> i32 {
     let fk = frag_key(p, stage);
     // The later fragments that came first went on with the old address, into the host's
     // reassembly queue: this datagram can no longer complete (see DropReason).
@@ -84,7 +99,7 @@ fn rewrite(ctx: &TcContext, p: &mut Packet, stage: Side, addr: u32, port: u16, n
         return drop(DropReason::FragmentReordered);
     }
     if set_port(ctx, p, stage, port)
-        .and_then(|()| set_addr(ctx, p, stage, addr))
+        .and_then(|()| A::set_addr(ctx, p, stage, addr))
         .is_err()
     {
         return drop(DropReason::RewriteFailed);
@@ -98,36 +113,81 @@ fn rewrite(ctx: &TcContext, p: &mut Packet, stage: Side, addr: u32, port: u16, n
 /// Later fragments follow their first fragment's translation at this stage; `None` when
 /// no first fragment was translated here.
 #[inline(always)]
-fn later_fragment(ctx: &TcContext, p: &mut Packet, key: &FragKey, stage: Side) -> Option<i32> {
+fn later_fragment<A: Nat>(
+    ctx: &TcContext,
+    p: &mut Packet<A>,
+    key: &FragKey<A>,
+    stage: Side,
+) -> Option<i32> {
     let addr = conntrack::frag_lookup(key)?;
-    Some(match set_addr(ctx, p, stage, addr) {
+    Some(match A::set_addr(ctx, p, stage, addr) {
         Ok(()) => TCX_NEXT,
         Err(_) => drop(DropReason::RewriteFailed),
     })
 }
 
-/// TC ingress: the dst stage.
+/// TC ingress: the dst stage, of family `A`'s packets (the others go on: each family
+/// has its programs, attached one after the other).
 #[inline(always)]
-pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
-    let Parsed { kind, mut p } = parse(ctx);
-    conntrack::segment(ctx, &p);
+pub fn dst_stage<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
+    if ether_type(ctx) != A::ETHER_TYPE {
+        return TCX_NEXT;
+    }
+    dst::<A>(ctx, hook)
+}
+
+// A function of its own per family (a BPF-to-BPF call): each gets the 512-byte stack for
+// itself, where one inlined body would need both families' locals at once.
+#[inline(always)]
+fn dst<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
+    let mut local = Packet::empty();
+    let Some((kind, p)) = A::parse(ctx, &mut local) else {
+        return TCX_NEXT;
+    };
+    conntrack::segment(ctx, p);
     let Some(cfg) = config() else { return TCX_NEXT };
     match (kind, hook) {
-        (Kind::Nat, _) => {}
+        (Kind::Nat, _) => dst_nat(ctx, p, cfg, hook),
         // Not ours to translate.
-        (Kind::Other, _) => return TCX_NEXT,
-        (Kind::IcmpError, Hook::Uplink) => return icmp::from_outside(ctx, p, cfg),
-        (Kind::Generic, Hook::Uplink) => return generic_reply(ctx, &mut p, cfg),
+        (Kind::Other, _) => TCX_NEXT,
+        (Kind::IcmpError, Hook::Uplink) => icmp::from_outside(ctx, p, cfg),
+        (Kind::Generic, Hook::Uplink) => generic_reply(ctx, p, cfg),
         // Nothing to translate; what goes straight to a container obeys its gateway mode.
         (Kind::Untranslatable | Kind::Malformed, Hook::Uplink) => {
-            return access::from_outside(p.saddr, p.daddr, cfg, || false, || TCX_NEXT);
+            access::from_outside(p.saddr, p.daddr, cfg, || false, || TCX_NEXT)
         }
         // From a container, whatever it is, isolation between networks holds.
-        (_, Hook::Network) => return access::contain(&p, cfg),
+        (_, Hook::Network) => access::contain(p, cfg),
     }
+}
+
+/// The dst stage of TCP, UDP and ICMP queries. Each kind of packet has a function of its
+/// own below the parse (BPF-to-BPF calls), so that the stack of each chain of calls stays
+/// within the verifier's 512 bytes with IPv6's addresses.
+#[inline(always)]
+fn dst_nat<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, hook: Hook) -> i32 {
+    // IPv6: a function of its own per hook (see crate::family::v6_outlined; the hook a
+    // constant in each, as it is inlined).
+    #[inline(never)]
+    fn uplink<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+        dst_nat_inline(ctx, p, cfg, Hook::Uplink)
+    }
+    #[inline(never)]
+    fn network<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+        dst_nat_inline(ctx, p, cfg, Hook::Network)
+    }
+    match (A::BITS, hook) {
+        (32, _) => dst_nat_inline(ctx, p, cfg, hook),
+        (_, Hook::Uplink) => uplink(ctx, p, cfg),
+        (_, Hook::Network) => network(ctx, p, cfg),
+    }
+}
+
+#[inline(always)]
+fn dst_nat_inline<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, hook: Hook) -> i32 {
     if p.frag == Frag::Later {
-        let key = frag_key(&p, Side::Dst);
-        return later_fragment(ctx, &mut p, &key, Side::Dst).unwrap_or_else(|| {
+        let key = frag_key(p, Side::Dst);
+        return later_fragment(ctx, p, &key, Side::Dst).unwrap_or_else(|| {
             if hook == Hook::Network {
                 return TCX_NEXT;
             }
@@ -145,18 +205,18 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
     // masquerade when it leaves for the outside.
     if hook == Hook::Network {
         if !is_local(p.daddr) {
-            return match access::onward(&p, cfg) {
-                Ok(Onward::Outside) => out_of_bridge(ctx, &mut p, cfg),
+            return match access::onward(p, cfg) {
+                Ok(Onward::Outside) => out_of_bridge(ctx, p, cfg),
                 Ok(Onward::Container | Onward::Untranslated) => TCX_NEXT,
                 Err(reason) => drop(reason),
             };
         }
-        if access::from_isolated(&p, cfg) {
+        if access::from_isolated(p, cfg) {
             return drop(DropReason::IsolatedNetwork);
         }
     }
     let now = now();
-    if let Some(e) = conntrack::lookup(&key_of(&p, Side::Dst), cfg, now, p.tcp_flags) {
+    if let Some(e) = conntrack::lookup(&key_of(p, Side::Dst), cfg, now, p.tcp_flags) {
         // A connected UDP socket of this very tuple, opened after the masqueraded flow
         // took it (the kernel's port choice knows nothing of NAT), keeps its traffic: the
         // stack delivers to it, as without NAT. Not asked for TCP, where it would cost a
@@ -173,12 +233,12 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         }
         // (A routed container's flow: the rewrite is the identity, and its replies take
         // the short way in as translated ones do.)
-        return forward_after(ctx, &mut p, cfg, hook, Side::Dst, e.addr, e.port, now);
+        return forward_after(ctx, p, cfg, hook, Side::Dst, e.addr, e.port, now);
     }
     // On a network the destination is known to be local already (checked above). ICMP
     // echo is never published.
     let local = hook == Hook::Network || is_local(p.daddr);
-    let backend = if local && p.proto != IPPROTO_ICMP {
+    let backend = if local && p.proto != A::ICMP {
         published_on_local(p.daddr, p.dport, p.proto)
     } else {
         None
@@ -186,7 +246,7 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
     if let Some(b) = backend {
         // Ports published on 127.0.0.1 are for host processes (the cgroup programs); a
         // packet that arrives on a device with that destination is an attack (moby#45610).
-        if is_loopback(p.daddr) {
+        if p.daddr.is_loopback() {
             return drop(DropReason::LoopbackGuard);
         }
         // A flow to a published port from outside has one entry, its replies'; the
@@ -195,26 +255,26 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
         let this_flow = Some((p.daddr, p.dport));
         if hook == Hook::Uplink
             && let Probe::Mine(_) = conntrack::probe(
-                &published_reply_key(&p, &b),
+                &published_reply_key(p, &b),
                 this_flow,
                 cfg,
                 now,
                 p.tcp_flags,
             )
         {
-            return forward_after(ctx, &mut p, cfg, hook, Side::Dst, b.addr, b.port, now);
+            return forward_after(ctx, p, cfg, hook, Side::Dst, b.addr, b.port, now);
         }
-        if !opens_flow(&p) {
+        if !opens_flow(p) {
             return TCX_NEXT;
         }
         let created = match hook {
-            Hook::Uplink => new_published_flow(&p, &b, cfg, now),
+            Hook::Uplink => new_published_flow(p, &b, cfg, now),
             Hook::Network => new_hairpin_flow(ctx, &p, &b, cfg, now),
         };
         if let Err(reason) = created {
             return drop(reason);
         }
-        return forward_after(ctx, &mut p, cfg, hook, Side::Dst, b.addr, b.port, now);
+        return forward_after(ctx, p, cfg, hook, Side::Dst, b.addr, b.port, now);
     }
     if !local {
         // From the outside straight to a container's address, maybe: its gateway mode
@@ -223,8 +283,8 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
             p.saddr,
             p.daddr,
             cfg,
-            || access::routed_open(&p),
-            || track_direct(&p, cfg, now),
+            || access::routed_open(p),
+            || track_direct(p, cfg, now),
         );
     }
     TCX_NEXT
@@ -234,13 +294,13 @@ pub fn dst_stage(ctx: &TcContext, hook: Hook) -> i32 {
 /// container now), takes the short way to it (see crate::forward).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn forward_after(
+fn forward_after<A: Nat>(
     ctx: &TcContext,
-    p: &mut Packet,
+    p: &mut Packet<A>,
     cfg: &DpConfig,
     hook: Hook,
     stage: Side,
-    addr: u32,
+    addr: A,
     port: u16,
     now: Tick,
 ) -> i32 {
@@ -259,34 +319,35 @@ fn forward_after(
 
 /// The key of the replies of another protocol's flow masqueraded to `uplink` (no ports).
 #[inline(always)]
-fn generic_key(peer: u32, uplink: u32, proto: u8) -> CtKey {
+fn generic_key<A: Nat>(peer: A, uplink: A, proto: u8) -> CtKey<A> {
     CtKey::new(peer, uplink, 0, 0, proto, Side::Dst)
 }
 
-/// Uplink ingress, another protocol: the reply of a masqueraded flow goes back to its
-/// container, by address.
-#[inline(always)]
-fn generic_reply(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
-    // Only what is addressed to the translation address can be a reply: the rest (a
-    // router's VRRP, another host's GRE) costs no conntrack lookup, unless it goes
-    // straight to a container: a routed container's own flow's replies, tracked.
-    if p.daddr != cfg.uplink_addr {
-        let (peer, to, proto) = (p.saddr, p.daddr, p.proto);
-        return access::from_outside(
-            peer,
-            to,
-            cfg,
-            || conntrack::lookup(&generic_key(peer, to, proto), cfg, now(), 0).is_some(),
-            || generic_track_direct(to, peer, proto, cfg),
-        );
-    }
-    let now = now();
-    let Some(e) = conntrack::lookup(&generic_key(p.saddr, p.daddr, p.proto), cfg, now, 0) else {
-        return TCX_NEXT;
-    };
-    match set_addr(ctx, p, Side::Dst, e.addr) {
-        Ok(()) => TCX_NEXT,
-        Err(_) => drop(DropReason::RewriteFailed),
+v6_outlined! {
+    /// Uplink ingress, another protocol: the reply of a masqueraded flow goes back to its
+    /// container, by address.
+    fn generic_reply<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+        // Only what is addressed to the translation address can be a reply: the rest (a
+        // router's VRRP, another host's GRE) costs no conntrack lookup, unless it goes
+        // straight to a container: a routed container's own flow's replies, tracked.
+        if p.daddr != A::uplink(cfg) {
+            let (peer, to, proto) = (p.saddr, p.daddr, p.proto);
+            return access::from_outside(
+                peer,
+                to,
+                cfg,
+                || conntrack::lookup(&generic_key(peer, to, proto), cfg, now(), 0).is_some(),
+                || generic_track_direct(to, peer, proto, cfg),
+            );
+        }
+        let now = now();
+        let Some(e) = conntrack::lookup(&generic_key(p.saddr, p.daddr, p.proto), cfg, now, 0) else {
+            return TCX_NEXT;
+        };
+        match A::set_addr(ctx, p, Side::Dst, e.addr) {
+            Ok(()) => TCX_NEXT,
+            Err(_) => drop(DropReason::RewriteFailed),
+        }
     }
 }
 
@@ -295,35 +356,36 @@ fn generic_reply(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
 const IPPROTO_DCCP: u8 = 33;
 const IPPROTO_UDPLITE: u8 = 136;
 
-/// Uplink egress, another protocol from a container: masquerade by address only, as
-/// netfilter's generic protocol NAT (nf_nat_l4proto_unique_tuple() has no port to change
-/// for it). One container at a time talks a protocol to a peer; another's packet is
-/// untranslatable until that flow expires. Every fragment carries the addresses: none
-/// needs its first.
-#[inline(always)]
-fn generic_masquerade(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
-    // DCCP and UDP-Lite checksum a pseudo-header with the addresses, as TCP and UDP do:
-    // rewritten by address alone they would leave with a wrong checksum, so they are
-    // refused, counted, rather than sent corrupt (netfilter translates them by port).
-    if matches!(p.proto, IPPROTO_DCCP | IPPROTO_UDPLITE) {
-        return drop(DropReason::Untranslatable);
-    }
-    let now = now();
-    let key = generic_key(p.daddr, cfg.uplink_addr, p.proto);
-    let mine = match conntrack::probe(&key, Some((p.saddr, 0)), cfg, now, 0) {
-        Probe::Mine(_) => true,
-        Probe::Free => {
-            let e = entry(p.saddr, 0, kind::MASQUERADE, now, 0);
-            conntrack::insert_new(&key, &e, cfg, now, false)
+v6_outlined! {
+    /// Uplink egress, another protocol from a container: masquerade by address only, as
+    /// netfilter's generic protocol NAT (nf_nat_l4proto_unique_tuple() has no port to change
+    /// for it). One container at a time talks a protocol to a peer; another's packet is
+    /// untranslatable until that flow expires. Every fragment carries the addresses: none
+    /// needs its first.
+    fn generic_masquerade<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+        // DCCP and UDP-Lite checksum a pseudo-header with the addresses, as TCP and UDP do:
+        // rewritten by address alone they would leave with a wrong checksum, so they are
+        // refused, counted, rather than sent corrupt (netfilter translates them by port).
+        if matches!(p.proto, IPPROTO_DCCP | IPPROTO_UDPLITE) {
+            return drop(DropReason::Untranslatable);
         }
-        Probe::Other => false,
-    };
-    if !mine {
-        return drop(DropReason::Untranslatable);
-    }
-    match set_addr(ctx, p, Side::Src, cfg.uplink_addr) {
-        Ok(()) => TCX_NEXT,
-        Err(_) => drop(DropReason::RewriteFailed),
+        let now = now();
+        let key = generic_key(p.daddr, A::uplink(cfg), p.proto);
+        let mine = match conntrack::probe(&key, Some((p.saddr, 0)), cfg, now, 0) {
+            Probe::Mine(_) => true,
+            Probe::Free => {
+                let e = entry(p.saddr, 0, kind::MASQUERADE, now, 0);
+                conntrack::insert_new(&key, &e, cfg, now, false)
+            }
+            Probe::Other => false,
+        };
+        if !mine {
+            return drop(DropReason::Untranslatable);
+        }
+        match A::set_addr(ctx, p, Side::Src, A::uplink(cfg)) {
+            Ok(()) => TCX_NEXT,
+            Err(_) => drop(DropReason::RewriteFailed),
+        }
     }
 }
 
@@ -332,7 +394,7 @@ fn generic_masquerade(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
 /// published port) gets that translation here instead, and goes straight out of the
 /// uplink; a new flow, or one routed elsewhere, takes the kernel's path.
 #[inline(always)]
-fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
+fn out_of_bridge<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
     if !forward::eligible(p, cfg) {
         return TCX_NEXT;
     }
@@ -341,7 +403,7 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
         if let Some(e) = conntrack::lookup(&key_of(p, Side::Src), cfg, now, p.tcp_flags) {
             (e.addr, e.port)
         } else if let Masquerade::Port(port) = masquerade_port(p, cfg, now) {
-            (cfg.uplink_addr, port)
+            (A::uplink(cfg), port)
         } else {
             return TCX_NEXT;
         };
@@ -357,125 +419,156 @@ fn out_of_bridge(ctx: &TcContext, p: &mut Packet, cfg: &DpConfig) -> i32 {
     forward::send(ctx, &route, forwarded::OUT_OF_CONTAINER)
 }
 
-/// TC egress: the src stage.
+/// TC egress: the src stage, of family `A`'s packets.
 #[inline(always)]
-pub fn src_stage(ctx: &TcContext, hook: Hook) -> i32 {
+pub fn src_stage<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
+    if ether_type(ctx) != A::ETHER_TYPE {
+        return TCX_NEXT;
+    }
+    src::<A>(ctx, hook)
+}
+
+// A function of its own per family (a BPF-to-BPF call): each gets the 512-byte stack for
+// itself, where one inlined body would need both families' locals at once.
+#[inline(always)]
+fn src<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(cfg) = config() else { return TCX_NEXT };
     if hook == Hook::Network {
-        return into_network(ctx, cfg);
+        return into_network::<A>(ctx, cfg);
     }
-    let Parsed { kind, mut p } = parse(ctx);
-    conntrack::segment(ctx, &p);
+    let mut local = Packet::empty();
+    let Some((kind, p)) = A::parse(ctx, &mut local) else {
+        return TCX_NEXT;
+    };
+    conntrack::segment(ctx, p);
     // What leaves the uplink never has the source of a `nat` network's container: it is
     // translated here, or dropped (Untranslatable, Malformed, FragmentUnknown), even
     // where nf_conntrack would call it INVALID and let it out. A `routed` network's
     // containers, and any container towards a never-NAT prefix, leave with their own
     // addresses; an `isolated` network's never leave.
     match kind {
-        Kind::Nat => {}
-        Kind::Other => return TCX_NEXT,
-        _ => {
-            return match (kind, access::source(&p, cfg)) {
-                (_, Source::Isolated) => drop(DropReason::IsolatedNetwork),
-                (Kind::IcmpError, Source::Nat | Source::Unprotected) => {
-                    icmp::to_outside(ctx, p, cfg, true)
-                }
-                (Kind::IcmpError, Source::Host) => icmp::to_outside(ctx, p, cfg, false),
-                (Kind::Generic, Source::Nat) => generic_masquerade(ctx, &mut p, cfg),
-                (Kind::Generic, Source::Unprotected) => {
-                    // The replies of another protocol's flow from the outside.
-                    let direct = generic_direct_key(p.saddr, p.daddr, p.proto);
-                    if conntrack::lookup(&direct, cfg, now(), 0).is_some() {
-                        return TCX_NEXT;
-                    }
-                    generic_masquerade(ctx, &mut p, cfg)
-                }
-                (Kind::Generic, Source::Routed) => generic_track(&p, cfg),
-                (Kind::Untranslatable, Source::Nat | Source::Unprotected) => {
-                    drop(DropReason::Untranslatable)
-                }
-                (Kind::Malformed, Source::Nat | Source::Unprotected) => drop(DropReason::Malformed),
-                _ => TCX_NEXT,
-            };
-        }
-    }
-    if p.frag == Frag::Later {
-        let key = frag_key(&p, Side::Src);
-        return match later_fragment(ctx, &mut p, &key, Side::Src) {
-            Some(verdict) => verdict,
-            None => match access::source(&p, cfg) {
-                Source::Nat | Source::Unprotected => drop(DropReason::FragmentUnknown),
-                Source::Isolated => drop(DropReason::IsolatedNetwork),
-                Source::Host | Source::Routed | Source::Peer => TCX_NEXT,
-            },
-        };
-    }
-    // The uplink's own address is never a source this stage rewrites (those are container
-    // addresses), and it is what packets the bridge already translated carry.
-    if p.saddr == cfg.uplink_addr {
-        return TCX_NEXT;
-    }
-    let now = now();
-    let source = access::source(&p, cfg);
-    match source {
-        Source::Host => return TCX_NEXT,
-        Source::Isolated => return drop(DropReason::IsolatedNetwork),
-        Source::Routed => return track_routed(&p, cfg, now),
-        Source::Nat | Source::Unprotected | Source::Peer => {}
-    }
-    // The replies of a published port (a `nat` network's container, to a client outside or
-    // in a never-NAT prefix): reverse DNAT; of a direct flow into a `nat-unprotected`
-    // one: nothing to write.
-    if let Some(e) = conntrack::lookup(&key_of(&p, Side::Src), cfg, now, p.tcp_flags) {
-        return rewrite(ctx, &mut p, Side::Src, e.addr, e.port, now);
-    }
-    if source == Source::Peer {
-        return TCX_NEXT;
-    }
-    // Masquerade, as iptables' `-s SUBNET ! -o BRIDGE`: whatever the destination outside.
-    let port = match masquerade_port(&p, cfg, now) {
-        Masquerade::Port(port) => Ok(port),
-        // Never let a container address out: without a flow there is no translation.
-        Masquerade::None if !opens_flow(&p) => Err(DropReason::TcpNoSynNewFlow),
-        Masquerade::None => new_masquerade_flow(ctx, &p, cfg, now),
-    };
-    match port {
-        Ok(port) => rewrite(ctx, &mut p, Side::Src, cfg.uplink_addr, port, now),
-        Err(reason) => drop(reason),
+        Kind::Nat => src_nat(ctx, p, cfg),
+        Kind::Other => TCX_NEXT,
+        // A function of its own, which finds the source itself: the entry's frame stays
+        // small for IPv6, whose error translation needs most of the stack.
+        Kind::IcmpError => icmp::to_outside(ctx, p, cfg),
+        _ => src_other(ctx, p, cfg, kind as u32),
     }
 }
 
-/// A network's TC egress (the host sends a packet into a container network): only
-/// hairpinned flows (which entered through a network) are translated here; packets from
-/// the uplink or from host processes go on without a parse, unless an `isolated` network
-/// exists, into which nothing goes.
-#[inline(always)]
-fn into_network(ctx: &TcContext, cfg: &DpConfig) -> i32 {
-    // SAFETY: reading a field of the context the kernel passed in.
-    let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
-    let outsider = iif == 0 || iif == cfg.uplink_ifindex;
-    if outsider && cfg.flags & flags::ISOLATED == 0 {
+v6_outlined! {
+    /// The uplink's src stage of another protocol, or of what cannot be translated.
+    fn src_other<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, kind: u32) -> i32 {
+        let generic = kind == Kind::Generic as u32;
+        match access::source(p, cfg) {
+            Source::Isolated => drop(DropReason::IsolatedNetwork),
+            Source::Nat if generic => generic_masquerade(ctx, p, cfg),
+            Source::Unprotected if generic => {
+                // The replies of another protocol's flow from the outside.
+                let direct = generic_direct_key(p.saddr, p.daddr, p.proto);
+                if conntrack::lookup(&direct, cfg, now(), 0).is_some() {
+                    return TCX_NEXT;
+                }
+                generic_masquerade(ctx, p, cfg)
+            }
+            Source::Routed if generic => generic_track(p, cfg),
+            Source::Nat | Source::Unprotected if kind == Kind::Untranslatable as u32 => {
+                drop(DropReason::Untranslatable)
+            }
+            Source::Nat | Source::Unprotected if kind == Kind::Malformed as u32 => {
+                drop(DropReason::Malformed)
+            }
+            _ => TCX_NEXT,
+        }
+    }
+}
+
+v6_outlined! {
+/// The uplink's src stage of TCP, UDP and ICMP queries (see [`dst_nat`] on why a
+    /// function of its own).
+    fn src_nat<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+        if p.frag == Frag::Later {
+            let key = frag_key(p, Side::Src);
+            return match later_fragment(ctx, p, &key, Side::Src) {
+                Some(verdict) => verdict,
+                None => match access::source(p, cfg) {
+                    Source::Nat | Source::Unprotected => drop(DropReason::FragmentUnknown),
+                    Source::Isolated => drop(DropReason::IsolatedNetwork),
+                    Source::Host | Source::Routed | Source::Peer => TCX_NEXT,
+                },
+            };
+        }
+        // The uplink's own address is never a source this stage rewrites (those are container
+        // addresses), and it is what packets the bridge already translated carry.
+        if p.saddr == A::uplink(cfg) {
+            return TCX_NEXT;
+        }
+        let now = now();
+        let source = access::source(p, cfg);
+        match source {
+            Source::Host => return TCX_NEXT,
+            Source::Isolated => return drop(DropReason::IsolatedNetwork),
+            Source::Routed => return track_routed(p, cfg, now),
+            Source::Nat | Source::Unprotected | Source::Peer => {}
+        }
+        // The replies of a published port (a `nat` network's container, to a client outside or
+        // in a never-NAT prefix): reverse DNAT; of a direct flow into a `nat-unprotected`
+        // one: nothing to write.
+        if let Some(e) = conntrack::lookup(&key_of(p, Side::Src), cfg, now, p.tcp_flags) {
+            return rewrite(ctx, p, Side::Src, e.addr, e.port, now);
+        }
+        if source == Source::Peer {
+            return TCX_NEXT;
+        }
+        // Masquerade, as iptables' `-s SUBNET ! -o BRIDGE`: whatever the destination outside.
+        let port = match masquerade_port(p, cfg, now) {
+            Masquerade::Port(port) => Ok(port),
+            // Never let a container address out: without a flow there is no translation.
+            Masquerade::None if !opens_flow(p) => Err(DropReason::TcpNoSynNewFlow),
+            Masquerade::None => new_masquerade_flow(ctx, &p, cfg, now),
+        };
+        match port {
+            Ok(port) => rewrite(ctx, p, Side::Src, A::uplink(cfg), port, now),
+            Err(reason) => drop(reason),
+        }
+    }
+}
+
+v6_outlined! {
+    /// A network's TC egress (the host sends a packet into a container network): only
+    /// hairpinned flows (which entered through a network) are translated here; packets from
+    /// the uplink or from host processes go on without a parse, unless an `isolated` network
+    /// exists, into which nothing goes.
+    fn into_network<A: Nat>(ctx: &TcContext, cfg: &DpConfig) -> i32 {
+        // SAFETY: reading a field of the context the kernel passed in.
+        let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+        let outsider = iif == 0 || iif == cfg.uplink_ifindex;
+        if outsider && cfg.flags & flags::ISOLATED == 0 {
+            return TCX_NEXT;
+        }
+        let mut local = Packet::empty();
+        let Some((kind, p)) = A::parse(ctx, &mut local) else {
         return TCX_NEXT;
-    }
-    let Parsed { kind, mut p } = parse(ctx);
-    if kind == Kind::Other {
-        return TCX_NEXT;
-    }
-    if access::into_isolated(p.daddr, cfg) {
-        return drop(DropReason::IsolatedNetwork);
-    }
-    if outsider || kind != Kind::Nat {
-        return TCX_NEXT;
-    }
-    conntrack::segment(ctx, &p);
-    if p.frag == Frag::Later {
-        let key = frag_key(&p, Side::Src);
-        return later_fragment(ctx, &mut p, &key, Side::Src).unwrap_or(TCX_NEXT);
-    }
-    let now = now();
-    match conntrack::lookup(&key_of(&p, Side::Src), cfg, now, p.tcp_flags) {
-        Some(e) => rewrite(ctx, &mut p, Side::Src, e.addr, e.port, now),
-        None => TCX_NEXT,
+    };
+        if kind == Kind::Other {
+            return TCX_NEXT;
+        }
+        if access::into_isolated(p.daddr, cfg) {
+            return drop(DropReason::IsolatedNetwork);
+        }
+        if outsider || kind != Kind::Nat {
+            return TCX_NEXT;
+        }
+        conntrack::segment(ctx, &p);
+        if p.frag == Frag::Later {
+            let key = frag_key(p, Side::Src);
+            return later_fragment(ctx, p, &key, Side::Src).unwrap_or(TCX_NEXT);
+        }
+        let now = now();
+        match conntrack::lookup(&key_of(p, Side::Src), cfg, now, p.tcp_flags) {
+            Some(e) => rewrite(ctx, p, Side::Src, e.addr, e.port, now),
+            None => TCX_NEXT,
+        }
     }
 }
 
@@ -485,9 +578,9 @@ fn into_network(ctx: &TcContext, cfg: &DpConfig) -> i32 {
 /// [`opens_routed_flow`]) leaves all the same: its address is its own; only a flow that
 /// cannot be tracked is refused, as its replies could not come in.
 #[inline(always)]
-fn track_routed(p: &Packet, cfg: &DpConfig, now: Tick) -> i32 {
+fn track_routed<A: Nat>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> i32 {
     // The replies of flows to its published container ports come in anyway: no entry.
-    if p.proto != IPPROTO_ICMP && routed_port(p.saddr, p.sport, p.proto) {
+    if p.proto != A::ICMP && routed_port(p.saddr, p.sport, p.proto) {
         return TCX_NEXT;
     }
     let replies = CtKey::new(p.daddr, p.saddr, p.dport, p.sport, p.proto, Side::Dst);
@@ -521,7 +614,7 @@ fn track_routed(p: &Packet, cfg: &DpConfig, now: Tick) -> i32 {
 /// original tuple (or its reply tuple), so __nf_conntrack_confirm() finds the clash,
 /// drops the packet, and counts insert_failed: here `ct-insert-failed`.
 #[inline(always)]
-fn track_direct(p: &Packet, cfg: &DpConfig, now: Tick) -> i32 {
+fn track_direct<A: Nat>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> i32 {
     let replies = CtKey::new(p.daddr, p.saddr, p.dport, p.sport, p.proto, Side::Src);
     match conntrack::probe(&replies, Some((p.daddr, p.dport)), cfg, now, p.tcp_flags) {
         Probe::Mine(_) => TCX_NEXT,
@@ -544,7 +637,7 @@ fn track_direct(p: &Packet, cfg: &DpConfig, now: Tick) -> i32 {
 
 /// The packet of the other direction of `p`'s tuple (no TCP flags: it is only looked up).
 #[inline(always)]
-fn reversed(p: &Packet) -> Packet {
+fn reversed<A: Copy>(p: &Packet<A>) -> Packet<A> {
     Packet {
         saddr: p.daddr,
         daddr: p.saddr,
@@ -563,7 +656,7 @@ fn reversed(p: &Packet) -> Packet {
 /// The key of the replies of another protocol's flow from `peer` straight to `container`
 /// (a `nat-unprotected` network's), at the uplink's src stage.
 #[inline(always)]
-fn generic_direct_key(container: u32, peer: u32, proto: u8) -> CtKey {
+fn generic_direct_key<A: Nat>(container: A, peer: A, proto: u8) -> CtKey<A> {
     CtKey::new(container, peer, 0, 0, proto, Side::Src)
 }
 
@@ -571,11 +664,11 @@ fn generic_direct_key(container: u32, peer: u32, proto: u8) -> CtKey {
 /// already talks the protocol to `peer` masqueraded (its packets would leave
 /// untranslated once this entry exists).
 #[inline(always)]
-fn generic_track_direct(container: u32, peer: u32, proto: u8, cfg: &DpConfig) -> i32 {
+fn generic_track_direct<A: Nat>(container: A, peer: A, proto: u8, cfg: &DpConfig) -> i32 {
     let now = now();
     let key = generic_direct_key(container, peer, proto);
     if let Probe::Free = conntrack::probe(&key, Some((container, 0)), cfg, now, 0) {
-        let masqueraded = generic_key(peer, cfg.uplink_addr, proto);
+        let masqueraded = generic_key(peer, A::uplink(cfg), proto);
         if conntrack::holds(&masqueraded, (container, 0), cfg, now) {
             return drop(DropReason::CtInsertFailed);
         }
@@ -593,40 +686,41 @@ fn generic_track_direct(container: u32, peer: u32, proto: u8, cfg: &DpConfig) ->
 /// data plane came up, or the entry expired while idle) is picked up mid-stream, as
 /// nf_conntrack does by default (nf_conntrack_tcp_loose).
 #[inline(always)]
-fn opens_routed_flow(p: &Packet) -> bool {
+fn opens_routed_flow<A: Nat>(p: &Packet<A>) -> bool {
     match p.proto {
         IPPROTO_TCP => p.tcp_flags & tcp_flags::RST == 0,
-        IPPROTO_ICMP => query_request(p.icmp_type),
+        proto if proto == A::ICMP => A::query_request(p.icmp_type),
         _ => true,
     }
 }
 
-/// Uplink egress, another protocol from a routed container: tracked by address, as
-/// [`generic_masquerade`] does, without the translation.
-#[inline(always)]
-fn generic_track(p: &Packet, cfg: &DpConfig) -> i32 {
-    let now = now();
-    let key = generic_key(p.daddr, p.saddr, p.proto);
-    if let Probe::Free = conntrack::probe(&key, Some((p.saddr, 0)), cfg, now, 0) {
-        let e = entry(p.saddr, 0, kind::ROUTED, now, 0);
-        if !conntrack::insert_new(&key, &e, cfg, now, false) {
-            return drop(DropReason::CtInsertFailed);
+v6_outlined! {
+    /// Uplink egress, another protocol from a routed container: tracked by address, as
+    /// [`generic_masquerade`] does, without the translation.
+    fn generic_track<A: Nat>(p: &Packet<A>, cfg: &DpConfig) -> i32 {
+        let now = now();
+        let key = generic_key(p.daddr, p.saddr, p.proto);
+        if let Probe::Free = conntrack::probe(&key, Some((p.saddr, 0)), cfg, now, 0) {
+            let e = entry(p.saddr, 0, kind::ROUTED, now, 0);
+            if !conntrack::insert_new(&key, &e, cfg, now, false) {
+                return drop(DropReason::CtInsertFailed);
+            }
         }
+        TCX_NEXT
     }
-    TCX_NEXT
 }
 
 /// Masquerade: container → outside, SNAT to the uplink address. The flow's one entry is
 /// its replies', which reserves the port (see [`masquerade_port`]).
 #[inline(always)]
-fn new_masquerade_flow(
+fn new_masquerade_flow<A: Nat>(
     ctx: &TcContext,
-    p: &Packet,
+    p: &Packet<A>,
     cfg: &DpConfig,
     now: Tick,
 ) -> Result<u16, DropReason> {
     let e = entry(p.saddr, p.sport, kind::MASQUERADE, now, p.tcp_flags);
-    let port = reserve_port(ctx, p, cfg.uplink_addr, p.daddr, p.dport, &e, cfg, now)?;
+    let port = reserve_port(ctx, p, A::uplink(cfg), p.daddr, p.dport, &e, cfg, now)?;
     remember(p, port);
     Ok(port)
 }
@@ -634,22 +728,22 @@ fn new_masquerade_flow(
 /// The conntrack key of the replies of a flow from outside to published port `b`: the
 /// backend's tuple at the uplink's src stage.
 #[inline(always)]
-fn published_reply_key(p: &Packet, b: &Backend) -> CtKey {
+fn published_reply_key<A: Nat>(p: &Packet<A>, b: &Backend<A>) -> CtKey<A> {
     CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Side::Src)
 }
 
 /// A published port reached from outside: the entry that turns the replies' source back
 /// into the published address, and that tracks the flow for both directions.
 #[inline(always)]
-fn new_published_flow(
-    p: &Packet,
-    b: &Backend,
+fn new_published_flow<A: Nat>(
+    p: &Packet<A>,
+    b: &Backend<A>,
     cfg: &DpConfig,
     now: Tick,
 ) -> Result<(), DropReason> {
     let reopen = p.proto == IPPROTO_TCP;
     let e = entry(p.daddr, p.dport, kind::PUBLISHED, now, p.tcp_flags);
-    if !conntrack::insert_flow(&[(published_reply_key(p, b), e)], None, cfg, now, reopen) {
+    if !conntrack::insert_new(&published_reply_key(p, b), &e, cfg, now, reopen) {
         return Err(DropReason::CtInsertFailed);
     }
     Ok(())
@@ -659,10 +753,10 @@ fn new_published_flow(
 /// network): DNAT here, and SNAT to the backend network's gateway at the bridge's egress so
 /// that the replies come back through the host. Four entries.
 #[inline(always)]
-fn new_hairpin_flow(
+fn new_hairpin_flow<A: Nat>(
     ctx: &TcContext,
-    p: &Packet,
-    b: &Backend,
+    p: &Packet<A>,
+    b: &Backend<A>,
     cfg: &DpConfig,
     now: Tick,
 ) -> Result<(), DropReason> {
@@ -671,24 +765,30 @@ fn new_hairpin_flow(
     // The replies' dst stage: backend → gateway:P becomes backend → client.
     let reply_dst = entry(p.saddr, p.sport, kind::HAIRPIN | kind::REPLY, now, 0);
     let port = reserve_port(ctx, p, g, b.addr, b.port, &reply_dst, cfg, now)?;
-    let reply_dst_key = CtKey::new(b.addr, g, b.port, port, p.proto, Side::Dst);
-    // The replies' src stage: backend → client becomes published address → client.
-    let reply_src_key = CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Side::Src);
-    let reply_src = entry(p.daddr, p.dport, kind::HAIRPIN | kind::REPLY, now, 0);
-    // The original direction's src stage: client → backend becomes gateway:P → backend.
-    let orig_src_key = CtKey::new(p.saddr, b.addr, p.sport, b.port, p.proto, Side::Src);
-    let orig_src = entry(g, port, kind::HAIRPIN, now, p.tcp_flags);
-    // The original direction's dst stage.
-    let orig_dst = entry(b.addr, b.port, kind::HAIRPIN, now, p.tcp_flags);
-    let orig_dst_key = key_of(p, Side::Dst);
-    // The original direction's dst stage goes last: it is what makes the flow known.
-    let entries = [
-        (reply_src_key, reply_src),
-        (orig_src_key, orig_src),
-        (orig_dst_key, orig_dst),
-    ];
-    if !conntrack::insert_flow(&entries, Some(&reply_dst_key), cfg, now, reopen) {
-        return Err(DropReason::CtInsertFailed);
+    // The other three, in order. Built when used, one at a time: with IPv6 addresses three
+    // keys and entries at once would not fit the stack.
+    let key = |i: usize| match i {
+        // The replies' src stage: backend → client becomes published address → client.
+        0 => CtKey::new(b.addr, p.saddr, b.port, p.sport, p.proto, Side::Src),
+        // The original direction's src stage: client → backend becomes gateway:P → backend.
+        1 => CtKey::new(p.saddr, b.addr, p.sport, b.port, p.proto, Side::Src),
+        // The original direction's dst stage goes last: it is what makes the flow known.
+        _ => key_of(p, Side::Dst),
+    };
+    let value = |i: usize| match i {
+        0 => entry(p.daddr, p.dport, kind::HAIRPIN | kind::REPLY, now, 0),
+        1 => entry(g, port, kind::HAIRPIN, now, p.tcp_flags),
+        _ => entry(b.addr, b.port, kind::HAIRPIN, now, p.tcp_flags),
+    };
+    for i in 0..3 {
+        if !conntrack::insert_new(&key(i), &value(i), cfg, now, reopen) {
+            // All or none: what was inserted goes again, with the port reservation.
+            for j in 0..i {
+                conntrack::remove(&key(j));
+            }
+            conntrack::remove(&CtKey::new(b.addr, g, b.port, port, p.proto, Side::Dst));
+            return Err(DropReason::CtInsertFailed);
+        }
     }
     Ok(())
 }

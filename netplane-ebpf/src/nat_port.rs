@@ -21,24 +21,23 @@
 //! dst stage.
 //!
 //! A masqueraded flow's later packets find a port that is not their own through
-//! [`MASQ_PORTS`], a cache of the search checked against the conntrack entry each time;
+//! [`MASQ_PORTS`](crate::maps::MASQ_PORTS), a cache of the search checked against the conntrack entry each time;
 //! a TCP segment whose cache entry was evicted searches again, boundedly ([`FIND_PROBES`]).
 
-use aya_ebpf::bindings::{
-    BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1,
-    bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1,
-};
+use aya_ebpf::bindings::{BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN};
 use aya_ebpf::cty::c_void;
 use aya_ebpf::helpers::generated::{
     bpf_loop, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
 };
 use aya_ebpf::programs::TcContext;
-use netplane_common::nat::{CtEntry, CtKey, DpConfig, DropReason, Side, Tick, tuple_hash};
-use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use netplane_common::addr::Ip6;
+use netplane_common::nat::{CtEntry, CtKey, DpConfig, DropReason, PortKey, Side, Tick, tuple_hash};
+use netplane_common::packet::{IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::addr::published;
 use crate::conntrack::{self, Probe, config, key_of, opens_flow};
-use crate::maps::MASQ_PORTS;
+use crate::family::Family;
+use crate::maps::SEARCH;
 use crate::parse::Packet;
 
 /// Whether a container's packet to the outside belongs to a masqueraded flow.
@@ -48,7 +47,7 @@ pub enum Masquerade {
     None,
 }
 
-/// How many ports a TCP segment whose port is not in [`MASQ_PORTS`] (evicted: more flows
+/// How many ports a TCP segment whose port is not in [`MASQ_PORTS`](crate::maps::MASQ_PORTS) (evicted: more flows
 /// off their own port than it holds) probes to find its flow; a segment of no flow at all
 /// (a late retransmission, a flood) pays as much, ~65 ns a probe. A flow's port is this
 /// deep in its order with probability f^64 at an occupancy f when it began: 0.1 % at
@@ -63,21 +62,21 @@ const SOCKET_RETRIES: u32 = 4;
 const STRIDES: [u32; 8] = [257, 263, 269, 271, 277, 281, 283, 293];
 const STRIDE_FALLBACK: u32 = 307;
 
-/// An address nothing has: probing with it looks at an entry without touching it.
-const NOBODY: (u32, u16) = (u32::MAX, 0);
-
-/// The search's state, shared with its bpf_loop() callback through the stack.
+/// The search's state, shared with its bpf_loop() callback through this CPU's
+/// [`SEARCH`] slot rather than the stack: with IPv6 addresses it would not fit beside
+/// the frames of the stage that searches (512 bytes for the whole chain of calls). A
+/// program run has the slot to itself (see crate::maps::SEGMENT), and runs one search at
+/// a time.
 #[repr(C)]
-struct Search {
-    peer: u32,
-    nat_addr: u32,
-    peer_port: u16,
-    proto: u8,
+struct Search<A> {
+    /// The candidate's reply key (peer → nat_addr:port at the dst stage): each step
+    /// writes its port into `dport`.
+    key: CtKey<A>,
     /// 1: look for the flow of `want` (its entry says `want`); 0: take a free port.
     find: u8,
-    want_addr: u32,
+    tcp_flags: u8,
     want_port: u16,
-    _pad: u16,
+    want_addr: A,
     /// The next candidate's offset in the range, the stride, the range.
     cur: u32,
     stride: u32,
@@ -85,73 +84,111 @@ struct Search {
     min: u32,
     tried: u32,
     now: Tick,
-    tcp_flags: u8,
     /// 1 when `port` (network byte order) is the answer.
-    found: u8,
-    port: u16,
-    reply: CtEntry,
+    found: u32,
+    port: u32,
+    reply: CtEntry<A>,
+    /// The published-ports key of the candidate, for [`Search::takeable`].
+    published: PortKey<A>,
 }
 
-impl Search {
-    #[inline(always)]
-    fn new(p: &Packet, nat_addr: u32, peer: u32, peer_port: u16, cfg: &DpConfig) -> Search {
-        let hash = tuple_hash(&key_of(p, Side::Src));
-        let min = u32::from(cfg.nat_port_min);
-        // At most 65,536, at least 1 (the agent checks min ≤ max).
-        let span = (u32::from(cfg.nat_port_max).saturating_sub(min) + 1).max(1);
-        let mut stride = STRIDES[(hash >> 29) as usize & 7];
-        if span % stride == 0 {
-            stride = STRIDE_FALLBACK;
-        }
-        Search {
-            peer,
-            nat_addr,
-            peer_port,
-            proto: p.proto,
-            find: 0,
-            want_addr: p.saddr,
-            want_port: p.sport,
-            _pad: 0,
-            cur: hash % span,
-            stride: stride % span,
-            span,
-            min,
-            tried: 0,
-            now: 0,
-            tcp_flags: p.tcp_flags,
-            found: 0,
-            port: 0,
-            reply: CtEntry::default(),
-        }
-    }
+const _: () = assert!(core::mem::size_of::<Search<Ip6>>() <= core::mem::size_of::<[u64; 32]>());
 
-    /// Runs the search over at most `limit` more candidates; the answer in `port`.
+/// This CPU's search, set up for a flow `p` towards `peer:peer_port` on `nat_addr`.
+#[inline(always)]
+fn search<A: Family>(
+    p: &Packet<A>,
+    nat_addr: A,
+    peer: A,
+    peer_port: u16,
+    cfg: &DpConfig,
+) -> Option<&'static mut Search<A>> {
+    let slot = SEARCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, large enough (asserted above) and 8-byte aligned, valid
+    // for the program run; every field is written before it is read.
+    let s = unsafe { &mut *(slot as *mut Search<A>) };
+    let hash = tuple_hash(&key_of(p, Side::Src));
+    let min = u32::from(cfg.nat_port_min);
+    // At most 65,536, at least 1 (the agent checks min ≤ max).
+    let span = (u32::from(cfg.nat_port_max).saturating_sub(min) + 1).max(1);
+    let mut stride = STRIDES[(hash >> 29) as usize & 7];
+    if span % stride == 0 {
+        stride = STRIDE_FALLBACK;
+    }
+    s.key = CtKey::new(peer, nat_addr, peer_port, 0, p.proto, Side::Dst);
+    s.find = 0;
+    s.tcp_flags = p.tcp_flags;
+    s.want_addr = p.saddr;
+    s.want_port = p.sport;
+    s.cur = hash % span;
+    s.stride = stride % span;
+    s.span = span;
+    s.min = min;
+    s.tried = 0;
+    s.now = 0;
+    s.found = 0;
+    s.port = 0;
+    Some(s)
+}
+
+impl<A: Family> Search<A> {
+    /// [`takeable`] for the candidate, with the keys in the slot, not on the callback's
+    /// stack.
     #[inline(always)]
-    fn run(&mut self, limit: u32) -> Option<u16> {
-        self.found = 0;
-        let left = limit.min(self.span).saturating_sub(self.tried);
+    fn takeable(&mut self) -> bool {
+        let k = &self.key;
+        if k.proto == A::ICMP {
+            return true;
+        }
+        // SAFETY: lookups; the values are not kept.
+        if unsafe { A::local_addrs().get(&k.daddr).is_none() } {
+            return true;
+        }
+        self.published = PortKey {
+            addr: k.daddr,
+            port: k.dport,
+            proto: k.proto,
+            _pad: 0,
+        };
+        if unsafe { A::published().get(&self.published).is_some() } {
+            return false;
+        }
+        self.published.addr = A::UNSPECIFIED;
+        unsafe { A::published().get(&self.published).is_none() }
+    }
+}
+
+/// Runs the search `s` over at most `limit` more candidates; the answer in its `port`.
+///
+/// A raw pointer, not `&mut`: the callback writes the search through its own pointer to
+/// the slot, and a `&mut` argument would let the compiler assume nothing else does (it
+/// then read `found` as the 0 written before the loop).
+#[inline(always)]
+fn run<A: Family>(s: *mut Search<A>, limit: u32) -> Option<u16> {
+    // SAFETY: `s` is this CPU's slot (see search()), valid for the program run; the
+    // reads after the loop are volatile, as the loop's callback wrote them.
+    unsafe {
+        (*s).found = 0;
+        let left = limit.min((*s).span).saturating_sub((*s).tried);
         if left == 0 {
             return None;
         }
-        // SAFETY: `step` is a callback of the bpf_loop() signature; its context is this
-        // Search, alive on our stack for the call.
-        unsafe {
-            bpf_loop(
-                left,
-                step as *mut c_void,
-                self as *mut Search as *mut c_void,
-                0,
-            )
-        };
-        (self.found != 0).then_some(self.port)
+        // `step` is a callback of the bpf_loop() signature; it finds its Search in this
+        // CPU's slot (no context: bpf_loop's must be on the stack).
+        bpf_loop(left, step::<A> as *mut c_void, core::ptr::null_mut(), 0);
+        let found = core::ptr::read_volatile(&(*s).found);
+        (found != 0).then(|| core::ptr::read_volatile(&(*s).port) as u16)
     }
 }
 
-/// One candidate of the search: 1 stops the loop (bpf_loop()'s contract), 0 goes on.
+/// One candidate port of the search.
 #[inline(never)]
-extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop() passes the Search that Search::run() gave it.
-    let s = unsafe { &mut *(ctx as *mut Search) };
+extern "C" fn step<A: Family>(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(slot) = SEARCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the Search that search() set up in this CPU's slot.
+    let s = unsafe { &mut *(slot as *mut Search<A>) };
     let Some(cfg) = config() else { return 1 };
     if s.span == 0 {
         return 1;
@@ -159,25 +196,22 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
     let port = (s.min.wrapping_add(s.cur) as u16).to_be();
     s.cur = s.cur.wrapping_add(s.stride) % s.span;
     s.tried += 1;
-    let rk = CtKey::new(s.peer, s.nat_addr, s.peer_port, port, s.proto, Side::Dst);
+    s.key.dport = port;
+    // Only looks: the flow found is refreshed by its packet's own probe afterwards. This
+    // callback's stack adds to the searching stage's, which IPv6 fills nearly (512 bytes
+    // for the chain), so it stays this small.
     let hit = if s.find != 0 {
-        let want = Some((s.want_addr, s.want_port));
-        matches!(
-            conntrack::probe(&rk, want, cfg, s.now, s.tcp_flags),
-            Probe::Mine(_)
-        )
+        conntrack::holds(&s.key, (s.want_addr, s.want_port), cfg, s.now)
     } else {
         // Look before inserting: an insert into a full LRU table evicts, even when the
         // key turns out to be taken (htab_lru_map_update_elem() pops a node first).
-        matches!(
-            conntrack::probe(&rk, Some(NOBODY), cfg, s.now, 0),
-            Probe::Free
-        ) && takeable(s.proto, s.nat_addr, port)
-            && conntrack::insert_new(&rk, &s.reply, cfg, s.now, false)
+        conntrack::vacant(&s.key, cfg, s.now)
+            && s.takeable()
+            && conntrack::insert_new(&s.key, &s.reply, cfg, s.now, false)
     };
     if hit {
         s.found = 1;
-        s.port = port;
+        s.port = u32::from(port);
         return 1;
     }
     0
@@ -185,8 +219,14 @@ extern "C" fn step(_index: u64, ctx: *mut c_void) -> i64 {
 
 /// A published port of the NAT address is never handed out.
 #[inline(always)]
-fn takeable(proto: u8, nat_addr: u32, port: u16) -> bool {
-    proto == IPPROTO_ICMP || published(nat_addr, port, proto).is_none()
+fn takeable<A: Family>(proto: u8, nat_addr: A, port: u16) -> bool {
+    proto == A::ICMP || !is_published(&nat_addr, u32::from(port) << 8 | u32::from(proto))
+}
+
+/// Whether `port_proto` (port << 8 | protocol) is published on `addr`.
+#[inline(always)]
+fn is_published<A: Family>(addr: &A, port_proto: u32) -> bool {
+    published(*addr, (port_proto >> 8) as u16, port_proto as u8).is_some()
 }
 
 /// Whether a local socket would take a packet `remote:rport` → `local:lport`: the lookup
@@ -194,26 +234,26 @@ fn takeable(proto: u8, nat_addr: u32, port: u16) -> bool {
 /// counts: a TCP connection (not a listener, which owns no tuple), a connected UDP
 /// socket; without, any (a listener or an unconnected UDP socket on the port too).
 #[inline(always)]
-pub fn local_socket(
+pub fn local_socket<A: Family>(
     ctx: &TcContext,
     proto: u8,
-    local: u32,
+    local: A,
     lport: u16,
-    remote: u32,
+    remote: A,
     rport: u16,
     exact: bool,
 ) -> bool {
-    let mut t = bpf_sock_tuple {
-        __bindgen_anon_1: bpf_sock_tuple__bindgen_ty_1 {
-            ipv4: bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 {
-                saddr: remote,
-                daddr: local,
-                sport: rport,
-                dport: lport,
-            },
-        },
-    };
-    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let ports = u32::from(lport) << 16 | u32::from(rport);
+    let how = u32::from(proto) | u32::from(exact) << 8;
+    socket_lookup(ctx, &local, &remote, ports, how)
+}
+
+/// [`local_socket`]'s lookup; `ports` is lport << 16 | rport, `how` proto | exact << 8.
+#[inline(always)]
+fn socket_lookup<A: Family>(ctx: &TcContext, local: &A, remote: &A, ports: u32, how: u32) -> bool {
+    let (proto, exact) = (how as u8, how >> 8 != 0);
+    let (lport, rport) = ((ports >> 16) as u16, ports as u16);
+    let (mut t, size) = A::sock_tuple(*remote, rport, *local, lport);
     // In the skb's device's network namespace (BPF_F_CURRENT_NETNS, __bpf_skc_lookup()).
     let netns = BPF_F_CURRENT_NETNS as i64 as u64;
     let skb = ctx.skb.skb as *mut c_void;
@@ -242,19 +282,19 @@ pub fn local_socket(
 
 /// The conntrack key of the replies of a masqueraded flow given `port`.
 #[inline(always)]
-fn replies_at(p: &Packet, cfg: &DpConfig, port: u16) -> CtKey {
-    CtKey::new(p.daddr, cfg.uplink_addr, p.dport, port, p.proto, Side::Dst)
+fn replies_at<A: Family>(p: &Packet<A>, cfg: &DpConfig, port: u16) -> CtKey<A> {
+    CtKey::new(p.daddr, A::uplink(cfg), p.dport, port, p.proto, Side::Dst)
 }
 
 /// The source port masquerade gave the flow of `p` (container → outside), if any.
 ///
 /// A masqueraded flow has a single entry, its replies' (peer → uplink:port, saying which
 /// container and port they go to). The original direction finds it at its own port,
-/// where nearly every flow is, else at the port [`MASQ_PORTS`] remembers. A new flow
+/// where nearly every flow is, else at the port [`MASQ_PORTS`](crate::maps::MASQ_PORTS) remembers. A new flow
 /// whose own port is free takes that at once. A TCP segment without SYN never opens a
 /// flow: when neither place has its flow, it searches (up to [`FIND_PROBES`] ports).
 #[inline(always)]
-pub fn masquerade_port(p: &Packet, cfg: &DpConfig, now: Tick) -> Masquerade {
+pub fn masquerade_port<A: Family>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> Masquerade {
     let me = Some((p.saddr, p.sport));
     let own = conntrack::probe(&replies_at(p, cfg, p.sport), me, cfg, now, p.tcp_flags);
     if let Probe::Mine(_) = own {
@@ -262,7 +302,7 @@ pub fn masquerade_port(p: &Packet, cfg: &DpConfig, now: Tick) -> Masquerade {
     }
     let orig = key_of(p, Side::Src);
     // SAFETY: a lookup; the value is copied out.
-    if let Some(port) = unsafe { MASQ_PORTS.get(&orig) }.map(|v| *v as u16)
+    if let Some(port) = unsafe { A::masq_ports().get(&orig) }.map(|v| *v as u16)
         && let Probe::Mine(_) =
             conntrack::probe(&replies_at(p, cfg, port), me, cfg, now, p.tcp_flags)
     {
@@ -271,39 +311,46 @@ pub fn masquerade_port(p: &Packet, cfg: &DpConfig, now: Tick) -> Masquerade {
     if opens_flow(p) {
         return Masquerade::None;
     }
-    let mut s = Search::new(p, cfg.uplink_addr, p.daddr, p.dport, cfg);
+    let Some(s) = search(p, A::uplink(cfg), p.daddr, p.dport, cfg) else {
+        return Masquerade::None;
+    };
     s.find = 1;
     s.now = now;
-    match s.run(FIND_PROBES) {
-        Some(port) => {
+    match run(s, FIND_PROBES) {
+        Some(port)
+            if matches!(
+                conntrack::probe(&replies_at(p, cfg, port), me, cfg, now, p.tcp_flags),
+                Probe::Mine(_)
+            ) =>
+        {
             remember(p, port);
             Masquerade::Port(port)
         }
-        None => Masquerade::None,
+        _ => Masquerade::None,
     }
 }
 
 /// Whether container → outside packet `p` is of a live masqueraded flow, looked at without
 /// touching the flow (for a packet from the outside that has the reverse tuple, see
-/// crate::nat's `track_direct`): at its own port or at the one [`MASQ_PORTS`] remembers.
+/// crate::nat's `track_direct`): at its own port or at the one [`MASQ_PORTS`](crate::maps::MASQ_PORTS) remembers.
 /// No search: a flow off its own port whose cache entry was evicted is not seen, as its
 /// own segments would not see it without one.
 #[inline(always)]
-pub fn masqueraded(p: &Packet, cfg: &DpConfig, now: Tick) -> bool {
+pub fn masqueraded<A: Family>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> bool {
     let me = (p.saddr, p.sport);
     if conntrack::holds(&replies_at(p, cfg, p.sport), me, cfg, now) {
         return true;
     }
     // SAFETY: a lookup; the value is copied out.
-    unsafe { MASQ_PORTS.get(&key_of(p, Side::Src)) }
+    unsafe { A::masq_ports().get(&key_of(p, Side::Src)) }
         .is_some_and(|port| conntrack::holds(&replies_at(p, cfg, *port as u16), me, cfg, now))
 }
 
 /// Records the port a masqueraded flow got when it is not its own.
 #[inline(always)]
-pub fn remember(p: &Packet, port: u16) {
+pub fn remember<A: Family>(p: &Packet<A>, port: u16) -> () {
     if port != p.sport {
-        let _ = MASQ_PORTS.insert(&key_of(p, Side::Src), &u32::from(port), 0);
+        let _ = A::masq_ports().insert(&key_of(p, Side::Src), &u32::from(port), 0);
     }
 }
 
@@ -312,36 +359,39 @@ pub fn remember(p: &Packet, port: u16) {
 /// one of the search. Returns the port (network byte order).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn reserve_port(
+pub fn reserve_port<A: Family>(
     ctx: &TcContext,
-    p: &Packet,
-    nat_addr: u32,
-    peer: u32,
+    p: &Packet<A>,
+    nat_addr: A,
+    peer: A,
     peer_port: u16,
-    reply: &CtEntry,
+    reply: &CtEntry<A>,
     cfg: &DpConfig,
     now: Tick,
 ) -> Result<u16, DropReason> {
     let owned = |port: u16| local_socket(ctx, p.proto, nat_addr, port, peer, peer_port, false);
-    let rk = |port: u16| CtKey::new(peer, nat_addr, peer_port, port, p.proto, Side::Dst);
+    // The reply key and entry live in this CPU's search slot (see Search): the packet's own
+    // port first, then the search's.
+    let s = search(p, nat_addr, peer, peer_port, cfg).ok_or(DropReason::NatPortExhausted)?;
+    s.now = now;
+    s.reply = *reply;
+    s.key.dport = p.sport;
     if takeable(p.proto, nat_addr, p.sport)
         && !owned(p.sport)
-        && conntrack::insert_new(&rk(p.sport), reply, cfg, now, false)
+        && conntrack::insert_new(&s.key, &s.reply, cfg, now, false)
     {
         return Ok(p.sport);
     }
-    let mut s = Search::new(p, nat_addr, peer, peer_port, cfg);
-    s.now = now;
-    s.reply = *reply;
     for _ in 0..SOCKET_RETRIES {
-        let Some(port) = s.run(u32::MAX) else {
+        let Some(port) = run(s, u32::MAX) else {
             break;
         };
         // Rare enough to check after the reservation: give the port back, search on.
         if !owned(port) {
             return Ok(port);
         }
-        conntrack::remove(&rk(port));
+        s.key.dport = port;
+        conntrack::remove(&s.key);
     }
     Err(DropReason::NatPortExhausted)
 }

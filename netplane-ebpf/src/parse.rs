@@ -3,10 +3,16 @@
 //! way everywhere; when they are not in the skb's linear part, `bpf_skb_load_bytes`
 //! (`TcContext::load`) reads them instead.
 
+use aya_ebpf::cty::c_void;
+use aya_ebpf::helpers::generated::{bpf_loop, bpf_skb_load_bytes};
 use aya_ebpf::programs::TcContext;
+use netplane_common::addr::{Addr, Ip6, ip6};
 use netplane_common::packet::{ETH_HLEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use netplane_common::packet6::{IPPROTO_ICMPV6, IPV6_HLEN, MAX_EXT_HEADERS, next};
 use network_types::eth::EthHdr;
 use network_types::ip::Ipv4Hdr;
+
+use crate::maps::{EXT_HEADERS, EXT_WINDOW};
 
 pub const IP_OFF: usize = ETH_HLEN;
 pub const IP_CSUM_OFF: usize = IP_OFF + 10;
@@ -38,16 +44,18 @@ pub enum Frag {
 /// information, address mask: the types with an identifier, which nf_conntrack_proto_icmp
 /// tracks too). Addresses and ports are in network byte order. For an ICMP query the
 /// identifier is `sport` of a request and `dport` of a reply.
-pub struct Packet {
-    pub saddr: u32,
-    pub daddr: u32,
+#[repr(C)]
+pub struct Packet<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
     pub l4_off: usize,
     pub frag: Frag,
-    /// IP identification, for fragments.
-    pub id: u16,
+    /// The datagram's identification, for fragments: IPv4's 16 bits (as they are in the
+    /// header), IPv6's 32 (from the fragment header).
+    pub id: u32,
     /// TCP flags byte; 0 otherwise.
     pub tcp_flags: u8,
     /// The L4 header's length (TCP's data offset, with its options); 8 for UDP and ICMP.
@@ -59,9 +67,9 @@ pub struct Packet {
 /// What [`parse`] found. A kind and an always complete [`Packet`], not an enum with a
 /// payload: the compiler copies an enum whole, the undefined bytes of a variant without
 /// payload included, and the verifier refuses to read those ("!read_ok").
-pub struct Parsed {
+pub struct Parsed<A = u32> {
     pub kind: Kind,
-    pub p: Packet,
+    pub p: Packet<A>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -88,12 +96,32 @@ pub enum Kind {
     Other,
 }
 
-impl Parsed {
-    const OTHER: Parsed = Parsed {
+impl<A: Addr> Packet<A> {
+    /// A packet of nothing, to parse into.
+    #[inline(always)]
+    pub const fn empty() -> Self {
+        Packet {
+            saddr: A::UNSPECIFIED,
+            daddr: A::UNSPECIFIED,
+            sport: 0,
+            dport: 0,
+            proto: 0,
+            l4_off: 0,
+            frag: Frag::Whole,
+            id: 0,
+            tcp_flags: 0,
+            l4_hlen: 0,
+            icmp_type: 0,
+        }
+    }
+}
+
+impl<A: Addr> Parsed<A> {
+    pub const OTHER: Parsed<A> = Parsed {
         kind: Kind::Other,
         p: Packet {
-            saddr: 0,
-            daddr: 0,
+            saddr: A::UNSPECIFIED,
+            daddr: A::UNSPECIFIED,
             sport: 0,
             dport: 0,
             proto: 0,
@@ -107,23 +135,20 @@ impl Parsed {
     };
 }
 
-/// An ICMP error: its own addresses in `outer` (`l4_off` is where the ICMP header
-/// starts), and the tuple of the packet it quotes.
-pub struct IcmpError {
-    pub outer: Packet,
-    pub quote: Quote,
-}
-
 /// The tuple of the TCP, UDP or ICMP query packet an ICMP error quotes, network byte order
 /// (an ICMP query's identifier is its port, see [`quote`]). Its IPv4
 /// header starts [`QUOTE_OFF`] bytes after the ICMP header; only option-less headers are
 /// translated.
-pub struct Quote {
-    pub saddr: u32,
-    pub daddr: u32,
+#[repr(C)]
+pub struct Quote<A = u32> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
+    /// Explicit: a copy of an odd size (37 bytes for IPv6) crashes LLVM 22's BPF backend
+    /// (post-RA MEMCPY expansion).
+    pub _pad: [u8; 3],
 }
 
 pub const QUOTE_OFF: usize = 8;
@@ -141,10 +166,21 @@ struct L2L3 {
     ip: Ipv4Hdr,
 }
 
+/// How far into a frame any header netplane reads can be: Ethernet, IPv6 with
+/// EXT_WINDOW bytes of extension headers, a TCP header with options, and an ICMP error's
+/// quote of the same.
+const MAX_HEADER_OFF: usize = 1024;
+
 /// A pointer to a `T` at `off` bytes into the packet, if the linear data holds all of it.
 /// Valid until the next helper that may change the packet's data.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &TcContext, off: usize) -> Option<*mut T> {
+    // Offsets read back from a map (an IPv6 packet's, see crate::family) are unbounded to
+    // the verifier, which refuses pointer arithmetic with them: no header netplane reads
+    // is this far in.
+    if off > MAX_HEADER_OFF {
+        return None;
+    }
     let (start, end) = (ctx.data(), ctx.data_end());
     if start + off + core::mem::size_of::<T>() > end {
         return None;
@@ -162,8 +198,9 @@ pub fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, ()> {
     }
 }
 
+/// Parses an IPv4 frame (the caller checked the EtherType).
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Parsed {
+pub fn parse4(ctx: &TcContext) -> Parsed {
     // One read for Ethernet + IPv4, one for the L4 header.
     let L2L3 { eth, ip } = match read::<L2L3>(ctx, 0) {
         Ok(h) => h,
@@ -189,7 +226,7 @@ pub fn parse(ctx: &TcContext) -> Parsed {
         proto,
         l4_off: IP_OFF + ihl,
         frag,
-        id: u16::from_ne_bytes(ip.id),
+        id: u32::from(u16::from_ne_bytes(ip.id)),
         tcp_flags: 0,
         l4_hlen: 8,
         icmp_type: 0,
@@ -310,11 +347,17 @@ pub const fn query_request(t: u8) -> bool {
     )
 }
 
-/// What the ICMP error `outer` quotes, if it is TCP, UDP or an ICMP query (the identifier
-/// as the port, as [`parse`] has it: `sport` of a request, `dport` of a reply) with an
-/// option-less header, not a later fragment, and its ports are there.
+/// Reads into `quote` what the ICMP error `outer` quotes, if it is TCP, UDP or an ICMP
+/// query (the identifier as the port, as [`parse4`] has it: `sport` of a request,
+/// `dport` of a reply) with an option-less header, not a later fragment, and its ports
+/// are there.
 #[inline(always)]
-pub fn quote(ctx: &TcContext, outer: Packet) -> Option<IcmpError> {
+pub fn quote4(ctx: &TcContext, outer: &Packet, quote: &mut Quote) -> bool {
+    quote4_found(ctx, outer, quote).is_some()
+}
+
+#[inline(always)]
+fn quote4_found(ctx: &TcContext, outer: &Packet, quote: &mut Quote) -> Option<()> {
     let off = outer.l4_off + QUOTE_OFF;
     let ip: Ipv4Hdr = read(ctx, off).ok()?;
     let later_fragment = u16::from_be_bytes(ip.frags) & 0x1fff != 0;
@@ -344,12 +387,344 @@ pub fn quote(ctx: &TcContext, outer: Packet) -> Option<IcmpError> {
         }
         _ => return None,
     };
-    let quote = Quote {
+    *quote = Quote {
         saddr: u32::from_ne_bytes(ip.src_addr),
         daddr: u32::from_ne_bytes(ip.dst_addr),
         sport,
         dport,
         proto: ip.proto,
+        _pad: [0; 3],
     };
-    Some(IcmpError { outer, quote })
+    Some(())
+}
+
+/// The EtherType of the frame, as on the wire (network byte order); 0 when the frame is
+/// too short to have one.
+#[inline(always)]
+pub fn ether_type(ctx: &TcContext) -> u16 {
+    read::<u16>(ctx, 12).unwrap_or(0)
+}
+
+pub const IP6_SRC_OFF: usize = IP_OFF + 8;
+pub const IP6_DST_OFF: usize = IP_OFF + 24;
+pub const IP6_HOP_LIMIT_OFF: usize = IP_OFF + 7;
+pub const IP6_PAYLOAD_LEN_OFF: usize = IP_OFF + 4;
+
+pub const ICMP6_ECHO_REQUEST: u8 = 128;
+const ICMP6_ECHO_REPLY: u8 = 129;
+const ICMP6_DEST_UNREACH: u8 = 1;
+pub const ICMP6_PACKET_TOO_BIG: u8 = 2;
+const ICMP6_TIME_EXCEEDED: u8 = 3;
+const ICMP6_PARAMETERPROB: u8 = 4;
+
+/// Whether `a` is link-local (fe80::/10) or multicast (ff00::/8): never routed by the
+/// host between a container and the outside, so never translated (neighbour discovery,
+/// MLD and router advertisements use them).
+#[inline(always)]
+fn link_scoped(a: &Ip6) -> bool {
+    let b = a[0].to_ne_bytes();
+    b[0] == 0xff || (b[0] == 0xfe && b[1] & 0xc0 == 0x80)
+}
+
+/// The state of a walk over IPv6 extension headers, in a window of the packet copied to
+/// this CPU's [`EXT_HEADERS`] (see [`walk`]): the stack has no room for it.
+#[repr(C)]
+struct Walk {
+    /// How many bytes of the window the packet filled.
+    filled: u32,
+    /// Where the current header starts in the window.
+    off: u32,
+    /// The fragment header's offset field (offset and M flag), and identification.
+    frag_field: u16,
+    fragmented: u8,
+    /// Its type.
+    next: u8,
+    frag_id: u32,
+    /// 0 while walking, 1 when an upper layer was reached, 2 when the chain is malformed.
+    done: u32,
+}
+
+/// One step of [`walk`]: the header at `w.off`, if it is an extension header.
+#[inline(never)]
+extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes the Walk that parse6 handed it.
+    let w = unsafe { &mut *(ctx as *mut Walk) };
+    let Some(window) = EXT_HEADERS.get_ptr(0) else {
+        w.done = 2;
+        return 1;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, filled by walk() in this program run.
+    let window = unsafe { &*window };
+    let at = w.off as usize;
+    let is_ext = matches!(
+        w.next,
+        next::HOP_BY_HOP | next::ROUTING | next::DEST_OPTS | next::AUTH | next::FRAGMENT
+    );
+    if !is_ext {
+        w.done = 1;
+        return 1;
+    }
+    // Every extension header has its next header and length in its first two bytes, and
+    // is at least 8 bytes long.
+    if at + 8 > w.filled as usize || at + 8 > EXT_WINDOW {
+        w.done = 2;
+        return 1;
+    }
+    let Some(h) = window.get(at..at + 8) else {
+        w.done = 2;
+        return 1;
+    };
+    let len = match w.next {
+        next::FRAGMENT => {
+            w.fragmented = 1;
+            w.frag_field = u16::from_be_bytes([h[2], h[3]]);
+            w.frag_id = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
+            8
+        }
+        // In 4-octet units, not counting the first 2 (RFC 4302, 2.2).
+        next::AUTH => (usize::from(h[1]) + 2) * 4,
+        // In 8-octet units, not counting the first 8 (RFC 8200, 4.3).
+        _ => (usize::from(h[1]) + 1) * 8,
+    };
+    w.next = h[0];
+    w.off = (at + len) as u32;
+    0
+}
+
+/// Walks the extension headers that follow the fixed header, `MAX_EXT_HEADERS` at most
+/// (netplane_common::packet6), through bpf_loop(): the verifier checks its step once,
+/// where an unrolled walk would multiply the paths of everything after the parse.
+/// Returns the upper-layer protocol, its offset after the fixed header, and the fragment
+/// header's fields.
+#[inline(always)]
+fn walk(ctx: &TcContext, first: u8, payload_len: usize) -> Option<(u8, usize, Option<(u16, u32)>)> {
+    let mut w = Walk {
+        filled: 0,
+        off: 0,
+        frag_field: 0,
+        fragmented: 0,
+        next: first,
+        frag_id: 0,
+        done: 0,
+    };
+    let available = (ctx.len() as usize).saturating_sub(IP_OFF + IPV6_HLEN);
+    let filled = available.min(payload_len).min(EXT_WINDOW);
+    if filled < 8 {
+        return None;
+    }
+    w.filled = filled as u32;
+    let window = EXT_HEADERS.get_ptr_mut(0)?;
+    // SAFETY: the helper copies `filled` (8..=EXT_WINDOW) bytes into this CPU's window.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            (IP_OFF + IPV6_HLEN) as u32,
+            window as *mut c_void,
+            filled as u32,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: bpf_loop calls walk_step with &mut w, at most MAX_EXT_HEADERS + 1 times.
+    unsafe {
+        bpf_loop(
+            MAX_EXT_HEADERS as u32 + 1,
+            walk_step as *mut c_void,
+            &mut w as *mut Walk as *mut c_void,
+            0,
+        )
+    };
+    if w.done != 1 {
+        return None;
+    }
+    let frag = (w.fragmented != 0).then_some((w.frag_field, w.frag_id));
+    Some((w.next, w.off as usize, frag))
+}
+
+/// Parses an IPv6 frame (the caller checked the EtherType) into `out`: as [`parse4`],
+/// with ICMPv6 in place of ICMP. Neighbour discovery, MLD, and whatever is link-scoped is
+/// `Other`: untouched. A function of its own (a BPF-to-BPF call), so that its reads stay
+/// off the frames of the stages, which IPv6's addresses fill enough.
+#[inline(never)]
+pub fn parse6(ctx: &TcContext, p: &mut Packet<Ip6>) -> Kind {
+    parse6_into(ctx, p)
+}
+
+/// [`parse6`]'s work: fills `p` in place (copies of IPv6 packets cost stack) and returns
+/// the kind.
+#[inline(always)]
+fn parse6_into(ctx: &TcContext, p: &mut Packet<Ip6>) -> Kind {
+    // The fixed header's first 8 bytes: version, payload length, next header.
+    let Ok(h) = read::<[u8; 8]>(ctx, IP_OFF) else {
+        return Kind::Other;
+    };
+    let (Ok(saddr), Ok(daddr)) = (read::<Ip6>(ctx, IP6_SRC_OFF), read::<Ip6>(ctx, IP6_DST_OFF))
+    else {
+        return Kind::Other;
+    };
+    *p = Packet {
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        proto: h[6],
+        l4_off: IP_OFF + IPV6_HLEN,
+        frag: Frag::Whole,
+        id: 0,
+        tcp_flags: 0,
+        l4_hlen: 8,
+        icmp_type: 0,
+    };
+    if link_scoped(&p.saddr) || link_scoped(&p.daddr) {
+        return Kind::Other;
+    }
+    let payload_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    // A jumbogram (payload length 0, RFC 2675) or a BIG TCP packet: the skb's length.
+    // SAFETY: reading a field of the context the kernel passed in.
+    let payload_len = if payload_len == 0 && unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        (ctx.len() as usize).saturating_sub(IP_OFF + IPV6_HLEN)
+    } else {
+        payload_len
+    };
+    if h[0] >> 4 != 6 {
+        return Kind::Malformed;
+    }
+    if !matches!(h[6], IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6) {
+        // Extension headers, or another protocol.
+        let Some((proto, off, frag)) = walk(ctx, h[6], payload_len) else {
+            return Kind::Malformed;
+        };
+        // An upper layer past the window is not followed (see EXT_WINDOW).
+        if off > payload_len || off > EXT_WINDOW {
+            return Kind::Malformed;
+        }
+        p.proto = proto;
+        p.l4_off = IP_OFF + IPV6_HLEN + (off & (2 * EXT_WINDOW - 1));
+        if let Some((field, id)) = frag {
+            p.id = id;
+            p.frag = match (field >> 3, field & 1 != 0) {
+                (0, false) => Frag::Whole,
+                (0, true) => Frag::First,
+                _ => Frag::Later,
+            };
+        }
+    }
+    if !matches!(p.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6) {
+        return Kind::Generic;
+    }
+    if p.frag == Frag::Later {
+        return Kind::Nat;
+    }
+    let Some(l4_room) = (IP_OFF + IPV6_HLEN + payload_len).checked_sub(p.l4_off) else {
+        return Kind::Malformed;
+    };
+    match p.proto {
+        IPPROTO_TCP => {
+            let Ok(l4) = read::<[u8; 14]>(ctx, p.l4_off) else {
+                return Kind::Malformed;
+            };
+            p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
+            p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
+            p.tcp_flags = l4[13];
+            p.l4_hlen = (l4[12] >> 4) * 4;
+            let hlen = usize::from(p.l4_hlen);
+            if hlen < TCP_MIN_HLEN || hlen > l4_room {
+                return Kind::Malformed;
+            }
+        }
+        IPPROTO_UDP => {
+            let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
+                return Kind::Malformed;
+            };
+            // A zero checksum is invalid in IPv6 (RFC 8200, 8.1): the receiver drops it,
+            // so netplane does not translate it into something that looks sent.
+            if l4_room < 8 || (l4[6] == 0 && l4[7] == 0) {
+                return Kind::Malformed;
+            }
+            p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
+            p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
+        }
+        _ => {
+            let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
+                return Kind::Malformed;
+            };
+            if l4_room < 8 {
+                return Kind::Malformed;
+            }
+            let id = u16::from_ne_bytes([l4[4], l4[5]]);
+            p.icmp_type = l4[0];
+            match l4[0] {
+                ICMP6_ECHO_REQUEST => p.sport = id,
+                ICMP6_ECHO_REPLY => p.dport = id,
+                ICMP6_DEST_UNREACH | ICMP6_PACKET_TOO_BIG | ICMP6_TIME_EXCEEDED
+                | ICMP6_PARAMETERPROB
+                    if p.frag == Frag::Whole =>
+                {
+                    return Kind::IcmpError;
+                }
+                // Neighbour discovery (RFC 4861) and MLD to a global address pass as they
+                // would without netplane.
+                t if netplane_common::packet6::is_ndp(t) || matches!(t, 130..=132 | 143) => {
+                    return Kind::Other;
+                }
+                _ => {
+                    return Kind::Untranslatable;
+                }
+            }
+        }
+    }
+    Kind::Nat
+}
+
+/// Whether ICMPv6 type `t` is a query's request: echo, the one type with an identifier.
+#[inline(always)]
+pub const fn query_request6(t: u8) -> bool {
+    t == ICMP6_ECHO_REQUEST
+}
+
+/// [`quote4`] for an ICMPv6 error: the quoted IPv6 header must be followed directly by
+/// TCP, UDP or ICMPv6 echo (no extension headers). A BPF-to-BPF call (see
+/// crate::family::v6_outlined).
+#[inline(never)]
+pub fn quote6(ctx: &TcContext, outer: &Packet<Ip6>, quote: &mut Quote<Ip6>) -> bool {
+    quote6_found(ctx, outer, quote).is_some()
+}
+
+#[inline(always)]
+fn quote6_found(ctx: &TcContext, outer: &Packet<Ip6>, quote: &mut Quote<Ip6>) -> Option<()> {
+    let off = outer.l4_off + QUOTE_OFF;
+    let h: [u8; 8] = read(ctx, off).ok()?;
+    if h[0] >> 4 != 6 {
+        return None;
+    }
+    let proto = h[6];
+    let l4 = off + IPV6_HLEN;
+    let (sport, dport) = match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports: [u8; 4] = read(ctx, l4).ok()?;
+            (
+                u16::from_ne_bytes([ports[0], ports[1]]),
+                u16::from_ne_bytes([ports[2], ports[3]]),
+            )
+        }
+        IPPROTO_ICMPV6 => {
+            let q: [u8; 8] = read(ctx, l4).ok()?;
+            let id = u16::from_ne_bytes([q[4], q[5]]);
+            match q[0] {
+                ICMP6_ECHO_REQUEST => (id, 0),
+                ICMP6_ECHO_REPLY => (0, id),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    // As bytes, then converted: a 16-byte unaligned copy straight into the caller's
+    // Quote crashes LLVM 22's BPF backend (post-RA MEMCPY expansion).
+    quote.saddr = ip6(read::<[u8; 16]>(ctx, off + 8).ok()?);
+    quote.daddr = ip6(read::<[u8; 16]>(ctx, off + 24).ok()?);
+    quote.sport = sport;
+    quote.dport = dport;
+    quote.proto = proto;
+    Some(())
 }

@@ -1,8 +1,10 @@
 //! Published ports for host processes, at the socket layer (as Cilium's socket
-//! load-balancer): `connect4` and `sendmsg4` rewrite a destination that is a published port
-//! of a host address (127.0.0.1 included) to the container's address before any packet
-//! exists, and `recvmsg4` shows UDP answers as coming from the address the application
-//! sent to. No packet of these flows needs NAT.
+//! load-balancer): `connect4`/`connect6` and `sendmsg4`/`sendmsg6` rewrite a destination
+//! that is a published port of a host address (127.0.0.1 and ::1 included) to the
+//! container's address before any packet exists, and `recvmsg4`/`recvmsg6` show UDP
+//! answers as coming from the address the application sent to. No packet of these flows
+//! needs NAT, so `[::1]`-published ports work with the client's address kept, where Docker
+//! needs its userland proxy (IPv6 has no route_localnet for DNAT to use).
 //!
 //! The programs are attached to the root cgroup, so they see the sockets of every network
 //! namespace: they act only in the one netplane manages, identified by its netns cookie.
@@ -10,16 +12,18 @@
 use aya_ebpf::bindings::{BPF_ANY, bpf_sock_addr, sockaddr};
 use aya_ebpf::helpers::{bpf_bind, bpf_get_netns_cookie, bpf_get_socket_cookie};
 use aya_ebpf::programs::SockAddrContext;
+use netplane_common::addr::Ip6;
 use netplane_common::nat::{SockRevEntry, SockRevKey};
 use netplane_common::packet::IPPROTO_UDP;
 
-use crate::addr::{is_loopback, published};
+use crate::addr::published;
 use crate::conntrack::config;
-use crate::maps::SOCK_REV;
+use crate::family::Family;
 
 /// What a cgroup sock_addr program returns to let the call proceed.
 const ALLOW: i32 = 1;
 const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 
 /// `struct sockaddr_in`, for bpf_bind().
 #[repr(C)]
@@ -30,6 +34,98 @@ struct SockaddrIn {
     zero: [u8; 8],
 }
 
+/// `struct sockaddr_in6`, for bpf_bind().
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port: u16,
+    flowinfo: u32,
+    addr: Ip6,
+    scope_id: u32,
+}
+
+/// The address of a `bpf_sock_addr` context, per family.
+trait SockFamily: Family {
+    fn user_addr(sa: &bpf_sock_addr) -> Self;
+    fn set_user_addr(sa: &mut bpf_sock_addr, a: Self);
+    /// Binds the socket to `addr` (port 0: any), as the client would have sourced it.
+    fn bind(ctx: &SockAddrContext, addr: Self);
+}
+
+impl SockFamily for u32 {
+    #[inline(always)]
+    fn user_addr(sa: &bpf_sock_addr) -> u32 {
+        sa.user_ip4
+    }
+    #[inline(always)]
+    fn set_user_addr(sa: &mut bpf_sock_addr, a: u32) {
+        sa.user_ip4 = a;
+    }
+    #[inline(always)]
+    fn bind(ctx: &SockAddrContext, addr: u32) {
+        let mut sa = SockaddrIn {
+            family: AF_INET,
+            port: 0,
+            addr,
+            zero: [0; 8],
+        };
+        // SAFETY: a sockaddr_in on our stack, with its size. A socket bound already keeps
+        // its address (the helper fails, which is fine).
+        unsafe {
+            bpf_bind(
+                ctx.sock_addr,
+                &mut sa as *mut SockaddrIn as *mut sockaddr,
+                core::mem::size_of::<SockaddrIn>() as i32,
+            )
+        };
+    }
+}
+
+impl SockFamily for Ip6 {
+    /// Word by word: the context allows 4-byte accesses to user_ip6
+    /// (sock_addr_is_valid_access()).
+    #[inline(always)]
+    fn user_addr(sa: &bpf_sock_addr) -> Ip6 {
+        // SAFETY: reads of the context's fields.
+        unsafe {
+            [
+                core::ptr::read_volatile(&sa.user_ip6[0]),
+                core::ptr::read_volatile(&sa.user_ip6[1]),
+                core::ptr::read_volatile(&sa.user_ip6[2]),
+                core::ptr::read_volatile(&sa.user_ip6[3]),
+            ]
+        }
+    }
+    #[inline(always)]
+    fn set_user_addr(sa: &mut bpf_sock_addr, a: Ip6) {
+        // SAFETY: writes of the context's fields, allowed in these hooks.
+        unsafe {
+            core::ptr::write_volatile(&mut sa.user_ip6[0], a[0]);
+            core::ptr::write_volatile(&mut sa.user_ip6[1], a[1]);
+            core::ptr::write_volatile(&mut sa.user_ip6[2], a[2]);
+            core::ptr::write_volatile(&mut sa.user_ip6[3], a[3]);
+        }
+    }
+    #[inline(always)]
+    fn bind(ctx: &SockAddrContext, addr: Ip6) {
+        let mut sa = SockaddrIn6 {
+            family: AF_INET6,
+            port: 0,
+            flowinfo: 0,
+            addr,
+            scope_id: 0,
+        };
+        // SAFETY: as for IPv4.
+        unsafe {
+            bpf_bind(
+                ctx.sock_addr,
+                &mut sa as *mut SockaddrIn6 as *mut sockaddr,
+                core::mem::size_of::<SockaddrIn6>() as i32,
+            )
+        };
+    }
+}
+
 #[inline(always)]
 fn in_our_netns(ctx: &SockAddrContext) -> bool {
     let Some(cfg) = config() else { return false };
@@ -38,29 +134,30 @@ fn in_our_netns(ctx: &SockAddrContext) -> bool {
         && unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut _) } == cfg.netns_cookie
 }
 
-/// Rewrites the destination if it is a published port; returns the original destination.
+/// Rewrites the destination if it is a published port; returns the original destination
+/// and the new one.
 #[inline(always)]
-fn redirect(sa: &mut bpf_sock_addr) -> Option<(u32, u16, u32, u16)> {
-    let (addr, port) = (sa.user_ip4, sa.user_port as u16);
+fn redirect<A: SockFamily>(sa: &mut bpf_sock_addr) -> Option<(A, u16, A, u16)> {
+    let (addr, port) = (A::user_addr(sa), sa.user_port as u16);
     let b = published(addr, port, sa.protocol as u8)?;
-    sa.user_ip4 = b.addr;
+    A::set_user_addr(sa, b.addr);
     sa.user_port = u32::from(b.port);
     Some((addr, port, b.addr, b.port))
 }
 
 /// Remembers, per socket, where a redirected UDP socket really sent to.
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, orig_addr: u32, orig_port: u16, addr: u32, port: u16) {
+fn remember<A: SockFamily>(
+    ctx: &SockAddrContext,
+    orig_addr: A,
+    orig_port: u16,
+    addr: A,
+    port: u16,
+) {
     // SAFETY: the helper reads the context it is given.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-    let key = SockRevKey {
-        cookie,
-        addr,
-        port,
-        _pad: 0,
-    };
-    let _ = SOCK_REV.insert(
-        &key,
+    let _ = A::sock_rev().insert(
+        &SockRevKey::new(cookie, addr, port),
         &SockRevEntry {
             addr: orig_addr,
             port: orig_port,
@@ -71,13 +168,13 @@ fn remember(ctx: &SockAddrContext, orig_addr: u32, orig_port: u16, addr: u32, po
 }
 
 #[inline(always)]
-pub fn connect4(ctx: &SockAddrContext) -> i32 {
+fn connect<A: SockFamily>(ctx: &SockAddrContext) -> i32 {
     if !in_our_netns(ctx) {
         return ALLOW;
     }
     // SAFETY: the kernel hands the program a valid context for its run.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let Some((orig_addr, orig_port, addr, port)) = redirect(sa) else {
+    let Some((orig_addr, orig_port, addr, port)) = redirect::<A>(sa) else {
         return ALLOW;
     };
     if sa.protocol == u32::from(IPPROTO_UDP) {
@@ -85,59 +182,59 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
     }
     // Connecting to a host address, the client would have used it as its source: keep it
     // (the container then sees the host's address, as with iptables DNAT). Not for
-    // 127.0.0.1, which cannot leave the host; the route's source is used then.
-    if !is_loopback(orig_addr) {
-        let mut bind = SockaddrIn {
-            family: AF_INET,
-            port: 0,
-            addr: orig_addr,
-            zero: [0; 8],
-        };
-        // SAFETY: a sockaddr_in on our stack, with its size. A socket bound already keeps
-        // its address (the helper fails, which is fine).
-        unsafe {
-            bpf_bind(
-                ctx.sock_addr,
-                &mut bind as *mut SockaddrIn as *mut sockaddr,
-                16,
-            )
-        };
+    // loopback, which cannot leave the host; the route's source is used then.
+    if !orig_addr.is_loopback() {
+        A::bind(ctx, orig_addr);
     }
     ALLOW
 }
 
 #[inline(always)]
-pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
+fn sendmsg<A: SockFamily>(ctx: &SockAddrContext) -> i32 {
     if !in_our_netns(ctx) {
         return ALLOW;
     }
-    // SAFETY: as in connect4().
+    // SAFETY: as in connect().
     let sa = unsafe { &mut *ctx.sock_addr };
-    if let Some((orig_addr, orig_port, addr, port)) = redirect(sa) {
+    if let Some((orig_addr, orig_port, addr, port)) = redirect::<A>(sa) {
         remember(ctx, orig_addr, orig_port, addr, port);
     }
     ALLOW
 }
 
 #[inline(always)]
-pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
+fn recvmsg<A: SockFamily>(ctx: &SockAddrContext) -> i32 {
     if !in_our_netns(ctx) {
         return ALLOW;
     }
-    // SAFETY: as in connect4().
+    // SAFETY: as in connect().
     let sa = unsafe { &mut *ctx.sock_addr };
     // SAFETY: the helper reads the context it is given.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-    let key = SockRevKey {
-        cookie,
-        addr: sa.user_ip4,
-        port: sa.user_port as u16,
-        _pad: 0,
-    };
+    let key = SockRevKey::new(cookie, A::user_addr(sa), sa.user_port as u16);
     // SAFETY: a lookup; the value is copied out.
-    if let Some(orig) = unsafe { SOCK_REV.get(&key) } {
-        sa.user_ip4 = orig.addr;
+    if let Some(orig) = unsafe { A::sock_rev().get(&key) }.copied() {
+        A::set_user_addr(sa, orig.addr);
         sa.user_port = u32::from(orig.port);
     }
     ALLOW
+}
+
+pub fn connect4(ctx: &SockAddrContext) -> i32 {
+    connect::<u32>(ctx)
+}
+pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
+    sendmsg::<u32>(ctx)
+}
+pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
+    recvmsg::<u32>(ctx)
+}
+pub fn connect6(ctx: &SockAddrContext) -> i32 {
+    connect::<Ip6>(ctx)
+}
+pub fn sendmsg6(ctx: &SockAddrContext) -> i32 {
+    sendmsg::<Ip6>(ctx)
+}
+pub fn recvmsg6(ctx: &SockAddrContext) -> i32 {
+    recvmsg::<Ip6>(ctx)
 }

@@ -221,6 +221,7 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     let dp = dataplane::for_mode(plan.mode);
     dp.check()?;
     dp.check_plan(plan)?;
+    dp.check_host(plan, &host)?;
 
     // Journal first: everything this run may create is recorded before it exists.
     // Only namespaces netplane makes: a CNI runtime's are the runtime's.
@@ -485,7 +486,8 @@ async fn narrow_host(
         }
     }
     let addrs = topology::ipv4_addresses(h).await?;
-    let mut host = HostContext::from_host(plan, &uplink, links, &addrs)
+    let addrs6 = ipv6_addresses_for(h, plan).await?;
+    let mut host = HostContext::from_host(plan, &uplink, links, &addrs, &addrs6)
         .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))?;
     host.touched = Some(names.clone());
     Ok(Some(host))
@@ -555,8 +557,22 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
     check_network_routes(h, plan, old, &links).await?;
     check_network_routes6(h, plan, old, &links).await?;
     check_routes(h, plan, old, &links, &addrs).await?;
-    HostContext::from_host(plan, &uplink, links, &addrs)
+    let addrs6 = ipv6_addresses_for(h, plan).await?;
+    HostContext::from_host(plan, &uplink, links, &addrs, &addrs6)
         .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))
+}
+
+/// The host's global IPv6 addresses, when `plan` has a dual-stack network (otherwise none
+/// is asked for: a dump of them grows with the veths).
+async fn ipv6_addresses_for(
+    h: &rtnetlink::Handle,
+    plan: &Plan,
+) -> Result<Vec<(u32, ipnet::Ipv6Net)>, Error> {
+    if plan.dual_stack() {
+        Ok(topology::ipv6_addresses(h).await?)
+    } else {
+        Ok(Vec::new())
+    }
 }
 
 /// A network's subnet against the host's main routing table: a route inside it (or

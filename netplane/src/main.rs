@@ -425,13 +425,22 @@ fn print_dataplane(dp: &netplane::dataplane::DataplaneStatus) {
         None => println!("  agent: none ({} mode has no agent)", dp.mode),
     }
     if let Some(u) = &dp.uplink {
-        let addr = |a: Option<std::net::Ipv4Addr>| a.map_or("none".to_owned(), |a| a.to_string());
+        fn addr<A: std::fmt::Display>(a: Option<A>) -> String {
+            a.map_or("none".to_owned(), |a| a.to_string())
+        }
         println!(
             "  uplink: {} ({}), masquerade to {}",
             u.name,
             addr(u.address),
             addr(u.translation_address)
         );
+        if u.address6.is_some() || u.translation_address6.is_some() {
+            println!(
+                "  uplink IPv6: {}, masquerade to {}",
+                addr(u.address6),
+                addr(u.translation_address6)
+            );
+        }
     }
     if let Some(rules) = dp.dnat_rules {
         println!("  DNAT rules: {rules}");
@@ -442,6 +451,9 @@ fn print_dataplane(dp: &netplane::dataplane::DataplaneStatus) {
     };
     if let Some(ct) = &dp.conntrack {
         println!("  conntrack entries: {}", fill(ct));
+    }
+    if let Some(ct) = &dp.conntrack6 {
+        println!("  conntrack entries (IPv6): {}", fill(ct));
     }
     for m in &dp.maps {
         println!("  map {}: {}", m.name, fill(m));

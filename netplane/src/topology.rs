@@ -186,22 +186,86 @@ fn local_ipv4(m: &AddressMessage) -> Option<Ipv4Addr> {
 
 /// IPv4 addresses per interface index.
 pub async fn ipv4_addresses(h: &Handle) -> Result<Vec<(u32, Ipv4Net)>, TopologyError> {
-    // IPv4 only, asked of the kernel: every veth has an IPv6 link-local address, and a
-    // dump of all families grows with the containers attached.
+    Ok(addresses(h, None, false)
+        .await?
+        .into_iter()
+        .filter_map(|(m, net)| match net {
+            IpNet::V4(net) => Some((m.header.index, net)),
+            IpNet::V6(_) => None,
+        })
+        .collect())
+}
+
+/// Global IPv6 addresses per interface index (not the link-local one every device has),
+/// the stable ones first: a temporary (privacy) address, a deprecated one and one that
+/// duplicate address detection has not passed are what masquerade, which takes the
+/// uplink's first, should not prefer (the kernel lists the newest first).
+pub async fn ipv6_addresses(h: &Handle) -> Result<Vec<(u32, Ipv6Net)>, TopologyError> {
+    let unstable = AddressHeaderFlags::Secondary
+        | AddressHeaderFlags::Deprecated
+        | AddressHeaderFlags::Tentative
+        | AddressHeaderFlags::Dadfailed;
+    let mut addrs = addresses(h, None, true).await?;
+    addrs.sort_by_key(|(m, _)| m.header.flags.intersects(unstable));
+    Ok(addrs
+        .into_iter()
+        .filter_map(|(m, net)| match net {
+            IpNet::V6(net) => Some((m.header.index, net)),
+            IpNet::V4(_) => None,
+        })
+        .collect())
+}
+
+/// The addresses of one family of `link` (name, index), or of every device, as
+/// [`address_net`] reads them. Asked of the kernel per family: every veth has an IPv6
+/// link-local address, and an IPv4 question must not pay for them.
+async fn addresses(
+    h: &Handle,
+    link: Option<(&str, u32)>,
+    v6: bool,
+) -> Result<Vec<(AddressMessage, IpNet)>, TopologyError> {
     let mut req = h.address().get();
-    req.message_mut().header.family = rtnetlink::packet_route::AddressFamily::Inet;
-    let msgs: Vec<AddressMessage> = req
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list", "addresses"))?;
+    if let Some((_, index)) = link {
+        req = req.set_link_index_filter(index);
+    }
+    req.message_mut().header.family = family(v6);
+    let msgs: Vec<AddressMessage> = req.execute().try_collect().await.map_err(match link {
+        Some((name, _)) => nl_err("list addresses of", name),
+        None => nl_err("list", "addresses"),
+    })?;
     Ok(msgs
         .into_iter()
         .filter_map(|m| {
-            let ip = local_ipv4(&m)?;
-            Some((m.header.index, Ipv4Net::new(ip, m.header.prefix_len).ok()?))
+            let net = address_net(&m, v6)?;
+            Some((m, net))
         })
         .collect())
+}
+
+fn family(v6: bool) -> rtnetlink::packet_route::AddressFamily {
+    if v6 {
+        rtnetlink::packet_route::AddressFamily::Inet6
+    } else {
+        rtnetlink::packet_route::AddressFamily::Inet
+    }
+}
+
+/// An address message's prefix in one family: IPv4's local address, or a global IPv6
+/// one (link-local ones are the kernel's, and stay).
+fn address_net(m: &AddressMessage, v6: bool) -> Option<IpNet> {
+    if !v6 {
+        return Some(IpNet::V4(
+            Ipv4Net::new(local_ipv4(m)?, m.header.prefix_len).ok()?,
+        ));
+    }
+    if m.header.scope != AddressScope::Universe {
+        return None;
+    }
+    let ip = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
+        _ => None,
+    })?;
+    Some(IpNet::V6(Ipv6Net::new(ip, m.header.prefix_len).ok()?))
 }
 
 /// Makes `ifindex` carry exactly `want` as its IPv4 address, or none (others are
@@ -227,47 +291,6 @@ async fn ensure_only_address6(
     ensure_only(h, ifname, ifindex, true, want.map(IpNet::V6)).await
 }
 
-/// The addresses of `ifindex` in one family: IPv4 (its local addresses), or the global
-/// IPv6 ones (link-local ones are the kernel's, and stay). Asked of the kernel per
-/// family: every veth has an IPv6 link-local address, and an IPv4 question must not pay
-/// for them.
-async fn addresses_of(
-    h: &Handle,
-    ifname: &str,
-    ifindex: u32,
-    v6: bool,
-) -> Result<Vec<(AddressMessage, IpNet)>, TopologyError> {
-    let mut req = h.address().get().set_link_index_filter(ifindex);
-    req.message_mut().header.family = if v6 {
-        rtnetlink::packet_route::AddressFamily::Inet6
-    } else {
-        rtnetlink::packet_route::AddressFamily::Inet
-    };
-    let msgs: Vec<AddressMessage> = req
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list addresses of", ifname))?;
-    Ok(msgs
-        .into_iter()
-        .filter_map(|m| {
-            let net = if v6 {
-                if m.header.scope != AddressScope::Universe {
-                    return None;
-                }
-                let ip = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V6(ip)) => Some(*ip),
-                    _ => None,
-                })?;
-                IpNet::V6(Ipv6Net::new(ip, m.header.prefix_len).ok()?)
-            } else {
-                IpNet::V4(Ipv4Net::new(local_ipv4(&m)?, m.header.prefix_len).ok()?)
-            };
-            Some((m, net))
-        })
-        .collect())
-}
-
 /// [`ensure_only_address`] and [`ensure_only_address6`]: the addresses of one family on
 /// `ifindex` become exactly `want`.
 async fn ensure_only(
@@ -279,7 +302,7 @@ async fn ensure_only(
 ) -> Result<bool, TopologyError> {
     let mut present = false;
     let mut changed = false;
-    for (m, net) in addresses_of(h, ifname, ifindex, v6).await? {
+    for (m, net) in addresses(h, Some((ifname, ifindex)), v6).await? {
         if Some(net) == want {
             present = true;
         } else {
@@ -1056,13 +1079,15 @@ pub async fn link_by_index(h: &Handle, index: u32) -> Result<Option<Link>, Topol
     }
 }
 
-/// A namespace's links, and its IPv4 addresses per interface index.
-pub type HostNow = (Vec<Link>, Vec<(u32, Ipv4Net)>);
+/// A namespace's links, its IPv4 addresses and its global IPv6 addresses, per interface
+/// index.
+pub type HostNow = (Vec<Link>, Vec<(u32, Ipv4Net)>, Vec<(u32, Ipv6Net)>);
 
-/// The links and IPv4 addresses of the caller's namespace as they are now, read on a
-/// thread of its own with a runtime of its own, so that callers inside a runtime (the
-/// agent's event loop) and outside one (`status`) can ask alike.
-pub fn host_now() -> Result<HostNow, TopologyError> {
+/// The links and addresses of the caller's namespace as they are now (the IPv6 ones only
+/// when `v6` is asked for: a dump of them grows with the veths), read on a thread of its
+/// own with a runtime of its own, so that callers inside a runtime (the agent's event
+/// loop) and outside one (`status`) can ask alike.
+pub fn host_now(v6: bool) -> Result<HostNow, TopologyError> {
     std::thread::scope(|s| {
         s.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -1071,7 +1096,12 @@ pub fn host_now() -> Result<HostNow, TopologyError> {
                 .map_err(TopologyError::Socket)?;
             rt.block_on(async {
                 let h = connect(None)?;
-                Ok((links(&h).await?, ipv4_addresses(&h).await?))
+                let addrs6 = if v6 {
+                    ipv6_addresses(&h).await?
+                } else {
+                    Vec::new()
+                };
+                Ok((links(&h).await?, ipv4_addresses(&h).await?, addrs6))
             })
         })
         .join()
@@ -1079,19 +1109,22 @@ pub fn host_now() -> Result<HostNow, TopologyError> {
     })
 }
 
-/// The changes of links and IPv4 addresses in the caller's namespace, one item per
-/// notification (RTNLGRP_LINK and RTNLGRP_IPV4_IFADDR, what `ip monitor link address`
-/// shows): a device created, deleted or changed, an address added or removed. The items
-/// say only that something changed; the caller looks again with [`host_now`]. The stream
-/// ends if the socket fails (an overrun: ENOBUFS), and the connection is driven on the
-/// current tokio runtime.
+/// The changes of links and addresses in the caller's namespace, one item per
+/// notification (RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR and RTNLGRP_IPV6_IFADDR, what `ip
+/// monitor link address` shows): a device created, deleted or changed, an address added
+/// or removed. The items say only that something changed; the caller looks again with
+/// [`host_now`]. The stream ends if the socket fails (an overrun: ENOBUFS), and the
+/// connection is driven on the current tokio runtime.
 pub fn watch_links_and_addresses() -> Result<impl futures::Stream<Item = ()> + Unpin, TopologyError>
 {
     use futures::StreamExt;
     use rtnetlink::MulticastGroup;
-    let (conn, _handle, messages) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr])
-            .map_err(TopologyError::Socket)?;
+    let (conn, _handle, messages) = rtnetlink::new_multicast_connection(&[
+        MulticastGroup::Link,
+        MulticastGroup::Ipv4Ifaddr,
+        MulticastGroup::Ipv6Ifaddr,
+    ])
+    .map_err(TopologyError::Socket)?;
     tokio::spawn(conn);
     Ok(messages.map(|_| ()))
 }
@@ -1124,7 +1157,7 @@ pub async fn inside(ns: &str, ifname: &str) -> Result<Inside, TopologyError> {
         None => Vec::new(),
     };
     let addrs6 = match &link {
-        Some(l) => addresses_of(&ch, ifname, l.index, true)
+        Some(l) => addresses(&ch, Some((ifname, l.index)), true)
             .await?
             .into_iter()
             .filter_map(|(_, a)| match a {

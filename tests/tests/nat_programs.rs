@@ -75,6 +75,8 @@ fn programs_for(plan: &Plan) -> TestRunPrograms {
                     .map(|n| n.gateway),
             )
             .collect(),
+        uplink_addr6: None,
+        local_addrs6: Vec::new(),
         links: Vec::new(),
         touched: None,
     };
@@ -1645,6 +1647,8 @@ fn rewriting_the_networks_never_leaves_a_container_unknown() {
         uplink_index: 0,
         uplink_addr: Ipv4Addr::from(U),
         local_addrs: vec![Ipv4Addr::from(U)],
+        uplink_addr6: None,
+        local_addrs6: Vec::new(),
         links: Vec::new(),
         touched: None,
     };

@@ -287,10 +287,11 @@ fn bad_input_is_rejected_and_changes_nothing() {
             format!("uplink = \"nosuchif\"\n{net}"),
             &["uplink", "nosuchif"],
         ),
-        // Dual-stack networks run in mode none only, for now: refused in eBPF mode, named.
+        // A nat network's IPv6 is masqueraded to the uplink's global IPv6 address, which
+        // this sandbox's uplink lacks: refused in eBPF mode, naming both.
         (
             format!("{net}subnet6 = \"2001:db8:89::/64\"\n"),
-            &["networks[0].subnet6", "2001:db8:89::/64", "does not translate IPv6"],
+            &["networks[0].subnet6", "2001:db8:89::/64", "uplink \"up0\" has none"],
         ),
         (
             format!("{net}subnet6 = \"2001:db8::/48\"\n"),

@@ -17,7 +17,7 @@ mod plan;
 pub mod publish;
 mod schema;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 mod tunables;
 
 pub(crate) use names::fnv1a_32;

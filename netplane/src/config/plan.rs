@@ -134,6 +134,11 @@ impl Plan {
         self.containers.iter().find(|c| c.name == name)
     }
 
+    /// Whether a network has a subnet6 (dual-stack).
+    pub fn dual_stack(&self) -> bool {
+        self.networks.iter().any(|n| n.subnet6.is_some())
+    }
+
     /// The config that plans to this plan (every address and gateway explicit), for a
     /// caller that changes it and plans again: the CNI plugin adds or removes one
     /// container, and [`Config::plan`] checks the result as it checks a file.

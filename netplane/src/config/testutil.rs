@@ -63,3 +63,29 @@ pub(super) fn container(name: &str, network: &str, ip: Option<&str>, publish: &[
     let ip = ip.map(|ip| format!("ip = {ip:?}")).unwrap_or_default();
     format!("[[containers]]\nname = {name:?}\nnetwork = {network:?}\n{ip}\npublish = {publish:?}\n")
 }
+
+/// Instance `t`: a dual-stack network `npa` (10.89.0.0/24, 2001:db8:89::/64) whose
+/// container `web` publishes `publish`, beside an IPv4-only network `npb` whose container
+/// `v4only` publishes 9090:90; for the data planes' IPv6 tests.
+pub(crate) fn dual_stack(publish: &[&str]) -> Plan {
+    plan(&format!(
+        r#"
+        name = "t"
+        [[networks]]
+        name = "npa"
+        subnet = "10.89.0.0/24"
+        subnet6 = "2001:db8:89::/64"
+        [[networks]]
+        name = "npb"
+        subnet = "10.89.1.0/24"
+        [[containers]]
+        name = "web"
+        network = "npa"
+        publish = {publish:?}
+        [[containers]]
+        name = "v4only"
+        network = "npb"
+        publish = ["9090:90"]
+        "#
+    ))
+}

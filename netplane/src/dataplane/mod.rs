@@ -54,6 +54,18 @@ pub enum DataplaneError {
         value: String,
         reason: String,
     },
+    #[error(
+        "networks[{index}].subnet6 = {subnet6:?}: {mode} mode masquerades network {network:?} \
+         to the uplink's global IPv6 address, and uplink {uplink:?} has none; give it one, \
+         or set the network's gateway_mode = \"routed\""
+    )]
+    UplinkWithoutAddress6 {
+        mode: Mode,
+        index: usize,
+        network: String,
+        subnet6: String,
+        uplink: String,
+    },
     /// A teardown that finished every step, some of which failed.
     #[error("{mode} teardown: {} step(s) failed: {}", failures.len(), failures.join("; "))]
     Teardown { mode: Mode, failures: Vec<String> },
@@ -70,6 +82,12 @@ pub struct HostContext {
     pub uplink_addr: std::net::Ipv4Addr,
     /// Every IPv4 address of the host namespace (published ports answer on all of them).
     pub local_addrs: Vec<std::net::Ipv4Addr>,
+    /// Its first global IPv6 address, which IPv6 masquerade uses; `None` when it has none
+    /// (or the plan has no dual-stack network, which is then not asked).
+    pub uplink_addr6: Option<std::net::Ipv6Addr>,
+    /// Every global IPv6 address of the host namespace, and the dual-stack networks'
+    /// gateways (link-local addresses are not: every veth has one).
+    pub local_addrs6: Vec<std::net::Ipv6Addr>,
     /// The host namespace's links once the topology is built (the eBPF data plane
     /// delivers into a container by its host veth's index, MTU and MAC).
     pub links: Vec<Link>,
@@ -80,37 +98,45 @@ pub struct HostContext {
 }
 
 impl HostContext {
-    /// The host as `plan` sees it on uplink `uplink`, from the namespace's `links` and
-    /// IPv4 `addrs` (per interface index): masquerade uses the uplink's first address;
-    /// published ports answer on every address and on the networks' gateways. `None`
-    /// when the uplink is missing or has no IPv4 address.
+    /// The host as `plan` sees it on uplink `uplink`, from the namespace's `links`, IPv4
+    /// `addrs` and global IPv6 `addrs6` (per interface index): masquerade uses the
+    /// uplink's first address of each family; published ports answer on every address
+    /// and on the networks' gateways. `None` when the uplink is missing or has no IPv4
+    /// address.
     pub fn from_host(
         plan: &Plan,
         uplink: &str,
         links: Vec<Link>,
         addrs: &[(u32, ipnet::Ipv4Net)],
+        addrs6: &[(u32, ipnet::Ipv6Net)],
     ) -> Option<HostContext> {
         let uplink_index = links.iter().find(|l| l.name == uplink)?.index;
         let uplink_addr = addrs
             .iter()
             .find(|(i, _)| *i == uplink_index)
             .map(|(_, a)| a.addr())?;
+        // An isolated network's gateway is not on the host.
+        let gateways = plan.networks.iter().filter(|n| n.has_gateway());
         let local_addrs = addrs
             .iter()
             .map(|(_, a)| a.addr())
-            // An isolated network's gateway is not on the host.
-            .chain(
-                plan.networks
-                    .iter()
-                    .filter(|n| n.has_gateway())
-                    .map(|n| n.gateway),
-            )
+            .chain(gateways.clone().map(|n| n.gateway))
+            .collect();
+        let local_addrs6 = addrs6
+            .iter()
+            .map(|(_, a)| a.addr())
+            .chain(gateways.filter_map(|n| n.gateway6))
             .collect();
         Some(HostContext {
             uplink: uplink.to_owned(),
             uplink_index,
             uplink_addr,
             local_addrs,
+            uplink_addr6: addrs6
+                .iter()
+                .find(|(i, _)| *i == uplink_index)
+                .map(|(_, a)| a.addr()),
+            local_addrs6,
             links,
             touched: None,
         })
@@ -129,6 +155,9 @@ pub struct DataplaneStatus {
     pub attached: Vec<String>,
     /// Tracked connections, with the table's capacity when it has one.
     pub conntrack: Option<MapFill>,
+    /// Tracked IPv6 connections, for modes that keep them apart (eBPF, with a dual-stack
+    /// network).
+    pub conntrack6: Option<MapFill>,
     /// Packets dropped, by reason (the names of `netplane_common::nat::DropReason`).
     pub drops: BTreeMap<String, u64>,
     /// How full each bounded map is.
@@ -164,6 +193,10 @@ pub struct UplinkStatus {
     pub address: Option<std::net::Ipv4Addr>,
     /// The address masquerade translates to, as the data plane has it.
     pub translation_address: Option<std::net::Ipv4Addr>,
+    /// Its first global IPv6 address now, and the one IPv6 masquerade translates to: both
+    /// `None` without a dual-stack network.
+    pub address6: Option<std::net::Ipv6Addr>,
+    pub translation_address6: Option<std::net::Ipv6Addr>,
 }
 
 impl DataplaneStatus {
@@ -175,6 +208,7 @@ impl DataplaneStatus {
             problems: Vec::new(),
             attached: Vec::new(),
             conntrack: None,
+            conntrack6: None,
             drops: BTreeMap::new(),
             maps: Vec::new(),
             fast_forwarded: None,
@@ -220,6 +254,12 @@ pub trait Dataplane {
         Ok(())
     }
 
+    /// Checks that the host, as `up` found it, can carry `plan` in this mode (an address
+    /// the data plane needs), naming the field. Called before anything changes.
+    fn check_host(&self, _plan: &Plan, _host: &HostContext) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
     /// Sysctls the data plane needs (key, value), recorded and restored by `down`.
     fn sysctls(&self, plan: &Plan) -> Vec<(String, String)>;
 
@@ -252,27 +292,6 @@ pub trait Dataplane {
     /// eBPF data plane has its own table; the others have none to show.
     fn flows(&self, _name: &str) -> Vec<ebpf::Flow> {
         Vec::new()
-    }
-}
-
-/// The first dual-stack network of `plan`, refused by a mode that does not translate IPv6
-/// yet: its containers' IPv6 traffic would leave untranslated.
-pub(crate) fn refuse_ipv6(plan: &Plan, mode: Mode) -> Result<(), DataplaneError> {
-    match plan
-        .networks
-        .iter()
-        .enumerate()
-        .find(|(_, n)| n.subnet6.is_some())
-    {
-        Some((i, n)) => Err(DataplaneError::NotInMode {
-            field: format!("networks[{i}].subnet6"),
-            value: n.subnet6.map(|s| s.to_string()).unwrap_or_default(),
-            reason: format!(
-                "{mode} mode does not translate IPv6 yet; dual-stack networks run in mode \
-                 \"iptables\" (ip6tables) or \"none\" for now"
-            ),
-        }),
-        None => Ok(()),
     }
 }
 
@@ -311,7 +330,7 @@ mod tests {
             (7, net("203.0.113.5/24")),
             (7, net("203.0.113.3/24")),
         ];
-        let host = HostContext::from_host(&plan, "up0", links.clone(), &addrs).unwrap();
+        let host = HostContext::from_host(&plan, "up0", links.clone(), &addrs, &[]).unwrap();
         assert_eq!(
             (host.uplink_index, host.uplink_addr.to_string()),
             (7, "203.0.113.5".into())
@@ -319,8 +338,46 @@ mod tests {
         // Every address is local, and so is each network's gateway.
         assert!(host.local_addrs.contains(&"203.0.113.3".parse().unwrap()));
         assert!(host.local_addrs.contains(&plan.networks[0].gateway));
+        assert_eq!(
+            host.uplink_addr6, None,
+            "no IPv6 address: nothing to translate to"
+        );
         // An uplink without an address, or missing, gives nothing to translate to.
-        assert!(HostContext::from_host(&plan, "up0", links.clone(), &addrs[..1]).is_none());
-        assert!(HostContext::from_host(&plan, "eth9", links, &addrs).is_none());
+        assert!(HostContext::from_host(&plan, "up0", links.clone(), &addrs[..1], &[]).is_none());
+        assert!(HostContext::from_host(&plan, "eth9", links, &addrs, &[]).is_none());
+    }
+
+    #[test]
+    fn ipv6_follows_the_uplink_first_global_address_and_the_gateways() {
+        let plan = Config::parse(
+            "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n\
+             subnet6 = \"2001:db8:89::/64\"\n[[networks]]\nname = \"npi\"\n\
+             subnet = \"10.89.1.0/24\"\nsubnet6 = \"2001:db8:8a::/64\"\n\
+             gateway_mode = \"isolated\"\n",
+            "test",
+        )
+        .and_then(|c| c.plan())
+        .unwrap();
+        let net6 = |s: &str| s.parse::<ipnet::Ipv6Net>().unwrap();
+        let addrs6 = [
+            (3, net6("2001:db8:ff::9/64")),
+            (7, net6("2001:db8:113::5/64")),
+            (7, net6("2001:db8:113::3/64")),
+        ];
+        let v4 = [(7, "203.0.113.5/24".parse().unwrap())];
+        let links = vec![link(3, "eth1"), link(7, "up0")];
+        let host = HostContext::from_host(&plan, "up0", links, &v4, &addrs6).unwrap();
+        assert_eq!(host.uplink_addr6, Some("2001:db8:113::5".parse().unwrap()));
+        let local: Vec<String> = host.local_addrs6.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            local,
+            [
+                "2001:db8:ff::9",
+                "2001:db8:113::5",
+                "2001:db8:113::3",
+                "2001:db8:89::1"
+            ],
+            "every address, and the gateway6 of the network that has a gateway"
+        );
     }
 }

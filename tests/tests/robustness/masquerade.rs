@@ -246,6 +246,8 @@ fn port_search_covers_the_range() {
             uplink_index: 0,
             uplink_addr: U.into(),
             local_addrs: vec![U.into(), [10, 89, 0, 1].into(), [10, 89, 1, 1].into()],
+            uplink_addr6: None,
+            local_addrs6: Vec::new(),
             links: Vec::new(),
             touched: None,
         };

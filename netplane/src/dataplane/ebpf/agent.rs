@@ -4,9 +4,9 @@
 //!
 //! - it garbage-collects expired conntrack entries, every [`GC_INTERVAL`], at SCHED_IDLE,
 //!   and records when it last did (`/run/netplane/<name>/agent.gc`, which `status` reads);
-//! - it follows the host: on every change of a link or an IPv4 address (rtnetlink
+//! - it follows the host: on every change of a link or an address (rtnetlink
 //!   notifications), and every [`GC_INTERVAL`] in case one was missed, it points the
-//!   programs at the uplink's address and index as they are now and attaches again the
+//!   programs at the uplink's addresses and index as they are now and attaches again the
 //!   programs of a device that was deleted and created again (see [`reconcile`]).
 //!
 //! The data path never depends on it (programs and maps are pinned), so killing it loses
@@ -191,7 +191,7 @@ fn follow(name: &str) {
 
 /// Brings the data plane in line with the host as it is now, without the config: the
 /// programs of a device that was deleted and created again are attached again, and the
-/// masquerade address, the uplink's index and the local addresses are the host's. Holds
+/// masquerade addresses, the uplink's index and the local addresses are the host's. Holds
 /// the instance's lock, without waiting: while `up` or `down` holds it, the change is
 /// theirs to see ([`LockError::Busy`], tried again soon). Returns what it could not do.
 fn reconcile(name: &str) -> Result<Vec<String>, AgentError> {
@@ -216,8 +216,8 @@ fn reconcile(name: &str) -> Result<Vec<String>, AgentError> {
         .iter()
         .map(|e| format!("cannot attach again: {}", error_chain(e)))
         .collect();
-    let (links, addrs) = topology::host_now()?;
-    match HostContext::from_host(&plan, &uplink, links, &addrs) {
+    let (links, addrs, addrs6) = topology::host_now(plan.dual_stack())?;
+    match HostContext::from_host(&plan, &uplink, links, &addrs, &addrs6) {
         Some(host) => changes.extend(maps::follow_uplink(name, &host)?),
         None => tracing::debug!(uplink, "the uplink is missing or has no IPv4 address"),
     }

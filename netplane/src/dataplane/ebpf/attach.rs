@@ -21,35 +21,90 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachT
 use super::object::{self, EbpfError};
 use crate::config::{Driver, Plan};
 
-/// The NAT programs and where each is attached.
-pub(super) const PROGRAMS: [(&str, TcAttachType, Target); 4] = [
+/// The NAT programs and where each is attached: one per hook and family. The IPv6 ones
+/// are loaded and attached only for a plan with a subnet6 (a host without IPv6 networks
+/// pays neither their verifier run nor a call per packet), each after its IPv4
+/// counterpart on the same hook (TCX runs them in order; each family's program passes
+/// the other family's packets on).
+pub(super) const PROGRAMS: [(&str, TcAttachType, Target, Family); 8] = [
     (
         "netplane_uplink_ingress",
         TcAttachType::Ingress,
         Target::Uplink,
+        Family::V4,
     ),
     (
         "netplane_uplink_egress",
         TcAttachType::Egress,
         Target::Uplink,
+        Family::V4,
     ),
     (
         "netplane_bridge_ingress",
         TcAttachType::Ingress,
         Target::Networks,
+        Family::V4,
     ),
     (
         "netplane_bridge_egress",
         TcAttachType::Egress,
         Target::Networks,
+        Family::V4,
+    ),
+    (
+        "netplane_uplink_ingress6",
+        TcAttachType::Ingress,
+        Target::Uplink,
+        Family::V6,
+    ),
+    (
+        "netplane_uplink_egress6",
+        TcAttachType::Egress,
+        Target::Uplink,
+        Family::V6,
+    ),
+    (
+        "netplane_bridge_ingress6",
+        TcAttachType::Ingress,
+        Target::Networks,
+        Family::V6,
+    ),
+    (
+        "netplane_bridge_egress6",
+        TcAttachType::Egress,
+        Target::Networks,
+        Family::V6,
     ),
 ];
 
-/// The socket-layer programs for host processes, attached to the root cgroup.
-const SOCK_PROGRAMS: [&str; 3] = [
+/// The address family a TC program translates.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Family {
+    V4,
+    V6,
+}
+
+/// The TC programs `plan` needs: the IPv6 ones only with a subnet6.
+pub(super) fn programs(
+    plan: &Plan,
+) -> impl Iterator<Item = (&'static str, TcAttachType, Target)> + '_ {
+    PROGRAMS
+        .iter()
+        .filter(|p| p.3 == Family::V4 || plan.dual_stack())
+        .map(|&(prog, kind, target, _)| (prog, kind, target))
+}
+
+/// The socket-layer programs for host processes, attached to the root cgroup: one per
+/// hook and family. (An IPv6 socket runs only the *6 hooks, also towards an IPv4-mapped
+/// address: tcp_v6_pre_connect() runs connect6, and tcp_v6_connect() then hands the
+/// address to tcp_v4_connect(), past connect4.)
+const SOCK_PROGRAMS: [&str; 6] = [
     "netplane_connect4",
     "netplane_sendmsg4",
     "netplane_recvmsg4",
+    "netplane_connect6",
+    "netplane_sendmsg6",
+    "netplane_recvmsg6",
 ];
 
 /// The device a link is pinned under for the root cgroup.
@@ -86,7 +141,7 @@ fn attachments<'a>(
     plan: &'a Plan,
     uplink: &'a str,
 ) -> impl Iterator<Item = (&'static str, TcAttachType, &'a str)> + 'a {
-    PROGRAMS.iter().flat_map(move |&(prog, kind, target)| {
+    programs(plan).flat_map(move |(prog, kind, target)| {
         let devices: Vec<&'a str> = match target {
             Target::Uplink => vec![uplink],
             Target::Networks => network_devices(plan).collect(),
@@ -143,7 +198,7 @@ pub(super) fn pinned_uplink(plan: &Plan, dir: &Path) -> Option<String> {
     }
     let pinned = pinned(dir);
     let mut on = BTreeSet::new();
-    for (prog, _, target) in PROGRAMS {
+    for (prog, _, target, _) in PROGRAMS {
         if matches!(target, Target::Uplink) {
             let prefix = link_name(prog, "");
             on.extend(pinned.iter().filter_map(|l| l.strip_prefix(&prefix)));
@@ -287,12 +342,11 @@ pub(super) fn reattach(dir: &Path, plan: &Plan, uplink: &str) -> (Vec<String>, V
     (changes, failures)
 }
 
-/// Whether every TC program is pinned in `dir`, and every socket-layer link: then `up`
+/// Whether every TC program `plan` needs is pinned in `dir`, and every socket-layer link:
+/// then `up`
 /// can attach what is missing without loading anything ([`attach_missing`]).
-pub(super) fn programs_pinned(dir: &Path) -> bool {
-    PROGRAMS
-        .iter()
-        .all(|(prog, _, _)| program_pin(dir, prog).exists())
+pub(super) fn programs_pinned(dir: &Path, plan: &Plan) -> bool {
+    programs(plan).all(|(prog, _, _)| program_pin(dir, prog).exists())
         && SOCK_PROGRAMS
             .iter()
             .all(|prog| dir.join(link_name(prog, CGROUP)).exists())
@@ -409,7 +463,7 @@ pub(super) fn attach_all(
     let mut changes = Vec::new();
     // Every TC program is loaded and pinned, even one with no device yet (a ptp network
     // without containers): later containers attach it from its pin.
-    for (prog, _, _) in PROGRAMS {
+    for (prog, _, _) in programs(plan) {
         load_and_pin(bpf, prog, &program_pin(dir, prog))?;
     }
     for (prog, kind, device) in attachments(plan, uplink) {

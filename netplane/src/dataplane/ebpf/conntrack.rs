@@ -1,26 +1,39 @@
-//! The BPF conntrack tables from userspace: the flows `netplane conntrack` lists, the
-//! garbage collection the agent runs, what an entry costs the kernel, and resizing them
-//! (`[conntrack] max_entries` changed) with their live entries.
+//! The BPF conntrack tables from userspace, of both address families: the flows
+//! `netplane conntrack` lists, the garbage collection the agent runs, what an entry costs
+//! the kernel, and resizing them (`[conntrack] max_entries` changed, or a first
+//! dual-stack network) with their live entries.
 
-use std::net::Ipv4Addr;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, MapType};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
+use netplane_common::addr::Ip6;
 use netplane_common::nat::{
-    CtEntry, CtKey, CtTables, DpConfig, FragEntry, FragKey, Side, Tick, kind, maps, s_to_ticks,
-    seen, tick, ticks_since, ticks_to_s,
+    CtEntry, CtKey, CtTables, DpConfig, FragEntry, FragKey, Side, Tick, Timeouts, kind, maps,
+    s_to_ticks, seen, tick, ticks_since, ticks_to_s,
 };
 
+use super::family::{Family, net};
 use super::maps::{pinned_config, pinned_map, pinned_map_data};
 use super::object::EbpfError;
 use super::pin_dir;
 use crate::config::Plan;
 
-/// The conntrack tables: the main one and the unreplied flows' (see
+/// Family `A`'s conntrack tables: the main one and the unreplied flows' (see
 /// netplane_common::nat::CtTables), in the order lookups take.
-const TABLES: [&str; 2] = [maps::CT, maps::CT_NEW];
+fn tables<A: Family>() -> [&'static str; 2] {
+    [A::CT, A::CT_NEW]
+}
+
+/// Every conntrack table, of both families.
+pub(super) const TABLES: [&str; 4] = [maps::CT, maps::CT_NEW, maps::CT6, maps::CT6_NEW];
+
+/// Whether conntrack table `map` is a main table (not the unreplied flows').
+fn is_main(map: &str) -> bool {
+    map == maps::CT || map == maps::CT6
+}
 
 /// CLOCK_MONOTONIC (the clock of bpf_ktime_get_ns()) in conntrack ticks.
 fn now_tick() -> Tick {
@@ -30,29 +43,42 @@ fn now_tick() -> Tick {
     tick(ns)
 }
 
-/// The entries of conntrack table `map` (one of [`TABLES`]) of instance `name`.
-fn table_entries(name: &str, map: &str) -> Vec<(CtKey, CtEntry)> {
+/// The entries of conntrack table `map` (one of [`tables`]) of instance `name`.
+fn table_entries<A: Family>(name: &str, map: &str) -> Vec<(CtKey<A>, CtEntry<A>)>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     pinned_map(name, map)
-        .and_then(|m| HashMap::<_, CtKey, CtEntry>::try_from(m).ok())
+        .and_then(|m| HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(m).ok())
         .map(|ct| ct.iter().filter_map(Result::ok).collect())
         .unwrap_or_default()
 }
 
-/// The conntrack entries of instance `name`, of both tables; an entry caught moving into
-/// the main table, in both, is listed once.
+/// The IPv4 conntrack entries of instance `name`, of both tables.
 pub fn conntrack_entries(name: &str) -> Vec<(CtKey, CtEntry)> {
-    let mut entries = table_entries(name, maps::CT);
-    let main: std::collections::HashSet<CtKey> = entries.iter().map(|(k, _)| *k).collect();
+    entries_of::<u32>(name)
+}
+
+/// Family `A`'s conntrack entries of instance `name`, of both tables; an entry caught
+/// moving into the main table, in both, is listed once.
+pub(super) fn entries_of<A: Family>(name: &str) -> Vec<(CtKey<A>, CtEntry<A>)>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
+    let mut entries = table_entries::<A>(name, A::CT);
+    let main: std::collections::HashSet<CtKey<A>> = entries.iter().map(|(k, _)| *k).collect();
     entries.extend(
-        table_entries(name, maps::CT_NEW)
+        table_entries::<A>(name, A::CT_NEW)
             .into_iter()
             .filter(|(k, _)| !main.contains(k)),
     );
     entries
 }
 
-/// Kernel memory per tracked flow of instance `name`: what the kernel charges for both
-/// conntrack tables (`memlock` in /proc/self/fdinfo) over the main table's capacity.
+/// Kernel memory per tracked IPv4 flow of instance `name`: what the kernel charges for
+/// both conntrack tables (`memlock` in /proc/self/fdinfo) over the main table's capacity.
 pub fn ct_bytes_per_entry(name: &str) -> Option<f64> {
     use std::os::fd::{AsFd, AsRawFd};
     let field = |map: &str, k: &str| -> Option<f64> {
@@ -66,6 +92,42 @@ pub fn ct_bytes_per_entry(name: &str) -> Option<f64> {
     Some(memlock / field(maps::CT, "max_entries:")?)
 }
 
+/// The capacity `up` gives the main conntrack table of each family (the unreplied flows'
+/// follows from it, see [`CtCapacity::of_table`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CtCapacity {
+    pub v4: u32,
+    /// `None`: no network is dual-stack, and IPv6's tables hold one entry each (they are
+    /// preallocated: a host without IPv6 pays nothing for them).
+    pub v6: Option<u32>,
+}
+
+impl CtCapacity {
+    /// What `plan` wants: `[conntrack] max_entries` for IPv4, and for IPv6 when a network
+    /// is dual-stack.
+    pub(super) fn of(plan: &Plan) -> CtCapacity {
+        let n = plan.conntrack.max_entries;
+        CtCapacity {
+            v4: n,
+            v6: plan.dual_stack().then_some(n),
+        }
+    }
+
+    /// The capacity of conntrack table `map` (one of [`TABLES`]).
+    pub(super) fn of_table(&self, map: &str) -> u32 {
+        let main = if map == maps::CT || map == maps::CT_NEW {
+            Some(self.v4)
+        } else {
+            self.v6
+        };
+        match main {
+            None => 1,
+            Some(n) if is_main(map) => n,
+            Some(n) => CtTables::unreplied_entries(n),
+        }
+    }
+}
+
 /// What a conntrack table is in the kernel: its type, capacity and flags.
 #[derive(Debug, PartialEq)]
 struct Shape {
@@ -74,21 +136,17 @@ struct Shape {
     flags: u32,
 }
 
-/// The shape `up` wants conntrack table `map` to have for `[conntrack] max_entries`
-/// (netplane-ebpf's maps.rs defines them).
-fn wanted_shape(map: &str, max_entries: u32) -> Shape {
-    if map == maps::CT {
-        Shape {
-            map_type: MapType::Hash,
-            max_entries,
-            flags: 0,
-        }
-    } else {
-        Shape {
-            map_type: MapType::LruHash,
-            max_entries: CtTables::unreplied_entries(max_entries),
-            flags: 0,
-        }
+/// The shape `up` wants conntrack table `map` to have for `capacity` (netplane-ebpf's
+/// maps.rs defines them).
+fn wanted_shape(map: &str, capacity: &CtCapacity) -> Shape {
+    Shape {
+        map_type: if is_main(map) {
+            MapType::Hash
+        } else {
+            MapType::LruHash
+        },
+        max_entries: capacity.of_table(map),
+        flags: 0,
     }
 }
 
@@ -101,29 +159,47 @@ fn shape(data: &MapData) -> Option<Shape> {
     })
 }
 
-/// Whether instance `name`'s pinned conntrack tables have the shape `max_entries` wants
-/// (a map's size is fixed at creation: another size needs new maps, see [`set_aside`]).
-pub(super) fn ct_sized_as(name: &str, max_entries: u32) -> bool {
-    TABLES.iter().all(|m| {
-        pinned_map_data(name, m).and_then(|d| shape(&d)) == Some(wanted_shape(m, max_entries))
-    })
+/// Whether instance `name`'s pinned conntrack table `map` has the shape `capacity` wants.
+pub(super) fn sized_as(name: &str, map: &str, capacity: &CtCapacity) -> bool {
+    pinned_map_data(name, map).and_then(|d| shape(&d)) == Some(wanted_shape(map, capacity))
 }
 
-/// What `up` will say of instance `name`'s conntrack tables for `max_entries`: that they
-/// are resized (with their entries), when pinned ones have another size or shape.
-pub(super) fn ct_resize(name: &str, max_entries: u32) -> Option<String> {
-    let had = shape(&pinned_map_data(name, maps::CT)?)?;
-    (!ct_sized_as(name, max_entries)).then(|| {
-        if had.max_entries == max_entries {
-            // Same size, another map type or flags: the layout of an older netplane.
-            "conntrack tables rebuilt in this version's layout, their flows kept".to_owned()
-        } else {
-            format!(
-                "conntrack table resized from {} to {max_entries} entries, its flows kept",
-                had.max_entries
-            )
-        }
-    })
+/// Whether instance `name`'s pinned conntrack tables have the shape `capacity` wants (a
+/// map's size is fixed at creation: another size needs new maps, see [`set_aside`]).
+pub(super) fn ct_sized_as(name: &str, capacity: &CtCapacity) -> bool {
+    TABLES.iter().all(|m| sized_as(name, m, capacity))
+}
+
+/// What `up` will say of instance `name`'s conntrack tables for `capacity`: that a
+/// family's are resized (with their entries), when pinned ones have another size or
+/// shape.
+pub(super) fn ct_resize(name: &str, capacity: &CtCapacity) -> Vec<String> {
+    let resize = |family: &str, main: &str, unreplied: &str| {
+        let had = shape(&pinned_map_data(name, main)?)?;
+        let want = capacity.of_table(main);
+        (!sized_as(name, main, capacity) || !sized_as(name, unreplied, capacity)).then(|| {
+            if main == maps::CT6 && capacity.v6.is_none() {
+                "IPv6 conntrack tables down to 1 entry each: no network is dual-stack".to_owned()
+            } else if had.max_entries == want {
+                // Same size, another map type or flags: the layout of an older netplane.
+                format!(
+                    "{family}conntrack tables rebuilt in this version's layout, their flows kept"
+                )
+            } else {
+                format!(
+                    "{family}conntrack table resized from {} to {want} entries, its flows kept",
+                    had.max_entries
+                )
+            }
+        })
+    };
+    [
+        resize("", maps::CT, maps::CT_NEW),
+        resize("IPv6 ", maps::CT6, maps::CT6_NEW),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Where a conntrack table set aside for a resize stays pinned until its entries moved
@@ -133,18 +209,18 @@ fn aside_path(dir: &Path, map: &str) -> PathBuf {
 }
 
 /// Before a load with the pins of `dir`: moves aside (renames to `<map>_OLD`) each pinned
-/// conntrack table whose shape is not what `max_entries` wants, so that the load creates
-/// it anew (aya reuses a pin without comparing its shape). The programs still attached
-/// keep using the old tables until `up` swaps them; [`migrate`] then copies their entries.
+/// conntrack table whose shape is not what `capacity` wants, so that the load creates it
+/// anew (aya reuses a pin without comparing its shape). The programs still attached keep
+/// using the old tables until `up` swaps them; [`migrate`] then copies their entries.
 /// Returns the tables set aside.
-pub(super) fn set_aside(dir: &Path, max_entries: u32) -> Result<Vec<&'static str>, EbpfError> {
+pub(super) fn set_aside(dir: &Path, capacity: &CtCapacity) -> Result<Vec<&'static str>, EbpfError> {
     let mut moved = Vec::new();
     for map in TABLES {
         let pin = dir.join(map);
         let Ok(data) = MapData::from_pin(&pin) else {
             continue;
         };
-        if shape(&data) == Some(wanted_shape(map, max_entries)) {
+        if shape(&data) == Some(wanted_shape(map, capacity)) {
             continue;
         }
         // A table set aside earlier whose entries were not all moved yet gives way: the
@@ -175,32 +251,40 @@ pub(super) fn put_back(dir: &Path, moved: &[&str]) {
     }
 }
 
-/// Copies the entries of the conntrack tables set aside in `dir` into `tables` (the new
-/// main and unreplied tables, by name), each into the table it came from, or among the
-/// unreplied flows when the main table is full; an entry already there is left as it is
-/// (the programs keep it current). Returns (entries copied, entries lost for lack of room).
-fn copy_aside(dir: &Path, tables: &mut [(&str, &mut Map)]) -> (usize, usize) {
+/// Copies the entries of family `A`'s conntrack tables set aside in `dir` into `new` (the
+/// new tables of any family, by name), each into the table it came from, or among
+/// the unreplied flows when the main table is full; an entry already there is left as it
+/// is (the programs keep it current). Returns (entries copied, entries lost for lack of
+/// room).
+fn copy_aside<A: Family>(dir: &Path, new: &mut [(&str, &mut Map)]) -> (usize, usize)
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     const NOEXIST: u64 = 1; // BPF_NOEXIST
     let (mut copied, mut lost) = (0, 0);
-    for from in TABLES {
+    for from in tables::<A>() {
         let Some(old) = MapData::from_pin(aside_path(dir, from))
             .ok()
             .and_then(|d| Map::from_map_data(d).ok())
         else {
             continue;
         };
-        for (k, e) in old_entries(old) {
+        for (k, e) in old_entries::<A>(old) {
             let mut stored = false;
             // The main table's entries go back into it; when it is full, and for the
             // unreplied ones, into the unreplied table.
-            for (to, map) in tables.iter_mut() {
-                if (from == maps::CT_NEW && *to == maps::CT) || stored {
+            for to in tables::<A>() {
+                if (from == A::CT_NEW && to == A::CT) || stored {
                     continue;
                 }
-                let Ok(mut new) = HashMap::<_, CtKey, CtEntry>::try_from(&mut **map) else {
+                let Some((_, map)) = new.iter_mut().find(|(name, _)| *name == to) else {
                     continue;
                 };
-                match new.insert(k, e, NOEXIST) {
+                let Ok(mut table) = HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(&mut **map) else {
+                    continue;
+                };
+                match table.insert(k, e, NOEXIST) {
                     Ok(()) => {
                         copied += 1;
                         stored = true;
@@ -219,14 +303,24 @@ fn copy_aside(dir: &Path, tables: &mut [(&str, &mut Map)]) -> (usize, usize) {
     (copied, lost)
 }
 
-/// The entries of a conntrack table set aside, also in the 16-byte layout of an instance
-/// started by an earlier netplane (no [`CtEntry::seq`], which then starts unknown, as in a
-/// new entry): an upgrade keeps the flows too.
-fn old_entries(old: Map) -> Vec<(CtKey, CtEntry)> {
-    if let Ok(ct) = HashMap::<_, CtKey, CtEntry>::try_from(&old) {
+/// The entries of a conntrack table set aside, also in an older netplane's layout (see
+/// [`Family::legacy_entries`]): an upgrade keeps the flows too.
+fn old_entries<A: Family>(old: Map) -> Vec<(CtKey<A>, CtEntry<A>)>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
+    if let Ok(ct) = HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(&old) {
         return ct.iter().filter_map(Result::ok).collect();
     }
-    let Ok(ct) = HashMap::<_, CtKey, [u8; 16]>::try_from(&old) else {
+    A::legacy_entries(&old)
+}
+
+/// The entries of an IPv4 conntrack table in the 16-byte layout of an instance started by
+/// an earlier netplane (no [`CtEntry::seq`], which then starts unknown, as in a new
+/// entry).
+pub(super) fn legacy_entries(old: &Map) -> Vec<(CtKey, CtEntry)> {
+    let Ok(ct) = HashMap::<_, CtKey, [u8; 16]>::try_from(old) else {
         return Vec::new();
     };
     let u32_at = |b: &[u8; 16], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
@@ -248,16 +342,17 @@ fn old_entries(old: Map) -> Vec<(CtKey, CtEntry)> {
 }
 
 /// Copies the live entries of the conntrack tables set aside in `dir` into the new ones
-/// (`tables`, by name, the main table first), right after they were created.
+/// (`tables`, by name), right after they were created.
 pub(super) fn migrate(dir: &Path, tables: &mut [(&str, &mut Map)]) -> (usize, usize) {
-    tables.sort_by_key(|(name, _)| *name != maps::CT);
-    copy_aside(dir, tables)
+    let (c4, l4) = copy_aside::<u32>(dir, tables);
+    let (c6, l6) = copy_aside::<Ip6>(dir, tables);
+    (c4 + c6, l4 + l6)
 }
 
 /// Finishes a resize of instance `name`'s conntrack tables, from the agent: the entries
 /// the old programs created in the tables set aside between `up`'s first copy and its
 /// swap of the programs are copied too, and the old tables unpinned (freed once no
-/// program uses them). Waits until the set-aside pin is 2 s old, long after the swap.
+/// program uses them). Waits until the set-aside pins are 2 s old, long after the swap.
 fn finish_migration(name: &str) -> usize {
     let dir = pin_dir(name);
     let aside: Vec<PathBuf> = TABLES
@@ -276,15 +371,15 @@ fn finish_migration(name: &str) -> usize {
     {
         return 0;
     }
-    let (Some(mut ct), Some(mut ct_new)) =
-        (pinned_map(name, maps::CT), pinned_map(name, maps::CT_NEW))
-    else {
+    let mut open: Vec<(&str, Map)> = TABLES
+        .iter()
+        .filter_map(|t| Some((*t, pinned_map(name, t)?)))
+        .collect();
+    if open.len() < TABLES.len() {
         return 0;
-    };
-    let (copied, lost) = migrate(
-        &dir,
-        &mut [(maps::CT, &mut ct), (maps::CT_NEW, &mut ct_new)],
-    );
+    }
+    let mut tables: Vec<(&str, &mut Map)> = open.iter_mut().map(|(t, m)| (*t, m)).collect();
+    let (copied, lost) = migrate(&dir, &mut tables);
     if lost > 0 {
         tracing::warn!(lost, "conntrack entries did not fit the resized tables");
     }
@@ -294,8 +389,9 @@ fn finish_migration(name: &str) -> usize {
     copied
 }
 
-/// Removes the expired conntrack and fragment entries of instance `name` (the data path
-/// already ignores them; this gives their memory back). Returns how many went.
+/// Removes the expired conntrack and fragment entries of instance `name`, of both
+/// families (the data path already ignores them; this gives their memory back). Returns
+/// how many went.
 pub fn gc(name: &str) -> usize {
     let moved = finish_migration(name);
     if moved > 0 {
@@ -305,26 +401,24 @@ pub fn gc(name: &str) -> usize {
     let Some(DpConfig { timeouts, .. }) = pinned_config(name) else {
         return 0;
     };
-    let mut removed = 0;
-    for map in TABLES {
-        let Some(Ok(mut ct)) = pinned_map(name, map).map(HashMap::<_, CtKey, CtEntry>::try_from)
-        else {
-            continue;
-        };
-        let expired: Vec<CtKey> = ct
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, e)| timeouts.expired(k.proto, e, now))
-            .map(|(k, _)| k)
-            .collect();
-        removed += expired.iter().filter(|k| ct.remove(k).is_ok()).count();
-    }
-    if let Some(map) = pinned_map(name, maps::FRAGS)
-        && let Ok(mut frags) = HashMap::<_, FragKey, FragEntry>::try_from(map)
+    gc_of::<u32>(name, &timeouts, now) + gc_of::<Ip6>(name, &timeouts, now)
+}
+
+/// [`gc`] of family `A`'s tables.
+fn gc_of<A: Family>(name: &str, timeouts: &Timeouts, now: Tick) -> usize
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+    FragKey<A>: aya::Pod,
+    FragEntry<A>: aya::Pod,
+{
+    let mut removed = remove_where::<A>(name, |k, e| timeouts.expired(k.proto, e, now));
+    if let Some(map) = pinned_map(name, A::FRAGS)
+        && let Ok(mut frags) = HashMap::<_, FragKey<A>, FragEntry<A>>::try_from(map)
     {
         // A datagram's fragments arrive within moments; the kernel's own reassembly gives
         // up after 30 s (ipfrag_time).
-        let expired: Vec<FragKey> = frags
+        let expired: Vec<FragKey<A>> = frags
             .iter()
             .filter_map(Result::ok)
             .filter(|(_, e)| ticks_since(now, e.last_seen) > s_to_ticks(30))
@@ -335,65 +429,104 @@ pub fn gc(name: &str) -> usize {
     removed
 }
 
-/// The container addresses whose tracked flows must go when `plan` replaces `old`: every
-/// address of a network whose gateway mode or driver changed (its flows were admitted,
-/// translated or not, under the old mode: a routed flow would keep coming in after a
-/// switch to nat, a masqueraded one would keep reaching a now isolated container), and
-/// the old address of every container that went away or changed address (a new container
-/// may take it), and every routed subnet added or removed. Its flows go as nf_conntrack's would with `conntrack -D`: the next packet
-/// of such a flow meets the new rules as a new one.
-pub(super) fn stale_prefixes(plan: &Plan, old: &Plan) -> Vec<Ipv4Net> {
-    let mut stale: Vec<Ipv4Net> = old
+/// Removes, from both of family `A`'s conntrack tables of instance `name`, the entries
+/// `gone` says. Returns how many went.
+fn remove_where<A: Family>(name: &str, gone: impl Fn(&CtKey<A>, &CtEntry<A>) -> bool) -> usize
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
+    let mut removed = 0;
+    for map in tables::<A>() {
+        let Some(Ok(mut ct)) =
+            pinned_map(name, map).map(HashMap::<_, CtKey<A>, CtEntry<A>>::try_from)
+        else {
+            continue;
+        };
+        let keys: Vec<CtKey<A>> = ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, e)| gone(k, e))
+            .map(|(k, _)| k)
+            .collect();
+        removed += keys.iter().filter(|k| ct.remove(k).is_ok()).count();
+    }
+    removed
+}
+
+/// The prefixes whose tracked flows must go when `plan` replaces `old`, of both
+/// families: every address of a network whose subnet, gateway mode or driver changed
+/// (its flows were admitted, translated or not, under the old mode: a routed flow would
+/// keep coming in after a switch to nat, a masqueraded one would keep reaching a now
+/// isolated container), the old address of every container that went away or changed
+/// address (a new container may take it), and every routed subnet added or removed. Its
+/// flows go as nf_conntrack's would with `conntrack -D`: the next packet of such a flow
+/// meets the new rules as a new one.
+pub(super) fn stale_prefixes(plan: &Plan, old: &Plan) -> Vec<IpNet> {
+    let mut stale = stale_of::<u32>(plan, old);
+    stale.extend(stale_of::<Ip6>(plan, old));
+    stale
+}
+
+/// [`stale_prefixes`] of family `A`.
+fn stale_of<A: Family>(plan: &Plan, old: &Plan) -> Vec<IpNet> {
+    let mut stale: Vec<IpNet> = old
         .networks
         .iter()
         .filter(|o| {
             plan.network(&o.name).is_none_or(|n| {
-                n.subnet != o.subnet || n.gateway_mode != o.gateway_mode || n.driver != o.driver
+                A::subnet(n) != A::subnet(o)
+                    || n.gateway_mode != o.gateway_mode
+                    || n.driver != o.driver
             })
         })
-        .map(|o| o.subnet)
+        .filter_map(|o| Some(net(A::subnet(o)?)))
         .collect();
     stale.extend(
         old.containers
             .iter()
-            .filter(|o| plan.container(&o.name).is_none_or(|c| c.ip != o.ip))
-            .map(|o| Ipv4Net::from(o.ip)),
+            .filter_map(|o| Some((o, A::container(o)?)))
+            .filter(|(o, a)| {
+                plan.container(&o.name)
+                    .is_none_or(|c| A::container(c) != Some(*a))
+            })
+            .map(|(_, a)| IpNet::from(a.ip())),
     );
     // A routed subnet added or removed: flows with its hosts were masqueraded, or were
     // not, under the old plan.
-    let routed = |p: &Plan| p.routes.iter().map(|r| r.subnet).collect::<Vec<_>>();
-    let (now, before) = (routed(plan), routed(old));
-    stale.extend(now.iter().filter(|s| !before.contains(s)));
-    stale.extend(before.iter().filter(|s| !now.contains(s)));
+    let (now, before) = (A::routes(plan), A::routes(old));
+    stale.extend(now.iter().filter(|s| !before.contains(s)).map(|p| net(*p)));
+    stale.extend(before.iter().filter(|s| !now.contains(s)).map(|p| net(*p)));
     stale
 }
 
-/// Removes, from both conntrack tables of instance `name`, every entry that involves an
+/// Removes, from the conntrack tables of instance `name`, every entry that involves an
 /// address of `stale` (the key's addresses, or the address an entry writes). Returns how
 /// many went.
-pub(super) fn forget(name: &str, stale: &[Ipv4Net]) -> usize {
+pub(super) fn forget(name: &str, stale: &[IpNet]) -> usize {
     if stale.is_empty() {
         return 0;
     }
-    let hit = |a: u32| {
-        let ip = Ipv4Addr::from(a.to_ne_bytes());
-        stale.iter().any(|n| n.contains(&ip))
-    };
-    let mut removed = 0;
-    for map in TABLES {
-        let Some(Ok(mut ct)) = pinned_map(name, map).map(HashMap::<_, CtKey, CtEntry>::try_from)
-        else {
-            continue;
-        };
-        let gone: Vec<CtKey> = ct
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, e)| hit(k.saddr) || hit(k.daddr) || hit(e.addr))
-            .map(|(k, _)| k)
-            .collect();
-        removed += gone.iter().filter(|k| ct.remove(k).is_ok()).count();
+    forget_of::<u32>(name, stale) + forget_of::<Ip6>(name, stale)
+}
+
+/// [`forget`] in family `A`'s tables.
+fn forget_of<A: Family>(name: &str, stale: &[IpNet]) -> usize
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
+    // Only this family's prefixes: a table is walked whole, and may be large.
+    let v6 = A::UNSPECIFIED.ip().is_ipv6();
+    let stale: Vec<&IpNet> = stale
+        .iter()
+        .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+        .collect();
+    if stale.is_empty() {
+        return 0;
     }
-    removed
+    let hit = |a: A| stale.iter().any(|n| n.contains(&a.ip()));
+    remove_where::<A>(name, |k, e| hit(k.saddr) || hit(k.daddr) || hit(e.addr))
 }
 
 /// One tracked flow, as `netplane conntrack` shows it: the original tuple, what NAT makes
@@ -414,27 +547,37 @@ fn proto_name(p: u8) -> &'static str {
         6 => "tcp",
         17 => "udp",
         1 => "icmp",
+        58 => "icmpv6",
         _ => "other",
     }
 }
 
-fn endpoint(addr: u32, port: u16) -> String {
-    format!(
-        "{}:{}",
-        Ipv4Addr::from(addr.to_ne_bytes()),
-        u16::from_be(port)
-    )
+/// `addr:port`, or `[addr]:port` for IPv6.
+fn endpoint<A: Family>(addr: A, port: u16) -> String {
+    SocketAddr::new(addr.ip(), u16::from_be(port)).to_string()
 }
 
-/// The live flows of instance `name`, one per original direction.
+/// The live flows of instance `name`, of both families, one per original direction.
 pub fn flows(name: &str) -> Vec<Flow> {
     let now = now_tick();
     let Some(DpConfig { timeouts, .. }) = pinned_config(name) else {
         return Vec::new();
     };
+    let mut flows = flows_of::<u32>(name, &timeouts, now);
+    flows.extend(flows_of::<Ip6>(name, &timeouts, now));
+    flows.sort_by(|a, b| (a.protocol, &a.original).cmp(&(b.protocol, &b.original)));
+    flows
+}
+
+/// [`flows`] of family `A`.
+fn flows_of<A: Family>(name: &str, timeouts: &Timeouts, now: Tick) -> Vec<Flow>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
     let (dst_stage, src_stage) = (Side::Dst as u8, Side::Src as u8);
-    let entries = conntrack_entries(name);
-    let mut flows: Vec<Flow> = entries
+    let entries = entries_of::<A>(name);
+    entries
         .iter()
         .filter(|(k, e)| e.kind & kind::REPLY == 0 && !timeouts.expired(k.proto, e, now))
         // Each flow once: masquerade and published flows by their only entry, their
@@ -496,13 +639,13 @@ pub fn flows(name: &str) -> Vec<Flow> {
                 expires_in_s: life.saturating_sub(ticks_to_s(ticks_since(now, e.last_seen))),
             }
         })
-        .collect();
-    flows.sort_by(|a, b| (a.protocol, &a.original).cmp(&(b.protocol, &b.original)));
-    flows
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::config::Config;
 
@@ -526,19 +669,71 @@ mod tests {
         assert!(stale_prefixes(&old, &old).is_empty(), "nothing changed");
         assert_eq!(
             stale_prefixes(&plan("routed", "10.89.1.5"), &old),
-            ["10.89.0.0/24".parse::<Ipv4Net>().expect("net")]
+            ["10.89.0.0/24".parse::<IpNet>().expect("net")]
         );
         assert_eq!(
             stale_prefixes(&plan("nat", "10.89.1.6"), &old),
-            ["10.89.1.5/32".parse::<Ipv4Net>().expect("net")]
+            ["10.89.1.5/32".parse::<IpNet>().expect("net")]
         );
         let mut routed = old.clone();
         routed.routes.push(crate::config::Route {
             subnet: "10.0.2.0/24".parse().expect("net"),
             via: Ipv4Addr::new(192, 0, 2, 12),
         });
-        let subnet = ["10.0.2.0/24".parse::<Ipv4Net>().expect("net")];
+        let subnet = ["10.0.2.0/24".parse::<IpNet>().expect("net")];
         assert_eq!(stale_prefixes(&routed, &old), subnet, "a route added");
         assert_eq!(stale_prefixes(&old, &routed), subnet, "a route removed");
+    }
+
+    #[test]
+    fn stale_ipv6_flows_are_those_of_changed_ipv6_addresses_and_subnets() {
+        let dual = |web_ip6: &str, subnet6: &str| {
+            let mut p = plan("nat", "10.89.1.5");
+            p.networks[1].subnet6 = Some(subnet6.parse().expect("net"));
+            p.containers[0].ip6 = Some(web_ip6.parse().expect("addr"));
+            p
+        };
+        let old = dual("2001:db8:1::5", "2001:db8:1::/64");
+        assert!(stale_prefixes(&old, &old).is_empty(), "nothing changed");
+        assert_eq!(
+            stale_prefixes(&dual("2001:db8:1::6", "2001:db8:1::/64"), &old),
+            ["2001:db8:1::5/128".parse::<IpNet>().expect("net")],
+            "its IPv6 address alone: its IPv4 flows stay"
+        );
+        assert_eq!(
+            stale_prefixes(&plan("nat", "10.89.1.5"), &old),
+            [
+                "2001:db8:1::/64".parse::<IpNet>().expect("net"),
+                "2001:db8:1::5/128".parse().expect("net")
+            ],
+            "no longer dual-stack"
+        );
+    }
+
+    #[test]
+    fn ipv6_tables_hold_one_entry_until_a_network_is_dual_stack() {
+        let mut p = plan("nat", "10.89.1.5");
+        p.conntrack.max_entries = 65_536;
+        let v4 = CtCapacity::of(&p);
+        assert_eq!(
+            TABLES.map(|t| v4.of_table(t)),
+            [65_536, 8_192, 1, 1],
+            "CT, CT_NEW, CT6, CT6_NEW"
+        );
+        p.networks[0].subnet6 = Some("2001:db8:1::/64".parse().expect("net"));
+        assert_eq!(
+            TABLES.map(|t| CtCapacity::of(&p).of_table(t)),
+            [65_536, 8_192, 65_536, 8_192]
+        );
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        let a = super::super::family::ne6("2001:db8::5".parse().expect("addr"));
+        assert_eq!(endpoint(a, 80u16.to_be()), "[2001:db8::5]:80");
+        assert_eq!(
+            endpoint(u32::from_ne_bytes([10, 0, 0, 1]), 80u16.to_be()),
+            "10.0.0.1:80"
+        );
     }
 }

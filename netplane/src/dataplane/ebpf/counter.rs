@@ -7,6 +7,7 @@ use aya::programs::tc::SchedClassifierLinkId;
 use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use netplane_common::counters::{COUNTERS_MAP, Counters, Direction};
 
+use super::conntrack::CtCapacity;
 use super::object::{self, EbpfError, LoadOptions};
 
 const fn program_name(dir: Direction) -> &'static str {
@@ -44,7 +45,12 @@ impl PacketCounter {
     /// # Errors
     /// [`EbpfError::Load`] carries the verifier log when the kernel rejects a program.
     pub fn load() -> Result<Self, EbpfError> {
-        let mut bpf = object::load(&LoadOptions::default())?;
+        // The object's maps are created with it, the preallocated conntrack tables too,
+        // which the counter never uses: the smallest they can be.
+        let mut bpf = object::load(&LoadOptions {
+            conntrack: Some(CtCapacity { v4: 1, v6: None }),
+            ..LoadOptions::default()
+        })?;
         for dir in Direction::ALL {
             program(&mut bpf, dir)?
                 .load()

@@ -1,30 +1,27 @@
 //! The maps the programs read their settings from, programmed from the plan: the config,
-//! the subnets (with their gateway modes), the never-NAT prefixes (`[[routes]]`), the
-//! host's local addresses, the containers' endpoints, the published ports and the
-//! container ports that `routed` networks open. And the openers of the pinned maps, which
-//! the rest of the module reads.
+//! and per address family ([`Family`]) the subnets (with their gateway modes), the
+//! never-NAT prefixes (`[[routes]]`), the host's local addresses, the containers'
+//! endpoints, the published ports and the container ports that `routed` networks open.
+//! And the openers of the pinned maps, which the rest of the module reads.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
 use aya::Ebpf as AyaEbpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, Map, MapData};
+use netplane_common::addr::{Addr, Ip6};
 use netplane_common::nat::{
     Backend, DpConfig, Endpoint, NetInfo, PortKey, Timeouts, flags, gateway_mode, maps,
 };
 
+use super::family::{Family, Prefix, ne4, ne6};
 use super::object::EbpfError;
 use super::pin_dir;
 use crate::config::{Container, Driver, GatewayMode, Network, Plan, PortMapping};
 use crate::dataplane::HostContext;
 use crate::topology::Link;
 
-/// Addresses and ports as the programs see them: network byte order in memory.
-fn ne_addr(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
-}
-
+/// Ports as the programs see them: network byte order in memory.
 fn ne_port(p: u16) -> u16 {
     p.to_be()
 }
@@ -32,6 +29,12 @@ fn ne_port(p: u16) -> u16 {
 /// The maps `up` programs, from a freshly loaded object or from their pins.
 pub(super) struct Maps {
     config: Map,
+    v4: FamilyMaps,
+    v6: FamilyMaps,
+}
+
+/// The maps of one address family that `up` programs.
+struct FamilyMaps {
     subnets: Map,
     local_addrs: Map,
     published: Map,
@@ -40,39 +43,46 @@ pub(super) struct Maps {
     routed_ports: Map,
 }
 
+impl FamilyMaps {
+    /// Family `A`'s maps, each opened by `open` from its name.
+    fn open<A: Family, E>(mut open: impl FnMut(&'static str) -> Result<Map, E>) -> Result<Self, E> {
+        Ok(FamilyMaps {
+            subnets: open(A::SUBNETS)?,
+            local_addrs: open(A::LOCAL_ADDRS)?,
+            published: open(A::PUBLISHED)?,
+            endpoints: open(A::ENDPOINTS)?,
+            never_nat: open(A::NEVER_NAT)?,
+            routed_ports: open(A::ROUTED_PORTS)?,
+        })
+    }
+}
+
 impl Maps {
     /// The maps of a loaded object, taken from it.
     pub(super) fn take(bpf: &mut AyaEbpf) -> Result<Maps, EbpfError> {
         let mut take = |name| bpf.take_map(name).ok_or(EbpfError::MissingMap(name));
         Ok(Maps {
             config: take(maps::CONFIG)?,
-            subnets: take(maps::SUBNETS)?,
-            local_addrs: take(maps::LOCAL_ADDRS)?,
-            published: take(maps::PUBLISHED)?,
-            endpoints: take(maps::ENDPOINTS)?,
-            never_nat: take(maps::NEVER_NAT)?,
-            routed_ports: take(maps::ROUTED_PORTS)?,
+            v4: FamilyMaps::open::<u32, _>(&mut take)?,
+            v6: FamilyMaps::open::<Ip6, _>(&mut take)?,
         })
     }
 
     /// The maps instance `name` pinned; `None` when one is not there.
     pub(super) fn pinned(name: &str) -> Option<Maps> {
+        let open = |map| pinned_map(name, map).ok_or(());
         Some(Maps {
-            config: pinned_map(name, maps::CONFIG)?,
-            subnets: pinned_map(name, maps::SUBNETS)?,
-            local_addrs: pinned_map(name, maps::LOCAL_ADDRS)?,
-            published: pinned_map(name, maps::PUBLISHED)?,
-            endpoints: pinned_map(name, maps::ENDPOINTS)?,
-            never_nat: pinned_map(name, maps::NEVER_NAT)?,
-            routed_ports: pinned_map(name, maps::ROUTED_PORTS)?,
+            config: open(maps::CONFIG).ok()?,
+            v4: FamilyMaps::open::<u32, _>(open).ok()?,
+            v6: FamilyMaps::open::<Ip6, _>(open).ok()?,
         })
     }
 
-    /// Writes the plan into the maps: settings, subnets, never-NAT prefixes, local
-    /// addresses, endpoints, published ports, routed networks' open ports. With the `old`
-    /// plan those maps were last programmed with, only the published ports, open ports and
-    /// prefixes that changed are written (one change costs a syscall or two, whatever N);
-    /// without it, each map is synchronised entry by entry.
+    /// Writes the plan into the maps: settings, and for each family subnets, never-NAT
+    /// prefixes, local addresses, endpoints, published ports, routed networks' open
+    /// ports. With the `old` plan those maps were last programmed with, only what changed
+    /// is written (one change costs a syscall or two, whatever N); without it, each map
+    /// is synchronised entry by entry.
     pub(super) fn program(
         &mut self,
         plan: &Plan,
@@ -81,7 +91,7 @@ impl Maps {
     ) -> Result<(), EbpfError> {
         let ct = &plan.conntrack;
         let cfg = DpConfig {
-            uplink_addr: ne_addr(host.uplink_addr),
+            uplink_addr: ne4(host.uplink_addr),
             nat_port_min: ct.nat_port_range[0],
             nat_port_max: ct.nat_port_range[1],
             timeouts: Timeouts {
@@ -96,6 +106,7 @@ impl Maps {
             networks: plan.networks.len() as u32,
             uplink_ifindex: host.uplink_index,
             flags: config_flags(plan),
+            uplink_addr6: uplink_addr6(host),
             _pad: 0,
         };
         // The config's flags and network count only switch lookups on (netplane_common's
@@ -115,152 +126,8 @@ impl Maps {
             .set(0, during, 0)
             .map_err(EbpfError::map(maps::CONFIG))?;
 
-        let mut subnets: LpmTrie<_, u32, NetInfo> =
-            LpmTrie::try_from(&mut self.subnets).map_err(EbpfError::map(maps::SUBNETS))?;
-        // The subnets change only with the networks. Written in place: every wanted key is
-        // overwritten first (an update replaces its value atomically), then the keys no
-        // longer wanted go, so that no lookup finds a network missing meanwhile. The ids
-        // come from the subnets, not from the networks' order, so that two networks never
-        // share one on the way either.
-        let same_networks = old.is_some_and(|o| {
-            o.networks
-                .iter()
-                .map(|n| (n.subnet, n.gateway, n.gateway_mode))
-                .eq(plan
-                    .networks
-                    .iter()
-                    .map(|n| (n.subnet, n.gateway, n.gateway_mode)))
-        });
-        if !same_networks {
-            let want = subnet_entries(plan);
-            let had: BTreeMap<(u32, u32), NetInfo> = subnets
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| ((k.prefix_len(), k.data()), v))
-                .collect();
-            for (&(prefix_len, addr), info) in &want {
-                if had.get(&(prefix_len, addr)) != Some(info) {
-                    subnets
-                        .insert(&Key::new(prefix_len, addr), *info, 0)
-                        .map_err(EbpfError::map(maps::SUBNETS))?;
-                }
-            }
-            for &(prefix_len, addr) in had.keys().filter(|k| !want.contains_key(k)) {
-                let _ = subnets.remove(&Key::new(prefix_len, addr));
-            }
-        }
-
-        // [[routes]]: few, and written only when they changed.
-        let mut never_nat: LpmTrie<_, u32, u32> =
-            LpmTrie::try_from(&mut self.never_nat).map_err(EbpfError::map(maps::NEVER_NAT))?;
-        let want: BTreeMap<(u32, u32), ()> = never_nat_entries(plan);
-        let had: BTreeMap<(u32, u32), ()> = match old {
-            Some(old) => never_nat_entries(old),
-            None => never_nat
-                .keys()
-                .filter_map(Result::ok)
-                .map(|k| ((k.prefix_len(), k.data()), ()))
-                .collect(),
-        };
-        for (prefix_len, addr) in had.keys().filter(|k| !want.contains_key(k)) {
-            let _ = never_nat.remove(&Key::new(*prefix_len, *addr));
-        }
-        for (prefix_len, addr) in want.keys().filter(|k| !had.contains_key(k)) {
-            never_nat
-                .insert(&Key::new(*prefix_len, *addr), 1, 0)
-                .map_err(EbpfError::map(maps::NEVER_NAT))?;
-        }
-
-        sync_map(
-            &mut self.local_addrs,
-            maps::LOCAL_ADDRS,
-            &local_addr_entries(host),
-        )?;
-        // The containers, for delivery straight into them. Their devices come from the
-        // host's links as they are now: a recreated container has a new ifindex.
-        let endpoint = |c: &Container| {
-            let driver = plan.network(&c.network)?.driver;
-            container_endpoint(c, driver, &host.links)
-        };
-        match (&host.touched, old) {
-            // A scoped converge: the touched containers' entries, and those of the
-            // containers that left the plan; the others are as the last `up` wrote them.
-            (Some(touched), Some(old)) => {
-                let mut m: HashMap<_, u32, Endpoint> = HashMap::try_from(&mut self.endpoints)
-                    .map_err(EbpfError::map(maps::ENDPOINTS))?;
-                for o in &old.containers {
-                    if plan.container(&o.name).is_none_or(|c| c.ip != o.ip) {
-                        let _ = m.remove(&ne_addr(o.ip));
-                    }
-                }
-                for c in plan.containers.iter().filter(|c| touched.contains(&c.name)) {
-                    match endpoint(c) {
-                        Some(e) => m
-                            .insert(ne_addr(c.ip), e, 0)
-                            .map_err(EbpfError::map(maps::ENDPOINTS))?,
-                        None => {
-                            let _ = m.remove(&ne_addr(c.ip));
-                        }
-                    }
-                }
-            }
-            _ => {
-                let endpoints = plan
-                    .containers
-                    .iter()
-                    .filter_map(|c| Some((ne_addr(c.ip), endpoint(c)?)))
-                    .collect();
-                sync_map(&mut self.endpoints, maps::ENDPOINTS, &endpoints)?;
-            }
-        }
-
-        let mut published: HashMap<_, PortKey, Backend> =
-            HashMap::try_from(&mut self.published).map_err(EbpfError::map(maps::PUBLISHED))?;
-        let (remove, write) = match old.and_then(|old| published_edits(old, plan)) {
-            Some(edits) => edits,
-            None => {
-                let want = published_entries(plan);
-                let had: BTreeMap<PortKey, Backend> = match old {
-                    Some(old) => published_entries(old),
-                    None => published.iter().filter_map(Result::ok).collect(),
-                };
-                let remove = had
-                    .keys()
-                    .filter(|k| !want.contains_key(k))
-                    .copied()
-                    .collect();
-                let write = want
-                    .into_iter()
-                    .filter(|(k, b)| had.get(k) != Some(b))
-                    .collect();
-                (remove, write)
-            }
-        };
-        for k in &remove {
-            let _ = published.remove(k);
-        }
-        for (k, b) in &write {
-            published
-                .insert(k, b, 0)
-                .map_err(EbpfError::map(maps::PUBLISHED))?;
-        }
-
-        // The routed networks' open container ports: against the old plan's when there is
-        // one (a map of thousands is not read back on every `up`), else against the map.
-        let mut open: HashMap<_, PortKey, u32> = HashMap::try_from(&mut self.routed_ports)
-            .map_err(EbpfError::map(maps::ROUTED_PORTS))?;
-        let want = routed_port_entries(plan);
-        let had: BTreeMap<PortKey, u32> = match old {
-            Some(old) => routed_port_entries(old),
-            None => open.iter().filter_map(Result::ok).collect(),
-        };
-        for k in had.keys().filter(|k| !want.contains_key(k)) {
-            let _ = open.remove(k);
-        }
-        for (k, v) in want.iter().filter(|(k, _)| !had.contains_key(k)) {
-            open.insert(k, v, 0)
-                .map_err(EbpfError::map(maps::ROUTED_PORTS))?;
-        }
+        self.v4.program::<u32>(plan, host, old)?;
+        self.v6.program::<Ip6>(plan, host, old)?;
 
         // Every map says the plan now: the switches it no longer needs go off.
         if during != cfg {
@@ -274,25 +141,131 @@ impl Maps {
     }
 }
 
-/// The subnet trie's entries for `plan`: (prefix length, network address) → its network.
-/// A network's id is its network address (host order) with the lowest bit set: unique,
-/// as subnets do not overlap and are /30 at most (two low bits of host part), never 0
-/// (no network), and the same on every `up` while the subnet stays.
-fn subnet_entries(plan: &Plan) -> BTreeMap<(u32, u32), NetInfo> {
+impl FamilyMaps {
+    /// [`Maps::program`] for family `A`'s maps.
+    fn program<A: Family>(
+        &mut self,
+        plan: &Plan,
+        host: &HostContext,
+        old: Option<&Plan>,
+    ) -> Result<(), EbpfError>
+    where
+        NetInfo<A>: aya::Pod,
+        PortKey<A>: aya::Pod,
+        Backend<A>: aya::Pod,
+    {
+        // The subnets change only with the networks, the never-NAT prefixes only with
+        // [[routes]]: few, and written only when they changed. The ids come from the
+        // subnets, not from the networks' order, so that two networks never share one on
+        // the way.
+        let subnets = subnet_entries::<A>(plan);
+        if old.is_none_or(|o| subnet_entries::<A>(o) != subnets) {
+            sync_trie(&mut self.subnets, A::SUBNETS, &subnets)?;
+        }
+        let never_nat = never_nat_entries::<A>(plan);
+        if old.is_none_or(|o| never_nat_entries::<A>(o) != never_nat) {
+            sync_trie(&mut self.never_nat, A::NEVER_NAT, &never_nat)?;
+        }
+        sync_map(
+            &mut self.local_addrs,
+            A::LOCAL_ADDRS,
+            &local_addr_entries::<A>(host),
+        )?;
+        self.program_endpoints::<A>(plan, host, old)?;
+
+        // The published ports, and the routed networks' open container ports: against
+        // the old plan's when there is one (a map of thousands is not read back on every
+        // `up`), else against the map.
+        let edits = match old {
+            Some(old) => published_edits::<A>(old, plan).unwrap_or_else(|| {
+                diff(&published_entries::<A>(old), published_entries::<A>(plan))
+            }),
+            None => diff(
+                &read_map(&self.published, A::PUBLISHED)?,
+                published_entries::<A>(plan),
+            ),
+        };
+        edit_map(&mut self.published, A::PUBLISHED, edits)?;
+        let had = match old {
+            Some(old) => routed_port_entries::<A>(old),
+            None => read_map(&self.routed_ports, A::ROUTED_PORTS)?,
+        };
+        edit_map(
+            &mut self.routed_ports,
+            A::ROUTED_PORTS,
+            diff(&had, routed_port_entries::<A>(plan)),
+        )
+    }
+
+    /// The containers, for delivery straight into them. Their devices come from the
+    /// host's links as they are now: a recreated container has a new ifindex.
+    fn program_endpoints<A: Family>(
+        &mut self,
+        plan: &Plan,
+        host: &HostContext,
+        old: Option<&Plan>,
+    ) -> Result<(), EbpfError> {
+        let endpoint = |c: &Container| {
+            let driver = plan.network(&c.network)?.driver;
+            container_endpoint(c, driver, &host.links)
+        };
+        let (Some(touched), Some(old)) = (&host.touched, old) else {
+            let endpoints = plan
+                .containers
+                .iter()
+                .filter_map(|c| Some((A::container(c)?, endpoint(c)?)))
+                .collect();
+            return sync_map(&mut self.endpoints, A::ENDPOINTS, &endpoints);
+        };
+        // A scoped converge: the touched containers' entries, and those of the containers
+        // that left the plan or their address; the others are as the last `up` wrote them.
+        let mut m: HashMap<_, A, Endpoint> =
+            HashMap::try_from(&mut self.endpoints).map_err(EbpfError::map(A::ENDPOINTS))?;
+        for o in &old.containers {
+            if let Some(a) = A::container(o)
+                && plan
+                    .container(&o.name)
+                    .is_none_or(|c| A::container(c) != Some(a))
+            {
+                let _ = m.remove(&a);
+            }
+        }
+        for c in plan.containers.iter().filter(|c| touched.contains(&c.name)) {
+            let Some(a) = A::container(c) else {
+                continue;
+            };
+            match endpoint(c) {
+                Some(e) => m.insert(a, e, 0).map_err(EbpfError::map(A::ENDPOINTS))?,
+                None => {
+                    let _ = m.remove(&a);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The uplink's IPv6 address as the config holds it: :: when it has none.
+fn uplink_addr6(host: &HostContext) -> Ip6 {
+    host.uplink_addr6.map_or(Ip6::UNSPECIFIED, ne6)
+}
+
+/// The subnet trie's entries of family `A` for `plan`: (prefix length, network address)
+/// → its network. A network's id is its IPv4 network address (host order) with the
+/// lowest bit set: unique, as subnets do not overlap and are /30 at most (two low bits of
+/// host part), never 0 (no network), the same on every `up` while the subnet stays, and
+/// the same for both of a dual-stack network's subnets.
+fn subnet_entries<A: Family>(plan: &Plan) -> BTreeMap<Prefix<A>, NetInfo<A>> {
     plan.networks
         .iter()
-        .map(|n| {
-            let key = (
-                u32::from(n.subnet.prefix_len()),
-                ne_addr(n.subnet.network()),
-            );
+        .filter_map(|n| {
             let info = NetInfo {
                 id: u32::from(n.subnet.network()) | 1,
-                gateway: ne_addr(n.gateway),
+                gateway: A::gateway(n).unwrap_or_default(),
                 mode: mode_of(n),
                 _pad: [0; 3],
             };
-            (key, info)
+            Some((A::subnet(n)?, info))
         })
         .collect()
 }
@@ -332,47 +305,66 @@ fn mode_of(n: &Network) -> u8 {
     }
 }
 
-/// The never-NAT trie's keys for `plan` (prefix length, network address), its routes'
-/// subnets.
-fn never_nat_entries(plan: &Plan) -> BTreeMap<(u32, u32), ()> {
-    plan.routes
-        .iter()
-        .map(|r| {
-            (
-                (
-                    u32::from(r.subnet.prefix_len()),
-                    ne_addr(r.subnet.network()),
-                ),
-                (),
-            )
-        })
-        .collect()
+/// The never-NAT trie's entries of family `A` for `plan`: its routes' subnets (the value
+/// is unused).
+fn never_nat_entries<A: Family>(plan: &Plan) -> BTreeMap<Prefix<A>, u32> {
+    A::routes(plan).into_iter().map(|p| (p, 1)).collect()
 }
 
-/// The open-ports map's entries for `plan`: every container port that the publish entries
-/// of a `routed` network's containers name (ranges expanded; the host ports are ignored,
-/// as Docker ignores them).
-fn routed_port_entries(plan: &Plan) -> BTreeMap<PortKey, u32> {
+/// The open-ports map's entries of family `A` for `plan`: every container port that the
+/// publish entries of a `routed` network's containers name in that family (ranges
+/// expanded; the host ports are ignored, as Docker ignores them).
+fn routed_port_entries<A: Family>(plan: &Plan) -> BTreeMap<PortKey<A>, u32> {
     plan.containers
         .iter()
         .filter(|c| {
             plan.network(&c.network)
                 .is_some_and(|n| n.gateway_mode == GatewayMode::Routed)
         })
-        .flat_map(|c| {
-            c.publish.iter().flat_map(move |m| {
-                (0..m.count).map(move |i| {
-                    let key = PortKey {
-                        addr: ne_addr(c.ip),
-                        port: ne_port(m.container_port + i),
-                        proto: m.proto.number(),
-                        _pad: 0,
-                    };
-                    (key, 1u32)
+        .filter_map(|c| Some((c, A::container(c)?)))
+        .flat_map(|(c, addr)| {
+            c.publish
+                .iter()
+                .filter(|m| A::publishes(m))
+                .flat_map(move |m| {
+                    (0..m.count).map(move |i| {
+                        let key = PortKey {
+                            addr,
+                            port: ne_port(m.container_port + i),
+                            proto: m.proto.number(),
+                            _pad: 0,
+                        };
+                        (key, 1u32)
+                    })
                 })
-            })
         })
         .collect()
+}
+
+/// Makes LPM trie `map` (named `name`) hold exactly `want`: each entry that differs is
+/// written first (an update replaces its value atomically), then the keys no longer
+/// wanted go, so that no lookup finds one missing meanwhile.
+fn sync_trie<A: aya::Pod + Ord, V: aya::Pod + PartialEq>(
+    map: &mut Map,
+    name: &'static str,
+    want: &BTreeMap<Prefix<A>, V>,
+) -> Result<(), EbpfError> {
+    let mut trie: LpmTrie<_, A, V> = LpmTrie::try_from(map).map_err(EbpfError::map(name))?;
+    let had: BTreeMap<Prefix<A>, V> = trie
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| ((k.prefix_len(), k.data()), v))
+        .collect();
+    for (&(len, addr), v) in want {
+        if had.get(&(len, addr)) != Some(v) {
+            trie.insert(&Key::new(len, addr), *v, 0)
+                .map_err(EbpfError::map(name))?;
+        }
+    }
+    for &(len, addr) in had.keys().filter(|k| !want.contains_key(k)) {
+        let _ = trie.remove(&Key::new(len, addr));
+    }
+    Ok(())
 }
 
 /// Makes hash map `map` (named `name`) hold exactly `want`: what it has and `want` has not
@@ -392,6 +384,48 @@ fn sync_map<K: aya::Pod + Ord, V: aya::Pod>(
         let _ = m.remove(&k);
     }
     for (k, v) in want {
+        m.insert(k, v, 0).map_err(EbpfError::map(name))?;
+    }
+    Ok(())
+}
+
+/// The entries of hash map `map` (named `name`).
+fn read_map<K: aya::Pod + Ord, V: aya::Pod>(
+    map: &Map,
+    name: &'static str,
+) -> Result<BTreeMap<K, V>, EbpfError> {
+    let m: HashMap<_, K, V> = HashMap::try_from(map).map_err(EbpfError::map(name))?;
+    Ok(m.iter().filter_map(Result::ok).collect())
+}
+
+/// Keys to remove from a hash map, and entries to write.
+type Edits<K, V> = (Vec<K>, Vec<(K, V)>);
+
+/// The edits that turn a map holding `had` into one holding `want`.
+fn diff<K: Ord + Copy, V: PartialEq>(had: &BTreeMap<K, V>, want: BTreeMap<K, V>) -> Edits<K, V> {
+    let remove = had
+        .keys()
+        .filter(|k| !want.contains_key(k))
+        .copied()
+        .collect();
+    let write = want
+        .into_iter()
+        .filter(|(k, v)| had.get(k) != Some(v))
+        .collect();
+    (remove, write)
+}
+
+/// Applies `edits` to hash map `map` (named `name`): the removals, then the writes.
+fn edit_map<K: aya::Pod, V: aya::Pod>(
+    map: &mut Map,
+    name: &'static str,
+    (remove, write): Edits<K, V>,
+) -> Result<(), EbpfError> {
+    let mut m: HashMap<_, K, V> = HashMap::try_from(map).map_err(EbpfError::map(name))?;
+    for k in &remove {
+        let _ = m.remove(k);
+    }
+    for (k, v) in &write {
         m.insert(k, v, 0).map_err(EbpfError::map(name))?;
     }
     Ok(())
@@ -418,33 +452,37 @@ fn container_endpoint(c: &Container, driver: Driver, links: &[Link]) -> Option<E
     })
 }
 
-/// The map entries of one publish mapping of container `c`.
-fn mapping_entries<'a>(
+/// The entries of family `A`'s published-ports map of one publish mapping of container
+/// `c`: none when the mapping is not on that family, or the container has no address in
+/// it.
+fn mapping_entries<'a, A: Family>(
     plan: &'a Plan,
     c: &'a Container,
     m: &'a PortMapping,
-) -> impl Iterator<Item = (PortKey, Backend)> + 'a {
+) -> impl Iterator<Item = (PortKey<A>, Backend<A>)> + 'a {
     let gateway = plan
         .network(&c.network)
-        .map(|n| ne_addr(n.gateway))
+        .and_then(A::gateway)
         .unwrap_or_default();
-    // The IPv4 published-ports map: a mapping on IPv6 host addresses only has no entry.
-    m.pairs().filter(|_| m.on_v4()).map(move |(hp, cp)| {
-        let key = PortKey {
-            addr: m.host_ip.map(ne_addr).unwrap_or(0),
-            port: ne_port(hp),
-            proto: m.proto.number(),
-            _pad: 0,
-        };
-        (
-            key,
-            Backend {
-                addr: ne_addr(c.ip),
-                port: ne_port(cp),
+    let addr = A::container(c).filter(|_| A::publishes(m));
+    addr.into_iter().flat_map(move |addr| {
+        m.pairs().map(move |(hp, cp)| {
+            let key = PortKey {
+                addr: A::host_addr(m),
+                port: ne_port(hp),
+                proto: m.proto.number(),
                 _pad: 0,
-                gateway,
-            },
-        )
+            };
+            (
+                key,
+                Backend {
+                    addr,
+                    port: ne_port(cp),
+                    _pad: 0,
+                    gateway,
+                },
+            )
+        })
     })
 }
 
@@ -456,63 +494,75 @@ fn publishes_host_ports(plan: &Plan, c: &Container) -> bool {
         .is_some_and(|n| n.gateway_mode.nat())
 }
 
-/// The published-ports map's entries for `plan`.
-fn published_entries(plan: &Plan) -> BTreeMap<PortKey, Backend> {
+/// Family `A`'s published-ports map's entries for `plan`.
+fn published_entries<A: Family>(plan: &Plan) -> BTreeMap<PortKey<A>, Backend<A>> {
     plan.containers
         .iter()
         .filter(|c| publishes_host_ports(plan, c))
         .flat_map(|c| {
             c.publish
                 .iter()
-                .flat_map(move |m| mapping_entries(plan, c, m))
+                .flat_map(move |m| mapping_entries::<A>(plan, c, m))
         })
         .collect()
 }
 
-/// The published ports of container `c` that the pinned published-ports map does not
+/// The published ports of container `c` that the pinned published-ports maps do not
 /// send to it, one line each (CNI's CHECK).
 pub(super) fn missing_ports(plan: &Plan, c: &Container) -> Vec<String> {
     if !publishes_host_ports(plan, c) || c.publish.is_empty() {
         return Vec::new();
     }
-    let map = pinned_map(&plan.name, maps::PUBLISHED).map(HashMap::<_, PortKey, Backend>::try_from);
+    let mut missing = missing_ports_of::<u32>(plan, c);
+    missing.extend(missing_ports_of::<Ip6>(plan, c));
+    missing
+}
+
+/// [`missing_ports`] in family `A`'s map.
+fn missing_ports_of<A: Family>(plan: &Plan, c: &Container) -> Vec<String>
+where
+    PortKey<A>: aya::Pod,
+    Backend<A>: aya::Pod,
+{
+    let map =
+        pinned_map(&plan.name, A::PUBLISHED).map(HashMap::<_, PortKey<A>, Backend<A>>::try_from);
     let Some(Ok(map)) = map else {
         return vec![format!(
-            "the published-ports map of {} is not pinned",
+            "the {} published-ports map of {} is not pinned",
+            A::NAME,
             plan.name
         )];
     };
     c.publish
         .iter()
-        .filter(|m| mapping_entries(plan, c, m).any(|(k, b)| map.get(&k, 0).ok() != Some(b)))
+        .filter(|m| mapping_entries::<A>(plan, c, m).any(|(k, b)| map.get(&k, 0).ok() != Some(b)))
         .map(|m| {
             format!(
-                "published port {}: not in the eBPF published-ports map",
-                m.spec
+                "published port {}: not in the eBPF {} published-ports map",
+                m.spec,
+                A::NAME
             )
         })
         .collect()
 }
 
-/// Keys to remove from the published-ports map, and entries to write.
-type Edits = (Vec<PortKey>, Vec<(PortKey, Backend)>);
-
-/// The edits that turn `old`'s published ports into `plan`'s, found by comparing the
-/// mappings in place (a change among thousands costs a comparison each, not an
-/// expansion). `None` when the containers or the number of mappings changed: the caller
-/// then compares whole maps.
-fn published_edits(old: &Plan, plan: &Plan) -> Option<Edits> {
+/// The edits that turn `old`'s published ports into `plan`'s in family `A`, found by
+/// comparing the mappings in place (a change among thousands costs a comparison each, not
+/// an expansion). `None` when the containers or the number of mappings changed: the
+/// caller then compares whole maps.
+fn published_edits<A: Family>(old: &Plan, plan: &Plan) -> Option<Edits<PortKey<A>, Backend<A>>> {
     if old.containers.len() != plan.containers.len() {
         return None;
     }
     let (mut remove, mut write) = (Vec::new(), Vec::new());
+    let net = |p: &Plan, c: &Container| {
+        p.network(&c.network)
+            .map(|n| (A::gateway(n), n.gateway_mode))
+    };
     for (o, c) in old.containers.iter().zip(&plan.containers) {
-        if (&o.name, o.ip, &o.network, o.publish.len())
-            != (&c.name, c.ip, &c.network, c.publish.len())
-            || old.network(&o.network).map(|n| (n.gateway, n.gateway_mode))
-                != plan
-                    .network(&c.network)
-                    .map(|n| (n.gateway, n.gateway_mode))
+        if (&o.name, A::container(o), &o.network, o.publish.len())
+            != (&c.name, A::container(c), &c.network, c.publish.len())
+            || net(old, o) != net(plan, c)
         {
             return None;
         }
@@ -520,8 +570,8 @@ fn published_edits(old: &Plan, plan: &Plan) -> Option<Edits> {
             continue;
         }
         for (a, b) in o.publish.iter().zip(&c.publish).filter(|(a, b)| a != b) {
-            remove.extend(mapping_entries(old, o, a).map(|(k, _)| k));
-            write.extend(mapping_entries(plan, c, b));
+            remove.extend(mapping_entries::<A>(old, o, a).map(|(k, _)| k));
+            write.extend(mapping_entries::<A>(plan, c, b));
         }
     }
     remove.retain(|k| !write.iter().any(|(w, _)| w == k));
@@ -545,60 +595,64 @@ pub(super) fn pinned_config(name: &str) -> Option<DpConfig> {
 }
 
 /// Points instance `name`'s programs at the uplink as the host has it now (the agent's job
-/// when an address or a link changes under the data plane): the masquerade address and the
-/// uplink's index in the config, and the local addresses that published ports answer on.
-/// Only what differs is written; the rest of the config stays as `up` wrote it. Returns a
-/// line per change.
+/// when an address or a link changes under the data plane): the masquerade addresses and
+/// the uplink's index in the config, and the local addresses that published ports answer
+/// on. Only what differs is written; the rest of the config stays as `up` wrote it.
+/// Returns a line per change.
 pub(super) fn follow_uplink(name: &str, host: &HostContext) -> Result<Vec<String>, EbpfError> {
     let mut changes = Vec::new();
     let mut map = pinned_map(name, maps::CONFIG).ok_or(EbpfError::MissingMap(maps::CONFIG))?;
     let mut config: Array<_, DpConfig> =
         Array::try_from(&mut map).map_err(EbpfError::map(maps::CONFIG))?;
     let mut cfg = config.get(&0, 0).map_err(EbpfError::map(maps::CONFIG))?;
-    let (addr, index) = (ne_addr(host.uplink_addr), host.uplink_index);
-    if (cfg.uplink_addr, cfg.uplink_ifindex) != (addr, index) {
+    let now = (ne4(host.uplink_addr), host.uplink_index, uplink_addr6(host));
+    if (cfg.uplink_addr, cfg.uplink_ifindex, cfg.uplink_addr6) != now {
         changes.push(format!(
-            "masquerade to {} on {} (index {index})",
-            host.uplink_addr, host.uplink
+            "masquerade to {}{} on {} (index {})",
+            host.uplink_addr,
+            host.uplink_addr6
+                .map(|a| format!(" and {a}"))
+                .unwrap_or_default(),
+            host.uplink,
+            host.uplink_index
         ));
-        (cfg.uplink_addr, cfg.uplink_ifindex) = (addr, index);
+        (cfg.uplink_addr, cfg.uplink_ifindex, cfg.uplink_addr6) = now;
         config
             .set(0, cfg, 0)
             .map_err(EbpfError::map(maps::CONFIG))?;
     }
-    let want = local_addr_entries(host);
-    let mut local =
-        pinned_map(name, maps::LOCAL_ADDRS).ok_or(EbpfError::MissingMap(maps::LOCAL_ADDRS))?;
-    let mut had: Vec<u32> = HashMap::<_, u32, u32>::try_from(&local)
-        .map_err(EbpfError::map(maps::LOCAL_ADDRS))?
-        .keys()
-        .filter_map(Result::ok)
-        .collect();
-    had.sort_unstable();
-    if !had.iter().eq(want.keys()) {
-        changes.push("local addresses".to_owned());
-        sync_map(&mut local, maps::LOCAL_ADDRS, &want)?;
-    }
+    changes.extend(follow_local_addrs::<u32>(name, host)?);
+    changes.extend(follow_local_addrs::<Ip6>(name, host)?);
     Ok(changes)
 }
 
-/// The local-addresses map's entries for `host`: every host address, the gateways and
-/// 127.0.0.1 (published ports answer on all of them).
-fn local_addr_entries(host: &HostContext) -> BTreeMap<u32, u32> {
-    local_addrs(host)
-        .chain([Ipv4Addr::LOCALHOST])
-        .map(|a| (ne_addr(a), 1u32))
-        .collect()
+/// Makes instance `name`'s local-addresses map of family `A` hold the host's addresses
+/// now, when it does not. Returns a line when it changed.
+fn follow_local_addrs<A: Family>(
+    name: &str,
+    host: &HostContext,
+) -> Result<Option<String>, EbpfError> {
+    let want = local_addr_entries::<A>(host);
+    let mut local =
+        pinned_map(name, A::LOCAL_ADDRS).ok_or(EbpfError::MissingMap(A::LOCAL_ADDRS))?;
+    let had: BTreeMap<A, u32> = read_map(&local, A::LOCAL_ADDRS)?;
+    if had.keys().eq(want.keys()) {
+        return Ok(None);
+    }
+    sync_map(&mut local, A::LOCAL_ADDRS, &want)?;
+    Ok(Some(format!("local {} addresses", A::NAME)))
 }
 
-/// The host's addresses as the programs know them (`HostContext::from_host` leaves out an
-/// isolated network's gateway, which the host does not carry).
-pub(super) fn local_addrs(host: &HostContext) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    host.local_addrs.iter().copied()
+/// Family `A`'s local-addresses map's entries for `host`: every host address, the
+/// gateways and loopback (published ports answer on all of them; the value is unused).
+fn local_addr_entries<A: Family>(host: &HostContext) -> BTreeMap<A, u32> {
+    A::local_addrs(host).into_iter().map(|a| (a, 1)).collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
     use crate::config::Config;
 
@@ -613,7 +667,7 @@ mod tests {
     fn one_changed_mapping_is_one_edit() {
         let old = plan("\"8080:80\", \"8081:81\", \"9000-9001:7000-7001\"");
         let new = plan("\"8080:80\", \"8082:81\", \"9000-9001:7000-7001\"");
-        let (remove, write) = published_edits(&old, &new).expect("same containers");
+        let (remove, write) = published_edits::<u32>(&old, &new).expect("same containers");
         assert_eq!(
             remove
                 .iter()
@@ -629,16 +683,23 @@ mod tests {
             [8082]
         );
         // The edits agree with comparing whole maps.
-        let (a, b) = (published_entries(&old), published_entries(&new));
+        let (a, b) = (
+            published_entries::<u32>(&old),
+            published_entries::<u32>(&new),
+        );
         assert!(a.keys().filter(|k| !b.contains_key(k)).eq(remove.iter()));
     }
 
     #[test]
     fn a_new_backend_port_rewrites_without_removing() {
-        let (remove, write) = published_edits(&plan("\"8080:80\""), &plan("\"8080:90\"")).unwrap();
+        let (remove, write) =
+            published_edits::<u32>(&plan("\"8080:80\""), &plan("\"8080:90\"")).unwrap();
         assert!(remove.is_empty(), "the key stays; its value changes");
         assert_eq!(u16::from_be(write[0].1.port), 90);
-        assert!(published_edits(&plan("\"8080:80\""), &plan("\"8080:80\", \"8081:81\"")).is_none());
+        assert!(
+            published_edits::<u32>(&plan("\"8080:80\""), &plan("\"8080:80\", \"8081:81\""))
+                .is_none()
+        );
     }
 
     /// A routed ptp network and an isolated one beside the nat network of [`plan`], and a
@@ -677,7 +738,7 @@ mod tests {
     #[test]
     fn routed_mappings_open_container_ports_and_publish_no_host_port() {
         let plan = modes("routed");
-        let open: Vec<(Ipv4Addr, u16, u8)> = routed_port_entries(&plan)
+        let open: Vec<(Ipv4Addr, u16, u8)> = routed_port_entries::<u32>(&plan)
             .keys()
             .map(|k| {
                 (
@@ -698,16 +759,19 @@ mod tests {
             ],
             "the container ports, ranges expanded; host ports ignored"
         );
-        let published: Vec<u16> = published_entries(&plan)
+        let published: Vec<u16> = published_entries::<u32>(&plan)
             .keys()
             .map(|k| u16::from_be(k.port))
             .collect();
         assert_eq!(published, [8080], "only the nat network's host port");
         // The network turning nat: its mappings become host ports, its open ports go.
         let nat = modes("nat-unprotected");
-        assert!(routed_port_entries(&nat).is_empty());
-        assert!(published_edits(&plan, &nat).is_none(), "compared whole");
-        assert_eq!(published_entries(&nat).len(), 1 + 1 + 3);
+        assert!(routed_port_entries::<u32>(&nat).is_empty());
+        assert!(
+            published_edits::<u32>(&plan, &nat).is_none(),
+            "compared whole"
+        );
+        assert_eq!(published_entries::<u32>(&nat).len(), 1 + 1 + 3);
     }
 
     #[test]
@@ -725,7 +789,7 @@ mod tests {
         }
         // One plain nat bridge network: no lookup is paid for what it does not have.
         assert_eq!(config_flags(&plan_default()), flags::FAST_FORWARD);
-        let prefixes: Vec<(u32, Ipv4Addr)> = never_nat_entries(&plan)
+        let prefixes: Vec<(u32, Ipv4Addr)> = never_nat_entries::<u32>(&plan)
             .keys()
             .map(|(len, a)| (*len, Ipv4Addr::from(a.to_ne_bytes())))
             .collect();
@@ -740,21 +804,28 @@ mod tests {
         plan("\"8080:80\"")
     }
 
-    #[test]
-    fn an_isolated_network_s_gateway_is_no_local_address() {
-        let plan = modes("routed");
-        let up0 = Link {
+    /// The uplink, index 2.
+    fn up0() -> Link {
+        Link {
             index: 2,
             name: "up0".to_owned(),
             up: true,
             master: None,
             mac: None,
             mtu: None,
-        };
+        }
+    }
+
+    #[test]
+    fn an_isolated_network_s_gateway_is_no_local_address() {
+        let plan = modes("routed");
         let uplink_addr = "203.0.113.1/24".parse().expect("net");
-        let host = HostContext::from_host(&plan, "up0", vec![up0], &[(2, uplink_addr)])
+        let host = HostContext::from_host(&plan, "up0", vec![up0()], &[(2, uplink_addr)], &[])
             .expect("the uplink has an address");
-        let local: Vec<Ipv4Addr> = local_addrs(&host).collect();
+        let local: Vec<Ipv4Addr> = local_addr_entries::<u32>(&host)
+            .keys()
+            .map(|a| Ipv4Addr::from(a.to_ne_bytes()))
+            .collect();
         assert!(
             local.contains(&Ipv4Addr::new(10, 89, 2, 1)),
             "a ptp gateway is"
@@ -795,5 +866,94 @@ mod tests {
             "its host veth's own"
         );
         assert_eq!(ptp.mac, srv.mac);
+    }
+
+    /// A dual-stack network whose container publishes on both families, on IPv4 only, on
+    /// IPv6 only and on [::1], and an IPv4-only network.
+    fn dual_stack() -> Plan {
+        crate::config::testutil::dual_stack(&[
+            "8080:80",
+            "0.0.0.0:8081:81",
+            "[::]:8082:82",
+            "[::1]:8083:83/udp",
+        ])
+    }
+
+    #[test]
+    fn ipv6_mappings_of_dual_stack_containers_go_into_the_ipv6_map() {
+        let plan = dual_stack();
+        let v6 = |a: Ip6| Ipv6Addr::from(netplane_common::addr::octets6(a)).to_string();
+        let published: Vec<(String, u16, String, String)> = published_entries::<Ip6>(&plan)
+            .iter()
+            .map(|(k, b)| {
+                (
+                    v6(k.addr),
+                    u16::from_be(k.port),
+                    format!("[{}]:{}", v6(b.addr), u16::from_be(b.port)),
+                    v6(b.gateway),
+                )
+            })
+            .collect();
+        let (web, gw) = ("[2001:db8:89::2]", "2001:db8:89::1");
+        assert_eq!(
+            published,
+            [
+                ("::".into(), 8080, format!("{web}:80"), gw.into()),
+                ("::".into(), 8082, format!("{web}:82"), gw.into()),
+                ("::1".into(), 8083, format!("{web}:83"), gw.into()),
+            ],
+            "both families' and IPv6's; not 0.0.0.0's, nor the IPv4-only container's"
+        );
+        let mut ports4: Vec<u16> = published_entries::<u32>(&plan)
+            .keys()
+            .map(|k| u16::from_be(k.port))
+            .collect();
+        ports4.sort_unstable();
+        assert_eq!(ports4, [8080, 8081, 9090]);
+        // One network, one id, in both tries.
+        let (s4, s6) = (subnet_entries::<u32>(&plan), subnet_entries::<Ip6>(&plan));
+        assert_eq!(s6.len(), 1, "only the dual-stack network");
+        let (&(len, _), info6) = s6.iter().next().unwrap();
+        assert_eq!((len, v6(info6.gateway)), (64, gw.into()));
+        assert!(
+            s4.values()
+                .any(|i| i.id == info6.id && i.mode == info6.mode)
+        );
+        assert!(
+            never_nat_entries::<Ip6>(&plan).is_empty(),
+            "routes are IPv4"
+        );
+        // A change of the IPv6 address alone is compared whole in the IPv6 map, and in
+        // place in the IPv4 one.
+        let mut moved = plan.clone();
+        moved.containers[0].ip6 = Some("2001:db8:89::9".parse().unwrap());
+        assert!(published_edits::<Ip6>(&plan, &moved).is_none());
+        assert_eq!(
+            published_edits::<u32>(&plan, &moved),
+            Some((Vec::new(), Vec::new()))
+        );
+    }
+
+    #[test]
+    fn ipv6_local_addresses_are_the_host_s_the_gateways_and_loopback() {
+        let plan = dual_stack();
+        let host = HostContext::from_host(
+            &plan,
+            "up0",
+            vec![up0()],
+            &[(2, "203.0.113.1/24".parse().unwrap())],
+            &[(2, "2001:db8:113::1/64".parse().unwrap())],
+        )
+        .unwrap();
+        assert_eq!(
+            Ipv6Addr::from(netplane_common::addr::octets6(uplink_addr6(&host))).to_string(),
+            "2001:db8:113::1"
+        );
+        let mut local: Vec<String> = local_addr_entries::<Ip6>(&host)
+            .keys()
+            .map(|a| Ipv6Addr::from(netplane_common::addr::octets6(*a)).to_string())
+            .collect();
+        local.sort();
+        assert_eq!(local, ["2001:db8:113::1", "2001:db8:89::1", "::1"]);
     }
 }

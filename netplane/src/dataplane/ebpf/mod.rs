@@ -11,9 +11,13 @@
 //! attaches what is missing (a new ptp container's veth) from the pinned programs.
 //! `down` removes the directory, which unpins, and so detaches, everything.
 //!
+//! Both address families go through the same programs, each with maps of its own (`NP_*`
+//! and `NP6_*`, the same design over IPv4 and IPv6 addresses).
+//!
 //! One file per job: `object` loads the embedded object (the only place that does) and
-//! defines [`EbpfError`]; `attach` puts the programs on their devices; `maps` programs the
-//! maps from the plan; `conntrack` lists and collects the conntrack table; `stats` reads
+//! defines [`EbpfError`]; `attach` puts the programs on their devices; `family` says what
+//! differs between IPv4 and IPv6, for the rest to be written once; `maps` programs the
+//! maps from the plan; `conntrack` lists and collects the conntrack tables; `stats` reads
 //! the counters for `status`, checked against the devices and addresses as they are now;
 //! [`agent`] runs the garbage collection and follows the host (an uplink address that
 //! moves, a device deleted and created again); [`counter`] is the packet counter of
@@ -24,6 +28,7 @@ mod attach;
 mod bpffs;
 mod conntrack;
 pub mod counter;
+mod family;
 mod maps;
 mod object;
 mod stats;
@@ -78,8 +83,22 @@ impl Dataplane for Ebpf {
         Ok(())
     }
 
-    fn check_plan(&self, plan: &Plan) -> Result<(), DataplaneError> {
-        super::refuse_ipv6(plan, Mode::Ebpf)
+    /// IPv6 masquerade translates to the uplink's global IPv6 address: a `nat` network
+    /// with a subnet6 needs one (`routed` and `isolated` ones translate nothing).
+    fn check_host(&self, plan: &Plan, host: &HostContext) -> Result<(), DataplaneError> {
+        if host.uplink_addr6.is_some() {
+            return Ok(());
+        }
+        match masquerading6(plan) {
+            Some((index, n)) => Err(DataplaneError::UplinkWithoutAddress6 {
+                mode: Mode::Ebpf,
+                index,
+                network: n.name.clone(),
+                subnet6: n.subnet6.map(|s| s.to_string()).unwrap_or_default(),
+                uplink: host.uplink.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     fn sysctls(&self, _plan: &Plan) -> Vec<(String, String)> {
@@ -157,6 +176,15 @@ impl Dataplane for Ebpf {
     }
 }
 
+/// The first network of `plan` whose containers' IPv6 flows are masqueraded (to the
+/// uplink's global IPv6 address), and its index.
+fn masquerading6(plan: &Plan) -> Option<(usize, &crate::config::Network)> {
+    plan.networks
+        .iter()
+        .enumerate()
+        .find(|(_, n)| n.subnet6.is_some() && n.gateway_mode.nat())
+}
+
 /// `apply` without the agent: attaches and programs. Returns a line per change.
 fn program(
     plan: &Plan,
@@ -179,9 +207,10 @@ fn program(
     // ptp container's host veth, a device created again: "attached" is asked of the
     // devices, not of the pins) is attached from its pin, with no load and no verifier
     // run; links of devices that left the plan are unpinned, which detaches them.
+    let capacity = conntrack::CtCapacity::of(plan);
     if old.is_some()
-        && attach::programs_pinned(&dir)
-        && conntrack::ct_sized_as(&plan.name, plan.conntrack.max_entries)
+        && attach::programs_pinned(&dir, plan)
+        && conntrack::ct_sized_as(&plan.name, &capacity)
         && std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp)
         && let Some(mut maps) = Maps::pinned(&plan.name)
     {
@@ -197,7 +226,7 @@ fn program(
     let full;
     let host = match &host.touched {
         Some(_) => {
-            let (links, _) = crate::topology::host_now().map_err(|e| DataplaneError::Io {
+            let (links, ..) = crate::topology::host_now(false).map_err(|e| DataplaneError::Io {
                 path: "netlink".to_owned(),
                 source: std::io::Error::other(e.to_string()),
             })?;
@@ -210,10 +239,10 @@ fn program(
         }
         None => host,
     };
-    let resize = conntrack::ct_resize(&plan.name, plan.conntrack.max_entries);
+    let resize = conntrack::ct_resize(&plan.name, &capacity);
     let mut bpf = object::load(&LoadOptions {
         pins: Some(&dir),
-        ct_max_entries: Some(plan.conntrack.max_entries),
+        conntrack: Some(capacity),
     })?;
     // The maps hold the plan before the new programs run on them (a map made anew, for
     // another build's layout, starts empty). Taken from the object, they stay open until

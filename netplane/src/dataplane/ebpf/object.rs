@@ -11,13 +11,15 @@ use aya::pin::PinError;
 use aya::programs::ProgramError;
 use aya::programs::links::LinkError;
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
+use netplane_common::addr::Ip6;
 use netplane_common::nat::{
-    Backend, CtKey, CtTables, DROP_REASONS, DpConfig, Endpoint, FragEntry, FragKey, NetInfo,
-    PortKey, SockRevEntry, SockRevKey, forwarded, maps,
+    Backend, CtKey, DROP_REASONS, DpConfig, Endpoint, FragEntry, FragKey, NetInfo, PortKey,
+    SockRevEntry, SockRevKey, forwarded, maps,
 };
 
 use super::bpffs::{self, BpffsError};
-use super::conntrack;
+use super::conntrack::{self, CtCapacity};
+use super::family::Family;
 
 /// The eBPF ELF object built from `netplane-ebpf` (see build.rs).
 pub(super) static OBJECT: &[u8] =
@@ -121,10 +123,10 @@ pub(super) struct LoadOptions<'a> {
     /// Where the maps are pinned: existing pins are reused (the conntrack table survives),
     /// missing ones are created. `None`: private maps, gone with the object.
     pub pins: Option<&'a Path>,
-    /// The capacity of the main conntrack table (the unreplied flows' follows from it);
-    /// `None`: the object's own. Pinned tables of another size are replaced, their entries
-    /// copied (see conntrack::set_aside).
-    pub ct_max_entries: Option<u32>,
+    /// The capacity of each family's conntrack tables; `None`: the object's own. Pinned
+    /// tables of another size are replaced, their entries copied (see
+    /// conntrack::set_aside).
+    pub conntrack: Option<CtCapacity>,
 }
 
 /// Parses the embedded object and creates (or opens the pins of) its maps; the programs
@@ -134,11 +136,12 @@ pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
     bpffs::ensure_mounted(Path::new(bpffs::DEFAULT_PATH))?;
     let mut loader = EbpfLoader::new();
     let mut resized = Vec::new();
-    if let Some(n) = opts.ct_max_entries {
-        loader.map_max_entries(maps::CT, n);
-        loader.map_max_entries(maps::CT_NEW, CtTables::unreplied_entries(n));
+    if let Some(capacity) = &opts.conntrack {
+        for table in conntrack::TABLES {
+            loader.map_max_entries(table, capacity.of_table(table));
+        }
         if let Some(dir) = opts.pins {
-            resized = conntrack::set_aside(dir, n)?;
+            resized = conntrack::set_aside(dir, capacity)?;
         }
     }
     if let Some(dir) = opts.pins {
@@ -165,7 +168,7 @@ pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
         // Borrowed, not taken: the programs, loaded later, refer to the maps' descriptors.
         let mut tables: Vec<(&str, &mut aya::maps::Map)> = bpf
             .maps_mut()
-            .filter(|(name, _)| [maps::CT, maps::CT_NEW].contains(name))
+            .filter(|(name, _)| conntrack::TABLES.contains(name))
             .collect();
         let (copied, lost) = conntrack::migrate(dir, &mut tables);
         tracing::info!(?resized, copied, lost, "conntrack tables resized");
@@ -179,30 +182,45 @@ pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
 /// The layout of every pinned map but the conntrack tables (which conntrack::set_aside
 /// resizes with their entries), as this build's programs define it (netplane-ebpf's
 /// maps.rs): (name, key size, value size, and for the arrays their number of entries).
-/// An LPM trie's key is its 4-byte prefix length and the data.
-fn layouts() -> [(&'static str, u32, u32, Option<u32>); 13] {
-    fn size<T>() -> u32 {
-        std::mem::size_of::<T>() as u32
-    }
-    [
+fn layouts() -> Vec<(&'static str, u32, u32, Option<u32>)> {
+    let mut all = vec![
         (maps::CONFIG, 4, size::<DpConfig>(), Some(1)),
-        (maps::SUBNETS, 8, size::<NetInfo>(), None),
-        (maps::NEVER_NAT, 8, 4, None),
-        (maps::LOCAL_ADDRS, 4, 4, None),
-        (maps::PUBLISHED, size::<PortKey>(), size::<Backend>(), None),
-        (maps::ROUTED_PORTS, size::<PortKey>(), 4, None),
-        (maps::ENDPOINTS, 4, size::<Endpoint>(), None),
         (maps::DROPS, 4, 8, Some(DROP_REASONS)),
         (maps::FORWARDED, 4, 8, Some(forwarded::SLOTS)),
+    ];
+    all.extend(family_layouts::<u32>());
+    all.extend(family_layouts::<Ip6>());
+    all
+}
+
+fn size<T>() -> u32 {
+    std::mem::size_of::<T>() as u32
+}
+
+/// [`layouts`] of family `A`'s maps. An LPM trie's key is its 4-byte prefix length and
+/// the address.
+fn family_layouts<A: Family>() -> [(&'static str, u32, u32, Option<u32>); 10] {
+    [
+        (A::SUBNETS, 4 + size::<A>(), size::<NetInfo<A>>(), None),
+        (A::NEVER_NAT, 4 + size::<A>(), 4, None),
+        (A::LOCAL_ADDRS, size::<A>(), 4, None),
         (
-            maps::SOCK_REV,
-            size::<SockRevKey>(),
-            size::<SockRevEntry>(),
+            A::PUBLISHED,
+            size::<PortKey<A>>(),
+            size::<Backend<A>>(),
             None,
         ),
-        (maps::FRAGS, size::<FragKey>(), size::<FragEntry>(), None),
-        (maps::FRAGS_EARLY, size::<FragKey>(), 4, None),
-        (maps::MASQ_PORTS, size::<CtKey>(), 4, None),
+        (A::ROUTED_PORTS, size::<PortKey<A>>(), 4, None),
+        (A::ENDPOINTS, size::<A>(), size::<Endpoint>(), None),
+        (
+            A::SOCK_REV,
+            size::<SockRevKey<A>>(),
+            size::<SockRevEntry<A>>(),
+            None,
+        ),
+        (A::FRAGS, size::<FragKey<A>>(), size::<FragEntry<A>>(), None),
+        (A::FRAGS_EARLY, size::<FragKey<A>>(), 4, None),
+        (A::MASQ_PORTS, size::<CtKey<A>>(), 4, None),
     ]
 }
 
@@ -266,7 +284,7 @@ mod tests {
         let known: Vec<&str> = layouts().iter().map(|l| l.0).collect();
         for map in maps::PINNED {
             assert!(
-                known.contains(&map) || [maps::CT, maps::CT_NEW].contains(&map),
+                known.contains(&map) || super::conntrack::TABLES.contains(&map),
                 "{map}: no layout (see object::replace_stale_layouts)"
             );
         }

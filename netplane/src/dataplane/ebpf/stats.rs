@@ -1,18 +1,21 @@
 //! What the programs count and what the maps hold, read from the pins: drops by reason,
-//! fast-forwarded packets, each program's cost, each bounded map's fill, and `status`
-//! built from them.
+//! fast-forwarded packets, each program's cost, each bounded map's fill (of both address
+//! families), and `status` built from them.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use aya::maps::{HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
+use netplane_common::addr::{Ip6, octets6};
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DropReason, Endpoint, FragEntry, FragKey, NetInfo, PortKey,
     SockRevEntry, SockRevKey, forwarded, maps,
 };
 
-use super::maps::{pinned_config, pinned_map};
-use super::{agent, attach, conntrack, conntrack_entries, pin_dir};
+use super::conntrack::{self, CtCapacity, entries_of};
+use super::family::Family;
+use super::maps::{pinned_config, pinned_map, pinned_map_data};
+use super::{agent, attach, pin_dir};
 use crate::config::{Mode, Plan};
 use crate::dataplane::{
     AgentStatus, DataplaneStatus, FastForwarded, HostContext, MapFill, UplinkStatus,
@@ -21,8 +24,9 @@ use crate::topology;
 
 /// The status of instance `plan.name`'s eBPF data plane, checked against the host as it
 /// is now. Healthy when every program runs on its device as it is now, masquerade
-/// translates to the uplink's current address, the maps have the sizes of the plan, and
-/// the agent runs and collected garbage recently; anything else is a named problem.
+/// translates to the uplink's current addresses, the maps have the sizes of the plan, and
+/// the agent runs and collected garbage recently; anything else is a named problem. The
+/// IPv6 maps are shown when a network is dual-stack.
 pub(super) fn status(plan: &Plan) -> DataplaneStatus {
     let name = &plan.name;
     let dir = pin_dir(name);
@@ -35,29 +39,16 @@ pub(super) fn status(plan: &Plan) -> DataplaneStatus {
         .iter()
         .map(|l| l.strip_prefix("link_").unwrap_or(l).to_owned())
         .collect();
-    // Entries of both tables (the unreplied flows' too), over the main table's capacity.
-    st.conntrack = hash_fill::<CtKey, CtEntry>(name, maps::CT).map(|mut f| {
-        f.entries = conntrack_entries(name).len() as u64;
-        f
-    });
+    st.conntrack = conntrack_fill::<u32>(name);
+    st.maps = family_fills::<u32>(name);
+    if plan.dual_stack() {
+        st.conntrack6 = conntrack_fill::<Ip6>(name);
+        st.maps.extend(family_fills::<Ip6>(name));
+    }
     st.drops = drop_counters(name)
         .into_iter()
         .map(|(reason, n)| (reason.to_owned(), n))
         .collect();
-    st.maps = [
-        hash_fill::<CtKey, CtEntry>(name, maps::CT_NEW),
-        hash_fill::<FragKey, FragEntry>(name, maps::FRAGS),
-        hash_fill::<PortKey, Backend>(name, maps::PUBLISHED),
-        subnets_fill(name),
-        never_nat_fill(name),
-        hash_fill::<PortKey, u32>(name, maps::ROUTED_PORTS),
-        hash_fill::<u32, u32>(name, maps::LOCAL_ADDRS),
-        hash_fill::<u32, Endpoint>(name, maps::ENDPOINTS),
-        hash_fill::<SockRevKey, SockRevEntry>(name, maps::SOCK_REV),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
     st.fast_forwarded = plan.ebpf.fast_forward.then(|| {
         let (into_containers, out_of_containers) = forwarded_packets(name);
         FastForwarded {
@@ -66,21 +57,71 @@ pub(super) fn status(plan: &Plan) -> DataplaneStatus {
         }
     });
     // The sizes as the kernel has them, against the plan's.
-    if !conntrack::ct_sized_as(name, plan.conntrack.max_entries) {
-        st.problems.push(format!(
-            "the conntrack tables are not sized for max_entries = {} (the main table has room for {})",
-            plan.conntrack.max_entries,
-            st.conntrack
-                .as_ref()
-                .and_then(|c| c.max_entries)
-                .map_or("?".to_owned(), |n| n.to_string()),
-        ));
+    let wanted = CtCapacity::of(plan);
+    for (family, main, unreplied) in [
+        ("", maps::CT, maps::CT_NEW),
+        ("IPv6 ", maps::CT6, maps::CT6_NEW),
+    ] {
+        if !(conntrack::sized_as(name, main, &wanted)
+            && conntrack::sized_as(name, unreplied, &wanted))
+        {
+            st.problems.push(format!(
+                "the {family}conntrack tables are not sized for {} entries (max_entries = {}; the main table has room for {})",
+                wanted.of_table(main),
+                plan.conntrack.max_entries,
+                capacity(name, main).map_or("?".to_owned(), |n| n.to_string()),
+            ));
+        }
     }
     let (agent, problem) = agent_status(name);
     st.agent_pid = agent.pid;
     st.agent = Some(agent);
     st.problems.extend(problem);
     st.finish()
+}
+
+/// Family `A`'s tracked flows of instance `name`: the entries of both tables (the
+/// unreplied flows' too), over the main table's capacity.
+fn conntrack_fill<A: Family>(name: &str) -> Option<MapFill>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
+    let max_entries = Some(capacity(name, A::CT)?);
+    Some(MapFill {
+        name: A::CT.to_owned(),
+        entries: entries_of::<A>(name).len() as u64,
+        max_entries,
+    })
+}
+
+/// The fill of family `A`'s bounded maps of instance `name`, those that are pinned.
+fn family_fills<A: Family>(name: &str) -> Vec<MapFill>
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+    FragKey<A>: aya::Pod,
+    FragEntry<A>: aya::Pod,
+    PortKey<A>: aya::Pod,
+    Backend<A>: aya::Pod,
+    NetInfo<A>: aya::Pod,
+    SockRevKey<A>: aya::Pod,
+    SockRevEntry<A>: aya::Pod,
+{
+    [
+        hash_fill::<CtKey<A>, CtEntry<A>>(name, A::CT_NEW),
+        hash_fill::<FragKey<A>, FragEntry<A>>(name, A::FRAGS),
+        hash_fill::<PortKey<A>, Backend<A>>(name, A::PUBLISHED),
+        trie_fill::<A, NetInfo<A>>(name, A::SUBNETS),
+        trie_fill::<A, u32>(name, A::NEVER_NAT),
+        hash_fill::<PortKey<A>, u32>(name, A::ROUTED_PORTS),
+        hash_fill::<A, u32>(name, A::LOCAL_ADDRS),
+        hash_fill::<A, Endpoint>(name, A::ENDPOINTS),
+        hash_fill::<SockRevKey<A>, SockRevEntry<A>>(name, A::SOCK_REV),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The agent of instance `name`, and what is wrong with it.
@@ -109,7 +150,7 @@ fn agent_status(name: &str) -> (AgentStatus, Option<String>) {
 }
 
 /// The uplink as the host has it now against what the programs use: the masquerade
-/// address and the uplink's index in the config map, and the local addresses that
+/// addresses and the uplink's index in the config map, and the local addresses that
 /// published ports answer on. Returns the uplink's status and the problems.
 fn uplink_status(plan: &Plan) -> (Option<UplinkStatus>, Vec<String>) {
     let name = &plan.name;
@@ -119,8 +160,11 @@ fn uplink_status(plan: &Plan) -> (Option<UplinkStatus>, Vec<String>) {
     };
     let config = pinned_config(name);
     let translation = config.map(|c| Ipv4Addr::from(c.uplink_addr.to_ne_bytes()));
-    let host = match topology::host_now() {
-        Ok((links, addrs)) => HostContext::from_host(plan, &uplink, links, &addrs),
+    let translation6 = config
+        .map(|c| Ipv6Addr::from(octets6(c.uplink_addr6)))
+        .filter(|a| !a.is_unspecified());
+    let host = match topology::host_now(plan.dual_stack()) {
+        Ok((links, addrs, addrs6)) => HostContext::from_host(plan, &uplink, links, &addrs, &addrs6),
         Err(e) => {
             problems.push(format!("cannot read the host's links and addresses: {e}"));
             None
@@ -130,6 +174,8 @@ fn uplink_status(plan: &Plan) -> (Option<UplinkStatus>, Vec<String>) {
         name: uplink.clone(),
         address: host.as_ref().map(|h| h.uplink_addr),
         translation_address: translation,
+        address6: host.as_ref().and_then(|h| h.uplink_addr6),
+        translation_address6: translation6,
     };
     let (Some(host), Some(config)) = (host, config) else {
         if config.is_none() {
@@ -148,27 +194,56 @@ fn uplink_status(plan: &Plan) -> (Option<UplinkStatus>, Vec<String>) {
             host.uplink_addr
         ));
     }
+    if plan.dual_stack() && host.uplink_addr6 != translation6 {
+        let addr6 = |a: Option<Ipv6Addr>| a.map_or("none".to_owned(), |a| a.to_string());
+        problems.push(format!(
+            "IPv6 masquerade translates to {} but uplink {uplink} has {} (the agent follows address changes: is it running?)",
+            addr6(translation6),
+            addr6(host.uplink_addr6)
+        ));
+    }
+    if let (None, Some((_, n))) = (host.uplink_addr6, super::masquerading6(plan)) {
+        problems.push(format!(
+            "uplink {uplink} has no global IPv6 address: the IPv6 flows of network {} cannot be masqueraded",
+            n.name
+        ));
+    }
     if config.uplink_ifindex != host.uplink_index {
         problems.push(format!(
             "the programs know uplink {uplink} as index {}, it is index {} now",
             config.uplink_ifindex, host.uplink_index
         ));
     }
-    let local: Vec<Ipv4Addr> = pinned_map(name, maps::LOCAL_ADDRS)
-        .and_then(|m| HashMap::<_, u32, u32>::try_from(m).ok())
-        .map(|m| {
-            m.keys()
-                .filter_map(Result::ok)
-                .map(|k| Ipv4Addr::from(k.to_ne_bytes()))
-                .collect()
-        })
-        .unwrap_or_default();
-    for a in super::maps::local_addrs(&host).filter(|a| !local.contains(a)) {
-        problems.push(format!(
-            "published ports do not answer on {a}: it is not in the local-addresses map"
-        ));
+    problems.extend(missing_local_addrs::<u32>(name, &host));
+    if plan.dual_stack() {
+        problems.extend(missing_local_addrs::<Ip6>(name, &host));
     }
     (Some(status), problems)
+}
+
+/// The host's addresses of family `A` that published ports do not answer on, as they are
+/// not in instance `name`'s local-addresses map: one problem each.
+fn missing_local_addrs<A: Family>(name: &str, host: &HostContext) -> Vec<String> {
+    let local: Vec<A> = pinned_map(name, A::LOCAL_ADDRS)
+        .and_then(|m| HashMap::<_, A, u32>::try_from(m).ok())
+        .map(|m| m.keys().filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    A::local_addrs(host)
+        .into_iter()
+        .filter(|a| !local.contains(a))
+        .map(|a| {
+            format!(
+                "published ports do not answer on {}: it is not in the local-addresses map",
+                a.ip()
+            )
+        })
+        .collect()
+}
+
+/// The capacity the kernel reports for map `map` of instance `name`.
+fn capacity(name: &str, map: &str) -> Option<u64> {
+    let info = pinned_map_data(name, map)?.info().ok()?;
+    Some(u64::from(info.max_entries()))
 }
 
 /// `map`'s fill: `entries`, over the capacity the kernel reports for it.
@@ -188,18 +263,11 @@ fn hash_fill<K: aya::Pod, V: aya::Pod>(name: &str, map: &'static str) -> Option<
     Some(fill(map, m.map(), entries))
 }
 
-/// The fill of the subnets map (an LPM trie) of instance `name`.
-fn subnets_fill(name: &str) -> Option<MapFill> {
-    let m = LpmTrie::<_, u32, NetInfo>::try_from(pinned_map(name, maps::SUBNETS)?).ok()?;
+/// The fill of LPM trie `map` of instance `name`, whose addresses are `K` and values `V`.
+fn trie_fill<K: aya::Pod, V: aya::Pod>(name: &str, map: &'static str) -> Option<MapFill> {
+    let m = LpmTrie::<_, K, V>::try_from(pinned_map(name, map)?).ok()?;
     let entries = m.keys().filter(Result::is_ok).count();
-    Some(fill(maps::SUBNETS, m.map(), entries))
-}
-
-/// The fill of the never-NAT prefixes' map (an LPM trie) of instance `name`.
-fn never_nat_fill(name: &str) -> Option<MapFill> {
-    let m = LpmTrie::<_, u32, u32>::try_from(pinned_map(name, maps::NEVER_NAT)?).ok()?;
-    let entries = m.keys().filter(Result::is_ok).count();
-    Some(fill(maps::NEVER_NAT, m.map(), entries))
+    Some(fill(map, m.map(), entries))
 }
 
 /// Drops per reason of instance `name`.

@@ -5,7 +5,8 @@ use aya::Ebpf as AyaEbpf;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use netplane_common::nat::maps;
 
-use super::attach::PROGRAMS;
+use super::attach::programs;
+use super::conntrack::CtCapacity;
 use super::maps::Maps;
 use super::object::{self, EbpfError, LoadOptions};
 use super::stats::sum_drops;
@@ -41,16 +42,18 @@ impl TestRunMaps {
 }
 
 impl TestRunPrograms {
-    /// Loads the programs and programs their maps for `plan` on `host`.
+    /// Loads the programs and programs their maps for `plan` on `host`, both families'
+    /// (the IPv6 ones from a dual-stack plan and `host`'s IPv6 addresses), as `up` does.
     ///
     /// # Errors
     /// [`EbpfError::Load`] carries the verifier log when the kernel rejects a program.
     pub fn load(plan: &Plan, host: &HostContext) -> Result<TestRunPrograms, EbpfError> {
+        // Both families' tables sized as `up` sizes them for `plan`.
         let mut bpf = object::load(&LoadOptions {
-            ct_max_entries: Some(plan.conntrack.max_entries),
+            conntrack: Some(CtCapacity::of(plan)),
             ..LoadOptions::default()
         })?;
-        for (prog, _, _) in PROGRAMS {
+        for (prog, _, _) in programs(plan) {
             object::program::<SchedClassifier>(&mut bpf, prog)?
                 .load()
                 .map_err(EbpfError::load(prog))?;

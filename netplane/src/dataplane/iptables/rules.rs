@@ -529,25 +529,12 @@ mod tests {
 
     #[test]
     fn a_dual_stack_network_gets_ip6tables_rules_for_its_ipv6_mappings() {
-        let p = plan(
-            r#"
-            [[networks]]
-            name = "npa"
-            subnet = "10.89.0.0/24"
-            subnet6 = "2001:db8:89::/64"
-            [[networks]]
-            name = "npb"
-            subnet = "10.89.1.0/24"
-            [[containers]]
-            name = "web"
-            network = "npa"
-            publish = ["8080:80", "[::]:8081:80/udp", "0.0.0.0:8082:80", "[2001:db8:113::1]:8083:80"]
-            [[containers]]
-            name = "v4only"
-            network = "npb"
-            publish = ["9090:90"]
-            "#,
-        );
+        let p = crate::config::testutil::dual_stack(&[
+            "8080:80",
+            "[::]:8081:80/udp",
+            "0.0.0.0:8082:80",
+            "[2001:db8:113::1]:8083:80",
+        ]);
         let (r4, r6, t) = (ruleset(&p), ruleset6(&p), tag("t"));
         // Docker's -p families: no address is both; 0.0.0.0 IPv4 only; [::] and a literal
         // IPv6 address IPv6 only. Link-local clients are not translated.
