@@ -1,8 +1,6 @@
-//! Dual-stack networks end to end (issue 15, first part): the topology in every mode
-//! that takes them, and NAT66 in iptables mode (ip6tables), in a world whose uplink
-//! carries 2001:db8:113::1/64 and whose outside (2001:db8:113::2) has no route to the
-//! containers' prefix. eBPF mode refuses a dual-stack network by name until it
-//! translates IPv6.
+//! Dual-stack networks end to end: NAT66 in both modes (eBPF, and ip6tables in
+//! iptables mode), on both drivers, in a world whose uplink carries 2001:db8:113::1/64 and
+//! whose outside (2001:db8:113::2) has no route to the containers' prefix.
 #![expect(
     unused_crate_dependencies,
     reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
@@ -39,20 +37,38 @@ fn dual(driver: &str) -> String {
     DUAL.replace("subnet6 = ", &format!("driver = \"{driver}\"\nsubnet6 = "))
 }
 
+/// The modes that translate IPv6.
+const MODES: [&str; 2] = ["ebpf", "iptables"];
+
+/// [`DUAL`] in `mode` on `driver`; in eBPF mode web also publishes 8081 on [::1], which
+/// iptables mode refuses (IPv6 has no route_localnet).
+fn dual_in(mode: &str, driver: &str) -> String {
+    let mut config = format!("mode = \"{mode}\"\n{}", dual(driver));
+    if mode == "ebpf" {
+        config = config.replace(
+            "\"0.0.0.0:8082:80\"]",
+            "\"0.0.0.0:8082:80\", \"[::1]:8081:80\"]",
+        );
+    }
+    config
+}
+
 #[test]
-fn iptables_mode_masquerades_and_publishes_over_ipv6() {
-    if !privileged("ipv6::iptables_mode") {
+fn masquerade_and_published_ports_over_ipv6_in_both_modes() {
+    if !privileged("ipv6::masquerade_and_publish") {
         return;
     }
-    for driver in netplane_tests::DRIVERS {
-        eprintln!("driver {driver}");
-        masquerade_and_publish(driver);
+    for mode in MODES {
+        for driver in netplane_tests::DRIVERS {
+            eprintln!("mode {mode}, driver {driver}");
+            masquerade_and_publish(mode, driver);
+        }
     }
 }
 
-fn masquerade_and_publish(driver: &str) {
+fn masquerade_and_publish(mode: &str, driver: &str) {
     let h = Host::new().with_ipv6();
-    h.write_config(&format!("mode = \"iptables\"\n{}", dual(driver)));
+    h.write_config(&dual_in(mode, driver));
     h.netplane_ok(&["up"]);
     let (web, client) = (h.container("web"), h.container("client"));
     // Masquerade, TCP and UDP: the outside sees the uplink's IPv6 address, which is the
@@ -92,13 +108,33 @@ fn masquerade_and_publish(driver: &str) {
         refused.is_err(),
         "8082 is published on IPv4 only: {refused:?}"
     );
-    // From the host to [::1]: not translated (it could not be answered), so refused at
-    // once, as before netplane, and a client falls back to 127.0.0.1.
-    let local = netplane_tests::host::client(&h.host, &["send-tcp", "[::1]:8080", "x"]);
-    assert!(
-        local.as_ref().is_err_and(|e| e.contains("refused")),
-        "{local:?}"
-    );
+    if mode == "iptables" {
+        // From the host to [::1]: not translated (it could not be answered), so refused at
+        // once, as before netplane, and a client falls back to 127.0.0.1.
+        let local = netplane_tests::host::client(&h.host, &["send-tcp", "[::1]:8080", "x"]);
+        assert!(
+            local.as_ref().is_err_and(|e| e.contains("refused")),
+            "{local:?}"
+        );
+    } else {
+        // eBPF mode serves host processes at the socket layer: [::1] reaches the port
+        // published on every address and the one published on [::1] alone, from a source
+        // that can leave the host (the network's gateway6), with no userland proxy.
+        for port in [8080, 8081] {
+            let seen = tcp_exchange(&web, "[::]:80", &h.host, &format!("[::1]:{port}"), "lo");
+            assert_eq!(seen, "lo from 2001:db8:89::1", "[::1]:{port}");
+        }
+        // ... and the [::1]-only port is not reachable from outside.
+        let _server = Server::start(&web, &["serve-tcp", "[::]:80"]);
+        let outside = netplane_tests::host::client(
+            &h.outside,
+            &["send-tcp", &format!("[{UPLINK_IP6}]:8081"), "x"],
+        );
+        assert!(
+            outside.is_err(),
+            "[::1]:8081 reached from outside: {outside:?}"
+        );
+    }
     // From the host itself, to its own IPv6 address.
     let seen = tcp_exchange(
         &web,
@@ -141,7 +177,7 @@ fn masquerade_and_publish(driver: &str) {
     let first = udp_exchange(&web, "[::]:53", &h.outside, &target, 100, Some(40000));
     assert_eq!(first.unwrap(), format!("100 bytes from {OUTSIDE_IP6}"));
     h.write_config(&format!(
-        "mode = \"iptables\"\n{}",
+        "mode = \"{mode}\"\n{}",
         dual(driver)
             .replace(
                 "publish = [\"8080:80\", \"[::]:5353:53/udp\", \"0.0.0.0:8082:80\"]",
@@ -155,12 +191,17 @@ fn masquerade_and_publish(driver: &str) {
     h.netplane_ok(&["up"]);
     let again = udp_exchange(&client, "[::]:53", &h.outside, &target, 101, Some(40000));
     assert_eq!(again.unwrap(), format!("101 bytes from {OUTSIDE_IP6}"));
-    // The rules are netplane's own, in ip6tables, and go with `down`.
+    // iptables mode's rules are netplane's own, in ip6tables, and go with `down`; eBPF
+    // mode has none.
     let saved = h.host.sh(&["ip6tables-save"]);
-    assert!(
-        saved.contains("-j MASQUERADE") && saved.contains("NETPLANE-DNAT"),
-        "{saved}"
-    );
+    if mode == "iptables" {
+        assert!(
+            saved.contains("-j MASQUERADE") && saved.contains("NETPLANE-DNAT"),
+            "{saved}"
+        );
+    } else {
+        assert!(!saved.contains("NETPLANE"), "{saved}");
+    }
     assert!(h.status()["problems"].as_array().unwrap().is_empty());
     h.netplane_ok(&["down"]);
     let saved = h.host.sh(&["ip6tables-save"]);
@@ -200,17 +241,24 @@ fn refused(h: &Host, config: &str, why: &str) {
     );
 }
 
-/// The NAT suite's other cases over IPv6, in iptables mode: a port range, a datagram
+/// The NAT suite's other cases over IPv6, in both modes: a port range, a datagram
 /// fragmented at its source (IPv6 routers never fragment), 2×1000 sequential
 /// connections both ways, and an established connection across a re-run of `up`.
 #[test]
-fn iptables_mode_ranges_fragments_many_connections_and_a_rerun_over_ipv6() {
-    if !privileged("ipv6::iptables_more") {
+fn ranges_fragments_many_connections_and_a_rerun_over_ipv6_in_both_modes() {
+    if !privileged("ipv6::more") {
         return;
     }
+    for mode in MODES {
+        eprintln!("mode {mode}");
+        ranges_fragments_many_connections_and_a_rerun(mode);
+    }
+}
+
+fn ranges_fragments_many_connections_and_a_rerun(mode: &str) {
     let h = Host::new().with_ipv6();
     h.write_config(&format!(
-        "mode = \"iptables\"\n{}",
+        "mode = \"{mode}\"\n{}",
         DUAL.replace("\"0.0.0.0:8082:80\"", "\"[::]:9000-9002:7000-7002\"")
     ));
     h.netplane_ok(&["up"]);
@@ -229,8 +277,9 @@ fn iptables_mode_ranges_fragments_many_connections_and_a_rerun_over_ipv6() {
             "{hp}: {seen}"
         );
     }
-    // 3,000 bytes over a 1,500-byte link: three fragments, reassembled by conntrack
-    // before the DNAT, and the reply comes back.
+    // 3,000 bytes over a 1,500-byte link: three fragments (reassembled by conntrack
+    // before the DNAT in iptables mode; the later ones following the first's translation
+    // in eBPF mode), and the reply comes back.
     let seen = udp_exchange(
         &web,
         "[::]:53",
@@ -277,12 +326,19 @@ fn iptables_mode_ranges_fragments_many_connections_and_a_rerun_over_ipv6() {
 /// published flows over IPv6, TCP and UDP: the outside and the container receive only
 /// frames whose L4 checksum (over the rewritten addresses) is right.
 #[test]
-fn iptables_mode_ipv6_checksums_on_the_wire() {
+fn ipv6_checksums_on_the_wire_in_both_modes() {
     if !privileged("ipv6::checksums") {
         return;
     }
+    for mode in MODES {
+        eprintln!("mode {mode}");
+        checksums_on_the_wire(mode);
+    }
+}
+
+fn checksums_on_the_wire(mode: &str) {
     let h = Host::new().with_ipv6();
-    h.write_config(&format!("mode = \"iptables\"\n{}", dual("bridge")));
+    h.write_config(&format!("mode = \"{mode}\"\n{}", dual("bridge")));
     h.netplane_ok(&["up"]);
     let web = h.container("web");
     let veth = h.host_veth("web");
