@@ -22,6 +22,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::addr::{Addr, Ip6};
 
 use crate::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use crate::packet6::IPPROTO_ICMPV6;
 
 /// A side of a packet's tuple: its destination or its source (address and port).
 ///
@@ -232,7 +233,7 @@ impl Timeouts {
             IPPROTO_TCP if seen_flags & seen::ACK != 0 => self.tcp_established,
             IPPROTO_TCP => self.tcp_syn,
             IPPROTO_UDP => self.udp,
-            IPPROTO_ICMP => self.icmp,
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => self.icmp,
             _ => self.udp,
         }
     }
@@ -819,6 +820,7 @@ mod tests {
         assert_eq!(t.lifetime_s(IPPROTO_TCP, seen::RST), 10);
         assert_eq!(t.lifetime_s(IPPROTO_UDP, 0), 60);
         assert_eq!(t.lifetime_s(IPPROTO_ICMP, 0), 30);
+        assert_eq!(t.lifetime_s(IPPROTO_ICMPV6, 0), 30, "ICMPv6 lives as ICMP");
         let e = CtEntry::<u32> {
             last_seen: tick(1_000_000_000),
             seen: seen::SYN,

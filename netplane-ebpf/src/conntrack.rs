@@ -166,42 +166,8 @@ pub fn probe<A: Family>(
     now: Tick,
     tcp_flags: u8,
 ) -> Probe<A> {
-    let _ = cfg;
-    let mut found = CtEntry::default();
-    let wanted = want.unwrap_or((A::ALL_ONES, 0));
-    let w = if want.is_some() { Some(&wanted) } else { None };
-    match probe_found(key, w, now, tcp_flags, &mut found) {
-        Probed::Mine => Probe::Mine(found),
-        Probed::Other => Probe::Other,
-        Probed::Free => Probe::Free,
-    }
-}
-
-/// [`Probe`] without the entry, which [`probe_found`] writes where it is told.
-#[repr(u32)]
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Probed {
-    Free = 0,
-    Other = 1,
-    Mine = 2,
-}
-
-/// [`probe`]'s work, a function of its own (a BPF-to-BPF call): inlined at each of its
-/// callers, its keys and entries would add up beyond the 512-byte stack with IPv6's
-/// addresses. The entry goes to `out` when it is the packet's.
-#[inline(always)]
-pub fn probe_found<A: Family>(
-    key: &CtKey<A>,
-    want: Option<&(A, u16)>,
-    now: Tick,
-    tcp_flags: u8,
-    out: &mut CtEntry<A>,
-) -> Probed {
-    let Some(cfg) = config() else {
-        return Probed::Free;
-    };
     let Some((e, unreplied)) = find(key) else {
-        return Probed::Free;
+        return Probe::Free;
     };
     // SAFETY: a pointer into the map's value, valid for this program run; concurrent
     // updates of these plain fields from another CPU are benign (last writer wins).
@@ -212,12 +178,12 @@ pub fn probe_found<A: Family>(
         } else {
             let _ = A::ct().remove(key);
         }
-        return Probed::Free;
+        return Probe::Free;
     }
-    if let Some(&(addr, port)) = want
+    if let Some((addr, port)) = want
         && (entry.addr != addr || entry.port != port)
     {
-        return Probed::Other;
+        return Probe::Other;
     }
     // Refresh the timestamp at most every 100 ticks (~0.1 s): a write per packet would
     // bounce the entry's cache line between CPUs for no gain in precision that lifetimes
@@ -287,24 +253,24 @@ pub fn probe_found<A: Family>(
             tell_peer(key, entry, news);
         }
     }
-    *out = *entry;
+    let out = *entry;
     if promote {
-        enter_main(key, entry);
+        enter_main(key, &out);
     }
-    Probed::Mine
+    Probe::Mine(out)
 }
 
 /// Hairpin keeps an entry per direction and stage, in pairs that one packet meets at the
 /// two stages: what one learns, its peer (the other direction's entry at the other
 /// stage) needs too. `news`: bit 0 a RST, bit 1 the first reply, bit 2 the flow is
-/// assured. A function of its own: the peer's key stays off [`probe_into`]'s stack.
+/// assured.
 #[inline(always)]
 fn tell_peer<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>, news: u32) -> () {
     let peer = peer_key(key, entry);
     let Some((pe, peer_unreplied)) = find(&peer) else {
         return;
     };
-    // SAFETY: as in probe_into().
+    // SAFETY: as in probe().
     let pe = unsafe { &mut *pe };
     if news & 1 != 0 {
         pe.seen |= seen::RST;

@@ -224,8 +224,7 @@ pub fn route<A: Forward>(
     lookup_route(ctx, p, want_oif, now, &mut r).then_some(r)
 }
 
-/// [`route`]'s lookup, a function of its own (a BPF-to-BPF call): its FIB request is
-/// 64 bytes, which every inlined copy would add to the stage's stack.
+/// [`route`]'s lookup: the cached route, or the FIB's answer (cached).
 #[inline(always)]
 fn lookup_route<A: Forward>(
     ctx: &TcContext,

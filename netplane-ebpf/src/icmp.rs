@@ -46,9 +46,8 @@ pub trait Quoting: Family {
 
 /// Uplink ingress: an error from outside. Translated back when it quotes a flow netplane
 /// translated; when it quotes none, and goes straight to a container, its network's
-/// gateway mode decides.
-// ICMP errors are rare: a function of its own (a BPF-to-BPF call) keeps their
-// translation's locals off the stages' stack, which IPv6 fills nearly.
+/// gateway mode decides. A BPF-to-BPF call for either family: errors are rare, and their
+/// translation's locals stay off the stages' frames.
 #[inline(never)]
 pub fn from_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &DpConfig) -> i32 {
     let mut q = Quote::none();
@@ -69,8 +68,7 @@ pub fn from_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &Dp
 /// Uplink egress: an error going out, from a container of a `nat` network
 /// (`from_container`) or from the host. Untouched unless it quotes a flow netplane
 /// translated; one from a container about no such flow is dropped.
-// ICMP errors are rare: a function of its own (a BPF-to-BPF call) keeps their
-// translation's locals off the stages' stack, which IPv6 fills nearly.
+/// A BPF-to-BPF call, as [`from_outside`].
 #[inline(never)]
 pub fn to_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &DpConfig) -> i32 {
     let from_container = match access::source(outer, cfg) {
@@ -96,8 +94,7 @@ pub fn to_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &DpCo
 
 /// What an error's translation writes: `addr:port` as the quote's `side`, and `addr` as
 /// the error's own `outer` side when it has one (`outer` 1: the source, 2: the
-/// destination, 0: none). Filled by the lookups, written by [`write_back`]: kept apart
-/// so that the lookups' frames are gone by then (the stack of IPv6 is tight).
+/// destination, 0: none). Filled by the lookups, written by [`write_back`].
 pub struct Target<A> {
     addr: A,
     port: u16,

@@ -136,8 +136,9 @@ pub fn dst_stage<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
     dst::<A>(ctx, hook)
 }
 
-// A function of its own per family (a BPF-to-BPF call): each gets the 512-byte stack for
-// itself, where one inlined body would need both families' locals at once.
+/// The dst stage: the parse, and each kind of packet to its handler. For IPv6 the
+/// handlers are BPF-to-BPF calls (crate::family::v6_outlined): each chain of calls has the
+/// verifier's 512 bytes of stack, and IPv6's keys and entries fill most of it.
 #[inline(always)]
 fn dst<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
     let mut local = Packet::empty();
@@ -161,13 +162,12 @@ fn dst<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
     }
 }
 
-/// The dst stage of TCP, UDP and ICMP queries. Each kind of packet has a function of its
-/// own below the parse (BPF-to-BPF calls), so that the stack of each chain of calls stays
-/// within the verifier's 512 bytes with IPv6's addresses.
+/// The dst stage of TCP, UDP and ICMP queries: inlined for IPv4, for IPv6 a function of
+/// its own per hook (as crate::family::v6_outlined, with the hook a constant in each, as
+/// it is in the inlined IPv4 code: one function for both hooks needs a frame as large
+/// as both).
 #[inline(always)]
 fn dst_nat<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, hook: Hook) -> i32 {
-    // IPv6: a function of its own per hook (see crate::family::v6_outlined; the hook a
-    // constant in each, as it is inlined).
     #[inline(never)]
     fn uplink<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
         dst_nat_inline(ctx, p, cfg, Hook::Uplink)
@@ -183,6 +183,7 @@ fn dst_nat<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, hook: Hoo
     }
 }
 
+/// [`dst_nat`]'s work.
 #[inline(always)]
 fn dst_nat_inline<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, hook: Hook) -> i32 {
     if p.frag == Frag::Later {
@@ -363,6 +364,9 @@ v6_outlined! {
     /// untranslatable until that flow expires. Every fragment carries the addresses: none
     /// needs its first.
     fn generic_masquerade<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+        if A::uplink(cfg) == A::UNSPECIFIED {
+            return drop(DropReason::Untranslatable);
+        }
         // DCCP and UDP-Lite checksum a pseudo-header with the addresses, as TCP and UDP do:
         // rewritten by address alone they would leave with a wrong checksum, so they are
         // refused, counted, rather than sent corrupt (netfilter translates them by port).
@@ -428,8 +432,7 @@ pub fn src_stage<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
     src::<A>(ctx, hook)
 }
 
-// A function of its own per family (a BPF-to-BPF call): each gets the 512-byte stack for
-// itself, where one inlined body would need both families' locals at once.
+/// The src stage: the parse, and each kind of packet to its handler (see [`dst`]).
 #[inline(always)]
 fn src<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
     let Some(cfg) = config() else { return TCX_NEXT };
@@ -449,8 +452,8 @@ fn src<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
     match kind {
         Kind::Nat => src_nat(ctx, p, cfg),
         Kind::Other => TCX_NEXT,
-        // A function of its own, which finds the source itself: the entry's frame stays
-        // small for IPv6, whose error translation needs most of the stack.
+        // Its own function (a BPF-to-BPF call for either family: errors are rare), which
+        // finds the source itself, so that this frame stays small under it.
         Kind::IcmpError => icmp::to_outside(ctx, p, cfg),
         _ => src_other(ctx, p, cfg, kind as u32),
     }
@@ -484,8 +487,7 @@ v6_outlined! {
 }
 
 v6_outlined! {
-/// The uplink's src stage of TCP, UDP and ICMP queries (see [`dst_nat`] on why a
-    /// function of its own).
+    /// The uplink's src stage of TCP, UDP and ICMP queries.
     fn src_nat<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
         if p.frag == Frag::Later {
             let key = frag_key(p, Side::Src);
@@ -719,6 +721,11 @@ fn new_masquerade_flow<A: Nat>(
     cfg: &DpConfig,
     now: Tick,
 ) -> Result<u16, DropReason> {
+    // No address to masquerade to (the uplink lost its IPv6 address; `up` refuses to
+    // start without one, and status reports it): nothing can leave translated.
+    if A::uplink(cfg) == A::UNSPECIFIED {
+        return Err(DropReason::Untranslatable);
+    }
     let e = entry(p.saddr, p.sport, kind::MASQUERADE, now, p.tcp_flags);
     let port = reserve_port(ctx, p, A::uplink(cfg), p.daddr, p.dport, &e, cfg, now)?;
     remember(p, port);
