@@ -50,6 +50,22 @@ trait SockFamily: Family {
     fn set_user_addr(sa: &mut bpf_sock_addr, a: Self);
     /// Binds the socket to `addr` (port 0: any), as the client would have sourced it.
     fn bind(ctx: &SockAddrContext, addr: Self);
+    /// The container address and port that `addr:port` publishes, if any.
+    #[inline(always)]
+    fn backend(addr: Self, port: u16, proto: u8) -> Option<(Self, u16)> {
+        published(addr, port, proto).map(|b| (b.addr, b.port))
+    }
+    /// Whether the client's source would be loopback, which cannot leave the host.
+    #[inline(always)]
+    fn local_only(addr: &Self) -> bool {
+        addr.is_loopback()
+    }
+}
+
+/// The IPv4 address an IPv4-mapped IPv6 address (::ffff:a.b.c.d) carries.
+#[inline(always)]
+fn v4_mapped(a: &Ip6) -> Option<u32> {
+    (a[0] == 0 && a[1] == 0 && a[2] == 0xffffu32.to_be()).then_some(a[3])
 }
 
 impl SockFamily for u32 {
@@ -82,6 +98,22 @@ impl SockFamily for u32 {
 }
 
 impl SockFamily for Ip6 {
+    /// A dual-stack socket reaches IPv4 through IPv4-mapped addresses, past connect4
+    /// (tcp_v6_connect() hands them to tcp_v4_connect()): those are looked up among the
+    /// IPv4 published ports, and stay mapped, as Cilium's sock6 load-balancer does.
+    #[inline(always)]
+    fn backend(addr: Ip6, port: u16, proto: u8) -> Option<(Ip6, u16)> {
+        match v4_mapped(&addr) {
+            Some(v4) => {
+                published(v4, port, proto).map(|b| ([0, 0, 0xffffu32.to_be(), b.addr], b.port))
+            }
+            None => published(addr, port, proto).map(|b| (b.addr, b.port)),
+        }
+    }
+    #[inline(always)]
+    fn local_only(addr: &Ip6) -> bool {
+        addr.is_loopback() || v4_mapped(addr).is_some_and(|v4| v4.is_loopback())
+    }
     /// Word by word: the context allows 4-byte accesses to user_ip6
     /// (sock_addr_is_valid_access()).
     #[inline(always)]
@@ -139,10 +171,10 @@ fn in_our_netns(ctx: &SockAddrContext) -> bool {
 #[inline(always)]
 fn redirect<A: SockFamily>(sa: &mut bpf_sock_addr) -> Option<(A, u16, A, u16)> {
     let (addr, port) = (A::user_addr(sa), sa.user_port as u16);
-    let b = published(addr, port, sa.protocol as u8)?;
-    A::set_user_addr(sa, b.addr);
-    sa.user_port = u32::from(b.port);
-    Some((addr, port, b.addr, b.port))
+    let (to, to_port) = A::backend(addr, port, sa.protocol as u8)?;
+    A::set_user_addr(sa, to);
+    sa.user_port = u32::from(to_port);
+    Some((addr, port, to, to_port))
 }
 
 /// Remembers, per socket, where a redirected UDP socket really sent to.
@@ -183,7 +215,7 @@ fn connect<A: SockFamily>(ctx: &SockAddrContext) -> i32 {
     // Connecting to a host address, the client would have used it as its source: keep it
     // (the container then sees the host's address, as with iptables DNAT). Not for
     // loopback, which cannot leave the host; the route's source is used then.
-    if !orig_addr.is_loopback() {
+    if !A::local_only(&orig_addr) {
         A::bind(ctx, orig_addr);
     }
     ALLOW
