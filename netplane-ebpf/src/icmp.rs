@@ -123,7 +123,8 @@ impl<A: Addr> Quote<A> {
             sport: 0,
             dport: 0,
             proto: 0,
-            _pad: [0; 3],
+            ext: 0,
+            _pad: [0; 2],
         }
     }
 }
@@ -343,7 +344,7 @@ impl Quoting for Ip6 {
     ) -> Result<(), ()> {
         let icmp_csum = e.outer.l4_off + 2;
         let ip = e.outer.l4_off + QUOTE_OFF;
-        let l4 = ip + IPV6_HLEN;
+        let l4 = ip + IPV6_HLEN + usize::from(e.quote.ext);
         let (addr_off, old_addr, port_off, old_port) = match side {
             Side::Src => (ip + 8, e.quote.saddr, l4, e.quote.sport),
             Side::Dst => (ip + 24, e.quote.daddr, l4 + 2, e.quote.dport),

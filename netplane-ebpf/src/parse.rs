@@ -146,9 +146,12 @@ pub struct Quote<A = u32> {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    /// Explicit: a copy of an odd size (37 bytes for IPv6) crashes LLVM 22's BPF backend
-    /// (post-RA MEMCPY expansion).
-    pub _pad: [u8; 3],
+    /// How many bytes of extension headers lie between the quoted IP header and its L4
+    /// header: an IPv6 fragment header's 8 (path MTU discovery of fragmented UDP), or 0.
+    pub ext: u8,
+    /// Explicit: a copy of an odd size crashes LLVM 22's BPF backend (post-RA MEMCPY
+    /// expansion).
+    pub _pad: [u8; 2],
 }
 
 pub const QUOTE_OFF: usize = 8;
@@ -393,7 +396,8 @@ fn quote4_found(ctx: &TcContext, outer: &Packet, quote: &mut Quote) -> Option<()
         sport,
         dport,
         proto: ip.proto,
-        _pad: [0; 3],
+        ext: 0,
+        _pad: [0; 2],
     };
     Some(())
 }
@@ -683,8 +687,8 @@ pub const fn query_request6(t: u8) -> bool {
     t == ICMP6_ECHO_REQUEST
 }
 
-/// [`quote4`] for an ICMPv6 error: the quoted IPv6 header must be followed directly by
-/// TCP, UDP or ICMPv6 echo (no extension headers). A BPF-to-BPF call (see
+/// [`quote4`] for an ICMPv6 error: the quoted IPv6 header must be followed by TCP, UDP or
+/// ICMPv6 echo, directly or after the fragment header of a first fragment. A BPF-to-BPF call (see
 /// crate::family::v6_outlined).
 #[inline(never)]
 pub fn quote6(ctx: &TcContext, outer: &Packet<Ip6>, quote: &mut Quote<Ip6>) -> bool {
@@ -698,8 +702,20 @@ fn quote6_found(ctx: &TcContext, outer: &Packet<Ip6>, quote: &mut Quote<Ip6>) ->
     if h[0] >> 4 != 6 {
         return None;
     }
-    let proto = h[6];
-    let l4 = off + IPV6_HLEN;
+    let mut proto = h[6];
+    let mut l4 = off + IPV6_HLEN;
+    let mut ext = 0;
+    // A first fragment (a UDP datagram too big for the path, fragmented by its sender)
+    // has its ports after the fragment header; a later one has none.
+    if proto == next::FRAGMENT {
+        let f: [u8; 8] = read(ctx, l4).ok()?;
+        if u16::from_be_bytes([f[2], f[3]]) >> 3 != 0 {
+            return None;
+        }
+        proto = f[0];
+        l4 += 8;
+        ext = 8;
+    }
     let (sport, dport) = match proto {
         IPPROTO_TCP | IPPROTO_UDP => {
             let ports: [u8; 4] = read(ctx, l4).ok()?;
@@ -726,5 +742,6 @@ fn quote6_found(ctx: &TcContext, outer: &Packet<Ip6>, quote: &mut Quote<Ip6>) ->
     quote.sport = sport;
     quote.dport = dport;
     quote.proto = proto;
+    quote.ext = ext;
     Some(())
 }

@@ -430,3 +430,108 @@ fn a_subnet6_the_host_already_routes_is_refused() {
             .contains("blackhole 2001:db8:89::/64")
     );
 }
+
+/// The far side of a router with a small link ([`path_mtu_discovery_through_nat66`]):
+/// the router's (the outside's) end, and the far server's.
+const FAR_ROUTER_IP6: &str = "2001:db8:114::1";
+const FAR_IP6: &str = "2001:db8:114::2";
+
+/// IPv6 routers never fragment (RFC 8200, 5): a sender learns of a smaller link on the
+/// way only from the router's Packet Too Big (RFC 8201), which a NAT must translate back
+/// to the container, or every full-sized segment is lost and the connection stalls. The
+/// outside routes to a "far" namespace over a link whose router end has an MTU of 1280
+/// while the far end keeps 1500: the far server advertises an MSS of 1440, and only the
+/// router knows better. A container uploads 4 MiB to it, masqueraded, in both modes.
+#[test]
+fn path_mtu_discovery_through_nat66_in_both_modes() {
+    if !privileged("ipv6::pmtud") {
+        return;
+    }
+    // The kernel's translation (nf_nat's ICMPv6 errors) first: the baseline.
+    for mode in ["iptables", "ebpf"] {
+        eprintln!("mode {mode}");
+        path_mtu_discovery_through_nat66(mode);
+    }
+}
+
+fn path_mtu_discovery_through_nat66(mode: &str) {
+    let mut h = Host::new().with_ipv6();
+    let far = h.sandbox.netns("far");
+    // The cable, made in the outside (no name ever exists in the root namespace).
+    h.outside.sh(&[
+        "ip", "link", "add", "far0", "type", "veth", "peer", "name", "eth0", "netns", &far.name,
+    ]);
+    for (ns, dev, addr, mtu) in [
+        (&h.outside, "far0", FAR_ROUTER_IP6, "1280"),
+        (&far, "eth0", FAR_IP6, "1500"),
+    ] {
+        ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
+        ns.sh(&["ip", "link", "set", dev, "mtu", mtu, "up"]);
+        ns.sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            dev,
+            "nodad",
+        ]);
+    }
+    h.outside.sysctl("net.ipv6.conf.all.forwarding", "1");
+    far.sh(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:113::/64",
+        "via",
+        FAR_ROUTER_IP6,
+    ]);
+    // (The host's IPv6 default route already goes via the outside.)
+    h.write_config(&format!("mode = \"{mode}\"\n{}", dual("bridge")));
+    h.netplane_ok(&["up"]);
+    let c = h.container("client");
+    let pmtu = || c.sh(&["ip", "-6", "route", "get", FAR_IP6]);
+    assert!(!pmtu().contains(" mtu "), "{mode}: no PMTU yet: {}", pmtu());
+
+    let sink = Server::start(&far, &["sink-tcp", "[::]:7000"]);
+    let sent = client(&c, &["bulk-tcp", &format!("[{FAR_IP6}]:7000"), "4"]);
+    let received = sink.output();
+    let (too_big_out, too_big_in) = (
+        snmp6(&h.outside, "Icmp6OutPktTooBigs"),
+        snmp6(&c, "Icmp6InPktTooBigs"),
+    );
+    let why = format!(
+        "{mode}: router sent {too_big_out} Packet Too Big, the container got {too_big_in}; \
+         route: {}",
+        pmtu().trim()
+    );
+    eprintln!("{why}");
+    assert!(sent.is_ok(), "the upload stalled: {sent:?}; {why}");
+    assert_eq!(
+        received.trim(),
+        (4u64 << 20).to_string(),
+        "bytes the far server received; {why}"
+    );
+    assert!(
+        too_big_out > 0,
+        "the router's link was never too small; {why}"
+    );
+    assert!(too_big_in > 0, "{why}");
+    // The container's route cache learned the path's MTU: the error reached it,
+    // translated back to its address and its flow.
+    assert!(pmtu().contains(" mtu 1280 "), "{why}");
+}
+
+/// A counter of the IPv6 MIB of namespace `ns` (/proc/net/snmp6 is the reader's
+/// namespace's).
+fn snmp6(ns: &netplane_tests::Netns, counter: &str) -> u64 {
+    let mib = ns.sh(&["cat", "/proc/net/snmp6"]);
+    mib.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(char::is_whitespace)?;
+            (name == counter).then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {counter} in {mib}"))
+}

@@ -14,7 +14,8 @@
 //!   what came back: `answered`, `refused` (an ICMP port unreachable reached the socket)
 //!   or `silence`.
 //! - `nptest sink-tcp ADDR:PORT`: reads one connection to its end, then prints the bytes.
-//! - `nptest bulk-tcp ADDR:PORT MIB`: writes MIB MiB on one connection, in 64 KiB writes.
+//! - `nptest bulk-tcp ADDR:PORT MIB`: writes MIB MiB on one connection, in 64 KiB writes;
+//!   fails when a write waits more than 3 s (a stalled stream), rather than hanging.
 //!   Both ends run on CPU 0 only: veth hands packets to netif_rx() on the CPU that sends
 //!   them, and a segment sent from another CPU (by a moved sender, or by ACK processing
 //!   on the receiver's CPU) lands on another backlog, which reorders a stream by itself.
@@ -207,9 +208,11 @@ fn bulk_tcp(a: &str, mib: &str) -> Result<(), String> {
     pin_to_cpu0()?;
     let mut s =
         TcpStream::connect_timeout(&addr(a)?, TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    s.set_write_timeout(Some(TIMEOUT)).ok();
     let buf = vec![0x5au8; 64 * 1024];
-    for _ in 0..mib * 16 {
-        s.write_all(&buf).map_err(|e| format!("write: {e}"))?;
+    for i in 0..mib * 16 {
+        s.write_all(&buf)
+            .map_err(|e| format!("write after {} KiB: {e}", i * 64))?;
     }
     Ok(())
 }
