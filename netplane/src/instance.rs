@@ -244,12 +244,13 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     let desired_routes: BTreeSet<IpNet> = plan
         .routes
         .iter()
-        .map(|r| IpNet::V4(r.subnet))
+        .map(|r| r.subnet)
         .chain(
             plan.networks
                 .iter()
                 .filter(|n| n.driver == Driver::Ptp)
-                .flat_map(|n| std::iter::once(IpNet::V4(n.subnet)).chain(n.subnet6.map(IpNet::V6))),
+                .flat_map(|n| [false, true].map(|v6| n.subnet_of(v6)))
+                .flatten(),
         )
         .collect();
     let mut journal = old.clone();
@@ -541,14 +542,13 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
         if old.links.contains(&iface) {
             continue;
         }
-        if let Some((index, n)) =
-            plan.networks.iter().enumerate().find(|(_, n)| {
-                n.subnet.contains(&addr.addr()) || addr.contains(&n.subnet.network())
-            })
-        {
+        if let Some((index, subnet)) = plan.networks.iter().enumerate().find_map(|(i, n)| {
+            let s = n.subnet?;
+            (s.contains(&addr.addr()) || addr.contains(&s.network())).then_some((i, s))
+        }) {
             return Err(Error::SubnetCollision {
                 index,
-                subnet: n.subnet,
+                subnet,
                 addr,
                 iface,
             });
@@ -556,19 +556,24 @@ async fn check_host(h: &rtnetlink::Handle, plan: &Plan, old: &State) -> Result<H
     }
     check_network_routes(h, plan, old, &links).await?;
     check_network_routes6(h, plan, old, &links).await?;
-    check_routes(h, plan, old, &links, &addrs).await?;
     let addrs6 = ipv6_addresses_for(h, plan).await?;
+    let all: Vec<(u32, IpNet)> = addrs
+        .iter()
+        .map(|&(i, a)| (i, IpNet::V4(a)))
+        .chain(addrs6.iter().map(|&(i, a)| (i, IpNet::V6(a))))
+        .collect();
+    check_routes(h, plan, old, &links, &all).await?;
     HostContext::from_host(plan, &uplink, links, &addrs, &addrs6)
         .ok_or_else(|| Error::UplinkWithoutAddress(uplink.clone()))
 }
 
-/// The host's global IPv6 addresses, when `plan` has a dual-stack network (otherwise none
-/// is asked for: a dump of them grows with the veths).
+/// The host's global IPv6 addresses, when `plan` has a network with a subnet6 or an IPv6
+/// route (otherwise none is asked for: a dump of them grows with the veths).
 async fn ipv6_addresses_for(
     h: &rtnetlink::Handle,
     plan: &Plan,
 ) -> Result<Vec<(u32, ipnet::Ipv6Net)>, Error> {
-    if plan.dual_stack() {
+    if plan.dual_stack() || plan.routes.iter().any(|r| r.via.is_ipv6()) {
         Ok(topology::ipv6_addresses(h).await?)
     } else {
         Ok(Vec::new())
@@ -599,11 +604,11 @@ async fn check_network_routes(
         {
             continue;
         }
-        if let Some((index, n)) = plan
+        if let Some((index, subnet)) = plan
             .networks
             .iter()
             .enumerate()
-            .find(|(_, n)| n.subnet.contains(&r.dst))
+            .find_map(|(i, n)| Some((i, n.subnet.filter(|s| s.contains(&r.dst))?)))
         {
             let iface = r
                 .oif
@@ -611,7 +616,7 @@ async fn check_network_routes(
                 .map_or_else(|| "no device".to_owned(), |l| l.name.clone());
             return Err(Error::SubnetRoute {
                 index,
-                subnet: n.subnet,
+                subnet,
                 route: r.describe(),
                 iface,
             });
@@ -667,14 +672,15 @@ async fn check_network_routes6(
 }
 
 /// `[[routes]]` against the host: each `via` is on a link of the host (a connected prefix
-/// of one of its addresses, netplane's own links aside), no host address lies in a routed
-/// subnet, and a route to that subnet that netplane does not own is not taken over.
+/// of one of its addresses of that family, netplane's own links aside), no host address
+/// lies in a routed subnet, and a route to that subnet that netplane does not own is not
+/// taken over. `addrs`: the host's IPv4 and global IPv6 addresses.
 async fn check_routes(
     h: &rtnetlink::Handle,
     plan: &Plan,
     old: &State,
     links: &[topology::Link],
-    addrs: &[(u32, Ipv4Net)],
+    addrs: &[(u32, IpNet)],
 ) -> Result<(), Error> {
     let iface = |ifindex: u32| {
         links
@@ -682,7 +688,7 @@ async fn check_routes(
             .find(|l| l.index == ifindex)
             .map_or_else(|| ifindex.to_string(), |l| l.name.clone())
     };
-    let foreign: Vec<(String, Ipv4Net)> = addrs
+    let foreign: Vec<(String, IpNet)> = addrs
         .iter()
         .map(|&(i, a)| (iface(i), a))
         .filter(|(name, _)| !old.links.contains(name))
@@ -708,13 +714,14 @@ async fn check_routes(
                 reason: format!("an address of this host (on {name}), not another host's"),
             });
         }
+        // A connected prefix, not a host route (/32, /128).
         if !foreign
             .iter()
-            .any(|(_, a)| a.contains(&r.via) && a.prefix_len() < 32)
+            .any(|(_, a)| a.contains(&r.via) && a.prefix_len() < a.max_prefix_len())
         {
             let connected: Vec<String> = foreign
                 .iter()
-                .filter(|(_, a)| !a.addr().is_loopback())
+                .filter(|(_, a)| !a.addr().is_loopback() && a.addr().is_ipv6() == r.via.is_ipv6())
                 .map(|(name, a)| format!("{} on {name}", a.trunc()))
                 .collect();
             return Err(Error::Route {
@@ -731,7 +738,7 @@ async fn check_routes(
                 ),
             });
         }
-        if !old.routes.contains(&IpNet::V4(r.subnet)) {
+        if !old.routes.contains(&r.subnet) {
             let present = topology::routes_to(h, r.subnet).await?;
             if let Some(gw) = present.first().map(topology::gateway_of) {
                 return Err(Error::Route {
@@ -863,14 +870,19 @@ async fn apply(
             created.push(Created::Link(net.name.clone()));
         }
         if changed {
-            let via = if net.has_gateway() {
-                format!("via {}", net.gateway)
-            } else {
-                "isolated".to_owned()
+            let via = match (net.has_gateway(), net.gateway) {
+                (false, _) => "isolated".to_owned(),
+                (true, Some(gw)) => format!("via {gw}"),
+                (true, None) => format!(
+                    "via {}",
+                    net.gateway6.map(|g| g.to_string()).unwrap_or_default()
+                ),
             };
-            report
-                .changes
-                .push(format!("bridge {} ({} {via})", net.name, net.subnet));
+            report.changes.push(format!(
+                "bridge {} ({} {via})",
+                net.name,
+                net.describe_subnets()
+            ));
         }
     }
     // A failpoint for the rollback tests: failures part-way are otherwise hard to cause
@@ -921,20 +933,19 @@ async fn apply(
         let ch = topology::connect(Some(&c.netns))?;
         changed |= topology::ensure_container_inside(&ch, c, net).await?;
         if changed {
-            report
-                .changes
-                .push(format!("container {} ({} on {})", c.name, c.ip, c.network));
+            report.changes.push(format!(
+                "container {} ({} on {})",
+                c.name,
+                c.describe_addresses(),
+                c.network
+            ));
         }
     }
     for net in plan.networks.iter().filter(|n| n.driver == Driver::Ptp) {
-        let existed = !topology::routes_to(h, net.subnet).await?.is_empty();
-        if topology::ensure_cover(h, net.subnet).await? && !existed {
-            created.push(Created::Route(IpNet::V4(net.subnet)));
-        }
-        if let Some(s6) = net.subnet6 {
-            let existed = topology::has_route6(h, s6).await?;
-            if topology::ensure_cover6(h, s6).await? && !existed {
-                created.push(Created::Route(IpNet::V6(s6)));
+        for subnet in [false, true].into_iter().filter_map(|v6| net.subnet_of(v6)) {
+            let existed = !topology::routes_to(h, subnet).await?.is_empty();
+            if topology::ensure_cover(h, subnet).await? && !existed {
+                created.push(Created::Route(subnet));
             }
         }
     }
@@ -942,7 +953,7 @@ async fn apply(
         let existed = !topology::routes_to(h, r.subnet).await?.is_empty();
         if topology::ensure_host_route(h, r).await? {
             if !existed {
-                created.push(Created::Route(IpNet::V4(r.subnet)));
+                created.push(Created::Route(r.subnet));
             }
             report
                 .changes
@@ -1165,10 +1176,12 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct NetworkStatus {
     pub name: String,
-    pub subnet: String,
-    /// None on an isolated network.
+    /// Absent on an IPv6-only network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// None on an isolated network, and on an IPv6-only one.
     pub gateway: Option<String>,
-    /// A dual-stack network's IPv6 subnet and gateway.
+    /// A dual-stack or IPv6-only network's IPv6 subnet and gateway.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1183,7 +1196,9 @@ pub struct NetworkStatus {
 pub struct ContainerStatus {
     pub name: String,
     pub network: String,
-    pub ip: String,
+    /// Absent on an IPv6-only network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip6: Option<String>,
     pub mac: String,
@@ -1231,8 +1246,8 @@ pub fn status(name: &str) -> Result<Status, Error> {
                 }
                 NetworkStatus {
                     name: n.name.clone(),
-                    subnet: n.subnet.to_string(),
-                    gateway: n.has_gateway().then(|| n.gateway.to_string()),
+                    subnet: n.subnet.map(|s| s.to_string()),
+                    gateway: n.gateway.filter(|_| n.has_gateway()).map(|g| g.to_string()),
                     subnet6: n.subnet6.map(|s| s.to_string()),
                     gateway6: n
                         .gateway6
@@ -1259,7 +1274,7 @@ pub fn status(name: &str) -> Result<Status, Error> {
                 ContainerStatus {
                     name: c.name.clone(),
                     network: c.network.clone(),
-                    ip: c.ip.to_string(),
+                    ip: c.ip.map(|a| a.to_string()),
                     ip6: c.ip6.map(|a| a.to_string()),
                     mac: format_mac(c.mac),
                     netns: c.netns.clone(),

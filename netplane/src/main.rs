@@ -236,7 +236,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
                         "up": plan.is_some(),
                         "mode": plan.as_ref().map(|p| p.mode.to_string()),
                         "networks": plan.as_ref().map_or(Vec::new(), |p| {
-                            p.networks.iter().map(|n| format!("{} {}", n.name, n.subnet)).collect()
+                            p.networks.iter().map(|n| format!("{} {}", n.name, n.describe_subnets())).collect()
                         }),
                         "containers": plan.as_ref().map_or(0, |p| p.containers.len()),
                     })
@@ -359,14 +359,19 @@ fn print_status(s: &instance::Status) {
                 netplane::config::Driver::Bridge => "bridge",
                 netplane::config::Driver::Ptp => "ptp",
             };
+            // An IPv6-only network's subnet6 takes the IPv4 subnet's place.
+            let (subnet, gateway, subnet6) = match &n.subnet {
+                Some(s) => (Some(s), &n.gateway, n.subnet6.as_ref()),
+                None => (n.subnet6.as_ref(), &n.gateway6, None),
+            };
             println!(
                 "{:<16} {:<19} {:<16} {driver:<7} {:<16} {state}",
                 n.name,
-                n.subnet,
-                n.gateway.as_deref().unwrap_or("none"),
+                subnet.map_or("-", String::as_str),
+                gateway.as_deref().unwrap_or("none"),
                 n.gateway_mode.to_string(),
             );
-            if let Some(s6) = &n.subnet6 {
+            if let Some(s6) = subnet6 {
                 println!(
                     "{:<16} {s6:<19} {}",
                     "",
@@ -378,18 +383,23 @@ fn print_status(s: &instance::Status) {
             "\nCONTAINER        NETWORK          IP               MAC                NETNS / VETH (host)      PUBLISH"
         );
         for c in &s.containers {
+            // An IPv6-only container's IPv6 address takes the IPv4 one's place.
+            let (ip, ip6) = match &c.ip {
+                Some(ip) => (Some(ip), c.ip6.as_ref()),
+                None => (c.ip6.as_ref(), None),
+            };
             println!(
                 "{:<16} {:<16} {:<16} {:<18} {} / {}{}   {}",
                 c.name,
                 c.network,
-                c.ip,
+                ip.map_or("-", String::as_str),
                 c.mac,
                 c.netns,
                 c.host_veth,
                 if c.present { "" } else { " (MISSING)" },
                 c.publish.join(", ")
             );
-            if let Some(ip6) = &c.ip6 {
+            if let Some(ip6) = ip6 {
                 println!("{:<16} {:<16} {ip6}", "", "");
             }
         }

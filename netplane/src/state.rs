@@ -126,4 +126,37 @@ mod tests {
         let again: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
         assert_eq!(again, s);
     }
+
+    #[test]
+    fn a_state_of_ipv4_networks_from_before_ipv6_only_ones_still_loads() {
+        // As netplane wrote it when subnet, gateway and a container's ip were required.
+        let old = r#"{"plan": {"name": "t", "mode": "ebpf", "uplink": null,
+            "networks": [{"name": "npa", "subnet": "10.89.0.0/24", "gateway": "10.89.0.1",
+                          "driver": "bridge", "gateway_mode": "nat"}],
+            "containers": [{"name": "web", "network": "npa", "ip": "10.89.0.2",
+                            "prefix_len": 24, "gateway": "10.89.0.1",
+                            "mac": [2, 66, 10, 89, 0, 2], "netns": "t-web",
+                            "host_veth": "vnp12345678", "publish": []}],
+            "routes": [{"subnet": "10.0.2.0/24", "via": "192.0.2.12"}]},
+            "netns": ["t-web"], "links": ["npa"], "sysctls": {}}"#;
+        let s: State = serde_json::from_str(old).unwrap();
+        let plan = s.plan.as_ref().unwrap();
+        let (net, web) = (&plan.networks[0], &plan.containers[0]);
+        assert_eq!(net.subnet, Some("10.89.0.0/24".parse().unwrap()));
+        assert_eq!(net.gateway, Some("10.89.0.1".parse().unwrap()));
+        assert_eq!(
+            (web.ip, web.gateway),
+            (
+                Some("10.89.0.2".parse().unwrap()),
+                Some("10.89.0.1".parse().unwrap())
+            )
+        );
+        assert_eq!(
+            plan.routes[0].via,
+            "192.0.2.12".parse::<std::net::IpAddr>().unwrap()
+        );
+        // What this netplane writes reads back the same.
+        let again: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(again, s);
+    }
 }

@@ -365,8 +365,10 @@ pub async fn ensure_bridge(
         }
     };
     let want = net
-        .has_gateway()
-        .then(|| Ipv4Net::new(net.gateway, net.subnet.prefix_len()).expect("validated prefix"));
+        .subnet
+        .zip(net.gateway)
+        .filter(|_| net.has_gateway())
+        .map(|(s, g)| Ipv4Net::new(g, s.prefix_len()).expect("validated prefix"));
     let addr_changed = ensure_only_address(h, &net.name, bridge.index, want).await?;
     let want6 = match (net.has_gateway(), net.subnet6, net.gateway6) {
         (true, Some(s6), Some(gw6)) => Some(Ipv6Net::new(gw6, s6.prefix_len()).expect("/64–/120")),
@@ -375,7 +377,7 @@ pub async fn ensure_bridge(
     if want6.is_some() {
         enable_ipv6(&net.name)?;
     }
-    // Only on a dual-stack network: the kernel answers an IPv6 address dump with every
+    // Only on a network with a subnet6: the kernel answers an IPv6 address dump with every
     // interface's (a link-local one per veth), and an IPv4-only ADD must not pay for it.
     let addr_changed = addr_changed
         | if want6.is_some() || net.subnet6.is_some() || had_v6 {
@@ -512,27 +514,32 @@ pub async fn ensure_ptp_veth(
             .map_err(nl_err("take off its bridge", c.host_veth.clone()))?;
         changed = true;
     }
-    let gw = Ipv4Net::new(net.gateway, 32).expect("a /32");
-    changed |= ensure_only_address(h, &c.host_veth, host.index, Some(gw)).await?;
+    let gw = net.gateway.map(|g| Ipv4Net::new(g, 32).expect("a /32"));
+    changed |= ensure_only_address(h, &c.host_veth, host.index, gw).await?;
     if c.ip6.is_some() && net.gateway6.is_some() {
         // Before the device comes up: its link-local address is made then.
         enable_ipv6(&c.host_veth)?;
     }
     changed |= set_up(h, &host).await?;
     // The route needs the device up (a route through a down device is refused).
-    let to_container = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(c.ip, 32)
-        .output_interface(host.index)
-        .scope(RouteScope::Link)
-        .pref_source(net.gateway)
-        .protocol(RouteProtocol::Static)
-        .build();
-    changed |= ensure_route(h, to_container, &format!("{}/32 dev {}", c.ip, c.host_veth)).await?;
-    // A dual-stack network: the same with gateway6 and the container's /128.
+    if let (Some(ip), Some(gw)) = (c.ip, net.gateway) {
+        let to_container = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .output_interface(host.index)
+            .scope(RouteScope::Link)
+            .pref_source(gw)
+            .protocol(RouteProtocol::Static)
+            .build();
+        changed |= ensure_route(h, to_container, &format!("{ip}/32 dev {}", c.host_veth)).await?;
+    }
+    // A network with a subnet6: the same with gateway6 and the container's /128.
     if let (Some(ip6), Some(gw6)) = (c.ip6, net.gateway6) {
         let gw = Ipv6Net::new(gw6, 128).expect("a /128");
         changed |= ensure_only_address6(h, &c.host_veth, host.index, Some(gw)).await?;
-        changed |= ensure_route6_dev(h, ip6, host.index, &c.host_veth).await?;
+        let to_container = route_to(IpNet::V6(Ipv6Net::new(ip6, 128).expect("a /128")))
+            .output_interface(host.index)
+            .build();
+        changed |= ensure_route(h, to_container, &format!("{ip6}/128 dev {}", c.host_veth)).await?;
     }
     Ok((changed, created))
 }
@@ -557,39 +564,9 @@ fn enable_ipv6(dev: &str) -> Result<(), TopologyError> {
     Ok(())
 }
 
-/// The host's route to a ptp container's IPv6 address: `ip6/128 dev <host veth>`.
-async fn ensure_route6_dev(
-    h: &Handle,
-    ip6: Ipv6Addr,
-    oif: u32,
-    dev: &str,
-) -> Result<bool, TopologyError> {
-    let dst = Ipv6Net::new(ip6, 128).expect("a /128");
-    let present = routes_to6(h, dst).await?;
-    let via_dev = |r: &RouteMessage| {
-        r.attributes
-            .iter()
-            .any(|a| matches!(a, RouteAttribute::Oif(i) if *i == oif))
-    };
-    if present.iter().any(via_dev) {
-        return Ok(false);
-    }
-    let route = RouteMessageBuilder::<Ipv6Addr>::new()
-        .destination_prefix(ip6, 128)
-        .output_interface(oif)
-        .protocol(RouteProtocol::Static)
-        .build();
-    h.route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl_err("add route", format!("{dst} dev {dev}")))?;
-    Ok(true)
-}
-
-/// Adds or replaces `route` in the main table unless a route of the same destination
-/// with the same gateway and device is there. Returns whether it changed anything.
+/// Adds or replaces `route` (of either family) in the main table unless a route of the
+/// same destination with the same gateway and device is there. Returns whether it
+/// changed anything.
 async fn ensure_route(h: &Handle, route: RouteMessage, what: &str) -> Result<bool, TopologyError> {
     let key = |r: &RouteMessage| {
         let mut dst = None;
@@ -598,10 +575,10 @@ async fn ensure_route(h: &Handle, route: RouteMessage, what: &str) -> Result<boo
         let mut src = None;
         for a in &r.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                RouteAttribute::Destination(d) => dst = ip_of(d),
+                RouteAttribute::Gateway(g) => gw = ip_of(g),
                 RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::PrefSource(RouteAddress::Inet(s)) => src = Some(*s),
+                RouteAttribute::PrefSource(s) => src = ip_of(s),
                 _ => {}
             }
         }
@@ -615,7 +592,8 @@ async fn ensure_route(h: &Handle, route: RouteMessage, what: &str) -> Result<boo
         )
     };
     let want = key(&route);
-    let present: Vec<RouteMessage> = ipv4_routes(h, "list routes for", what)
+    let v6 = route.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6;
+    let present: Vec<RouteMessage> = routes_of(h, v6, "list routes for", what)
         .await?
         .into_iter()
         .filter(|r| r.header.table == RouteHeader::RT_TABLE_MAIN)
@@ -641,128 +619,113 @@ async fn ensure_route(h: &Handle, route: RouteMessage, what: &str) -> Result<boo
     Ok(true)
 }
 
-/// `[[routes]]`: the host's route to another host's container subnet. Returns whether it
-/// changed anything.
+/// `[[routes]]`: the host's route to another host's container subnet, IPv4 or IPv6.
+/// Returns whether it changed anything.
 pub async fn ensure_host_route(h: &Handle, r: &Route) -> Result<bool, TopologyError> {
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(r.subnet.addr(), r.subnet.prefix_len())
+    let route = route_to(r.subnet)
         .gateway(r.via)
-        .protocol(RouteProtocol::Static)
+        .expect("a planned route's subnet and via are of one family")
         .build();
     ensure_route(h, route, &format!("{} via {}", r.subnet, r.via)).await
 }
 
+/// A `proto static` route of the main table to `dst`, of its family.
+fn route_to(dst: IpNet) -> RouteMessageBuilder<IpAddr> {
+    RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .expect("a prefix's length fits its family")
+}
+
 /// The main table's routes to exactly `subnet`.
-pub async fn routes_to(h: &Handle, subnet: Ipv4Net) -> Result<Vec<RouteMessage>, TopologyError> {
-    let routes = ipv4_routes(h, "list routes to", subnet.to_string()).await?;
+pub async fn routes_to(h: &Handle, subnet: IpNet) -> Result<Vec<RouteMessage>, TopologyError> {
+    let v6 = matches!(subnet, IpNet::V6(_));
+    let routes = routes_of(h, v6, "list routes to", subnet.to_string()).await?;
     Ok(routes
         .into_iter()
         .filter(|r| {
             r.header.table == RouteHeader::RT_TABLE_MAIN
                 && r.header.destination_prefix_length == subnet.prefix_len()
-                && destination_of(r) == subnet.addr()
+                && destination_of(r, v6) == subnet.addr()
         })
         .collect())
 }
 
-/// The destination of a route: 0.0.0.0 when it has none (the default route's).
-fn destination_of(r: &RouteMessage) -> Ipv4Addr {
+/// An address of a route attribute, of either family.
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}
+
+/// The destination of a route: the family's unspecified address when it has none (the
+/// default route's).
+fn destination_of(r: &RouteMessage, v6: bool) -> IpAddr {
     r.attributes
         .iter()
         .find_map(|a| match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => Some(*d),
+            RouteAttribute::Destination(d) => ip_of(d),
             _ => None,
         })
-        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+        .unwrap_or(if v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        })
 }
 
 /// The gateway of a route, if it has one.
-pub fn gateway_of(r: &RouteMessage) -> Option<Ipv4Addr> {
+pub fn gateway_of(r: &RouteMessage) -> Option<IpAddr> {
     r.attributes.iter().find_map(|a| match a {
-        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+        RouteAttribute::Gateway(g) => ip_of(g),
         _ => None,
     })
 }
 
-/// Every IPv4 route of the namespace of `h` (all tables); `action` and `object` name the
-/// listing in an error.
-async fn ipv4_routes(
+/// Every route of one family (IPv6 when `v6`) of the namespace of `h` (all tables);
+/// `action` and `object` name the listing in an error.
+async fn routes_of(
     h: &Handle,
+    v6: bool,
     action: &'static str,
     object: impl Into<String>,
 ) -> Result<Vec<RouteMessage>, TopologyError> {
+    let all = if v6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
     h.route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .get(all)
         .execute()
         .try_collect()
         .await
         .map_err(nl_err(action, object))
 }
 
-/// A ptp network's subnet as `blackhole` (`proto static`): its containers' /32 routes
-/// are more specific, and a packet to an address of the subnet that no container has
-/// ends here instead of following the default route back out. A blackhole, not an
-/// `unreachable`: that would answer with an ICMP error before the firewall's FORWARD
-/// drop, and so tell a prober which addresses have no container, where a nat bridge
-/// network stays silent about both. Returns whether it changed anything.
-pub async fn ensure_cover(h: &Handle, subnet: Ipv4Net) -> Result<bool, TopologyError> {
-    let route = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(subnet.addr(), subnet.prefix_len())
-        .kind(RouteType::BlackHole)
-        .protocol(RouteProtocol::Static)
-        .build();
+/// A ptp network's subnet (or subnet6) as `blackhole` (`proto static`): its containers'
+/// /32 (/128) routes are more specific, and a packet to an address of the subnet that no
+/// container has ends here instead of following the default route back out. A
+/// blackhole, not an `unreachable`: that would answer with an ICMP error before the
+/// firewall's FORWARD drop, and so tell a prober which addresses have no container, where
+/// a nat bridge network stays silent about both. Returns whether it changed anything.
+pub async fn ensure_cover(h: &Handle, subnet: IpNet) -> Result<bool, TopologyError> {
+    let route = route_to(subnet).kind(RouteType::BlackHole).build();
     ensure_route(h, route, &format!("blackhole {subnet}")).await
-}
-
-/// The main table's IPv6 routes to exactly `subnet`.
-async fn routes_to6(h: &Handle, subnet: Ipv6Net) -> Result<Vec<RouteMessage>, TopologyError> {
-    let routes: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list IPv6 routes to", subnet.to_string()))?;
-    Ok(routes
-        .into_iter()
-        .filter(|r| {
-            r.header.table == RouteHeader::RT_TABLE_MAIN
-                && r.header.destination_prefix_length == subnet.prefix_len()
-                // A default route carries no destination: `::`.
-                && r.attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(*d),
-                        _ => None,
-                    })
-                    .unwrap_or(Ipv6Addr::UNSPECIFIED)
-                    == subnet.addr()
-        })
-        .collect())
 }
 
 /// The IPv6 routes of the main table: destination and device (`None`: a blackhole, or
 /// via a gateway without one).
 pub async fn main_routes6(h: &Handle) -> Result<Vec<(Ipv6Net, Option<u32>)>, TopologyError> {
-    let routes: Vec<RouteMessage> = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list", "IPv6 routes"))?;
+    let routes = routes_of(h, true, "list", "IPv6 routes").await?;
     Ok(routes
         .iter()
         .filter(|r| r.header.table == RouteHeader::RT_TABLE_MAIN)
         .filter_map(|r| {
-            let dst = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet6(d)) => Some(*d),
-                    _ => None,
-                })
-                .unwrap_or(Ipv6Addr::UNSPECIFIED);
+            let IpAddr::V6(dst) = destination_of(r, true) else {
+                return None;
+            };
             let oif = r.attributes.iter().find_map(|a| match a {
                 RouteAttribute::Oif(i) => Some(*i),
                 _ => None,
@@ -773,39 +736,6 @@ pub async fn main_routes6(h: &Handle) -> Result<Vec<(Ipv6Net, Option<u32>)>, Top
             ))
         })
         .collect())
-}
-
-/// Whether the main table has an IPv6 route to exactly `subnet`.
-pub async fn has_route6(h: &Handle, subnet: Ipv6Net) -> Result<bool, TopologyError> {
-    Ok(!routes_to6(h, subnet).await?.is_empty())
-}
-
-/// [`ensure_cover`] for a ptp network's subnet6. Returns whether it changed anything.
-pub async fn ensure_cover6(h: &Handle, subnet: Ipv6Net) -> Result<bool, TopologyError> {
-    let present = routes_to6(h, subnet).await?;
-    if present
-        .iter()
-        .any(|r| r.header.kind == RouteType::BlackHole)
-    {
-        return Ok(false);
-    }
-    let route = RouteMessageBuilder::<Ipv6Addr>::new()
-        .destination_prefix(subnet.addr(), subnet.prefix_len())
-        .kind(RouteType::BlackHole)
-        .protocol(RouteProtocol::Static)
-        .build();
-    h.route()
-        .add(route)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl_err("add route", format!("blackhole {subnet}")))?;
-    Ok(true)
-}
-
-/// [`delete_host_route`] for IPv6.
-async fn delete_host_route6(h: &Handle, subnet: Ipv6Net) -> Result<bool, TopologyError> {
-    delete_static(h, routes_to6(h, subnet).await?, subnet.to_string()).await
 }
 
 /// A route of the main table, as the checks look at it.
@@ -835,17 +765,22 @@ impl MainRoute {
 
 /// The IPv4 routes of the main table.
 pub async fn main_routes(h: &Handle) -> Result<Vec<MainRoute>, TopologyError> {
-    Ok(ipv4_routes(h, "list", "routes")
+    Ok(routes_of(h, false, "list", "routes")
         .await?
         .into_iter()
         .filter(|r| r.header.table == RouteHeader::RT_TABLE_MAIN)
         .map(|r| {
-            let dst = destination_of(&r);
             let prefix_len = r.header.destination_prefix_length;
+            let v4 = |a: Option<IpAddr>| match a {
+                Some(IpAddr::V4(a)) => Some(a),
+                _ => None,
+            };
             MainRoute {
-                dst: Ipv4Net::new(dst, prefix_len).unwrap_or_default(),
+                dst: v4(Some(destination_of(&r, false)))
+                    .and_then(|d| Ipv4Net::new(d, prefix_len).ok())
+                    .unwrap_or_default(),
                 prefix_len,
-                gateway: gateway_of(&r),
+                gateway: v4(gateway_of(&r)),
                 oif: r.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Oif(i) => Some(*i),
                     _ => None,
@@ -860,10 +795,6 @@ pub async fn main_routes(h: &Handle) -> Result<Vec<MainRoute>, TopologyError> {
 /// entry, a ptp network's cover route, a container's default route); `Ok(false)` when
 /// there was none.
 pub async fn delete_host_route(h: &Handle, subnet: IpNet) -> Result<bool, TopologyError> {
-    let subnet = match subnet {
-        IpNet::V4(s) => s,
-        IpNet::V6(s) => return delete_host_route6(h, s).await,
-    };
     delete_static(h, routes_to(h, subnet).await?, subnet.to_string()).await
 }
 
@@ -922,16 +853,15 @@ pub async fn ensure_container_inside(
             ))?;
         changed = true;
     }
-    let want = Ipv4Net::new(c.ip, c.prefix_len).expect("validated prefix");
-    changed |= ensure_only_address(
-        ch,
-        &format!("{}: {}", c.netns, c.ifname()),
-        eth.index,
-        Some(want),
-    )
-    .await?;
-    // IPv6 on a dual-stack network. A runtime's namespace may hold another plugin's
-    // addresses: only netplane's own containers lose those it did not give.
+    // A runtime's namespace may hold another plugin's addresses: only netplane's own
+    // containers lose those it did not give.
+    let want = c.net4();
+    if want.is_some() || c.attachment.is_none() {
+        changed |=
+            ensure_only_address(ch, &format!("{}: {}", c.netns, c.ifname()), eth.index, want)
+                .await?;
+    }
+    // IPv6 on a network with a subnet6.
     // The subnet6's prefix on a bridge, a /128 on ptp (as the IPv4 /32).
     let want6 = c.ip6.zip(net.subnet6).map(|(ip6, s6)| {
         let prefix = match net.driver {
@@ -974,13 +904,15 @@ pub async fn ensure_container_inside(
     // routes beside others, too).
     let shared = c.attachment.is_some();
     if net.has_gateway() {
-        let onlink = net.driver == crate::config::Driver::Ptp;
-        changed |= ensure_default_route(ch, &c.netns, eth.index, c.gateway, onlink, shared).await?;
+        if let Some(gw) = c.gateway {
+            let onlink = net.driver == crate::config::Driver::Ptp;
+            changed |= ensure_default_route(ch, &c.netns, eth.index, gw, onlink, shared).await?;
+        }
     } else if !shared {
         // A network that became isolated: its containers lose their way out, in both
         // families.
         changed |= delete_host_route(ch, IpNet::V4(Ipv4Net::default())).await?;
-        changed |= delete_host_route6(ch, Ipv6Net::default()).await?;
+        changed |= delete_host_route(ch, IpNet::V6(Ipv6Net::default())).await?;
     }
     Ok(changed)
 }
@@ -993,7 +925,7 @@ async fn ensure_default_route(
     onlink: bool,
     keep_others: bool,
 ) -> Result<bool, TopologyError> {
-    let routes = ipv4_routes(ch, "list routes of", ns).await?;
+    let routes = routes_of(ch, false, "list routes of", ns).await?;
     let current = routes
         .iter()
         .find(|r| r.header.destination_prefix_length == 0)
@@ -1057,7 +989,7 @@ async fn replace_default_route(
 
 /// The interface of the default route in the caller's namespace, if there is one.
 pub async fn default_route_interface(h: &Handle) -> Result<Option<String>, TopologyError> {
-    let routes = ipv4_routes(h, "list", "routes").await?;
+    let routes = routes_of(h, false, "list", "routes").await?;
     let oif = routes
         .iter()
         .filter(|r| r.header.destination_prefix_length == 0)
@@ -1215,13 +1147,7 @@ async fn default_routes6(
     ch: &Handle,
     ns: &str,
 ) -> Result<Vec<(Option<Ipv6Addr>, Option<u32>)>, TopologyError> {
-    let routes: Vec<RouteMessage> = ch
-        .route()
-        .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
-        .execute()
-        .try_collect()
-        .await
-        .map_err(nl_err("list IPv6 routes of", ns))?;
+    let routes = routes_of(ch, true, "list IPv6 routes of", ns).await?;
     Ok(routes
         .iter()
         .filter(|r| {

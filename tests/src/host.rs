@@ -26,6 +26,9 @@ pub struct Host {
     /// The uplink's peer: the default gateway, and the remote client of published ports.
     pub outside: Netns,
     instance: Instance,
+    /// Whether the cable carries IPv6 too ([`Host::with_ipv6`]), also after a
+    /// [`Host::renew`].
+    ipv6: bool,
 }
 
 /// One netplane instance: its name, the namespace it runs in (its "root" namespace) and
@@ -89,6 +92,7 @@ impl Host {
             sandbox,
             outside,
             instance,
+            ipv6: false,
         }
     }
 
@@ -99,6 +103,9 @@ impl Host {
     pub fn renew(&mut self) {
         self.sandbox.retire();
         (self.instance.host, self.outside) = cable(&mut self.sandbox);
+        if self.ipv6 {
+            self.cable_ipv6();
+        }
     }
 }
 
@@ -321,8 +328,15 @@ impl Host {
     /// Turns IPv6 on for the cable between the host and the outside (the sandbox makes
     /// namespaces with it off): the uplink [`UPLINK_IP6`]/64, the outside
     /// [`OUTSIDE_IP6`]/64 (no DAD: usable at once), and the host's IPv6 default route
-    /// via the outside. The outside has no route to the container subnets.
-    pub fn with_ipv6(self) -> Host {
+    /// via the outside. The outside has no route to the container subnets. A
+    /// [`Host::renew`] cables the new namespaces the same way.
+    pub fn with_ipv6(mut self) -> Host {
+        self.ipv6 = true;
+        self.cable_ipv6();
+        self
+    }
+
+    fn cable_ipv6(&self) {
         for (ns, dev, addr) in [
             (&self.instance.host, UPLINK, UPLINK_IP6),
             (&self.outside, "eth0", OUTSIDE_IP6),
@@ -346,7 +360,6 @@ impl Host {
         self.instance
             .host
             .sh(&["ip", "-6", "route", "add", "default", "via", OUTSIDE_IP6]);
-        self
     }
 }
 

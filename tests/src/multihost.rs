@@ -13,6 +13,9 @@
 //! ([`A_SUBNET`]) via host A and host B's ([`B_SUBNET`]) via host B, as the seed's node02
 //! does. The configs (networks, containers, `[[routes]]`) are the test's.
 //!
+//! [`World::with_ipv6`] puts the underlay on IPv6 too (2001:db8:c0::/64), with node02
+//! routing each host's IPv6 container subnet ([`A_SUBNET6`], [`B_SUBNET6`]) via it.
+//!
 //! Everything is one [`Sandbox`]: both instances' `down`, then every namespace, on drop,
 //! panic or signal. Nothing touches the root namespace.
 
@@ -26,6 +29,15 @@ pub const NODE02_IP: &str = "192.0.2.20";
 pub const A_SUBNET: &str = "10.0.1.0/24";
 /// Host B's container subnet, routed from node02 and host A via [`B_IP`].
 pub const B_SUBNET: &str = "10.0.2.0/24";
+
+/// The hosts' and node02's IPv6 underlay addresses ([`World::with_ipv6`]), RFC 3849.
+pub const A_IP6: &str = "2001:db8:c0::11";
+pub const B_IP6: &str = "2001:db8:c0::12";
+pub const NODE02_IP6: &str = "2001:db8:c0::20";
+/// Host A's IPv6 container subnet, routed from node02 via [`A_IP6`].
+pub const A_SUBNET6: &str = "2001:db8:1::/64";
+/// Host B's IPv6 container subnet, routed from node02 via [`B_IP6`].
+pub const B_SUBNET6: &str = "2001:db8:2::/64";
 
 /// The underlay, two netplane hosts and node02 (see the module doc).
 pub struct World {
@@ -68,6 +80,36 @@ impl World {
             b,
             node02,
         }
+    }
+}
+
+impl World {
+    /// IPv6 on the underlay too: each machine's `up0` gets its IPv6 address (no DAD:
+    /// usable at once; the sandbox makes namespaces with IPv6 off), and node02 routes
+    /// [`A_SUBNET6`] and [`B_SUBNET6`] via the hosts, as it routes their IPv4 subnets.
+    pub fn with_ipv6(self) -> World {
+        for (ns, ip) in [
+            (&self.a.host, A_IP6),
+            (&self.b.host, B_IP6),
+            (&self.node02, NODE02_IP6),
+        ] {
+            ns.sysctl(&format!("net.ipv6.conf.{UPLINK}.disable_ipv6"), "0");
+            ns.sh(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{ip}/64"),
+                "dev",
+                UPLINK,
+                "nodad",
+            ]);
+        }
+        for (subnet, via) in [(A_SUBNET6, A_IP6), (B_SUBNET6, B_IP6)] {
+            self.node02
+                .sh(&["ip", "-6", "route", "add", subnet, "via", via]);
+        }
+        self
     }
 }
 

@@ -1,6 +1,6 @@
 //! `netplane-bench --smoke`: the benchmark runs end to end and every mode answers, on the
-//! bridge network and on the ptp one, and its CNI section attaches and detaches containers
-//! with netplane-cni and with the reference chain. A smoke test only: no figure is
+//! bridge network, on the ptp one and over IPv6, and its CNI section attaches and detaches
+//! containers with netplane-cni and with the reference chain. A smoke test only: no figure is
 //! asserted (speed is measured by the benchmark, not by tests).
 #![expect(
     unused_crate_dependencies,
@@ -63,6 +63,36 @@ fn the_benchmark_runs_every_mode_without_a_failed_request() {
             );
             assert_eq!(s[key]["errors"], 0, "{mode}: {key}: failed requests");
         }
+        // Over IPv6: the stream, request/response, and connections at the first and the
+        // last N.
+        let v6 = &s["ipv6"];
+        assert!(
+            v6["stream_in_gbps"].as_f64().unwrap_or(0.0) > 0.0,
+            "{mode}: IPv6 stream in: {v6}"
+        );
+        assert!(
+            v6["tcp_rr"]["per_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{mode}: IPv6 request/response: {v6}"
+        );
+        assert_eq!(v6["tcp_rr"]["errors"], 0, "{mode}: IPv6 request/response");
+        let ns: Vec<u64> = v6["tcp_crr"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x[0].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            ns,
+            [1, 100],
+            "{mode}: IPv6 connections at the ends of the scale"
+        );
+        for x in v6["tcp_crr"].as_array().unwrap() {
+            assert!(
+                x[1]["per_s"].as_f64().unwrap() > 0.0,
+                "{mode}: IPv6 connections: {x}"
+            );
+            assert_eq!(x[1]["errors"], 0, "{mode}: IPv6 failed connections: {x}");
+        }
         // UDP may lose a datagram on a busy machine (its 500 ms timeout counts as an error);
         // more than one would be a fault.
         assert!(
@@ -84,6 +114,48 @@ fn the_benchmark_runs_every_mode_without_a_failed_request() {
             );
         }
     }
+    // The IPv6 rows, with a value per mode and eBPF's ratio to each other mode.
+    let rows = doc["summary"]["rows"].as_array().unwrap();
+    for metric in [
+        "stream_in_ipv6",
+        "tcp_rr_ipv6",
+        "tcp_crr_1_ipv6",
+        "tcp_crr_100_ipv6",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["metric"] == metric)
+            .unwrap_or_else(|| panic!("no row {metric}"));
+        for mode in ["baseline", "ebpf", "iptables", "nftables"] {
+            assert!(
+                row["values"][mode].as_f64().unwrap_or(0.0) > 0.0,
+                "{metric} {mode}: {row}"
+            );
+        }
+        for other in ["baseline", "iptables", "nftables"] {
+            assert!(
+                row["ebpf_over"][other]["median"].as_f64().unwrap_or(0.0) > 0.0,
+                "{metric} ebpf/{other}: {row}"
+            );
+        }
+    }
+    // Memory per tracked connection, for both families: every published flow took a
+    // conntrack entry in both modes, and an IPv6 entry costs more than an IPv4 one.
+    let (m4, m6) = (&doc["results"]["memory"], &doc["results"]["memory_ipv6"]);
+    for m in [m4, m6] {
+        assert!(
+            m["published"]["ebpf_entries"].as_f64().unwrap() > 0.9,
+            "{m}"
+        );
+        assert!(
+            m["published"]["nf_conntrack_entries"].as_f64().unwrap() > 0.0,
+            "{m}"
+        );
+    }
+    assert!(
+        m6["ebpf_bytes_per_entry"].as_f64().unwrap() > m4["ebpf_bytes_per_entry"].as_f64().unwrap(),
+        "{m4} {m6}"
+    );
     // The CNI section: every ADD and DEL succeeded (a failure fails the bench), for both
     // plugins, at 1 and at the larger number attached, and `podman run` answered.
     let cni = &doc["results"]["cni"];

@@ -87,7 +87,7 @@ fn programs() -> TestRunPrograms {
         uplink_index: 0,
         uplink_addr: Ipv4Addr::from(U4),
         local_addrs: std::iter::once(Ipv4Addr::from(U4))
-            .chain(plan.networks.iter().map(|n| n.gateway))
+            .chain(plan.networks.iter().filter_map(|n| n.gateway))
             .collect(),
         uplink_addr6: Some(U6),
         local_addrs6: std::iter::once(U6)

@@ -72,7 +72,7 @@ fn programs_for(plan: &Plan) -> TestRunPrograms {
                 plan.networks
                     .iter()
                     .filter(|n| n.has_gateway())
-                    .map(|n| n.gateway),
+                    .filter_map(|n| n.gateway),
             )
             .collect(),
         uplink_addr6: None,
@@ -839,7 +839,11 @@ fn modes_plan() -> Plan {
         ("iso", ISO),
         ("isopeer", ISO_PEER),
     ] {
-        assert_eq!(plan.container(c).unwrap().ip, Ipv4Addr::from(ip), "{c}");
+        assert_eq!(
+            plan.container(c).unwrap().ip,
+            Some(Ipv4Addr::from(ip)),
+            "{c}"
+        );
     }
     plan
 }

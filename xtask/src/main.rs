@@ -43,7 +43,7 @@ enum Cmd {
     /// Build in release mode and run `netplane-bench`, writing its report to docs/bench/
     /// (with --quick, to target/bench-quick/).
     Bench {
-        /// Under two minutes instead of the full run.
+        /// About two and a half minutes instead of the full run.
         #[arg(long)]
         quick: bool,
     },

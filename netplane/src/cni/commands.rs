@@ -101,31 +101,38 @@ fn add(env: &Env, stdin: &[u8]) -> Result<Value, CniError> {
     }
 }
 
-/// The network of `conf` as the instance's plan has it, with the subnet and gateway of
-/// the lease: created on the first ADD, checked on the next ones.
+/// The network of `conf` as the instance's plan has it, with the subnets and gateways of
+/// the lease (an IPv6-only lease makes an IPv6-only network): created on the first ADD,
+/// checked on the next ones.
 fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), CniError> {
     let bridge = conf.bridge();
-    let subnet = lease.address.trunc();
-    let gateway = lease
-        .gateway
-        .or_else(|| subnet.hosts().next())
-        .ok_or_else(|| {
+    let subnet = lease.address.map(|a| a.trunc());
+    let gateway = match subnet {
+        None => None,
+        Some(s) => Some(lease.gateway.or_else(|| s.hosts().next()).ok_or_else(|| {
             CniError::new(
                 code::INVALID_CONFIG,
-                format!("ipam: subnet {subnet} has no host addresses"),
+                format!("ipam: subnet {s} has no host addresses"),
             )
-        })?;
-    // A dual-stack lease: the IPv6 subnet and gateway (host-local's default: ::1).
+        })?),
+    };
+    // The IPv6 subnet and gateway (host-local's default: ::1).
     let subnet6 = lease.address6.map(|a| a.trunc());
     let gateway6 = subnet6.map(|s6| {
         lease
             .gateway6
             .unwrap_or_else(|| std::net::Ipv6Addr::from(u128::from(s6.network()) + 1))
     });
-    let (subnet6, gateway6) = (
-        subnet6.map(|s| s.to_string()),
-        gateway6.map(|g| g.to_string()),
-    );
+    let want = NetworkConfig {
+        name: bridge.to_owned(),
+        subnet: subnet.map(|s| s.to_string()),
+        gateway: gateway.map(|g| g.to_string()),
+        subnet6: subnet6.map(|s| s.to_string()),
+        gateway6: gateway6.map(|g| g.to_string()),
+        driver: Driver::Bridge,
+        gateway_mode: conf.gateway_mode(),
+        mtu: conf.mtu(),
+    };
     if let Some(other) = config.networks.iter().find(|n| n.name != bridge) {
         return Err(CniError::new(
             code::INVALID_CONFIG,
@@ -136,38 +143,45 @@ fn network_of(conf: &NetConf, config: &mut Config, lease: &Lease) -> Result<(), 
             ),
         ));
     }
+    let addressing = |n: &NetworkConfig| {
+        (
+            n.subnet.clone(),
+            n.gateway.clone(),
+            n.subnet6.clone(),
+            n.gateway6.clone(),
+        )
+    };
+    let describe = |n: &NetworkConfig| {
+        [(&n.subnet, &n.gateway), (&n.subnet6, &n.gateway6)]
+            .into_iter()
+            .filter_map(|(s, g)| {
+                Some(format!(
+                    "{} (gateway {})",
+                    s.as_ref()?,
+                    g.as_deref().unwrap_or("none")
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
     match config.networks.first_mut() {
         Some(n) => {
-            if n.subnet != subnet.to_string()
-                || n.gateway.as_deref() != Some(&gateway.to_string())
-                || (n.subnet6.as_ref(), n.gateway6.as_ref())
-                    != (subnet6.as_ref(), gateway6.as_ref())
-            {
+            if addressing(n) != addressing(&want) {
                 return Err(CniError::new(
                     code::INVALID_CONFIG,
                     format!(
-                        "ipam: gave {} (gateway {gateway}), but network {} is {} (gateway {}) \
-                         for the containers attached already",
-                        lease.address,
+                        "ipam: gave {}, but network {} is {} for the containers attached \
+                         already",
+                        describe(&want),
                         conf.name,
-                        n.subnet,
-                        n.gateway.as_deref().unwrap_or("none")
+                        describe(n)
                     ),
                 ));
             }
-            n.gateway_mode = conf.gateway_mode();
-            n.mtu = conf.mtu();
+            n.gateway_mode = want.gateway_mode;
+            n.mtu = want.mtu;
         }
-        None => config.networks.push(NetworkConfig {
-            name: bridge.to_owned(),
-            subnet: subnet.to_string(),
-            gateway: Some(gateway.to_string()),
-            subnet6,
-            gateway6,
-            driver: Driver::Bridge,
-            gateway_mode: conf.gateway_mode(),
-            mtu: conf.mtu(),
-        }),
+        None => config.networks.push(want),
     }
     Ok(())
 }
@@ -295,7 +309,7 @@ fn attach(
     config.containers.push(crate::config::ContainerConfig {
         name: name.clone(),
         network: conf.bridge().to_owned(),
-        ip: Some(lease.address.addr().to_string()),
+        ip: lease.address.map(|a| a.addr().to_string()),
         ip6: lease.address6.map(|a| a.addr().to_string()),
         publish,
     });
@@ -394,13 +408,15 @@ fn release(env: &Env, conf: &NetConf, stdin: &[u8], gone: &[Attachment]) {
 /// it), inside the container. Returns the routes through the container's interface, for
 /// the result.
 fn extra_routes(c: &crate::config::Container, lease: &Lease) -> Result<Vec<Value>, CniError> {
+    // IPv4 ones, for a container that has IPv4.
     let routes: Vec<(Ipv4Net, Option<Ipv4Addr>)> = lease
         .routes
         .iter()
+        .filter(|_| c.ip.is_some())
         .filter_map(|r| {
             let dst: Ipv4Net = r.get("dst")?.as_str()?.parse().ok()?;
             let gw = r.get("gw").and_then(|g| g.as_str()?.parse().ok());
-            (dst.prefix_len() > 0).then_some((dst, gw.or(Some(c.gateway))))
+            (dst.prefix_len() > 0).then_some((dst, gw.or(c.gateway)))
         })
         .collect();
     let rt = runtime();
@@ -587,7 +603,11 @@ fn check(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
     let inside = rt
         .block_on(topology::inside(ns, ifname))
         .map_err(host_err(format!("netns {ns}")))?;
-    let want = Ipv4Net::new(c.ip, c.prefix_len).expect("planned");
+    let want = c.net4();
+    let want6 = c
+        .ip6
+        .zip(net.subnet6)
+        .map(|(ip6, s6)| ipnet::Ipv6Net::new(ip6, s6.prefix_len()).expect("planned"));
     // The default route is the container's when the ADD's result said so (another
     // interface of the namespace may hold it).
     let lists_default = prev
@@ -606,24 +626,24 @@ fn check(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
                     crate::config::format_mac(c.mac)
                 ));
             }
-            if !inside.addrs.contains(&want) {
+            if let Some(want) = want
+                && !inside.addrs.contains(&want)
+            {
                 problems.push(format!("{ifname} lacks address {want}"));
             }
-            if let (Some(ip6), Some(s6)) = (c.ip6, net.subnet6) {
-                let want6 = ipnet::Ipv6Net::new(ip6, s6.prefix_len()).expect("planned");
-                if !inside.addrs6.contains(&want6) {
-                    problems.push(format!("{ifname} lacks address {want6}"));
-                }
+            if let Some(want6) = want6
+                && !inside.addrs6.contains(&want6)
+            {
+                problems.push(format!("{ifname} lacks address {want6}"));
             }
             if lists_default
-                && !inside.routes.iter().any(|r| {
-                    r.prefix_len == 0 && r.gateway == Some(c.gateway) && r.oif == Some(l.index)
-                })
+                && let Some(gw) = c.gateway
+                && !inside
+                    .routes
+                    .iter()
+                    .any(|r| r.prefix_len == 0 && r.gateway == Some(gw) && r.oif == Some(l.index))
             {
-                problems.push(format!(
-                    "the default route via {} on {ifname} is missing",
-                    c.gateway
-                ));
+                problems.push(format!("the default route via {gw} on {ifname} is missing"));
             }
         }
     }
@@ -644,15 +664,21 @@ fn check(env: &Env, stdin: &[u8]) -> Result<(), CniError> {
             problems.push(format!("route {dst} of the result is missing"));
         }
     }
-    let prev_has_ip = prev
-        .get("ips")
-        .and_then(Value::as_array)
-        .is_some_and(|ips| {
-            ips.iter()
-                .any(|i| i.get("address").and_then(Value::as_str) == Some(&want.to_string()))
-        });
-    if !prev_has_ip {
-        problems.push(format!("prevResult does not hold {want}"));
+    let planned = want
+        .map(ipnet::IpNet::V4)
+        .into_iter()
+        .chain(want6.map(ipnet::IpNet::V6));
+    for want in planned {
+        let prev_has_ip = prev
+            .get("ips")
+            .and_then(Value::as_array)
+            .is_some_and(|ips| {
+                ips.iter()
+                    .any(|i| i.get("address").and_then(Value::as_str) == Some(&want.to_string()))
+            });
+        if !prev_has_ip {
+            problems.push(format!("prevResult does not hold {want}"));
+        }
     }
     let (links, ..) = topology::host_now(false).map_err(host_err("list the host's links"))?;
     let bridge = links.iter().find(|l| l.name == net.name);

@@ -12,13 +12,15 @@ use serde::Deserialize;
 
 use super::{CniError, Env, code};
 
-/// What netplane takes from an IPAM result: the IPv4 address and its gateway, and the
-/// routes and DNS to hand back to the runtime.
+/// What netplane takes from an IPAM result: its address of each family (one or both) and
+/// their gateways, and the routes and DNS to hand back to the runtime.
 #[derive(Debug, Clone)]
 pub struct Lease {
-    pub address: Ipv4Net,
+    /// The IPv4 address; `None` in an IPv6-only lease.
+    pub address: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
-    /// A dual-stack lease's IPv6 address and gateway (host-local with two ranges).
+    /// The IPv6 address and gateway: a dual-stack lease's (host-local with two ranges),
+    /// or an IPv6-only one's.
     pub address6: Option<Ipv6Net>,
     pub gateway6: Option<Ipv6Addr>,
     pub routes: Vec<serde_json::Value>,
@@ -157,7 +159,7 @@ pub fn speaks_1_1(env: &Env, ty: &str) -> bool {
     })
 }
 
-/// The lease in an IPAM ADD result: its one IPv4 address.
+/// The lease in an IPAM ADD result: at most one address of each family, at least one.
 pub fn lease(result: &serde_json::Value, ty: &str) -> Result<Lease, CniError> {
     let r: IpamResult = serde_json::from_value(result.clone()).map_err(|e| {
         CniError::new(
@@ -180,30 +182,28 @@ pub fn lease(result: &serde_json::Value, ty: &str) -> Result<Lease, CniError> {
             ));
         }
     }
-    let ([(address, gateway)], v6) = (&v4[..], &v6[..]) else {
-        return Err(CniError::new(
-            code::UNSUPPORTED_FIELD,
-            format!(
-                "ipam: IPAM plugin {ty} gave {} IPv4 address(es); netplane-cni needs exactly \
-                 one (IPv6-only networks are not supported yet)",
-                v4.len()
-            ),
-        ));
-    };
-    let (address6, gateway6) = match v6 {
-        [] => (None, None),
-        [(a, g)] => (Some(*a), *g),
-        _ => {
+    // At most one address per family: the plan has one per container.
+    for (n, family) in [(v4.len(), "IPv4"), (v6.len(), "IPv6")] {
+        if n > 1 {
             return Err(CniError::new(
                 code::UNSUPPORTED_FIELD,
                 format!(
-                    "ipam: IPAM plugin {ty} gave {} IPv6 addresses; netplane-cni takes one",
-                    v6.len()
+                    "ipam: IPAM plugin {ty} gave {n} {family} addresses; netplane-cni takes one"
                 ),
             ));
         }
-    };
-    let (address, gateway) = (*address, *gateway);
+    }
+    let (address, gateway) = v4.first().map_or((None, None), |&(a, g)| (Some(a), g));
+    let (address6, gateway6) = v6.first().map_or((None, None), |&(a, g)| (Some(a), g));
+    if address.is_none() && address6.is_none() {
+        return Err(CniError::new(
+            code::UNSUPPORTED_FIELD,
+            format!(
+                "ipam: IPAM plugin {ty} gave no address; netplane-cni needs an IPv4 or an \
+                 IPv6 address, or one of each"
+            ),
+        ));
+    }
     Ok(Lease {
         address,
         gateway,

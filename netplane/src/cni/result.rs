@@ -1,6 +1,9 @@
 //! The ADD result, in the version the runtime asked for: 1.x as SPEC.md defines it, and
 //! 0.3.x/0.4.0, whose addresses also carry `"version": "4"`.
 
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv6Net};
 use serde_json::{Value, json};
 
 use crate::config::{Container, Network, format_mac};
@@ -32,30 +35,28 @@ pub fn build(
         .as_ref()
         .map_or(c.netns.as_str(), |a| a.netns.as_str());
     interfaces.push(json!({"name": c.ifname(), "mac": format_mac(c.mac), "sandbox": sandbox}));
-    let mut ip = json!({
-        "address": format!("{}/{}", c.ip, c.prefix_len),
-        "interface": interfaces.len() - 1,
+    let interface = interfaces.len() - 1;
+    let v4 = c
+        .net4()
+        .map(|a| (IpNet::V4(a), c.gateway.map(IpAddr::V4), "4"));
+    let v6 = c.ip6.zip(net.subnet6).map(|(ip6, s6)| {
+        let address = Ipv6Net::new(ip6, s6.prefix_len()).expect("planned");
+        (IpNet::V6(address), net.gateway6.map(IpAddr::V6), "6")
     });
-    if net.has_gateway() {
-        ip["gateway"] = c.gateway.to_string().into();
-    }
-    if !version.starts_with("1.") {
-        ip["version"] = "4".into();
-    }
-    let mut ips = vec![ip];
-    if let (Some(ip6), Some(s6)) = (c.ip6, net.subnet6) {
-        let mut ip = json!({
-            "address": format!("{ip6}/{}", s6.prefix_len()),
-            "interface": interfaces.len() - 1,
-        });
-        if let (true, Some(gw6)) = (net.has_gateway(), net.gateway6) {
-            ip["gateway"] = gw6.to_string().into();
-        }
-        if !version.starts_with("1.") {
-            ip["version"] = "6".into();
-        }
-        ips.push(ip);
-    }
+    let ips: Vec<Value> = v4
+        .into_iter()
+        .chain(v6)
+        .map(|(address, gateway, family)| {
+            let mut ip = json!({"address": address.to_string(), "interface": interface});
+            if let (true, Some(gw)) = (net.has_gateway(), gateway) {
+                ip["gateway"] = gw.to_string().into();
+            }
+            if !version.starts_with("1.") {
+                ip["version"] = family.into();
+            }
+            ip
+        })
+        .collect();
     // The routes through the container's interface, as they are.
     let routes: Vec<Value> = routes.to_vec();
     let mut result = json!({

@@ -15,7 +15,7 @@ const PREFIX_MAX: u8 = 30;
 pub(super) fn parse_subnet(field: &str, value: &str) -> Result<Ipv4Net, ConfigError> {
     let subnet: Ipv4Net = value.parse().map_err(|_| {
         let reason = if value.parse::<ipnet::Ipv6Net>().is_ok() {
-            "IPv6 subnets are not supported yet"
+            "an IPv6 subnet: that is what subnet6 is for"
         } else {
             "not an IPv4 subnet in CIDR form, e.g. \"172.18.0.0/16\""
         };
@@ -200,11 +200,12 @@ where
 }
 
 impl<'a> Addresses<'a> {
-    /// The lowest free address of `net` below its broadcast address.
+    /// The lowest free address of `net`'s subnet below its broadcast address.
     pub(super) fn allocate(&mut self, net: &'a Network, i: usize) -> Option<Ipv4Addr> {
-        let first = u32::from(first_host(net.subnet));
-        let last = u32::from(net.subnet.broadcast()) - 1;
-        self.next(&net.name, first, last, net.gateway, i)
+        let (subnet, gateway) = net.subnet.zip(net.gateway)?;
+        let first = u32::from(first_host(subnet));
+        let last = u32::from(subnet.broadcast()) - 1;
+        self.next(&net.name, first, last, gateway, i)
     }
 }
 
@@ -247,7 +248,11 @@ mod tests {
             network = "np0"
             "#,
         ));
-        let ips: Vec<String> = plan.containers.iter().map(|c| c.ip.to_string()).collect();
+        let ips: Vec<String> = plan
+            .containers
+            .iter()
+            .map(|c| c.ip.unwrap().to_string())
+            .collect();
         assert_eq!(
             ips,
             ["10.0.0.3", "10.0.0.2", "10.0.0.5", "10.0.0.4", "10.0.0.6"]
@@ -270,10 +275,10 @@ mod tests {
             network = "np0"
             "#,
         );
-        assert_eq!(plan.networks[0].gateway, Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(plan.containers[0].ip, Ipv4Addr::new(10, 0, 0, 1));
-        assert_eq!(plan.containers[1].ip, Ipv4Addr::new(10, 0, 0, 3));
-        assert_eq!(plan.containers[1].gateway, Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(plan.networks[0].gateway, Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(plan.containers[0].ip, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(plan.containers[1].ip, Some(Ipv4Addr::new(10, 0, 0, 3)));
+        assert_eq!(plan.containers[1].gateway, Some(Ipv4Addr::new(10, 0, 0, 2)));
     }
 
     #[test]
@@ -305,7 +310,7 @@ mod tests {
         let got: Vec<(&str, String, u8)> = plan
             .containers
             .iter()
-            .map(|c| (c.network.as_str(), c.ip.to_string(), c.prefix_len))
+            .map(|c| (c.network.as_str(), c.ip.unwrap().to_string(), c.prefix_len))
             .collect();
         assert_eq!(
             got,
@@ -315,7 +320,7 @@ mod tests {
                 ("np1", "10.1.0.3".to_owned(), 16),
             ]
         );
-        assert_eq!(plan.containers[0].gateway, Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(plan.containers[0].gateway, Some(Ipv4Addr::new(10, 1, 0, 1)));
         assert_eq!(plan.containers[0].netns, "lab-a");
         assert_eq!(format_mac(plan.containers[0].mac), "02:42:0a:01:00:02");
     }
@@ -379,7 +384,7 @@ mod tests {
         assert!(plan_err(&gw("10.0.1.1"), "networks[0].gateway", "10.0.1.1").contains("outside"));
         assert_eq!(
             plan(&gw("10.0.0.254")).networks[0].gateway,
-            Ipv4Addr::new(10, 0, 0, 254)
+            Some(Ipv4Addr::new(10, 0, 0, 254))
         );
     }
 
@@ -400,7 +405,7 @@ mod tests {
         assert!(plan_err(&ip("10.0.0.1"), "containers[0].ip", "10.0.0.1").contains("gateway"));
         assert_eq!(
             plan(&ip("10.0.0.254")).containers[0].ip,
-            Ipv4Addr::new(10, 0, 0, 254)
+            Some(Ipv4Addr::new(10, 0, 0, 254))
         );
     }
 

@@ -1,7 +1,7 @@
 //! Names: the ones netplane derives (netns names, host veth names, MACs) and the rules
 //! for the ones the user chooses.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::schema::{ConfigError, invalid};
 
@@ -36,10 +36,17 @@ pub(crate) fn fnv1a_32(bytes: &[u8]) -> u32 {
     })
 }
 
-/// Docker style: 02:42 followed by the IPv4 address, so it is stable and readable. 0x02 in
-/// the first byte marks it locally administered and unicast: no vendor's MAC can clash.
-pub(super) fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = ip.octets();
+/// Docker style: 02:42 followed by the IPv4 address (an IPv6-only container's: the last
+/// 32 bits of its IPv6 address), so it is stable and readable. 0x02 in the first byte
+/// marks it locally administered and unicast: no vendor's MAC can clash.
+pub(super) fn container_mac(ip: IpAddr) -> [u8; 6] {
+    let [a, b, c, d] = match ip {
+        IpAddr::V4(ip) => ip.octets(),
+        IpAddr::V6(ip) => {
+            let o = ip.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
     [0x02, 0x42, a, b, c, d]
 }
 
@@ -181,8 +188,12 @@ mod tests {
     #[test]
     fn mac_and_netns_are_derived_from_address_and_names() {
         assert_eq!(
-            container_mac(Ipv4Addr::new(10, 1, 0, 2)),
+            container_mac("10.1.0.2".parse().unwrap()),
             [0x02, 0x42, 10, 1, 0, 2]
+        );
+        assert_eq!(
+            container_mac("2001:db8:18::a:b0c".parse().unwrap()),
+            [0x02, 0x42, 0, 0x0a, 0x0b, 0x0c]
         );
         assert_eq!(netns_name("lab", "a"), "lab-a");
     }

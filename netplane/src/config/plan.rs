@@ -3,9 +3,9 @@
 //! [`Plan`].
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
 use super::alloc::{
@@ -13,7 +13,8 @@ use super::alloc::{
     parse_subnet, parse_subnet6,
 };
 use super::names::{
-    check_bridge_name, check_ifname, check_name, container_mac, host_veth_name, netns_name,
+    check_bridge_name, check_ifname, check_name, container_mac, format_mac, host_veth_name,
+    netns_name,
 };
 use super::publish::{Family, PortMapping};
 use super::schema::{
@@ -43,22 +44,36 @@ pub struct Plan {
 pub struct Network {
     /// Also the bridge device's name (a `bridge` network's).
     pub name: String,
-    pub subnet: Ipv4Net,
+    /// The IPv4 subnet; `None` on an IPv6-only network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Ipv4Net>,
     /// The host's address on the network, the containers' next hop: on the bridge, or on
     /// every host veth of a `ptp` network (as CNI's ptp plugin does). An `isolated`
-    /// network has none on the host (see [`Network::has_gateway`]).
-    pub gateway: Ipv4Addr,
+    /// network has none on the host (see [`Network::has_gateway`]). `None` on an
+    /// IPv6-only network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
     #[serde(default)]
     pub driver: Driver,
     #[serde(default)]
     pub gateway_mode: GatewayMode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
-    /// A dual-stack network's IPv6 subnet, and the host's address on it.
+    /// A dual-stack or IPv6-only network's IPv6 subnet, and the host's address on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<Ipv6Net>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway6: Option<Ipv6Addr>,
+}
+
+/// What `of` gives for IPv4 (`false`) and IPv6 (`true`), those it has, space-separated.
+fn both_families<T: std::fmt::Display>(of: impl Fn(bool) -> Option<T>) -> String {
+    let all: Vec<String> = [false, true]
+        .into_iter()
+        .filter_map(of)
+        .map(|x| x.to_string())
+        .collect();
+    all.join(" ")
 }
 
 impl Network {
@@ -66,25 +81,54 @@ impl Network {
     pub fn has_gateway(&self) -> bool {
         self.gateway_mode != GatewayMode::Isolated
     }
+
+    /// The subnet of one family (IPv6 when `v6`), when the network has it.
+    pub fn subnet_of(&self, v6: bool) -> Option<IpNet> {
+        if v6 {
+            self.subnet6.map(IpNet::V6)
+        } else {
+            self.subnet.map(IpNet::V4)
+        }
+    }
+
+    /// The gateway of one family, when the network has that family.
+    pub fn gateway_of(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.gateway6.map(IpAddr::V6)
+        } else {
+            self.gateway.map(IpAddr::V4)
+        }
+    }
+
+    /// Its subnets, IPv4's first, as written in messages.
+    pub fn describe_subnets(&self) -> String {
+        both_families(|v6| self.subnet_of(v6))
+    }
 }
 
 /// `[[routes]]`: another host's container subnet and the underlay address it is reached
-/// through. Never masqueraded; its containers are peers of the local ones.
+/// through, of one family. Never masqueraded; its containers are peers of the local ones.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Route {
-    pub subnet: Ipv4Net,
-    pub via: Ipv4Addr,
+    pub subnet: IpNet,
+    pub via: IpAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Container {
     pub name: String,
     pub network: String,
-    pub ip: Ipv4Addr,
-    /// The network's prefix length on a bridge network, 32 on a ptp network.
+    /// Its IPv4 address; `None` on an IPv6-only network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// The prefix length of its IPv4 address: the network's on a bridge network, 32 on a
+    /// ptp network (0 without one).
     pub prefix_len: u8,
-    pub gateway: Ipv4Addr,
-    /// Docker style: 02:42 followed by the IPv4 address, so it is stable and readable.
+    /// The network's IPv4 gateway, when it has IPv4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    /// Docker style: 02:42 followed by the IPv4 address (on an IPv6-only network, the
+    /// last 32 bits of the IPv6 one), so it is stable and readable.
     pub mac: [u8; 6],
     /// `<instance>-<container>`.
     pub netns: String,
@@ -92,7 +136,7 @@ pub struct Container {
     /// container names, so that it fits the kernel's 15-byte limit.
     pub host_veth: String,
     pub publish: Vec<PortMapping>,
-    /// Its IPv6 address, on a dual-stack network (the prefix is the subnet6's; a ptp
+    /// Its IPv6 address, on a network with a subnet6 (the prefix is the subnet6's; a ptp
     /// network's is a /128).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip6: Option<Ipv6Addr>,
@@ -123,6 +167,26 @@ impl Container {
     pub fn owns_netns(&self) -> bool {
         self.attachment.is_none()
     }
+
+    /// Its IPv4 address with its prefix, when it has one.
+    pub fn net4(&self) -> Option<Ipv4Net> {
+        self.ip
+            .map(|ip| Ipv4Net::new(ip, self.prefix_len).expect("a planned prefix length"))
+    }
+
+    /// Its address of one family (IPv6 when `v6`), when it has one.
+    pub fn ip_of(&self, v6: bool) -> Option<IpAddr> {
+        if v6 {
+            self.ip6.map(IpAddr::V6)
+        } else {
+            self.ip.map(IpAddr::V4)
+        }
+    }
+
+    /// Its addresses, IPv4's first, as written in messages.
+    pub fn describe_addresses(&self) -> String {
+        both_families(|v6| self.ip_of(v6))
+    }
 }
 
 impl Plan {
@@ -134,7 +198,7 @@ impl Plan {
         self.containers.iter().find(|c| c.name == name)
     }
 
-    /// Whether a network has a subnet6 (dual-stack).
+    /// Whether a network has a subnet6 (dual-stack or IPv6-only).
     pub fn dual_stack(&self) -> bool {
         self.networks.iter().any(|n| n.subnet6.is_some())
     }
@@ -152,8 +216,8 @@ impl Plan {
                 .iter()
                 .map(|n| NetworkConfig {
                     name: n.name.clone(),
-                    subnet: n.subnet.to_string(),
-                    gateway: Some(n.gateway.to_string()),
+                    subnet: n.subnet.map(|s| s.to_string()),
+                    gateway: n.gateway.map(|g| g.to_string()),
                     subnet6: n.subnet6.map(|s| s.to_string()),
                     gateway6: n.gateway6.map(|g| g.to_string()),
                     driver: n.driver,
@@ -167,7 +231,7 @@ impl Plan {
                 .map(|c| ContainerConfig {
                     name: c.name.clone(),
                     network: c.network.clone(),
-                    ip: Some(c.ip.to_string()),
+                    ip: c.ip.map(|a| a.to_string()),
                     ip6: c.ip6.map(|a| a.to_string()),
                     publish: c.publish.iter().map(|p| p.spec.clone()).collect(),
                 })
@@ -186,15 +250,16 @@ impl Plan {
     }
 }
 
-/// A `[[routes]]` subnet: any prefix length (a /32 is one remote container), but unicast
-/// space only: not the default route, nor loopback, "this network", multicast or the
-/// reserved 240.0.0.0/4.
-fn parse_route_subnet(field: &str, value: &str) -> Result<Ipv4Net, ConfigError> {
-    let subnet: Ipv4Net = value.parse().map_err(|_| {
+/// A `[[routes]]` subnet, IPv4 or IPv6: any prefix length (a /32 or /128 is one remote
+/// container), but unicast space only: not the default route, nor loopback, "this
+/// network" or unspecified, multicast, IPv4's reserved 240.0.0.0/4, IPv6's link-local or
+/// IPv4-mapped space.
+fn parse_route_subnet(field: &str, value: &str) -> Result<IpNet, ConfigError> {
+    let subnet: IpNet = value.parse().map_err(|_| {
         invalid(
             field,
             value,
-            "not an IPv4 subnet in CIDR form, e.g. \"10.0.2.0/24\"",
+            "not a subnet in CIDR form, e.g. \"10.0.2.0/24\" or \"2001:db8:2::/64\"",
         )
     })?;
     if subnet.trunc() != subnet {
@@ -204,24 +269,6 @@ fn parse_route_subnet(field: &str, value: &str) -> Result<Ipv4Net, ConfigError> 
             format!("has host bits set; did you mean {}?", subnet.trunc()),
         ));
     }
-    let reserved: [(&str, Ipv4Net); 4] = [
-        (
-            "\"this network\"",
-            Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 8).expect("/8"),
-        ),
-        (
-            "loopback",
-            Ipv4Net::new(Ipv4Addr::LOCALHOST, 8).expect("/8").trunc(),
-        ),
-        (
-            "multicast",
-            Ipv4Net::new(Ipv4Addr::new(224, 0, 0, 0), 4).expect("/4"),
-        ),
-        (
-            "reserved",
-            Ipv4Net::new(Ipv4Addr::new(240, 0, 0, 0), 4).expect("/4"),
-        ),
-    ];
     if subnet.prefix_len() == 0 {
         return Err(invalid(
             field,
@@ -229,6 +276,22 @@ fn parse_route_subnet(field: &str, value: &str) -> Result<Ipv4Net, ConfigError> 
             "the default route is not another host's container subnet",
         ));
     }
+    let net = |s: &str| s.parse::<IpNet>().expect("a literal prefix");
+    let reserved: &[(&str, IpNet)] = match subnet {
+        IpNet::V4(_) => &[
+            ("\"this network\"", net("0.0.0.0/8")),
+            ("loopback", net("127.0.0.0/8")),
+            ("multicast", net("224.0.0.0/4")),
+            ("reserved", net("240.0.0.0/4")),
+        ],
+        IpNet::V6(_) => &[
+            ("unspecified", net("::/128")),
+            ("loopback", net("::1/128")),
+            ("IPv4-mapped", net("::ffff:0:0/96")),
+            ("link-local", net("fe80::/10")),
+            ("multicast", net("ff00::/8")),
+        ],
+    };
     if let Some((what, _)) = reserved
         .iter()
         .find(|(_, r)| r.contains(&subnet) || subnet.contains(r))
@@ -240,6 +303,70 @@ fn parse_route_subnet(field: &str, value: &str) -> Result<Ipv4Net, ConfigError> 
         ));
     }
     Ok(subnet)
+}
+
+/// A `[[routes]]` next hop, of `subnet`'s family: a unicast address another host can
+/// have. IPv6's link-local ones are refused: a route through one needs its device named.
+fn parse_route_via(field: &str, value: &str, subnet: IpNet) -> Result<IpAddr, ConfigError> {
+    let via: IpAddr = value
+        .parse()
+        .map_err(|_| invalid(field, value, "not an IPv4 or IPv6 address"))?;
+    let family = |v6: bool| if v6 { "IPv6" } else { "IPv4" };
+    let v6 = matches!(subnet, IpNet::V6(_));
+    if via.is_ipv6() != v6 {
+        return Err(invalid(
+            field,
+            value,
+            format!(
+                "an {} address for the {} subnet {subnet}: subnet and via are of one family",
+                family(via.is_ipv6()),
+                family(v6)
+            ),
+        ));
+    }
+    let unusable = match via {
+        IpAddr::V4(a) => {
+            a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback()
+        }
+        IpAddr::V6(a) => {
+            a.is_unspecified()
+                || a.is_multicast()
+                || a.is_loopback()
+                || a.is_unicast_link_local()
+                || a.to_ipv4_mapped().is_some()
+        }
+    };
+    if unusable {
+        return Err(invalid(field, value, "not a global unicast host address"));
+    }
+    Ok(via)
+}
+
+/// Refuses the next network's `key` (`subnet` or `subnet6`), written `text`, when it
+/// overlaps a subnet of its family of `networks`: every earlier entry, kept, so that
+/// their indices are the config's and the next one's is their number.
+fn no_overlap(
+    networks: &[Network],
+    key: &str,
+    text: &str,
+    subnet: IpNet,
+) -> Result<(), ConfigError> {
+    let v6 = matches!(subnet, IpNet::V6(_));
+    let found = networks.iter().enumerate().find_map(|(j, n)| {
+        let theirs = n.subnet_of(v6)?;
+        (theirs.contains(&subnet) || subnet.contains(&theirs)).then_some((j, n, theirs))
+    });
+    match found {
+        Some((j, other, theirs)) => Err(invalid(
+            format!("networks[{}].{key}", networks.len()),
+            text,
+            format!(
+                "overlaps networks[{j}].{key} ({theirs}) of network {:?}",
+                other.name
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 impl Config {
@@ -280,46 +407,39 @@ impl Config {
                 ));
             }
 
-            let subnet = parse_subnet(&field("subnet"), &net.subnet)?;
-            // Indices in `networks` match the config's, since every earlier entry was kept.
-            if let Some((j, other)) = networks
-                .iter()
-                .enumerate()
-                .find(|(_, n)| n.subnet.contains(&subnet) || subnet.contains(&n.subnet))
-            {
+            if net.subnet.is_none() && net.subnet6.is_none() {
                 return Err(invalid(
-                    field("subnet"),
-                    &net.subnet,
-                    format!(
-                        "overlaps networks[{j}].subnet ({}) of network {:?}",
-                        other.subnet, other.name
-                    ),
+                    field("name"),
+                    &net.name,
+                    "the network has neither subnet nor subnet6; give it one or both",
                 ));
             }
+            let subnet = match &net.subnet {
+                None => None,
+                Some(text) => {
+                    let subnet = parse_subnet(&field("subnet"), text)?;
+                    no_overlap(&networks, "subnet", text, IpNet::V4(subnet))?;
+                    Some(subnet)
+                }
+            };
 
-            let gateway = match &net.gateway {
-                None => first_host(subnet),
-                Some(text) => parse_host_addr(&field("gateway"), text, subnet)?,
+            let gateway = match (&net.gateway, subnet) {
+                (None, s) => s.map(first_host),
+                (Some(text), Some(s)) => Some(parse_host_addr(&field("gateway"), text, s)?),
+                (Some(text), None) => {
+                    return Err(invalid(
+                        field("gateway"),
+                        text,
+                        "the network has no subnet (it is IPv6-only)",
+                    ));
+                }
             };
 
             let subnet6 = match &net.subnet6 {
                 None => None,
                 Some(text) => {
                     let s6 = parse_subnet6(&field("subnet6"), text)?;
-                    if let Some((j, other)) = networks.iter().enumerate().find(|(_, n)| {
-                        n.subnet6
-                            .is_some_and(|o| o.contains(&s6) || s6.contains(&o))
-                    }) {
-                        return Err(invalid(
-                            field("subnet6"),
-                            text,
-                            format!(
-                                "overlaps networks[{j}].subnet6 ({}) of network {:?}",
-                                other.subnet6.expect("found by it"),
-                                other.name
-                            ),
-                        ));
-                    }
+                    no_overlap(&networks, "subnet6", text, IpNet::V6(s6))?;
                     Some(s6)
                 }
             };
@@ -359,6 +479,15 @@ impl Config {
                             "must be between 68 and 65535",
                         ));
                     }
+                    // Below IPv6's minimum (RFC 8200) the kernel turns IPv6 off on the
+                    // device (addrconf_notify(), NETDEV_CHANGEMTU).
+                    Some(m) if subnet6.is_some() && m < 1280 => {
+                        return Err(invalid(
+                            field("mtu"),
+                            &m.to_string(),
+                            "the network has a subnet6, and IPv6 needs at least 1280",
+                        ));
+                    }
                     m => m,
                 },
                 subnet6,
@@ -369,26 +498,28 @@ impl Config {
     }
 
     /// `[[routes]]`: each a subnet of its own, away from every local network, via an
-    /// address outside them. (That `via` is on a local link is checked against the host,
-    /// at `up`.)
+    /// address outside them, of the subnet's family. (That `via` is on a local link is
+    /// checked against the host, at `up`.)
     fn plan_routes(&self, networks: &[Network]) -> Result<Vec<Route>, ConfigError> {
         let mut routes: Vec<Route> = Vec::with_capacity(self.routes.len());
         for (i, r) in self.routes.iter().enumerate() {
             let field = |f: &str| format!("routes[{i}].{f}");
             let subnet = parse_route_subnet(&field("subnet"), &r.subnet)?;
-            let overlaps = |other: &Ipv4Net| other.contains(&subnet) || subnet.contains(other);
-            if let Some((j, n)) = networks
+            let v6 = matches!(subnet, IpNet::V6(_));
+            let key = if v6 { "subnet6" } else { "subnet" };
+            let overlaps = |other: &IpNet| other.contains(&subnet) || subnet.contains(other);
+            if let Some((j, n, local)) = networks
                 .iter()
                 .enumerate()
-                .find(|(_, n)| overlaps(&n.subnet))
+                .find_map(|(j, n)| Some((j, n, n.subnet_of(v6).filter(overlaps)?)))
             {
                 return Err(invalid(
                     field("subnet"),
                     &r.subnet,
                     format!(
-                        "overlaps networks[{j}].subnet ({}) of network {:?}: a routed subnet \
-                         is another host's",
-                        n.subnet, n.name
+                        "overlaps networks[{j}].{key} ({local}) of network {:?}: a routed \
+                         subnet is another host's",
+                        n.name
                     ),
                 ));
             }
@@ -399,22 +530,18 @@ impl Config {
                     format!("overlaps routes[{j}].subnet ({})", o.subnet),
                 ));
             }
-            let via: Ipv4Addr = r
-                .via
-                .parse()
-                .map_err(|_| invalid(field("via"), &r.via, "not an IPv4 address"))?;
-            if via.is_unspecified() || via.is_broadcast() || via.is_multicast() || via.is_loopback()
+            let via = parse_route_via(&field("via"), &r.via, subnet)?;
+            if let Some((n, local)) = networks
+                .iter()
+                .find_map(|n| Some((n, n.subnet_of(v6).filter(|s| s.contains(&via))?)))
             {
-                return Err(invalid(field("via"), &r.via, "not a unicast host address"));
-            }
-            if let Some(n) = networks.iter().find(|n| n.subnet.contains(&via)) {
                 return Err(invalid(
                     field("via"),
                     &r.via,
                     format!(
-                        "inside the subnet {} of local network {:?}: the next hop is another \
-                         host's underlay address",
-                        n.subnet, n.name
+                        "inside the {key} {local} of local network {:?}: the next hop is \
+                         another host's underlay address",
+                        n.name
                     ),
                 ));
             }
@@ -485,11 +612,18 @@ impl Config {
                     invalid(field("network"), &c.network, reason)
                 })?;
 
-            let ip = match &c.ip {
-                None => None,
-                Some(text) => {
-                    let ip = parse_host_addr(&field("ip"), text, network.subnet)?;
-                    if ip == network.gateway {
+            let ip = match (&c.ip, network.subnet) {
+                (None, _) => None,
+                (Some(text), None) => {
+                    return Err(invalid(
+                        field("ip"),
+                        text,
+                        format!("network {:?} has no subnet (it is IPv6-only)", network.name),
+                    ));
+                }
+                (Some(text), Some(subnet)) => {
+                    let ip = parse_host_addr(&field("ip"), text, subnet)?;
+                    if Some(ip) == network.gateway {
                         return Err(invalid(
                             field("ip"),
                             text,
@@ -556,6 +690,17 @@ impl Config {
                         ),
                     ));
                 }
+                if mapping.family == Family::V4 && network.subnet.is_none() {
+                    return Err(invalid(
+                        field,
+                        spec,
+                        format!(
+                            "an IPv4 host address, but network {:?} has no subnet (it is \
+                             IPv6-only)",
+                            network.name
+                        ),
+                    ));
+                }
                 match network.gateway_mode {
                     GatewayMode::Isolated => {
                         return Err(invalid(
@@ -593,8 +738,18 @@ impl Config {
                     }
                     GatewayMode::Nat | GatewayMode::NatUnprotected => {}
                 }
+                // Without a host address, a mapping publishes only in the families its
+                // network has: that is what may clash.
+                let mut claims = mapping.clone();
+                if claims.family == Family::Both {
+                    match (network.subnet, network.subnet6) {
+                        (Some(_), None) => claims.family = Family::V4,
+                        (None, Some(_)) => claims.family = Family::V6,
+                        _ => {}
+                    }
+                }
                 if let Some((oi, oj, other)) =
-                    published.iter().find(|(_, _, m)| m.overlaps(&mapping))
+                    published.iter().find(|(_, _, m)| m.overlaps(&claims))
                 {
                     let port = mapping.host_port.max(other.host_port);
                     return Err(invalid(
@@ -607,7 +762,7 @@ impl Config {
                         ),
                     ));
                 }
-                published.push((i, j, mapping.clone()));
+                published.push((i, j, claims));
                 publish.push(mapping);
             }
 
@@ -621,17 +776,21 @@ impl Config {
         }
 
         let mut containers = Vec::with_capacity(pending.len());
+        // An IPv6-only container's MAC comes from its address's last 32 bits, which two
+        // addresses of one subnet6 may share; an IPv4 one never clashes.
+        let mut macs: HashMap<(&str, [u8; 6]), usize> = HashMap::new();
         for (i, (c, p)) in self.containers.iter().zip(pending).enumerate() {
             let net = p.network;
-            let ip = match p.ip {
-                Some(ip) => ip,
-                None => addresses.allocate(net, i).ok_or_else(|| {
+            let ip = match (p.ip, net.subnet) {
+                (Some(ip), _) => Some(ip),
+                (None, None) => None,
+                (None, Some(subnet)) => Some(addresses.allocate(net, i).ok_or_else(|| {
                     invalid(
                         format!("containers[{i}].network"),
                         &c.network,
-                        format!("no free address left in subnet {}", net.subnet),
+                        format!("no free address left in subnet {subnet}"),
                     )
-                })?,
+                })?),
             };
             let ip6 = match (p.ip6, net.subnet6) {
                 (Some(ip6), _) => Some(ip6),
@@ -644,17 +803,36 @@ impl Config {
                     )
                 })?),
             };
+            let mac = container_mac(
+                ip.map(IpAddr::V4)
+                    .or(ip6.map(IpAddr::V6))
+                    .expect("a planned network has a subnet or a subnet6"),
+            );
+            if let Some(j) = macs.insert((&net.name, mac), i) {
+                return Err(invalid(
+                    format!("containers[{i}].ip6"),
+                    &ip6.map(|a| a.to_string()).unwrap_or_default(),
+                    format!(
+                        "its MAC {} (from the address's last 32 bits) is that of \
+                         containers[{j}] ({:?}) on the same network; give one an address \
+                         that differs there",
+                        format_mac(mac),
+                        self.containers[j].name
+                    ),
+                ));
+            }
             containers.push(Container {
                 name: c.name.clone(),
                 network: net.name.clone(),
                 ip,
                 // A ptp container is alone on its link: its address is a /32.
-                prefix_len: match net.driver {
-                    Driver::Bridge => net.subnet.prefix_len(),
-                    Driver::Ptp => 32,
+                prefix_len: match (net.driver, net.subnet) {
+                    (_, None) => 0,
+                    (Driver::Bridge, Some(subnet)) => subnet.prefix_len(),
+                    (Driver::Ptp, Some(_)) => 32,
                 },
                 gateway: net.gateway,
-                mac: container_mac(ip),
+                mac,
                 netns: netns_name(&self.name, &c.name),
                 host_veth: p.host_veth,
                 publish: p.publish,
@@ -703,6 +881,210 @@ mod tests {
         assert_eq!((p.networks[1].subnet6, p.containers[2].ip6), (None, None));
         // And the plan survives the trip back to a config.
         assert_eq!(p.to_config().plan().unwrap(), p);
+    }
+
+    /// An IPv6-only network `np6` (2001:db8:6::/64) beside an IPv4-only `np4`, with the
+    /// given extra TOML.
+    fn v6_only(extra: &str) -> String {
+        format!(
+            "[[networks]]\nname = \"np6\"\nsubnet6 = \"2001:db8:6::/64\"\n\
+             [[networks]]\nname = \"np4\"\nsubnet = \"10.0.4.0/24\"\n{extra}"
+        )
+    }
+
+    #[test]
+    fn ipv6_only_networks_plan_without_ipv4() {
+        let p = plan(&v6_only(
+            "[[containers]]\nname = \"a\"\nnetwork = \"np6\"\npublish = [\"8080:80\", \"[::]:53:53/udp\"]\n\
+             [[containers]]\nname = \"b\"\nnetwork = \"np6\"\nip6 = \"2001:db8:6::a:b0c\"\n\
+             [[containers]]\nname = \"c\"\nnetwork = \"np4\"\npublish = [\"8080:80\"]\n",
+        ));
+        let net = &p.networks[0];
+        assert_eq!((net.subnet, net.gateway), (None, None));
+        assert_eq!(net.gateway6, Some("2001:db8:6::1".parse().unwrap()));
+        assert_eq!(net.describe_subnets(), "2001:db8:6::/64");
+        let (a, b) = (p.container("a").unwrap(), p.container("b").unwrap());
+        assert_eq!((a.ip, a.gateway, a.net4()), (None, None, None));
+        assert_eq!(a.ip6, Some("2001:db8:6::2".parse().unwrap()));
+        // The MAC comes from the IPv6 address's last 32 bits.
+        assert_eq!(format_mac(b.mac), "02:42:00:0a:0b:0c");
+        assert_eq!(a.describe_addresses(), "2001:db8:6::2");
+        // Both publish 8080 without a host address: on IPv6 and on IPv4 only, no clash.
+        assert_eq!(p.container("c").unwrap().publish.len(), 1);
+        // The plan survives the trip back to a config, and JSON without an IPv4 field.
+        assert_eq!(p.to_config().plan().unwrap(), p);
+        let json = serde_json::to_string(&p.networks[0]).unwrap();
+        assert!(
+            !json.contains("\"subnet\"") && !json.contains("\"gateway\""),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Network>(&json).unwrap(),
+            p.networks[0]
+        );
+        let json = serde_json::to_string(a).unwrap();
+        assert!(
+            !json.contains("\"ip\"") && !json.contains("\"gateway\""),
+            "{json}"
+        );
+        assert_eq!(&serde_json::from_str::<Container>(&json).unwrap(), a);
+    }
+
+    #[test]
+    fn bad_ipv6_only_input_names_the_field() {
+        let msg = plan_err("[[networks]]\nname = \"np6\"\n", "networks[0].name", "np6");
+        assert!(msg.contains("neither subnet nor subnet6"), "{msg}");
+        let one = |extra: &str| {
+            v6_only(&format!(
+                "[[containers]]\nname = \"a\"\nnetwork = \"np6\"\n{extra}\n"
+            ))
+        };
+        for (toml, field, value, why) in [
+            (
+                v6_only("").replace(
+                    "subnet6 = \"2001:db8:6::/64\"",
+                    "subnet6 = \"2001:db8:6::/64\"\ngateway = \"10.0.6.1\"",
+                ),
+                "networks[0].gateway",
+                "10.0.6.1",
+                "no subnet",
+            ),
+            (
+                one("ip = \"10.0.6.2\""),
+                "containers[0].ip",
+                "10.0.6.2",
+                "has no subnet",
+            ),
+            (
+                one("publish = [\"0.0.0.0:8080:80\"]"),
+                "containers[0].publish[0]",
+                "0.0.0.0:8080:80",
+                "an IPv4 host address",
+            ),
+            (
+                one("publish = [\"127.0.0.1:8080:80\"]"),
+                "containers[0].publish[0]",
+                "127.0.0.1:8080:80",
+                "an IPv4 host address",
+            ),
+            (
+                v6_only("").replace(
+                    "subnet6 = \"2001:db8:6::/64\"",
+                    "subnet6 = \"2001:db8:6::/64\"\nmtu = 1200",
+                ),
+                "networks[0].mtu",
+                "1200",
+                "at least 1280",
+            ),
+            (
+                one("ip6 = \"2001:db8:6::1:0:0:5\"")
+                    + "[[containers]]\nname = \"b\"\nnetwork = \"np6\"\nip6 = \"2001:db8:6::5\"\n",
+                "containers[1].ip6",
+                "2001:db8:6::5",
+                "containers[0]",
+            ),
+        ] {
+            let msg = plan_err(&toml, field, value);
+            assert!(msg.contains(why), "{msg}");
+        }
+        // A host port that both families of one mapping claim: a dual-stack network's
+        // [::]:8080 and an IPv6-only network's 8080 clash.
+        let toml = v6_only(
+            "[[networks]]\nname = \"npd\"\nsubnet = \"10.0.5.0/24\"\nsubnet6 = \"2001:db8:5::/64\"\n\
+             [[containers]]\nname = \"a\"\nnetwork = \"npd\"\npublish = [\"[::]:8080:80\"]\n\
+             [[containers]]\nname = \"b\"\nnetwork = \"np6\"\npublish = [\"8080:80\"]\n",
+        );
+        let msg = plan_err(&toml, "containers[1].publish[0]", "8080:80");
+        assert!(msg.contains("containers[0].publish[0]"), "{msg}");
+    }
+
+    #[test]
+    fn ipv6_routes_plan_and_bad_ones_name_the_field() {
+        let route =
+            |subnet: &str, via: &str| format!("[[routes]]\nsubnet = {subnet:?}\nvia = {via:?}\n");
+        let p = plan(&v6_only(
+            &(route("2001:db8:2::/64", "2001:db8:c0::12") + &route("10.0.2.0/24", "192.0.2.12")),
+        ));
+        assert_eq!(
+            p.routes[0],
+            Route {
+                subnet: "2001:db8:2::/64".parse().unwrap(),
+                via: "2001:db8:c0::12".parse().unwrap(),
+            }
+        );
+        assert_eq!(p.to_config().plan().unwrap(), p);
+        for (toml, field, value, why) in [
+            (
+                route("2001:db8:2::/64", "192.0.2.12"),
+                "routes[0].via",
+                "192.0.2.12",
+                "of one family",
+            ),
+            (
+                route("10.0.2.0/24", "2001:db8:c0::12"),
+                "routes[0].via",
+                "2001:db8:c0::12",
+                "of one family",
+            ),
+            (
+                route("2001:db8:6:0:8000::/65", "2001:db8:c0::12"),
+                "routes[0].subnet",
+                "2001:db8:6:0:8000::/65",
+                "networks[0].subnet6",
+            ),
+            (
+                route("2001:db8:2::/64", "2001:db8:6::9"),
+                "routes[0].via",
+                "2001:db8:6::9",
+                "np6",
+            ),
+            (
+                route("2001:db8:2::/64", "2001:db8:2::1"),
+                "routes[0].via",
+                "2001:db8:2::1",
+                "routed subnet",
+            ),
+            (
+                route("2001:db8:2::/64", "fe80::12"),
+                "routes[0].via",
+                "fe80::12",
+                "global unicast",
+            ),
+            (
+                route("fe80::/64", "2001:db8:c0::12"),
+                "routes[0].subnet",
+                "fe80::/64",
+                "link-local",
+            ),
+            (
+                route("::/0", "2001:db8:c0::12"),
+                "routes[0].subnet",
+                "::/0",
+                "default",
+            ),
+            (
+                route("ff02::/16", "2001:db8:c0::12"),
+                "routes[0].subnet",
+                "ff02::/16",
+                "multicast",
+            ),
+            (
+                route("2001:db8:2::1/64", "2001:db8:c0::12"),
+                "routes[0].subnet",
+                "2001:db8:2::1/64",
+                "2001:db8:2::/64",
+            ),
+            (
+                route("2001:db8:2::/64", "2001:db8:c0::12")
+                    + &route("2001:db8:2::/48", "2001:db8:c0::13"),
+                "routes[1].subnet",
+                "2001:db8:2::/48",
+                "routes[0]",
+            ),
+        ] {
+            let msg = plan_err(&v6_only(&toml), field, value);
+            assert!(msg.contains(why), "{msg}");
+        }
     }
 
     #[test]
@@ -790,11 +1172,11 @@ mod tests {
         assert_eq!(plan.uplink, None);
 
         let np0 = plan.network("np0").expect("np0");
-        assert_eq!(np0.subnet, "172.18.0.0/16".parse::<Ipv4Net>().expect("net"));
-        assert_eq!(np0.gateway, Ipv4Addr::new(172, 18, 0, 1));
+        assert_eq!(np0.subnet, Some("172.18.0.0/16".parse().expect("net")));
+        assert_eq!(np0.gateway, Some(Ipv4Addr::new(172, 18, 0, 1)));
 
         let web = plan.container("web").expect("web");
-        assert_eq!(web.ip, Ipv4Addr::new(172, 18, 0, 2));
+        assert_eq!(web.ip, Some(Ipv4Addr::new(172, 18, 0, 2)));
         assert_eq!(web.prefix_len, 16);
         assert_eq!(web.gateway, np0.gateway);
         assert_eq!(format_mac(web.mac), "02:42:ac:12:00:02");
@@ -803,7 +1185,7 @@ mod tests {
         assert_eq!(web.publish[0].to_string(), "8080:80/tcp");
 
         let client = plan.container("client").expect("client");
-        assert_eq!(client.ip, Ipv4Addr::new(172, 18, 0, 3));
+        assert_eq!(client.ip, Some(Ipv4Addr::new(172, 18, 0, 3)));
         assert_eq!(client.netns, "netplane-client");
         assert!(client.publish.is_empty());
 
@@ -1015,7 +1397,7 @@ mod tests {
             plan.routes,
             [Route {
                 subnet: "10.0.2.0/24".parse().expect("net"),
-                via: Ipv4Addr::new(192, 0, 2, 12),
+                via: Ipv4Addr::new(192, 0, 2, 12).into(),
             }]
         );
     }

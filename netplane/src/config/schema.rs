@@ -80,10 +80,12 @@ impl std::str::FromStr for Mode {
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
     pub name: String,
-    pub subnet: String,
+    /// The IPv4 subnet; without it the network is IPv6-only (it then needs `subnet6`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
-    /// The IPv6 subnet of a dual-stack network (a /64 to a /120).
+    /// The IPv6 subnet of a dual-stack or IPv6-only network (a /64 to a /120).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet6: Option<String>,
     /// Default: the subnet6's `::1`.
@@ -147,7 +149,7 @@ impl fmt::Display for GatewayMode {
 }
 
 /// `[[routes]]`: another host's container subnet, reached through `via`, never
-/// masqueraded.
+/// masqueraded; both IPv4 or both IPv6.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -162,7 +164,7 @@ pub struct ContainerConfig {
     pub network: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
-    /// On a dual-stack network; default: the next free address of its subnet6.
+    /// On a network with a subnet6; default: the next free address of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip6: Option<String>,
     #[serde(default)]
@@ -247,8 +249,16 @@ mod tests {
 
     #[test]
     fn missing_required_fields_are_rejected() {
-        let msg = toml_err("[[networks]]\nname = \"np0\"");
-        assert!(msg.contains("subnet"), "{msg}");
+        for (toml, field) in [
+            ("[[containers]]\nname = \"a\"", "network"),
+            ("[[routes]]\nsubnet = \"10.0.2.0/24\"", "via"),
+        ] {
+            let msg = toml_err(toml);
+            assert!(msg.contains(field), "{msg}");
+        }
+        // A network's subnet is not required by the format: an IPv6-only one has none
+        // (planning checks that it has one of the two).
+        Config::parse("[[networks]]\nname = \"np0\"", "test.toml").unwrap();
     }
 
     #[test]

@@ -89,3 +89,40 @@ pub(crate) fn dual_stack(publish: &[&str]) -> Plan {
         "#
     ))
 }
+
+/// Instance `t`: an IPv6-only network `np6` (2001:db8:6::/64) whose container `web`
+/// publishes 8080:80, a routed IPv6-only `np7` (2001:db8:7::/64), an IPv4-only `np4`
+/// whose container `v4` publishes 9090:90, and a route of each family (2001:db8:2::/64
+/// via 2001:db8:c0::12, 10.0.2.0/24 via 192.0.2.12); for the data planes' tests of
+/// IPv6-only networks and IPv6 routes.
+pub(crate) fn ipv6_only_and_routes() -> Plan {
+    plan(
+        r#"
+        name = "t"
+        [[networks]]
+        name = "np6"
+        subnet6 = "2001:db8:6::/64"
+        [[networks]]
+        name = "np7"
+        subnet6 = "2001:db8:7::/64"
+        gateway_mode = "routed"
+        [[networks]]
+        name = "np4"
+        subnet = "10.89.4.0/24"
+        [[containers]]
+        name = "web"
+        network = "np6"
+        publish = ["8080:80"]
+        [[containers]]
+        name = "v4"
+        network = "np4"
+        publish = ["9090:90"]
+        [[routes]]
+        subnet = "2001:db8:2::/64"
+        via = "2001:db8:c0::12"
+        [[routes]]
+        subnet = "10.0.2.0/24"
+        via = "192.0.2.12"
+        "#,
+    )
+}

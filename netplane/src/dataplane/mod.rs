@@ -120,7 +120,7 @@ impl HostContext {
         let local_addrs = addrs
             .iter()
             .map(|(_, a)| a.addr())
-            .chain(gateways.clone().map(|n| n.gateway))
+            .chain(gateways.clone().filter_map(|n| n.gateway))
             .collect();
         let local_addrs6 = addrs6
             .iter()
@@ -337,7 +337,24 @@ mod tests {
         );
         // Every address is local, and so is each network's gateway.
         assert!(host.local_addrs.contains(&"203.0.113.3".parse().unwrap()));
-        assert!(host.local_addrs.contains(&plan.networks[0].gateway));
+        assert!(
+            host.local_addrs
+                .contains(&plan.networks[0].gateway.unwrap())
+        );
+        // An IPv6-only network has no IPv4 gateway to answer on.
+        let v6only = Config::parse(
+            "[[networks]]\nname = \"np6\"\nsubnet6 = \"2001:db8:6::/64\"\n",
+            "test",
+        )
+        .and_then(|c| c.plan())
+        .unwrap();
+        let host = HostContext::from_host(&v6only, "up0", links.clone(), &addrs, &[]).unwrap();
+        assert_eq!(
+            host.local_addrs.len(),
+            addrs.len(),
+            "{:?}",
+            host.local_addrs
+        );
         assert_eq!(
             host.uplink_addr6, None,
             "no IPv6 address: nothing to translate to"

@@ -6,7 +6,7 @@
 //! connect/request/close (one byte back, then close). A UDP server echoes datagrams.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,14 +78,15 @@ pub(super) struct Servers {
 }
 
 impl Servers {
-    /// TCP and UDP servers on `port` in namespace `ns`, on `cpu`.
-    pub(super) fn start(ns: &Netns, port: u16, cpu: usize) -> Servers {
+    /// TCP and UDP servers on `ip`:`port` in namespace `ns`, on `cpu`.
+    pub(super) fn start(ns: &Netns, ip: IpAddr, port: u16, cpu: usize) -> Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let addr = SocketAddr::new(ip, port);
         let (s1, r1) = (stop.clone(), ready_tx.clone());
-        let tcp = spawn_in(ns, cpu, move || tcp_server(port, &s1, r1));
+        let tcp = spawn_in(ns, cpu, move || tcp_server(addr, &s1, r1));
         let (s2, r2) = (stop.clone(), ready_tx);
-        let udp = spawn_in(ns, cpu, move || udp_server(port, &s2, r2));
+        let udp = spawn_in(ns, cpu, move || udp_server(addr, &s2, r2));
         for _ in 0..2 {
             ready_rx
                 .recv_timeout(IO_TIMEOUT)
@@ -107,8 +108,8 @@ impl Drop for Servers {
     }
 }
 
-fn tcp_server(port: u16, stop: &AtomicBool, ready: std::sync::mpsc::Sender<()>) {
-    let l = TcpListener::bind(("0.0.0.0", port)).expect("bench TCP server binds");
+fn tcp_server(addr: SocketAddr, stop: &AtomicBool, ready: std::sync::mpsc::Sender<()>) {
+    let l = TcpListener::bind(addr).expect("bench TCP server binds");
     // accept() honours SO_RCVTIMEO: the loop wakes up to see the stop flag.
     set_timeout(&l, Duration::from_millis(200));
     let _ = ready.send(());
@@ -148,8 +149,8 @@ fn tcp_server(port: u16, stop: &AtomicBool, ready: std::sync::mpsc::Sender<()>) 
     }
 }
 
-fn udp_server(port: u16, stop: &AtomicBool, ready: std::sync::mpsc::Sender<()>) {
-    let s = UdpSocket::bind(("0.0.0.0", port)).expect("bench UDP server binds");
+fn udp_server(addr: SocketAddr, stop: &AtomicBool, ready: std::sync::mpsc::Sender<()>) {
+    let s = UdpSocket::bind(addr).expect("bench UDP server binds");
     s.set_read_timeout(Some(Duration::from_millis(200))).ok();
     let _ = ready.send(());
     let mut buf = [0u8; 2048];

@@ -13,6 +13,13 @@
 //! after the bridge network in the same round: the rows ending in ", ptp", and the ratio
 //! ptp/bridge per mode under the table.
 //!
+//! And over IPv6, in the same round: the container on a dual-stack network (a subnet6,
+//! the ports published on both families), reached at the uplink's IPv6 address; TCP
+//! stream in, request/response, and connect/request/close at the first and the last N of
+//! the scale: the rows ending in ", IPv6". The nftables reference's IPv6 counterpart is
+//! the same ruleset in an `ip6` table; iptables mode's is ip6tables. The memory per
+//! tracked connection is measured for both families.
+//!
 //! Last, the CNI section ([`cni`]): netplane-cni against the reference chain bridge +
 //! host-local + portmap, ADD/DEL times and `podman run` until a published port answers.
 
@@ -20,26 +27,90 @@ pub mod cni;
 mod load;
 pub mod report;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use netplane::config::{Config, Driver, Mode, Plan};
 use netplane::dataplane::ebpf::{
-    conntrack_entries, ct_bytes_per_entry, drop_counters, program_costs,
+    IpFamily, conntrack_entry_count, ct_bytes_per_entry, drop_counters, program_costs,
 };
 use netplane::instance;
 use serde::Serialize;
 
 use self::load::{Rate, Servers, spawn_in};
 use crate::Netns;
-use crate::host::{Host, OUTSIDE_IP, UPLINK, UPLINK_IP};
+use crate::host::{Host, OUTSIDE_IP, OUTSIDE_IP6, UPLINK, UPLINK_IP, UPLINK_IP6};
 
 pub const MODES: [&str; 4] = ["baseline", "iptables", "nftables", "ebpf"];
 /// The bench's names start with this (the tests' with `npt`).
 const PREFIX: &str = "npbench";
-const WEB: &str = "10.89.0.2";
-const SUBNET: &str = "10.89.0.0/24";
+/// The addresses of one family that the bench uses.
+#[derive(Debug, Clone, Copy)]
+struct Family {
+    version: IpFamily,
+    /// The container's address, and its network's subnet.
+    web: &'static str,
+    subnet: &'static str,
+    /// Where the ports are published, and the outside's address (the client's).
+    uplink: &'static str,
+    outside: &'static str,
+    /// What the servers bind.
+    any: IpAddr,
+    /// nftables' name of the family, and of its addresses' type.
+    nft: &'static str,
+    nft_addr: &'static str,
+}
+
+const IPV4: Family = Family {
+    version: IpFamily::V4,
+    web: "10.89.0.2",
+    subnet: "10.89.0.0/24",
+    uplink: UPLINK_IP,
+    outside: OUTSIDE_IP,
+    any: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    nft: "ip",
+    nft_addr: "ipv4_addr",
+};
+
+const IPV6: Family = Family {
+    version: IpFamily::V6,
+    web: "2001:db8:89::2",
+    subnet: "2001:db8:89::/64",
+    uplink: UPLINK_IP6,
+    outside: OUTSIDE_IP6,
+    any: IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    nft: "ip6",
+    nft_addr: "ipv6_addr",
+};
+
+/// Where a measurement puts the container, and how the client reaches it.
+#[derive(Debug, Clone, Copy)]
+struct Net {
+    /// For messages.
+    name: &'static str,
+    driver: Driver,
+    /// The family the client reaches the container over; an IPv6 one makes the network
+    /// dual-stack.
+    family: Family,
+}
+
+const BRIDGE: Net = Net {
+    name: "bridge network",
+    driver: Driver::Bridge,
+    family: IPV4,
+};
+const PTP: Net = Net {
+    name: "ptp network",
+    driver: Driver::Ptp,
+    family: IPV4,
+};
+const BRIDGE6: Net = Net {
+    name: "IPv6",
+    driver: Driver::Bridge,
+    family: IPV6,
+};
+
 /// The first published host port; N ports are 10000..10000+N-1, all to the web server.
 const FIRST_PORT: u16 = 10_000;
 const UDP_PORT: u16 = 5353;
@@ -55,6 +126,9 @@ pub struct Options {
     /// Numbers of published ports for the scaling measurement (ascending; the first is
     /// where every other metric is measured).
     pub scale: Vec<u32>,
+    /// UDP flows of each kind that the memory per tracked connection is measured over,
+    /// per family (see [`memory`]).
+    pub memory_flows: u16,
     /// Whether the data-plane comparison runs (everything but the CNI section).
     pub dataplane: bool,
     /// The CNI section's settings; `None`: it does not run.
@@ -70,17 +144,19 @@ impl Options {
             seconds: 2.0,
             warmup: 0.5,
             scale: vec![1, 1_000, 10_000],
+            memory_flows: 10_000,
             dataplane: true,
             cni: Some(cni::CniOptions::full()),
         }
     }
-    /// Under two minutes on the reference machine.
+    /// About two and a half minutes on the reference machine.
     pub fn quick() -> Options {
         Options {
             rounds: 2,
             seconds: 0.5,
             warmup: 0.2,
             scale: vec![1, 1_000, 10_000],
+            memory_flows: 10_000,
             dataplane: true,
             cni: Some(cni::CniOptions::quick()),
         }
@@ -89,9 +165,10 @@ impl Options {
     pub fn smoke() -> Options {
         Options {
             rounds: 1,
-            seconds: 0.2,
+            seconds: 0.1,
             warmup: 0.05,
             scale: vec![1, 100],
+            memory_flows: 1_000,
             dataplane: true,
             cni: Some(cni::CniOptions::smoke()),
         }
@@ -123,6 +200,19 @@ pub struct Sample {
     pub ptp_tcp_rr: Option<Rate>,
     /// TCP connect/request/close (N = the first of the scale) on a ptp network.
     pub ptp_tcp_crr: Option<Rate>,
+    /// Over IPv6, on a dual-stack bridge network: TCP stream in, request/response, and
+    /// connect/request/close at the first and last N of the scale.
+    pub ipv6: Option<Figures>,
+}
+
+/// What [`measure_on`] measures of one mode with its container on one network.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    /// TCP stream in through a published port, when measured.
+    pub stream_in_gbps: Option<f64>,
+    pub tcp_rr: Rate,
+    /// Connect/request/close through a published port, per number of published ports.
+    pub tcp_crr: Vec<(u32, Rate)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,9 +223,10 @@ pub struct Machine {
     pub load_before: f64,
 }
 
+/// Kernel memory per tracked connection of one address family (see [`memory`]).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Memory {
-    /// What one entry of the conntrack map costs.
+    /// What one entry of the family's conntrack map costs.
     pub ebpf_bytes_per_entry: f64,
     /// Flows from outside to a published port (DNAT).
     pub published: FlowMemory,
@@ -160,6 +251,11 @@ impl FlowMemory {
 }
 
 impl Memory {
+    /// eBPF over nf_conntrack, the worse of the two kinds.
+    pub fn worse_ratio(&self) -> f64 {
+        self.published.ratio().max(self.masquerade.ratio())
+    }
+
     fn kind(&mut self, kind: NatKind) -> &mut FlowMemory {
         match kind {
             NatKind::Published => &mut self.published,
@@ -174,7 +270,9 @@ pub struct Results {
     pub machine: Machine,
     /// `rounds[r]` holds (mode, sample) in the order the modes ran.
     pub rounds: Vec<Vec<(String, Sample)>>,
+    /// IPv4's.
     pub memory: Memory,
+    pub memory_ipv6: Memory,
     /// Where the eBPF data path's time goes: per attached program, runs and average ns
     /// per run during a separate connect/request/close run with BPF_ENABLE_STATS on (it
     /// costs a little per run, so it is kept out of the figures above).
@@ -198,17 +296,20 @@ struct Bench {
 impl Bench {
     fn new() -> Bench {
         Bench {
-            host: Host::with_prefix(PREFIX),
+            host: Host::with_prefix(PREFIX).with_ipv6(),
         }
     }
 
     /// The host and client namespaces as new (the earlier ones retired, see
-    /// [`Host::renew`]), cabled, and the container subnet routed from the client.
+    /// [`Host::renew`]), cabled for both families, and the container subnets routed from
+    /// the client.
     fn fresh(&mut self) -> &Bench {
         self.host.renew();
-        // For the baseline: the container subnet is routed, not NATed.
-        self.client()
-            .sh(&["ip", "route", "add", SUBNET, "via", UPLINK_IP]);
+        // For the baseline: the container subnets are routed, not NATed.
+        for f in [IPV4, IPV6] {
+            self.client()
+                .sh(&["ip", "route", "add", f.subnet, "via", f.uplink]);
+        }
         self
     }
 
@@ -225,19 +326,9 @@ impl Bench {
     }
 
     /// The plan of `mode` with `n` published TCP ports (and one UDP port), the container
-    /// on a bridge network.
-    fn plan(&self, mode: Mode, n: u32, shift_first: bool) -> anyhow::Result<Plan> {
-        self.plan_on(Driver::Bridge, mode, n, shift_first)
-    }
-
-    /// [`Bench::plan`] with the container on a network of `driver`.
-    fn plan_on(
-        &self,
-        driver: Driver,
-        mode: Mode,
-        n: u32,
-        shift_first: bool,
-    ) -> anyhow::Result<Plan> {
+    /// on `net` (dual-stack for an IPv6 one; the ports are then published on both
+    /// families).
+    fn plan(&self, net: Net, mode: Mode, n: u32, shift_first: bool) -> anyhow::Result<Plan> {
         let mut publish: Vec<String> = (0..n)
             .map(|i| format!("\"{}:{SERVER_PORT}\"", u32::from(FIRST_PORT) + i))
             .collect();
@@ -245,15 +336,24 @@ impl Bench {
             publish[0] = format!("\"{}:{SERVER_PORT}\"", FIRST_PORT - 1);
         }
         publish.push(format!("\"{UDP_PORT}:{SERVER_PORT}/udp\""));
-        let driver = match driver {
+        let driver = match net.driver {
             Driver::Bridge => "bridge",
             Driver::Ptp => "ptp",
         };
+        let (subnet6, ip6) = match net.family.version {
+            IpFamily::V4 => (String::new(), String::new()),
+            IpFamily::V6 => (
+                format!("subnet6 = \"{}\"\n", IPV6.subnet),
+                format!("ip6 = \"{}\"\n", IPV6.web),
+            ),
+        };
         let text = format!(
-            "name = \"{}\"\nmode = \"{mode}\"\nuplink = \"{UPLINK}\"\n[[networks]]\nname = \"npa\"\nsubnet = \"{SUBNET}\"\n\
-             driver = \"{driver}\"\n\
-             [[containers]]\nname = \"web\"\nnetwork = \"npa\"\nip = \"{WEB}\"\npublish = [{}]\n",
+            "name = \"{}\"\nmode = \"{mode}\"\nuplink = \"{UPLINK}\"\n[[networks]]\nname = \"npa\"\nsubnet = \"{}\"\n\
+             {subnet6}driver = \"{driver}\"\n\
+             [[containers]]\nname = \"web\"\nnetwork = \"npa\"\nip = \"{}\"\n{ip6}publish = [{}]\n",
             self.name(),
+            IPV4.subnet,
+            IPV4.web,
             publish.join(", ")
         );
         Ok(Config::parse(&text, "bench")?.plan()?)
@@ -278,34 +378,38 @@ impl Bench {
 }
 
 /// The nftables reference, as Docker's and netavark's nftables backends do it: DNAT
-/// through verdict maps (one lookup whatever N), masquerade for the subnet.
-fn nft_ruleset(n: u32, shift_first: bool) -> String {
+/// through verdict maps (one lookup whatever N), masquerade for the subnet; in a table of
+/// `f`'s.
+fn nft_ruleset(n: u32, shift_first: bool, f: Family) -> String {
+    let (web, addr) = (f.web, f.nft_addr);
     let mut elems: Vec<String> = (0..n)
-        .map(|i| format!("{} : {WEB} . {SERVER_PORT}", u32::from(FIRST_PORT) + i))
+        .map(|i| format!("{} : {web} . {SERVER_PORT}", u32::from(FIRST_PORT) + i))
         .collect();
     if shift_first {
-        elems[0] = format!("{} : {WEB} . {SERVER_PORT}", FIRST_PORT - 1);
+        elems[0] = format!("{} : {web} . {SERVER_PORT}", FIRST_PORT - 1);
     }
     format!(
-        "table ip npbench {{
-  map tcp_ports {{ type inet_service : ipv4_addr . inet_service; elements = {{ {} }} }}
-  map udp_ports {{ type inet_service : ipv4_addr . inet_service; elements = {{ {UDP_PORT} : {WEB} . {SERVER_PORT} }} }}
+        "table {nft} npbench {{
+  map tcp_ports {{ type inet_service : {addr} . inet_service; elements = {{ {} }} }}
+  map udp_ports {{ type inet_service : {addr} . inet_service; elements = {{ {UDP_PORT} : {web} . {SERVER_PORT} }} }}
   chain pre {{
     type nat hook prerouting priority dstnat; policy accept;
-    fib daddr type local dnat ip addr . port to tcp dport map @tcp_ports
-    fib daddr type local dnat ip addr . port to udp dport map @udp_ports
+    fib daddr type local dnat {nft} addr . port to tcp dport map @tcp_ports
+    fib daddr type local dnat {nft} addr . port to udp dport map @udp_ports
   }}
   chain out {{
     type nat hook output priority -100; policy accept;
-    fib daddr type local dnat ip addr . port to tcp dport map @tcp_ports
+    fib daddr type local dnat {nft} addr . port to tcp dport map @tcp_ports
   }}
   chain post {{
     type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {SUBNET} oifname != \"npa\" masquerade
+    {nft} saddr {subnet} oifname != \"npa\" masquerade
   }}
 }}
 ",
-        elems.join(", ")
+        elems.join(", "),
+        nft = f.nft,
+        subnet = f.subnet,
     )
 }
 
@@ -325,24 +429,25 @@ fn nft(input: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn nft_clear() {
+fn nft_clear(f: Family) {
     let _ = std::process::Command::new("nft")
-        .args(["delete", "table", "ip", "npbench"])
+        .args(["delete", "table", f.nft, "npbench"])
         .stderr(std::process::Stdio::null())
         .status();
 }
 
-/// Applies the nftables reference in the host namespace; returns how long `nft` took.
-fn nft_apply(sb: &Bench, n: u32, shift_first: bool) -> anyhow::Result<Duration> {
+/// Applies the nftables reference for `f` in the host namespace; returns how long `nft`
+/// took.
+fn nft_apply(sb: &Bench, n: u32, shift_first: bool, f: Family) -> anyhow::Result<Duration> {
     sb.host.host.enter(|| {
-        nft_clear();
+        nft_clear(f);
         let t = Instant::now();
-        nft(&nft_ruleset(n, shift_first)).map(|()| t.elapsed())
+        nft(&nft_ruleset(n, shift_first, f)).map(|()| t.elapsed())
     })
 }
 
 fn sock(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse().expect("an IPv4 address"), port)
+    SocketAddr::new(ip.parse().expect("an IP address"), port)
 }
 
 /// Runs `f` from the client namespace (pinned to the client CPU).
@@ -356,107 +461,156 @@ fn progress(round: usize, rounds: usize, mode: &str, what: &str) {
     eprintln!("[round {}/{rounds}] {mode:<9} {what}", round + 1);
 }
 
-/// One mode in one round.
+/// One mode set up in fresh namespaces with its container on one network: where the
+/// client reaches it, and how it is measured and reprogrammed.
+struct Run<'a> {
+    sb: &'a Bench,
+    mode: &'a str,
+    netplane_mode: Mode,
+    net: Net,
+    warm: Duration,
+    secs: Duration,
+}
+
+impl<'a> Run<'a> {
+    /// New namespaces, `mode` up with `n` published ports (the nftables reference: the
+    /// topology, and its rules).
+    fn start(
+        bench: &'a mut Bench,
+        mode: &'a str,
+        net: Net,
+        n: u32,
+        opts: &Options,
+    ) -> anyhow::Result<Run<'a>> {
+        let netplane_mode = match mode {
+            "iptables" => Mode::Iptables,
+            "ebpf" => Mode::Ebpf,
+            _ => Mode::NoNat,
+        };
+        let sb = bench.fresh();
+        sb.up(&sb.plan(net, netplane_mode, n, false)?)?;
+        if mode == "nftables" {
+            nft_apply(sb, n, false, net.family)?;
+        }
+        Ok(Run {
+            sb,
+            mode,
+            netplane_mode,
+            net,
+            warm: Duration::from_secs_f64(opts.warmup),
+            secs: opts.secs(),
+        })
+    }
+
+    /// The bench's servers in `ns`, on the family's addresses.
+    fn servers(&self, ns: &Netns) -> Servers {
+        Servers::start(ns, self.net.family.any, SERVER_PORT, SERVER_CPU)
+    }
+
+    /// Where the client goes for host port `port`. The baseline reaches the container by
+    /// its address, through a route.
+    fn target(&self, port: u16) -> SocketAddr {
+        let f = self.net.family;
+        if self.mode == "baseline" {
+            sock(f.web, SERVER_PORT)
+        } else {
+            sock(f.uplink, port)
+        }
+    }
+
+    /// `load` from namespace `from` to `target`, after a warm-up of the same.
+    fn timed<R: Send + 'static>(
+        &self,
+        from: &Netns,
+        load: fn(SocketAddr, Duration) -> R,
+        target: SocketAddr,
+    ) -> R {
+        let (warm, secs) = (self.warm, self.secs);
+        spawn_in(from, CLIENT_CPU, move || load(target, warm))
+            .join()
+            .expect("bench load thread");
+        spawn_in(from, CLIENT_CPU, move || load(target, secs))
+            .join()
+            .expect("bench load thread")
+    }
+
+    /// Connect/request/close from the client to the last of `n` published ports.
+    fn crr(&self, n: u32) -> Rate {
+        let t = self.target(FIRST_PORT + (n - 1) as u16);
+        self.timed(self.sb.client(), load::tcp_crr, t)
+    }
+
+    /// Programs `n` published ports (the first one moved down by one with
+    /// `shift_first`) over what runs; returns how long the whole `up` took and how long
+    /// programming the data plane did (for nftables, the `nft` run, both).
+    fn program(&self, n: u32, shift_first: bool) -> anyhow::Result<(Duration, Duration)> {
+        if self.mode == "nftables" {
+            let t = nft_apply(self.sb, n, shift_first, self.net.family)?;
+            return Ok((t, t));
+        }
+        self.sb
+            .up(&self.sb.plan(self.net, self.netplane_mode, n, shift_first)?)
+    }
+}
+
+/// One mode in one round: on the bridge network over IPv4, then on a ptp network
+/// ([`measure_on`]), then over IPv6.
 fn measure(bench: &mut Bench, mode: &str, opts: &Options, round: usize) -> anyhow::Result<Sample> {
     let p = |what: &str| progress(round, opts.rounds, mode, what);
     let n_min = opts.scale[0];
     let n_max = *opts.scale.last().expect("scale is not empty");
-    let netplane_mode = match mode {
-        "iptables" => Mode::Iptables,
-        "ebpf" => Mode::Ebpf,
-        _ => Mode::NoNat,
-    };
     p("setting up");
-    let sb = bench.fresh();
-    sb.up(&sb.plan(netplane_mode, n_min, false)?)?;
-    if mode == "nftables" {
-        nft_apply(sb, n_min, false)?;
-    }
-    let (secs, warm) = (opts.secs(), Duration::from_secs_f64(opts.warmup));
-    let web_servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
-    let outside_servers = Servers::start(sb.client(), SERVER_PORT, SERVER_CPU);
-    // The baseline reaches the container by its address, through a route.
-    let target = |port: u16| {
-        if mode == "baseline" {
-            sock(WEB, SERVER_PORT)
-        } else {
-            sock(UPLINK_IP, port)
-        }
-    };
-    let udp_target = if mode == "baseline" {
-        sock(WEB, SERVER_PORT)
-    } else {
-        sock(UPLINK_IP, UDP_PORT)
-    };
+    let run = Run::start(bench, mode, BRIDGE, n_min, opts)?;
+    let sb = run.sb;
+    let web_servers = run.servers(&sb.web());
+    let outside_servers = run.servers(sb.client());
 
     let mut s = Sample::default();
-    let t = target(FIRST_PORT);
+    let t = run.target(FIRST_PORT);
     p("TCP stream in (published port)");
-    from_client(sb, move || load::stream(t, warm));
-    s.stream_in_gbps = from_client(sb, move || load::stream(t, secs));
+    s.stream_in_gbps = run.timed(sb.client(), load::stream, t);
     p("TCP stream out (masquerade)");
-    let out = sock(OUTSIDE_IP, SERVER_PORT);
-    spawn_in(&sb.web(), CLIENT_CPU, move || load::stream(out, warm))
-        .join()
-        .ok();
-    s.stream_out_gbps = spawn_in(&sb.web(), CLIENT_CPU, move || load::stream(out, secs))
-        .join()
-        .unwrap_or(0.0);
+    s.stream_out_gbps = run.timed(&sb.web(), load::stream, sock(IPV4.outside, SERVER_PORT));
     p("TCP request/response");
-    from_client(sb, move || load::tcp_rr(t, warm));
-    s.tcp_rr = from_client(sb, move || load::tcp_rr(t, secs));
+    s.tcp_rr = run.timed(sb.client(), load::tcp_rr, t);
     p("UDP request/response");
-    from_client(sb, move || load::udp_rr(udp_target, warm));
-    s.udp_rr = from_client(sb, move || load::udp_rr(udp_target, secs));
+    s.udp_rr = run.timed(sb.client(), load::udp_rr, run.target(UDP_PORT));
 
-    let crr = |n: u32| -> Rate {
-        let t = target(FIRST_PORT + (n - 1) as u16);
-        from_client(sb, move || load::tcp_crr(t, warm));
-        from_client(sb, move || load::tcp_crr(t, secs))
-    };
     p(&format!("TCP connect/request/close, N = {n_min}"));
-    s.tcp_crr.push((n_min, crr(n_min)));
+    s.tcp_crr.push((n_min, run.crr(n_min)));
     if mode != "baseline" {
         p(&format!("programming {n_max} mappings"));
-        let (up, apply) = if mode == "nftables" {
-            let t = nft_apply(sb, n_max, false)?;
-            (t, t)
-        } else {
-            sb.up(&sb.plan(netplane_mode, n_max, false)?)?
-        };
+        let (up, apply) = run.program(n_max, false)?;
         s.apply_ms = Some(apply.as_secs_f64() * 1e3);
         s.apply_up_ms = Some(up.as_secs_f64() * 1e3);
     }
     p(&format!("TCP connect/request/close, N = {n_max}"));
-    let top = crr(n_max);
+    let top = run.crr(n_max);
     if mode != "baseline" {
         p(&format!("one change with {n_max} mappings"));
         let (up, change) = if mode == "nftables" {
             let t = sb.host.host.enter(|| {
                 let t = Instant::now();
                 nft(&format!(
-                    "add element ip npbench tcp_ports {{ {} : {WEB} . {SERVER_PORT} }}\n",
-                    FIRST_PORT - 1
+                    "add element ip npbench tcp_ports {{ {} : {} . {SERVER_PORT} }}\n",
+                    FIRST_PORT - 1,
+                    IPV4.web
                 ))
                 .map(|()| t.elapsed())
             })?;
             (t, t)
         } else {
-            sb.up(&sb.plan(netplane_mode, n_max, true)?)?
+            run.program(n_max, true)?
         };
         s.change_ms = Some(change.as_secs_f64() * 1e3);
         s.change_up_ms = Some(up.as_secs_f64() * 1e3);
     }
     for &n in &opts.scale[1..opts.scale.len() - 1] {
         if mode != "baseline" {
-            if mode == "nftables" {
-                nft_apply(sb, n, false)?;
-            } else {
-                sb.up(&sb.plan(netplane_mode, n, false)?)?;
-            }
+            run.program(n, false)?;
         }
         p(&format!("TCP connect/request/close, N = {n}"));
-        s.tcp_crr.push((n, crr(n)));
+        s.tcp_crr.push((n, run.crr(n)));
     }
     s.tcp_crr.push((n_max, top));
     s.tcp_crr.sort_by_key(|(n, _)| *n);
@@ -472,47 +626,60 @@ fn measure(bench: &mut Bench, mode: &str, opts: &Options, round: usize) -> anyho
     }
     drop(web_servers);
     drop(outside_servers);
-    (s.ptp_tcp_rr, s.ptp_tcp_crr) = measure_ptp(bench, mode, netplane_mode, opts, round)?;
+    let ptp = measure_on(bench, mode, PTP, &[n_min], false, opts, round)?;
+    s.ptp_tcp_rr = Some(ptp.tcp_rr);
+    s.ptp_tcp_crr = ptp.tcp_crr.first().map(|(_, r)| *r);
+    let ns = ipv6_scale(&opts.scale);
+    s.ipv6 = Some(measure_on(bench, mode, BRIDGE6, &ns, true, opts, round)?);
     Ok(s)
 }
 
-/// Request/response and connect/request/close (N = the first of the scale) of one mode,
-/// with the container on a ptp network: no bridge, the host routes to the container's
-/// veth. In fresh namespaces, as every measurement.
-fn measure_ptp(
+/// The numbers of published ports IPv6 is measured at: the first and the last of `scale`.
+pub fn ipv6_scale(scale: &[u32]) -> Vec<u32> {
+    let mut ns: Vec<u32> = scale
+        .first()
+        .into_iter()
+        .chain(scale.last())
+        .copied()
+        .collect();
+    ns.dedup();
+    ns
+}
+
+/// Request/response, then connect/request/close at each N of `ns` (ascending), of one
+/// mode with its container on `net`; first a TCP stream in through a published port with
+/// `stream`. In fresh namespaces, as every measurement.
+fn measure_on(
     bench: &mut Bench,
     mode: &str,
-    netplane_mode: Mode,
+    net: Net,
+    ns: &[u32],
+    stream: bool,
     opts: &Options,
     round: usize,
-) -> anyhow::Result<(Option<Rate>, Option<Rate>)> {
-    let p = |what: &str| progress(round, opts.rounds, mode, &format!("ptp network: {what}"));
-    let n = opts.scale[0];
+) -> anyhow::Result<Figures> {
+    let p = |what: &str| progress(round, opts.rounds, mode, &format!("{}: {what}", net.name));
     p("setting up");
-    let sb = bench.fresh();
-    sb.up(&sb.plan_on(Driver::Ptp, netplane_mode, n, false)?)?;
-    if mode == "nftables" {
-        nft_apply(sb, n, false)?;
+    let run = Run::start(bench, mode, net, ns[0], opts)?;
+    let client = run.sb.client();
+    let _web_servers = run.servers(&run.sb.web());
+    let t = run.target(FIRST_PORT);
+    let mut f = Figures::default();
+    if stream {
+        p("TCP stream in (published port)");
+        f.stream_in_gbps = Some(run.timed(client, load::stream, t));
     }
-    let (secs, warm) = (opts.secs(), Duration::from_secs_f64(opts.warmup));
-    let _web_servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
-    // The same targets as on the bridge network (see `measure`).
-    let target = |port: u16| {
-        if mode == "baseline" {
-            sock(WEB, SERVER_PORT)
-        } else {
-            sock(UPLINK_IP, port)
-        }
-    };
-    let t = target(FIRST_PORT);
     p("TCP request/response");
-    from_client(sb, move || load::tcp_rr(t, warm));
-    let rr = from_client(sb, move || load::tcp_rr(t, secs));
-    p(&format!("TCP connect/request/close, N = {n}"));
-    let t = target(FIRST_PORT + (n - 1) as u16);
-    from_client(sb, move || load::tcp_crr(t, warm));
-    let crr = from_client(sb, move || load::tcp_crr(t, secs));
-    Ok((Some(rr), Some(crr)))
+    f.tcp_rr = run.timed(client, load::tcp_rr, t);
+    for (i, &n) in ns.iter().enumerate() {
+        if i > 0 && mode != "baseline" {
+            p(&format!("programming {n} mappings"));
+            run.program(n, false)?;
+        }
+        p(&format!("TCP connect/request/close, N = {n}"));
+        f.tcp_crr.push((n, run.crr(n)));
+    }
+    Ok(f)
 }
 
 fn machine() -> Machine {
@@ -540,30 +707,32 @@ fn machine() -> Machine {
     }
 }
 
-/// Kernel memory per tracked connection, measured on the same flows in both modes, for
-/// both kinds of NAT: MEMORY_FLOWS UDP datagrams from distinct source ports, from outside
-/// to the published UDP port, and from the container to the outside (masquerade), each a
-/// flow of its own.
+/// Kernel memory per tracked connection of each family (IPv4's, IPv6's), measured on the
+/// same flows in both modes, for both kinds of NAT: `opts.memory_flows` UDP datagrams from
+/// distinct source ports, from outside to the published UDP port, and from the container
+/// to the outside (masquerade), each a flow of its own. The network is dual-stack: one
+/// setup per mode serves both families (each family's tables are its own).
 ///
-/// - eBPF: the conntrack map's `memlock` per entry (elements are preallocated: key,
-///   value, the kernel's per-element header, and one hash bucket per entry), times the
-///   entries the map gained per flow.
+/// - eBPF: the family's conntrack map's `memlock` per entry (elements are preallocated:
+///   key, value, the kernel's per-element header, and one hash bucket per entry), times
+///   the entries the map gained per flow.
 /// - nf_conntrack: in iptables mode, the growth of the slabs an entry takes per entry the
-///   table gained: `nf_conntrack` (struct nf_conn) and `kmalloc-128`, where a masqueraded
-///   entry's extension area goes (NF_CT_EXT_PREALLOC = 128 bytes,
-///   net/netfilter/nf_conntrack_extend.c; MASQUERADE needs the NAT extension, DNAT does
-///   not), plus its hash bucket (8 bytes × nf_conntrack_buckets / nf_conntrack_max), the
-///   counterpart of the map's.
-fn memory(bench: &mut Bench) -> anyhow::Result<Memory> {
-    eprintln!("[memory] {MEMORY_FLOWS} UDP flows of each kind, ebpf and iptables");
-    let flows = |sb: &Bench, kind: NatKind| {
+///   table gained: `nf_conntrack` (struct nf_conn, one size for both families) and
+///   `kmalloc-128`, where a masqueraded entry's extension area goes (NF_CT_EXT_PREALLOC =
+///   128 bytes, net/netfilter/nf_conntrack_extend.c; MASQUERADE needs the NAT extension,
+///   DNAT does not), plus its hash bucket (8 bytes × nf_conntrack_buckets /
+///   nf_conntrack_max), the counterpart of the map's.
+fn memory(bench: &mut Bench, opts: &Options) -> anyhow::Result<[Memory; 2]> {
+    let n = opts.memory_flows;
+    eprintln!("[memory] {n} UDP flows of each kind and family, ebpf and iptables");
+    let flows = |sb: &Bench, f: Family, kind: NatKind| {
         let send = move || {
             let target = match kind {
-                NatKind::Published => sock(UPLINK_IP, UDP_PORT),
-                NatKind::Masquerade => sock(OUTSIDE_IP, SERVER_PORT),
+                NatKind::Published => sock(f.uplink, UDP_PORT),
+                NatKind::Masquerade => sock(f.outside, SERVER_PORT),
             };
-            for i in 0..MEMORY_FLOWS {
-                if let Ok(s) = std::net::UdpSocket::bind(("0.0.0.0", MEMORY_FIRST_SPORT + i)) {
+            for i in 0..n {
+                if let Ok(s) = std::net::UdpSocket::bind((f.any, MEMORY_FIRST_SPORT + i)) {
                     let _ = s.send_to(b"m", target);
                 }
             }
@@ -578,34 +747,31 @@ fn memory(bench: &mut Bench) -> anyhow::Result<Memory> {
         std::thread::sleep(Duration::from_millis(200));
     };
     let kinds = [NatKind::Published, NatKind::Masquerade];
-    let mut m = Memory::default();
+    let families = [IPV4, IPV6];
+    let mut per_family = [Memory::default(), Memory::default()];
 
-    let sb = bench.fresh();
-    let plan = sb.plan(Mode::Ebpf, 1, false)?;
-    sb.up(&plan)?;
-    let servers = [
-        Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU),
-        Servers::start(sb.client(), SERVER_PORT, SERVER_CPU),
-    ];
-    let entries = || conntrack_entries(&plan.name).len() as f64;
-    m.ebpf_bytes_per_entry = ct_bytes_per_entry(&plan.name).unwrap_or(f64::NAN);
-    for kind in kinds {
-        let before = entries();
-        flows(sb, kind);
-        let per_flow = (entries() - before) / f64::from(MEMORY_FLOWS);
-        let per_entry = m.ebpf_bytes_per_entry;
-        let k = m.kind(kind);
-        k.ebpf_entries = per_flow;
-        k.ebpf_bytes = per_flow * per_entry;
+    // The servers bind [::], which takes IPv4 too (as IPv4-mapped addresses).
+    let run = Run::start(bench, "ebpf", BRIDGE6, 1, opts)?;
+    let (sb, name) = (run.sb, run.sb.name());
+    let servers = [run.servers(&sb.web()), run.servers(sb.client())];
+    for (f, m) in families.into_iter().zip(&mut per_family) {
+        let entries = || conntrack_entry_count(name, f.version) as f64;
+        m.ebpf_bytes_per_entry = ct_bytes_per_entry(name, f.version).unwrap_or(f64::NAN);
+        for kind in kinds {
+            let before = entries();
+            flows(sb, f, kind);
+            let per_flow = (entries() - before) / f64::from(n);
+            let per_entry = m.ebpf_bytes_per_entry;
+            let k = m.kind(kind);
+            k.ebpf_entries = per_flow;
+            k.ebpf_bytes = per_flow * per_entry;
+        }
     }
     drop(servers);
 
-    let sb = bench.fresh();
-    sb.up(&sb.plan(Mode::Iptables, 1, false)?)?;
-    let servers = [
-        Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU),
-        Servers::start(sb.client(), SERVER_PORT, SERVER_CPU),
-    ];
+    let run = Run::start(bench, "iptables", BRIDGE6, 1, opts)?;
+    let sb = run.sb;
+    let servers = [run.servers(&sb.web()), run.servers(sb.client())];
     let sysctl = |name: &str| {
         sb.host
             .host
@@ -617,16 +783,18 @@ fn memory(bench: &mut Bench) -> anyhow::Result<Memory> {
             .unwrap_or(f64::NAN)
     };
     let bucket = 8.0 * sysctl("nf_conntrack_buckets") / sysctl("nf_conntrack_max");
-    for kind in kinds {
-        let (count_before, slabs_before) = (sysctl("nf_conntrack_count"), slab_bytes());
-        flows(sb, kind);
-        let (count_after, slabs_after) = (sysctl("nf_conntrack_count"), slab_bytes());
-        let k = m.kind(kind);
-        k.nf_conntrack_entries = count_after - count_before;
-        k.nf_conntrack_bytes = (slabs_after - slabs_before) / k.nf_conntrack_entries + bucket;
+    for (f, m) in families.into_iter().zip(&mut per_family) {
+        for kind in kinds {
+            let (count_before, slabs_before) = (sysctl("nf_conntrack_count"), slab_bytes());
+            flows(sb, f, kind);
+            let (count_after, slabs_after) = (sysctl("nf_conntrack_count"), slab_bytes());
+            let k = m.kind(kind);
+            k.nf_conntrack_entries = count_after - count_before;
+            k.nf_conntrack_bytes = (slabs_after - slabs_before) / k.nf_conntrack_entries + bucket;
+        }
     }
     drop(servers);
-    Ok(m)
+    Ok(per_family)
 }
 
 #[derive(Clone, Copy)]
@@ -635,7 +803,6 @@ enum NatKind {
     Masquerade,
 }
 
-const MEMORY_FLOWS: u16 = 10_000;
 const MEMORY_FIRST_SPORT: u16 = 20_000;
 
 /// Bytes in use in the slabs of a NATed nf_conntrack entry (/proc/slabinfo: name,
@@ -654,23 +821,18 @@ fn slab_bytes() -> f64 {
 }
 
 /// Per-program run time of the eBPF data plane under connect/request/close, with the
-/// container on a network of `driver`.
-fn profile(
-    bench: &mut Bench,
-    opts: &Options,
-    driver: Driver,
-) -> anyhow::Result<Vec<(String, u64, f64)>> {
+/// container on `net`.
+fn profile(bench: &mut Bench, opts: &Options, net: Net) -> anyhow::Result<Vec<(String, u64, f64)>> {
     eprintln!(
-        "[profile] ebpf, {driver:?} network: per-program run time under connect/request/close"
+        "[profile] ebpf, {}: per-program run time under connect/request/close",
+        net.name
     );
-    let sb = bench.fresh();
-    sb.up(&sb.plan_on(driver, Mode::Ebpf, opts.scale[0], false)?)?;
-    let servers = Servers::start(&sb.web(), SERVER_PORT, SERVER_CPU);
+    let run = Run::start(bench, "ebpf", net, opts.scale[0], opts)?;
+    let servers = run.servers(&run.sb.web());
     let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
-    let t = sock(UPLINK_IP, FIRST_PORT);
-    let secs = opts.secs();
-    from_client(sb, move || load::tcp_crr(t, secs));
-    let costs = program_costs(sb.name());
+    let (t, secs) = (run.target(FIRST_PORT), opts.secs());
+    from_client(run.sb, move || load::tcp_crr(t, secs));
+    let costs = program_costs(run.sb.name());
     drop(stats);
     drop(servers);
     Ok(costs)
@@ -705,7 +867,8 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
         eprintln!("warning: 1 CPU: client and server cannot be pinned apart");
     }
     let mut rounds = Vec::new();
-    let (mut memory, mut ebpf_program_costs, mut ebpf_program_costs_ptp) = Default::default();
+    let (mut memory, mut memory_ipv6) = Default::default();
+    let (mut ebpf_program_costs, mut ebpf_program_costs_ptp) = Default::default();
     if opts.dataplane {
         let mut bench = Bench::new();
         let seed = std::time::SystemTime::now()
@@ -719,9 +882,9 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
             }
             rounds.push(samples);
         }
-        memory = self::memory(&mut bench)?;
-        ebpf_program_costs = profile(&mut bench, &opts, Driver::Bridge)?;
-        ebpf_program_costs_ptp = profile(&mut bench, &opts, Driver::Ptp)?;
+        [memory, memory_ipv6] = self::memory(&mut bench, &opts)?;
+        ebpf_program_costs = profile(&mut bench, &opts, BRIDGE)?;
+        ebpf_program_costs_ptp = profile(&mut bench, &opts, PTP)?;
     }
     // Last: its hundreds of namespaces are torn down (by the kernel, in a worker) after it.
     let cni = opts.cni.as_ref().map(cni::run).transpose()?;
@@ -730,6 +893,7 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
         machine,
         rounds,
         memory,
+        memory_ipv6,
         ebpf_program_costs,
         ebpf_program_costs_ptp,
         cni,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{MODES, Results, Sample, cni};
+use super::{MODES, Rate, Results, Sample, cni, ipv6_scale};
 
 /// Reads one figure from a sample.
 type Getter = Box<dyn Fn(&Sample) -> Option<f64>>;
@@ -87,7 +87,7 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
         ),
     ];
     for &n in scale {
-        let crr = move |s: &Sample| s.tcp_crr.iter().find(|(k, _)| *k == n).map(|(_, r)| *r);
+        let crr = move |s: &Sample| at(&s.tcp_crr, n);
         v.push(m(
             &format!("tcp_crr_{n}"),
             &format!("TCP connect/request/close, N={n}"),
@@ -149,7 +149,36 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
         false,
         Box::new(|s| s.change_up_ms),
     ));
+    // Over IPv6 (see `bench::measure`): fewer figures, at the ends of the scale.
+    v.push(m(
+        "stream_in_ipv6",
+        "TCP stream in (published port), IPv6",
+        "Gbit/s",
+        true,
+        Box::new(|s| s.ipv6.as_ref()?.stream_in_gbps),
+    ));
+    v.push(m(
+        "tcp_rr_ipv6",
+        "TCP request/response, IPv6",
+        "trans/s",
+        true,
+        Box::new(|s| Some(s.ipv6.as_ref()?.tcp_rr.per_s)),
+    ));
+    for n in ipv6_scale(scale) {
+        v.push(m(
+            &format!("tcp_crr_{n}_ipv6"),
+            &format!("TCP connect/request/close, N={n}, IPv6"),
+            "conn/s",
+            true,
+            Box::new(move |s| at(&s.ipv6.as_ref()?.tcp_crr, n).map(|r| r.per_s)),
+        ));
+    }
     v
+}
+
+/// The rate at `n` published ports among `crr`'s.
+fn at(crr: &[(u32, Rate)], n: u32) -> Option<Rate> {
+    crr.iter().find(|(k, _)| *k == n).map(|(_, r)| *r)
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -188,7 +217,10 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     pub rows: Vec<Row>,
+    /// eBPF's memory per tracked connection over nf_conntrack's, the worse of the two
+    /// kinds of NAT, per family.
     pub memory_ratio: f64,
+    pub memory_ratio_ipv6: f64,
     /// Per ptp metric (`tcp_rr_ptp`, `tcp_crr_<N>_ptp`) and mode: the ptp network's figure
     /// over the bridge network's, computed within each round.
     pub ptp_over_bridge: BTreeMap<String, BTreeMap<String, Ratio>>,
@@ -278,8 +310,8 @@ pub fn summarize(r: &Results) -> Summary {
         .collect();
     Summary {
         rows,
-        // The worse of the two kinds.
-        memory_ratio: r.memory.published.ratio().max(r.memory.masquerade.ratio()),
+        memory_ratio: r.memory.worse_ratio(),
+        memory_ratio_ipv6: r.memory_ipv6.worse_ratio(),
         ptp_over_bridge,
         cni: r.cni.as_ref().map(cni::summarize),
     }
@@ -374,24 +406,25 @@ pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
         )
         .unwrap();
     }
-    let m = &r.memory;
-    for (kind, f) in [
-        ("published port", &m.published),
-        ("masquerade", &m.masquerade),
-    ] {
-        writeln!(
-            out,
-            "memory per tracked connection, {kind}: ebpf {:.0} B ({:.2} map entries of {:.0} B), \
-             nf_conntrack {:.0} B (measured over {:.0} entries): ratio {:.2}{}",
-            f.ebpf_bytes,
-            f.ebpf_entries,
-            m.ebpf_bytes_per_entry,
-            f.nf_conntrack_bytes,
-            f.nf_conntrack_entries,
-            f.ratio(),
-            if markdown { "  " } else { "" },
-        )
-        .unwrap();
+    for (family, m) in [("", &r.memory), ("IPv6, ", &r.memory_ipv6)] {
+        for (kind, f) in [
+            ("published port", &m.published),
+            ("masquerade", &m.masquerade),
+        ] {
+            writeln!(
+                out,
+                "memory per tracked connection, {family}{kind}: ebpf {:.0} B ({:.2} map entries of {:.0} B), \
+                 nf_conntrack {:.0} B (measured over {:.0} entries): ratio {:.2}{}",
+                f.ebpf_bytes,
+                f.ebpf_entries,
+                m.ebpf_bytes_per_entry,
+                f.nf_conntrack_bytes,
+                f.nf_conntrack_entries,
+                f.ratio(),
+                if markdown { "  " } else { "" },
+            )
+            .unwrap();
+        }
     }
     out
 }
@@ -425,10 +458,12 @@ pub fn markdown(r: &Results, s: &Summary) -> String {
     } else {
         writeln!(
             out,
-            "  \nSettings: {} rounds, {} s per measurement after a {} s warm-up, N = {:?} published ports. \
+            "  \nSettings: {} rounds, {} s per measurement after a {} s warm-up, N = {:?} published ports \
+             (over IPv6: N = {:?}, the ports published on both families of a dual-stack network; \
+             nftables' IPv6 counterpart is the same ruleset in an `ip6` table, iptables mode's is ip6tables). \
              Modes ran in a new random order every round; each ratio is computed within a round, then the median (min–max over rounds) is shown. \
              ↑ higher is better, ↓ lower is better.\n",
-            o.rounds, o.seconds, o.warmup, o.scale
+            o.rounds, o.seconds, o.warmup, o.scale, ipv6_scale(&o.scale)
         )
         .unwrap();
         out.push_str(&table(r, s, true));

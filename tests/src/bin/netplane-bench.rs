@@ -22,7 +22,7 @@ use netplane_tests::bench::{self, report};
              against the reference CNI plugins, side by side"
 )]
 struct Cli {
-    /// Under two minutes: fewer rounds, shorter measurements.
+    /// About two and a half minutes: fewer rounds, shorter measurements.
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
     /// Only check that every part works (seconds; figures are meaningless).

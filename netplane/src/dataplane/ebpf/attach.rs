@@ -18,6 +18,7 @@ use aya::programs::links::{FdLink, LinkError, PinnedLink};
 use aya::programs::tc::SchedClassifierLink;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType};
 
+use super::family::IpFamily;
 use super::object::{self, EbpfError};
 use crate::config::{Driver, Plan};
 
@@ -26,63 +27,56 @@ use crate::config::{Driver, Plan};
 /// pays neither their verifier run nor a call per packet), each after its IPv4
 /// counterpart on the same hook (TCX runs them in order; each family's program passes
 /// the other family's packets on).
-pub(super) const PROGRAMS: [(&str, TcAttachType, Target, Family); 8] = [
+pub(super) const PROGRAMS: [(&str, TcAttachType, Target, IpFamily); 8] = [
     (
         "netplane_uplink_ingress",
         TcAttachType::Ingress,
         Target::Uplink,
-        Family::V4,
+        IpFamily::V4,
     ),
     (
         "netplane_uplink_egress",
         TcAttachType::Egress,
         Target::Uplink,
-        Family::V4,
+        IpFamily::V4,
     ),
     (
         "netplane_bridge_ingress",
         TcAttachType::Ingress,
         Target::Networks,
-        Family::V4,
+        IpFamily::V4,
     ),
     (
         "netplane_bridge_egress",
         TcAttachType::Egress,
         Target::Networks,
-        Family::V4,
+        IpFamily::V4,
     ),
     (
         "netplane_uplink_ingress6",
         TcAttachType::Ingress,
         Target::Uplink,
-        Family::V6,
+        IpFamily::V6,
     ),
     (
         "netplane_uplink_egress6",
         TcAttachType::Egress,
         Target::Uplink,
-        Family::V6,
+        IpFamily::V6,
     ),
     (
         "netplane_bridge_ingress6",
         TcAttachType::Ingress,
         Target::Networks,
-        Family::V6,
+        IpFamily::V6,
     ),
     (
         "netplane_bridge_egress6",
         TcAttachType::Egress,
         Target::Networks,
-        Family::V6,
+        IpFamily::V6,
     ),
 ];
-
-/// The address family a TC program translates.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Family {
-    V4,
-    V6,
-}
 
 /// The TC programs `plan` needs: the IPv6 ones only with a subnet6.
 pub(super) fn programs(
@@ -90,7 +84,7 @@ pub(super) fn programs(
 ) -> impl Iterator<Item = (&'static str, TcAttachType, Target)> + '_ {
     PROGRAMS
         .iter()
-        .filter(|p| p.3 == Family::V4 || plan.dual_stack())
+        .filter(|p| p.3 == IpFamily::V4 || plan.dual_stack())
         .map(|&(prog, kind, target, _)| (prog, kind, target))
 }
 

@@ -15,7 +15,7 @@ use netplane_common::nat::{
     s_to_ticks, seen, tick, ticks_since, ticks_to_s,
 };
 
-use super::family::{Family, net};
+use super::family::{Family, IpFamily, net};
 use super::maps::{pinned_config, pinned_map, pinned_map_data};
 use super::object::EbpfError;
 use super::pin_dir;
@@ -77,10 +77,23 @@ where
     entries
 }
 
-/// Kernel memory per tracked IPv4 flow of instance `name`: what the kernel charges for
-/// both conntrack tables (`memlock` in /proc/self/fdinfo) over the main table's capacity.
-pub fn ct_bytes_per_entry(name: &str) -> Option<f64> {
+/// How many conntrack entries of `family` instance `name` holds, in both tables.
+pub fn conntrack_entry_count(name: &str, family: IpFamily) -> usize {
+    match family {
+        IpFamily::V4 => entries_of::<u32>(name).len(),
+        IpFamily::V6 => entries_of::<Ip6>(name).len(),
+    }
+}
+
+/// Kernel memory per tracked flow of `family` of instance `name`: what the kernel charges
+/// for both of the family's conntrack tables (`memlock` in /proc/self/fdinfo) over the
+/// main table's capacity.
+pub fn ct_bytes_per_entry(name: &str, family: IpFamily) -> Option<f64> {
     use std::os::fd::{AsFd, AsRawFd};
+    let [main, unreplied] = match family {
+        IpFamily::V4 => tables::<u32>(),
+        IpFamily::V6 => tables::<Ip6>(),
+    };
     let field = |map: &str, k: &str| -> Option<f64> {
         let data = pinned_map_data(name, map)?;
         let fd = data.fd().as_fd().as_raw_fd();
@@ -88,8 +101,8 @@ pub fn ct_bytes_per_entry(name: &str) -> Option<f64> {
         info.lines()
             .find_map(|l| l.strip_prefix(k)?.trim().parse::<f64>().ok())
     };
-    let memlock = field(maps::CT, "memlock:")? + field(maps::CT_NEW, "memlock:")?;
-    Some(memlock / field(maps::CT, "max_entries:")?)
+    let memlock = field(main, "memlock:")? + field(unreplied, "memlock:")?;
+    Some(memlock / field(main, "max_entries:")?)
 }
 
 /// The capacity `up` gives the main conntrack table of each family (the unreplied flows'
@@ -678,11 +691,21 @@ mod tests {
         let mut routed = old.clone();
         routed.routes.push(crate::config::Route {
             subnet: "10.0.2.0/24".parse().expect("net"),
-            via: Ipv4Addr::new(192, 0, 2, 12),
+            via: Ipv4Addr::new(192, 0, 2, 12).into(),
         });
         let subnet = ["10.0.2.0/24".parse::<IpNet>().expect("net")];
         assert_eq!(stale_prefixes(&routed, &old), subnet, "a route added");
         assert_eq!(stale_prefixes(&old, &routed), subnet, "a route removed");
+        // An IPv6 route's subnet, in the IPv6 tables' prefixes.
+        let mut routed6 = old.clone();
+        routed6.routes.push(crate::config::Route {
+            subnet: "2001:db8:2::/64".parse().expect("net"),
+            via: "2001:db8:c0::12".parse().expect("addr"),
+        });
+        assert_eq!(
+            stale_prefixes(&routed6, &old),
+            ["2001:db8:2::/64".parse::<IpNet>().expect("net")]
+        );
     }
 
     #[test]

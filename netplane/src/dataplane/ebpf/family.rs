@@ -14,6 +14,15 @@ use netplane_common::nat::{CtEntry, CtKey, maps};
 use crate::config::{Container, Network, Plan, PortMapping};
 use crate::dataplane::HostContext;
 
+/// An address family by name, where a value says which (the TC program a hook runs, the
+/// conntrack tables a caller asks about); [`Family`] is the same distinction at compile
+/// time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
 /// A prefix as the LPM tries key it: (prefix length, network address).
 pub(super) type Prefix<A> = (u32, A);
 
@@ -46,7 +55,7 @@ pub(super) trait Family: Addr + aya::Pod + Ord {
     fn publishes(m: &PortMapping) -> bool;
     /// The host address mapping `m` publishes on; [`Addr::UNSPECIFIED`] for every one.
     fn host_addr(m: &PortMapping) -> Self;
-    /// The `[[routes]]` subnets.
+    /// The `[[routes]]` subnets of this family.
     fn routes(plan: &Plan) -> Vec<Prefix<Self>>;
     /// The host's addresses that published ports answer on, loopback included.
     fn local_addrs(host: &HostContext) -> Vec<Self>;
@@ -89,13 +98,13 @@ impl Family for u32 {
         Ipv4Addr::from(self.to_ne_bytes()).into()
     }
     fn subnet(n: &Network) -> Option<Prefix<u32>> {
-        Some((n.subnet.prefix_len().into(), ne4(n.subnet.network())))
+        n.subnet.map(|s| (s.prefix_len().into(), ne4(s.network())))
     }
     fn gateway(n: &Network) -> Option<u32> {
-        Some(ne4(n.gateway))
+        n.gateway.map(ne4)
     }
     fn container(c: &Container) -> Option<u32> {
-        Some(ne4(c.ip))
+        c.ip.map(ne4)
     }
     fn publishes(m: &PortMapping) -> bool {
         m.on_v4()
@@ -106,7 +115,10 @@ impl Family for u32 {
     fn routes(plan: &Plan) -> Vec<Prefix<u32>> {
         plan.routes
             .iter()
-            .map(|r| (r.subnet.prefix_len().into(), ne4(r.subnet.network())))
+            .filter_map(|r| match r.subnet {
+                IpNet::V4(s) => Some((s.prefix_len().into(), ne4(s.network()))),
+                IpNet::V6(_) => None,
+            })
             .collect()
     }
     fn local_addrs(host: &HostContext) -> Vec<u32> {
@@ -155,9 +167,14 @@ impl Family for Ip6 {
     fn host_addr(m: &PortMapping) -> Ip6 {
         m.host_ip6.map_or(Self::UNSPECIFIED, ne6)
     }
-    /// None: `[[routes]]` subnets are IPv4 ones.
-    fn routes(_plan: &Plan) -> Vec<Prefix<Ip6>> {
-        Vec::new()
+    fn routes(plan: &Plan) -> Vec<Prefix<Ip6>> {
+        plan.routes
+            .iter()
+            .filter_map(|r| match r.subnet {
+                IpNet::V6(s) => Some((s.prefix_len().into(), ne6(s.network()))),
+                IpNet::V4(_) => None,
+            })
+            .collect()
     }
     fn local_addrs(host: &HostContext) -> Vec<Ip6> {
         host.local_addrs6

@@ -251,16 +251,13 @@ fn uplink_addr6(host: &HostContext) -> Ip6 {
 }
 
 /// The subnet trie's entries of family `A` for `plan`: (prefix length, network address)
-/// → its network. A network's id is its IPv4 network address (host order) with the
-/// lowest bit set: unique, as subnets do not overlap and are /30 at most (two low bits of
-/// host part), never 0 (no network), the same on every `up` while the subnet stays, and
-/// the same for both of a dual-stack network's subnets.
+/// → its network (see [`network_id`]).
 fn subnet_entries<A: Family>(plan: &Plan) -> BTreeMap<Prefix<A>, NetInfo<A>> {
     plan.networks
         .iter()
         .filter_map(|n| {
             let info = NetInfo {
-                id: u32::from(n.subnet.network()) | 1,
+                id: network_id(n),
                 gateway: A::gateway(n).unwrap_or_default(),
                 mode: mode_of(n),
                 _pad: [0; 3],
@@ -268,6 +265,22 @@ fn subnet_entries<A: Family>(plan: &Plan) -> BTreeMap<Prefix<A>, NetInfo<A>> {
             Some((A::subnet(n)?, info))
         })
         .collect()
+}
+
+/// The id by which the programs tell networks apart (they only compare ids, and 0 is no
+/// network): the same on every `up` while the subnets stay, and for both of a dual-stack
+/// network's subnets. A network with IPv4 has its IPv4 network address (host order) with
+/// the lowest bit set: unique, as subnets do not overlap and are /30 at most (two low
+/// bits of host part). An IPv6-only one has a hash of its subnet6 ending in binary 10,
+/// which no IPv4 id does (two such ids meet with a chance of 2^-30 per pair).
+fn network_id(n: &Network) -> u32 {
+    match n.subnet {
+        Some(s) => u32::from(s.network()) | 1,
+        None => {
+            let key = n.subnet6.map(|s| s.to_string()).unwrap_or_default();
+            (crate::config::fnv1a_32(key.as_bytes()) & !0b11) | 0b10
+        }
+    }
 }
 
 /// The programs' switches for `plan` ([`flags`]): what the config makes worth a lookup.
@@ -932,6 +945,39 @@ mod tests {
             published_edits::<u32>(&plan, &moved),
             Some((Vec::new(), Vec::new()))
         );
+    }
+
+    #[test]
+    fn an_ipv6_only_network_and_ipv6_routes_go_into_the_ipv6_maps_only() {
+        let plan = crate::config::testutil::ipv6_only_and_routes();
+        let (s4, s6) = (subnet_entries::<u32>(&plan), subnet_entries::<Ip6>(&plan));
+        assert_eq!((s4.len(), s6.len()), (1, 2));
+        // Ids apart from each other and from every IPv4 network's (those end in 01).
+        let ids: Vec<u32> = s6.values().map(|i| i.id).collect();
+        assert!(
+            ids[0] != ids[1] && ids.iter().all(|id| id & 0b11 == 0b10),
+            "{ids:?}"
+        );
+        assert_eq!(s4.values().next().unwrap().id & 0b11, 0b01);
+        // The IPv6 route is a never-NAT prefix of IPv6, and switches the lookup on.
+        let v6 = |a: Ip6| Ipv6Addr::from(netplane_common::addr::octets6(a)).to_string();
+        let never: Vec<(u32, String)> = never_nat_entries::<Ip6>(&plan)
+            .keys()
+            .map(|&(len, a)| (len, v6(a)))
+            .collect();
+        assert_eq!(never, [(64, "2001:db8:2::".to_owned())]);
+        assert_eq!(never_nat_entries::<u32>(&plan).len(), 1, "the IPv4 route's");
+        assert_ne!(config_flags(&plan) & flags::ROUTES, 0);
+        // web has no IPv4 address: its port is IPv6's only; v4's is IPv4's only.
+        let port = |k: &PortKey<u32>| u16::from_be(k.port);
+        assert_eq!(
+            published_entries::<u32>(&plan)
+                .keys()
+                .map(port)
+                .collect::<Vec<_>>(),
+            [9090]
+        );
+        assert_eq!(published_entries::<Ip6>(&plan).len(), 1);
     }
 
     #[test]

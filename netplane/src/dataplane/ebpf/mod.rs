@@ -36,7 +36,10 @@ pub mod testrun;
 
 use std::path::{Path, PathBuf};
 
-pub use conntrack::{Flow, conntrack_entries, ct_bytes_per_entry, flows, gc};
+pub use conntrack::{
+    Flow, conntrack_entries, conntrack_entry_count, ct_bytes_per_entry, flows, gc,
+};
+pub use family::IpFamily;
 pub use object::EbpfError;
 pub use stats::{drop_counters, program_costs};
 pub use testrun::{TestRunMaps, TestRunPrograms};

@@ -70,7 +70,7 @@ impl Family {
         }
     }
 
-    /// Whether `plan` has rules of this family: IPv6 only with a dual-stack network.
+    /// Whether `plan` has rules of this family: IPv6 only with a network with a subnet6.
     fn wanted(self, plan: &Plan) -> bool {
         !self.v6 || plan.networks.iter().any(|n| n.subnet6.is_some())
     }
@@ -374,11 +374,12 @@ impl Dataplane for Iptables {
     fn sysctls(&self, plan: &Plan) -> Vec<(String, String)> {
         // Lets DNATed packets from 127.0.0.1 be routed out of the device towards the
         // container: the bridge, or a ptp container's host veth (__mkroute_output()
-        // refuses a loopback source on a device without it). Only NAT networks publish.
+        // refuses a loopback source on a device without it). Only NAT networks publish,
+        // and only those with IPv4 on 127.0.0.1.
         let devices = plan
             .networks
             .iter()
-            .filter(|n| n.gateway_mode.nat())
+            .filter(|n| n.gateway_mode.nat() && n.subnet.is_some())
             .flat_map(|n| match n.driver {
                 Driver::Bridge => vec![n.name.as_str()],
                 Driver::Ptp => plan
@@ -456,10 +457,10 @@ impl Dataplane for Iptables {
     fn verify_ports(&self, plan: &Plan, c: &Container) -> Vec<String> {
         let mut problems = Vec::new();
         for fam in [V4, V6] {
-            let to = match (fam.v6, c.ip6) {
-                (false, _) => format!("--to-destination {}:", c.ip),
-                (true, Some(ip6)) => format!("--to-destination [{ip6}]:"),
-                (true, None) => continue,
+            let to = match c.ip_of(fam.v6) {
+                Some(std::net::IpAddr::V4(ip)) => format!("--to-destination {ip}:"),
+                Some(std::net::IpAddr::V6(ip6)) => format!("--to-destination [{ip6}]:"),
+                None => continue,
             };
             let want: Vec<String> = fam
                 .rules(plan)

@@ -31,9 +31,11 @@ pub fn changed_udp_ports_of(old: Option<&Plan>, new: &Plan, v6: bool) -> BTreeSe
     let backends = |p: &Plan| -> Backends {
         let mut by_port = Backends::new();
         for (c, m) in dnat_mappings_of(p, v6).filter(|(_, m)| m.proto == Proto::Udp) {
-            let (host, to): (Option<IpAddr>, IpAddr) = match (v6, c.ip6) {
-                (true, Some(ip6)) => (m.host_ip6.map(Into::into), ip6.into()),
-                _ => (m.host_ip.map(Into::into), c.ip.into()),
+            let Some(to) = c.ip_of(v6) else { continue };
+            let host: Option<IpAddr> = if v6 {
+                m.host_ip6.map(Into::into)
+            } else {
+                m.host_ip.map(Into::into)
             };
             for (hp, cp) in m.pairs() {
                 by_port.entry(hp).or_default().insert((host, to, cp));
@@ -57,13 +59,12 @@ pub fn gone_addresses(old: Option<&Plan>, new: &Plan) -> Vec<IpAddr> {
     let mut gone = Vec::new();
     for o in old.into_iter().flat_map(|o| &o.containers) {
         let now = new.container(&o.name);
-        if now.is_none_or(|c| c.ip != o.ip) {
-            gone.push(o.ip.into());
-        }
-        if let Some(ip6) = o.ip6
-            && now.is_none_or(|c| c.ip6 != o.ip6)
-        {
-            gone.push(ip6.into());
+        for v6 in [false, true] {
+            if let Some(ip) = o.ip_of(v6)
+                && now.is_none_or(|c| c.ip_of(v6) != Some(ip))
+            {
+                gone.push(ip);
+            }
         }
     }
     gone

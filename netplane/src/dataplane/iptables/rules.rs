@@ -25,7 +25,9 @@
 
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
 
 use super::{TABLES, chain, chains_of};
 use crate::config::{Container, Driver, GatewayMode, Network, Plan, PortMapping};
@@ -120,13 +122,13 @@ struct Scope<'a> {
 }
 
 impl Scope<'_> {
-    /// The network's subnet in this family.
+    /// The network's subnet in this family (a [`family_view`] has only networks that
+    /// have one).
     fn subnet(&self) -> String {
-        if self.v6 {
-            self.net.subnet6.map(|s| s.to_string()).unwrap_or_default()
-        } else {
-            self.net.subnet.to_string()
-        }
+        self.net
+            .subnet_of(self.v6)
+            .map(|s| s.to_string())
+            .unwrap_or_default()
     }
 
     /// Forwarded out of one of the network's containers.
@@ -163,13 +165,10 @@ impl Scope<'_> {
         }
     }
 
-    /// Forwarded to container `c` of the network: its address on its bridge, or its
-    /// address on its own host veth.
-    fn to_container(&self, c: &Container) -> Match {
-        let dst = match (self.v6, c.ip6) {
-            (true, Some(ip6)) => Match::default().dst(format!("{ip6}/128")),
-            _ => Match::default().dst(format!("{}/32", c.ip)),
-        };
+    /// Forwarded to container `c` of the network at its address `ip`: on its bridge, or
+    /// on its own host veth.
+    fn to_container(&self, c: &Container, ip: IpAddr) -> Match {
+        let dst = Match::default().dst(IpNet::from(ip));
         match self.net.driver {
             Driver::Bridge => dst.oif(&self.net.name),
             Driver::Ptp => dst.oif(&c.host_veth),
@@ -184,8 +183,8 @@ pub fn dnat_mappings(plan: &Plan) -> impl Iterator<Item = (&Container, &PortMapp
     dnat_mappings_of(plan, false)
 }
 
-/// [`dnat_mappings`] of one family: IPv6 ones are those on IPv6 host addresses of
-/// containers that have an IPv6 address.
+/// [`dnat_mappings`] of one family: those on that family's host addresses of containers
+/// that have an address of it.
 pub(super) fn dnat_mappings_of(
     plan: &Plan,
     v6: bool,
@@ -196,29 +195,37 @@ pub(super) fn dnat_mappings_of(
             plan.network(&c.network)
                 .is_some_and(|n| n.gateway_mode.nat())
         })
-        .filter(move |c| !v6 || c.ip6.is_some())
+        .filter(move |c| c.ip_of(v6).is_some())
         .flat_map(|c| c.publish.iter().map(move |m| (c, m)))
         .filter(move |(_, m)| if v6 { m.on_v6() } else { m.on_v4() })
 }
 
 /// The contents of netplane's chains for `plan`, as `iptables-restore` input (declaring a
-/// chain in a `--noflush` batch creates it or flushes it). Pure, so unit-tested.
+/// chain in a `--noflush` batch creates it or flushes it): those of its networks with a
+/// subnet (IPv4). Pure, so unit-tested.
 pub fn ruleset(plan: &Plan) -> String {
-    rules_of(plan, false)
+    rules_of(&family_view(plan, false), false)
 }
 
 /// The IPv6 counterpart of [`ruleset`], as `ip6tables-restore` input: the same chains
-/// for the dual-stack networks' subnet6 (Docker's rules with ip6tables enabled). No
-/// `[[routes]]` (IPv4 subnets), no `[::1]` publishing (refused: IPv6 has no
-/// `route_localnet`), so no `raw` drop and no loopback SNAT; DNAT leaves link-local
-/// clients alone, as Docker does (`! -s fe80::/10`).
+/// for the networks' subnet6 and the IPv6 `[[routes]]` (Docker's rules with ip6tables
+/// enabled). No `[::1]` publishing (refused: IPv6 has no `route_localnet`), so no `raw`
+/// drop and no loopback SNAT; DNAT leaves link-local clients alone, as Docker does
+/// (`! -s fe80::/10`).
 pub fn ruleset6(plan: &Plan) -> String {
-    let mut dual = plan.clone();
-    dual.networks.retain(|n| n.subnet6.is_some());
-    dual.containers
-        .retain(|c| c.ip6.is_some() && dual.networks.iter().any(|n| n.name == c.network));
-    dual.routes.clear();
-    rules_of(&dual, true)
+    rules_of(&family_view(plan, true), true)
+}
+
+/// `plan` as the ruleset of one family (IPv6 when `v6`) sees it: only the networks that
+/// have a subnet of that family, their containers, and the routes of that family.
+fn family_view(plan: &Plan, v6: bool) -> Plan {
+    let mut view = plan.clone();
+    view.networks.retain(|n| n.subnet_of(v6).is_some());
+    view.containers
+        .retain(|c| c.ip_of(v6).is_some() && view.networks.iter().any(|n| n.name == c.network));
+    view.routes
+        .retain(|r| matches!(r.subnet, IpNet::V6(_)) == v6);
+    view
 }
 
 fn rules_of(plan: &Plan, v6: bool) -> String {
@@ -303,20 +310,21 @@ impl Chains {
         }
         for (c, m) in dnat_mappings_of(plan, self.v6) {
             let proto = m.proto;
-            let (dst, to) = match (self.v6, c.ip6) {
-                (true, Some(ip6)) => (
+            let (dst, to) = match c.ip_of(self.v6) {
+                Some(IpAddr::V6(ip6)) => (
                     m.host_ip6
                         .map(|ip| format!("-d {ip}/128 "))
                         .unwrap_or_default()
                         + "! -s fe80::/10 ",
                     format!("[{ip6}]"),
                 ),
-                _ => (
+                Some(IpAddr::V4(ip)) => (
                     m.host_ip
                         .map(|ip| format!("-d {ip}/32 "))
                         .unwrap_or_default(),
-                    c.ip.to_string(),
+                    ip.to_string(),
                 ),
+                None => continue,
             };
             // One rule per port: a DNAT range would pick any port of the range, not the
             // matching one (what Docker does too).
@@ -346,15 +354,11 @@ impl Chains {
                 net: n,
                 v6: self.v6,
             };
-            let (subnet, gw) = if self.v6 {
-                (
-                    scope.subnet(),
-                    n.gateway6.map(|g| g.to_string()).unwrap_or_default(),
-                )
-            } else {
-                (n.subnet.to_string(), n.gateway.to_string())
-            };
-            let src = Match::default().src(subnet);
+            let gw = n
+                .gateway_of(self.v6)
+                .map(|g| g.to_string())
+                .unwrap_or_default();
+            let src = Match::default().src(scope.subnet());
             // Out of the network: the address of the device it leaves by.
             rules.push(format!(
                 "-A {masq} {}-j MASQUERADE",
@@ -436,8 +440,8 @@ impl Chains {
                 }
                 GatewayMode::NatUnprotected => add(to, "-j ACCEPT"),
                 GatewayMode::Routed => {
-                    for (c, port) in routed_ports(plan, s.net, self.v6) {
-                        add(s.to_container(c), &format!("{port} -j ACCEPT"));
+                    for (c, ip, port) in routed_ports(plan, s.net, self.v6) {
+                        add(s.to_container(c, ip), &format!("{port} -j ACCEPT"));
                     }
                     add(
                         to.clone(),
@@ -468,18 +472,27 @@ fn order_src_first(m: &str) -> String {
 }
 
 /// A routed network's open container ports: `-p proto -m proto --dport port[:last]`
-/// per container, each once.
-fn routed_ports<'a>(plan: &'a Plan, net: &Network, v6: bool) -> Vec<(&'a Container, String)> {
+/// per container with an address of the family (and that address), each once.
+fn routed_ports<'a>(
+    plan: &'a Plan,
+    net: &Network,
+    v6: bool,
+) -> Vec<(&'a Container, IpAddr, String)> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for c in plan.containers.iter().filter(|c| c.network == net.name) {
+    for (c, ip) in plan
+        .containers
+        .iter()
+        .filter(|c| c.network == net.name)
+        .filter_map(|c| Some((c, c.ip_of(v6)?)))
+    {
         for m in c
             .publish
             .iter()
             .filter(|m| if v6 { m.on_v6() } else { m.on_v4() })
         {
             let (first, last) = (*m.container_ports().start(), *m.container_ports().end());
-            if !seen.insert((c.ip, m.proto.number(), first, last)) {
+            if !seen.insert((ip, m.proto.number(), first, last)) {
                 continue;
             }
             let ports = if first == last {
@@ -488,7 +501,7 @@ fn routed_ports<'a>(plan: &'a Plan, net: &Network, v6: bool) -> Vec<(&'a Contain
                 format!("{first}:{last}")
             };
             let proto = m.proto;
-            out.push((c, format!("-p {proto} -m {proto} --dport {ports}")));
+            out.push((c, ip, format!("-p {proto} -m {proto} --dport {ports}")));
         }
     }
     out
@@ -581,6 +594,42 @@ mod tests {
             ]
         );
         assert!(r6.contains(&format!(":NETPLANE-FWD-{t} - [0:0]")));
+    }
+
+    #[test]
+    fn an_ipv6_only_network_and_ipv6_routes_are_in_the_ip6tables_rules_only() {
+        let p = crate::config::testutil::ipv6_only_and_routes();
+        let (r4, r6) = (ruleset(&p), ruleset6(&p));
+        // IPv4: the IPv4 network and route only.
+        assert!(!r4.contains("np6") && !r4.contains("2001:db8"), "{r4}");
+        assert_eq!(
+            chain_rules(&r4, "DNAT"),
+            ["-p tcp -m tcp --dport 9090 -j DNAT --to-destination 10.89.4.2:90"]
+        );
+        // IPv6: the IPv6-only network, its published port and the IPv6 route, which is
+        // never masqueraded and a peer of the network, as an IPv4 route is in IPv4.
+        assert!(!r6.contains("np4") && !r6.contains("10.0.2.0"), "{r6}");
+        assert_eq!(
+            chain_rules(&r6, "DNAT")[1..],
+            [
+                "! -s fe80::/10 -p tcp -m tcp --dport 8080 -j DNAT --to-destination [2001:db8:6::2]:80"
+            ]
+        );
+        assert_eq!(
+            chain_rules(&r6, "MASQ"),
+            [
+                "-d 2001:db8:2::/64 -j RETURN",
+                "-s 2001:db8:6::/64 ! -o np6 -j MASQUERADE",
+                "-s 2001:db8:6::/64 -o np6 -m conntrack --ctstate DNAT -j SNAT --to-source 2001:db8:6::1",
+            ]
+        );
+        let fwd6 = chain_rules(&r6, "FWD");
+        let peer = fwd6
+            .iter()
+            .position(|l| l == "-s 2001:db8:2::/64 -o np6 -j ACCEPT")
+            .unwrap_or_else(|| panic!("{fwd6:#?}"));
+        assert!(peer < fwd6.iter().position(|l| l == "-o np6 -j DROP").unwrap());
+        assert_eq!(chain_rules(&r4, "MASQ")[0], "-d 10.0.2.0/24 -j RETURN");
     }
 
     #[test]
