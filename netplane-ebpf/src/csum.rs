@@ -13,13 +13,14 @@
 //! and UDP's do (RFC 4443, 2.3): an address change is folded into all three.
 
 use aya_ebpf::bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR};
-use aya_ebpf::helpers::generated::bpf_csum_diff;
+use aya_ebpf::helpers::generated::{bpf_csum_diff, bpf_csum_update};
 use aya_ebpf::programs::TcContext;
 use netplane_common::addr::Ip6;
 use netplane_common::nat::Side;
 use netplane_common::packet::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use netplane_common::packet6::IPPROTO_ICMPV6;
 
+use crate::family::Family;
 use crate::parse::{
     Frag, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, IP6_DST_OFF, IP6_SRC_OFF, Packet, ptr_at,
 };
@@ -40,13 +41,14 @@ pub fn write<T: Copy>(ctx: &TcContext, off: usize, v: T) -> Result<(), i64> {
     }
 }
 
-/// The offset of the L4 checksum and the extra helper flags for the packet's protocol.
+/// The offset of the L4 checksum and the extra helper flags for the packet's protocol;
+/// `icmp` is the family's ICMP (the other family's is another protocol here).
 #[inline(always)]
-fn l4_csum<A>(p: &Packet<A>) -> Option<(usize, u64)> {
+fn l4_csum<A>(p: &Packet<A>, icmp: u8) -> Option<(usize, u64)> {
     match p.proto {
         IPPROTO_TCP => Some((p.l4_off + 16, 0)),
         IPPROTO_UDP => Some((p.l4_off + 6, BPF_F_MARK_MANGLED_0 as u64)),
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => Some((p.l4_off + 2, 0)),
+        proto if proto == icmp => Some((p.l4_off + 2, 0)),
         _ => None,
     }
 }
@@ -63,7 +65,7 @@ pub fn set_addr4(ctx: &TcContext, p: &mut Packet, side: Side, new: u32) -> Resul
     }
     // ICMP has no pseudo-header; a later fragment has no L4 header at all.
     if p.frag != Frag::Later && p.proto != IPPROTO_ICMP {
-        if let Some((csum_off, flags)) = l4_csum(p) {
+        if let Some((csum_off, flags)) = l4_csum(p, IPPROTO_ICMP) {
             ctx.l4_csum_replace(
                 csum_off,
                 old as u64,
@@ -83,7 +85,12 @@ pub fn set_addr4(ctx: &TcContext, p: &mut Packet, side: Side, new: u32) -> Resul
 
 /// Writes `new` as the source or destination port (the ICMP echo identifier for ICMP).
 #[inline(always)]
-pub fn set_port<A>(ctx: &TcContext, p: &mut Packet<A>, side: Side, new: u16) -> Result<(), i64> {
+pub fn set_port<A: Family>(
+    ctx: &TcContext,
+    p: &mut Packet<A>,
+    side: Side,
+    new: u16,
+) -> Result<(), i64> {
     let old = match side {
         Side::Src => p.sport,
         Side::Dst => p.dport,
@@ -92,11 +99,11 @@ pub fn set_port<A>(ctx: &TcContext, p: &mut Packet<A>, side: Side, new: u16) -> 
         return Ok(());
     }
     let off = match (p.proto, side) {
-        (IPPROTO_ICMP | IPPROTO_ICMPV6, _) => p.l4_off + 4,
+        (proto, _) if proto == A::ICMP => p.l4_off + 4,
         (_, Side::Src) => p.l4_off,
         (_, Side::Dst) => p.l4_off + 2,
     };
-    if let Some((csum_off, flags)) = l4_csum(p) {
+    if let Some((csum_off, flags)) = l4_csum(p, A::ICMP) {
         ctx.l4_csum_replace(csum_off, old as u64, new as u64, flags | 2)?;
     }
     write(ctx, off, new)?;
@@ -107,8 +114,8 @@ pub fn set_port<A>(ctx: &TcContext, p: &mut Packet<A>, side: Side, new: u16) -> 
     Ok(())
 }
 
-/// Writes an IPv6 address at `off`, as four 32-bit words: one 16-byte unaligned copy
-/// crashes LLVM 22's BPF backend (post-RA MEMCPY expansion).
+/// Writes an IPv6 address at `off`, as four 32-bit words (one 16-byte unaligned copy
+/// crashes LLVM 22's BPF backend: post-RA MEMCPY expansion).
 #[inline(always)]
 pub fn write_addr6(ctx: &TcContext, off: usize, a: Ip6) -> Result<(), i64> {
     for (i, w) in a.iter().enumerate() {
@@ -141,14 +148,22 @@ pub fn set_addr6(ctx: &TcContext, p: &mut Packet<Ip6>, side: Side, new: Ip6) -> 
     if old == new {
         return Ok(());
     }
+    let d = diff128(&old, &new)?;
     // A later fragment has no L4 header.
     if p.frag != Frag::Later
-        && let Some((csum_off, flags)) = l4_csum(p)
+        && let Some((csum_off, flags)) = l4_csum(p, IPPROTO_ICMPV6)
     {
-        let d = diff128(&old, &new)?;
         ctx.l4_csum_replace(csum_off, 0, d, flags | BPF_F_PSEUDO_HDR as u64)?;
     }
     write_addr6(ctx, off, new)?;
+    // On a CHECKSUM_COMPLETE skb (a NIC's receive checksum, which skb->csum carries) the
+    // pseudo-header update above took the change out of skb->csum, as is right for IPv4,
+    // where the IP header checksum absorbs the address change; IPv6 has none, so the
+    // address's own change goes back in. Without it the receiver's checksum check fails
+    // ("hw csum failure"), as Cilium found (cilium#39279; Linux 6.16's BPF_F_IPV6 does
+    // it in the helper). A no-op on any other skb.
+    // SAFETY: a helper that takes the context and a value.
+    unsafe { bpf_csum_update(ctx.skb.skb, d as u32) };
     match side {
         Side::Src => p.saddr = new,
         Side::Dst => p.daddr = new,

@@ -25,12 +25,13 @@
 //! pure ACKs through the bridge and the rest to the host veth 1.18; connections/s gain
 //! most from the last.
 //!
-//! IPv6 takes the same way ([`Route`] says what differs): its hop limit has no checksum
-//! to update, and a packet with extension headers goes through the stack.
+//! IPv6 takes the same way ([`Forward`] says what differs): its hop limit has no header
+//! checksum to update, and a packet with extension headers goes through the stack.
 
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::bindings::{
-    BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup, bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1,
+    BPF_F_RECOMPUTE_CSUM, BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup, bpf_redir_neigh,
+    bpf_redir_neigh__bindgen_ty_1,
 };
 use aya_ebpf::helpers::generated::{
     bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
@@ -169,17 +170,19 @@ impl Forward for Ip6 {
     fn header_valid(ctx: &TcContext) -> bool {
         Self::ip_len(ctx).is_some_and(|len| ETH_HLEN + len <= ctx.len() as usize)
     }
+    /// No header checksum covers it, but a CHECKSUM_COMPLETE skb's csum does: written by
+    /// helper with BPF_F_RECOMPUTE_CSUM, as ip6_forward()'s skb_forward_csum() would
+    /// have left it consistent.
     #[inline(always)]
     fn decrement_ttl(ctx: &TcContext) -> Result<(), ()> {
         let hop: *mut u8 = ptr_at(ctx, IP6_HOP_LIMIT_OFF).ok_or(())?;
-        // SAFETY: ptr_at checked the byte is in the packet; no checksum covers it.
-        unsafe {
-            if *hop <= 1 {
-                return Err(());
-            }
-            *hop -= 1;
+        // SAFETY: ptr_at checked the byte is in the packet.
+        let hop = unsafe { *hop };
+        if hop <= 1 {
+            return Err(());
         }
-        Ok(())
+        ctx.store(IP6_HOP_LIMIT_OFF, &(hop - 1), BPF_F_RECOMPUTE_CSUM as u64)
+            .map_err(|_| ())
     }
     #[inline(always)]
     fn ip_len(ctx: &TcContext) -> Option<usize> {
@@ -339,9 +342,9 @@ pub fn to_container<A: Forward>(ctx: &TcContext, p: &Packet<A>, cfg: &DpConfig) 
     if !fits(ctx, p, ep.mtu) || !A::header_valid(ctx) {
         return None;
     }
-    // Ethernet and the IPv4 header up to the TTL; the TTL is checked before anything is
-    // written, so that a packet left to the stack is as it came.
-    // Both families' TTL or hop limit is within the first IP_TTL_OFF + 1 bytes.
+    // Ethernet and the IP header up to the TTL or hop limit (both within the first
+    // IP_TTL_OFF + 1 bytes), checked before anything is written, so that a packet left to
+    // the stack is as it came.
     let hdr: *mut [u8; IP_TTL_OFF + 1] = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the bounds.
     let hdr = unsafe { &mut *hdr };

@@ -4,11 +4,13 @@
 //! An error quotes the header of the packet it is about as that packet was on the wire,
 //! translated. For the end of the flow on our side to match it to its socket, the quote,
 //! and the error's own address when it is the translated one, are translated back, as
-//! nf_nat_icmp_reply_translation() does for iptables. The quote's IP checksum and the
-//! ICMP checksum (which covers the quote, and has no pseudo-header) are updated; the
-//! quoted TCP/UDP/ICMP checksum is left as it is, as receivers do not check it
-//! (tcp_v4_err(), __udp4_lib_err() read the ports only, ping_err() the identifier). An
-//! ICMP query's identifier is its port, as for the query itself.
+//! nf_nat_icmp_reply_translation() does for iptables. The quote's IPv4 checksum and the
+//! ICMP checksum (which covers the quote; ICMPv6's also a pseudo-header, which the outer
+//! address's rewrite updates) are updated; the quoted TCP/UDP/ICMP checksum is left as it
+//! is, as receivers do not check it (tcp_v4_err(), __udp4_lib_err() read the ports only,
+//! ping_err() the identifier). An ICMP query's identifier is its port, as for the query
+//! itself. Over IPv6, Packet Too Big is the error that matters most: routers never
+//! fragment, so path MTU discovery lives on it.
 //!
 //! An error from outside straight to a container's address is let in as the container
 //! network's gateway mode says (crate::access): in a `routed` network, one about a flow
@@ -65,10 +67,9 @@ pub fn from_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &Dp
     write_back(ctx, &mut IcmpError { outer, quote: &q }, &t)
 }
 
-/// Uplink egress: an error going out, from a container of a `nat` network
-/// (`from_container`) or from the host. Untouched unless it quotes a flow netplane
-/// translated; one from a container about no such flow is dropped.
-/// A BPF-to-BPF call, as [`from_outside`].
+/// Uplink egress: an error going out, from a container of a `nat` network or from the
+/// host. Untouched unless it quotes a flow netplane translated; one from a container
+/// about no such flow is dropped. A BPF-to-BPF call, as [`from_outside`].
 #[inline(never)]
 pub fn to_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &DpConfig) -> i32 {
     let from_container = match access::source(outer, cfg) {

@@ -353,9 +353,20 @@ v6_outlined! {
 }
 
 /// The protocols whose checksum covers the addresses, beyond TCP and UDP (RFC 4340 §9.1,
-/// RFC 3828 §3.2).
+/// RFC 3828 §3.2); over IPv6 also OSPFv3, PIM and Mobility (their checksums take the
+/// IPv6 pseudo-header: RFC 5340 A.1, RFC 7761 4.9, RFC 6275 6.1.1).
 const IPPROTO_DCCP: u8 = 33;
 const IPPROTO_UDPLITE: u8 = 136;
+const IPPROTO_OSPF: u8 = 89;
+const IPPROTO_PIM: u8 = 103;
+const IPPROTO_MOBILITY: u8 = 135;
+
+/// Whether protocol `proto`'s checksum covers the addresses (see [`IPPROTO_DCCP`]).
+#[inline(always)]
+fn checksums_addresses<A: Nat>(proto: u8) -> bool {
+    matches!(proto, IPPROTO_DCCP | IPPROTO_UDPLITE)
+        || (A::BITS == 128 && matches!(proto, IPPROTO_OSPF | IPPROTO_PIM | IPPROTO_MOBILITY))
+}
 
 v6_outlined! {
     /// Uplink egress, another protocol from a container: masquerade by address only, as
@@ -367,10 +378,11 @@ v6_outlined! {
         if A::uplink(cfg) == A::UNSPECIFIED {
             return drop(DropReason::Untranslatable);
         }
-        // DCCP and UDP-Lite checksum a pseudo-header with the addresses, as TCP and UDP do:
-        // rewritten by address alone they would leave with a wrong checksum, so they are
-        // refused, counted, rather than sent corrupt (netfilter translates them by port).
-        if matches!(p.proto, IPPROTO_DCCP | IPPROTO_UDPLITE) {
+        // DCCP and UDP-Lite (and a few over IPv6) checksum a pseudo-header with the
+        // addresses, as TCP and UDP do: rewritten by address alone they would leave with a
+        // wrong checksum, so they are refused, counted, rather than sent corrupt
+        // (netfilter translates DCCP and UDP-Lite by port).
+        if checksums_addresses::<A>(p.proto) {
             return drop(DropReason::Untranslatable);
         }
         let now = now();

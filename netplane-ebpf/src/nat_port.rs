@@ -102,11 +102,13 @@ fn search<A: Family>(
     peer: A,
     peer_port: u16,
     cfg: &DpConfig,
-) -> Option<&'static mut Search<A>> {
-    let slot = SEARCH.get_ptr_mut(0)?;
+) -> Option<*mut Search<A>> {
+    let slot = SEARCH.get_ptr_mut(0)? as *mut Search<A>;
     // SAFETY: this CPU's slot, large enough (asserted above) and 8-byte aligned, valid
-    // for the program run; every field is written before it is read.
-    let s = unsafe { &mut *(slot as *mut Search<A>) };
+    // for the program run; every field is written before it is read. A borrow that
+    // ends here: the search's callback writes the slot through its own pointer, so no
+    // reference to it may live across run().
+    let s = unsafe { &mut *slot };
     let hash = tuple_hash(&key_of(p, Side::Src));
     let min = u32::from(cfg.nat_port_min);
     // At most 65,536, at least 1 (the agent checks min ≤ max).
@@ -128,7 +130,7 @@ fn search<A: Family>(
     s.now = 0;
     s.found = 0;
     s.port = 0;
-    Some(s)
+    Some(slot)
 }
 
 impl<A: Family> Search<A> {
@@ -314,8 +316,11 @@ pub fn masquerade_port<A: Family>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> M
     let Some(s) = search(p, A::uplink(cfg), p.daddr, p.dport, cfg) else {
         return Masquerade::None;
     };
-    s.find = 1;
-    s.now = now;
+    // SAFETY: this CPU's search slot (see search()).
+    unsafe {
+        (*s).find = 1;
+        (*s).now = now;
+    }
     match run(s, FIND_PROBES) {
         Some(port)
             if matches!(
@@ -373,13 +378,17 @@ pub fn reserve_port<A: Family>(
     // The reply key and entry live in this CPU's search slot (see Search): the packet's own
     // port first, then the search's.
     let s = search(p, nat_addr, peer, peer_port, cfg).ok_or(DropReason::NatPortExhausted)?;
-    s.now = now;
-    s.reply = *reply;
-    s.key.dport = p.sport;
-    if takeable(p.proto, nat_addr, p.sport)
-        && !owned(p.sport)
-        && conntrack::insert_new(&s.key, &s.reply, cfg, now, false)
-    {
+    // SAFETY (each block): this CPU's search slot (see search()); the borrows end before
+    // run(), whose callback writes the slot.
+    let own = unsafe {
+        (*s).now = now;
+        (*s).reply = *reply;
+        (*s).key.dport = p.sport;
+        takeable(p.proto, nat_addr, p.sport)
+            && !owned(p.sport)
+            && conntrack::insert_new(&(*s).key, &(*s).reply, cfg, now, false)
+    };
+    if own {
         return Ok(p.sport);
     }
     for _ in 0..SOCKET_RETRIES {
@@ -390,8 +399,10 @@ pub fn reserve_port<A: Family>(
         if !owned(port) {
             return Ok(port);
         }
-        s.key.dport = port;
-        conntrack::remove(&s.key);
+        unsafe {
+            (*s).key.dport = port;
+            conntrack::remove(&(*s).key);
+        }
     }
     Err(DropReason::NatPortExhausted)
 }

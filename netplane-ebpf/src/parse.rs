@@ -40,10 +40,11 @@ pub enum Frag {
     Later,
 }
 
-/// An IPv4 packet netplane may translate: TCP, UDP, or an ICMP query (echo, timestamp,
-/// information, address mask: the types with an identifier, which nf_conntrack_proto_icmp
-/// tracks too). Addresses and ports are in network byte order. For an ICMP query the
-/// identifier is `sport` of a request and `dport` of a reply.
+/// A packet netplane may translate, of either family: TCP, UDP, or an ICMP query (echo,
+/// timestamp, information, address mask: the types with an identifier, which
+/// nf_conntrack_proto_icmp tracks too; ICMPv6 has echo only). Addresses and ports are in
+/// network byte order. For an ICMP query the identifier is `sport` of a request and
+/// `dport` of a reply.
 #[repr(C)]
 pub struct Packet<A = u32> {
     pub saddr: A,
@@ -85,14 +86,18 @@ pub enum Kind {
     /// (nf_nat_proto.c: no port to change).
     Generic,
     /// An ICMP message that is neither a query with an identifier nor an error (router
-    /// solicitation, redirect, unknown types): `p` has its addresses. Nothing ties its
-    /// answers to a flow, so it cannot be masqueraded.
+    /// solicitation, redirect, unknown types; over IPv6 also neighbour discovery and MLD
+    /// between global addresses): `p` has its addresses. Nothing ties its answers to a
+    /// flow, so it cannot be masqueraded.
     Untranslatable,
-    /// IPv4 with headers that contradict themselves (an IHL or a TCP data offset below 5,
-    /// a total length shorter than the header, an L4 header cut short): `p` has its
+    /// Headers that contradict themselves (an IHL or a TCP data offset below 5, a total
+    /// length shorter than the header, an L4 header cut short; over IPv6 also an extension
+    /// header chain too long to follow, and UDP with a zero checksum): `p` has its
     /// addresses, read from the fixed header, which the frame holds.
     Malformed,
-    /// Not IPv4, or too short to hold its header: passed untouched, for the stack to judge.
+    /// Not of the family, or too short to hold its header; over IPv6 also whatever has a
+    /// link-local or multicast address (neighbour discovery, MLD, router advertisements):
+    /// passed untouched, for the stack to judge.
     Other,
 }
 
@@ -136,9 +141,9 @@ impl<A: Addr> Parsed<A> {
 }
 
 /// The tuple of the TCP, UDP or ICMP query packet an ICMP error quotes, network byte order
-/// (an ICMP query's identifier is its port, see [`quote`]). Its IPv4
-/// header starts [`QUOTE_OFF`] bytes after the ICMP header; only option-less headers are
-/// translated.
+/// (an ICMP query's identifier is its port, see [`quote4`]). Its IP header starts
+/// [`QUOTE_OFF`] bytes after the ICMP header; only option-less IPv4 headers, and IPv6 ones
+/// followed by the L4 header or a first fragment's header, are translated.
 #[repr(C)]
 pub struct Quote<A = u32> {
     pub saddr: A,
@@ -460,11 +465,7 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: this CPU's slot of a per-CPU array, filled by walk() in this program run.
     let window = unsafe { &*window };
     let at = w.off as usize;
-    let is_ext = matches!(
-        w.next,
-        next::HOP_BY_HOP | next::ROUTING | next::DEST_OPTS | next::AUTH | next::FRAGMENT
-    );
-    if !is_ext {
+    if !is_extension_header(w.next) {
         w.done = 1;
         return 1;
     }
@@ -492,7 +493,22 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
     };
     w.next = h[0];
     w.off = (at + len) as u32;
+    // What follows a later fragment's header is payload, not headers: the walk ends
+    // there, and the fragment follows its first by the fragment header's next header.
+    if w.fragmented != 0 && w.frag_field >> 3 != 0 {
+        w.done = 1;
+        return 1;
+    }
     0
+}
+
+/// Whether next-header value `next` is an extension header that [`walk`] follows.
+#[inline(always)]
+fn is_extension_header(next: u8) -> bool {
+    matches!(
+        next,
+        next::HOP_BY_HOP | next::ROUTING | next::DEST_OPTS | next::AUTH | next::FRAGMENT
+    )
 }
 
 /// Walks the extension headers that follow the fixed header, `MAX_EXT_HEADERS` at most
@@ -559,6 +575,9 @@ pub fn parse6(ctx: &TcContext, p: &mut Packet<Ip6>) -> Kind {
 /// the kind.
 #[inline(always)]
 fn parse6_into(ctx: &TcContext, p: &mut Packet<Ip6>) -> Kind {
+    // The slot holds the previous run's packet: nothing of it may be seen (an early
+    // return below leaves this one).
+    *p = Packet::empty();
     // The fixed header's first 8 bytes: version, payload length, next header.
     let Ok(h) = read::<[u8; 8]>(ctx, IP_OFF) else {
         return Kind::Other;
@@ -594,8 +613,7 @@ fn parse6_into(ctx: &TcContext, p: &mut Packet<Ip6>) -> Kind {
     if h[0] >> 4 != 6 {
         return Kind::Malformed;
     }
-    if !matches!(h[6], IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6) {
-        // Extension headers, or another protocol.
+    if is_extension_header(h[6]) {
         let Some((proto, off, frag)) = walk(ctx, h[6], payload_len) else {
             return Kind::Malformed;
         };
@@ -667,11 +685,12 @@ fn parse6_into(ctx: &TcContext, p: &mut Packet<Ip6>) -> Kind {
                 {
                     return Kind::IcmpError;
                 }
-                // Neighbour discovery (RFC 4861) and MLD to a global address pass as they
-                // would without netplane.
-                t if netplane_common::packet6::is_ndp(t) || matches!(t, 130..=132 | 143) => {
-                    return Kind::Other;
-                }
+                // Neighbour discovery (RFC 4861) and MLD between global addresses (a
+                // neighbour unreachability probe): untranslatable, as a router
+                // solicitation is over IPv4. Between a container and the host, or the
+                // host and its neighbours, they pass as without netplane; what a
+                // container sends out of the uplink is dropped, as no packet leaves it
+                // with a container's source. (Link-scoped ones never get here: Other.)
                 _ => {
                     return Kind::Untranslatable;
                 }

@@ -60,6 +60,19 @@ trait SockFamily: Family {
     fn local_only(addr: &Self) -> bool {
         addr.is_loopback()
     }
+    /// Where socket `cookie` really sent what comes back from `addr:port`, if it was
+    /// redirected.
+    #[inline(always)]
+    fn original(cookie: u64, addr: Self, port: u16) -> Option<(Self, u16)> {
+        sent_to(cookie, addr, port)
+    }
+}
+
+/// The original destination a redirected socket's datagram to `addr:port` had.
+#[inline(always)]
+fn sent_to<A: Family>(cookie: u64, addr: A, port: u16) -> Option<(A, u16)> {
+    // SAFETY: a lookup; the value is copied out.
+    unsafe { A::sock_rev().get(&SockRevKey::new(cookie, addr, port)) }.map(|o| (o.addr, o.port))
 }
 
 /// The IPv4 address an IPv4-mapped IPv6 address (::ffff:a.b.c.d) carries.
@@ -113,6 +126,16 @@ impl SockFamily for Ip6 {
     #[inline(always)]
     fn local_only(addr: &Ip6) -> bool {
         addr.is_loopback() || v4_mapped(addr).is_some_and(|v4| v4.is_loopback())
+    }
+    /// A dual-stack socket's unconnected datagram to an IPv4-mapped address went through
+    /// sendmsg4 (udpv6_sendmsg() hands it to udp_sendmsg() before the IPv6 hook), which
+    /// recorded it as IPv4; its answers come through recvmsg6, mapped.
+    #[inline(always)]
+    fn original(cookie: u64, addr: Ip6, port: u16) -> Option<(Ip6, u16)> {
+        match v4_mapped(&addr) {
+            Some(v4) => sent_to(cookie, v4, port).map(|(a, p)| ([0, 0, 0xffffu32.to_be(), a], p)),
+            None => sent_to(cookie, addr, port),
+        }
     }
     /// Word by word: the context allows 4-byte accesses to user_ip6
     /// (sock_addr_is_valid_access()).
@@ -243,11 +266,9 @@ fn recvmsg<A: SockFamily>(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     // SAFETY: the helper reads the context it is given.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut _) };
-    let key = SockRevKey::new(cookie, A::user_addr(sa), sa.user_port as u16);
-    // SAFETY: a lookup; the value is copied out.
-    if let Some(orig) = unsafe { A::sock_rev().get(&key) }.copied() {
-        A::set_user_addr(sa, orig.addr);
-        sa.user_port = u32::from(orig.port);
+    if let Some((addr, port)) = A::original(cookie, A::user_addr(sa), sa.user_port as u16) {
+        A::set_user_addr(sa, addr);
+        sa.user_port = u32::from(port);
     }
     ALLOW
 }

@@ -535,3 +535,54 @@ fn snmp6(ns: &netplane_tests::Netns, counter: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("no {counter} in {mib}"))
 }
+
+/// A dual-stack socket of a host process reaches IPv4 published ports through IPv4-mapped
+/// addresses (`::ffff:203.0.113.1`), in eBPF mode: its connect runs connect6 (never
+/// connect4), and its unconnected UDP runs sendmsg4 going out and recvmsg6 coming back,
+/// whose answer must show the address the process sent to (a resolver drops any other).
+#[test]
+fn a_dual_stack_socket_reaches_ipv4_published_ports_by_mapped_addresses() {
+    if !privileged("ipv6::mapped") {
+        return;
+    }
+    let h = Host::new().with_ipv6();
+    h.write_config(&format!(
+        "mode = \"ebpf\"\n{}",
+        DUAL.replace(
+            "\"0.0.0.0:8082:80\"]",
+            "\"0.0.0.0:8082:80\", \"0.0.0.0:5300:53/udp\"]"
+        )
+    ));
+    h.netplane_ok(&["up"]);
+    let web = h.container("web");
+    // TCP: the server sees the host's uplink address, which the client's socket was
+    // bound to, as for a plain IPv4 connect.
+    let seen = tcp_exchange(
+        &web,
+        "0.0.0.0:80",
+        &h.host,
+        "[::ffff:203.0.113.1]:8082",
+        "m",
+    );
+    assert_eq!(seen, "m from 203.0.113.1");
+    // UDP, unconnected: the answer comes from the mapped address sent to.
+    let _server = Server::start(&web, &["serve-udp", "0.0.0.0:53"]);
+    let bin = netplane_tests::host::nptest_bin();
+    let out = h.host.run(&[
+        "env",
+        "NPTEST_EXPECT_SOURCE=1",
+        bin.to_str().unwrap(),
+        "send-udp",
+        "[::ffff:203.0.113.1]:5300",
+        "64",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("64 bytes from "),
+        "{out:?}"
+    );
+}

@@ -8,7 +8,8 @@
 //!   each checked; prints the last answer, or fails naming the first failed attempt.
 //! - `nptest serve-udp ADDR:PORT [COUNT]`: answers COUNT datagrams with
 //!   `<len> bytes from <peer ip>`.
-//! - `nptest send-udp ADDR:PORT SIZE [SPORT]`: sends one datagram of SIZE bytes (from
+//! - `nptest send-udp ADDR:PORT SIZE [SPORT]`: (with NPTEST_EXPECT_SOURCE set, the answer
+//!   must come from ADDR:PORT) sends one datagram of SIZE bytes (from
 //!   source port SPORT if given) and prints the answer.
 //! - `nptest probe-udp ADDR:PORT`: sends one datagram on a connected socket and prints
 //!   what came back: `answered`, `refused` (an ICMP port unreachable reached the socket)
@@ -178,9 +179,14 @@ fn send_udp(a: &str, size: &str, sport: Option<&str>) -> Result<(), String> {
     s.send_to(&payload, to)
         .map_err(|e| format!("send to {a}: {e}"))?;
     let mut buf = [0u8; 1024];
-    let (n, _) = s
+    let (n, from) = s
         .recv_from(&mut buf)
         .map_err(|e| format!("no answer from {a}: {e}"))?;
+    // A resolver drops an answer from another address than it asked: with
+    // NPTEST_EXPECT_SOURCE set, so does this client.
+    if std::env::var_os("NPTEST_EXPECT_SOURCE").is_some() && from != to {
+        return Err(format!("the answer came from {from}, not from {to}"));
+    }
     println!("{}", String::from_utf8_lossy(&buf[..n]));
     Ok(())
 }

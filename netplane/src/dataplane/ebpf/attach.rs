@@ -89,9 +89,10 @@ pub(super) fn programs(
 }
 
 /// The socket-layer programs for host processes, attached to the root cgroup: one per
-/// hook and family. (An IPv6 socket runs only the *6 hooks, also towards an IPv4-mapped
-/// address: tcp_v6_pre_connect() runs connect6, and tcp_v6_connect() then hands the
-/// address to tcp_v4_connect(), past connect4.)
+/// hook and family. (An IPv6 socket towards an IPv4-mapped address runs connect6, not
+/// connect4: tcp_v6_pre_connect() runs it, and tcp_v6_connect() then hands the address
+/// to tcp_v4_connect(); but an unconnected UDP one runs sendmsg4, as udpv6_sendmsg()
+/// hands it to udp_sendmsg(), and recvmsg6 for the answers. The programs cover both.)
 const SOCK_PROGRAMS: [&str; 6] = [
     "netplane_connect4",
     "netplane_sendmsg4",
