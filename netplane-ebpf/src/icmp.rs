@@ -31,7 +31,7 @@ use crate::csum::{diff128, write, write_addr6};
 use crate::family::Family;
 use crate::metrics::drop;
 use crate::nat_port::{Masquerade, masquerade_port};
-use crate::parse::{Frag, ICMP_ID_OFF, Packet, QUOTE_OFF, Quote, read};
+use crate::parse::{ICMP_ID_OFF, Packet, QUOTE_OFF, Quote, read};
 
 /// How the quote of an ICMP error is rewritten, per family.
 pub trait Quoting: Family {
@@ -238,12 +238,7 @@ fn about_flow_out<A: Quoting>(
             sport: q.dport,
             dport: q.sport,
             proto: q.proto,
-            l4_off: 0,
-            frag: Frag::Whole,
-            id: 0,
-            tcp_flags: 0,
-            l4_hlen: 0,
-            icmp_type: 0,
+            ..Packet::empty()
         };
         match masquerade_port(&flow, cfg, now) {
             Masquerade::Port(port) => {

@@ -651,19 +651,14 @@ fn track_direct<A: Nat>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> i32 {
 
 /// The packet of the other direction of `p`'s tuple (no TCP flags: it is only looked up).
 #[inline(always)]
-fn reversed<A: Copy>(p: &Packet<A>) -> Packet<A> {
+fn reversed<A: Nat>(p: &Packet<A>) -> Packet<A> {
     Packet {
         saddr: p.daddr,
         daddr: p.saddr,
         sport: p.dport,
         dport: p.sport,
         proto: p.proto,
-        l4_off: 0,
-        frag: Frag::Whole,
-        id: 0,
-        tcp_flags: 0,
-        l4_hlen: 0,
-        icmp_type: 0,
+        ..Packet::empty()
     }
 }
 

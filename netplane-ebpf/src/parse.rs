@@ -124,19 +124,7 @@ impl<A: Addr> Packet<A> {
 impl<A: Addr> Parsed<A> {
     pub const OTHER: Parsed<A> = Parsed {
         kind: Kind::Other,
-        p: Packet {
-            saddr: A::UNSPECIFIED,
-            daddr: A::UNSPECIFIED,
-            sport: 0,
-            dport: 0,
-            proto: 0,
-            l4_off: 0,
-            frag: Frag::Whole,
-            id: 0,
-            tcp_flags: 0,
-            l4_hlen: 0,
-            icmp_type: 0,
-        },
+        p: Packet::empty(),
     };
 }
 
