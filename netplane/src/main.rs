@@ -425,13 +425,12 @@ fn print_dataplane(dp: &netplane::dataplane::DataplaneStatus) {
         println!("  attached: {a}");
     }
     match &dp.agent {
-        Some(a) if a.running => println!(
-            "  agent: running (pid {}), last garbage collection {}",
-            a.pid.unwrap_or_default(),
-            a.last_gc_secs_ago
-                .map_or("never".to_owned(), |s| format!("{s}s ago"))
-        ),
-        Some(_) => println!("  agent: NOT RUNNING"),
+        Some(a) => {
+            let now = netplane::dataplane::ebpf::agent::record::unix_now();
+            for line in a.lines(now) {
+                println!("  {line}");
+            }
+        }
         None => println!("  agent: none ({} mode has no agent)", dp.mode),
     }
     if let Some(u) = &dp.uplink {

@@ -8,9 +8,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Mode, Plan};
@@ -60,17 +61,32 @@ fn err(path: PathBuf) -> impl FnOnce(io::Error) -> StateError {
     }
 }
 
+/// The JSON file at `path`, or `None` when there is none; one that is not a `T` is
+/// `InvalidData`.
+pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` as JSON at `path` atomically (temp file + rename): a reader never sees
+/// half a file, nor does a crash leave one.
+pub(crate) fn write_json_atomically<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
 impl State {
     /// The state of instance `name`, or `None` when it is not up.
     pub fn load(name: &str) -> Result<Option<State>, StateError> {
         let path = file(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| err(path)(io::Error::new(io::ErrorKind::InvalidData, e))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err(path)(e)),
-        }
+        read_json(&path).map_err(err(path))
     }
 
     /// Whether instance `name` has a state: it is up, or an `up` of it is under way.
@@ -78,14 +94,11 @@ impl State {
         file(name).exists()
     }
 
-    /// Writes atomically (temp file + rename), so a crash never leaves half a file.
+    /// Writes atomically, so a crash never leaves half a file.
     pub fn save(&self, name: &str) -> Result<(), StateError> {
         let path = file(name);
         std::fs::create_dir_all(dir(name)).map_err(err(dir(name)))?;
-        let tmp = path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec_pretty(self).expect("state serializes");
-        std::fs::write(&tmp, bytes).map_err(err(tmp.clone()))?;
-        std::fs::rename(&tmp, &path).map_err(err(path))
+        write_json_atomically(&path, self).map_err(err(path))
     }
 
     /// The names of the instances that have a state in this mount namespace's /run:

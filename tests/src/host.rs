@@ -40,6 +40,11 @@ pub struct Instance {
     config: PathBuf,
 }
 
+/// Whether process `pid` runs (a zombie, reaped or not, does not: its cmdline is empty).
+pub fn alive(pid: u64) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+}
+
 /// A binary of this build, in the running executable's target directory (`target/debug/`):
 /// next to a binary, one level above a test's own `deps/` directory.
 pub fn target_bin(name: &str) -> PathBuf {

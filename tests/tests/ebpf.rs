@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use netplane_tests::host::{Host, OUTSIDE_IP, UPLINK_IP, udp_exchange};
+use netplane_tests::host::{Host, OUTSIDE_IP, UPLINK_IP, alive, udp_exchange};
 use netplane_tests::privileged;
 
 const CONFIG: &str = r#"
@@ -152,4 +152,127 @@ fn down_unpins_everything_and_stops_the_agent() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The agent part of `status --json`, whatever the exit status (a dead agent fails it).
+fn agent_json(h: &Host) -> (bool, serde_json::Value) {
+    let out = h.netplane(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (out.status.success(), v["dataplane_health"]["agent"].clone())
+}
+
+/// Polls the agent part of `status --json` until `done` holds of it, for at most `wait`.
+fn agent_until(
+    h: &Host,
+    wait: Duration,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + wait;
+    loop {
+        let (_, a) = agent_json(h);
+        if done(&a) {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "{what}: {a:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn status_shows_the_agent_since_when_and_its_garbage_collections() {
+    if !privileged("status_shows_the_agent_since_when_and_its_garbage_collections") {
+        return;
+    }
+    use netplane::dataplane::ebpf::agent::{GC_INTERVAL, record::unix_now};
+    let h = Host::new();
+    h.write_config(CONFIG);
+    h.netplane_ok(&["up"]);
+    // Its first collection comes as it starts.
+    let a = agent_until(&h, Duration::from_secs(2), "no first collection", |a| {
+        a["last_gc"].is_object()
+    });
+    assert_eq!(a["running"], true, "{a:#}");
+    let pid = a["pid"].as_u64().expect("the agent's pid");
+    assert!(alive(pid), "pid {pid} runs");
+    let started = a["started"].as_f64().expect("its start");
+    let now = unix_now();
+    assert!(
+        started <= now && now - started < 60.0,
+        "started {started}, now {now}"
+    );
+    assert_eq!(a["errors"], serde_json::json!([]), "{a:#}");
+    // And one every interval after it.
+    let first = a["last_gc"]["at"].as_f64().unwrap();
+    let a = agent_until(
+        &h,
+        GC_INTERVAL + Duration::from_secs(3),
+        "no second collection",
+        |a| a["last_gc"]["at"].as_f64().is_some_and(|at| at > first),
+    );
+    assert!(a["last_gc"]["removed"]["ipv4"].is_u64(), "{a:#}");
+    let text = h.netplane_ok(&["status"]);
+    assert!(
+        text.contains(&format!("agent: running (pid {pid}, started "))
+            && text.contains("last garbage collection ")
+            && text.contains(" removed "),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_killed_agent_is_named_in_status_and_up_starts_a_new_one() {
+    if !privileged("a_killed_agent_is_named_in_status_and_up_starts_a_new_one") {
+        return;
+    }
+    let h = Host::new();
+    h.write_config(CONFIG);
+    h.netplane_ok(&["up"]);
+    let a = agent_until(&h, Duration::from_secs(2), "no record", |a| {
+        a["started"].is_f64()
+    });
+    let (pid, started) = (a["pid"].as_u64().unwrap(), a["started"].as_f64().unwrap());
+
+    h.host.sh(&["kill", "-9", &pid.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "pid {pid} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, a) = agent_json(&h);
+    assert!(!ok, "a dead agent is a problem: {a:#}");
+    assert_eq!(
+        (&a["running"], a["pid"].as_u64(), a["started"].as_f64()),
+        (&serde_json::json!(false), Some(pid), Some(started)),
+        "the dead agent as it last recorded itself: {a:#}"
+    );
+    assert!(
+        a["last_seen"].as_f64().is_some_and(|t| t >= started),
+        "{a:#}"
+    );
+    let out = h.netplane(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "status exits 0:\n{text}");
+    assert!(
+        text.contains(&format!("agent: NOT RUNNING: pid {pid} exited; last seen "))
+            && text.contains("run `netplane up` to restart it")
+            && text.contains(&format!("problem: the agent (pid {pid}) exited")),
+        "{text}"
+    );
+
+    let up = h.netplane_ok(&["up"]);
+    assert!(
+        up.contains(&format!("the previous one, pid {pid}, had exited")),
+        "{up}"
+    );
+    let a = agent_until(&h, Duration::from_secs(2), "no new agent", |a| {
+        a["running"] == true && a["started"].is_f64()
+    });
+    let new_pid = a["pid"].as_u64().unwrap();
+    assert_ne!(new_pid, pid, "{a:#}");
+    assert!(
+        a["started"].as_f64().unwrap() > started,
+        "the up time starts again: {a:#}"
+    );
+    h.netplane_ok(&["status"]);
 }

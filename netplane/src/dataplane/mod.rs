@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+pub use self::ebpf::agent::report::AgentStatus;
 use crate::config::{Container, Mode, Plan};
 use crate::topology::Link;
 
@@ -166,23 +167,13 @@ pub struct DataplaneStatus {
     pub fast_forwarded: Option<FastForwarded>,
     /// iptables mode: the DNAT rules of its published ports.
     pub dnat_rules: Option<usize>,
-    /// The eBPF mode's agent (conntrack garbage collection), when it runs.
+    /// The eBPF mode's agent's pid (conntrack garbage collection), when it runs.
     pub agent_pid: Option<u32>,
     /// The agent of modes that have one (eBPF); `None` in the others.
     pub agent: Option<AgentStatus>,
     /// The uplink now, and the address the data plane translates to, for modes that
     /// program it (eBPF); iptables' MASQUERADE takes the device's address by itself.
     pub uplink: Option<UplinkStatus>,
-}
-
-/// The agent of a data plane: whether it runs, and when it last collected garbage.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct AgentStatus {
-    pub running: bool,
-    pub pid: Option<u32>,
-    /// Seconds since its last completed garbage collection (or since it started, before
-    /// the first); `None` when it never ran.
-    pub last_gc_secs_ago: Option<u64>,
 }
 
 /// The uplink as the host has it and as the data plane uses it.

@@ -10,7 +10,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use netplane_tests::each_mode;
-use netplane_tests::host::{Host, OUTSIDE_IP, Server, UPLINK, UPLINK_IP, client};
+use netplane_tests::host::{Host, OUTSIDE_IP, Server, UPLINK, UPLINK_IP, alive, client};
 
 /// The uplink's address after a renewal (TEST-NET-3, the outside's subnet).
 const RENEWED_IP: &str = "203.0.113.5";
@@ -171,9 +171,20 @@ fn assert_problem(h: &Host, words: &[&str], when: &str) {
     assert!(!out.status.success(), "{when}: status exits 0:\n{text}");
 }
 
-/// Whether process `pid` runs (a zombie, reaped or not, does not).
-fn alive(pid: u64) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+/// Moves every time in the (stopped) agent's record `secs` into the past, as if it had
+/// hung that long.
+fn age_agent_record(h: &Host, secs: f64) {
+    use netplane::dataplane::ebpf::agent;
+    let path = agent::record_file(h.name());
+    let mut r = agent::record(h.name())
+        .unwrap()
+        .expect("the agent keeps a record");
+    r.started -= secs;
+    r.gc_walking_since = r.gc_walking_since.map(|t| t - secs);
+    if let Some(g) = &mut r.last_gc {
+        g.at -= secs;
+    }
+    r.save(&path).unwrap();
 }
 
 /// Kills the agent of the eBPF data plane (SIGKILL) and waits until it is gone.
@@ -314,12 +325,7 @@ fn status_names_every_problem_and_exits_non_zero() {
                     .unwrap()
                     .to_string();
                 h.host.sh(&["kill", "-STOP", &pid]);
-                let state = std::path::Path::new("/run/netplane").join(h.name());
-                for f in ["agent.gc", "agent.pid"] {
-                    let f = state.join(f);
-                    h.host
-                        .sh(&["touch", "-d", "1 minute ago", f.to_str().unwrap()]);
-                }
+                age_agent_record(&h, 60.0);
                 assert_problem(&h, &["agent", "last collected garbage"], "agent stopped");
                 h.host.sh(&["kill", "-CONT", &pid]);
                 let deadline = Instant::now() + netplane::dataplane::ebpf::agent::GC_INTERVAL * 2;

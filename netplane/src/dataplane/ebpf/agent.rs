@@ -2,8 +2,7 @@
 //! (detached, one per instance) and its `teardown` stops it. It does two jobs, on two
 //! threads:
 //!
-//! - it garbage-collects expired conntrack entries, every [`GC_INTERVAL`], at SCHED_IDLE,
-//!   and records when it last did (`/run/netplane/<name>/agent.gc`, which `status` reads);
+//! - it garbage-collects expired conntrack entries, every [`GC_INTERVAL`], at SCHED_IDLE;
 //! - it follows the host: on every change of a link or an address (rtnetlink
 //!   notifications), and every [`GC_INTERVAL`] in case one was missed, it points the
 //!   programs at the uplink's addresses and index as they are now and attaches again the
@@ -13,17 +12,24 @@
 //! memory reclamation and the following of the host until the next `up` starts it again.
 //! It exits by itself when the instance's pins disappear.
 //!
-//! Its log (stderr, at the level of the `up` that started it, or `RUST_LOG`) goes to
+//! It keeps a [`record`] of itself for `status` (`/run/netplane/<name>/agent.json`): its
+//! pid and start, its last garbage collection and the last errors it met. Its log (stderr,
+//! at the level of the `up` that started it, or `RUST_LOG`) goes to
 //! `/run/netplane/<name>/agent.log`.
+
+pub mod record;
+pub mod report;
 
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 
+use self::record::{AgentRecord, GcRun, RecordError, unix_now};
 use super::{EbpfError, attach, gc, maps, pin_dir};
 use crate::dataplane::HostContext;
 use crate::lock::{DirLock, LockError};
@@ -59,9 +65,17 @@ fn pid_file(name: &str) -> PathBuf {
     state::dir(name).join("agent.pid")
 }
 
-/// Touched after every garbage collection.
-fn gc_file(name: &str) -> PathBuf {
-    state::dir(name).join("agent.gc")
+/// The agent's [`record`] of itself.
+pub fn record_file(name: &str) -> PathBuf {
+    state::dir(name).join("agent.json")
+}
+
+/// The record of instance `name`'s agent, as it last wrote it.
+///
+/// # Errors
+/// When the record cannot be read or is damaged.
+pub fn record(name: &str) -> Result<Option<AgentRecord>, RecordError> {
+    AgentRecord::load(&record_file(name))
 }
 
 /// Where the agent of instance `name` writes its log.
@@ -69,25 +83,57 @@ pub fn log_file(name: &str) -> PathBuf {
     state::dir(name).join("agent.log")
 }
 
+/// The agent's record of itself, shared by its two threads; every change is saved at
+/// once, so that `status` sees it even if the agent dies the next moment.
+struct Recorder {
+    path: PathBuf,
+    record: Mutex<AgentRecord>,
+}
+
+impl Recorder {
+    fn start(name: &str) -> Recorder {
+        let r = Recorder {
+            path: record_file(name),
+            record: Mutex::new(AgentRecord::new(std::process::id(), unix_now())),
+        };
+        r.update(|_| {});
+        r
+    }
+
+    fn update(&self, change: impl FnOnce(&mut AgentRecord)) {
+        // A thread that panicked holding the lock left a record that is still whole.
+        let mut record = self.record.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut record);
+        if let Err(e) = record.save(&self.path) {
+            tracing::warn!("{e}");
+        }
+    }
+
+    /// Logs an error and records it, for `status`.
+    fn error(&self, message: String) {
+        tracing::warn!("{message}");
+        self.update(|r| r.push_error(unix_now(), message));
+    }
+}
+
 /// The agent's main: garbage collection on a thread of its own, the following of the host
 /// on this one. Returns when the instance is gone.
 pub fn run(name: &str) {
     tracing::info!(instance = name, pid = std::process::id(), "agent running");
-    let gc_name = name.to_owned();
-    let collector = std::thread::Builder::new()
-        .name("gc".into())
-        .spawn(move || collect(&gc_name));
-    if let Err(e) = &collector {
-        tracing::error!("cannot start the garbage collection thread: {e}");
-    }
-    follow(name);
-    if let Ok(t) = collector {
-        let _ = t.join();
-    }
+    let recorder = Recorder::start(name);
+    std::thread::scope(|s| {
+        if let Err(e) = std::thread::Builder::new()
+            .name("gc".into())
+            .spawn_scoped(s, || collect(name, &recorder))
+        {
+            recorder.error(format!("cannot start the garbage collection thread: {e}"));
+        }
+        follow(name, &recorder);
+    });
 }
 
 /// The garbage collection loop, at SCHED_IDLE.
-fn collect(name: &str) {
+fn collect(name: &str, recorder: &Recorder) {
     // Garbage collection walks the whole conntrack map, two syscalls per entry, and
     // nothing is lost if it waits: the programs treat an expired entry as absent, and the
     // LRU map evicts under pressure. So it runs only when a CPU has nothing else to do
@@ -97,21 +143,38 @@ fn collect(name: &str) {
     let idle = libc::sched_param { sched_priority: 0 };
     // SAFETY: a plain syscall on this thread, with a parameter block on our stack.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
-        tracing::warn!(
+        recorder.error(format!(
             "could not lower garbage collection to SCHED_IDLE: {}",
             io::Error::last_os_error()
-        );
+        ));
     }
+    // Whether the last collection failed: a failure is recorded once, not every interval.
+    let mut failing = false;
     while pin_dir(name).exists() {
         // A heartbeat before the walk too: walking a table of a million entries at
         // SCHED_IDLE on a busy host may take longer than `status` waits for one.
-        let _ = std::fs::write(gc_file(name), "walking");
-        let removed = gc(name);
-        if removed > 0 {
-            tracing::debug!(removed, "conntrack garbage collection");
-        }
-        if let Err(e) = std::fs::write(gc_file(name), removed.to_string()) {
-            tracing::warn!("cannot record the garbage collection: {e}");
+        recorder.update(|r| r.gc_walking_since = Some(unix_now()));
+        let began = Instant::now();
+        match gc(name) {
+            Ok(removed) => {
+                if removed.total() > 0 {
+                    tracing::debug!(?removed, "conntrack garbage collection");
+                }
+                recorder.update(|r| {
+                    r.gc_walking_since = None;
+                    r.last_gc = Some(GcRun {
+                        at: unix_now(),
+                        duration_ms: began.elapsed().as_millis() as u64,
+                        removed,
+                    });
+                });
+                failing = false;
+            }
+            Err(e) if !failing => {
+                recorder.error(e.to_string());
+                failing = true;
+            }
+            Err(_) => {}
         }
         std::thread::sleep(GC_INTERVAL);
     }
@@ -120,14 +183,16 @@ fn collect(name: &str) {
 /// The loop that follows the host: a reconciliation after every burst of link and address
 /// notifications, and every [`GC_INTERVAL`] in case one was lost (a netlink socket
 /// overruns silently under a storm of changes). Returns when the instance is gone.
-fn follow(name: &str) {
+fn follow(name: &str, recorder: &Recorder) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("cannot follow the host's changes (no runtime: {e})");
+            recorder.error(format!(
+                "cannot follow the host's changes (no runtime: {e})"
+            ));
             return;
         }
     };
@@ -135,7 +200,7 @@ fn follow(name: &str) {
         let mut changes = match topology::watch_links_and_addresses() {
             Ok(s) => Some(s),
             Err(e) => {
-                tracing::warn!("cannot subscribe to link and address changes ({e}); looking every {GC_INTERVAL:?}");
+                recorder.error(format!("cannot subscribe to link and address changes ({e}); looking every {GC_INTERVAL:?}"));
                 None
             }
         };
@@ -157,7 +222,7 @@ fn follow(name: &str) {
                             {}
                         }
                         None => {
-                            tracing::warn!("the netlink subscription ended; subscribing again");
+                            recorder.error("the netlink subscription ended; subscribing again".to_owned());
                             tokio::time::sleep(RETRY).await;
                             changes = topology::watch_links_and_addresses().ok();
                         }
@@ -181,7 +246,7 @@ fn follow(name: &str) {
                 };
                 pending = false;
                 for f in now.iter().filter(|f| !failed.contains(f)) {
-                    tracing::warn!("{f}");
+                    recorder.error(f.clone());
                 }
                 failed = now;
             }
@@ -238,23 +303,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// How long ago instance `name`'s agent last collected garbage (or started, before its
-/// first collection); `None` when it never ran.
-pub fn last_gc(name: &str) -> Option<Duration> {
-    let at = [gc_file(name), pid_file(name)]
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-        .max()?;
-    Some(SystemTime::now().duration_since(at).unwrap_or_default())
+/// The pid of the agent that `up` last started for instance `name`, running or not:
+/// `stop` forgets it, so a pid here whose process is gone is an agent that died.
+pub fn started_pid(name: &str) -> Option<u32> {
+    std::fs::read_to_string(pid_file(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// The pid of instance `name`'s agent, if one is running.
 pub fn running(name: &str) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file(name))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let pid = started_pid(name)?;
     // The pid must still be our agent for this instance, not a recycled pid.
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
@@ -316,6 +377,6 @@ pub fn stop(name: &str) -> Option<u32> {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = std::fs::remove_file(pid_file(name));
-    let _ = std::fs::remove_file(gc_file(name));
+    let _ = std::fs::remove_file(record_file(name));
     Some(pid)
 }

@@ -15,6 +15,7 @@ use netplane_common::nat::{
     s_to_ticks, seen, tick, ticks_since, ticks_to_s,
 };
 
+use super::agent::record::Removed;
 use super::family::{Family, IpFamily, net};
 use super::maps::{pinned_config, pinned_map, pinned_map_data};
 use super::object::EbpfError;
@@ -402,19 +403,36 @@ fn finish_migration(name: &str) -> usize {
     copied
 }
 
+/// Why a garbage collection could not run.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no conntrack garbage collection: the config map of instance {name} is not pinned (its lifetimes are there)"
+)]
+pub struct GcError {
+    pub name: String,
+}
+
 /// Removes the expired conntrack and fragment entries of instance `name`, of both
 /// families (the data path already ignores them; this gives their memory back). Returns
-/// how many went.
-pub fn gc(name: &str) -> usize {
+/// how many went, per family.
+///
+/// # Errors
+/// When the config map, which holds the lifetimes, is not pinned.
+pub fn gc(name: &str) -> Result<Removed, GcError> {
     let moved = finish_migration(name);
     if moved > 0 {
         tracing::info!(moved, "conntrack entries moved into the resized tables");
     }
     let now = now_tick();
     let Some(DpConfig { timeouts, .. }) = pinned_config(name) else {
-        return 0;
+        return Err(GcError {
+            name: name.to_owned(),
+        });
     };
-    gc_of::<u32>(name, &timeouts, now) + gc_of::<Ip6>(name, &timeouts, now)
+    Ok(Removed {
+        ipv4: gc_of::<u32>(name, &timeouts, now),
+        ipv6: gc_of::<Ip6>(name, &timeouts, now),
+    })
 }
 
 /// [`gc`] of family `A`'s tables.

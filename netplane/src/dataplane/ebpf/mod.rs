@@ -37,7 +37,7 @@ pub mod testrun;
 use std::path::{Path, PathBuf};
 
 pub use conntrack::{
-    Flow, conntrack_entries, conntrack_entry_count, ct_bytes_per_entry, flows, gc,
+    Flow, GcError, conntrack_entries, conntrack_entry_count, ct_bytes_per_entry, flows, gc,
 };
 pub use family::IpFamily;
 pub use object::EbpfError;
@@ -126,8 +126,13 @@ impl Dataplane for Ebpf {
                 ));
             }
         }
+        // An agent that `up` started and that is gone crashed or was killed: say so.
+        let dead = agent::started_pid(&plan.name).filter(|_| agent::running(&plan.name).is_none());
         match agent::ensure_running(&plan.name) {
-            Ok(Some(pid)) => changes.push(format!("agent started (pid {pid})")),
+            Ok(Some(pid)) => changes.push(match dead {
+                Some(old) => format!("agent started (pid {pid}; the previous one, pid {old}, had exited)"),
+                None => format!("agent started (pid {pid})"),
+            }),
             Ok(None) => {}
             Err(e) => changes.push(format!("warning: the agent did not start ({e}); the data plane runs without garbage collection")),
         }

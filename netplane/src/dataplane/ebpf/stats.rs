@@ -12,6 +12,7 @@ use netplane_common::nat::{
     SockRevEntry, SockRevKey, forwarded, maps,
 };
 
+use super::agent::record::unix_now;
 use super::conntrack::{self, CtCapacity, entries_of};
 use super::family::Family;
 use super::maps::{pinned_config, pinned_map, pinned_map_data};
@@ -73,10 +74,10 @@ pub(super) fn status(plan: &Plan) -> DataplaneStatus {
             ));
         }
     }
-    let (agent, problem) = agent_status(name);
-    st.agent_pid = agent.pid;
+    let (agent, problems) = agent_status(name);
+    st.agent_pid = agent.pid.filter(|_| agent.running);
     st.agent = Some(agent);
-    st.problems.extend(problem);
+    st.problems.extend(problems);
     st.finish()
 }
 
@@ -124,29 +125,19 @@ where
     .collect()
 }
 
-/// The agent of instance `name`, and what is wrong with it.
-fn agent_status(name: &str) -> (AgentStatus, Option<String>) {
-    let pid = agent::running(name);
-    let age = agent::last_gc(name);
-    let status = AgentStatus {
-        running: pid.is_some(),
-        pid,
-        last_gc_secs_ago: age.map(|a| a.as_secs()),
+/// The agent of instance `name`, and what is wrong with it (a damaged record too).
+fn agent_status(name: &str) -> (AgentStatus, Vec<String>) {
+    let (record, damaged) = match agent::record(name) {
+        Ok(r) => (r, None),
+        Err(e) => (None, Some(e.to_string())),
     };
-    let problem = match (pid, age) {
-        (None, _) => Some(
-            "the agent is not running: no conntrack garbage collection, and nothing follows the uplink's address and links (`netplane up` starts it)"
-                .to_owned(),
-        ),
-        (Some(pid), Some(age)) if age > agent::GC_STALE => Some(format!(
-            "the agent (pid {pid}) last collected garbage {}s ago (every {}s is normal, {}s is the limit)",
-            age.as_secs(),
-            agent::GC_INTERVAL.as_secs(),
-            agent::GC_STALE.as_secs()
-        )),
-        _ => None,
-    };
-    (status, problem)
+    let (status, problem) = AgentStatus::of(
+        agent::running(name),
+        agent::started_pid(name),
+        record,
+        unix_now(),
+    );
+    (status, problem.into_iter().chain(damaged).collect())
 }
 
 /// The uplink as the host has it now against what the programs use: the masquerade
