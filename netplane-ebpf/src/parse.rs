@@ -476,6 +476,13 @@ extern "C" fn walk_step(_index: u64, ctx: *mut c_void) -> i64 {
         }
         // In 4-octet units, not counting the first 2 (RFC 4302, 2.2).
         next::AUTH => (usize::from(h[1]) + 2) * 4,
+        // A routing header with segments left: the destination is not the final one,
+        // which the L4 checksum's pseudo-header uses (RFC 8200, 8.1), so a translation
+        // of it would leave the checksum wrong. Not translated: Malformed.
+        next::ROUTING if h[3] != 0 => {
+            w.done = 2;
+            return 1;
+        }
         // In 8-octet units, not counting the first 8 (RFC 8200, 4.3).
         _ => (usize::from(h[1]) + 1) * 8,
     };

@@ -885,3 +885,46 @@ fn each_family_s_programs_leave_the_other_family_alone() {
     let dropped: Vec<_> = p.drops().into_iter().filter(|(_, n)| *n > 0).collect();
     assert!(dropped.is_empty(), "{dropped:?}");
 }
+
+/// `frame` (Ethernet + IPv6 + upper layer) with a routing header (segment routing, one
+/// segment) between the fixed header and the upper layer, `segments_left` as given.
+fn with_routing_header(frame: &[u8], segments_left: u8) -> Vec<u8> {
+    const FIXED: usize = 14 + 40;
+    let mut f = frame[..FIXED].to_vec();
+    let upper = f[14 + 6];
+    f[14 + 6] = 43;
+    let len = u16::from_be_bytes([f[14 + 4], f[14 + 5]]) + 24;
+    f[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+    // Next header, length in 8-octet units past the first 8, type 4, segments left, last
+    // entry, flags, tag; then the one segment.
+    f.extend_from_slice(&[upper, 2, 4, segments_left, 0, 0, 0, 0]);
+    f.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 9).octets());
+    f.extend_from_slice(&frame[FIXED..]);
+    f
+}
+
+#[test]
+fn a_routing_header_with_segments_left_is_never_translated() {
+    if !privileged("routing_header") {
+        return;
+    }
+    let mut p = programs();
+    // The L4 checksum's pseudo-header uses the final destination, which such a packet's
+    // is not: a DNAT would leave the checksum wrong, so it is not translated.
+    let syn = tcp6(Ip6::new(D6, U6), 5555, 8080, TCP_SYN, b"");
+    let routed = with_routing_header(&syn, 1);
+    assert_eq!(
+        p.run(UPLINK_IN, &routed).unwrap(),
+        (TCX_NEXT, routed.clone())
+    );
+    // From a container, it cannot leave with the container's address: dropped.
+    let out = with_routing_header(&tcp6(Ip6::new(WEB, D6), 40000, 80, TCP_SYN, b""), 1);
+    let before = drops(&p, "malformed");
+    assert_eq!(p.run(UPLINK_OUT, &out).unwrap().0, TC_ACT_SHOT);
+    assert_eq!(drops(&p, "malformed"), before + 1);
+    // With no segment left, the destination is the final one: translated as usual.
+    let last = with_routing_header(&syn, 0);
+    let (verdict, translated) = p.run(UPLINK_IN, &last).unwrap();
+    assert_ne!(verdict, TC_ACT_SHOT);
+    assert_eq!(&translated[14 + 24..14 + 40], &WEB.octets(), "DNAT to web");
+}
