@@ -343,6 +343,33 @@ pub const fn query_request(t: u8) -> bool {
     )
 }
 
+/// The ports of the TCP or UDP header an ICMP error quotes at `l4`, or, for a quoted
+/// query of the family's ICMP (`icmp`), its identifier as the port on the side
+/// `query_ports` says from the type and the identifier.
+#[inline(always)]
+fn quoted_ports(
+    ctx: &TcContext,
+    proto: u8,
+    l4: usize,
+    icmp: u8,
+    query_ports: impl Fn(u8, u16) -> Option<(u16, u16)>,
+) -> Option<(u16, u16)> {
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let ports: [u8; 4] = read(ctx, l4).ok()?;
+            Some((
+                u16::from_ne_bytes([ports[0], ports[1]]),
+                u16::from_ne_bytes([ports[2], ports[3]]),
+            ))
+        }
+        p if p == icmp => {
+            let h: [u8; 8] = read(ctx, l4).ok()?;
+            query_ports(h[0], u16::from_ne_bytes([h[4], h[5]]))
+        }
+        _ => None,
+    }
+}
+
 /// Reads into `quote` what the ICMP error `outer` quotes, if it is TCP, UDP or an ICMP
 /// query (the identifier as the port, as [`parse4`] has it: `sport` of a request,
 /// `dport` of a reply) with an option-less header, not a later fragment, and its ports
@@ -361,28 +388,15 @@ fn quote4_found(ctx: &TcContext, outer: &Packet, quote: &mut Quote) -> Option<()
         return None;
     }
     let l4 = off + Ipv4Hdr::LEN;
-    let (sport, dport) = match ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let ports: [u8; 4] = read(ctx, l4).ok()?;
-            (
-                u16::from_ne_bytes([ports[0], ports[1]]),
-                u16::from_ne_bytes([ports[2], ports[3]]),
-            )
+    // An error quotes 8 bytes of the payload at least (RFC 792): the ports, or the whole
+    // ICMP header.
+    let (sport, dport) = quoted_ports(ctx, ip.proto, l4, IPPROTO_ICMP, |t, id| match t {
+        t if query_request(t) => Some((id, 0)),
+        ICMP_ECHO_REPLY | ICMP_TIMESTAMP_REPLY | ICMP_INFO_REPLY | ICMP_ADDRESS_REPLY => {
+            Some((0, id))
         }
-        IPPROTO_ICMP => {
-            // An error quotes 8 bytes of the payload at least (RFC 792): the whole header.
-            let h: [u8; 8] = read(ctx, l4).ok()?;
-            let id = u16::from_ne_bytes([h[4], h[5]]);
-            match h[0] {
-                t if query_request(t) => (id, 0),
-                ICMP_ECHO_REPLY | ICMP_TIMESTAMP_REPLY | ICMP_INFO_REPLY | ICMP_ADDRESS_REPLY => {
-                    (0, id)
-                }
-                _ => return None,
-            }
-        }
-        _ => return None,
-    };
+        _ => None,
+    })?;
     *quote = Quote {
         saddr: u32::from_ne_bytes(ip.src_addr),
         daddr: u32::from_ne_bytes(ip.dst_addr),
@@ -730,25 +744,11 @@ fn quote6_found(ctx: &TcContext, outer: &Packet<Ip6>, quote: &mut Quote<Ip6>) ->
         l4 += 8;
         ext = 8;
     }
-    let (sport, dport) = match proto {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let ports: [u8; 4] = read(ctx, l4).ok()?;
-            (
-                u16::from_ne_bytes([ports[0], ports[1]]),
-                u16::from_ne_bytes([ports[2], ports[3]]),
-            )
-        }
-        IPPROTO_ICMPV6 => {
-            let q: [u8; 8] = read(ctx, l4).ok()?;
-            let id = u16::from_ne_bytes([q[4], q[5]]);
-            match q[0] {
-                ICMP6_ECHO_REQUEST => (id, 0),
-                ICMP6_ECHO_REPLY => (0, id),
-                _ => return None,
-            }
-        }
-        _ => return None,
-    };
+    let (sport, dport) = quoted_ports(ctx, proto, l4, IPPROTO_ICMPV6, |t, id| match t {
+        ICMP6_ECHO_REQUEST => Some((id, 0)),
+        ICMP6_ECHO_REPLY => Some((0, id)),
+        _ => None,
+    })?;
     // As bytes, then converted: a 16-byte unaligned copy straight into the caller's
     // Quote crashes LLVM 22's BPF backend (post-RA MEMCPY expansion).
     quote.saddr = ip6(read::<[u8; 16]>(ctx, off + 8).ok()?);

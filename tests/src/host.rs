@@ -346,17 +346,7 @@ impl Host {
             (&self.instance.host, UPLINK, UPLINK_IP6),
             (&self.outside, "eth0", OUTSIDE_IP6),
         ] {
-            ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
-            ns.sh(&[
-                "ip",
-                "-6",
-                "addr",
-                "add",
-                &format!("{addr}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
+            add_ip6(ns, dev, &format!("{addr}/64"));
         }
         // ::1 on the host's loopback, as on any host with IPv6.
         self.instance
@@ -470,4 +460,11 @@ pub fn pings(from: &Netns, ip: &str) -> bool {
     from.run(&["ping", "-c", "1", "-W", "1", "-q", ip])
         .status
         .success()
+}
+
+/// Turns IPv6 on for `dev` in `ns` and gives it `addr` (with its prefix), without
+/// duplicate address detection (a test's addresses are its own).
+pub fn add_ip6(ns: &Netns, dev: &str, addr: &str) {
+    ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
+    ns.sh(&["ip", "-6", "addr", "add", addr, "dev", dev, "nodad"]);
 }

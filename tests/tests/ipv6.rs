@@ -465,18 +465,8 @@ fn path_mtu_discovery_through_nat66(mode: &str) {
         (&h.outside, "far0", FAR_ROUTER_IP6, "1280"),
         (&far, "eth0", FAR_IP6, "1500"),
     ] {
-        ns.sysctl(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "0");
         ns.sh(&["ip", "link", "set", dev, "mtu", mtu, "up"]);
-        ns.sh(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{addr}/64"),
-            "dev",
-            dev,
-            "nodad",
-        ]);
+        netplane_tests::host::add_ip6(ns, dev, &format!("{addr}/64"));
     }
     h.outside.sysctl("net.ipv6.conf.all.forwarding", "1");
     far.sh(&[
