@@ -256,42 +256,13 @@ pub fn parse4(ctx: &TcContext) -> Parsed {
     // short packet's Ethernet padding is not a header.
     let l4_room = tot_len - ihl;
     match proto {
-        IPPROTO_TCP => {
-            // Ports, and the flags byte at offset 13.
-            let Ok(l4) = read::<[u8; 14]>(ctx, p.l4_off) else {
-                return Parsed {
-                    kind: Kind::Malformed,
-                    p,
-                };
-            };
-            p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
-            p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
-            p.tcp_flags = l4[13];
-            p.l4_hlen = (l4[12] >> 4) * 4;
-            let hlen = usize::from(p.l4_hlen);
-            if hlen < TCP_MIN_HLEN || hlen > l4_room {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            if !transport(ctx, &mut p, l4_room, true) {
                 return Parsed {
                     kind: Kind::Malformed,
                     p,
                 };
             }
-        }
-        IPPROTO_UDP => {
-            // The whole UDP header must be there, even when its checksum is not used.
-            let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
-                return Parsed {
-                    kind: Kind::Malformed,
-                    p,
-                };
-            };
-            if l4_room < 8 {
-                return Parsed {
-                    kind: Kind::Malformed,
-                    p,
-                };
-            }
-            p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
-            p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
         }
         _ => {
             let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
@@ -331,6 +302,37 @@ pub fn parse4(ctx: &TcContext) -> Parsed {
         }
     }
     Parsed { kind: Kind::Nat, p }
+}
+
+/// Reads the ports of the TCP or UDP header at `p.l4_off` (and TCP's flags and header
+/// length), which must lie within the `l4_room` bytes of the IP payload; false when it is
+/// malformed. The whole UDP header must be there, even when its checksum is not used;
+/// a zero UDP checksum counts as malformed unless `zero_udp_checksum_ok` (IPv4's "none").
+#[inline(always)]
+fn transport<A>(
+    ctx: &TcContext,
+    p: &mut Packet<A>,
+    l4_room: usize,
+    zero_udp_checksum_ok: bool,
+) -> bool {
+    if p.proto == IPPROTO_TCP {
+        // Ports, and the flags byte at offset 13.
+        let Ok(l4) = read::<[u8; 14]>(ctx, p.l4_off) else {
+            return false;
+        };
+        p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
+        p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
+        p.tcp_flags = l4[13];
+        p.l4_hlen = (l4[12] >> 4) * 4;
+        let hlen = usize::from(p.l4_hlen);
+        return (TCP_MIN_HLEN..=l4_room).contains(&hlen);
+    }
+    let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
+        return false;
+    };
+    p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
+    p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
+    l4_room >= 8 && (zero_udp_checksum_ok || l4[6] != 0 || l4[7] != 0)
 }
 
 /// Whether ICMP type `t` is a query's request (echo, timestamp, information, address
@@ -651,30 +653,12 @@ fn parse6_into(ctx: &TcContext, p: &mut Packet<Ip6>) -> Kind {
         return Kind::Malformed;
     };
     match p.proto {
-        IPPROTO_TCP => {
-            let Ok(l4) = read::<[u8; 14]>(ctx, p.l4_off) else {
-                return Kind::Malformed;
-            };
-            p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
-            p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
-            p.tcp_flags = l4[13];
-            p.l4_hlen = (l4[12] >> 4) * 4;
-            let hlen = usize::from(p.l4_hlen);
-            if hlen < TCP_MIN_HLEN || hlen > l4_room {
+        // A zero UDP checksum is invalid in IPv6 (RFC 8200, 8.1): the receiver drops it,
+        // so netplane does not translate it into something that looks sent.
+        IPPROTO_TCP | IPPROTO_UDP => {
+            if !transport(ctx, p, l4_room, false) {
                 return Kind::Malformed;
             }
-        }
-        IPPROTO_UDP => {
-            let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
-                return Kind::Malformed;
-            };
-            // A zero checksum is invalid in IPv6 (RFC 8200, 8.1): the receiver drops it,
-            // so netplane does not translate it into something that looks sent.
-            if l4_room < 8 || (l4[6] == 0 && l4[7] == 0) {
-                return Kind::Malformed;
-            }
-            p.sport = u16::from_ne_bytes([l4[0], l4[1]]);
-            p.dport = u16::from_ne_bytes([l4[2], l4[3]]);
         }
         _ => {
             let Ok(l4) = read::<[u8; 8]>(ctx, p.l4_off) else {
