@@ -10,5 +10,6 @@ pub mod addr;
 pub mod counters;
 pub mod csum;
 pub mod nat;
+pub mod observe;
 pub mod packet;
 pub mod packet6;

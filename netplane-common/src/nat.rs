@@ -472,7 +472,9 @@ pub struct DpConfig {
     pub flags: u32,
     /// The uplink's IPv6 address that masquerade uses; :: when it has none.
     pub uplink_addr6: Ip6,
-    pub _pad: u32,
+    /// Which events the programs write into the monitor's ring buffer
+    /// ([`crate::observe::monitor`] bits); 0 unless a `netplane monitor` runs.
+    pub monitor: u32,
 }
 
 /// Switches in [`DpConfig::flags`].
@@ -660,7 +662,7 @@ pub mod maps {
     pub const NEVER_NAT6: &str = "NP6_NEVER_NAT";
     pub const ROUTED_PORTS6: &str = "NP6_ROUTED";
     /// Every map the agent pins, so that the data plane outlives it.
-    pub const PINNED: [&str; 27] = [
+    pub const PINNED: [&str; 32] = [
         CT,
         CT_NEW,
         MASQ_PORTS,
@@ -688,6 +690,11 @@ pub mod maps {
         ENDPOINTS6,
         NEVER_NAT6,
         ROUTED_PORTS6,
+        crate::observe::maps::EVENTS,
+        crate::observe::maps::EVENTS_LOST,
+        crate::observe::maps::TRANSLATED,
+        crate::observe::maps::NAT_STATS,
+        crate::observe::maps::CT_STATS,
     ];
 }
 

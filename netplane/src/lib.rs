@@ -17,6 +17,8 @@ pub mod config;
 pub mod dataplane;
 pub mod instance;
 pub mod lock;
+pub mod metrics;
+pub mod monitor;
 pub mod netns;
 pub mod privilege;
 pub mod state;

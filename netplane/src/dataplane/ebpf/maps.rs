@@ -107,7 +107,7 @@ impl Maps {
             uplink_ifindex: host.uplink_index,
             flags: config_flags(plan),
             uplink_addr6: uplink_addr6(host),
-            _pad: 0,
+            monitor: 0,
         };
         // The config's flags and network count only switch lookups on (netplane_common's
         // `flags`): one that is on with nothing to find costs a lookup, one that is off
@@ -117,6 +117,11 @@ impl Maps {
         let mut config: Array<_, DpConfig> =
             Array::try_from(&mut self.config).map_err(EbpfError::map(maps::CONFIG))?;
         let was = config.get(&0, 0).map_err(EbpfError::map(maps::CONFIG))?;
+        // A running `netplane monitor` keeps its events through an `up`.
+        let cfg = DpConfig {
+            monitor: was.monitor,
+            ..cfg
+        };
         let during = DpConfig {
             networks: cfg.networks.max(was.networks),
             flags: cfg.flags | (was.flags & !flags::FAST_FORWARD),

@@ -30,6 +30,7 @@ mod conntrack;
 pub mod counter;
 mod family;
 mod maps;
+pub mod monitor;
 mod object;
 mod stats;
 pub mod testrun;

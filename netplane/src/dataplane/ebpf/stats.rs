@@ -7,10 +7,12 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use aya::maps::{HashMap, IterableMap, LpmTrie, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
 use netplane_common::addr::{Ip6, octets6};
+use netplane_common::counters::Counters;
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DropReason, Endpoint, FragEntry, FragKey, NetInfo, PortKey,
     SockRevEntry, SockRevKey, forwarded, maps,
 };
+use netplane_common::observe::{self, Dir, Hook, PATH_SLOTS, ct_stat};
 
 use super::agent::record::unix_now;
 use super::conntrack::{self, CtCapacity, entries_of};
@@ -263,28 +265,85 @@ fn trie_fill<K: aya::Pod, V: aya::Pod>(name: &str, map: &'static str) -> Option<
 
 /// Drops per reason of instance `name`.
 pub fn drop_counters(name: &str) -> Vec<(&'static str, u64)> {
-    pinned_map(name, maps::DROPS)
+    let drops = pinned_map(name, maps::DROPS);
+    let ct_stats = pinned_map(name, observe::maps::CT_STATS);
+    drops
         .as_ref()
-        .map(sum_drops)
+        .map(|d| sum_drops(d, ct_stats.as_ref()))
         .unwrap_or_default()
 }
 
-/// The drop counters of a NP_DROPS map, summed over CPUs.
-pub(super) fn sum_drops(map: &Map) -> Vec<(&'static str, u64)> {
-    let Ok(drops) = PerCpuArray::<_, u64>::try_from(map) else {
-        return Vec::new();
-    };
+/// The drop counters of a NP_DROPS map, summed over CPUs and over where they happened,
+/// per reason. `ct-full` is not a drop, and is counted in NP_CT_STATS: it is shown among
+/// the drops, as before.
+pub(super) fn sum_drops(drops: &Map, ct_stats: Option<&Map>) -> Vec<(&'static str, u64)> {
+    let slots = drop_slots(drops);
+    let ct_full = ct_stats.map(|m| {
+        per_cpu_sums(m, ct_stat::SLOTS)
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u32 % ct_stat::V6 == ct_stat::FULL)
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    });
     DropReason::ALL
         .iter()
         .map(|r| {
-            (
-                r.name(),
-                drops
-                    .get(&(*r as u32), 0)
-                    .map(|v| v.iter().sum())
-                    .unwrap_or(0),
-            )
+            let mut n: u64 = slots
+                .iter()
+                .filter(|d| d.reason == *r)
+                .map(|d| d.counters.packets)
+                .sum();
+            if *r == DropReason::CtFull {
+                n += ct_full.unwrap_or(0);
+            }
+            (r.name(), n)
         })
+        .collect()
+}
+
+/// One drop counter of NP_DROPS: where, why, and how much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DropSlot {
+    pub v6: bool,
+    pub hook: Hook,
+    pub dir: Dir,
+    pub reason: DropReason,
+    pub counters: Counters,
+}
+
+/// Every drop counter of a NP_DROPS map, summed over CPUs, zeros included.
+pub(super) fn drop_slots(drops: &Map) -> Vec<DropSlot> {
+    let Ok(map) = PerCpuArray::<_, Counters>::try_from(drops) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for path in 0..PATH_SLOTS {
+        let (v6, hook, dir) = observe::path_of(path);
+        for reason in DropReason::ALL {
+            let counters = map
+                .get(&observe::drop_slot(path, reason as u32), 0)
+                .map(|v| Counters::sum(v.iter()))
+                .unwrap_or_default();
+            out.push(DropSlot {
+                v6,
+                hook,
+                dir,
+                reason,
+                counters,
+            });
+        }
+    }
+    out
+}
+
+/// The per-CPU `u64` counters of array `map`, summed over CPUs, one per slot in `0..n`.
+pub(super) fn per_cpu_sums(map: &Map, n: u32) -> Vec<u64> {
+    let Ok(counts) = PerCpuArray::<_, u64>::try_from(map) else {
+        return vec![0; n as usize];
+    };
+    (0..n)
+        .map(|i| counts.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
         .collect()
 }
 

@@ -4,6 +4,7 @@
 use aya::Ebpf as AyaEbpf;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use netplane_common::nat::maps;
+use netplane_common::observe;
 
 use super::attach::programs;
 use super::conntrack::CtCapacity;
@@ -90,6 +91,9 @@ impl TestRunPrograms {
 
     /// Drops per reason.
     pub fn drops(&self) -> Vec<(&'static str, u64)> {
-        self.bpf.map(maps::DROPS).map(sum_drops).unwrap_or_default()
+        self.bpf
+            .map(maps::DROPS)
+            .map(|d| sum_drops(d, self.bpf.map(observe::maps::CT_STATS)))
+            .unwrap_or_default()
     }
 }

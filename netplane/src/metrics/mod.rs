@@ -1,0 +1,1 @@
+//! Prometheus metrics, served by the agent at `[metrics] listen` (or `up --metrics`).
