@@ -26,12 +26,16 @@ pub struct EbpfConfig {
     /// host routing does. They then also pass netfilter by: set false when host firewall
     /// rules in FORWARD or POSTROUTING must see container traffic.
     pub fast_forward: bool,
+    /// Load the programs built with aya-log calls, at debug level (`up --debug-datapath`;
+    /// `netplane monitor --log` prints them). Off, the loaded object has no log code at all.
+    pub debug_datapath: bool,
 }
 
 impl Default for EbpfConfig {
     fn default() -> Self {
         EbpfConfig {
             fast_forward: DEFAULT_FAST_FORWARD,
+            debug_datapath: false,
         }
     }
 }
