@@ -1,30 +1,55 @@
-//! Builds `netplane-ebpf` for `bpfel-unknown-none` and hands the object to the library,
-//! which embeds it (`include_bytes_aligned!`), so the `netplane` binary is self-contained.
+//! Builds `netplane-ebpf` for `bpfel-unknown-none`, twice (without and with aya-log's
+//! debug logs, see [`OBJECTS`]), and hands the objects to the library, which embeds them
+//! (`include_bytes_aligned!`), so the `netplane` binary is self-contained.
 //!
 //! The recipe is ../shared/TOOLCHAIN.md's: Debian's rustc-web (which ships a prebuilt BPF
 //! `core`, so no `-Z build-std`), `RUSTC_BOOTSTRAP=aya_ebpf` for aya-ebpf's one unstable
 //! feature, and bpf-linker built against the same LLVM. `cargo xtask setup` installs both.
-//! Set `NETPLANE_EBPF_OBJECT=/path/to/object` to embed a prebuilt object instead.
+//! Set `NETPLANE_EBPF_OBJECT=/path/to/object` (and `NETPLANE_EBPF_DEBUG_OBJECT`, the one
+//! built with `--features debug-log`) to embed prebuilt objects instead.
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 
 const BPF_TARGET: &str = "bpfel-unknown-none";
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 
+/// The two objects: the default one, with no log code at all, and the one of
+/// `netplane up --debug-datapath`, built with `--features debug-log` (aya-log). Each in
+/// a target directory of its own, so that building one never invalidates the other.
+const OBJECTS: [Object; 2] = [
+    Object {
+        file: "netplane-ebpf.o",
+        stamp: "NETPLANE_EBPF_STAMP",
+        prebuilt: "NETPLANE_EBPF_OBJECT",
+        features: &[],
+        target_dir: "target/bpf",
+    },
+    Object {
+        file: "netplane-ebpf-debug.o",
+        stamp: "NETPLANE_EBPF_DEBUG_STAMP",
+        prebuilt: "NETPLANE_EBPF_DEBUG_OBJECT",
+        features: &["--features", "debug-log"],
+        target_dir: "target/bpf-debug",
+    },
+];
+
+struct Object {
+    /// Its name in OUT_DIR, which the library embeds.
+    file: &'static str,
+    /// The environment variable of its stamp (`object::stamp()`).
+    stamp: &'static str,
+    /// The environment variable that names a prebuilt object to embed instead.
+    prebuilt: &'static str,
+    features: &'static [&'static str],
+    target_dir: &'static str,
+}
+
 fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap();
-    let out = PathBuf::from(env::var_os("OUT_DIR").unwrap()).join("netplane-ebpf.o");
-
-    println!("cargo::rerun-if-env-changed=NETPLANE_EBPF_OBJECT");
-    if let Some(prebuilt) = env::var_os("NETPLANE_EBPF_OBJECT") {
-        println!("cargo::rerun-if-changed={}", Path::new(&prebuilt).display());
-        std::fs::copy(&prebuilt, &out).expect("copy NETPLANE_EBPF_OBJECT");
-        stamp(&out);
-        return;
-    }
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     for dir in [
         "netplane-ebpf/src",
         "netplane-ebpf/Cargo.toml",
@@ -33,15 +58,61 @@ fn main() {
     ] {
         println!("cargo::rerun-if-changed={}", root.join(dir).display());
     }
+    // Both builds at once: each is mostly one single-threaded LLVM run (bpf-linker), so
+    // together they take little more than one.
+    let mut builds = Vec::new();
+    for object in &OBJECTS {
+        println!("cargo::rerun-if-env-changed={}", object.prebuilt);
+        // A prebuilt default object without a debug one stands for both (the programs
+        // then run without logs under `--debug-datapath` too).
+        let prebuilt = env::var_os(object.prebuilt).or_else(|| {
+            env::var_os(OBJECTS[0].prebuilt).filter(|_| object.file != OBJECTS[0].file)
+        });
+        match prebuilt {
+            Some(prebuilt) => {
+                println!("cargo::rerun-if-changed={}", Path::new(&prebuilt).display());
+                install(Path::new(&prebuilt), &out_dir, object);
+            }
+            None => builds.push((object, build(root, object))),
+        }
+    }
+    // Every build waited for, before a failure ends this script.
+    let results: Vec<_> = builds
+        .into_iter()
+        .map(|(object, (mut child, built))| (object, child.wait(), built))
+        .collect();
+    for (object, status, built) in results {
+        match status {
+            Ok(s) if s.success() => install(&built, &out_dir, object),
+            Ok(_) => fail(&format!(
+                "building netplane-ebpf into {} failed (see the errors above)",
+                object.target_dir
+            )),
+            Err(e) => fail(&format!("cannot run cargo: {e}")),
+        }
+    }
+}
 
+/// Copies `object`, built or prebuilt at `from`, where the library embeds it, and stamps it.
+fn install(from: &Path, out_dir: &Path, object: &Object) {
+    let out = out_dir.join(object.file);
+    std::fs::copy(from, &out).unwrap_or_else(|e| fail(&format!("{}: {e}", from.display())));
+    stamp(&out, object.stamp);
+}
+
+/// Starts cargo on `object`; returns the build and where its result will be.
+fn build(root: &Path, object: &Object) -> (Child, PathBuf) {
     if !Path::new(DEBIAN_RUSTC).exists() {
         fail("Debian's rustc-web (/usr/bin/rustc) is missing");
     }
+    let target_dir = root.join(object.target_dir);
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(root.join("netplane-ebpf"))
-        .args(["build", "--release", "--target", BPF_TARGET, "--target-dir"])
-        .arg(root.join("target/bpf"))
+        .args(["build", "--release", "--target", BPF_TARGET])
+        .args(object.features)
+        .arg("--target-dir")
+        .arg(&target_dir)
         .env("RUSTC", DEBIAN_RUSTC)
         // aya-ebpf uses #![feature(asm_experimental_arch)] on BPF; allow it for that crate
         // alone (RUSTC_BOOTSTRAP=1 would make tools assume nightly and add -Z build-std).
@@ -73,33 +144,22 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
+    let child = cmd
+        .spawn()
         .unwrap_or_else(|e| fail(&format!("cannot run cargo: {e}")));
-    if !status.success() {
-        fail("building netplane-ebpf failed (see the errors above)");
-    }
-    let obj = root
-        .join("target/bpf")
-        .join(BPF_TARGET)
-        .join("release/netplane");
-    std::fs::copy(&obj, &out).unwrap_or_else(|e| fail(&format!("{}: {e}", obj.display())));
-    stamp(&out);
+    (child, target_dir.join(BPF_TARGET).join("release/netplane"))
 }
 
 /// What identifies the object (`object::stamp()`): FNV-1a of its bytes and its length,
 /// computed here once rather than by every run of netplane and netplane-cni (2 MB
 /// hashed byte by byte cost each CNI ADD and DEL about 3 ms).
-fn stamp(object: &Path) {
+fn stamp(object: &Path, var: &str) {
     let bytes =
         std::fs::read(object).unwrap_or_else(|e| fail(&format!("{}: {e}", object.display())));
     let hash = bytes.iter().fold(0x811c_9dc5_u32, |h, &b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     });
-    println!(
-        "cargo::rustc-env=NETPLANE_EBPF_STAMP={hash:08x}-{}",
-        bytes.len()
-    );
+    println!("cargo::rustc-env={var}={hash:08x}-{}", bytes.len());
 }
 
 /// bpf-linker is installed by `cargo install`, into $CARGO_HOME/bin, which a CI shell may

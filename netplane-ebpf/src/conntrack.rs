@@ -13,14 +13,16 @@ use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
-    CtEntry, CtKey, Direction, DpConfig, DropReason, FragEntry, FragKey, Side, Tick, acknowledges,
-    assure, kind, seen, tcp_seen, tick, ticks_since, track_seq,
+    CtEntry, CtKey, Direction, DpConfig, FragEntry, FragKey, Side, Tick, acknowledges, assure,
+    kind, seen, tcp_seen, tick, ticks_since, track_seq,
 };
 use netplane_common::packet::IPPROTO_TCP;
 use netplane_common::packet::tcp_flags::{ACK as TCP_ACK, SYN as TCP_SYN};
 
+use crate::events;
 use crate::family::Family;
-use crate::maps::{CONFIG, DROPS, SEGMENT};
+use crate::maps::{CONFIG, SEGMENT};
+use crate::metrics;
 use crate::parse::{Frag, Packet, read};
 
 #[inline(always)]
@@ -235,6 +237,9 @@ pub fn probe<A: Family>(
             || acknowledges(seen_now, entry.seq[1], segment_ack());
     }
     if seen_now != entry.seen {
+        if key.proto == IPPROTO_TCP {
+            events::flow_state(cfg, entry.kind, entry.seen, seen_now);
+        }
         entry.seen = seen_now;
     }
     // Hairpin keeps an entry per direction and stage, in pairs that one packet meets at
@@ -311,15 +316,15 @@ fn peer_key<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> CtKey<A> {
 }
 
 /// Moves an assured flow's entry into the main table. When the main table is full the
-/// entry stays where it is, counted as `ct-full`: the flow goes on, exposed to the LRU.
+/// entry stays where it is, counted as `ct-full` (in NP_CT_STATS: not a drop): the flow
+/// goes on, exposed to the LRU.
 #[inline(always)]
 fn enter_main<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) {
     // BPF_NOEXIST: another CPU may have moved it first; then this copy is not needed.
     if A::ct().insert(key, entry, BPF_NOEXIST as u64).is_ok() || A::ct().get_ptr(key).is_some() {
         let _ = A::ct_new().remove(key);
-    } else if let Some(c) = DROPS.get_ptr_mut(DropReason::CtFull as u32) {
-        // SAFETY: this CPU's slot of a per-CPU array, as in crate::metrics.
-        unsafe { *c += 1 };
+    } else {
+        metrics::ct_full::<A>();
     }
 }
 

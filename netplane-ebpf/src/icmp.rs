@@ -20,6 +20,7 @@ use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::programs::TcContext;
 use netplane_common::addr::{Addr, Ip6};
 use netplane_common::nat::{CtKey, DpConfig, DropReason, Side, kind};
+use netplane_common::observe::{Dir, Hook, path_slot};
 use netplane_common::packet::IPPROTO_ICMP;
 use netplane_common::packet6::{IPPROTO_ICMPV6, IPV6_HLEN};
 use network_types::ip::Ipv4Hdr;
@@ -29,7 +30,7 @@ use crate::addr::{never_nat, published, routed_port, subnet_of};
 use crate::conntrack::{self, Probe, now};
 use crate::csum::{diff128, write, write_addr6};
 use crate::family::Family;
-use crate::metrics::drop;
+use crate::metrics::{drop, translated};
 use crate::nat_port::{Masquerade, masquerade_port};
 use crate::parse::{ICMP_ID_OFF, Packet, QUOTE_OFF, Quote, read};
 
@@ -64,7 +65,8 @@ pub fn from_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &Dp
     if found == UNTRANSLATED {
         return TCX_NEXT;
     }
-    write_back(ctx, &mut IcmpError { outer, quote: &q }, &t)
+    let at = path_slot(A::BITS == 128, Hook::Uplink, Dir::Ingress);
+    write_back(ctx, &mut IcmpError { outer, quote: &q }, &t, at)
 }
 
 /// Uplink egress: an error going out, from a container of a `nat` network or from the
@@ -81,7 +83,8 @@ pub fn to_outside<A: Quoting>(ctx: &TcContext, outer: &mut Packet<A>, cfg: &DpCo
     let mut q = Quote::none();
     let mut t = Target::none();
     if A::quote(ctx, outer, &mut q) && about_flow_out(outer, &q, cfg, &mut t) == FOUND {
-        return write_back(ctx, &mut IcmpError { outer, quote: &q }, &t);
+        let at = path_slot(A::BITS == 128, Hook::Uplink, Dir::Egress);
+        return write_back(ctx, &mut IcmpError { outer, quote: &q }, &t, at);
     }
     // An error from a container about no flow of ours (or quoting what netplane does
     // not translate) would leave with the container's address: nf_conntrack calls it
@@ -269,7 +272,7 @@ pub struct IcmpError<'a, A> {
 
 /// Writes `t` into the error: the quote's side, and the error's own.
 #[inline(always)]
-fn write_back<A: Quoting>(ctx: &TcContext, e: &mut IcmpError<A>, t: &Target<A>) -> i32 {
+fn write_back<A: Quoting>(ctx: &TcContext, e: &mut IcmpError<A>, t: &Target<A>, path: u32) -> i32 {
     let outer = match t.outer {
         1 => Some(Side::Src),
         2 => Some(Side::Dst),
@@ -279,7 +282,10 @@ fn write_back<A: Quoting>(ctx: &TcContext, e: &mut IcmpError<A>, t: &Target<A>) 
         Some(s) => A::set_addr(ctx, e.outer, s, t.addr).map_err(|_| ()),
         None => Ok(()),
     }) {
-        Ok(()) => TCX_NEXT,
+        Ok(()) => {
+            translated(ctx, path);
+            TCX_NEXT
+        }
         Err(()) => drop(DropReason::RewriteFailed),
     }
 }

@@ -2,12 +2,13 @@
 //! that do the work. From the bottom up (a module uses only those of the lines above its
 //! own):
 //!
-//! - `maps`: every map; `parse`: headers;
+//! - `maps`: every map; `parse`: headers; `debug`: aya-log's sites (`debug-log` builds);
 //! - `metrics`: counters and drops; `csum`: rewrites with checksum updates;
 //!   `family`: what differs between IPv4 and IPv6 (maps, headers, checksums), so that
 //!   every module above is written once for both;
 //!   `addr`: what an address is (local, container network, never-NAT, published port);
-//!   `conntrack`: the conntrack and fragment maps' lookups and inserts;
+//!   `conntrack`: the conntrack and fragment maps' lookups and inserts; `events`: the
+//!   monitor's events;
 //! - `access`: the gateway modes and never-NAT prefixes (what reaches a container from the
 //!   outside, what leaves untranslated);
 //! - `nat_port`: the source port of SNAT; `forward`: the short way past the stack;
@@ -20,6 +21,10 @@ mod access;
 mod addr;
 mod conntrack;
 mod csum;
+// aya-log's sites, in the `debug-log` build only (see the module).
+#[cfg(feature = "debug-log")]
+mod debug;
+mod events;
 mod family;
 mod forward;
 mod icmp;

@@ -9,13 +9,14 @@
 
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf};
 use netplane_common::addr::Ip6;
 use netplane_common::counters::{COUNTERS_SLOTS, Counters};
 use netplane_common::nat::{
-    Backend, CtEntry, CtKey, CtTables, DROP_REASONS, DpConfig, Endpoint, FragEntry, FragKey,
-    NetInfo, PortKey, SockRevEntry, SockRevKey, Tick, forwarded,
+    Backend, CtEntry, CtKey, CtTables, DpConfig, Endpoint, FragEntry, FragKey, NetInfo, PortKey,
+    SockRevEntry, SockRevKey, Tick, forwarded,
 };
+use netplane_common::observe::{DROP_SLOTS, PATH_SLOTS, Tuple, ct_stat, nat_stat};
 
 /// The conntrack table's default size; `up` sets its own (`conntrack.max_entries`, and
 /// CtTables::unreplied_entries of it) at load time (EbpfLoader::map_max_entries).
@@ -143,9 +144,62 @@ pub static ROUTES: LruPerCpuHashMap<RouteKey<u32>, CachedRoute<u32>> =
 #[map(name = "NETPLANE_COUNTERS")]
 pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(COUNTERS_SLOTS, 0);
 
-/// Drops per [`netplane_common::nat::DropReason`], per CPU.
+/// Drops (packets and bytes) per CPU, by where they happened and why: one slot per
+/// [`netplane_common::observe::drop_slot`] (family, hook, direction, and
+/// [`netplane_common::nat::DropReason`]).
 #[map(name = "NP_DROPS")]
-pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+pub static DROPS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
+
+/// Packets and bytes translated, per CPU and [`netplane_common::observe::path_slot`].
+#[map(name = "NP_TRANSLATED")]
+pub static TRANSLATED: PerCpuArray<Counters> = PerCpuArray::with_max_entries(PATH_SLOTS, 0);
+
+/// Masquerade's port allocations, per CPU and [`nat_stat`] slot.
+#[map(name = "NP_NAT_STATS")]
+pub static NAT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(nat_stat::SLOTS, 0);
+
+/// Conntrack events that are not drops, per CPU and [`ct_stat`] slot.
+#[map(name = "NP_CT_STATS")]
+pub static CT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ct_stat::SLOTS, 0);
+
+/// The monitor's events ([`netplane_common::observe::Event`]), written only while
+/// `DpConfig::monitor` asks for them (see crate::events). Pinned, as the other maps are,
+/// where `netplane monitor` opens it.
+#[map(name = "NP_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Events that found the ring buffer full, per CPU: lost, their packets never.
+#[map(name = "NP_EVENTS_LOST")]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// What a program run notes for its tail (crate::events), in [`NOTE`].
+#[repr(C)]
+pub struct Note {
+    /// The reason of the run's drop (crate::metrics::drop), if it drops.
+    pub reason: u32,
+    /// The flow event pending (`observe::event_kind`), 0 for none.
+    pub flow: u8,
+    /// The flow's conntrack kind and TCP flags seen, for that event.
+    pub ct_kind: u8,
+    pub seen: u8,
+    pub _pad: u8,
+    /// The skb that crate::events' `begin` noted (its address): the tail writes an event
+    /// only for it (see crate::events).
+    pub skb: u64,
+    /// The packet's tuple as it arrived: written only while a monitor listens.
+    pub orig: Tuple,
+    /// An IPv4 packet's protocol, addresses and ports as it leaves (source port in the low
+    /// half, wire order), for the event; an IPv6 packet's are in [`PACKET6`].
+    pub proto4: u32,
+    pub xlat4: [u32; 3],
+}
+
+/// What this CPU's program run has to say at its tail (see crate::events' `Note`): the
+/// reason of its drop, and, while a monitor listens, the packet's tuple as it arrived and
+/// the flow event pending. A map, not the stack (see SEGMENT on why the slot is the run's
+/// own).
+#[map(name = "NP_NOTE")]
+pub static NOTE: PerCpuArray<Note> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where redirected UDP sockets really sent to, for recvmsg4 (see crate::sock).
 #[map(name = "NP_SOCK_REV")]

@@ -18,12 +18,14 @@
 //! later fragment of no datagram) is dropped at the uplink with a named reason: no packet
 //! leaves it with a container's source.
 
+use aya_ebpf::bindings::TC_ACT_SHOT;
 use aya_ebpf::bindings::tcx_action_base::TCX_NEXT;
 use aya_ebpf::programs::TcContext;
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DpConfig, DropReason, FragKey, Side, Tick, flags, forwarded, kind,
     tcp_seen,
 };
+use netplane_common::observe::{self, Dir, monitor};
 use netplane_common::packet::{IPPROTO_TCP, IPPROTO_UDP, tcp_flags};
 
 use crate::access::{self, Onward, Source};
@@ -33,12 +35,12 @@ use crate::csum::set_port;
 use crate::family::v6_outlined;
 use crate::forward::Forward;
 use crate::icmp::Quoting;
-use crate::metrics::drop;
+use crate::metrics::{self, drop};
 use crate::nat_port::{
     Masquerade, local_socket, masquerade_port, masqueraded, remember, reserve_port,
 };
 use crate::parse::{Frag, Kind, Packet, ether_type};
-use crate::{forward, icmp};
+use crate::{events, forward, icmp};
 
 /// A family the NAT stages translate: everything below them, for it.
 pub trait Nat: Forward + Quoting {}
@@ -53,6 +55,49 @@ pub enum Hook {
     /// from the host to containers), except that on ptp they also see what containers of
     /// one network send each other, which a bridge switches.
     Network,
+}
+
+/// Where family `A`'s stage at `hook`, TC direction `dir`, runs: an
+/// [`observe::path_slot`], which the counters and events of its packets say.
+#[inline(always)]
+fn path<A: Nat>(hook: Hook, dir: Dir) -> u32 {
+    let hook = match hook {
+        Hook::Uplink => observe::Hook::Uplink,
+        Hook::Network => observe::Hook::Network,
+    };
+    observe::path_slot(A::BITS == 128, hook, dir)
+}
+
+/// The start of every stage that parsed a packet: while a monitor listens, the packet as
+/// it arrived, for its event.
+#[inline(always)]
+fn start<A: Nat>(ctx: &TcContext, p: &Packet<A>, cfg: &DpConfig) {
+    if cfg.monitor & monitor::ALL != 0 {
+        events::begin(ctx, p);
+    }
+}
+
+/// The tail of every stage that parsed a packet: counts its drop where it happened (the
+/// reason is [`drop`]'s), and, while a monitor listens, writes its event.
+///
+/// The monitor's flag is read again here rather than kept from [`start`]: a value kept
+/// across the stage is one the verifier knows as 0 on one side of `start`'s branch and
+/// not 0 on the other, and it walked the whole stage twice (twice the instructions to
+/// verify, twice the load time); the load is of a cache line the stage read already.
+/// (events::np_event writes nothing for a packet that `start` did not note.)
+#[inline(always)]
+fn finish<A: Nat>(ctx: &TcContext, p: &Packet<A>, path: u32, verdict: i32) -> i32 {
+    if verdict == TC_ACT_SHOT as i32 {
+        let _reason = metrics::dropped(ctx, path);
+        #[cfg(feature = "debug-log")]
+        crate::debug::dropped(_reason, path, ctx.len());
+    }
+    if let Some(cfg) = config()
+        && cfg.monitor & monitor::ALL != 0
+    {
+        events::finish(ctx, p, cfg.monitor, path, verdict);
+    }
+    verdict
 }
 
 #[inline(always)]
@@ -82,8 +127,9 @@ fn frag_key<A: Copy>(p: &Packet<A>, stage: Side) -> FragKey<A> {
 }
 
 /// Applies a stage's translation to the packet (the side it rewrites becomes `addr:port`),
-/// and records it for later fragments.
+/// records it for later fragments, and counts it at `path` (see [`path`]).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn rewrite<A: Nat>(
     ctx: &TcContext,
     p: &mut Packet<A>,
@@ -91,6 +137,7 @@ fn rewrite<A: Nat>(
     addr: A,
     port: u16,
     now: Tick,
+    path: u32,
 ) -> i32 {
     let fk = frag_key(p, stage);
     // The later fragments that came first went on with the old address, into the host's
@@ -107,21 +154,26 @@ fn rewrite<A: Nat>(
     if p.frag == Frag::First {
         conntrack::frag_record(&fk, addr, now);
     }
+    metrics::translated(ctx, path);
     TCX_NEXT
 }
 
 /// Later fragments follow their first fragment's translation at this stage; `None` when
-/// no first fragment was translated here.
+/// no first fragment was translated here. Counted at `path`, as [`rewrite`].
 #[inline(always)]
 fn later_fragment<A: Nat>(
     ctx: &TcContext,
     p: &mut Packet<A>,
     key: &FragKey<A>,
     stage: Side,
+    path: u32,
 ) -> Option<i32> {
     let addr = conntrack::frag_lookup(key)?;
     Some(match A::set_addr(ctx, p, stage, addr) {
-        Ok(()) => TCX_NEXT,
+        Ok(()) => {
+            metrics::translated(ctx, path);
+            TCX_NEXT
+        }
         Err(_) => drop(DropReason::RewriteFailed),
     })
 }
@@ -147,7 +199,8 @@ fn dst<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
     };
     conntrack::segment(ctx, p);
     let Some(cfg) = config() else { return TCX_NEXT };
-    match (kind, hook) {
+    start(ctx, p, cfg);
+    let verdict = match (kind, hook) {
         (Kind::Nat, _) => dst_nat(ctx, p, cfg, hook),
         // Not ours to translate.
         (Kind::Other, _) => TCX_NEXT,
@@ -159,7 +212,8 @@ fn dst<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
         }
         // From a container, whatever it is, isolation between networks holds.
         (_, Hook::Network) => access::contain(p, cfg),
-    }
+    };
+    finish(ctx, p, path::<A>(hook, Dir::Ingress), verdict)
 }
 
 /// The dst stage of TCP, UDP and ICMP queries: inlined for IPv4, for IPv6 a function of
@@ -188,7 +242,8 @@ fn dst_nat<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, hook: Hoo
 fn dst_nat_inline<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, hook: Hook) -> i32 {
     if p.frag == Frag::Later {
         let key = frag_key(p, Side::Dst);
-        return later_fragment(ctx, p, &key, Side::Dst).unwrap_or_else(|| {
+        let at = path::<A>(hook, Dir::Ingress);
+        return later_fragment(ctx, p, &key, Side::Dst, at).unwrap_or_else(|| {
             if hook == Hook::Network {
                 return TCX_NEXT;
             }
@@ -275,6 +330,12 @@ fn dst_nat_inline<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, ho
         if let Err(reason) = created {
             return drop(reason);
         }
+        let k = if hook == Hook::Uplink {
+            kind::PUBLISHED
+        } else {
+            kind::HAIRPIN
+        };
+        events::flow_new(cfg, k, tcp_seen(p.tcp_flags));
         return forward_after(ctx, p, cfg, hook, Side::Dst, b.addr, b.port, now);
     }
     if !local {
@@ -305,7 +366,15 @@ fn forward_after<A: Nat>(
     port: u16,
     now: Tick,
 ) -> i32 {
-    let verdict = rewrite(ctx, p, stage, addr, port, now);
+    let verdict = rewrite(
+        ctx,
+        p,
+        stage,
+        addr,
+        port,
+        now,
+        path::<A>(hook, Dir::Ingress),
+    );
     if verdict != TCX_NEXT || hook != Hook::Uplink {
         return verdict;
     }
@@ -346,7 +415,10 @@ v6_outlined! {
             return TCX_NEXT;
         };
         match A::set_addr(ctx, p, Side::Dst, e.addr) {
-            Ok(()) => TCX_NEXT,
+            Ok(()) => {
+                metrics::translated(ctx, path::<A>(Hook::Uplink, Dir::Ingress));
+                TCX_NEXT
+            }
             Err(_) => drop(DropReason::RewriteFailed),
         }
     }
@@ -391,7 +463,11 @@ v6_outlined! {
             Probe::Mine(_) => true,
             Probe::Free => {
                 let e = entry(p.saddr, 0, kind::MASQUERADE, now, 0);
-                conntrack::insert_new(&key, &e, cfg, now, false)
+                let new = conntrack::insert_new(&key, &e, cfg, now, false);
+                if new {
+                    events::flow_new(cfg, kind::MASQUERADE, 0);
+                }
+                new
             }
             Probe::Other => false,
         };
@@ -399,7 +475,10 @@ v6_outlined! {
             return drop(DropReason::Untranslatable);
         }
         match A::set_addr(ctx, p, Side::Src, A::uplink(cfg)) {
-            Ok(()) => TCX_NEXT,
+            Ok(()) => {
+                metrics::translated(ctx, path::<A>(Hook::Uplink, Dir::Egress));
+                TCX_NEXT
+            }
             Err(_) => drop(DropReason::RewriteFailed),
         }
     }
@@ -428,7 +507,9 @@ fn out_of_bridge<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> 
     let Some(route) = forward::route(ctx, p, cfg, cfg.uplink_ifindex, now) else {
         return TCX_NEXT;
     };
-    let verdict = rewrite(ctx, p, Side::Src, addr, port, now);
+    // The uplink egress's translation, applied at the network's ingress, and counted there.
+    let at = path::<A>(Hook::Network, Dir::Ingress);
+    let verdict = rewrite(ctx, p, Side::Src, addr, port, now, at);
     if verdict != TCX_NEXT {
         return verdict;
     }
@@ -456,19 +537,21 @@ fn src<A: Nat>(ctx: &TcContext, hook: Hook) -> i32 {
         return TCX_NEXT;
     };
     conntrack::segment(ctx, p);
+    start(ctx, p, cfg);
     // What leaves the uplink never has the source of a `nat` network's container: it is
     // translated here, or dropped (Untranslatable, Malformed, FragmentUnknown), even
     // where nf_conntrack would call it INVALID and let it out. A `routed` network's
     // containers, and any container towards a never-NAT prefix, leave with their own
     // addresses; an `isolated` network's never leave.
-    match kind {
+    let verdict = match kind {
         Kind::Nat => src_nat(ctx, p, cfg),
         Kind::Other => TCX_NEXT,
         // Its own function (a BPF-to-BPF call for either family: errors are rare), which
         // finds the source itself, so that this frame stays small under it.
         Kind::IcmpError => icmp::to_outside(ctx, p, cfg),
         _ => src_other(ctx, p, cfg, kind as u32),
-    }
+    };
+    finish(ctx, p, path::<A>(Hook::Uplink, Dir::Egress), verdict)
 }
 
 v6_outlined! {
@@ -503,7 +586,8 @@ v6_outlined! {
     fn src_nat<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
         if p.frag == Frag::Later {
             let key = frag_key(p, Side::Src);
-            return match later_fragment(ctx, p, &key, Side::Src) {
+            let at = path::<A>(Hook::Uplink, Dir::Egress);
+            return match later_fragment(ctx, p, &key, Side::Src, at) {
                 Some(verdict) => verdict,
                 None => match access::source(p, cfg) {
                     Source::Nat | Source::Unprotected => drop(DropReason::FragmentUnknown),
@@ -529,7 +613,8 @@ v6_outlined! {
         // in a never-NAT prefix): reverse DNAT; of a direct flow into a `nat-unprotected`
         // one: nothing to write.
         if let Some(e) = conntrack::lookup(&key_of(p, Side::Src), cfg, now, p.tcp_flags) {
-            return rewrite(ctx, p, Side::Src, e.addr, e.port, now);
+            let at = path::<A>(Hook::Uplink, Dir::Egress);
+            return rewrite(ctx, p, Side::Src, e.addr, e.port, now, at);
         }
         if source == Source::Peer {
             return TCX_NEXT;
@@ -542,7 +627,10 @@ v6_outlined! {
             Masquerade::None => new_masquerade_flow(ctx, &p, cfg, now),
         };
         match port {
-            Ok(port) => rewrite(ctx, p, Side::Src, A::uplink(cfg), port, now),
+            Ok(port) => {
+                let at = path::<A>(Hook::Uplink, Dir::Egress);
+                rewrite(ctx, p, Side::Src, A::uplink(cfg), port, now, at)
+            }
             Err(reason) => drop(reason),
         }
     }
@@ -562,27 +650,42 @@ v6_outlined! {
         }
         let mut local = Packet::empty();
         let Some((kind, p)) = A::parse(ctx, &mut local) else {
-        return TCX_NEXT;
-    };
+            return TCX_NEXT;
+        };
         if kind == Kind::Other {
             return TCX_NEXT;
         }
-        if access::into_isolated(p.daddr, cfg) {
-            return drop(DropReason::IsolatedNetwork);
-        }
-        if outsider || kind != Kind::Nat {
-            return TCX_NEXT;
-        }
-        conntrack::segment(ctx, &p);
-        if p.frag == Frag::Later {
-            let key = frag_key(p, Side::Src);
-            return later_fragment(ctx, p, &key, Side::Src).unwrap_or(TCX_NEXT);
-        }
-        let now = now();
-        match conntrack::lookup(&key_of(p, Side::Src), cfg, now, p.tcp_flags) {
-            Some(e) => rewrite(ctx, p, Side::Src, e.addr, e.port, now),
-            None => TCX_NEXT,
-        }
+        start(ctx, p, cfg);
+        let verdict = into_container(ctx, p, cfg, !outsider && kind == Kind::Nat);
+        finish(ctx, p, path::<A>(Hook::Network, Dir::Egress), verdict)
+    }
+}
+
+/// [`into_network`]'s work on the parsed packet: isolation, and with `translate` (a flow
+/// that entered through a network) the hairpin's translation.
+#[inline(always)]
+fn into_container<A: Nat>(
+    ctx: &TcContext,
+    p: &mut Packet<A>,
+    cfg: &DpConfig,
+    translate: bool,
+) -> i32 {
+    if access::into_isolated(p.daddr, cfg) {
+        return drop(DropReason::IsolatedNetwork);
+    }
+    if !translate {
+        return TCX_NEXT;
+    }
+    conntrack::segment(ctx, p);
+    let at = path::<A>(Hook::Network, Dir::Egress);
+    if p.frag == Frag::Later {
+        let key = frag_key(p, Side::Src);
+        return later_fragment(ctx, p, &key, Side::Src, at).unwrap_or(TCX_NEXT);
+    }
+    let now = now();
+    match conntrack::lookup(&key_of(p, Side::Src), cfg, now, p.tcp_flags) {
+        Some(e) => rewrite(ctx, p, Side::Src, e.addr, e.port, now, at),
+        None => TCX_NEXT,
     }
 }
 
@@ -609,6 +712,7 @@ fn track_routed<A: Nat>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> i32 {
             // Its replies would find no entry: refused now rather than later.
             return drop(DropReason::CtInsertFailed);
         }
+        events::flow_new(cfg, kind::ROUTED, e.seen);
     }
     TCX_NEXT
 }
@@ -643,6 +747,7 @@ fn track_direct<A: Nat>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> i32 {
                 if !conntrack::insert_new(&replies, &e, cfg, now, p.proto == IPPROTO_TCP) {
                     return drop(DropReason::CtInsertFailed);
                 }
+                events::flow_new(cfg, kind::DIRECT, e.seen);
             }
             TCX_NEXT
         }
@@ -685,6 +790,7 @@ fn generic_track_direct<A: Nat>(container: A, peer: A, proto: u8, cfg: &DpConfig
         if !conntrack::insert_new(&key, &e, cfg, now, false) {
             return drop(DropReason::CtInsertFailed);
         }
+        events::flow_new(cfg, kind::DIRECT, 0);
     }
     TCX_NEXT
 }
@@ -714,6 +820,7 @@ v6_outlined! {
             if !conntrack::insert_new(&key, &e, cfg, now, false) {
                 return drop(DropReason::CtInsertFailed);
             }
+            events::flow_new(cfg, kind::ROUTED, 0);
         }
         TCX_NEXT
     }
@@ -736,6 +843,13 @@ fn new_masquerade_flow<A: Nat>(
     let e = entry(p.saddr, p.sport, kind::MASQUERADE, now, p.tcp_flags);
     let port = reserve_port(ctx, p, A::uplink(cfg), p.daddr, p.dport, &e, cfg, now)?;
     remember(p, port);
+    events::flow_new(cfg, kind::MASQUERADE, e.seen);
+    #[cfg(feature = "debug-log")]
+    crate::debug::new_flow(
+        u32::from(kind::MASQUERADE),
+        path::<A>(Hook::Uplink, Dir::Egress),
+        port,
+    );
     Ok(port)
 }
 

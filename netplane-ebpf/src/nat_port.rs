@@ -32,12 +32,14 @@ use aya_ebpf::helpers::generated::{
 use aya_ebpf::programs::TcContext;
 use netplane_common::addr::Ip6;
 use netplane_common::nat::{CtEntry, CtKey, DpConfig, DropReason, PortKey, Side, Tick, tuple_hash};
+use netplane_common::observe::nat_stat;
 use netplane_common::packet::{IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::addr::published;
 use crate::conntrack::{self, Probe, config, key_of, opens_flow};
 use crate::family::Family;
 use crate::maps::SEARCH;
+use crate::metrics;
 use crate::parse::Packet;
 
 /// Whether a container's packet to the outside belongs to a masqueraded flow.
@@ -389,6 +391,7 @@ pub fn reserve_port<A: Family>(
             && conntrack::insert_new(&(*s).key, &(*s).reply, cfg, now, false)
     };
     if own {
+        metrics::nat_stat::<A>(nat_stat::OWN, 1);
         return Ok(p.sport);
     }
     for _ in 0..SOCKET_RETRIES {
@@ -397,6 +400,7 @@ pub fn reserve_port<A: Family>(
         };
         // Rare enough to check after the reservation: give the port back, search on.
         if !owned(port) {
+            searched::<A>(s, true);
             return Ok(port);
         }
         unsafe {
@@ -404,5 +408,22 @@ pub fn reserve_port<A: Family>(
             conntrack::remove(&(*s).key);
         }
     }
+    searched::<A>(s, false);
     Err(DropReason::NatPortExhausted)
+}
+
+/// Counts a search's outcome (found a port or not) and its retries: the ports it tried
+/// and found taken (the one it took is no retry).
+#[inline(always)]
+fn searched<A: Family>(s: *mut Search<A>, found: bool) {
+    // SAFETY: this CPU's search slot (see search()), read after the search's callbacks
+    // wrote it.
+    let tried = unsafe { core::ptr::read_volatile(&(*s).tried) };
+    metrics::nat_stat::<A>(nat_stat::RETRIES, tried.saturating_sub(u32::from(found)));
+    let outcome = if found {
+        nat_stat::SEARCHED
+    } else {
+        nat_stat::FAILED
+    };
+    metrics::nat_stat::<A>(outcome, 1);
 }

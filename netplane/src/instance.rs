@@ -1019,6 +1019,23 @@ async fn apply(
         .changes
         .extend(dp.apply(plan, old.plan.as_ref(), host)?);
     report.dataplane_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+    // Metrics asked for and not served (a port that another process holds is the
+    // agent's error; a mode without an agent) are said here, to whoever asked.
+    if let Some(addr) = plan.metrics.listen {
+        let problem = match plan.mode {
+            Mode::NoNat => Some(format!("mode {} has no agent to serve them", plan.mode)),
+            _ => dataplane::ebpf::agent::metrics_problem(
+                &plan.name,
+                addr,
+                std::time::Duration::from_secs(1),
+            ),
+        };
+        if let Some(e) = problem {
+            report
+                .changes
+                .push(format!("warning: the agent serves no metrics: {e}"));
+        }
+    }
     Ok(())
 }
 

@@ -62,6 +62,21 @@ enum Cmd {
         /// Override the config's `mode` ("ebpf" or "iptables").
         #[arg(long, value_name = "MODE")]
         mode: Option<netplane::config::Mode>,
+        /// Serve Prometheus metrics at http://ADDR/metrics (the agent does, in this
+        /// network namespace); without ADDR on 127.0.0.1:9975. Overrides the config's
+        /// `[metrics] listen`; without either, no metrics are served.
+        #[arg(
+            long,
+            value_name = "ADDR",
+            num_args = 0..=1,
+            default_missing_value = netplane::config::DEFAULT_METRICS_LISTEN,
+            value_parser = parse_metrics_listen,
+        )]
+        metrics: Option<std::net::SocketAddr>,
+        /// Load the programs built with debug logs, at debug level (`netplane monitor
+        /// --log` prints them); as `[ebpf] debug_datapath = true`.
+        #[arg(long)]
+        debug_datapath: bool,
     },
     /// Remove everything `up` made: namespaces, links, state, changed sysctls.
     Down(ConfigArg),
@@ -98,12 +113,34 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Run the agent of an instance (started by `up` in eBPF mode; garbage-collects
-    /// conntrack entries until the instance is gone).
+    /// Print the data plane's drop and flow events as they happen, one line each (as
+    /// `cilium monitor`), until interrupted. eBPF mode.
+    Monitor {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Which events: drops, flows (one per new flow and per TCP state change), or both.
+        #[arg(long = "type", value_name = "TYPE", value_enum, default_value_t = EventType::All)]
+        kind: EventType,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// The programs' debug logs instead of events (needs `up --debug-datapath`).
+        #[arg(long)]
+        log: bool,
+    },
+    /// Run the agent of an instance (started by `up`; in eBPF mode it garbage-collects
+    /// conntrack entries and follows the host, in every mode it serves the metrics asked
+    /// for, until the instance is gone).
     #[command(hide = true)]
     Agent {
         #[arg(long)]
         name: String,
+        /// Serve Prometheus metrics on ADDR.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// The instance's mode: another than eBPF serves the metrics alone.
+        #[arg(long, value_name = "MODE", default_value = "ebpf")]
+        mode: netplane::config::Mode,
     },
     /// Count packets and bytes on an interface with the TC counter program, then print them.
     Count {
@@ -113,6 +150,31 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+}
+
+/// `monitor --type`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum EventType {
+    Drop,
+    Flow,
+    All,
+}
+
+impl EventType {
+    /// The programs' events flag (`DpConfig.monitor`) for these events.
+    fn mask(self) -> u32 {
+        use netplane_common::observe::monitor;
+        match self {
+            EventType::Drop => monitor::DROP,
+            EventType::Flow => monitor::FLOW,
+            EventType::All => monitor::ALL,
+        }
+    }
+}
+
+/// `--metrics ADDR`, checked as `[metrics] listen` is.
+fn parse_metrics_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    netplane::config::parse_listen("--metrics", text).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -160,6 +222,7 @@ fn load_config(arg: &ConfigArg) -> anyhow::Result<Config> {
     }
 }
 
+/// The plan of the config.
 fn load_plan(arg: &ConfigArg) -> anyhow::Result<Plan> {
     if arg.name.is_some() {
         bail!("--name: `up` builds from a config; give it with -c FILE");
@@ -178,9 +241,17 @@ fn instance_name(arg: &ConfigArg) -> anyhow::Result<String> {
 /// Runs one command; its exit status is `status`'s verdict, or success.
 fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        Cmd::Up { config, mode } => {
+        Cmd::Up {
+            config,
+            mode,
+            metrics,
+            debug_datapath,
+        } => {
             let mut plan = load_plan(&config)?;
             plan.mode = mode.unwrap_or(plan.mode);
+            // Per invocation, as `--mode`: the config keeps its own.
+            plan.metrics.listen = metrics.or(plan.metrics.listen);
+            plan.ebpf.debug_datapath |= debug_datapath;
             let report = instance::up(&plan)?;
             if report.changes.is_empty() {
                 println!(
@@ -294,8 +365,30 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Agent { name } => {
-            netplane::dataplane::ebpf::agent::run(&name);
+        Cmd::Monitor {
+            config,
+            kind,
+            json,
+            log,
+        } => {
+            let name = instance_name(&config)?;
+            netplane::monitor::run(
+                &name,
+                netplane::monitor::MonitorOptions {
+                    mask: kind.mask(),
+                    json,
+                    log,
+                },
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Agent {
+            name,
+            metrics,
+            mode,
+        } => {
+            use netplane::dataplane::ebpf::agent;
+            agent::run_with(&name, agent::AgentArgs { metrics, mode });
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Count { iface, seconds } => {
@@ -469,6 +562,34 @@ fn print_dataplane(dp: &netplane::dataplane::DataplaneStatus) {
     }
     for (reason, n) in &dp.drops {
         println!("  drops {reason}: {n}");
+    }
+    let c = &dp.counters;
+    for d in &c.drops {
+        println!(
+            "  drops {} at {} {} ({}): {} packets, {} bytes",
+            d.reason, d.hook, d.direction, d.family, d.packets, d.bytes
+        );
+    }
+    for t in &c.translated {
+        println!(
+            "  translated at {} {} ({}): {} packets, {} bytes",
+            t.hook, t.direction, t.family, t.packets, t.bytes
+        );
+    }
+    for n in &c.nat_ports {
+        println!(
+            "  masquerade ports ({}): {} own, {} searched, {} taken ports tried, {} searches failed",
+            n.family, n.own, n.searched, n.retries, n.failed
+        );
+    }
+    for d in &c.dnat {
+        println!(
+            "  DNAT {}/{} → {} ({}): {} packets, {} bytes",
+            d.host_port, d.protocol, d.destination, d.family, d.packets, d.bytes
+        );
+    }
+    if let Some(n) = c.monitor_events_lost.filter(|n| *n > 0) {
+        println!("  monitor events lost: {n}");
     }
     if let Some(f) = dp.fast_forwarded {
         println!("  fast-forwarded into containers: {}", f.into_containers);

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod cni;
 pub mod cni_plugin;
 pub mod host;
+pub mod http;
 pub mod multihost;
 pub mod packet;
 pub mod sandbox;

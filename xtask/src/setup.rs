@@ -81,17 +81,23 @@ const RUSTC_WEB_MIN: (u32, u32) = (1, 96);
 pub(crate) const BPF_LINKER_VERSION: &str = "0.13";
 pub(crate) const BPF_CORE_DIR: &str = "/usr/lib/rustlib/bpfel-unknown-none/lib";
 
+/// Where setup puts `promtool`, which validates the agent's `/metrics` in the tests.
+const PROMTOOL: &str = "/usr/local/bin/promtool";
+
 pub(crate) fn install() -> anyhow::Result<()> {
     let missing_pkgs = missing_apt_packages();
     let linker_ok = bpf_linker_version().is_some();
-    if missing_pkgs.is_empty() && linker_ok {
-        eprintln!("setup: everything is installed (apt packages, bpf-linker {BPF_LINKER_VERSION})");
+    let promtool_ok = promtool_version().is_some();
+    if missing_pkgs.is_empty() && linker_ok && promtool_ok {
+        eprintln!(
+            "setup: everything is installed (apt packages, bpf-linker {BPF_LINKER_VERSION}, promtool)"
+        );
         return Ok(());
     }
     let debian =
         Path::new("/etc/debian_version").exists() && Path::new("/usr/bin/apt-get").exists();
     if !debian || !is_root() {
-        manual_steps(&missing_pkgs, linker_ok);
+        manual_steps(&missing_pkgs, linker_ok, promtool_ok);
         if !debian {
             bail!("automatic setup supports Debian/Ubuntu (apt-get) only; follow the steps above");
         }
@@ -136,6 +142,9 @@ pub(crate) fn install() -> anyhow::Result<()> {
         if bpf_linker_version().is_none() {
             bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
         }
+    }
+    if !promtool_ok {
+        install_promtool(!missing_pkgs.is_empty())?;
     }
     eprintln!("setup: done");
     Ok(())
@@ -198,7 +207,73 @@ pub(crate) fn bpf_linker_version() -> Option<String> {
         .then(|| v.trim().to_owned())
 }
 
-fn manual_steps(missing_pkgs: &[&str], linker_ok: bool) {
+/// `promtool --version`'s first line, when it runs.
+fn promtool_version() -> Option<String> {
+    let v = output(Command::new("promtool").arg("--version"))?;
+    Some(v.lines().next().unwrap_or_default().to_owned())
+}
+
+/// Installs `promtool` alone from Debian's `prometheus` package: the package itself pulls
+/// ~320 MB of JavaScript for the server's web UI and a service that its postinst may
+/// start, while the tests need only this one binary (statically linked Go). So the .deb
+/// is downloaded, not installed, and only `./usr/bin/promtool` is taken out of it.
+/// `updated`: whether `apt-get update` ran already in this setup.
+fn install_promtool(updated: bool) -> anyhow::Result<()> {
+    eprintln!(
+        "setup: installing promtool (from Debian's prometheus package): the tests validate /metrics with `promtool check metrics`"
+    );
+    if !updated {
+        util::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    }
+    let tmp = std::env::temp_dir().join(format!("netplane-promtool-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let result = (|| -> anyhow::Result<()> {
+        // `apt-get download` writes into the current directory, as the unprivileged `_apt`
+        // user when it can; root's temp directory is not theirs to write: download as root,
+        // without the warning.
+        util::run(Command::new("apt-get").current_dir(&tmp).args([
+            "download",
+            "-q",
+            "-o",
+            "APT::Sandbox::User=root",
+            "prometheus",
+        ]))?;
+        let deb = std::fs::read_dir(&tmp)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .ok_or_else(|| anyhow::anyhow!("apt-get download prometheus left no .deb"))?;
+        let listing = output(Command::new("dpkg-deb").arg("-c").arg(&deb)).unwrap_or_default();
+        if !listing.lines().any(|l| l.ends_with("./usr/bin/promtool")) {
+            bail!("{} has no ./usr/bin/promtool", deb.display());
+        }
+        util::run(Command::new("sh").arg("-c").arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -x -C '{}' ./usr/bin/promtool",
+            deb.display(),
+            tmp.display()
+        )))?;
+        util::run(
+            Command::new("install")
+                .args(["-m", "0755"])
+                .arg(tmp.join("usr/bin/promtool"))
+                .arg(PROMTOOL),
+        )?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
+    match promtool_version() {
+        Some(v) => {
+            eprintln!("setup: {v}");
+            Ok(())
+        }
+        None => bail!(
+            "{PROMTOOL} was installed but `promtool --version` fails; is /usr/local/bin on PATH?"
+        ),
+    }
+}
+
+fn manual_steps(missing_pkgs: &[&str], linker_ok: bool, promtool_ok: bool) {
     eprintln!(
         "netplane needs a few things this host does not have. As root, on Debian 12 / Ubuntu:"
     );
@@ -213,6 +288,11 @@ fn manual_steps(missing_pkgs: &[&str], linker_ok: bool) {
         eprintln!(
             "  LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker --locked \
              --no-default-features --features llvm-22 --version ~{BPF_LINKER_VERSION}"
+        );
+    }
+    if !promtool_ok {
+        eprintln!(
+            "  cd $(mktemp -d) && apt-get download prometheus && \\\n    dpkg-deb --fsys-tarfile prometheus_*.deb | tar -x ./usr/bin/promtool && \\\n    install -m 0755 usr/bin/promtool {PROMTOOL}"
         );
     }
     eprintln!(

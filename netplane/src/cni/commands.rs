@@ -264,6 +264,7 @@ fn attach(
             routes: Vec::new(),
             conntrack: Default::default(),
             ebpf: Default::default(),
+            metrics: Default::default(),
         },
         Plan::to_config,
     );

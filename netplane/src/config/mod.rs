@@ -8,7 +8,7 @@
 //! - `schema`: the file format ([`Config`]) and [`ConfigError`];
 //! - `plan`: the resolved [`Plan`] and [`Config::plan`], with `alloc` for addresses;
 //! - `names`: netns names, host veth names, MACs and the rules for names;
-//! - `tunables`: `[conntrack]` and `[ebpf]`, with their defaults;
+//! - `tunables`: `[conntrack]`, `[ebpf]` and `[metrics]`, with their defaults;
 //! - [`publish`]: published ports in Docker's `-p` syntax.
 
 mod alloc;
@@ -28,4 +28,6 @@ pub use schema::{
     Config, ConfigError, ContainerConfig, DEFAULT_CONFIG, Driver, GatewayMode, Mode, NetworkConfig,
     RouteConfig,
 };
-pub use tunables::{ConntrackConfig, EbpfConfig};
+pub use tunables::{
+    ConntrackConfig, DEFAULT_METRICS_LISTEN, EbpfConfig, Metrics, MetricsConfig, parse_listen,
+};

@@ -21,7 +21,7 @@ use super::schema::{
     Config, ConfigError, ContainerConfig, Driver, GatewayMode, Mode, NetworkConfig, RouteConfig,
     invalid,
 };
-use super::tunables::{ConntrackConfig, EbpfConfig};
+use super::tunables::{ConntrackConfig, EbpfConfig, Metrics, MetricsConfig};
 
 /// A validated config with every default filled in.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -38,6 +38,8 @@ pub struct Plan {
     pub conntrack: ConntrackConfig,
     #[serde(default)]
     pub ebpf: EbpfConfig,
+    #[serde(default)]
+    pub metrics: Metrics,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -246,6 +248,9 @@ impl Plan {
                 .collect(),
             conntrack: self.conntrack,
             ebpf: self.ebpf,
+            metrics: MetricsConfig {
+                listen: self.metrics.listen.map(|a| a.to_string()),
+            },
         }
     }
 }
@@ -390,6 +395,7 @@ impl Config {
             routes,
             conntrack: self.conntrack,
             ebpf: self.ebpf,
+            metrics: self.metrics.plan()?,
         })
     }
 

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::tunables::{ConntrackConfig, EbpfConfig};
+use super::tunables::{ConntrackConfig, EbpfConfig, MetricsConfig};
 
 /// The embedded default used by `netplane up` with no `-c`.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -32,6 +32,8 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     #[serde(default)]
     pub ebpf: EbpfConfig,
+    #[serde(default, skip_serializing_if = "MetricsConfig::is_off")]
+    pub metrics: MetricsConfig,
 }
 
 fn default_name() -> String {

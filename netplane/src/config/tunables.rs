@@ -1,6 +1,8 @@
-//! `[conntrack]` and `[ebpf]`: the eBPF data plane's tunables. Each default is defined
-//! once, below or (the lifetimes) in [`Timeouts::default`], which the NAT shares.
+//! `[conntrack]` and `[ebpf]`: the eBPF data plane's tunables, and `[metrics]`, where the
+//! agent serves Prometheus metrics. Each default is defined once, below or (the
+//! lifetimes) in [`Timeouts::default`], which the NAT shares.
 
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 
 use netplane_common::nat::{MAX_LIFETIME_S, Timeouts};
@@ -13,7 +15,8 @@ const DEFAULT_NAT_PORT_RANGE: [u16; 2] = [32_768, 60_999];
 /// Masquerade stays out of the well-known ports.
 const NAT_PORT_MIN: u16 = 1024;
 const DEFAULT_MAX_ENTRIES: u32 = 131_072;
-const MAX_ENTRIES: RangeInclusive<u32> = 1024..=16_777_216;
+// As low as 64 so that a test can fill the table with a handful of connections.
+const MAX_ENTRIES: RangeInclusive<u32> = 64..=16_777_216;
 const DEFAULT_FAST_FORWARD: bool = true;
 
 /// `[ebpf]`: the eBPF data plane's forwarding.
@@ -38,6 +41,61 @@ impl Default for EbpfConfig {
             debug_datapath: false,
         }
     }
+}
+
+/// Where `up --metrics` serves when given without an address: loopback, Cilium's agent
+/// port range (9962-9965 are Cilium's, 9975 is free).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9975";
+
+/// `[metrics]` as written: off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `ADDR:PORT` the agent serves `GET /metrics` on, in the instance's network namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}
+
+/// `[metrics]` resolved: where the agent serves, if anywhere.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Metrics {
+    pub listen: Option<SocketAddr>,
+}
+
+impl MetricsConfig {
+    pub(super) fn is_off(&self) -> bool {
+        self.listen.is_none()
+    }
+
+    pub(super) fn plan(&self) -> Result<Metrics, ConfigError> {
+        let Some(text) = &self.listen else {
+            return Ok(Metrics::default());
+        };
+        Ok(Metrics {
+            listen: Some(parse_listen("metrics.listen", text)?),
+        })
+    }
+}
+
+/// A metrics address (`ADDR:PORT`, `[ADDR6]:PORT`) that a scraper can be told: port 0,
+/// which would take any, is refused. `field` names it in the error.
+pub fn parse_listen(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        invalid(
+            field,
+            text,
+            "must be ADDR:PORT, such as \"127.0.0.1:9975\" or \"[::1]:9975\"",
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(invalid(
+            field,
+            text,
+            "port 0 would take any port: name the one Prometheus scrapes",
+        ));
+    }
+    Ok(addr)
 }
 
 /// `[conntrack]`: the eBPF data plane's connection tracking. Lifetimes in seconds after a
@@ -135,6 +193,48 @@ mod tests {
             (60, 21_600, 10)
         );
         assert_eq!(ct.nat_port_range, [32_768, 60_999]);
+    }
+
+    #[test]
+    fn metrics_are_off_unless_listen_is_set() {
+        let plan = |text: &str| Config::parse(text, "test").and_then(|c| c.plan());
+        assert_eq!(plan("").unwrap().metrics.listen, None);
+        let metrics = plan("[metrics]\nlisten = \"127.0.0.1:9975\"\n").unwrap().metrics;
+        assert_eq!(metrics.listen, Some("127.0.0.1:9975".parse().unwrap()));
+        for bad in ["9975", "localhost:9975", "127.0.0.1:0", "127.0.0.1:99999"] {
+            let e = plan(&format!("[metrics]\nlisten = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.starts_with(&format!("metrics.listen = \"{bad}\": ")),
+                "{e}"
+            );
+        }
+        let e = Config::parse("[metrics]\nport = 1\n", "test").unwrap_err();
+        assert!(
+            e.to_string().contains("port"),
+            "unknown keys are rejected: {e}"
+        );
+        assert_eq!(
+            super::parse_listen("--metrics", super::DEFAULT_METRICS_LISTEN)
+                .unwrap()
+                .to_string(),
+            "127.0.0.1:9975"
+        );
+    }
+
+    #[test]
+    fn a_plan_recorded_before_metrics_and_debug_logs_still_loads() {
+        let plan = with("").unwrap();
+        let mut json = serde_json::to_value(&plan).unwrap();
+        let recorded = json.as_object_mut().unwrap();
+        recorded.remove("metrics");
+        recorded["ebpf"]
+            .as_object_mut()
+            .unwrap()
+            .remove("debug_datapath");
+        let loaded: Plan = serde_json::from_value(json).unwrap();
+        assert_eq!(loaded, plan);
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub struct DataplaneStatus {
     pub conntrack6: Option<MapFill>,
     /// Packets dropped, by reason (the names of `netplane_common::nat::DropReason`).
     pub drops: BTreeMap<String, u64>,
+    /// What the data plane counts, where and why: the numbers `/metrics` serves.
+    pub counters: Counters,
     /// How full each bounded map is.
     pub maps: Vec<MapFill>,
     /// Packets that took the eBPF short way; `None` when it is off or not this mode's.
@@ -201,6 +203,7 @@ impl DataplaneStatus {
             conntrack: None,
             conntrack6: None,
             drops: BTreeMap::new(),
+            counters: Counters::default(),
             maps: Vec::new(),
             fast_forwarded: None,
             dnat_rules: None,
@@ -224,6 +227,95 @@ pub struct MapFill {
     pub entries: u64,
     /// The capacity, as the kernel reports it; `None` when unbounded or unknown.
     pub max_entries: Option<u64>,
+}
+
+/// What a data plane counts, read from where it counts it (the eBPF programs' per-CPU
+/// maps, iptables' rule counters) by one reader that feeds both `status --json` and the
+/// agent's `/metrics`. Only what counted something is listed.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Counters {
+    /// Drops by reason, and where they happened.
+    pub drops: Vec<DropCount>,
+    /// Assured flows that found the main conntrack table full (`ct-full`, not a drop: the
+    /// flow goes on from the unreplied flows' table), per family.
+    pub conntrack_full: BTreeMap<String, u64>,
+    /// Packets and bytes translated, per family, hook and direction.
+    pub translated: Vec<PathCount>,
+    /// Masquerade's source port allocations, per family.
+    pub nat_ports: Vec<NatPortCount>,
+    /// Events of `netplane monitor` lost to a full ring buffer (the packets were not).
+    pub monitor_events_lost: Option<u64>,
+    /// iptables mode: each DNAT rule's packets and bytes, per published port.
+    pub dnat: Vec<DnatCount>,
+}
+
+/// Drops of one reason at one place: the family, the hook (`uplink` or `network`) and
+/// its direction (`ingress` or `egress`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DropCount {
+    pub reason: &'static str,
+    pub family: &'static str,
+    pub hook: &'static str,
+    pub direction: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Packets and bytes at one place: the family, the hook and its direction.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PathCount {
+    pub family: &'static str,
+    pub hook: &'static str,
+    pub direction: &'static str,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Masquerade's source port allocations of one family: flows that kept their own port,
+/// flows that got one from the search, ports the search found taken, and searches that
+/// found none (dropped as `nat-port-exhausted`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct NatPortCount {
+    pub family: &'static str,
+    pub own: u64,
+    pub searched: u64,
+    pub retries: u64,
+    pub failed: u64,
+}
+
+/// The counters of one iptables DNAT rule: a published host port and where it goes.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DnatCount {
+    pub family: &'static str,
+    pub protocol: String,
+    /// The host port, or `first:last` for a range.
+    pub host_port: String,
+    /// `--to-destination`, as iptables-save prints it.
+    pub destination: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// What the agent's `/metrics` serves of the data plane, read at each scrape (cheap
+/// reads only: counters, the bounded maps' fills, the pins; never a conntrack walk).
+#[derive(Debug, Clone, Default)]
+pub struct Observation {
+    pub counters: Counters,
+    /// Packets that took the eBPF short way, when it is on.
+    pub fast_forwarded: Option<FastForwarded>,
+    /// The bounded maps' fills (eBPF), the kernel's conntrack table (iptables).
+    pub fills: Vec<MapFill>,
+    /// Programs attached, as (program, device).
+    pub attached: Vec<(String, String)>,
+}
+
+/// The [`Observation`] of instance `plan.name`'s data plane, in its mode.
+pub fn observe(plan: &Plan) -> Observation {
+    match plan.mode {
+        Mode::Ebpf => ebpf::agent::observe(plan),
+        Mode::Iptables => iptables::observe(plan),
+        Mode::NoNat => Observation::default(),
+    }
 }
 
 /// Packets that the eBPF programs forwarded themselves, past the kernel's forwarding path.

@@ -1,12 +1,15 @@
 //! The agent: the long-running half of eBPF mode. The data plane's `apply` starts it
-//! (detached, one per instance) and its `teardown` stops it. It does two jobs, on two
-//! threads:
+//! (detached, one per instance) and its `teardown` stops it. It does up to three jobs, on
+//! threads of their own:
 //!
-//! - it garbage-collects expired conntrack entries, every [`GC_INTERVAL`], at SCHED_IDLE;
+//! - it garbage-collects expired conntrack entries, every [`GC_INTERVAL`], at SCHED_IDLE,
+//!   counting what stays for the metrics;
 //! - it follows the host: on every change of a link or an address (rtnetlink
 //!   notifications), and every [`GC_INTERVAL`] in case one was missed, it points the
 //!   programs at the uplink's addresses and index as they are now and attaches again the
-//!   programs of a device that was deleted and created again (see [`reconcile`]).
+//!   programs of a device that was deleted and created again (see [`reconcile`]);
+//! - with `[metrics] listen` (or `up --metrics`), it serves Prometheus metrics
+//!   ([`crate::metrics`]). In iptables mode the agent runs for this alone.
 //!
 //! The data path never depends on it (programs and maps are pinned), so killing it loses
 //! memory reclamation and the following of the host until the next `up` starts it again.
@@ -21,18 +24,23 @@ pub mod record;
 pub mod report;
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 
-use self::record::{AgentRecord, GcRun, RecordError, unix_now};
-use super::{EbpfError, attach, gc, maps, pin_dir};
-use crate::dataplane::HostContext;
+use self::record::{AgentRecord, GcRun, MetricsRecord, RecordError, unix_now};
+use super::conntrack::gc_and_count;
+pub use super::conntrack::{CtCount, CtTableCount, FlowClass};
+use super::{EbpfError, attach, maps, pin_dir};
+use crate::config::{Mode, Plan};
+use crate::dataplane::{HostContext, Observation};
 use crate::lock::{DirLock, LockError};
+use crate::metrics::{AgentInfo, AgentMetrics, Area, server};
 use crate::state::{self, State, StateError};
 use crate::topology::{self, TopologyError};
 
@@ -78,23 +86,96 @@ pub fn record(name: &str) -> Result<Option<AgentRecord>, RecordError> {
     AgentRecord::load(&record_file(name))
 }
 
+/// The agent of instance `name`, which does `duty`, and what is wrong with it (a damaged
+/// record too).
+pub fn status(name: &str, duty: report::Duty) -> (report::AgentStatus, Vec<String>) {
+    let (record, damaged) = match record(name) {
+        Ok(r) => (r, None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let (status, problems) =
+        report::AgentStatus::of_duty(duty, running(name), started_pid(name), record, unix_now());
+    (status, problems.into_iter().chain(damaged).collect())
+}
+
+/// Why instance `name`'s agent does not serve the metrics at `addr`, once it has said
+/// (it binds as it starts: waits for its record, at most `wait`); `None` when it serves
+/// them, or has not said within `wait`.
+pub fn metrics_problem(name: &str, addr: SocketAddr, wait: Duration) -> Option<String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let pid = running(name);
+        let said = record(name)
+            .ok()
+            .flatten()
+            .filter(|r| Some(r.pid) == pid)
+            .and_then(|r| r.metrics)
+            .filter(|m| m.listen == addr);
+        match said {
+            Some(m) => return m.error,
+            None if Instant::now() >= deadline => return None,
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
 /// Where the agent of instance `name` writes its log.
 pub fn log_file(name: &str) -> PathBuf {
     state::dir(name).join("agent.log")
 }
 
-/// The agent's record of itself, shared by its two threads; every change is saved at
-/// once, so that `status` sees it even if the agent dies the next moment.
+/// What the agent of an instance runs with: its command line after `agent`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentArgs {
+    /// Where it serves metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// The data plane it serves: eBPF (every job) or iptables (metrics alone).
+    pub mode: Mode,
+}
+
+impl AgentArgs {
+    /// What `plan`'s agent runs with.
+    pub fn of(plan: &Plan) -> AgentArgs {
+        AgentArgs {
+            metrics: plan.metrics.listen,
+            mode: plan.mode,
+        }
+    }
+
+    /// Whether the mode needs an agent at all: eBPF always (garbage collection), the
+    /// others only to serve metrics.
+    pub fn needed(&self) -> bool {
+        self.mode == Mode::Ebpf || self.metrics.is_some()
+    }
+
+    /// The command line of instance `name`'s agent, after the executable.
+    fn command_line(&self, name: &str) -> Vec<String> {
+        let mut args = vec!["agent".to_owned(), "--name".to_owned(), name.to_owned()];
+        if let Some(addr) = self.metrics {
+            args.extend(["--metrics".to_owned(), addr.to_string()]);
+        }
+        if self.mode != Mode::Ebpf {
+            args.extend(["--mode".to_owned(), self.mode.to_string()]);
+        }
+        args
+    }
+}
+
+/// The agent's record of itself, shared by its threads; every change is saved at once, so
+/// that `status` sees it even if the agent dies the next moment. Its errors are counted
+/// for the metrics too.
 struct Recorder {
     path: PathBuf,
     record: Mutex<AgentRecord>,
+    metrics: Arc<AgentMetrics>,
 }
 
 impl Recorder {
-    fn start(name: &str) -> Recorder {
+    fn start(name: &str, metrics: Arc<AgentMetrics>) -> Recorder {
         let r = Recorder {
             path: record_file(name),
             record: Mutex::new(AgentRecord::new(std::process::id(), unix_now())),
+            metrics,
         };
         r.update(|_| {});
         r
@@ -109,27 +190,140 @@ impl Recorder {
         }
     }
 
-    /// Logs an error and records it, for `status`.
-    fn error(&self, message: String) {
+    /// Logs an error of `area` and records it, for `status` and the metrics.
+    fn error(&self, area: Area, message: String) {
         tracing::warn!("{message}");
+        self.metrics.error(area);
         self.update(|r| r.push_error(unix_now(), message));
     }
 }
 
-/// The agent's main: garbage collection on a thread of its own, the following of the host
-/// on this one. Returns when the instance is gone.
+/// Whether instance `name` of `mode` still exists: its pins (eBPF), its state directory
+/// (the others). The agent exits when it is gone.
+fn instance_exists(name: &str, mode: Mode) -> bool {
+    match mode {
+        Mode::Ebpf => pin_dir(name).exists(),
+        _ => state::dir(name).exists(),
+    }
+}
+
+/// The eBPF agent's main, without metrics (see [`run_with`]).
 pub fn run(name: &str) {
-    tracing::info!(instance = name, pid = std::process::id(), "agent running");
-    let recorder = Recorder::start(name);
+    run_with(name, AgentArgs::default());
+}
+
+/// The agent's main: garbage collection and the metrics on threads of their own, the
+/// following of the host on this one; in another mode than eBPF the metrics alone.
+/// Returns when the instance is gone.
+pub fn run_with(name: &str, args: AgentArgs) {
+    tracing::info!(instance = name, pid = std::process::id(), mode = %args.mode, "agent running");
+    // The names and labels are constants, checked by the metrics' unit tests.
+    let metrics = Arc::new(AgentMetrics::new().expect("the agent's metrics are well-formed"));
+    let recorder = Recorder::start(name, metrics.clone());
     std::thread::scope(|s| {
+        if let Some(addr) = args.metrics {
+            start_metrics(s, name, args, addr, &recorder, metrics);
+        }
+        if args.mode != Mode::Ebpf {
+            while instance_exists(name, args.mode) {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            return;
+        }
         if let Err(e) = std::thread::Builder::new()
             .name("gc".into())
             .spawn_scoped(s, || collect(name, &recorder))
         {
-            recorder.error(format!("cannot start the garbage collection thread: {e}"));
+            recorder.error(
+                Area::Gc,
+                format!("cannot start the garbage collection thread: {e}"),
+            );
         }
         follow(name, &recorder);
     });
+}
+
+/// Binds the metrics address and serves it on a thread of the scope `s`. A bind that
+/// fails (the port taken) is recorded, for `status` and `up`'s warning.
+fn start_metrics<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    name: &'scope str,
+    args: AgentArgs,
+    addr: SocketAddr,
+    recorder: &'scope Recorder,
+    metrics: Arc<AgentMetrics>,
+) {
+    let listener = match server::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let message = e.to_string();
+            recorder.update(|r| {
+                r.metrics = Some(MetricsRecord {
+                    listen: addr,
+                    error: Some(message.clone()),
+                });
+            });
+            recorder.error(Area::Metrics, message);
+            return;
+        }
+    };
+    recorder.update(|r| {
+        r.metrics = Some(MetricsRecord {
+            listen: addr,
+            error: None,
+        });
+    });
+    let started = recorder
+        .record
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .started;
+    let owned = name.to_owned();
+    let render: server::Render = Arc::new(move || {
+        let seen = State::load(&owned)
+            .ok()
+            .flatten()
+            .and_then(|s| s.plan)
+            .map(|p| crate::dataplane::observe(&p))
+            .unwrap_or_default();
+        let info = AgentInfo {
+            mode: args.mode,
+            ebpf_object: ebpf_object(&owned, args.mode),
+            started,
+            now: unix_now(),
+        };
+        crate::metrics::render(&seen, &metrics, &info).map_err(|e| e.to_string())
+    });
+    let spawned = std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn_scoped(s, move || {
+            if let Err(e) = server::serve(listener, render, || instance_exists(name, args.mode)) {
+                recorder.error(Area::Metrics, e.to_string());
+            }
+        });
+    if let Err(e) = spawned {
+        recorder.error(
+            Area::Metrics,
+            format!("cannot start the metrics thread: {e}"),
+        );
+    }
+}
+
+/// The stamp of the eBPF object `up` last loaded for instance `name` (the state's
+/// `ebpf.object`), `none` in a mode without one.
+fn ebpf_object(name: &str, mode: Mode) -> String {
+    if mode != Mode::Ebpf {
+        return "none".to_owned();
+    }
+    std::fs::read_to_string(state::dir(name).join("ebpf.object"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// What the agent's metrics show of instance `plan.name`'s eBPF data plane (the reader
+/// `status` uses too).
+pub fn observe(plan: &Plan) -> Observation {
+    super::stats::observe(plan)
 }
 
 /// The garbage collection loop, at SCHED_IDLE.
@@ -143,10 +337,13 @@ fn collect(name: &str, recorder: &Recorder) {
     let idle = libc::sched_param { sched_priority: 0 };
     // SAFETY: a plain syscall on this thread, with a parameter block on our stack.
     if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &idle) } != 0 {
-        recorder.error(format!(
-            "could not lower garbage collection to SCHED_IDLE: {}",
-            io::Error::last_os_error()
-        ));
+        recorder.error(
+            Area::Gc,
+            format!(
+                "could not lower garbage collection to SCHED_IDLE: {}",
+                io::Error::last_os_error()
+            ),
+        );
     }
     // Whether the last collection failed: a failure is recorded once, not every interval.
     let mut failing = false;
@@ -155,27 +352,33 @@ fn collect(name: &str, recorder: &Recorder) {
         // SCHED_IDLE on a busy host may take longer than `status` waits for one.
         recorder.update(|r| r.gc_walking_since = Some(unix_now()));
         let began = Instant::now();
-        match gc(name) {
-            Ok(removed) => {
+        match gc_and_count(name) {
+            Ok((removed, count)) => {
                 if removed.total() > 0 {
                     tracing::debug!(?removed, "conntrack garbage collection");
                 }
+                let took = began.elapsed();
+                recorder.metrics.gc_done(removed, count, took);
                 recorder.update(|r| {
                     r.gc_walking_since = None;
                     r.last_gc = Some(GcRun {
                         at: unix_now(),
-                        duration_ms: began.elapsed().as_millis() as u64,
+                        duration_ms: took.as_millis() as u64,
                         removed,
                     });
                 });
                 failing = false;
             }
-            Err(e) if !failing => {
-                recorder.error(e.to_string());
-                failing = true;
+            Err(e) => {
+                recorder.metrics.gc_failed();
+                if !failing {
+                    recorder.error(Area::Gc, e.to_string());
+                    failing = true;
+                }
             }
-            Err(_) => {}
         }
+        // A monitor that died left the programs writing events nobody reads.
+        super::monitor::clear_if_abandoned(name);
         std::thread::sleep(GC_INTERVAL);
     }
 }
@@ -190,9 +393,10 @@ fn follow(name: &str, recorder: &Recorder) {
     {
         Ok(rt) => rt,
         Err(e) => {
-            recorder.error(format!(
-                "cannot follow the host's changes (no runtime: {e})"
-            ));
+            recorder.error(
+                Area::Follow,
+                format!("cannot follow the host's changes (no runtime: {e})"),
+            );
             return;
         }
     };
@@ -200,7 +404,7 @@ fn follow(name: &str, recorder: &Recorder) {
         let mut changes = match topology::watch_links_and_addresses() {
             Ok(s) => Some(s),
             Err(e) => {
-                recorder.error(format!("cannot subscribe to link and address changes ({e}); looking every {GC_INTERVAL:?}"));
+                recorder.error(Area::Follow, format!("cannot subscribe to link and address changes ({e}); looking every {GC_INTERVAL:?}"));
                 None
             }
         };
@@ -222,7 +426,7 @@ fn follow(name: &str, recorder: &Recorder) {
                             {}
                         }
                         None => {
-                            recorder.error("the netlink subscription ended; subscribing again".to_owned());
+                            recorder.error(Area::Follow, "the netlink subscription ended; subscribing again".to_owned());
                             tokio::time::sleep(RETRY).await;
                             changes = topology::watch_links_and_addresses().ok();
                         }
@@ -246,7 +450,7 @@ fn follow(name: &str, recorder: &Recorder) {
                 };
                 pending = false;
                 for f in now.iter().filter(|f| !failed.contains(f)) {
-                    recorder.error(f.clone());
+                    recorder.error(Area::Follow, f.clone());
                 }
                 failed = now;
             }
@@ -313,37 +517,65 @@ pub fn started_pid(name: &str) -> Option<u32> {
         .ok()
 }
 
+/// The command line of process `pid` after its executable, if it runs.
+fn command_line(pid: u32) -> Option<Vec<String>> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        cmdline
+            .split(|b| *b == 0)
+            .skip(1)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
 /// The pid of instance `name`'s agent, if one is running.
 pub fn running(name: &str) -> Option<u32> {
     let pid = started_pid(name)?;
     // The pid must still be our agent for this instance, not a recycled pid.
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    (args.contains(&b"agent".as_slice()) && args.contains(&name.as_bytes())).then_some(pid)
+    let args = command_line(pid)?;
+    (args.iter().any(|a| a == "agent") && args.iter().any(|a| a == name)).then_some(pid)
 }
 
-/// Starts the agent unless it runs. Returns the pid of a newly started one.
-pub fn ensure_running(name: &str) -> io::Result<Option<u32>> {
+/// Starts instance `name`'s agent with `args` unless it runs so already. Returns the pid
+/// of a newly started one.
+///
+/// # Errors
+/// When it cannot be started (its log file, the spawn).
+pub fn ensure_running_with(name: &str, args: AgentArgs) -> io::Result<Option<u32>> {
+    let line = args.command_line(name);
     if let Some(pid) = running(name) {
-        if same_executable(pid) {
+        let same_args = command_line(pid).is_some_and(|a| a == line);
+        // One that could not bind its metrics port (taken then) tries again.
+        let unserved = record(name)
+            .ok()
+            .flatten()
+            .filter(|r| r.pid == pid)
+            .and_then(|r| r.metrics)
+            .is_some_and(|m| m.error.is_some());
+        if same_executable(pid) && same_args && !unserved {
             return Ok(None);
         }
-        // An agent of another build (netplane was upgraded): it would keep the old
-        // code's idea of the maps, and of what to follow. The new one takes over; for a
-        // moment both may run, which is harmless (each collection and each
-        // reconciliation is complete on its own, the latter under the instance's lock).
+        // An agent of another build (netplane was upgraded) would keep the old code's
+        // idea of the maps, and of what to follow; one with other arguments serves
+        // metrics elsewhere, or not at all. The new one takes over; for a moment both
+        // may run, which is harmless (each collection and each reconciliation is
+        // complete on its own, the latter under the instance's lock), except for a
+        // metrics port both want: the old one is waited for.
         tracing::info!(
             pid,
-            "the agent runs another build of netplane: restarting it"
+            "the agent runs another build of netplane, or other arguments: restarting it"
         );
         stop(name);
+        wait_exited(pid, Duration::from_secs(2));
     }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_file(name))?;
     let mut cmd = Command::new(std::env::current_exe()?);
-    cmd.args(["agent", "--name", name])
+    cmd.args(&line)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
@@ -369,6 +601,15 @@ fn same_executable(pid: u32) -> bool {
     theirs.is_some() && theirs == id("/proc/self/exe")
 }
 
+/// Waits until process `pid` is gone (a zombie counts as gone: its port is closed), for at
+/// most `limit`.
+fn wait_exited(pid: u32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while command_line(pid).is_some_and(|a| !a.is_empty()) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Stops instance `name`'s agent, if it runs.
 pub fn stop(name: &str) -> Option<u32> {
     let pid = running(name)?;
@@ -379,4 +620,48 @@ pub fn stop(name: &str) -> Option<u32> {
     let _ = std::fs::remove_file(pid_file(name));
     let _ = std::fs::remove_file(record_file(name));
     Some(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_says_what_the_agent_runs_with() {
+        let args = |metrics: Option<&str>, mode| {
+            AgentArgs {
+                metrics: metrics.map(|m| m.parse().unwrap()),
+                mode,
+            }
+            .command_line("np1")
+        };
+        // As before metrics: an agent of an earlier build with these arguments is the
+        // same agent, and is not restarted for them.
+        assert_eq!(args(None, Mode::Ebpf), ["agent", "--name", "np1"]);
+        assert_eq!(
+            args(Some("127.0.0.1:9975"), Mode::Ebpf),
+            ["agent", "--name", "np1", "--metrics", "127.0.0.1:9975"]
+        );
+        assert_eq!(
+            args(Some("[::1]:9975"), Mode::Iptables),
+            [
+                "agent",
+                "--name",
+                "np1",
+                "--metrics",
+                "[::1]:9975",
+                "--mode",
+                "iptables"
+            ]
+        );
+        assert!(AgentArgs::default().needed(), "eBPF collects garbage");
+        let iptables = AgentArgs {
+            metrics: None,
+            mode: Mode::Iptables,
+        };
+        assert!(
+            !iptables.needed(),
+            "iptables without metrics has nothing to run"
+        );
+    }
 }

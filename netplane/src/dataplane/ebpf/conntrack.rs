@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, MapType};
+use aya::maps::{HashMap, IterableMap, Map, MapData, MapType};
 use ipnet::IpNet;
 use netplane_common::addr::Ip6;
 use netplane_common::nat::{
@@ -419,6 +419,36 @@ pub struct GcError {
 /// # Errors
 /// When the config map, which holds the lifetimes, is not pinned.
 pub fn gc(name: &str) -> Result<Removed, GcError> {
+    gc_and_count(name).map(|(removed, _)| removed)
+}
+
+/// What the conntrack tables held after a garbage collection, counted on its walk (the
+/// agent's metrics: a scrape never walks the tables itself).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CtCount {
+    /// The entries left in each table (of [`TABLES`]) that is pinned.
+    pub tables: Vec<CtTableCount>,
+    /// Live flows, each once as `netplane conntrack` lists them, by (family, kind,
+    /// protocol, state): the names `netplane conntrack` prints, lower-case.
+    pub flows: std::collections::BTreeMap<FlowClass, u64>,
+}
+
+/// One conntrack table after a garbage collection: its entries and capacity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CtTableCount {
+    pub name: &'static str,
+    pub entries: u64,
+    pub max_entries: Option<u64>,
+}
+
+/// (family, kind, protocol, state) of a flow, for [`CtCount::flows`].
+pub type FlowClass = (&'static str, &'static str, &'static str, &'static str);
+
+/// [`gc`], counting what stays as it walks.
+///
+/// # Errors
+/// When the config map, which holds the lifetimes, is not pinned.
+pub(super) fn gc_and_count(name: &str) -> Result<(Removed, CtCount), GcError> {
     let moved = finish_migration(name);
     if moved > 0 {
         tracing::info!(moved, "conntrack entries moved into the resized tables");
@@ -429,21 +459,59 @@ pub fn gc(name: &str) -> Result<Removed, GcError> {
             name: name.to_owned(),
         });
     };
-    Ok(Removed {
-        ipv4: gc_of::<u32>(name, &timeouts, now),
-        ipv6: gc_of::<Ip6>(name, &timeouts, now),
-    })
+    let mut count = CtCount::default();
+    let removed = Removed {
+        ipv4: gc_of::<u32>(name, &timeouts, now, &mut count),
+        ipv6: gc_of::<Ip6>(name, &timeouts, now, &mut count),
+    };
+    Ok((removed, count))
 }
 
-/// [`gc`] of family `A`'s tables.
-fn gc_of<A: Family>(name: &str, timeouts: &Timeouts, now: Tick) -> usize
+/// [`gc`] of family `A`'s tables, adding what stays to `count`.
+fn gc_of<A: Family>(name: &str, timeouts: &Timeouts, now: Tick, count: &mut CtCount) -> usize
 where
     CtKey<A>: aya::Pod,
     CtEntry<A>: aya::Pod,
     FragKey<A>: aya::Pod,
     FragEntry<A>: aya::Pod,
 {
-    let mut removed = remove_where::<A>(name, |k, e| timeouts.expired(k.proto, e, now));
+    let mut removed = 0;
+    // The live entries of both tables; one caught moving into the main table, in both,
+    // once (as `entries_of`).
+    let mut live: Vec<(CtKey<A>, CtEntry<A>)> = Vec::new();
+    for map in tables::<A>() {
+        let Some(Ok(mut ct)) =
+            pinned_map(name, map).map(HashMap::<_, CtKey<A>, CtEntry<A>>::try_from)
+        else {
+            continue;
+        };
+        let (gone, kept): (Vec<_>, Vec<_>) = ct
+            .iter()
+            .filter_map(Result::ok)
+            .partition(|(k, e)| timeouts.expired(k.proto, e, now));
+        removed += gone.iter().filter(|(k, _)| ct.remove(k).is_ok()).count();
+        count.tables.push(CtTableCount {
+            name: map,
+            entries: kept.len() as u64,
+            max_entries: ct.map().info().ok().map(|i| u64::from(i.max_entries())),
+        });
+        if is_main(map) {
+            live = kept;
+        } else {
+            let main: std::collections::HashSet<CtKey<A>> = live.iter().map(|(k, _)| *k).collect();
+            live.extend(kept.into_iter().filter(|(k, _)| !main.contains(k)));
+        }
+    }
+    let family = if A::CT == maps::CT { "ipv4" } else { "ipv6" };
+    for (k, e) in live.iter().filter(|(k, e)| listed(k, e)) {
+        let class = (
+            family,
+            kind_name(e.kind),
+            proto_name(k.proto),
+            state_name(k.proto, e.seen),
+        );
+        *count.flows.entry(class).or_default() += 1;
+    }
     if let Some(map) = pinned_map(name, A::FRAGS)
         && let Ok(mut frags) = HashMap::<_, FragKey<A>, FragEntry<A>>::try_from(map)
     {
@@ -573,6 +641,34 @@ pub struct Flow {
     pub expires_in_s: u64,
 }
 
+/// Whether entry `e` at `k` is the one that stands for its flow: masquerade and published
+/// flows by their only entry, their replies'; hairpin by its original direction's
+/// dst-stage entry.
+fn listed<A>(k: &CtKey<A>, e: &CtEntry<A>) -> bool {
+    e.kind & kind::REPLY == 0 && (e.kind != kind::HAIRPIN || k.stage == Side::Dst as u8)
+}
+
+fn kind_name(k: u8) -> &'static str {
+    match k {
+        kind::MASQUERADE => "masquerade",
+        kind::PUBLISHED => "published",
+        kind::ROUTED => "routed",
+        kind::DIRECT => "direct",
+        _ => "hairpin",
+    }
+}
+
+/// A flow's state as the metrics label it: TCP's from the flags seen, `none` for the
+/// protocols without.
+fn state_name(proto: u8, seen: u8) -> &'static str {
+    match (proto, seen) {
+        (6, s) if s & (seen::FIN | seen::RST) != 0 => "closing",
+        (6, s) if s & seen::ACK != 0 => "established",
+        (6, _) => "syn_sent",
+        _ => "none",
+    }
+}
+
 fn proto_name(p: u8) -> &'static str {
     match p {
         6 => "tcp",
@@ -606,14 +702,11 @@ where
     CtKey<A>: aya::Pod,
     CtEntry<A>: aya::Pod,
 {
-    let (dst_stage, src_stage) = (Side::Dst as u8, Side::Src as u8);
+    let src_stage = Side::Src as u8;
     let entries = entries_of::<A>(name);
     entries
         .iter()
-        .filter(|(k, e)| e.kind & kind::REPLY == 0 && !timeouts.expired(k.proto, e, now))
-        // Each flow once: masquerade and published flows by their only entry, their
-        // replies'; hairpin by its original direction's dst-stage entry.
-        .filter(|(k, e)| e.kind != kind::HAIRPIN || k.stage == dst_stage)
+        .filter(|(k, e)| listed(k, e) && !timeouts.expired(k.proto, e, now))
         .map(|(k, e)| {
             let (mut src, mut dst) = (endpoint(k.saddr, k.sport), endpoint(k.daddr, k.dport));
             let translated = if e.kind == kind::PUBLISHED || e.kind == kind::DIRECT {
@@ -647,25 +740,18 @@ where
                     .unwrap_or_else(|| src.clone());
                 format!("{nat_src} → {}", endpoint(e.addr, e.port))
             };
-            let state = match (k.proto, e.seen) {
-                (6, s) if s & (seen::FIN | seen::RST) != 0 => "CLOSING",
-                (6, s) if s & seen::ACK != 0 => "ESTABLISHED",
-                (6, _) => "SYN_SENT",
-                _ => "-",
-            };
             let life = u64::from(timeouts.lifetime_s(k.proto, e.seen));
             Flow {
                 protocol: proto_name(k.proto),
-                kind: match e.kind {
-                    kind::MASQUERADE => "masquerade",
-                    kind::PUBLISHED => "published",
-                    kind::ROUTED => "routed",
-                    kind::DIRECT => "direct",
-                    _ => "hairpin",
-                },
+                kind: kind_name(e.kind),
                 original: format!("{src} → {dst}"),
                 translated,
-                state,
+                state: match state_name(k.proto, e.seen) {
+                    "syn_sent" => "SYN_SENT",
+                    "established" => "ESTABLISHED",
+                    "closing" => "CLOSING",
+                    _ => "-",
+                },
                 age_s: ticks_to_s(ticks_since(now, e.created)),
                 expires_in_s: life.saturating_sub(ticks_to_s(ticks_since(now, e.last_seen))),
             }

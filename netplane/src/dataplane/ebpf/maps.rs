@@ -78,6 +78,12 @@ impl Maps {
         })
     }
 
+    /// Sets which events the programs write into the monitor's ring buffer
+    /// (`observe::monitor` bits), the rest of the config as it is.
+    pub(super) fn set_monitor(&mut self, mask: u32) -> Result<(), EbpfError> {
+        set_monitor(&mut self.config, mask)
+    }
+
     /// Writes the plan into the maps: settings, and for each family subnets, never-NAT
     /// prefixes, local addresses, endpoints, published ports, routed networks' open
     /// ports. With the `old` plan those maps were last programmed with, only what changed
@@ -604,6 +610,24 @@ pub(super) fn pinned_map_data(name: &str, map: &str) -> Option<MapData> {
 /// Opens a map pinned by instance `name`.
 pub(super) fn pinned_map(name: &str, map: &str) -> Option<Map> {
     Map::from_map_data(pinned_map_data(name, map)?).ok()
+}
+
+/// Sets `DpConfig::monitor` of config map `config` to `mask` (read, modify, write: the
+/// other fields stay as `up` wrote them).
+pub(super) fn set_monitor(config: &mut Map, mask: u32) -> Result<(), EbpfError> {
+    let mut config: Array<_, DpConfig> =
+        Array::try_from(config).map_err(EbpfError::map(maps::CONFIG))?;
+    let was = config.get(&0, 0).map_err(EbpfError::map(maps::CONFIG))?;
+    if was.monitor != mask {
+        let now = DpConfig {
+            monitor: mask,
+            ..was
+        };
+        config
+            .set(0, now, 0)
+            .map_err(EbpfError::map(maps::CONFIG))?;
+    }
+    Ok(())
 }
 
 /// The settings the programs of instance `name` run with (its pinned config map).

@@ -129,7 +129,7 @@ impl Dataplane for Ebpf {
         }
         // An agent that `up` started and that is gone crashed or was killed: say so.
         let dead = agent::started_pid(&plan.name).filter(|_| agent::running(&plan.name).is_none());
-        match agent::ensure_running(&plan.name) {
+        match agent::ensure_running_with(&plan.name, agent::AgentArgs::of(plan)) {
             Ok(Some(pid)) => changes.push(match dead {
                 Some(old) => format!("agent started (pid {pid}; the previous one, pid {old}, had exited)"),
                 None => format!("agent started (pid {pid})"),
@@ -209,7 +209,7 @@ fn program(
     let wanted = attach::wanted(plan, &host.uplink);
     let pinned = attach::pinned(&dir);
     let stamp_file = crate::state::dir(&plan.name).join("ebpf.object");
-    let stamp = object::stamp();
+    let stamp = object::stamp(plan.ebpf.debug_datapath);
     // Fast path: this build's programs are loaded and pinned, and the maps fit, so only
     // the maps change (with the previous plan, only the entries that differ), and a
     // program that does not run where the plan wants it (a new bridge or uplink, a new
@@ -252,6 +252,7 @@ fn program(
     let mut bpf = object::load(&LoadOptions {
         pins: Some(&dir),
         conntrack: Some(capacity),
+        debug: plan.ebpf.debug_datapath,
     })?;
     // The maps hold the plan before the new programs run on them (a map made anew, for
     // another build's layout, starts empty). Taken from the object, they stay open until

@@ -12,18 +12,30 @@ use aya::programs::ProgramError;
 use aya::programs::links::LinkError;
 use aya::{Ebpf as AyaEbpf, EbpfLoader};
 use netplane_common::addr::Ip6;
+use netplane_common::counters::Counters;
 use netplane_common::nat::{
-    Backend, CtKey, DROP_REASONS, DpConfig, Endpoint, FragEntry, FragKey, NetInfo, PortKey,
-    SockRevEntry, SockRevKey, forwarded, maps,
+    Backend, CtKey, DpConfig, Endpoint, FragEntry, FragKey, NetInfo, PortKey, SockRevEntry,
+    SockRevKey, forwarded, maps,
 };
+use netplane_common::observe::{self, DROP_SLOTS, PATH_SLOTS, ct_stat, nat_stat};
 
 use super::bpffs::{self, BpffsError};
 use super::conntrack::{self, CtCapacity};
 use super::family::Family;
 
-/// The eBPF ELF object built from `netplane-ebpf` (see build.rs).
+/// The eBPF ELF object built from `netplane-ebpf` (see build.rs): no log code at all.
 pub(super) static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane-ebpf.o"));
+
+/// The same programs built with `--features debug-log`: they log through aya-log's
+/// `AYA_LOGS` ring buffer (`netplane up --debug-datapath`, read by `monitor --log`).
+pub(super) static DEBUG_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netplane-ebpf-debug.o"));
+
+/// The object to load: the debug one with `debug`.
+pub(super) fn object(debug: bool) -> &'static [u8] {
+    if debug { DEBUG_OBJECT } else { OBJECT }
+}
 
 /// What went wrong in the eBPF data plane. Each variant keeps aya's error as its source:
 /// when the kernel rejects a program, [`ProgramError`]'s message carries the verifier log,
@@ -127,6 +139,8 @@ pub(super) struct LoadOptions<'a> {
     /// tables of another size are replaced, their entries copied (see
     /// conntrack::set_aside).
     pub conntrack: Option<CtCapacity>,
+    /// Load [`DEBUG_OBJECT`], with aya-log at debug level.
+    pub debug: bool,
 }
 
 /// Parses the embedded object and creates (or opens the pins of) its maps; the programs
@@ -154,7 +168,13 @@ pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
     for (m, p) in &paths {
         loader.map_pin_path(m, p.as_path());
     }
-    let mut bpf = match loader.load(OBJECT) {
+    if opts.debug {
+        // The level is read-only data (aya freezes .rodata), so the verifier sees it as a
+        // constant and keeps only the sites at or above it. Not required: a prebuilt
+        // default object may stand for the debug one (see build.rs).
+        loader.override_global(aya_log::LEVEL, &(aya_log::Level::Debug as u8), false);
+    }
+    let mut bpf = match loader.load(object(opts.debug)) {
         Ok(bpf) => bpf,
         Err(e) => {
             // The programs attached now keep the tables set aside: pin them back.
@@ -185,13 +205,27 @@ pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
 fn layouts() -> Vec<(&'static str, u32, u32, Option<u32>)> {
     let mut all = vec![
         (maps::CONFIG, 4, size::<DpConfig>(), Some(1)),
-        (maps::DROPS, 4, 8, Some(DROP_REASONS)),
+        (maps::DROPS, 4, size::<Counters>(), Some(DROP_SLOTS)),
         (maps::FORWARDED, 4, 8, Some(forwarded::SLOTS)),
+        (
+            observe::maps::TRANSLATED,
+            4,
+            size::<Counters>(),
+            Some(PATH_SLOTS),
+        ),
+        (observe::maps::NAT_STATS, 4, 8, Some(nat_stat::SLOTS)),
+        (observe::maps::CT_STATS, 4, 8, Some(ct_stat::SLOTS)),
+        // A ring buffer has no key or value; its max_entries is its size in bytes.
+        (observe::maps::EVENTS, 0, 0, Some(EVENTS_BYTES)),
+        (observe::maps::EVENTS_LOST, 4, 8, Some(1)),
     ];
     all.extend(family_layouts::<u32>());
     all.extend(family_layouts::<Ip6>());
     all
 }
+
+/// The size of the monitor's ring buffer, as netplane-ebpf's maps.rs defines it.
+const EVENTS_BYTES: u32 = 256 * 1024;
 
 fn size<T>() -> u32 {
     std::mem::size_of::<T>() as u32
@@ -261,11 +295,16 @@ where
         .map_err(EbpfError::load(name))
 }
 
-/// What identifies this build's object: recorded by `up`, so that a later `up` of the same
-/// binary knows the attached programs are current. The build script hashes it (FNV-1a of
-/// the bytes, and the length), once per build.
-pub(super) fn stamp() -> &'static str {
-    env!("NETPLANE_EBPF_STAMP")
+/// What identifies this build's object (the debug one with `debug`): recorded by `up`, so
+/// that a later `up` of the same binary and flag knows the attached programs are current,
+/// and one with the other flag loads the other object. The build script hashes each (FNV-1a
+/// of the bytes, and the length), once per build.
+pub(super) fn stamp(debug: bool) -> &'static str {
+    if debug {
+        env!("NETPLANE_EBPF_DEBUG_STAMP")
+    } else {
+        env!("NETPLANE_EBPF_STAMP")
+    }
 }
 
 #[cfg(test)]
@@ -275,8 +314,22 @@ mod tests {
 
     #[test]
     fn the_stamp_is_the_objects_hash() {
-        let want = format!("{:08x}-{}", crate::config::fnv1a_32(OBJECT), OBJECT.len());
-        assert_eq!(super::stamp(), want);
+        for debug in [false, true] {
+            let object = super::object(debug);
+            let want = format!("{:08x}-{}", crate::config::fnv1a_32(object), object.len());
+            assert_eq!(super::stamp(debug), want);
+        }
+    }
+
+    /// The default object has no log code: no aya-log ring buffer, no level (issue 16:
+    /// without `--debug-datapath` the programs are today's, instruction for instruction).
+    #[test]
+    fn only_the_debug_object_logs() {
+        let has = |object: &[u8], needle: &[u8]| object.windows(needle.len()).any(|w| w == needle);
+        assert!(!has(OBJECT, b"AYA_LOGS"));
+        assert!(!has(OBJECT, b"AYA_LOG_LEVEL"));
+        assert!(has(super::DEBUG_OBJECT, b"AYA_LOGS"));
+        assert!(has(super::DEBUG_OBJECT, b"AYA_LOG_LEVEL"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! What the programs count and what the maps hold, read from the pins: drops by reason,
-//! fast-forwarded packets, each program's cost, each bounded map's fill (of both address
-//! families), and `status` built from them.
+//! What the programs count and what the maps hold, read from the pins: drops by reason
+//! and place, translated packets, masquerade's port allocations, fast-forwarded packets,
+//! each program's cost, each bounded map's fill (of both address families), and `status`
+//! built from them. [`observe`] is the one reader of the counters: `status --json` and
+//! the agent's `/metrics` both show what it returns.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -10,18 +12,18 @@ use netplane_common::addr::{Ip6, octets6};
 use netplane_common::counters::Counters;
 use netplane_common::nat::{
     Backend, CtEntry, CtKey, DropReason, Endpoint, FragEntry, FragKey, NetInfo, PortKey,
-    SockRevEntry, SockRevKey, forwarded, maps,
+    SockRevEntry, SockRevKey, Tick, forwarded, maps,
 };
-use netplane_common::observe::{self, Dir, Hook, PATH_SLOTS, ct_stat};
+use netplane_common::observe::{self, Dir, Hook, PATH_SLOTS, ct_stat, nat_stat};
 
-use super::agent::record::unix_now;
 use super::conntrack::{self, CtCapacity, entries_of};
 use super::family::Family;
 use super::maps::{pinned_config, pinned_map, pinned_map_data};
 use super::{agent, attach, pin_dir};
 use crate::config::{Mode, Plan};
 use crate::dataplane::{
-    AgentStatus, DataplaneStatus, FastForwarded, HostContext, MapFill, UplinkStatus,
+    Counters as Counted, DataplaneStatus, DropCount, FastForwarded, HostContext, MapFill,
+    NatPortCount, Observation, PathCount, UplinkStatus,
 };
 use crate::topology;
 
@@ -38,27 +40,23 @@ pub(super) fn status(plan: &Plan) -> DataplaneStatus {
     let (uplink, problems) = uplink_status(plan);
     st.uplink = uplink;
     st.problems.extend(problems);
-    st.attached = attach::pinned(&dir)
+    let seen = observe(plan);
+    st.attached = seen
+        .attached
         .iter()
-        .map(|l| l.strip_prefix("link_").unwrap_or(l).to_owned())
+        .map(|(program, device)| format!("{program}_{device}"))
         .collect();
     st.conntrack = conntrack_fill::<u32>(name);
-    st.maps = family_fills::<u32>(name);
     if plan.dual_stack() {
         st.conntrack6 = conntrack_fill::<Ip6>(name);
-        st.maps.extend(family_fills::<Ip6>(name));
     }
+    st.maps = seen.fills;
     st.drops = drop_counters(name)
         .into_iter()
         .map(|(reason, n)| (reason.to_owned(), n))
         .collect();
-    st.fast_forwarded = plan.ebpf.fast_forward.then(|| {
-        let (into_containers, out_of_containers) = forwarded_packets(name);
-        FastForwarded {
-            into_containers,
-            out_of_containers,
-        }
-    });
+    st.fast_forwarded = seen.fast_forwarded;
+    st.counters = seen.counters;
     // The sizes as the kernel has them, against the plan's.
     let wanted = CtCapacity::of(plan);
     for (family, main, unreplied) in [
@@ -76,11 +74,122 @@ pub(super) fn status(plan: &Plan) -> DataplaneStatus {
             ));
         }
     }
-    let (agent, problems) = agent_status(name);
+    let (agent, problems) = agent::status(name, agent::report::Duty::Ebpf);
     st.agent_pid = agent.pid.filter(|_| agent.running);
     st.agent = Some(agent);
     st.problems.extend(problems);
     st.finish()
+}
+
+/// What instance `plan.name`'s programs counted, the fill of its bounded maps and its
+/// attached programs: cheap reads of per-CPU arrays and small maps, never a conntrack
+/// walk (the agent's garbage collection counts the conntrack tables). A counter map that
+/// the running object does not have (an older build) counts nothing.
+pub(crate) fn observe(plan: &Plan) -> Observation {
+    let name = &plan.name;
+    let mut fills = family_fills::<u32>(name);
+    if plan.dual_stack() {
+        fills.extend(family_fills::<Ip6>(name));
+    }
+    Observation {
+        counters: counters(name),
+        fast_forwarded: plan.ebpf.fast_forward.then(|| {
+            let (into_containers, out_of_containers) = forwarded_packets(name);
+            FastForwarded {
+                into_containers,
+                out_of_containers,
+            }
+        }),
+        fills,
+        attached: attach::pinned(&pin_dir(name))
+            .iter()
+            .filter_map(|l| split_link(l.strip_prefix("link_")?))
+            .collect(),
+    }
+}
+
+/// A link's pin name without `link_` as (program, device): the TC programs are named
+/// `netplane_<uplink|bridge>_<direction>`, the socket programs `netplane_<hook>`, and a
+/// device name may hold underscores.
+fn split_link(link: &str) -> Option<(String, String)> {
+    let words = match link.split('_').nth(1)? {
+        "uplink" | "bridge" => 3,
+        _ => 2,
+    };
+    let mut at = 0;
+    for _ in 0..words {
+        at += link[at..].find('_')? + 1;
+    }
+    Some((link[..at - 1].to_owned(), link[at..].to_owned()))
+}
+
+fn family_name(v6: bool) -> &'static str {
+    if v6 { "ipv6" } else { "ipv4" }
+}
+
+/// Every counter of instance `name`'s programs, those that counted something.
+fn counters(name: &str) -> Counted {
+    let mut c = Counted::default();
+    if let Some(drops) = pinned_map(name, maps::DROPS) {
+        c.drops = drop_slots(&drops)
+            .into_iter()
+            .filter(|d| d.counters.packets > 0)
+            .map(|d| DropCount {
+                reason: d.reason.name(),
+                family: family_name(d.v6),
+                hook: d.hook.name(),
+                direction: d.dir.name(),
+                packets: d.counters.packets,
+                bytes: d.counters.bytes,
+            })
+            .collect();
+    }
+    if let Some(m) = pinned_map(name, observe::maps::CT_STATS) {
+        let sums = per_cpu_sums(&m, ct_stat::SLOTS);
+        for v6 in [false, true] {
+            let n = sums[(ct_stat::FULL + u32::from(v6) * ct_stat::V6) as usize];
+            if n > 0 {
+                c.conntrack_full.insert(family_name(v6).to_owned(), n);
+            }
+        }
+    }
+    if let Some(m) = pinned_map(name, observe::maps::TRANSLATED)
+        && let Ok(map) = PerCpuArray::<_, Counters>::try_from(m)
+    {
+        c.translated = (0..PATH_SLOTS)
+            .filter_map(|slot| {
+                let n = Counters::sum(map.get(&slot, 0).ok()?.iter());
+                let (v6, hook, dir) = observe::path_of(slot);
+                (n.packets > 0).then(|| PathCount {
+                    family: family_name(v6),
+                    hook: hook.name(),
+                    direction: dir.name(),
+                    packets: n.packets,
+                    bytes: n.bytes,
+                })
+            })
+            .collect();
+    }
+    if let Some(m) = pinned_map(name, observe::maps::NAT_STATS) {
+        let sums = per_cpu_sums(&m, nat_stat::SLOTS);
+        c.nat_ports = [false, true]
+            .into_iter()
+            .map(|v6| {
+                let at = |slot: u32| sums[(slot + u32::from(v6) * nat_stat::V6) as usize];
+                NatPortCount {
+                    family: family_name(v6),
+                    own: at(nat_stat::OWN),
+                    searched: at(nat_stat::SEARCHED),
+                    retries: at(nat_stat::RETRIES),
+                    failed: at(nat_stat::FAILED),
+                }
+            })
+            .filter(|n| n.own + n.searched + n.retries + n.failed > 0)
+            .collect();
+    }
+    c.monitor_events_lost =
+        pinned_map(name, observe::maps::EVENTS_LOST).map(|m| per_cpu_sums(&m, 1)[0]);
+    c
 }
 
 /// Family `A`'s tracked flows of instance `name`: the entries of both tables (the
@@ -114,6 +223,8 @@ where
     [
         hash_fill::<CtKey<A>, CtEntry<A>>(name, A::CT_NEW),
         hash_fill::<FragKey<A>, FragEntry<A>>(name, A::FRAGS),
+        hash_fill::<FragKey<A>, Tick>(name, A::FRAGS_EARLY),
+        hash_fill::<CtKey<A>, u32>(name, A::MASQ_PORTS),
         hash_fill::<PortKey<A>, Backend<A>>(name, A::PUBLISHED),
         trie_fill::<A, NetInfo<A>>(name, A::SUBNETS),
         trie_fill::<A, u32>(name, A::NEVER_NAT),
@@ -125,21 +236,6 @@ where
     .into_iter()
     .flatten()
     .collect()
-}
-
-/// The agent of instance `name`, and what is wrong with it (a damaged record too).
-fn agent_status(name: &str) -> (AgentStatus, Vec<String>) {
-    let (record, damaged) = match agent::record(name) {
-        Ok(r) => (r, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    let (status, problem) = AgentStatus::of(
-        agent::running(name),
-        agent::started_pid(name),
-        record,
-        unix_now(),
-    );
-    (status, problem.into_iter().chain(damaged).collect())
 }
 
 /// The uplink as the host has it now against what the programs use: the masquerade
@@ -279,11 +375,10 @@ pub fn drop_counters(name: &str) -> Vec<(&'static str, u64)> {
 pub(super) fn sum_drops(drops: &Map, ct_stats: Option<&Map>) -> Vec<(&'static str, u64)> {
     let slots = drop_slots(drops);
     let ct_full = ct_stats.map(|m| {
-        per_cpu_sums(m, ct_stat::SLOTS)
+        let sums = per_cpu_sums(m, ct_stat::SLOTS);
+        [ct_stat::FULL, ct_stat::FULL + ct_stat::V6]
             .iter()
-            .enumerate()
-            .filter(|(i, _)| *i as u32 % ct_stat::V6 == ct_stat::FULL)
-            .map(|(_, n)| n)
+            .map(|slot| sums[*slot as usize])
             .sum::<u64>()
     });
     DropReason::ALL
@@ -395,4 +490,28 @@ pub fn program_costs(name: &str) -> Vec<(String, u64, f64)> {
         .collect();
     costs.sort_by(|a, b| a.0.cmp(&b.0));
     costs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_link;
+
+    #[test]
+    fn a_link_name_splits_into_program_and_device() {
+        let split = |l: &str| split_link(l).map(|(p, d)| format!("{p} {d}"));
+        assert_eq!(
+            split("netplane_uplink_ingress_up0").as_deref(),
+            Some("netplane_uplink_ingress up0")
+        );
+        assert_eq!(
+            split("netplane_bridge_egress6_my_br").as_deref(),
+            Some("netplane_bridge_egress6 my_br"),
+            "a device name with an underscore"
+        );
+        assert_eq!(
+            split("netplane_connect4_cgroup").as_deref(),
+            Some("netplane_connect4 cgroup")
+        );
+        assert_eq!(split("stray"), None);
+    }
 }

@@ -24,7 +24,10 @@
 //! deletes exactly the jumps to our chains and our chains.
 //!
 //! [`nf_conntrack`] flushes the kernel's conntrack entries that would blackhole a UDP port.
+//! [`counters`] reads what the rules counted. With `[metrics] listen`, the agent runs
+//! beside the rules to serve them (it has nothing else to do in this mode).
 
+pub mod counters;
 pub mod nf_conntrack;
 pub mod rules;
 
@@ -35,7 +38,10 @@ use super::{Dataplane, DataplaneError, DataplaneStatus, HostContext};
 use crate::config::{Container, Driver, Mode, Plan, fnv1a_32};
 use crate::state;
 
+pub use counters::observe;
 pub use rules::{ruleset, ruleset6};
+
+use super::ebpf::agent::{self, AgentArgs, report::Duty};
 
 /// The two rule sets: IPv4 (iptables) and, for dual-stack networks, IPv6 (ip6tables),
 /// with the same chains and jumps in each.
@@ -435,12 +441,17 @@ impl Dataplane for Iptables {
             nf_conntrack::flush_address(ip)?;
             changes.push(format!("conntrack: flushed the entries of {ip}"));
         }
+        changes.extend(run_agent(plan));
         Ok(changes)
     }
 
     fn teardown(&self, name: &str) -> Result<Vec<String>, DataplaneError> {
         let mut failures = Vec::new();
-        let mut removed = remove(V4, name, &mut failures);
+        let mut removed: Vec<String> = agent::stop(name)
+            .map(|pid| format!("agent (pid {pid})"))
+            .into_iter()
+            .collect();
+        removed.extend(remove(V4, name, &mut failures));
         removed.extend(remove(V6, name, &mut failures));
         if failures.is_empty() {
             Ok(removed)
@@ -540,7 +551,41 @@ impl Dataplane for Iptables {
             Err(e) => st.problems.push(e.to_string()),
         }
         st.conntrack = nf_conntrack::fill();
+        let (counted, problems) = counters::counters(plan);
+        st.counters = counted;
+        st.problems.extend(problems);
+        if plan.metrics.listen.is_some() {
+            let (agent, problems) = agent::status(&plan.name, Duty::MetricsOnly);
+            st.agent_pid = agent.pid.filter(|_| agent.running);
+            st.agent = Some(agent);
+            st.problems.extend(problems);
+        }
         st.finish()
+    }
+}
+
+/// Starts the agent when `plan` asks for metrics (it serves them, and does nothing else
+/// in this mode), stops one that no longer has any to serve. Returns a line per change.
+fn run_agent(plan: &Plan) -> Vec<String> {
+    let args = AgentArgs::of(plan);
+    let Some(addr) = args.metrics else {
+        return agent::stop(&plan.name)
+            .map(|pid| format!("agent stopped (pid {pid}): no metrics to serve"))
+            .into_iter()
+            .collect();
+    };
+    let dead = agent::started_pid(&plan.name).filter(|_| agent::running(&plan.name).is_none());
+    match agent::ensure_running_with(&plan.name, args) {
+        Ok(Some(pid)) => vec![match dead {
+            Some(old) => format!(
+                "agent started (pid {pid}; the previous one, pid {old}, had exited): metrics on http://{addr}/metrics"
+            ),
+            None => format!("agent started (pid {pid}): metrics on http://{addr}/metrics"),
+        }],
+        Ok(None) => Vec::new(),
+        Err(e) => vec![format!(
+            "warning: the agent did not start ({e}); no metrics are served"
+        )],
     }
 }
 

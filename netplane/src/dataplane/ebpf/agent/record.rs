@@ -53,6 +53,17 @@ pub struct AgentRecord {
     /// The last [`KEPT_ERRORS`] errors, the oldest first.
     pub errors: VecDeque<RecordedError>,
     pub error_count: u64,
+    /// Where it serves metrics, when asked to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsRecord>,
+}
+
+/// The agent's metrics server: its address, and why it does not serve there, if so.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricsRecord {
+    pub listen: std::net::SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One completed garbage collection.
@@ -95,6 +106,7 @@ impl AgentRecord {
             last_gc: None,
             errors: VecDeque::new(),
             error_count: 0,
+            metrics: None,
         }
     }
 

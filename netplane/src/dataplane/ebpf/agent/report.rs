@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::GC_INTERVAL;
 use super::GC_STALE;
-use super::record::{AgentRecord, GcRun, RecordedError, UnixTime, age};
+use super::record::{AgentRecord, GcRun, MetricsRecord, RecordedError, UnixTime, age};
 
 /// The agent of a data plane: whether it runs, since when, its last garbage collection
 /// and the errors it met. Of one that died, the same as it last recorded them.
@@ -27,6 +27,19 @@ pub struct AgentStatus {
     /// The last errors it met, the oldest first; `error_count` counts them all.
     pub errors: Vec<RecordedError>,
     pub error_count: u64,
+    /// Where it serves metrics, and why it does not, when asked to.
+    pub metrics: Option<MetricsRecord>,
+    /// Whether it collects garbage (eBPF mode's), or serves metrics alone.
+    pub collects_garbage: bool,
+}
+
+/// What an agent is for, which says what its absence costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duty {
+    /// eBPF mode's: garbage collection and following the host (and metrics, if asked).
+    Ebpf,
+    /// Another mode's: the metrics alone.
+    MetricsOnly,
 }
 
 impl AgentStatus {
@@ -39,9 +52,26 @@ impl AgentStatus {
         record: Option<AgentRecord>,
         now: UnixTime,
     ) -> (AgentStatus, Option<String>) {
+        let (status, mut problems) = Self::of_duty(Duty::Ebpf, running, started_pid, record, now);
+        (status, (!problems.is_empty()).then(|| problems.remove(0)))
+    }
+
+    /// [`AgentStatus::of`] for an agent of `duty`, with every problem: its absence or
+    /// hang, and a metrics address it could not serve on.
+    pub fn of_duty(
+        duty: Duty,
+        running: Option<u32>,
+        started_pid: Option<u32>,
+        record: Option<AgentRecord>,
+        now: UnixTime,
+    ) -> (AgentStatus, Vec<String>) {
         let pid = running.or(started_pid);
         let record = record.filter(|r| Some(r.pid) == pid);
-        let heartbeat = record.as_ref().map(|r| age(now, r.gc_heartbeat()));
+        // An agent that serves metrics alone collects no garbage: no heartbeat of it.
+        let heartbeat = record
+            .as_ref()
+            .filter(|_| duty == Duty::Ebpf)
+            .map(|r| age(now, r.gc_heartbeat()));
         let status = AgentStatus {
             running: running.is_some(),
             pid,
@@ -53,12 +83,18 @@ impl AgentStatus {
             last_gc_secs_ago: heartbeat.map(|a| a.as_secs()),
             last_gc: record.as_ref().and_then(|r| r.last_gc),
             error_count: record.as_ref().map_or(0, |r| r.error_count),
+            metrics: record.as_ref().and_then(|r| r.metrics.clone()),
+            collects_garbage: duty == Duty::Ebpf,
             errors: record.map(|r| r.errors.into()).unwrap_or_default(),
         };
-        const UNCARED: &str =
-            "no conntrack garbage collection, and nothing follows the uplink's address and links";
+        let uncared = match duty {
+            Duty::Ebpf => {
+                "no conntrack garbage collection, and nothing follows the uplink's address and links"
+            }
+            Duty::MetricsOnly => "no metrics are served",
+        };
         let problem = match (running, pid, heartbeat) {
-            (Some(pid), _, Some(a)) if a > GC_STALE => Some(format!(
+            (Some(pid), _, Some(a)) if duty == Duty::Ebpf && a > GC_STALE => Some(format!(
                 "the agent (pid {pid}) last collected garbage {}s ago (every {}s is normal, {}s is the limit)",
                 a.as_secs(),
                 GC_INTERVAL.as_secs(),
@@ -66,17 +102,27 @@ impl AgentStatus {
             )),
             (Some(_), _, _) => None,
             (None, Some(pid), _) => Some(format!(
-                "the agent (pid {pid}) exited{}: {UNCARED} (`netplane up` restarts it)",
+                "the agent (pid {pid}) exited{}: {uncared} (`netplane up` restarts it)",
                 status
                     .last_seen
                     .map(|t| format!(", last seen {}s ago", age(now, t).as_secs()))
                     .unwrap_or_default()
             )),
             (None, None, _) => Some(format!(
-                "the agent is not running: {UNCARED} (`netplane up` starts it)"
+                "the agent is not running: {uncared} (`netplane up` starts it)"
             )),
         };
-        (status, problem)
+        let metrics = status
+            .metrics
+            .as_ref()
+            .filter(|_| status.running)
+            .and_then(|m| {
+                m.error
+                    .as_ref()
+                    .map(|e| format!("the agent serves no metrics: {e}"))
+            });
+        let problems = problem.into_iter().chain(metrics).collect();
+        (status, problems)
     }
 
     /// The lines `status` prints about the agent at `now`.
@@ -87,6 +133,10 @@ impl AgentStatus {
             .map(|t| format!(", started {}", ago(t)))
             .unwrap_or_default();
         let mut lines = vec![match (self.running, self.pid) {
+            (true, pid) if !self.collects_garbage => format!(
+                "agent: running (pid {}{started}), serving metrics only",
+                pid.unwrap_or_default()
+            ),
             (true, pid) => format!(
                 "agent: running (pid {}{started}), last garbage collection {}",
                 pid.unwrap_or_default(),
@@ -110,6 +160,17 @@ impl AgentStatus {
             ),
             (false, None) => "agent: NOT RUNNING; run `netplane up` to start it".to_owned(),
         }];
+        match &self.metrics {
+            Some(MetricsRecord {
+                listen,
+                error: None,
+            }) => lines.push(format!("agent metrics: http://{listen}/metrics")),
+            Some(MetricsRecord {
+                listen,
+                error: Some(e),
+            }) => lines.push(format!("agent metrics: NOT SERVED on {listen}: {e}")),
+            None => {}
+        }
         if self.error_count > 0 {
             lines.push(format!(
                 "agent errors: {} in all, the last {}:",
@@ -211,6 +272,45 @@ mod tests {
         assert_eq!(
             s.lines(0.0),
             ["agent: NOT RUNNING; run `netplane up` to start it"]
+        );
+    }
+
+    #[test]
+    fn an_agent_for_metrics_alone_is_judged_by_them() {
+        let mut r = AgentRecord::new(42, 1000.0);
+        r.metrics = Some(MetricsRecord {
+            listen: "127.0.0.1:9975".parse().unwrap(),
+            error: Some("cannot serve metrics on 127.0.0.1:9975: Address already in use".into()),
+        });
+        // Running for minutes without a garbage collection is not a hang: it has none.
+        let (s, problems) = AgentStatus::of_duty(
+            Duty::MetricsOnly,
+            Some(42),
+            Some(42),
+            Some(r.clone()),
+            1100.0,
+        );
+        assert_eq!(
+            problems,
+            [
+                "the agent serves no metrics: cannot serve metrics on 127.0.0.1:9975: Address already in use"
+            ]
+        );
+        assert_eq!(s.last_gc_secs_ago, None);
+        assert_eq!(
+            s.lines(1100.0),
+            [
+                "agent: running (pid 42, started 100s ago), serving metrics only",
+                "agent metrics: NOT SERVED on 127.0.0.1:9975: cannot serve metrics on 127.0.0.1:9975: Address already in use",
+            ]
+        );
+        let (_, problems) =
+            AgentStatus::of_duty(Duty::MetricsOnly, None, Some(42), Some(r), 1100.0);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("the agent (pid 42) exited")
+                && problems[0].contains("no metrics are served"),
+            "{problems:?}"
         );
     }
 }
