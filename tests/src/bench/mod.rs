@@ -20,6 +20,10 @@
 //! the same ruleset in an `ip6` table; iptables mode's is ip6tables. The memory per
 //! tracked connection is measured for both families.
 //!
+//! In eBPF mode, connect/request/close at the first N of the scale is measured twice
+//! more, right after its row: with a `netplane monitor` attached, and after it left (the
+//! events flag back to 0): see [`monitor_crr`]; [`monitor_row`] measures that alone.
+//!
 //! Last, the CNI section ([`cni`]): netplane-cni against the reference chain bridge +
 //! host-local + portmap, ADD/DEL times and `podman run` until a published port answers.
 
@@ -203,6 +207,22 @@ pub struct Sample {
     /// Over IPv6, on a dual-stack bridge network: TCP stream in, request/response, and
     /// connect/request/close at the first and last N of the scale.
     pub ipv6: Option<Figures>,
+    /// eBPF only: TCP connect/request/close (N = the first of the scale) with a monitor
+    /// attached, and right after it left (see [`monitor_crr`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<MonitorCrr>,
+}
+
+/// Connect/request/close of the eBPF data plane with and without a `netplane monitor`,
+/// measured right after the row without one ([`Sample::tcp_crr`]'s first), where the
+/// events flag was never set.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct MonitorCrr {
+    /// With `netplane monitor --json --type all > /dev/null` running: every drop and flow
+    /// is an event, written, read and printed.
+    pub attached: Rate,
+    /// After the monitor left: the flag is 0 again, nobody listens.
+    pub detached: Rate,
 }
 
 /// What [`measure_on`] measures of one mode with its container on one network.
@@ -329,32 +349,10 @@ impl Bench {
     /// on `net` (dual-stack for an IPv6 one; the ports are then published on both
     /// families).
     fn plan(&self, net: Net, mode: Mode, n: u32, shift_first: bool) -> anyhow::Result<Plan> {
-        let mut publish: Vec<String> = (0..n)
-            .map(|i| format!("\"{}:{SERVER_PORT}\"", u32::from(FIRST_PORT) + i))
-            .collect();
-        if shift_first {
-            publish[0] = format!("\"{}:{SERVER_PORT}\"", FIRST_PORT - 1);
-        }
-        publish.push(format!("\"{UDP_PORT}:{SERVER_PORT}/udp\""));
-        let driver = match net.driver {
-            Driver::Bridge => "bridge",
-            Driver::Ptp => "ptp",
-        };
-        let (subnet6, ip6) = match net.family.version {
-            IpFamily::V4 => (String::new(), String::new()),
-            IpFamily::V6 => (
-                format!("subnet6 = \"{}\"\n", IPV6.subnet),
-                format!("ip6 = \"{}\"\n", IPV6.web),
-            ),
-        };
         let text = format!(
-            "name = \"{}\"\nmode = \"{mode}\"\nuplink = \"{UPLINK}\"\n[[networks]]\nname = \"npa\"\nsubnet = \"{}\"\n\
-             {subnet6}driver = \"{driver}\"\n\
-             [[containers]]\nname = \"web\"\nnetwork = \"npa\"\nip = \"{}\"\n{ip6}publish = [{}]\n",
+            "name = \"{}\"\n{}",
             self.name(),
-            IPV4.subnet,
-            IPV4.web,
-            publish.join(", ")
+            config_body(net, mode, n, shift_first)
         );
         Ok(Config::parse(&text, "bench")?.plan()?)
     }
@@ -375,6 +373,37 @@ impl Bench {
             })
             .context("netplane up in the bench sandbox")
     }
+}
+
+/// The config of the bench's instance, without its name: `mode` with `n` published TCP
+/// ports (and one UDP port), the container on `net` (see [`Bench::plan`]).
+fn config_body(net: Net, mode: Mode, n: u32, shift_first: bool) -> String {
+    let mut publish: Vec<String> = (0..n)
+        .map(|i| format!("\"{}:{SERVER_PORT}\"", u32::from(FIRST_PORT) + i))
+        .collect();
+    if shift_first {
+        publish[0] = format!("\"{}:{SERVER_PORT}\"", FIRST_PORT - 1);
+    }
+    publish.push(format!("\"{UDP_PORT}:{SERVER_PORT}/udp\""));
+    let driver = match net.driver {
+        Driver::Bridge => "bridge",
+        Driver::Ptp => "ptp",
+    };
+    let (subnet6, ip6) = match net.family.version {
+        IpFamily::V4 => (String::new(), String::new()),
+        IpFamily::V6 => (
+            format!("subnet6 = \"{}\"\n", IPV6.subnet),
+            format!("ip6 = \"{}\"\n", IPV6.web),
+        ),
+    };
+    format!(
+        "mode = \"{mode}\"\nuplink = \"{UPLINK}\"\n[[networks]]\nname = \"npa\"\nsubnet = \"{}\"\n\
+         {subnet6}driver = \"{driver}\"\n\
+         [[containers]]\nname = \"web\"\nnetwork = \"npa\"\nip = \"{}\"\n{ip6}publish = [{}]\n",
+        IPV4.subnet,
+        IPV4.web,
+        publish.join(", ")
+    )
 }
 
 /// The nftables reference, as Docker's and netavark's nftables backends do it: DNAT
@@ -578,6 +607,9 @@ fn measure(bench: &mut Bench, mode: &str, opts: &Options, round: usize) -> anyho
 
     p(&format!("TCP connect/request/close, N = {n_min}"));
     s.tcp_crr.push((n_min, run.crr(n_min)));
+    if mode == "ebpf" {
+        s.monitor = Some(monitor_crr(&run, n_min, &p)?);
+    }
     if mode != "baseline" {
         p(&format!("programming {n_max} mappings"));
         let (up, apply) = run.program(n_max, false)?;
@@ -644,6 +676,111 @@ pub fn ipv6_scale(scale: &[u32]) -> Vec<u32> {
         .collect();
     ns.dedup();
     ns
+}
+
+/// A `netplane monitor` of the bench's instance, attached for as long as it lives: its
+/// events are read and printed as JSON into /dev/null, as a monitor piped into a file
+/// would. Interrupted (SIGINT, which clears the events flag) on drop.
+struct AttachedMonitor(std::process::Child);
+
+impl AttachedMonitor {
+    /// Starts it in the host namespace and waits until its events flag is set (its
+    /// ready line on stderr).
+    fn start(sb: &Bench) -> anyhow::Result<AttachedMonitor> {
+        use std::io::BufRead;
+        let bin = crate::host::netplane_bin();
+        let mut child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", sb.host.host.path()))
+            .arg(&bin)
+            .args(["monitor", "--name", sb.name(), "--json", "--type", "all"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("start {} monitor", bin.display()))?;
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let mut said = Vec::new();
+        let monitor = AttachedMonitor(child);
+        loop {
+            match lines.next() {
+                Some(Ok(l)) if l.starts_with("monitoring instance ") => break,
+                Some(Ok(l)) => said.push(l),
+                _ => bail!("netplane monitor did not start: {}", said.join("; ")),
+            }
+        }
+        // Its stderr is read until it exits, so that it never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(monitor)
+    }
+}
+
+impl Drop for AttachedMonitor {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Connect/request/close to the first of `n` published ports of the eBPF data plane
+/// with a monitor attached, then again after it left (the events flag back to 0).
+fn monitor_crr(run: &Run, n: u32, p: &dyn Fn(&str)) -> anyhow::Result<MonitorCrr> {
+    p(&format!(
+        "TCP connect/request/close, N = {n}, monitor attached"
+    ));
+    let monitor = AttachedMonitor::start(run.sb)?;
+    let attached = run.crr(n);
+    drop(monitor);
+    p(&format!(
+        "TCP connect/request/close, N = {n}, monitor detached"
+    ));
+    let detached = run.crr(n);
+    Ok(MonitorCrr { attached, detached })
+}
+
+/// The monitor's row alone (`opts.rounds` rounds of eBPF mode on the bridge network at the first N of the scale): per round, connect/request/close with the flag
+/// never set, with a monitor attached, and after it left. Much shorter than the whole
+/// bench, for checking this one figure (see tests/tests/monitor.rs).
+pub fn monitor_row(opts: &Options) -> anyhow::Result<Vec<(Rate, MonitorCrr)>> {
+    if !netplane::privilege::is_root() {
+        bail!("the benchmark creates network namespaces and loads BPF programs: run it as root");
+    }
+    let mut bench = Bench::new();
+    let n = opts.scale[0];
+    let mut out = Vec::new();
+    for round in 0..opts.rounds {
+        let p = |what: &str| progress(round, opts.rounds, "ebpf", what);
+        // `up` by the netplane binary, not in-process: the agent that `up` starts runs
+        // `up`'s own executable, which here may be a test's.
+        let sb = bench.fresh();
+        sb.host
+            .write_config(&config_body(BRIDGE, Mode::Ebpf, n, false));
+        let up = sb.host.netplane(&["up"]);
+        if !up.status.success() {
+            bail!("netplane up: {}", String::from_utf8_lossy(&up.stderr));
+        }
+        let run = Run {
+            sb,
+            mode: "ebpf",
+            netplane_mode: Mode::Ebpf,
+            net: BRIDGE,
+            warm: Duration::from_secs_f64(opts.warmup),
+            secs: opts.secs(),
+        };
+        let _servers = run.servers(&run.sb.web());
+        p(&format!("TCP connect/request/close, N = {n}"));
+        let never = run.crr(n);
+        out.push((never, monitor_crr(&run, n, &p)?));
+    }
+    Ok(out)
 }
 
 /// Request/response, then connect/request/close at each N of `ns` (ascending), of one

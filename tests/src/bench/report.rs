@@ -118,6 +118,21 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
                 true,
                 Box::new(|s| s.ptp_tcp_crr.map(|r| r.per_s)),
             ));
+            // eBPF only, at the first N (see `bench::monitor_crr`).
+            v.push(m(
+                &format!("tcp_crr_{n}_monitor"),
+                &format!("TCP connect/request/close, N={n}, monitor attached"),
+                "conn/s",
+                true,
+                Box::new(|s| s.monitor.map(|m| m.attached.per_s)),
+            ));
+            v.push(m(
+                &format!("tcp_crr_{n}_monitor_detached"),
+                &format!("TCP connect/request/close, N={n}, after a monitor"),
+                "conn/s",
+                true,
+                Box::new(|s| s.monitor.map(|m| m.detached.per_s)),
+            ));
         }
     }
     let n_max = scale.last().copied().unwrap_or(1);
@@ -226,6 +241,59 @@ pub struct Summary {
     pub ptp_over_bridge: BTreeMap<String, BTreeMap<String, Ratio>>,
     /// The CNI section's medians, p90s and ratios, if it ran.
     pub cni: Option<cni::CniSummary>,
+    /// eBPF's connect/request/close with a monitor against none, computed within each
+    /// round (see [`MonitorCost`]); `None` when no round measured it.
+    pub monitor: Option<MonitorCost>,
+}
+
+/// What `netplane monitor` costs connect/request/close in eBPF mode (N = the first of
+/// the scale), as ratios computed within each round.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorCost {
+    /// After a monitor left (nobody listening: the events flag is 0) over the same
+    /// measured before any monitor ran (the flag never set). The target: it costs at most
+    /// 3 % (a ratio of 0.97 or more).
+    pub detached_over_never: Ratio,
+    /// With a monitor attached (every event written, read and printed) over none.
+    pub attached_over_never: Ratio,
+}
+
+/// How much "nobody listening" may cost against "never set" (the issue's target: within
+/// 3 %). One-sided: a ratio above 1 is noise in the other direction, not a cost.
+pub const MONITOR_TARGET: f64 = 0.03;
+
+/// [`MonitorCost`] of per-round (never set, attached, detached) connections/s.
+pub fn monitor_cost(per_round: &[(f64, f64, f64)]) -> Option<MonitorCost> {
+    let over =
+        |f: fn(&(f64, f64, f64)) -> f64| ratio_of(per_round.iter().map(|r| f(r) / r.0).collect());
+    Some(MonitorCost {
+        detached_over_never: over(|r| r.2)?,
+        attached_over_never: over(|r| r.1)?,
+    })
+}
+
+impl MonitorCost {
+    /// Whether "nobody listening" costs at most [`MONITOR_TARGET`] against "never set".
+    pub fn within_target(&self) -> bool {
+        self.detached_over_never.median >= 1.0 - MONITOR_TARGET
+    }
+
+    /// One line for the report.
+    pub fn line(&self, n: u32) -> String {
+        format!(
+            "monitor, ebpf, TCP connect/request/close N={n}: nobody listening (after a monitor) over never set {} \
+             — target ≥ {:.2} (costs at most 3 %): {}; monitor attached over none {} ({:+.1} %)",
+            fmt_ratio(Some(&self.detached_over_never)),
+            1.0 - MONITOR_TARGET,
+            if self.within_target() {
+                "met"
+            } else {
+                "NOT met"
+            },
+            fmt_ratio(Some(&self.attached_over_never)),
+            (self.attached_over_never.median - 1.0) * 100.0,
+        )
+    }
 }
 
 /// `(ptp metric, its bridge counterpart)`.
@@ -308,8 +376,20 @@ pub fn summarize(r: &Results) -> Summary {
             (ptp, per_mode)
         })
         .collect();
+    let n = r.options.scale.first().copied().unwrap_or(1);
+    let monitor = monitor_cost(
+        &r.rounds
+            .iter()
+            .filter_map(|rd| {
+                let (_, s) = rd.iter().find(|(k, _)| k == "ebpf")?;
+                let m = s.monitor?;
+                Some((at(&s.tcp_crr, n)?.per_s, m.attached.per_s, m.detached.per_s))
+            })
+            .collect::<Vec<_>>(),
+    );
     Summary {
         rows,
+        monitor,
         memory_ratio: r.memory.worse_ratio(),
         memory_ratio_ipv6: r.memory_ipv6.worse_ratio(),
         ptp_over_bridge,
@@ -405,6 +485,10 @@ pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
             if markdown { "  " } else { "" },
         )
         .unwrap();
+    }
+    if let Some(m) = &s.monitor {
+        let n = r.options.scale.first().copied().unwrap_or(1);
+        writeln!(out, "{}{}", m.line(n), if markdown { "  " } else { "" }).unwrap();
     }
     for (family, m) in [("", &r.memory), ("IPv6, ", &r.memory_ipv6)] {
         for (kind, f) in [
@@ -616,4 +700,40 @@ pub fn svg(r: &Results, s: &Summary) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitor_s_cost_is_a_ratio_within_rounds() {
+        // (never set, attached, detached) per round: the machine's speed changes between
+        // rounds, the ratios within them do not.
+        let rounds = [
+            (1000.0, 900.0, 990.0),
+            (2000.0, 1900.0, 2010.0),
+            (1500.0, 1350.0, 1500.0),
+        ];
+        let m = monitor_cost(&rounds).expect("three rounds");
+        assert!((m.detached_over_never.median - 1.0).abs() < 1e-9, "{m:?}");
+        assert!((m.detached_over_never.min - 0.99).abs() < 1e-9);
+        assert!((m.attached_over_never.median - 0.9).abs() < 1e-9, "{m:?}");
+        assert!(m.within_target());
+        let line = m.line(1);
+        assert!(line.contains("over never set 1.00 (0.99–1.00)"), "{line}");
+        assert!(
+            line.contains("target ≥ 0.97 (costs at most 3 %): met"),
+            "{line}"
+        );
+        assert!(
+            line.contains("attached over none 0.90 (0.90–0.95) (-10.0 %)"),
+            "{line}"
+        );
+        let slow = monitor_cost(&[(1000.0, 900.0, 960.0)]).unwrap();
+        assert!(!slow.within_target());
+        let faster = monitor_cost(&[(1000.0, 900.0, 1040.0)]).unwrap();
+        assert!(faster.within_target(), "noise the other way is no cost");
+        assert!(monitor_cost(&[]).is_none());
+    }
 }
