@@ -173,12 +173,7 @@ async fn events(name: &str, mask: u32, json: bool, mut signals: Signals) -> anyh
 
 /// One record of the ring buffer as an [`Event`]; `None` for a short one.
 fn read_event(item: &[u8]) -> Option<Event> {
-    if item.len() < size_of::<Event>() {
-        return None;
-    }
-    // SAFETY: `Event` is plain data, valid for any bit pattern (netplane_common derives
-    // bytemuck's `Pod` for it), and `item` holds at least its size.
-    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) })
+    Some(bytemuck::pod_read_unaligned(item.get(..size_of::<Event>())?))
 }
 
 /// Writes events as lines.

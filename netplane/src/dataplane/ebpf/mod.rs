@@ -263,6 +263,18 @@ fn program(
     drop(maps);
     changes.extend(resize);
     changes.extend(attach::detach_stale(&dir, &pinned, &wanted));
+    // Links replaced in place are no change of attachment: say that the code changed (a
+    // new build of netplane, or `debug_datapath` switched).
+    if std::fs::read_to_string(&stamp_file).is_ok_and(|was| was != stamp) {
+        changes.push(format!(
+            "ebpf: programs replaced by object {stamp} ({})",
+            if plan.ebpf.debug_datapath {
+                "with debug logs: netplane monitor --log"
+            } else {
+                "without debug logs"
+            }
+        ));
+    }
     std::fs::write(&stamp_file, stamp).map_err(|source| DataplaneError::Io {
         path: stamp_file.display().to_string(),
         source,
