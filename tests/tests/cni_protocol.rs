@@ -9,6 +9,7 @@
 
 use netplane_tests::cni_plugin::Direct;
 use netplane_tests::host::{Host, OUTSIDE_IP, UPLINK_IP, tcp_exchange, udp_exchange};
+use netplane_tests::http::{promtool_check, sample, scrape};
 use netplane_tests::{each_mode, privileged};
 use serde_json::{Value, json};
 
@@ -560,6 +561,13 @@ fn a_dead_attachment_is_swept_and_a_del_the_host_refuses_keeps_the_lease() {
         .args(["netns", "del", path1.rsplit('/').next().unwrap()])
         .status();
     assert!(del.is_ok_and(|s| s.success()));
+    // The kernel destroys a namespace, and its veths, asynchronously (cleanup_net runs
+    // from a workqueue): the host veth of ctr1 goes a moment after `ip netns del`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while d.net.host_veths().len() > 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(d.net.host_veths().len(), 1, "ctr1's host veth went with its netns");
     let r = d.invoke("ADD", "ctr3", &c3.path(), "eth0", &port(8300));
     assert!(r.ok, "{} {}", r.json, r.stderr);
     assert_eq!(d.leases().len(), 2, "ctr1's lease went back");
@@ -591,6 +599,44 @@ fn a_dead_attachment_is_swept_and_a_del_the_host_refuses_keeps_the_lease() {
     assert!(d.leases().is_empty());
     assert_eq!(d.net.status()["containers"], json!([]));
     assert_eq!(map_entries(&d.net.status(), "NP_PUBLISHED"), 0);
+}
+
+/// `"metrics"` in the network configuration: the agent that ADD starts is `netplane-cni`
+/// itself, with the metrics' arguments, and it serves them.
+#[test]
+fn an_add_with_metrics_starts_an_agent_that_serves_them() {
+    each_mode("cni_protocol::metrics", |mode| {
+        let mut h = Host::new();
+        let d = Direct::new(&h.sandbox, &h.host, &format!("m{mode}"), 50, mode);
+        let c1 = h.sandbox.netns("c1");
+        let mut conf = d.conf(V, &[(8400, 80, "tcp", "")]);
+        conf["metrics"] = json!({"listen": "127.0.0.1:9975"});
+        let r = d.invoke("ADD", "ctr1", &c1.path(), "eth0", &conf);
+        assert!(r.ok, "{} {}", r.json, r.stderr);
+        let body = scrape(&d.net.host, "127.0.0.1:9975");
+        let (ok, lint) = promtool_check(&body);
+        assert!(ok, "{lint}");
+        assert_eq!(
+            sample(&body, "netplane_build_info", &[("mode", mode)]),
+            Some(1.0),
+            "{body}"
+        );
+        let agent = &d.net.status()["dataplane_health"]["agent"];
+        assert_eq!(agent["running"], true, "{agent}");
+        assert_eq!(agent["metrics"]["listen"], "127.0.0.1:9975", "{agent}");
+        // A later ADD keeps that agent: same executable, same arguments.
+        let pid = agent["pid"].clone();
+        let c2 = h.sandbox.netns("c2");
+        let mut conf2 = d.conf(V, &[]);
+        conf2["metrics"] = conf["metrics"].clone();
+        let r = d.invoke("ADD", "ctr2", &c2.path(), "eth0", &conf2);
+        assert!(r.ok, "{} {}", r.json, r.stderr);
+        assert_eq!(d.net.status()["dataplane_health"]["agent"]["pid"], pid);
+        for (id, ns, conf) in [("ctr1", &c1, &conf), ("ctr2", &c2, &conf2)] {
+            let r = d.invoke("DEL", id, &ns.path(), "eth0", conf);
+            assert!(r.ok, "{} {}", r.json, r.stderr);
+        }
+    });
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //!
 //! The runtime runs it with `CNI_COMMAND` and the other `CNI_*` variables set and the
 //! network configuration on stdin; it prints the result (or the error) as JSON on
-//! stdout. Run as `netplane-cni agent --name <instance>`, it is the eBPF data plane's
+//! stdout. Run as `netplane-cni agent --name <instance> [--metrics ADDR] [--mode MODE]`, it is the eBPF data plane's
 //! agent, which an ADD starts from this same executable.
 #![expect(
     unused_crate_dependencies,
@@ -26,11 +26,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [agent, flag, name] = &args[..]
-        && agent == "agent"
-        && flag == "--name"
-    {
-        netplane::dataplane::ebpf::agent::run(name);
+    if let Some((name, agent_args)) = netplane::dataplane::ebpf::agent::AgentArgs::parse(&args) {
+        netplane::dataplane::ebpf::agent::run_with(&name, agent_args);
         return ExitCode::SUCCESS;
     }
     let env = Env::from_process();

@@ -274,6 +274,9 @@ fn attach(
     if let Some(ct) = conf.conntrack {
         config.conntrack = ct;
     }
+    if let Some(metrics) = &conf.metrics {
+        config.metrics = metrics.clone();
+    }
     network_of(conf, &mut config, lease)?;
     if !publish.is_empty() && !conf.gateway_mode().nat() {
         return Err(CniError::new(

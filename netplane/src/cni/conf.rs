@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 
 use super::{CniError, SUPPORTED_VERSIONS, code};
-use crate::config::{ConntrackConfig, GatewayMode, Mode, RouteConfig, fnv1a_32};
+use crate::config::{ConntrackConfig, GatewayMode, MetricsConfig, Mode, RouteConfig, fnv1a_32};
 
 /// The prefix of the netplane instance of a CNI network.
 pub const INSTANCE_PREFIX: &str = "cni-";
@@ -50,6 +50,10 @@ pub struct NetConf {
     /// netplane's own: the TOML `[conntrack]` keys.
     #[serde(default)]
     pub conntrack: Option<ConntrackConfig>,
+    /// netplane's own: the TOML `[metrics]` keys (`{"listen": "127.0.0.1:9975"}`): the
+    /// agent that ADD starts serves Prometheus metrics there.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// netplane's own: the gateway mode, when the bridge plugin's `isGateway`/`ipMasq`
     /// pair does not say enough (see [`NetConf::gateway_mode`]).
     #[serde(default)]

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use netplane_tests::bench::{self, report};
 
 #[derive(Parser)]
@@ -44,27 +44,18 @@ struct Cli {
     /// `cni` (netplane-cni against the reference plugins bridge + host-local + portmap).
     #[arg(long, value_parser = ["dataplane", "cni"])]
     only: Option<String>,
-    #[command(subcommand)]
-    agent: Option<Agent>,
-}
-
-/// `up` in eBPF mode starts its agent by running its own executable (here, this one)
-/// with `agent --name NAME`; the bench measures with the agent running, as in production.
-#[derive(Subcommand)]
-enum Agent {
-    #[command(hide = true)]
-    Agent {
-        #[arg(long)]
-        name: String,
-    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Some(Agent::Agent { name }) = &cli.agent {
-        netplane::dataplane::ebpf::agent::run(name);
+    // `up` in eBPF mode starts its agent by running its own executable (here, this one)
+    // with `agent --name NAME …`; the bench measures with the agent running, as in
+    // production.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some((name, agent_args)) = netplane::dataplane::ebpf::agent::AgentArgs::parse(&args) {
+        netplane::dataplane::ebpf::agent::run_with(&name, agent_args);
         return ExitCode::SUCCESS;
     }
+    let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -159,6 +159,26 @@ impl AgentArgs {
         }
         args
     }
+
+    /// The inverse of [`AgentArgs::command_line`]: the instance and the arguments of an
+    /// agent's command line (after the executable), or `None` when `args` is none. For
+    /// `netplane-cni`, which an ADD runs as the agent, and has no CLI parser of its own.
+    pub fn parse(args: &[String]) -> Option<(String, AgentArgs)> {
+        let (first, rest) = args.split_first()?;
+        if first != "agent" {
+            return None;
+        }
+        let (mut name, mut parsed) = (None, AgentArgs::default());
+        for pair in rest.chunks(2) {
+            match pair {
+                [flag, value] if flag == "--name" => name = Some(value.clone()),
+                [flag, value] if flag == "--metrics" => parsed.metrics = Some(value.parse().ok()?),
+                [flag, value] if flag == "--mode" => parsed.mode = value.parse().ok()?,
+                _ => return None,
+            }
+        }
+        Some((name?, parsed))
+    }
 }
 
 /// The agent's record of itself, shared by its threads; every change is saved at once, so
@@ -205,11 +225,6 @@ fn instance_exists(name: &str, mode: Mode) -> bool {
         Mode::Ebpf => pin_dir(name).exists(),
         _ => state::dir(name).exists(),
     }
-}
-
-/// The eBPF agent's main, without metrics (see [`run_with`]).
-pub fn run(name: &str) {
-    run_with(name, AgentArgs::default());
 }
 
 /// The agent's main: garbage collection and the metrics on threads of their own, the
@@ -625,6 +640,31 @@ pub fn stop(name: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_line_parses_back() {
+        for (metrics, mode) in [
+            (None, Mode::Ebpf),
+            (Some("127.0.0.1:9975"), Mode::Ebpf),
+            (Some("[::1]:9975"), Mode::Iptables),
+        ] {
+            let args = AgentArgs {
+                metrics: metrics.map(|m| m.parse().unwrap()),
+                mode,
+            };
+            let line = args.command_line("np1");
+            assert_eq!(AgentArgs::parse(&line), Some(("np1".to_owned(), args)));
+        }
+        let words = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        for not in [
+            "agent",
+            "agent --name",
+            "agent --metrics x --name n",
+            "add --name n",
+        ] {
+            assert_eq!(AgentArgs::parse(&words(not)), None, "{not}");
+        }
+    }
 
     #[test]
     fn the_command_line_says_what_the_agent_runs_with() {
