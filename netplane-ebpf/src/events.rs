@@ -26,6 +26,9 @@ use crate::parse::Packet;
 /// the first reply, the end.
 const STATE_BITS: u8 = seen::SYN | seen::ACK | seen::FIN | seen::RST | seen::REPLIED;
 
+/// Longer than any one program run takes: a stage's run is microseconds.
+const NOTE_MAX_AGE_NS: u64 = 10_000_000;
+
 /// A stage starts on a packet while a monitor listens: its tuple as it arrived, no flow
 /// event yet. A call of its own, made before the stage's deep calls: its frame is gone
 /// when theirs are stacked.
@@ -39,6 +42,7 @@ pub fn begin<A: Family>(ctx: &TcContext, p: &Packet<A>) {
     unsafe {
         (*n).flow = 0;
         (*n).skb = ctx.skb.skb as u64;
+        (*n).noted_ns = bpf_ktime_get_ns();
         tuple(&mut (*n).orig, p);
     }
 }
@@ -122,7 +126,11 @@ pub extern "C" fn np_event(skb: *mut __sk_buff, mon: u32, path: u32, verdict: i3
     let n = unsafe { &mut *n };
     // The stage reads the monitor's flag at its start and at its tail: a monitor that
     // came in between finds no note of this packet (its tuple would be another's).
-    if n.skb != skb as u64 {
+    // A note older than any stage's run is another packet's, whose tail found the flag
+    // off (a monitor that left), in an skb at the same address since.
+    // SAFETY: a helper that takes nothing.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if n.skb != skb as u64 || now.wrapping_sub(n.noted_ns) > NOTE_MAX_AGE_NS {
         return 0;
     }
     n.skb = 0;
@@ -150,7 +158,7 @@ pub extern "C" fn np_event(skb: *mut __sk_buff, mon: u32, path: u32, verdict: i3
     // SAFETY: `e` is the reserved record, of Event's size, written whole before submit;
     // `skb` is the program's context.
     unsafe {
-        (*e).ts_ns = bpf_ktime_get_ns();
+        (*e).ts_ns = now;
         (*e).ifindex = (*skb).ifindex;
         (*e).len = (*skb).len;
         (*e).kind = event;

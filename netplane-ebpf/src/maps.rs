@@ -186,6 +186,9 @@ pub struct Note {
     /// The skb that crate::events' `begin` noted (its address): the tail writes an event
     /// only for it (see crate::events).
     pub skb: u64,
+    /// When `begin` noted it (bpf_ktime_get_ns): an skb's address is reused, so a note
+    /// left by a run whose tail found the monitor gone is told from this run's by age.
+    pub noted_ns: u64,
     /// The packet's tuple as it arrived: written only while a monitor listens.
     pub orig: Tuple,
     /// An IPv4 packet's protocol, addresses and ports as it leaves (source port in the low

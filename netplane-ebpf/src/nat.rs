@@ -145,6 +145,11 @@ fn rewrite<A: Nat>(
     if p.frag == Frag::First && stage == Side::Dst && conntrack::frag_went_ahead(&fk) {
         return drop(DropReason::FragmentReordered);
     }
+    // Routed and direct flows' rewrite is the identity: not a translation to count.
+    let changed = match stage {
+        Side::Src => p.sport != port || p.saddr != addr,
+        Side::Dst => p.dport != port || p.daddr != addr,
+    };
     if set_port(ctx, p, stage, port)
         .and_then(|()| A::set_addr(ctx, p, stage, addr))
         .is_err()
@@ -154,7 +159,9 @@ fn rewrite<A: Nat>(
     if p.frag == Frag::First {
         conntrack::frag_record(&fk, addr, now);
     }
-    metrics::translated(ctx, path);
+    if changed {
+        metrics::translated(ctx, path);
+    }
     TCX_NEXT
 }
 

@@ -274,7 +274,7 @@ fn dataplane(seen: &Observation) -> Result<Vec<Box<dyn Collector>>, MetricsError
     }
     let ct_full = counter_vec(
         "netplane_conntrack_full_total",
-        "Assured flows that found the main conntrack table full and stayed in the unreplied flows' table.",
+        "Packets of assured flows that found the main conntrack table full (each tries again, so a flow counts once per packet until it enters): the flow stays in the unreplied flows' table, whose LRU may evict it.",
         &["family"],
     )?;
     for (family, n) in &c.conntrack_full {
@@ -282,7 +282,7 @@ fn dataplane(seen: &Observation) -> Result<Vec<Box<dyn Collector>>, MetricsError
     }
     let translated = counter_vec(
         "netplane_nat_translated_packets_total",
-        "Packets the data plane translated, by family, hook and direction.",
+        "Packets whose addresses or ports the data plane rewrote, by family, hook and direction (a translation taken the short way out of a container counts at the network's ingress).",
         &place,
     )?;
     let translated_bytes = counter_vec(
@@ -297,7 +297,7 @@ fn dataplane(seen: &Observation) -> Result<Vec<Box<dyn Collector>>, MetricsError
     }
     let allocations = counter_vec(
         "netplane_nat_port_allocations_total",
-        "Masquerade source ports allocated: the flow's own port, or one the search found.",
+        "Source ports allocated for masquerade and hairpin flows: the flow's own port, or one the search found.",
         &["family", "result"],
     )?;
     let retries = counter_vec(

@@ -271,14 +271,7 @@ fn start_metrics<'scope>(
     let listener = match server::bind(addr) {
         Ok(l) => l,
         Err(e) => {
-            let message = e.to_string();
-            recorder.update(|r| {
-                r.metrics = Some(MetricsRecord {
-                    listen: addr,
-                    error: Some(message.clone()),
-                });
-            });
-            recorder.error(Area::Metrics, message);
+            serve_failed(recorder, addr, e.to_string());
             return;
         }
     };
@@ -313,15 +306,29 @@ fn start_metrics<'scope>(
         .name("metrics".into())
         .spawn_scoped(s, move || {
             if let Err(e) = server::serve(listener, render, || instance_exists(name, args.mode)) {
-                recorder.error(Area::Metrics, e.to_string());
+                serve_failed(recorder, addr, e.to_string());
             }
         });
     if let Err(e) = spawned {
-        recorder.error(
-            Area::Metrics,
+        serve_failed(
+            recorder,
+            addr,
             format!("cannot start the metrics thread: {e}"),
         );
     }
+}
+
+/// The metrics at `addr` are not served (the port taken, the server failed): said in the
+/// record, for `status` and `up`'s warning, and for the next `up`, which starts the agent
+/// again.
+fn serve_failed(recorder: &Recorder, addr: SocketAddr, message: String) {
+    recorder.update(|r| {
+        r.metrics = Some(MetricsRecord {
+            listen: addr,
+            error: Some(message.clone()),
+        });
+    });
+    recorder.error(Area::Metrics, message);
 }
 
 /// The stamp of the eBPF object `up` last loaded for instance `name` (the state's

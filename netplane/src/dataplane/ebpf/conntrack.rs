@@ -476,41 +476,44 @@ where
     FragEntry<A>: aya::Pod,
 {
     let mut removed = 0;
-    // The live entries of both tables; one caught moving into the main table, in both,
-    // once (as `entries_of`).
-    let mut live: Vec<(CtKey<A>, CtEntry<A>)> = Vec::new();
+    let family = if A::CT == maps::CT { "ipv4" } else { "ipv6" };
+    // The main table, walked first, kept open: a flow caught moving into it is in both
+    // tables, and counted once, as `entries_of` lists it. Nothing of the live entries is
+    // kept but their tally: the walk's memory does not grow with the table.
+    let mut main: Option<HashMap<MapData, CtKey<A>, CtEntry<A>>> = None;
     for map in tables::<A>() {
         let Some(Ok(mut ct)) =
             pinned_map(name, map).map(HashMap::<_, CtKey<A>, CtEntry<A>>::try_from)
         else {
             continue;
         };
-        let (gone, kept): (Vec<_>, Vec<_>) = ct
-            .iter()
-            .filter_map(Result::ok)
-            .partition(|(k, e)| timeouts.expired(k.proto, e, now));
-        removed += gone.iter().filter(|(k, _)| ct.remove(k).is_ok()).count();
+        let (mut gone, mut kept) = (Vec::new(), 0);
+        for (k, e) in ct.iter().filter_map(Result::ok) {
+            if timeouts.expired(k.proto, &e, now) {
+                gone.push(k);
+                continue;
+            }
+            kept += 1;
+            let moving = !is_main(map) && main.as_ref().is_some_and(|m| m.get(&k, 0).is_ok());
+            if listed(&k, &e) && !moving {
+                let class = (
+                    family,
+                    kind_name(e.kind),
+                    proto_name(k.proto),
+                    state_name(k.proto, e.seen),
+                );
+                *count.flows.entry(class).or_default() += 1;
+            }
+        }
+        removed += gone.iter().filter(|k| ct.remove(k).is_ok()).count();
         count.tables.push(CtTableCount {
             name: map,
-            entries: kept.len() as u64,
+            entries: kept,
             max_entries: ct.map().info().ok().map(|i| u64::from(i.max_entries())),
         });
         if is_main(map) {
-            live = kept;
-        } else {
-            let main: std::collections::HashSet<CtKey<A>> = live.iter().map(|(k, _)| *k).collect();
-            live.extend(kept.into_iter().filter(|(k, _)| !main.contains(k)));
+            main = Some(ct);
         }
-    }
-    let family = if A::CT == maps::CT { "ipv4" } else { "ipv6" };
-    for (k, e) in live.iter().filter(|(k, e)| listed(k, e)) {
-        let class = (
-            family,
-            kind_name(e.kind),
-            proto_name(k.proto),
-            state_name(k.proto, e.seen),
-        );
-        *count.flows.entry(class).or_default() += 1;
     }
     if let Some(map) = pinned_map(name, A::FRAGS)
         && let Ok(mut frags) = HashMap::<_, FragKey<A>, FragEntry<A>>::try_from(map)

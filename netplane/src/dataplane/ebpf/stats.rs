@@ -50,7 +50,18 @@ pub(super) fn status(plan: &Plan) -> DataplaneStatus {
     if plan.dual_stack() {
         st.conntrack6 = conntrack_fill::<Ip6>(name);
     }
-    st.maps = seen.fills;
+    // `observe` leaves the conntrack tables to the agent's count; `status` walks the
+    // unreplied flows' table for its fill, once.
+    st.maps = [
+        hash_fill::<CtKey, CtEntry>(name, maps::CT_NEW),
+        plan.dual_stack()
+            .then(|| hash_fill::<CtKey<Ip6>, CtEntry<Ip6>>(name, maps::CT6_NEW))
+            .flatten(),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(seen.fills)
+    .collect();
     st.drops = drop_counters(name)
         .into_iter()
         .map(|(reason, n)| (reason.to_owned(), n))
@@ -207,7 +218,8 @@ where
     })
 }
 
-/// The fill of family `A`'s bounded maps of instance `name`, those that are pinned.
+/// The fill of family `A`'s bounded maps of instance `name`, those that are pinned, but
+/// the conntrack tables, which the agent's garbage collection counts (see `observe`).
 fn family_fills<A: Family>(name: &str) -> Vec<MapFill>
 where
     CtKey<A>: aya::Pod,
@@ -221,7 +233,6 @@ where
     SockRevEntry<A>: aya::Pod,
 {
     [
-        hash_fill::<CtKey<A>, CtEntry<A>>(name, A::CT_NEW),
         hash_fill::<FragKey<A>, FragEntry<A>>(name, A::FRAGS),
         hash_fill::<FragKey<A>, Tick>(name, A::FRAGS_EARLY),
         hash_fill::<CtKey<A>, u32>(name, A::MASQ_PORTS),
