@@ -141,6 +141,19 @@ pub mod kind {
     pub const DIRECT: u8 = 5;
     /// Set on the entries of the reply direction.
     pub const REPLY: u8 = 0x80;
+
+    /// The kind's name, as `netplane conntrack`, the metrics and the monitor say it (the
+    /// direction bit aside).
+    pub const fn name(k: u8) -> &'static str {
+        match k & !REPLY {
+            MASQUERADE => "masquerade",
+            PUBLISHED => "published",
+            HAIRPIN => "hairpin",
+            ROUTED => "routed",
+            DIRECT => "direct",
+            _ => "unknown",
+        }
+    }
 }
 
 /// What a stage writes into a matching packet: the address and port of the side it

@@ -18,21 +18,44 @@ macro_rules! np_debug {
     };
 }
 
+use netplane_common::nat::{DropReason, kind};
+use netplane_common::observe::path_of;
+
 /// A packet dropped: its reason (`netplane_common::nat::DropReason`), where (an
-/// `observe::path_slot`) and its length.
+/// `observe::path_slot`) and its length, by name as `status` and the metrics say them.
 #[inline(never)]
 pub fn dropped(reason: u32, path: u32, len: u32) {
-    np_debug!("drop: reason {} at path {}, {} bytes", reason, path, len);
+    let reason = match DropReason::ALL.get(reason as usize) {
+        Some(r) => r.name(),
+        None => "unknown",
+    };
+    let (v6, hook, dir) = path_of(path);
+    np_debug!(
+        "drop: {} at {} {} ({}), {} bytes",
+        reason,
+        hook.name(),
+        dir.name(),
+        family(v6),
+        len
+    );
 }
 
 /// A new flow: its conntrack kind (`netplane_common::nat::kind`), where it began, and
 /// its source port after translation (network byte order).
 #[inline(never)]
-pub fn new_flow(kind: u32, path: u32, port: u16) {
+pub fn new_flow(k: u32, path: u32, port: u16) {
+    let (v6, hook, dir) = path_of(path);
     np_debug!(
-        "new flow: kind {} at path {}, port {}",
-        kind,
-        path,
+        "new {} flow at {} {} ({}), source port {}",
+        kind::name(k as u8),
+        hook.name(),
+        dir.name(),
+        family(v6),
         u16::from_be(port)
     );
+}
+
+#[inline(always)]
+fn family(v6: bool) -> &'static str {
+    if v6 { "ipv6" } else { "ipv4" }
 }

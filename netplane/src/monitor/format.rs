@@ -104,18 +104,6 @@ fn dir_name(d: u8) -> &'static str {
     }
 }
 
-/// The conntrack entry's kind, as `netplane conntrack` names it.
-fn ct_kind_name(k: u8) -> &'static str {
-    match k & !kind::REPLY {
-        kind::MASQUERADE => "masquerade",
-        kind::PUBLISHED => "published",
-        kind::HAIRPIN => "hairpin",
-        kind::ROUTED => "routed",
-        kind::DIRECT => "direct",
-        _ => "flow",
-    }
-}
-
 /// A flow's state from its TCP flags, as `netplane conntrack` shows it; other protocols
 /// are `NEW` until a reply passed.
 fn state_name(proto: u8, s: u8) -> &'static str {
@@ -168,10 +156,10 @@ fn interface(ev: &Event, ifname: Option<&str>) -> String {
 pub(super) fn line(ev: &Event, cx: &Context) -> String {
     let what = match ev.kind {
         event_kind::DROP => format!("DROP {}", reason_name(ev.reason)),
-        event_kind::FLOW_NEW => format!("FLOW new {}", ct_kind_name(ev.ct_kind)),
+        event_kind::FLOW_NEW => format!("FLOW new {}", kind::name(ev.ct_kind)),
         event_kind::FLOW_STATE => format!(
             "FLOW state {} {} [{}]",
-            ct_kind_name(ev.ct_kind),
+            kind::name(ev.ct_kind),
             state_name(ev.proto, ev.seen),
             seen_flags(ev.seen).join(",")
         ),
@@ -247,7 +235,7 @@ pub(super) fn json(ev: &Event, cx: &Context) -> String {
             _ => "unknown",
         },
         reason: drop.then(|| reason_name(ev.reason)),
-        kind: (!drop).then(|| ct_kind_name(ev.ct_kind)),
+        kind: (!drop).then(|| kind::name(ev.ct_kind)),
         state: (!drop).then(|| state_name(ev.proto, ev.seen)),
         seen: (!drop).then(|| seen_flags(ev.seen)),
         hook: hook_name(ev.hook),

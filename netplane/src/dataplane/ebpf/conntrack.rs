@@ -498,7 +498,7 @@ where
             if listed(&k, &e) && !moving {
                 let class = (
                     family,
-                    kind_name(e.kind),
+                    kind::name(e.kind),
                     proto_name(k.proto),
                     state_name(k.proto, e.seen),
                 );
@@ -651,16 +651,6 @@ fn listed<A>(k: &CtKey<A>, e: &CtEntry<A>) -> bool {
     e.kind & kind::REPLY == 0 && (e.kind != kind::HAIRPIN || k.stage == Side::Dst as u8)
 }
 
-fn kind_name(k: u8) -> &'static str {
-    match k {
-        kind::MASQUERADE => "masquerade",
-        kind::PUBLISHED => "published",
-        kind::ROUTED => "routed",
-        kind::DIRECT => "direct",
-        _ => "hairpin",
-    }
-}
-
 /// A flow's state as the metrics label it: TCP's from the flags seen, `none` for the
 /// protocols without.
 fn state_name(proto: u8, seen: u8) -> &'static str {
@@ -746,7 +736,7 @@ where
             let life = u64::from(timeouts.lifetime_s(k.proto, e.seen));
             Flow {
                 protocol: proto_name(k.proto),
-                kind: kind_name(e.kind),
+                kind: kind::name(e.kind),
                 original: format!("{src} → {dst}"),
                 translated,
                 state: match state_name(k.proto, e.seen) {
