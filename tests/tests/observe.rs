@@ -39,6 +39,18 @@ ip = "10.89.1.10"
     )
 }
 
+/// A sandboxed host whose instance is up in `mode`, serving metrics at [`LISTEN`], with
+/// `extra` config (TOML tables after `[metrics]`).
+fn up_with_metrics(mode: &str, extra: &str) -> Host {
+    let h = Host::new();
+    h.write_config(&config(
+        mode,
+        &format!("[metrics]\nlisten = \"{LISTEN}\"\n{extra}"),
+    ));
+    h.netplane_ok(&["up"]);
+    h
+}
+
 /// `promtool check metrics` passes the exposition: exit 0, nothing said.
 fn assert_promtool_clean(exposition: &str) {
     let (ok, said) = promtool_check(exposition);
@@ -199,12 +211,7 @@ fn each_kind_of_drop_is_counted_where_it_happened() {
     if !privileged("each_kind_of_drop_is_counted_where_it_happened") {
         return;
     }
-    let h = Host::new();
-    h.write_config(&config(
-        "ebpf",
-        &format!("[metrics]\nlisten = \"{LISTEN}\""),
-    ));
-    h.netplane_ok(&["up"]);
+    let h = up_with_metrics("ebpf", "");
     scrape_until(&h, LISTEN, Duration::from_secs(3), |_| true);
     let web = h.container("web");
     let peer = h.container("peer");
@@ -267,12 +274,7 @@ fn a_full_conntrack_table_is_counted() {
     if !privileged("a_full_conntrack_table_is_counted") {
         return;
     }
-    let h = Host::new();
-    h.write_config(&config(
-        "ebpf",
-        &format!("[metrics]\nlisten = \"{LISTEN}\"\n[conntrack]\nmax_entries = 64"),
-    ));
-    h.netplane_ok(&["up"]);
+    let h = up_with_metrics("ebpf", "[conntrack]\nmax_entries = 64");
     let _echo = Server::start(
         &h.outside,
         &["echo-all", "tcp", &format!("{OUTSIDE_IP}:7000")],
@@ -331,12 +333,7 @@ fn flows_and_translations_are_counted() {
     if !privileged("flows_and_translations_are_counted") {
         return;
     }
-    let h = Host::new();
-    h.write_config(&config(
-        "ebpf",
-        &format!("[metrics]\nlisten = \"{LISTEN}\""),
-    ));
-    h.netplane_ok(&["up"]);
+    let h = up_with_metrics("ebpf", "");
     let web = h.container("web");
     let answer = tcp_exchange(
         &h.outside,
@@ -395,12 +392,7 @@ fn a_killed_agent_serves_nothing_and_a_new_one_starts_from_zero() {
     if !privileged("a_killed_agent_serves_nothing_and_a_new_one_starts_from_zero") {
         return;
     }
-    let h = Host::new();
-    h.write_config(&config(
-        "ebpf",
-        &format!("[metrics]\nlisten = \"{LISTEN}\""),
-    ));
-    h.netplane_ok(&["up"]);
+    let h = up_with_metrics("ebpf", "");
     std::thread::sleep(Duration::from_millis(1500));
     let text = scrape_until(&h, LISTEN, Duration::from_secs(3), |_| true);
     let started = sample(&text, "netplane_agent_start_time_seconds", &[]).unwrap();
@@ -447,12 +439,7 @@ fn iptables_dnat_counters_rise_with_connections() {
     if !privileged("iptables_dnat_counters_rise_with_connections") {
         return;
     }
-    let h = Host::new();
-    h.write_config(&config(
-        "iptables",
-        &format!("[metrics]\nlisten = \"{LISTEN}\""),
-    ));
-    h.netplane_ok(&["up"]);
+    let h = up_with_metrics("iptables", "");
     let labels = [
         ("protocol", "tcp"),
         ("host_port", "8080"),
