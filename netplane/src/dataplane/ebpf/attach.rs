@@ -458,7 +458,9 @@ pub(super) fn attach_all(
     let mut changes = Vec::new();
     // Every TC program is loaded and pinned, even one with no device yet (a ptp network
     // without containers): later containers attach it from its pin.
-    for (prog, _, _) in programs(plan) {
+    let names: Vec<&str> = programs(plan).map(|(prog, _, _)| prog).collect();
+    load_in_parallel(bpf, &names)?;
+    for prog in names {
         load_and_pin(bpf, prog, &program_pin(dir, prog))?;
     }
     for (prog, kind, device) in attachments(plan, uplink) {
@@ -474,6 +476,64 @@ pub(super) fn attach_all(
         attach_cgroup(bpf, prog, &pin)?;
     }
     Ok(changes)
+}
+
+/// Loads the TC programs `names` of `bpf` that are not loaded yet, on as many threads as
+/// there are CPUs. The verifier is most of a cold `up` (each NAT program takes 20–250 ms),
+/// and a privileged BPF_PROG_LOAD takes no global lock (kernel/bpf/verifier.c takes
+/// `bpf_verifier_lock` only for unprivileged loads), so loads on two CPUs verify at once.
+/// The threads take the programs from one queue, the costliest to verify first.
+fn load_in_parallel(bpf: &mut AyaEbpf, names: &[&str]) -> Result<(), EbpfError> {
+    let mut todo: Vec<(&str, &mut SchedClassifier)> = bpf
+        .programs_mut()
+        .filter(|(name, _)| names.contains(name))
+        .filter_map(|(name, p)| <&mut SchedClassifier>::try_from(p).ok().map(|p| (name, p)))
+        .filter(|(_, p)| p.fd().is_err())
+        .collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(todo.len());
+    if threads < 2 {
+        return Ok(());
+    }
+    // Popped from the end: the cheapest first in the vector.
+    todo.sort_by_key(|(name, _)| std::cmp::Reverse(verify_rank(name)));
+    let queue = std::sync::Mutex::new(todo);
+    let next = || {
+        queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+    };
+    std::thread::scope(|s| {
+        let loads: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| -> Result<(), EbpfError> {
+                    while let Some((name, prog)) = next() {
+                        prog.load().map_err(EbpfError::load(name))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        loads.into_iter().try_for_each(|l| {
+            l.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
+}
+
+/// How costly TC program `name` is to verify, lowest first: what the stages do (the
+/// verified instruction counts in docs/bench/monitor.md: the uplink's egress and the
+/// networks' ingress, where new flows are made, are the largest; a network's egress, the
+/// smallest).
+fn verify_rank(name: &str) -> u8 {
+    let name = name.trim_end_matches('6');
+    match name {
+        "netplane_uplink_egress" | "netplane_bridge_ingress" => 0,
+        "netplane_uplink_ingress" => 1,
+        _ => 2,
+    }
 }
 
 /// Loads TC program `program` of `bpf` and pins it at `pin`, over the pin of an earlier
