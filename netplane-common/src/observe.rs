@@ -72,7 +72,11 @@ pub const PATH_SLOTS: u32 = 8;
 
 /// The inverse of [`path_slot`], for the readers.
 pub const fn path_of(slot: u32) -> (bool, Hook, Dir) {
-    let dir = if slot & 1 == 0 { Dir::Ingress } else { Dir::Egress };
+    let dir = if slot & 1 == 0 {
+        Dir::Ingress
+    } else {
+        Dir::Egress
+    };
     let hook = if (slot >> 1) & 1 == 0 {
         Hook::Uplink
     } else {

@@ -567,7 +567,11 @@ fn a_dead_attachment_is_swept_and_a_del_the_host_refuses_keeps_the_lease() {
     while d.net.host_veths().len() > 1 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(d.net.host_veths().len(), 1, "ctr1's host veth went with its netns");
+    assert_eq!(
+        d.net.host_veths().len(),
+        1,
+        "ctr1's host veth went with its netns"
+    );
     let r = d.invoke("ADD", "ctr3", &c3.path(), "eth0", &port(8300));
     assert!(r.ok, "{} {}", r.json, r.stderr);
     assert_eq!(d.leases().len(), 2, "ctr1's lease went back");

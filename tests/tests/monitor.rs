@@ -504,7 +504,10 @@ fn log_prints_the_programs_debug_logs_only_when_they_have_them() {
             // The isolation drop, by the names `status` and the metrics use.
             && l.contains("drop: isolation at network ingress (ipv4), ")
     });
-    assert!(logged.is_some(), "no `TIME DEBUG drop: isolation …` line: {lines:?}");
+    assert!(
+        logged.is_some(),
+        "no `TIME DEBUG drop: isolation …` line: {lines:?}"
+    );
     kill(Pid::from_raw(m.child.id() as i32), Signal::SIGTERM).unwrap();
     assert!(m.child.wait().unwrap().success());
 }

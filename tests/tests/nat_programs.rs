@@ -1009,10 +1009,7 @@ fn routed_containers_go_out_untranslated_and_their_flows_replies_come_back() {
     // Its replies go through the translation stage, whose rewrite is the identity: not
     // counted as translated (netplane_nat_translated_packets_total).
     let translated = p.translated();
-    assert!(
-        translated.iter().all(|c| c.packets == 0),
-        "{translated:?}"
-    );
+    assert!(translated.iter().all(|c| c.packets == 0), "{translated:?}");
     // The same peer on another tuple is not a reply.
     dropped(
         &mut p,

@@ -199,7 +199,9 @@ mod tests {
     fn metrics_are_off_unless_listen_is_set() {
         let plan = |text: &str| Config::parse(text, "test").and_then(|c| c.plan());
         assert_eq!(plan("").unwrap().metrics.listen, None);
-        let metrics = plan("[metrics]\nlisten = \"127.0.0.1:9975\"\n").unwrap().metrics;
+        let metrics = plan("[metrics]\nlisten = \"127.0.0.1:9975\"\n")
+            .unwrap()
+            .metrics;
         assert_eq!(metrics.listen, Some("127.0.0.1:9975".parse().unwrap()));
         for bad in ["9975", "localhost:9975", "127.0.0.1:0", "127.0.0.1:99999"] {
             let e = plan(&format!("[metrics]\nlisten = \"{bad}\"\n"))

@@ -173,7 +173,9 @@ async fn events(name: &str, mask: u32, json: bool, mut signals: Signals) -> anyh
 
 /// One record of the ring buffer as an [`Event`]; `None` for a short one.
 fn read_event(item: &[u8]) -> Option<Event> {
-    Some(bytemuck::pod_read_unaligned(item.get(..size_of::<Event>())?))
+    Some(bytemuck::pod_read_unaligned(
+        item.get(..size_of::<Event>())?,
+    ))
 }
 
 /// Writes events as lines.
