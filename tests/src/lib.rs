@@ -20,6 +20,7 @@ pub mod http;
 pub mod multihost;
 pub mod packet;
 pub mod sandbox;
+pub mod testrun;
 
 pub use sandbox::{Netns, Sandbox};
 

@@ -10,7 +10,6 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use netplane::config::{Config, Plan};
-use netplane::dataplane::HostContext;
 use netplane::dataplane::ebpf::TestRunPrograms;
 use netplane::dataplane::ebpf::testrun::instruction_counts;
 use netplane_common::counters::Counters;
@@ -60,18 +59,7 @@ fn plan_with(conntrack: &str) -> Plan {
 
 /// The programs with maps programmed for `plan`, on a host whose uplink has address U.
 fn programs_for(plan: &Plan) -> TestRunPrograms {
-    let host = HostContext {
-        uplink: "up0".into(),
-        uplink_index: 0,
-        uplink_addr: Ipv4Addr::from(U),
-        local_addrs: std::iter::once(Ipv4Addr::from(U))
-            .chain(plan.networks.iter().filter_map(|n| n.gateway))
-            .collect(),
-        uplink_addr6: None,
-        local_addrs6: Vec::new(),
-        links: Vec::new(),
-        touched: None,
-    };
+    let host = netplane_tests::testrun::host(plan, Ipv4Addr::from(U), None);
     TestRunPrograms::load(plan, &host).expect("load the NAT programs")
 }
 
@@ -465,20 +453,7 @@ network = "npb"
     let plan = Config::parse(text, "test").unwrap().plan().unwrap();
     let ip6 = |name: &str| plan.containers.iter().find(|c| c.name == name).unwrap().ip6;
     assert_eq!((ip6("web"), ip6("other")), (Some(WEB6), Some(OTHER6)));
-    let host = HostContext {
-        uplink: "up0".into(),
-        uplink_index: 0,
-        uplink_addr: Ipv4Addr::from(U),
-        local_addrs: std::iter::once(Ipv4Addr::from(U))
-            .chain(plan.networks.iter().filter_map(|n| n.gateway))
-            .collect(),
-        uplink_addr6: Some(U6),
-        local_addrs6: std::iter::once(U6)
-            .chain(plan.networks.iter().filter_map(|n| n.gateway6))
-            .collect(),
-        links: Vec::new(),
-        touched: None,
-    };
+    let host = netplane_tests::testrun::host(&plan, Ipv4Addr::from(U), Some(U6));
     TestRunPrograms::load(&plan, &host).expect("load the NAT programs, IPv6 ones included")
 }
 

@@ -9,7 +9,6 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use netplane::config::{Config, Plan};
-use netplane::dataplane::HostContext;
 use netplane::dataplane::ebpf::TestRunPrograms;
 use netplane_common::csum;
 use netplane_common::packet::{IPPROTO_TCP, IPPROTO_UDP};
@@ -82,21 +81,7 @@ fn programs() -> TestRunPrograms {
         (Some(WEB), Some(PEER)),
         "the addresses the tests use"
     );
-    let host = HostContext {
-        uplink: "up0".into(),
-        uplink_index: 0,
-        uplink_addr: Ipv4Addr::from(U4),
-        local_addrs: std::iter::once(Ipv4Addr::from(U4))
-            .chain(plan.networks.iter().filter_map(|n| n.gateway))
-            .collect(),
-        uplink_addr6: Some(U6),
-        local_addrs6: std::iter::once(U6)
-            .chain(std::iter::once(Ipv6Addr::LOCALHOST))
-            .chain(plan.networks.iter().filter_map(|n| n.gateway6))
-            .collect(),
-        links: Vec::new(),
-        touched: None,
-    };
+    let host = netplane_tests::testrun::host(&plan, Ipv4Addr::from(U4), Some(U6));
     TestRunPrograms::load(&plan, &host).expect("load the NAT programs, IPv6 ones included")
 }
 

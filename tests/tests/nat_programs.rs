@@ -62,24 +62,7 @@ fn programs() -> TestRunPrograms {
 /// which carries every network's gateway (as HostContext::from_host lists them: an
 /// isolated network's too, which the data plane must leave out).
 fn programs_for(plan: &Plan) -> TestRunPrograms {
-    let host = HostContext {
-        uplink: "up0".into(),
-        uplink_index: 0,
-        uplink_addr: Ipv4Addr::from(U),
-        // As HostContext::from_host: an isolated network's gateway is not the host's.
-        local_addrs: std::iter::once(Ipv4Addr::from(U))
-            .chain(
-                plan.networks
-                    .iter()
-                    .filter(|n| n.has_gateway())
-                    .filter_map(|n| n.gateway),
-            )
-            .collect(),
-        uplink_addr6: None,
-        local_addrs6: Vec::new(),
-        links: Vec::new(),
-        touched: None,
-    };
+    let host = netplane_tests::testrun::host(plan, Ipv4Addr::from(U), None);
     TestRunPrograms::load(plan, &host).expect("load the NAT programs")
 }
 
