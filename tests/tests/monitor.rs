@@ -228,6 +228,25 @@ fn a_drop_is_printed_with_its_reason_and_tuple_and_sigint_turns_the_events_off()
     assert_eq!(flag(h.name()), Some(0), "SIGINT turns the events off");
 }
 
+/// Waits for the monitor's first new-flow event and checks it: a masqueraded flow of
+/// `family` from `src` to `dst`, leaving as `xlat` (the uplink's address, the port kept).
+fn expect_new_masquerade(m: &Monitor, family: &str, src: &str, xlat: &str, dst: &str) {
+    let new = m
+        .find(Duration::from_secs(5), |v| v["event"] == "new")
+        .unwrap_or_else(|lines| panic!("no new flow; got {lines:?}"));
+    assert_eq!(
+        (&new["type"], &new["family"], &new["kind"]),
+        (&"flow".into(), &family.into(), &"masquerade".into()),
+        "{new}"
+    );
+    assert_eq!(tuple(&new["original"]), format!("{src} → {dst}"), "{new}");
+    assert_eq!(
+        tuple(&new["translated"]),
+        format!("{xlat} → {dst}"),
+        "the uplink's address, the port kept: {new}"
+    );
+}
+
 #[test]
 fn a_new_masqueraded_flow_is_printed_with_its_translation() {
     if !privileged("a_new_masqueraded_flow_is_printed_with_its_translation") {
@@ -246,23 +265,12 @@ fn a_new_masqueraded_flow_is_printed_with_its_translation() {
         Some(4444),
     )
     .unwrap();
-    let new = m
-        .find(Duration::from_secs(5), |v| v["event"] == "new")
-        .unwrap_or_else(|lines| panic!("no new flow; got {lines:?}"));
-    assert_eq!(
-        (&new["type"], &new["kind"]),
-        (&"flow".into(), &"masquerade".into()),
-        "{new}"
-    );
-    assert_eq!(
-        tuple(&new["original"]),
-        format!("{WEB}:4444 → {OUTSIDE_IP}:7001"),
-        "{new}"
-    );
-    assert_eq!(
-        tuple(&new["translated"]),
-        format!("{UPLINK_IP}:4444 → {OUTSIDE_IP}:7001"),
-        "the uplink's address, the port kept: {new}"
+    expect_new_masquerade(
+        &m,
+        "ipv4",
+        &format!("{WEB}:4444"),
+        &format!("{UPLINK_IP}:4444"),
+        &format!("{OUTSIDE_IP}:7001"),
     );
     // One event per flow, not per packet: the reply is no new flow.
     let more = m.drain(Duration::from_millis(500));
@@ -370,23 +378,12 @@ fn ipv6_events_carry_ipv6_tuples() {
         Some(4444),
     )
     .unwrap();
-    let new = m
-        .find(Duration::from_secs(5), |v| v["event"] == "new")
-        .unwrap_or_else(|lines| panic!("no new flow; got {lines:?}"));
-    assert_eq!(
-        (&new["family"], &new["kind"]),
-        (&"ipv6".into(), &"masquerade".into()),
-        "{new}"
-    );
-    assert_eq!(
-        tuple(&new["original"]),
-        format!("{web6}:4444 → {OUTSIDE_IP6}:7001"),
-        "{new}"
-    );
-    assert_eq!(
-        tuple(&new["translated"]),
-        format!("{UPLINK_IP6}:4444 → {OUTSIDE_IP6}:7001"),
-        "{new}"
+    expect_new_masquerade(
+        &m,
+        "ipv6",
+        &format!("{web6}:4444"),
+        &format!("{UPLINK_IP6}:4444"),
+        &format!("{OUTSIDE_IP6}:7001"),
     );
     let _ = client(
         &h.container("other"),
