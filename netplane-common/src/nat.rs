@@ -460,7 +460,11 @@ pub mod forwarded {
     pub const INTO_CONTAINER: u32 = 0;
     /// Out of a container, to the uplink's next hop (bpf_redirect_neigh).
     pub const OUT_OF_CONTAINER: u32 = 1;
-    pub const SLOTS: u32 = 2;
+    /// Out of a container, at its host veth before the bridge (netplane_from_container).
+    pub const FROM_CONTAINER: u32 = 2;
+    /// From the uplink into a container, by bpf_redirect_peer (flags::PEER_DELIVERY).
+    pub const INTO_CONTAINER_PEER: u32 = 3;
+    pub const SLOTS: u32 = 4;
 }
 
 /// Per-instance settings, the single entry of the config array.
@@ -506,6 +510,15 @@ pub mod flags {
     pub const ROUTES: u32 = 8;
     /// Some network is `isolated`: the bridges' egress looks at what the host sends.
     pub const ISOLATED: u32 = 16;
+    /// Bridge networks' host veths carry `netplane_from_container`: a container's packet of
+    /// a known translated flow leaves for the uplink there, before the bridge.
+    pub const FROM_CONTAINER: u32 = 32;
+    /// Into containers by `bpf_redirect_peer` (straight to the container's ingress, no
+    /// backlog hop) rather than `bpf_redirect` to the host veth.
+    pub const PEER_DELIVERY: u32 = 64;
+    /// With PEER_DELIVERY, pure ACKs too (otherwise they cross the bridge: a faster ACK
+    /// path slowed a container's bulk sender on veth, see forward.rs).
+    pub const PEER_ACKS: u32 = 128;
 }
 
 /// How many ports masquerade tries after the original one.
