@@ -2,7 +2,9 @@
 //!
 //! Into a container, [`to_container`] transmits the packet on the host end of the
 //! container's veth pair (bpf_redirect): past the host's routing, the neighbour table and
-//! the bridge. Elsewhere, [`route`] and [`send`] do:
+//! the bridge; or, with `flags::PEER_DELIVERY` (`[ebpf] into_container = "peer"`), puts it
+//! straight on the ingress of the container's end (bpf_redirect_peer), past the veth's
+//! transmit and its backlog queue too. Elsewhere, [`route`] and [`send`] do:
 //!
 //! A packet that a NAT stage has just translated, of a flow conntrack already knows, needs
 //! nothing more from the stack than a route and a neighbour: `ip_rcv()`, the route cache,
@@ -23,7 +25,10 @@
 //! bpf_redirect_peer() (Cilium's delivery, which skips even the veth's backlog) 0.79–0.87,
 //! everything by bpf_redirect() to the host veth 1.01, everything through the bridge 1.20,
 //! pure ACKs through the bridge and the rest to the host veth 1.18; connections/s gain
-//! most from the last.
+//! most from the last. So the way in is a runtime switch (`DpConfig::flags`, no reload):
+//! `veth` (bpf_redirect, the default), `peer` (bpf_redirect_peer, pure ACKs still through
+//! the bridge) or `peer-all` (pure ACKs too, `flags::PEER_ACKS`), for the bench to measure
+//! each on streams and on connections.
 //!
 //! IPv6 takes the same way ([`Forward`] says what differs): its hop limit has no header
 //! checksum to update, and a packet with extension headers goes through the stack.
@@ -34,7 +39,7 @@ use aya_ebpf::bindings::{
     bpf_redir_neigh__bindgen_ty_1,
 };
 use aya_ebpf::helpers::generated::{
-    bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh,
+    bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
 };
 use aya_ebpf::programs::TcContext;
 use netplane_common::addr::Ip6;
@@ -330,11 +335,17 @@ pub fn send<A: Forward>(ctx: &TcContext, route: &Route<A>, slot: u32) -> i32 {
     }
 }
 
-/// Delivers the packet, now addressed to `p.daddr`, to that container's veth if it is one
-/// of ours and the packet needs nothing the stack would do. None: take another way.
+/// Delivers the packet, now addressed to `p.daddr`, to that container's veth (or, with
+/// `flags::PEER_DELIVERY`, into the container's end of it) if it is one of ours and the
+/// packet needs nothing the stack would do. None: take another way.
 #[inline(always)]
 pub fn to_container<A: Forward>(ctx: &TcContext, p: &Packet<A>, cfg: &DpConfig) -> Option<i32> {
-    if !eligible(p, cfg) || pure_ack(ctx, p) {
+    let peer = cfg.flags & flags::PEER_DELIVERY != 0;
+    if !eligible(p, cfg) {
+        return None;
+    }
+    // Pure ACKs through the bridge, unless peer delivery is asked for them too.
+    if (!peer || cfg.flags & flags::PEER_ACKS == 0) && pure_ack(ctx, p) {
         return None;
     }
     // SAFETY: a lookup; the value is copied out.
@@ -354,6 +365,14 @@ pub fn to_container<A: Forward>(ctx: &TcContext, p: &Packet<A>, cfg: &DpConfig) 
     hdr[..6].copy_from_slice(&ep.mac);
     hdr[6..12].copy_from_slice(&ep.gateway_mac);
     A::decrement_ttl(ctx).ok()?;
+    if peer {
+        count(forwarded::INTO_CONTAINER_PEER);
+        // Onto the ingress of the veth's other end, in the container's netns: no transmit,
+        // no backlog. skb_do_redirect() honours BPF_F_PEER only from TC ingress (here, the
+        // uplink's) and scrubs the packet for the other netns.
+        // SAFETY: a helper that takes plain values.
+        return Some(unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32);
+    }
     count(forwarded::INTO_CONTAINER);
     // SAFETY: a helper that takes plain values; flags 0: the device's egress.
     Some(unsafe { bpf_redirect(ep.ifindex, 0) } as i32)

@@ -87,7 +87,18 @@ pub fn netplane_bridge_egress(ctx: TcContext) -> i32 {
     nat::src_stage::<u32>(&ctx, Hook::Network)
 }
 
-// The same four for IPv6: the same code, compiled for it (crate::family). Programs of
+/// A bridge network's host veth, TC ingress (packets its container sends), which runs in
+/// the veth's own receive, before the bridge's rx_handler (__netif_receive_skb_core():
+/// TCX ingress comes first): a packet of a flow that the uplink translates leaves here for
+/// the uplink's next hop, past the bridge and the host's second receive
+/// (nat::from_container). Everything else goes on (TCX_NEXT) into the bridge, whose
+/// programs see it as before. ptp host veths carry netplane_bridge_ingress instead.
+#[classifier]
+pub fn netplane_from_container(ctx: TcContext) -> i32 {
+    nat::from_container::<u32>(&ctx)
+}
+
+// The same five for IPv6: the same code, compiled for it (crate::family). Programs of
 // their own, attached after the IPv4 ones only where a network has a subnet6, so that
 // IPv4 pays nothing for IPv6 it does not use, and each family's chain of calls has the
 // verifier's 512 bytes of stack to itself.
@@ -110,6 +121,11 @@ pub fn netplane_bridge_ingress6(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn netplane_bridge_egress6(ctx: TcContext) -> i32 {
     nat::src_stage::<Ip6>(&ctx, Hook::Network)
+}
+
+#[classifier]
+pub fn netplane_from_container6(ctx: TcContext) -> i32 {
+    nat::from_container::<Ip6>(&ctx)
 }
 
 /// Host processes connecting (TCP, connected UDP) to a published port.

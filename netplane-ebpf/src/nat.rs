@@ -37,9 +37,9 @@ use crate::forward::Forward;
 use crate::icmp::Quoting;
 use crate::metrics::{self, drop};
 use crate::nat_port::{
-    Masquerade, local_socket, masquerade_port, masqueraded, remember, reserve_port,
+    Masquerade, known_port, local_socket, masquerade_port, masqueraded, remember, reserve_port,
 };
-use crate::parse::{Frag, Kind, Packet, ether_type};
+use crate::parse::{Frag, Kind, Packet, ether_type, ptr_at};
 use crate::{events, forward, icmp};
 
 /// A family the NAT stages translate: everything below them, for it.
@@ -269,7 +269,9 @@ fn dst_nat_inline<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, ho
     if hook == Hook::Network {
         if !is_local(p.daddr) {
             return match access::onward(p, cfg) {
-                Ok(Onward::Outside) => out_of_bridge(ctx, p, cfg),
+                Ok(Onward::Outside) => {
+                    out_of_bridge(ctx, p, cfg, forwarded::OUT_OF_CONTAINER, true)
+                }
                 Ok(Onward::Container | Onward::Untranslated) => TCX_NEXT,
                 Err(reason) => drop(reason),
             };
@@ -491,12 +493,21 @@ v6_outlined! {
     }
 }
 
-/// A container's packet to a non-local address, leaving the bridge for the host's stack.
-/// A packet of a flow the uplink's src stage translates (masquerade, the replies of a
-/// published port) gets that translation here instead, and goes straight out of the
-/// uplink; a new flow, or one routed elsewhere, takes the kernel's path.
+/// A container's packet to a non-local address, leaving the bridge for the host's stack
+/// (or, before the bridge, its host veth: [`from_container`]). A packet of a flow the
+/// uplink's src stage translates (masquerade, the replies of a published port) gets that
+/// translation here instead, and goes straight out of the uplink, counted in [`forwarded`]
+/// slot `slot`; a new flow, or one routed elsewhere, takes the kernel's path. With
+/// `search`, a masqueraded flow off its own port whose port the cache lost is searched
+/// for (nat_port::masquerade_port); without, such a packet goes on as a new one would.
 #[inline(always)]
-fn out_of_bridge<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+fn out_of_bridge<A: Nat>(
+    ctx: &TcContext,
+    p: &mut Packet<A>,
+    cfg: &DpConfig,
+    slot: u32,
+    search: bool,
+) -> i32 {
     if !forward::eligible(p, cfg) {
         return TCX_NEXT;
     }
@@ -504,7 +515,7 @@ fn out_of_bridge<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> 
     let (addr, port) =
         if let Some(e) = conntrack::lookup(&key_of(p, Side::Src), cfg, now, p.tcp_flags) {
             (e.addr, e.port)
-        } else if let Masquerade::Port(port) = masquerade_port(p, cfg, now) {
+        } else if let Some(port) = masqueraded_port(p, cfg, now, search) {
             (A::uplink(cfg), port)
         } else {
             return TCX_NEXT;
@@ -520,7 +531,98 @@ fn out_of_bridge<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> 
     if verdict != TCX_NEXT {
         return verdict;
     }
-    forward::send(ctx, &route, forwarded::OUT_OF_CONTAINER)
+    forward::send(ctx, &route, slot)
+}
+
+/// The source port masquerade gave the flow of `p` (container → outside): with `search`,
+/// as nat_port::masquerade_port finds it; without, only where nearly every flow is (its
+/// own port, or the one NP_MASQ_PORTS remembers), never by the bounded search for a flow
+/// whose cache entry was evicted. That search is half of the instructions of
+/// netplane_from_container, which leaves such a rare packet to the bridge's program.
+#[inline(always)]
+fn masqueraded_port<A: Nat>(p: &Packet<A>, cfg: &DpConfig, now: Tick, search: bool) -> Option<u16> {
+    if search {
+        return match masquerade_port(p, cfg, now) {
+            Masquerade::Port(port) => Some(port),
+            Masquerade::None => None,
+        };
+    }
+    known_port(p, cfg, now)
+}
+
+/// A container's packet at its host veth's TC ingress, before its bridge (see
+/// netplane_from_container): the known-flow part of the Network hook's dst stage
+/// ([`out_of_bridge`]) for what the container sends its gateway to route to the outside.
+/// Everything else goes on untouched (TCX_NEXT) into the bridge, whose programs handle it
+/// as before: new flows (which need the port search), the host's own addresses (hairpin),
+/// other networks and isolated ones (counted as drops there, where they belong), and what
+/// the bridge switches between its containers.
+#[inline(always)]
+pub fn from_container<A: Nat>(ctx: &TcContext) -> i32 {
+    if ether_type(ctx) != A::ETHER_TYPE {
+        return TCX_NEXT;
+    }
+    let Some(cfg) = config() else { return TCX_NEXT };
+    if cfg.flags & flags::FROM_CONTAINER == 0 {
+        return TCX_NEXT;
+    }
+    let mut local = Packet::empty();
+    let Some((Kind::Nat, p)) = A::parse(ctx, &mut local) else {
+        return TCX_NEXT;
+    };
+    // A SYN opens a flow (or reopens one): the bridge's, with no lookup here first.
+    if opens_connection(p) || !forward::eligible(p, cfg) {
+        return TCX_NEXT;
+    }
+    if !sent_to_its_gateway(ctx, p) || is_local(p.daddr) {
+        return TCX_NEXT;
+    }
+    if access::onward(p, cfg) != Ok(Onward::Outside) {
+        return TCX_NEXT;
+    }
+    conntrack::segment(ctx, p);
+    start(ctx, p, cfg);
+    // A drop (a rewrite that failed half-way) and a flow's state change are the Network
+    // hook's, as they would have been at the bridge; when the packet goes on into the bridge,
+    // its program finds the flow's state already changed and writes no second event.
+    let verdict = leave_from_container(ctx, p, cfg);
+    finish(ctx, p, path::<A>(Hook::Network, Dir::Ingress), verdict)
+}
+
+v6_outlined! {
+    /// [`from_container`]'s translation and redirect (for IPv6 a frame of its own, freed
+    /// before the tail's).
+    fn leave_from_container<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
+        out_of_bridge(ctx, p, cfg, forwarded::FROM_CONTAINER, false)
+    }
+}
+
+/// A TCP SYN without ACK.
+#[inline(always)]
+fn opens_connection<A>(p: &Packet<A>) -> bool {
+    p.proto == IPPROTO_TCP && p.tcp_flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+}
+
+/// Whether `p`, at a host veth's ingress, comes from the container behind it and goes to
+/// its gateway for the host to route: its source is that container's (NP_ENDPOINTS: the
+/// veth's ifindex is the device the packet came in on) and its destination MAC the
+/// gateway's, the bridge's own (which is what the bridge passes up to the host:
+/// br_handle_frame_finish() delivers a frame whose FDB entry is local with
+/// br_pass_frame_up()). So a container cannot push a packet into another container's flow
+/// through the short way, and what it sends to a peer on its bridge stays the bridge's.
+#[inline(always)]
+fn sent_to_its_gateway<A: Nat>(ctx: &TcContext, p: &Packet<A>) -> bool {
+    // SAFETY: a lookup; the value is read in place, during this run.
+    let Some(ep) = (unsafe { A::endpoints().get(&p.saddr) }) else {
+        return false;
+    };
+    // SAFETY: reading a field of the context the kernel passed in.
+    let iif = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(dst) = ptr_at::<[u8; 6]>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked the bytes are in the packet.
+    ep.ifindex == iif && unsafe { *dst } == ep.gateway_mac
 }
 
 /// TC egress: the src stage, of family `A`'s packets.

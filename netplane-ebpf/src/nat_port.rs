@@ -299,19 +299,10 @@ fn replies_at<A: Family>(p: &Packet<A>, cfg: &DpConfig, port: u16) -> CtKey<A> {
 /// flow: when neither place has its flow, it searches (up to [`FIND_PROBES`] ports).
 #[inline(always)]
 pub fn masquerade_port<A: Family>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> Masquerade {
-    let me = Some((p.saddr, p.sport));
-    let own = conntrack::probe(&replies_at(p, cfg, p.sport), me, cfg, now, p.tcp_flags);
-    if let Probe::Mine(_) = own {
-        return Masquerade::Port(p.sport);
-    }
-    let orig = key_of(p, Side::Src);
-    // SAFETY: a lookup; the value is copied out.
-    if let Some(port) = unsafe { A::masq_ports().get(&orig) }.map(|v| *v as u16)
-        && let Probe::Mine(_) =
-            conntrack::probe(&replies_at(p, cfg, port), me, cfg, now, p.tcp_flags)
-    {
+    if let Some(port) = known_port(p, cfg, now) {
         return Masquerade::Port(port);
     }
+    let me = Some((p.saddr, p.sport));
     if opens_flow(p) {
         return Masquerade::None;
     }
@@ -334,6 +325,25 @@ pub fn masquerade_port<A: Family>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> M
             Masquerade::Port(port)
         }
         _ => Masquerade::None,
+    }
+}
+
+/// The port of `p`'s live masqueraded flow without a search: its own port, else the one
+/// [`MASQ_PORTS`](crate::maps::MASQ_PORTS) remembers (the first half of
+/// [`masquerade_port`], which is all that netplane_from_container does).
+#[inline(always)]
+pub fn known_port<A: Family>(p: &Packet<A>, cfg: &DpConfig, now: Tick) -> Option<u16> {
+    let me = Some((p.saddr, p.sport));
+    if let Probe::Mine(_) =
+        conntrack::probe(&replies_at(p, cfg, p.sport), me, cfg, now, p.tcp_flags)
+    {
+        return Some(p.sport);
+    }
+    // SAFETY: a lookup; the value is copied out.
+    let port = unsafe { A::masq_ports().get(&key_of(p, Side::Src)) }.map(|v| *v as u16)?;
+    match conntrack::probe(&replies_at(p, cfg, port), me, cfg, now, p.tcp_flags) {
+        Probe::Mine(_) => Some(port),
+        Probe::Other | Probe::Free => None,
     }
 }
 

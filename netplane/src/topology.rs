@@ -22,6 +22,7 @@ use rtnetlink::packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
 };
 use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -488,7 +489,35 @@ pub async fn ensure_veth(
         .execute()
         .await
         .map_err(nl_err("set hairpin mode on", c.host_veth.clone()))?;
+    ensure_fdb_entry(h, c, &host).await?;
     Ok((changed, created))
+}
+
+/// A static FDB entry on the bridge for the container's MAC, through its port `host`.
+///
+/// The eBPF data plane sends a container's packets of known flows on from its host veth
+/// (`netplane_from_container`), before the bridge, which then stops seeing that MAC as a
+/// source: a learned entry would age out (300 s) while the flow lives, and the packets
+/// that still cross the bridge towards the container (the pure ACKs of a bulk download,
+/// say) would then flood every port of the network. A static entry never ages. It goes
+/// with the port (br_fdb_delete_by_port() when the veth leaves the bridge).
+///
+/// Static, as `bridge fdb replace MAC dev VETH master static` (NUD_NOARP), not
+/// `permanent` (NUD_PERMANENT), which the bridge takes for one of its own addresses
+/// (BR_FDB_LOCAL: frames to it go up to the host, fdb_add_entry()). The request replaces
+/// rather than adds exclusively: an entry the bridge learned already (an older netplane,
+/// or packets before this `up`) answers an exclusive add with EEXIST and would stay a
+/// learned one; a replace makes it static, and changes nothing when it is (idempotent, so
+/// not counted as a change). With no NTF_SELF or NTF_MASTER flag, rtnl_fdb_add() hands it
+/// to the port's master, the bridge.
+async fn ensure_fdb_entry(h: &Handle, c: &Container, host: &Link) -> Result<(), TopologyError> {
+    h.neighbours()
+        .add_bridge(host.index, &c.mac)
+        .state(NeighbourState::Noarp)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl_err("add the static FDB entry of", c.host_veth.clone()))
 }
 
 /// The host end of a ptp container's veth pair: created if missing (the container end

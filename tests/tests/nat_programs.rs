@@ -5,16 +5,19 @@
     reason = "an integration test sees every dependency of the harness crate; its library target is where an unused one shows"
 )]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use netplane::config::{Config, Plan};
 use netplane::dataplane::HostContext;
 use netplane::dataplane::ebpf::TestRunPrograms;
+use netplane::topology::Link;
+use netplane_common::nat::forwarded as fwd;
 use netplane_common::packet::{Ipv4, parse_ethernet, parse_ipv4};
+use netplane_common::packet6::parse_ethernet6;
 use netplane_tests::packet::{
-    Ip, TCP_ACK, TCP_SYN, icmp_echo, icmp_error, ipv4_frame, tcp, udp, udp_datagram,
+    Ip, Ip6, TCP_ACK, TCP_SYN, icmp_echo, icmp_error, ipv4_frame, tcp, tcp6, udp, udp_datagram,
 };
-use netplane_tests::privileged;
+use netplane_tests::{Netns, Sandbox, privileged};
 
 const UPLINK_IN: &str = "netplane_uplink_ingress";
 const UPLINK_OUT: &str = "netplane_uplink_egress";
@@ -1671,5 +1674,376 @@ fn rewriting_the_networks_never_leaves_a_container_unknown() {
             );
             runs += 1;
         }
+    });
+}
+
+// The container's own hook (issue 17): netplane_from_container at a bridge network's host
+// veth, and the way into containers. These run in a namespace of their own, whose devices
+// and routes give the short way its next hops: the FIB lookups of a test run are the
+// running thread's namespace's, and a test run's packet comes in on its loopback (ifindex
+// 1), which the endpoints map takes for container web's host veth.
+
+const FROM_CONTAINER: &str = "netplane_from_container";
+const FROM_CONTAINER6: &str = "netplane_from_container6";
+const TC_ACT_REDIRECT: i32 = 7;
+/// The bridge's MAC, the containers' gateway's: the destination of the frames that
+/// netplane_tests::packet crafts, as of what a container sends its gateway to route.
+const GW_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+/// A MAC that is not the gateway's: another container's, as the bridge switches it.
+const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+/// Container peer's host veth: none in the test's namespace (its packets never come in on
+/// the test run's loopback).
+const PEER_VETH: u32 = 1000;
+const U6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 1);
+const D6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 2);
+const WEB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x89, 0, 0, 0, 0, 2);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x89, 0, 0, 0, 0, 3);
+
+/// The plan of the hook's tests: TWO_NETWORKS with npa dual-stack, web publishing port
+/// 8080, and `ebpf` (TOML lines of `[ebpf]`).
+fn hook_plan(ebpf: &str) -> Plan {
+    let text = format!(
+        r#"
+        name = "kth"
+        [[networks]]
+        name = "npa"
+        subnet = "10.89.0.0/24"
+        subnet6 = "2001:db8:89::/64"
+        [[networks]]
+        name = "npb"
+        subnet = "10.89.1.0/24"
+        [[containers]]
+        name = "web"
+        network = "npa"
+        publish = ["8080:80"]
+        [[containers]]
+        name = "peer"
+        network = "npa"
+        [[containers]]
+        name = "other"
+        network = "npb"
+        [ebpf]
+        {ebpf}
+        "#
+    );
+    let plan = Config::parse(&text, "test").unwrap().plan().unwrap();
+    let c = |name: &str| plan.container(name).unwrap();
+    assert_eq!(
+        (c("web").ip, c("peer").ip, c("web").ip6, c("peer").ip6),
+        (
+            Some(Ipv4Addr::from(WEB)),
+            Some(Ipv4Addr::from(PEER)),
+            Some(WEB6),
+            Some(PEER6)
+        )
+    );
+    plan
+}
+
+/// A namespace with what the short way needs: the uplink up0 (U, U6, forwarding on, D and
+/// D6 on its link) and network npa's bridge (its gateway, MAC [`GW_MAC`]), no ports.
+struct ShortWayHost {
+    ns: Netns,
+    uplink: u32,
+    bridge: u32,
+    _sandbox: Sandbox,
+}
+
+impl ShortWayHost {
+    fn new() -> ShortWayHost {
+        let mut sandbox = Sandbox::new();
+        let ns = sandbox.netns("hook");
+        for key in ["all", "default"] {
+            ns.sysctl(&format!("net.ipv6.conf.{key}.disable_ipv6"), "0");
+        }
+        ns.sysctl("net.ipv4.ip_forward", "1");
+        ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+        ns.sh(&[
+            "ip", "link", "add", "up0", "type", "veth", "peer", "name", "up1",
+        ]);
+        ns.sh(&[
+            "ip",
+            "link",
+            "add",
+            "npa",
+            "address",
+            "02:00:00:00:00:02",
+            "type",
+            "bridge",
+        ]);
+        ns.sh(&["ip", "addr", "add", "203.0.113.1/24", "dev", "up0"]);
+        ns.sh(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:113::1/64",
+            "dev",
+            "up0",
+            "nodad",
+        ]);
+        ns.sh(&["ip", "addr", "add", "10.89.0.1/24", "dev", "npa"]);
+        for dev in ["up0", "up1", "npa"] {
+            ns.sh(&["ip", "link", "set", dev, "up"]);
+        }
+        let index = |dev: &str| -> u32 {
+            let out = ns.sh(&["ip", "-o", "link", "show", "dev", dev]);
+            out.split(':').next().unwrap().trim().parse().unwrap()
+        };
+        ShortWayHost {
+            uplink: index("up0"),
+            bridge: index("npa"),
+            ns,
+            _sandbox: sandbox,
+        }
+    }
+
+    /// The host `plan`'s maps are programmed for: web's host veth is the test run's
+    /// loopback, peer's one that no test run comes in on.
+    fn context(&self, plan: &Plan) -> HostContext {
+        let mut host = netplane_tests::testrun::host(plan, Ipv4Addr::from(U), Some(U6));
+        host.uplink_index = self.uplink;
+        let link = |index, name: &str, mac| Link {
+            index,
+            name: name.to_owned(),
+            up: true,
+            master: None,
+            mac: Some(mac),
+            mtu: Some(1500),
+        };
+        let veth = |c: &str| plan.container(c).unwrap().host_veth.clone();
+        host.links = vec![
+            link(1, &veth("web"), [0x02, 0, 0, 0, 0, 0x11]),
+            link(PEER_VETH, &veth("peer"), [0x02, 0, 0, 0, 0, 0x12]),
+            link(self.bridge, "npa", GW_MAC),
+        ];
+        host
+    }
+
+    /// Loads the programs for `plan` and runs `f` on them in this namespace.
+    fn run<R: Send>(
+        &self,
+        plan: &Plan,
+        f: impl FnOnce(&mut TestRunPrograms, &HostContext) -> R + Send,
+    ) -> R {
+        let host = self.context(plan);
+        self.ns.enter(|| {
+            let mut p = TestRunPrograms::load(plan, &host).expect("load the NAT programs");
+            f(&mut p, &host)
+        })
+    }
+}
+
+/// `frame` with destination MAC `mac`.
+fn to_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac);
+    frame
+}
+
+#[test]
+fn a_container_s_packets_of_known_flows_leave_from_its_own_hook() {
+    if !privileged("a_container_s_packets_of_known_flows_leave_from_its_own_hook") {
+        return;
+    }
+    let host = ShortWayHost::new();
+    host.run(&hook_plan(""), |p, _| {
+        let fc = |p: &mut TestRunPrograms, frame: &[u8]| p.run(FROM_CONTAINER, frame).unwrap();
+        // A new flow is the bridge's (the port search, the entry): untouched here.
+        let syn = tcp(Ip::new(WEB, D), 40000, 80, TCP_SYN, b"");
+        assert_eq!(fc(p, &syn), (TCX_NEXT, syn.clone()), "a SYN goes on");
+        assert_eq!(p.run(UPLINK_OUT, &syn).unwrap().0, TCX_NEXT);
+        let synack = tcp(Ip::new(D, U), 80, 40000, TCP_SYN | TCP_ACK, b"");
+        assert_eq!(p.run(UPLINK_IN, &synack).unwrap().0, TC_ACT_REDIRECT);
+
+        // The flow's data: masqueraded here, and out to the uplink's next hop.
+        let before = p.forwarded()[fwd::FROM_CONTAINER as usize];
+        let data = tcp(Ip::new(WEB, D), 40000, 80, TCP_ACK, b"hello");
+        let (verdict, out) = fc(p, &data);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "a known flow takes the short way");
+        let ip = checked(&out);
+        assert_eq!(
+            (ip.src(), ip.dst(), ip.ports()),
+            (U, D, Some((40000, 80))),
+            "masqueraded"
+        );
+        assert_eq!(ip.header[8], 63, "forwarded: TTL 64 - 1");
+        assert_eq!(p.forwarded()[fwd::FROM_CONTAINER as usize], before + 1);
+
+        // Another container's address, from web's veth: not web's to send.
+        let psyn = tcp(Ip::new(PEER, D), 40002, 80, TCP_SYN, b"");
+        assert_eq!(p.run(UPLINK_OUT, &psyn).unwrap().0, TCX_NEXT);
+        let psynack = tcp(Ip::new(D, U), 80, 40002, TCP_SYN | TCP_ACK, b"");
+        assert_eq!(p.run(UPLINK_IN, &psynack).unwrap().0, TC_ACT_REDIRECT);
+        let spoofed = tcp(Ip::new(PEER, D), 40002, 80, TCP_ACK, b"spoofed");
+        assert_eq!(fc(p, &spoofed), (TCX_NEXT, spoofed.clone()), "spoofed");
+        // To a peer's MAC (the bridge switches it), to a host address (hairpin), to
+        // another network (isolation, the bridge's to count): all on into the bridge.
+        let to_peer = to_mac(data.clone(), PEER_MAC);
+        assert_eq!(fc(p, &to_peer), (TCX_NEXT, to_peer.clone()), "switched");
+        let hairpin = tcp(Ip::new(WEB, U), 40003, 8080, TCP_ACK, b"x");
+        assert_eq!(fc(p, &hairpin), (TCX_NEXT, hairpin.clone()), "hairpin");
+        let isolated = tcp(Ip::new(WEB, OTHER), 40004, 80, TCP_ACK, b"x");
+        assert_eq!(fc(p, &isolated), (TCX_NEXT, isolated.clone()), "isolated");
+        assert_eq!(drops(p, "isolation"), 0, "no drop counted here");
+        assert_eq!(p.forwarded()[fwd::FROM_CONTAINER as usize], before + 1);
+
+        // A flow whose own port was taken (by peer's flow to the same peer port): its
+        // port is the one masquerade's cache remembers.
+        let taken = tcp(Ip::new(PEER, D), 40030, 80, TCP_SYN, b"");
+        assert_eq!(p.run(UPLINK_OUT, &taken).unwrap().0, TCX_NEXT);
+        let syn = tcp(Ip::new(WEB, D), 40030, 80, TCP_SYN, b"");
+        let (_, out) = p.run(UPLINK_OUT, &syn).unwrap();
+        let port = checked(&out).ports().unwrap().0;
+        assert_ne!(port, 40030, "another port");
+        let synack = tcp(Ip::new(D, U), 80, port, TCP_SYN | TCP_ACK, b"");
+        assert_eq!(p.run(UPLINK_IN, &synack).unwrap().0, TC_ACT_REDIRECT);
+        let data = tcp(Ip::new(WEB, D), 40030, 80, TCP_ACK, b"hello");
+        let (verdict, out) = fc(p, &data);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(checked(&out).ports(), Some((port, 80)), "its port");
+        assert_eq!(p.forwarded()[fwd::FROM_CONTAINER as usize], before + 2);
+
+        // A published port's replies: reverse DNAT here.
+        let client = tcp(Ip::new(D, U), 5555, 8080, TCP_SYN, b"");
+        assert_eq!(p.run(UPLINK_IN, &client).unwrap().0, TC_ACT_REDIRECT);
+        let reply = tcp(Ip::new(WEB, D), 80, 5555, TCP_SYN | TCP_ACK, b"");
+        let (verdict, out) = fc(p, &reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let ip = checked(&out);
+        assert_eq!((ip.src(), ip.ports()), (U, Some((8080, 5555))));
+        assert_eq!(p.forwarded()[fwd::FROM_CONTAINER as usize], before + 3);
+    });
+}
+
+#[test]
+fn the_container_s_own_hook_is_a_runtime_switch() {
+    if !privileged("the_container_s_own_hook_is_a_runtime_switch") {
+        return;
+    }
+    let host = ShortWayHost::new();
+    let off = hook_plan("from_container = false");
+    let on = hook_plan("");
+    host.run(&off, |p, ctx| {
+        let syn = tcp(Ip::new(WEB, D), 40010, 80, TCP_SYN, b"");
+        assert_eq!(p.run(UPLINK_OUT, &syn).unwrap().0, TCX_NEXT);
+        let synack = tcp(Ip::new(D, U), 80, 40010, TCP_SYN | TCP_ACK, b"");
+        p.run(UPLINK_IN, &synack).unwrap();
+        let data = tcp(Ip::new(WEB, D), 40010, 80, TCP_ACK, b"hello");
+        assert_eq!(
+            p.run(FROM_CONTAINER, &data).unwrap(),
+            (TCX_NEXT, data.clone())
+        );
+        // Switched on as `up` does it: the config map, no program loaded again.
+        let mut maps = p.take_maps().unwrap();
+        maps.program(&on, ctx, Some(&off)).unwrap();
+        let before = p.forwarded()[fwd::FROM_CONTAINER as usize];
+        assert_eq!(p.run(FROM_CONTAINER, &data).unwrap().0, TC_ACT_REDIRECT);
+        assert_eq!(p.forwarded()[fwd::FROM_CONTAINER as usize], before + 1);
+    });
+}
+
+#[test]
+fn peer_delivery_into_containers_is_a_runtime_switch() {
+    if !privileged("peer_delivery_into_containers_is_a_runtime_switch") {
+        return;
+    }
+    let host = ShortWayHost::new();
+    let plan = |way: &str| hook_plan(&format!("into_container = \"{way}\""));
+    let (veth, peer, peer_all) = (plan("veth"), plan("peer"), plan("peer-all"));
+    let web_mac = peer.container("web").unwrap().mac;
+    host.run(&peer, |p, ctx| {
+        let counts = |p: &TestRunPrograms| {
+            let n = p.forwarded();
+            (n[fwd::INTO_CONTAINER as usize], n[fwd::INTO_CONTAINER_PEER as usize])
+        };
+        // A published port's client: its SYN, then data, into the container's end.
+        let from_client = |flags, data: &[u8]| tcp(Ip::new(D, U), 5556, 8080, flags, data);
+        let (into, into_peer) = counts(p);
+        let (verdict, out) = p.run(UPLINK_IN, &from_client(TCP_SYN, b"")).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out[..6], web_mac, "addressed to the container");
+        let ip = checked(&out);
+        assert_eq!((ip.dst(), ip.ports()), (WEB, Some((5556, 80))));
+        assert_eq!(counts(p), (into, into_peer + 1), "by bpf_redirect_peer");
+        let reply = tcp(Ip::new(WEB, D), 80, 5556, TCP_SYN | TCP_ACK, b"");
+        assert_eq!(p.run(FROM_CONTAINER, &reply).unwrap().0, TC_ACT_REDIRECT);
+        assert_eq!(
+            p.run(UPLINK_IN, &from_client(TCP_ACK, b"GET /")).unwrap().0,
+            TC_ACT_REDIRECT
+        );
+        assert_eq!(counts(p), (into, into_peer + 2));
+        // A pure ACK through the bridge (routed to npa, bpf_redirect_neigh).
+        let ack = from_client(TCP_ACK, b"");
+        let (verdict, out) = p.run(UPLINK_IN, &ack).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(checked(&out).dst(), WEB);
+        assert_eq!(
+            counts(p),
+            (into + 1, into_peer + 2),
+            "a pure ACK: the bridge"
+        );
+
+        // peer-all: pure ACKs too; veth: everything to the host veth. No load.
+        let mut maps = p.take_maps().unwrap();
+        maps.program(&peer_all, ctx, Some(&peer)).unwrap();
+        assert_eq!(p.run(UPLINK_IN, &ack).unwrap().0, TC_ACT_REDIRECT);
+        assert_eq!(counts(p), (into + 1, into_peer + 3), "peer-all: the ACK too");
+        maps.program(&veth, ctx, Some(&peer_all)).unwrap();
+        let data = from_client(TCP_ACK, b"more");
+        assert_eq!(p.run(UPLINK_IN, &data).unwrap().0, TC_ACT_REDIRECT);
+        assert_eq!(counts(p), (into + 2, into_peer + 3), "veth: bpf_redirect");
+    });
+}
+
+#[test]
+fn a_container_s_packets_of_known_ipv6_flows_leave_from_its_own_hook() {
+    if !privileged("a_container_s_packets_of_known_ipv6_flows_leave_from_its_own_hook") {
+        return;
+    }
+    let host = ShortWayHost::new();
+    host.run(&hook_plan(""), |p, _| {
+        let syn = tcp6(Ip6::new(WEB6, D6), 40020, 80, TCP_SYN, b"");
+        assert_eq!(
+            p.run(FROM_CONTAINER6, &syn).unwrap(),
+            (TCX_NEXT, syn.clone())
+        );
+        assert_eq!(p.run("netplane_uplink_egress6", &syn).unwrap().0, TCX_NEXT);
+        let synack = tcp6(Ip6::new(D6, U6), 80, 40020, TCP_SYN | TCP_ACK, b"");
+        p.run("netplane_uplink_ingress6", &synack).unwrap();
+        // The IPv4 program passes IPv6 on, and the other way round.
+        let data = tcp6(Ip6::new(WEB6, D6), 40020, 80, TCP_ACK, b"hello");
+        assert_eq!(
+            p.run(FROM_CONTAINER, &data).unwrap(),
+            (TCX_NEXT, data.clone())
+        );
+        let v4 = tcp(Ip::new(WEB, D), 40021, 80, TCP_ACK, b"x");
+        assert_eq!(p.run(FROM_CONTAINER6, &v4).unwrap(), (TCX_NEXT, v4.clone()));
+
+        let before = p.forwarded()[fwd::FROM_CONTAINER as usize];
+        let (verdict, out) = p.run(FROM_CONTAINER6, &data).unwrap();
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let ip = parse_ethernet6(&out).unwrap();
+        assert_eq!(ip.l4_checksum_ok(), Some(true), "TCP checksum");
+        assert_eq!(
+            (
+                Ipv6Addr::from(ip.src()),
+                Ipv6Addr::from(ip.dst()),
+                ip.ports()
+            ),
+            (U6, D6, Some((40020, 80)))
+        );
+        assert_eq!(out[14 + 7], 63, "hop limit 64 - 1");
+        assert_eq!(p.forwarded()[fwd::FROM_CONTAINER as usize], before + 1);
+
+        // Peer's flow, and web sending into it with peer's address.
+        let psyn = tcp6(Ip6::new(PEER6, D6), 40022, 80, TCP_SYN, b"");
+        assert_eq!(p.run("netplane_uplink_egress6", &psyn).unwrap().0, TCX_NEXT);
+        let psynack = tcp6(Ip6::new(D6, U6), 80, 40022, TCP_SYN | TCP_ACK, b"");
+        p.run("netplane_uplink_ingress6", &psynack).unwrap();
+        let spoofed = tcp6(Ip6::new(PEER6, D6), 40022, 80, TCP_ACK, b"hello");
+        assert_eq!(
+            p.run(FROM_CONTAINER6, &spoofed).unwrap(),
+            (TCX_NEXT, spoofed.clone())
+        );
     });
 }

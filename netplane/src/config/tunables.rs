@@ -18,6 +18,7 @@ const DEFAULT_MAX_ENTRIES: u32 = 131_072;
 // As low as 64 so that a test can fill the table with a handful of connections.
 const MAX_ENTRIES: RangeInclusive<u32> = 64..=16_777_216;
 const DEFAULT_FAST_FORWARD: bool = true;
+const DEFAULT_FROM_CONTAINER: bool = true;
 
 /// `[ebpf]`: the eBPF data plane's forwarding.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -32,6 +33,14 @@ pub struct EbpfConfig {
     /// Load the programs built with aya-log calls, at debug level (`up --debug-datapath`;
     /// `netplane monitor --log` prints them). Off, the loaded object has no log code at all.
     pub debug_datapath: bool,
+    /// With `fast_forward`: a bridge network's container's packets of translated flows
+    /// leave for the uplink from its host veth (`netplane_from_container`, attached per
+    /// veth), before the bridge and the host's second receive. A runtime switch: no
+    /// program is loaded again when it changes.
+    pub from_container: bool,
+    /// With `fast_forward`: how translated packets are delivered into containers (see
+    /// [`IntoContainer`]). A runtime switch, as `from_container`.
+    pub into_container: IntoContainer,
 }
 
 impl Default for EbpfConfig {
@@ -39,7 +48,63 @@ impl Default for EbpfConfig {
         EbpfConfig {
             fast_forward: DEFAULT_FAST_FORWARD,
             debug_datapath: false,
+            from_container: DEFAULT_FROM_CONTAINER,
+            into_container: IntoContainer::default(),
         }
+    }
+}
+
+impl EbpfConfig {
+    /// Whether bridge ports carry the container's own hook: `from_container`, which is
+    /// part of the short way (`fast_forward`).
+    pub fn from_container_hook(&self) -> bool {
+        self.fast_forward && self.from_container
+    }
+
+    /// Whether translated packets go into containers by bpf_redirect_peer (`peer`,
+    /// `peer-all`; part of the short way too).
+    pub fn peer_delivery(&self) -> bool {
+        self.fast_forward && self.into_container != IntoContainer::Veth
+    }
+
+    /// Whether pure ACKs do too (`peer-all`).
+    pub fn peer_acks(&self) -> bool {
+        self.fast_forward && self.into_container == IntoContainer::PeerAll
+    }
+}
+
+/// `[ebpf] into_container`: the way translated packets of known flows take into a
+/// container. On veth, the faster way in is not always the faster connection: ACKs that
+/// reach a bulk sender sooner slowed it (netplane-ebpf's forward.rs has the history), so
+/// each way is measured (`netplane-bench`) before it becomes the default.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum IntoContainer {
+    /// Transmitted on the host end of the container's veth (bpf_redirect); pure ACKs
+    /// through the bridge.
+    #[default]
+    Veth,
+    /// Straight onto the container end's ingress (bpf_redirect_peer): no veth transmit,
+    /// no backlog queue; pure ACKs still through the bridge.
+    Peer,
+    /// As `peer`, pure ACKs too.
+    PeerAll,
+}
+
+impl IntoContainer {
+    /// The word the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntoContainer::Veth => "veth",
+            IntoContainer::Peer => "peer",
+            IntoContainer::PeerAll => "peer-all",
+        }
+    }
+}
+
+impl std::fmt::Display for IntoContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -246,6 +311,51 @@ mod tests {
             .and_then(|c| c.plan())
             .unwrap();
         assert!(!plan.ebpf.fast_forward);
+    }
+
+    #[test]
+    fn from_container_is_on_and_into_container_is_veth_by_default() {
+        use super::IntoContainer;
+        let ebpf = |text: &str| {
+            Config::parse(&format!("[ebpf]\n{text}\n"), "test")
+                .and_then(|c| c.plan())
+                .map(|p| p.ebpf)
+        };
+        let default = ebpf("").unwrap();
+        assert!(default.from_container);
+        assert_eq!(default.into_container, IntoContainer::Veth);
+        assert!(!ebpf("from_container = false").unwrap().from_container);
+        for (word, way) in [
+            ("veth", IntoContainer::Veth),
+            ("peer", IntoContainer::Peer),
+            ("peer-all", IntoContainer::PeerAll),
+        ] {
+            let got = ebpf(&format!("into_container = \"{word}\"")).unwrap();
+            assert_eq!(got.into_container, way);
+            assert_eq!(way.to_string(), word);
+        }
+        for bad in ["redirect", "peer_all", "PEER"] {
+            let e = ebpf(&format!("into_container = \"{bad}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("into_container") && e.contains(bad) && e.contains("peer-all"),
+                "{e}"
+            );
+        }
+        let e = ebpf("from_container = \"yes\"").unwrap_err().to_string();
+        assert!(e.contains("from_container"), "{e}");
+    }
+
+    #[test]
+    fn a_plan_recorded_before_from_container_loads_with_the_defaults() {
+        let plan = with("").unwrap();
+        let mut json = serde_json::to_value(&plan).unwrap();
+        let ebpf = json["ebpf"].as_object_mut().unwrap();
+        ebpf.remove("from_container");
+        ebpf.remove("into_container");
+        let loaded: Plan = serde_json::from_value(json).unwrap();
+        assert_eq!(loaded, plan);
     }
 
     #[test]

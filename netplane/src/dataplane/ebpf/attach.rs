@@ -9,6 +9,11 @@
 //! two links from those pins ([`attach_missing`]), as a recreated device gets its own
 //! back from the agent ([`reattach`]); a container that goes takes its links' pins with
 //! it ([`detach_stale`]).
+//!
+//! The same holds for a bridge network's containers: each host veth carries
+//! `netplane_from_container` at its ingress (with `[ebpf] from_container`), a link per
+//! container made from the pinned program when the container comes ([`attach_missing`],
+//! scoped to the containers a CNI ADD touches) and unpinned when it goes.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -27,7 +32,7 @@ use crate::config::{Driver, Plan};
 /// pays neither their verifier run nor a call per packet), each after its IPv4
 /// counterpart on the same hook (TCX runs them in order; each family's program passes
 /// the other family's packets on).
-pub(super) const PROGRAMS: [(&str, TcAttachType, Target, IpFamily); 8] = [
+pub(super) const PROGRAMS: [(&str, TcAttachType, Target, IpFamily); 10] = [
     (
         "netplane_uplink_ingress",
         TcAttachType::Ingress,
@@ -50,6 +55,12 @@ pub(super) const PROGRAMS: [(&str, TcAttachType, Target, IpFamily); 8] = [
         "netplane_bridge_egress",
         TcAttachType::Egress,
         Target::Networks,
+        IpFamily::V4,
+    ),
+    (
+        "netplane_from_container",
+        TcAttachType::Ingress,
+        Target::BridgePorts,
         IpFamily::V4,
     ),
     (
@@ -76,9 +87,17 @@ pub(super) const PROGRAMS: [(&str, TcAttachType, Target, IpFamily); 8] = [
         Target::Networks,
         IpFamily::V6,
     ),
+    (
+        "netplane_from_container6",
+        TcAttachType::Ingress,
+        Target::BridgePorts,
+        IpFamily::V6,
+    ),
 ];
 
-/// The TC programs `plan` needs: the IPv6 ones only with a subnet6.
+/// The TC programs `plan` needs: the IPv6 ones only with a subnet6. Each is loaded and
+/// pinned whether or not a device of the plan carries it, so that a later `up` (a new
+/// container, `[ebpf] from_container` switched on) attaches it without a load.
 pub(super) fn programs(
     plan: &Plan,
 ) -> impl Iterator<Item = (&'static str, TcAttachType, Target)> + '_ {
@@ -111,6 +130,9 @@ pub(super) enum Target {
     /// Each container network's device on the host: a bridge network's bridge, each
     /// container's host veth on a ptp network.
     Networks,
+    /// The host veth of each container of a bridge network (its bridge port), while
+    /// `[ebpf] from_container` is on.
+    BridgePorts,
 }
 
 /// The pin name of the link of `program` on `device`.
@@ -140,6 +162,7 @@ fn attachments<'a>(
         let devices: Vec<&'a str> = match target {
             Target::Uplink => vec![uplink],
             Target::Networks => network_devices(plan).collect(),
+            Target::BridgePorts => bridge_port_devices(plan).collect(),
         };
         devices.into_iter().map(move |d| (prog, kind, d))
     })
@@ -162,6 +185,21 @@ fn network_devices(plan: &Plan) -> impl Iterator<Item = &str> {
         })
         .map(|c| c.host_veth.as_str());
     bridges.chain(veths)
+}
+
+/// The host veths of `plan`'s bridge networks' containers, where `netplane_from_container`
+/// goes: none while `[ebpf] from_container` (or `fast_forward`) is off (the program stays
+/// pinned, unattached).
+fn bridge_port_devices(plan: &Plan) -> impl Iterator<Item = &str> {
+    plan.containers
+        .iter()
+        .filter(|c| {
+            plan.ebpf.from_container_hook()
+                && plan
+                    .network(&c.network)
+                    .is_some_and(|n| n.driver == Driver::Bridge)
+        })
+        .map(|c| c.host_veth.as_str())
 }
 
 /// The pin names of every link `plan` wants on uplink `uplink`.
@@ -349,15 +387,30 @@ pub(super) fn programs_pinned(dir: &Path, plan: &Plan) -> bool {
 
 /// Attaches every TC program of `plan` (on uplink `uplink`) that does not run on its
 /// device, from the programs pinned in `dir` (see [`programs_pinned`]): no load, no
-/// verifier run, whatever the number of devices. A new container of a ptp network costs
-/// two TCX links. Returns a line per attachment.
+/// verifier run, whatever the number of devices. A new container costs a TCX link per
+/// program of its host veth (two on ptp, one or two on a bridge network). With `touched`
+/// (a converge scoped to these containers: a CNI ADD or DEL), the other containers' host
+/// veths are not asked: they are as the last `up` left them, and asking costs a few
+/// syscalls per container on every ADD (the agent attaches again to a device created
+/// again). Returns a line per attachment.
 pub(super) fn attach_missing(
     dir: &Path,
     plan: &Plan,
     uplink: &str,
+    touched: Option<&BTreeSet<String>>,
 ) -> Result<Vec<String>, EbpfError> {
+    let untouched: BTreeSet<&str> = touched.map_or_else(BTreeSet::new, |names| {
+        plan.containers
+            .iter()
+            .filter(|c| !names.contains(&c.name))
+            .map(|c| c.host_veth.as_str())
+            .collect()
+    });
     let mut changes = Vec::new();
     for (prog, kind, device) in attachments(plan, uplink) {
+        if untouched.contains(device) {
+            continue;
+        }
         let pin = dir.join(link_name(prog, device));
         if attachment(&pin, device, kind) == Attachment::Live {
             continue;
@@ -531,7 +584,7 @@ fn verify_rank(name: &str) -> u8 {
     let name = name.trim_end_matches('6');
     match name {
         "netplane_uplink_egress" | "netplane_bridge_ingress" => 0,
-        "netplane_uplink_ingress" => 1,
+        "netplane_uplink_ingress" | "netplane_from_container" => 1,
         _ => 2,
     }
 }
@@ -717,10 +770,65 @@ mod tests {
             }
         }
         assert!(!wanted.iter().any(|l| l.ends_with("_npp")), "no device npp");
-        assert!(
-            !wanted.iter().any(|l| l.ends_with(&veth("a"))),
+        // a is bridged: only its own hook's program, on its host veth.
+        let on_a: Vec<&String> = wanted.iter().filter(|l| l.ends_with(&veth("a"))).collect();
+        assert_eq!(
+            on_a,
+            [&link_name("netplane_from_container", &veth("a"))],
             "a is bridged"
         );
-        assert_eq!(wanted.len(), 2 + 3 * 2 + SOCK_PROGRAMS.len());
+        // No ptp veth gets it: their netplane_bridge_ingress does its job.
+        for c in ["b", "c"] {
+            assert!(!wanted.contains(&link_name("netplane_from_container", &veth(c))));
+        }
+        assert_eq!(wanted.len(), 2 + 3 * 2 + 1 + SOCK_PROGRAMS.len());
+    }
+
+    fn bridged(ebpf: &str, dual_stack: bool) -> Plan {
+        let subnet6 = if dual_stack {
+            "subnet6 = \"2001:db8:89::/64\"\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n{subnet6}\
+             [[containers]]\nname = \"a\"\nnetwork = \"npa\"\n\
+             [[containers]]\nname = \"b\"\nnetwork = \"npa\"\n[ebpf]\n{ebpf}\n"
+        );
+        Config::parse(&text, "test").unwrap().plan().unwrap()
+    }
+
+    #[test]
+    fn a_bridge_network_s_containers_get_their_own_hook_while_from_container_is_on() {
+        let plan = bridged("", true);
+        let veth = |c: &str| plan.container(c).unwrap().host_veth.clone();
+        let wanted = wanted(&plan, "up0");
+        for c in ["a", "b"] {
+            for prog in ["netplane_from_container", "netplane_from_container6"] {
+                assert!(wanted.contains(&link_name(prog, &veth(c))), "{prog} on {c}");
+            }
+        }
+        // Each family's program after the other's on the same hook, IPv4 first.
+        let on_a: Vec<&str> = attachments(&plan, "up0")
+            .filter(|(_, _, d)| *d == veth("a"))
+            .map(|(p, _, _)| p)
+            .collect();
+        assert_eq!(
+            on_a,
+            ["netplane_from_container", "netplane_from_container6"]
+        );
+
+        // Off: no link, but the program is still loaded and pinned by `up` (programs()),
+        // so that switching it on attaches without a load.
+        let off = bridged("from_container = false", false);
+        assert!(!wanted_has(&off, "netplane_from_container"));
+        assert!(programs(&off).any(|(p, _, _)| p == "netplane_from_container"));
+        assert!(!programs(&off).any(|(p, _, _)| p == "netplane_from_container6"));
+    }
+
+    fn wanted_has(plan: &Plan, prog: &str) -> bool {
+        wanted(plan, "up0")
+            .iter()
+            .any(|l| l.starts_with(&link_name(prog, "")))
     }
 }

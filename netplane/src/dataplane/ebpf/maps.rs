@@ -130,7 +130,7 @@ impl Maps {
         };
         let during = DpConfig {
             networks: cfg.networks.max(was.networks),
-            flags: cfg.flags | (was.flags & !flags::FAST_FORWARD),
+            flags: cfg.flags | (was.flags & !WAYS),
             ..cfg
         };
         config
@@ -294,11 +294,28 @@ fn network_id(n: &Network) -> u32 {
     }
 }
 
-/// The programs' switches for `plan` ([`flags`]): what the config makes worth a lookup.
+/// The [`flags`] that choose a way for packets rather than switch a lookup on: they take
+/// effect at once, not kept on while the maps change.
+const WAYS: u32 =
+    flags::FAST_FORWARD | flags::FROM_CONTAINER | flags::PEER_DELIVERY | flags::PEER_ACKS;
+
+/// The programs' switches for `plan` ([`flags`]): what the config makes worth a lookup,
+/// and the ways `[ebpf]` chooses (runtime switches: the programs read them per packet,
+/// so a change needs no program loaded again).
 fn config_flags(plan: &Plan) -> u32 {
     let mut f = 0;
-    if plan.ebpf.fast_forward {
+    let e = &plan.ebpf;
+    if e.fast_forward {
         f |= flags::FAST_FORWARD;
+    }
+    if e.from_container_hook() {
+        f |= flags::FROM_CONTAINER;
+    }
+    if e.peer_delivery() {
+        f |= flags::PEER_DELIVERY;
+    }
+    if e.peer_acks() {
+        f |= flags::PEER_ACKS;
     }
     if plan.networks.iter().any(|n| !n.gateway_mode.nat()) {
         f |= flags::MODES;
@@ -830,7 +847,10 @@ mod tests {
             assert_ne!(f & flag, 0, "flag {flag}");
         }
         // One plain nat bridge network: no lookup is paid for what it does not have.
-        assert_eq!(config_flags(&plan_default()), flags::FAST_FORWARD);
+        assert_eq!(
+            config_flags(&plan_default()),
+            flags::FAST_FORWARD | flags::FROM_CONTAINER
+        );
         let prefixes: Vec<(u32, Ipv4Addr)> = never_nat_entries::<u32>(&plan)
             .keys()
             .map(|(len, a)| (*len, Ipv4Addr::from(a.to_ne_bytes())))
@@ -839,6 +859,32 @@ mod tests {
         assert_eq!(
             mode_of(plan.network("npi").unwrap()),
             gateway_mode::ISOLATED
+        );
+    }
+
+    #[test]
+    fn the_ways_into_and_out_of_containers_are_flags() {
+        let ways = |ebpf: &str| {
+            let text = format!(
+                "[[networks]]\nname = \"npa\"\nsubnet = \"10.89.0.0/24\"\n[ebpf]\n{ebpf}\n"
+            );
+            config_flags(&Config::parse(&text, "test").unwrap().plan().unwrap()) & WAYS
+        };
+        let (ff, fc, peer, acks) = (
+            flags::FAST_FORWARD,
+            flags::FROM_CONTAINER,
+            flags::PEER_DELIVERY,
+            flags::PEER_ACKS,
+        );
+        assert_eq!(ways(""), ff | fc);
+        assert_eq!(ways("from_container = false"), ff);
+        assert_eq!(ways("into_container = \"veth\""), ff | fc);
+        assert_eq!(ways("into_container = \"peer\""), ff | fc | peer);
+        assert_eq!(ways("into_container = \"peer-all\""), ff | fc | peer | acks);
+        // Without the short way there is nothing to choose.
+        assert_eq!(
+            ways("fast_forward = false\ninto_container = \"peer-all\""),
+            0
         );
     }
 

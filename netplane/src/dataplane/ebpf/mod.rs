@@ -4,11 +4,13 @@
 //!
 //! Everything lives under `/sys/fs/bpf/netplane/<name>/`: the maps (`NP_*`), the TC
 //! programs (`prog_<program>`) and one link per program and device
-//! (`link_<program>_<device>`). Pins keep the data plane running when the agent exits or
-//! is killed; a new `up` reuses the pinned maps (so the conntrack table, and every
-//! established connection, survives) and, when it brings a new build, swaps the programs
-//! inside the pinned links atomically (BPF_LINK_UPDATE); otherwise it loads nothing, and
-//! attaches what is missing (a new ptp container's veth) from the pinned programs.
+//! (`link_<program>_<device>`; a bridge network's containers' host veths carry
+//! `netplane_from_container`, a link each). Pins keep the data plane running when the
+//! agent exits or is killed; a new `up` reuses the pinned maps (so the conntrack table,
+//! and every established connection, survives) and, when it brings a new build, swaps the
+//! programs inside the pinned links atomically (BPF_LINK_UPDATE); otherwise it loads
+//! nothing, and attaches what is missing (a new container's host veth) from the pinned
+//! programs.
 //! `down` removes the directory, which unpins, and so detaches, everything.
 //!
 //! Both address families go through the same programs, each with maps of its own (`NP_*`
@@ -226,7 +228,7 @@ fn program(
         // The maps first, as on the slow path: a program attached to a new device (a new
         // network's bridge) runs at once, and must find that network in them.
         maps.program(plan, host, old)?;
-        let mut changes = attach::attach_missing(&dir, plan, &host.uplink)?;
+        let mut changes = attach::attach_missing(&dir, plan, &host.uplink, host.touched.as_ref())?;
         changes.extend(attach::detach_stale(&dir, &pinned, &wanted));
         return Ok(changes);
     }

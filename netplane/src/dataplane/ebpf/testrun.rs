@@ -142,6 +142,14 @@ impl TestRunPrograms {
         self.counters(observe::maps::TRANSLATED, observe::PATH_SLOTS)
     }
 
+    /// Packets that took a short way, per `nat::forwarded` slot.
+    pub fn forwarded(&self) -> Vec<u64> {
+        self.sums(
+            netplane_common::nat::maps::FORWARDED,
+            netplane_common::nat::forwarded::SLOTS,
+        )
+    }
+
     /// Masquerade's port allocations, per `observe::nat_stat` slot.
     pub fn nat_stats(&self) -> Vec<u64> {
         self.sums(observe::maps::NAT_STATS, observe::nat_stat::SLOTS)
