@@ -28,12 +28,62 @@ fn the_benchmark_runs_every_mode_without_a_failed_request() {
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("bench.json")).unwrap())
             .unwrap();
-    let round = doc["results"]["rounds"][0].as_array().unwrap();
+    let all = doc["results"]["rounds"][0].as_array().unwrap();
+    // The eBPF variants ("ebpf E0"…) run as modes of their own (checked below).
+    let (variants, round): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) = all
+        .iter()
+        .partition(|m| m[0].as_str().unwrap().starts_with("ebpf E"));
     let mut modes: Vec<&str> = round.iter().map(|m| m[0].as_str().unwrap()).collect();
     modes.sort();
     assert_eq!(modes, ["baseline", "ebpf", "iptables", "nftables"]);
+    // Every mode and variant: connections out (masquerade), and kernel CPU per unit and
+    // TCP counters for each measurement on the bridge network.
+    for m in all {
+        let (mode, s) = (m[0].as_str().unwrap(), &m[1]);
+        assert!(
+            s["tcp_crr_out"]["per_s"].as_f64().unwrap_or(0.0) > 0.0,
+            "{mode}: connections out: {}",
+            s["tcp_crr_out"]
+        );
+        assert_eq!(
+            s["tcp_crr_out"]["errors"], 0,
+            "{mode}: failed connections out"
+        );
+        let cpu: Vec<(&str, f64)> = s["cpu"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| (x[0].as_str().unwrap(), x[1].as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        for key in [
+            "stream_in",
+            "stream_out",
+            "tcp_rr",
+            "tcp_crr_1",
+            "tcp_crr_out",
+        ] {
+            let v = cpu.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+            assert!(
+                v.is_some_and(|v| v.is_finite() && v >= 0.0),
+                "{mode}: kernel CPU per unit of {key}: {cpu:?}"
+            );
+            assert!(
+                s["tcpext"].as_array().unwrap().iter().any(|x| x[0] == key),
+                "{mode}: TCP counters of {key}"
+            );
+        }
+    }
+    if doc["results"]["variants_skipped"].is_null() {
+        let mut names: Vec<&str> = variants.iter().map(|m| m[0].as_str().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["ebpf E0", "ebpf E1", "ebpf E2", "ebpf E3"]);
+    }
     for m in round {
         let (mode, s) = (m[0].as_str().unwrap(), &m[1]);
+        assert!(
+            s["cold_up_ms"].as_f64().unwrap_or(0.0) > 0.0,
+            "{mode}: cold up"
+        );
         assert!(
             s["stream_in_gbps"].as_f64().unwrap() > 0.0,
             "{mode}: stream in"
@@ -156,6 +206,16 @@ fn the_benchmark_runs_every_mode_without_a_failed_request() {
         m6["ebpf_bytes_per_entry"].as_f64().unwrap() > m4["ebpf_bytes_per_entry"].as_f64().unwrap(),
         "{m4} {m6}"
     );
+    // Conntrack at scale: the synthetic flows went in, and connections went through them.
+    let scale = doc["results"]["ct_scale"].as_array().unwrap();
+    assert_eq!(scale.len(), 1, "{scale:?}");
+    for c in scale {
+        for pair in c["pairs"].as_array().unwrap() {
+            assert!(pair["full"]["per_s"].as_f64().unwrap() > 0.0, "{c}");
+            assert_eq!(pair["full"]["errors"], 0, "{c}");
+        }
+        assert!(c["gc_pass_s"].as_f64().unwrap() > 0.0, "{c}");
+    }
     // The CNI section: every ADD and DEL succeeded (a failure fails the bench), for both
     // plugins, at 1 and at the larger number attached, and `podman run` answered.
     let cni = &doc["results"]["cni"];

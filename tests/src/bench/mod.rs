@@ -24,12 +24,25 @@
 //! more, right after its row: with a `netplane monitor` attached, and after it left (the
 //! events flag back to 0): see [`monitor_crr`]; [`monitor_row`] measures that alone.
 //!
+//! Every measurement on the bridge network also records the kernel CPU it took per unit
+//! of work ([`cpu`]: µs per connection or transaction, s per GB) and TCP's own counters
+//! on both ends ([`netstat`]). Connect/request/close is measured out of the container too
+//! (masquerade), and each mode's round starts with a cold `up` of the default-shaped
+//! config ([`cold`]). The eBPF variants ([`Variant`]: the ways out of and into
+//! containers) run as modes of their own in the first rounds; the conntrack scale rows
+//! ([`ct_scale`]: 100,000 and 1,000,000 live flows, and what GC costs then) once, after
+//! the rounds.
+//!
 //! Last, the CNI section ([`cni`]): netplane-cni against the reference chain bridge +
 //! host-local + portmap, ADD/DEL times and `podman run` until a published port answers.
 
 pub mod cni;
+mod cold;
+pub mod cpu;
 mod load;
+pub mod netstat;
 pub mod report;
+pub mod scale;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -42,7 +55,9 @@ use netplane::dataplane::ebpf::{
 use netplane::instance;
 use serde::Serialize;
 
-use self::load::{Rate, Servers, spawn_in};
+pub use self::load::Rate;
+use self::load::{Servers, spawn_in};
+use self::netstat::TcpDelta;
 use crate::Netns;
 use crate::host::{Host, OUTSIDE_IP, OUTSIDE_IP6, UPLINK, UPLINK_IP, UPLINK_IP6};
 
@@ -137,6 +152,13 @@ pub struct Options {
     pub dataplane: bool,
     /// The CNI section's settings; `None`: it does not run.
     pub cni: Option<cni::CniOptions>,
+    /// The eBPF variants measured alongside the modes (names of [`VARIANTS`]; empty:
+    /// none), and in how many of the rounds (the first ones): they cost a minute a round.
+    pub variants: Vec<String>,
+    pub variant_rounds: usize,
+    /// Live synthetic flows in the conntrack table for the scale rows (eBPF, once per
+    /// bench, after the rounds: see [`ct_scale`]); empty: none.
+    pub ct_scale: Vec<u32>,
 }
 
 impl Options {
@@ -151,6 +173,11 @@ impl Options {
             memory_flows: 10_000,
             dataplane: true,
             cni: Some(cni::CniOptions::full()),
+            variants: all_variants(),
+            // The three variants that are not the default add ~40 s to a round's ~170
+            // s: in three rounds of seven they keep the whole run within 25 minutes.
+            variant_rounds: 3,
+            ct_scale: vec![100_000, 1_000_000],
         }
     }
     /// About two and a half minutes on the reference machine.
@@ -163,6 +190,9 @@ impl Options {
             memory_flows: 10_000,
             dataplane: true,
             cni: Some(cni::CniOptions::quick()),
+            variants: all_variants(),
+            variant_rounds: 1,
+            ct_scale: vec![100_000],
         }
     }
     /// Enough to see that every part works (CI).
@@ -175,10 +205,77 @@ impl Options {
             memory_flows: 1_000,
             dataplane: true,
             cni: Some(cni::CniOptions::smoke()),
+            variants: all_variants(),
+            variant_rounds: 1,
+            ct_scale: vec![10_000],
         }
     }
     fn secs(&self) -> Duration {
         Duration::from_secs_f64(self.seconds)
+    }
+}
+
+/// One setting of the eBPF data path's paths in and out of containers (`[ebpf]
+/// from_container` and `into_container`), measured as a mode of its own: eBPF, bridge
+/// network, stream in and out, request/response, connect/request/close at the first N
+/// and out (masquerade), each with its CPU per unit and TCP counters. The one that is
+/// eBPF mode's default is not measured twice: its figures are eBPF mode's in the round.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Variant {
+    pub name: &'static str,
+    /// A container's packets of known flows leave from its host veth's hook.
+    pub from_container: bool,
+    /// How known flows' packets enter containers: "veth" (bpf_redirect to the host
+    /// veth), "peer" (bpf_redirect_peer, pure ACKs by the bridge), "peer-all".
+    pub into_container: &'static str,
+}
+
+pub const VARIANTS: [Variant; 4] = [
+    Variant {
+        name: "E0",
+        from_container: false,
+        into_container: "veth",
+    },
+    Variant {
+        name: "E1",
+        from_container: true,
+        into_container: "veth",
+    },
+    Variant {
+        name: "E2",
+        from_container: true,
+        into_container: "peer",
+    },
+    Variant {
+        name: "E3",
+        from_container: true,
+        into_container: "peer-all",
+    },
+];
+
+fn all_variants() -> Vec<String> {
+    VARIANTS.iter().map(|v| v.name.to_owned()).collect()
+}
+
+impl Variant {
+    pub fn by_name(name: &str) -> Option<Variant> {
+        VARIANTS
+            .iter()
+            .find(|v| v.name.eq_ignore_ascii_case(name))
+            .copied()
+    }
+
+    /// Its name as a mode of the rounds ("ebpf E2").
+    pub fn mode(&self) -> String {
+        format!("ebpf {}", self.name)
+    }
+
+    /// Its `[ebpf]` section.
+    fn config(&self) -> String {
+        format!(
+            "[ebpf]\nfrom_container = {}\ninto_container = \"{}\"\n",
+            self.from_container, self.into_container
+        )
     }
 }
 
@@ -211,6 +308,42 @@ pub struct Sample {
     /// attached, and right after it left (see [`monitor_crr`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub monitor: Option<MonitorCrr>,
+    /// TCP connect/request/close from the container to the outside (masquerade; the
+    /// baseline routes it untranslated).
+    pub tcp_crr_out: Option<Rate>,
+    /// Kernel CPU per unit of work (see [`cpu`]), per metric key of the report
+    /// (`stream_in`, `tcp_rr`, `tcp_crr_<N>`, `tcp_crr_out`…): µs per connection or
+    /// transaction, s per GB for streams.
+    pub cpu: Vec<(String, f64)>,
+    /// The same from the bench process's own CPU time (see [`cpu::own_seconds`]):
+    /// other tenants' time left out.
+    pub cpu_own: Vec<(String, f64)>,
+    /// TCP's counters on the sender and the receiver (see [`netstat`]), per metric key.
+    pub tcpext: Vec<(String, TcpDelta)>,
+    /// A cold `up` of the default-shaped config (see [`cold`]), in ms, and its phases
+    /// when `up` reports them.
+    pub cold_up_ms: Option<f64>,
+    pub cold_up_phases: Vec<(String, f64)>,
+}
+
+impl Sample {
+    /// Records a measurement's kernel CPU per unit (the machine's, the bench's own) and
+    /// TCP counters under `key`.
+    fn record(&mut self, key: &str, (per_unit, own): (f64, f64), tcp: TcpDelta) {
+        self.cpu.push((key.to_owned(), per_unit));
+        self.cpu_own.push((key.to_owned(), own));
+        self.tcpext.push((key.to_owned(), tcp));
+    }
+
+    /// Kernel CPU per unit of metric `key`, if measured.
+    pub fn cpu_of(&self, key: &str) -> Option<f64> {
+        self.cpu.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    /// [`Sample::cpu_of`], the bench's own (see [`Sample::cpu_own`]).
+    pub fn cpu_own_of(&self, key: &str) -> Option<f64> {
+        self.cpu_own.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
 }
 
 /// Connect/request/close of the eBPF data plane with and without a `netplane monitor`,
@@ -301,6 +434,16 @@ pub struct Results {
     pub ebpf_program_costs_ptp: Vec<(String, u64, f64)>,
     /// The CNI section, if it ran.
     pub cni: Option<cni::CniResults>,
+    /// The load average before and after each round (the CPU figures are the whole
+    /// machine's).
+    pub round_load: Vec<(f64, f64)>,
+    /// The variants that ran (see [`Options::variants`]), and why none did if so.
+    pub variants: Vec<String>,
+    /// The one that is eBPF mode's default config, if any: its figures are eBPF mode's.
+    pub variant_default: Option<String>,
+    pub variants_skipped: Option<String>,
+    /// The conntrack scale rows (see [`ct_scale`]).
+    pub ct_scale: Vec<scale::ScaleSample>,
 }
 
 /// The bench's sandbox: the harness's [`Host`], whose outside namespace is the client.
@@ -347,10 +490,17 @@ impl Bench {
 
     /// The plan of `mode` with `n` published TCP ports (and one UDP port), the container
     /// on `net` (dual-stack for an IPv6 one; the ports are then published on both
-    /// families).
-    fn plan(&self, net: Net, mode: Mode, n: u32, shift_first: bool) -> anyhow::Result<Plan> {
+    /// families), and the config's `extra` sections (a variant's).
+    fn plan(
+        &self,
+        net: Net,
+        mode: Mode,
+        n: u32,
+        shift_first: bool,
+        extra: &str,
+    ) -> anyhow::Result<Plan> {
         let text = format!(
-            "name = \"{}\"\n{}",
+            "name = \"{}\"\n{}{extra}",
             self.name(),
             config_body(net, mode, n, shift_first)
         );
@@ -497,8 +647,37 @@ struct Run<'a> {
     mode: &'a str,
     netplane_mode: Mode,
     net: Net,
+    /// Config sections added to the plan (a variant's `[ebpf]`, `[conntrack]`).
+    extra: String,
     warm: Duration,
     secs: Duration,
+}
+
+/// A measurement: its figure, the kernel CPU seconds of the machine while it ran (not
+/// during its warm-up), and TCP's counters on both ends.
+struct Measured<R> {
+    value: R,
+    kernel_s: f64,
+    /// The cross-check that leaves other tenants out (see [`cpu::own_seconds`]).
+    own_s: f64,
+    tcp: TcpDelta,
+}
+
+impl Measured<Rate> {
+    /// µs of kernel CPU per connection or transaction: the machine's, the bench's own.
+    fn per_unit(&self, secs: Duration) -> (f64, f64) {
+        let units = self.value.per_s * secs.as_secs_f64();
+        (self.kernel_s * 1e6 / units, self.own_s * 1e6 / units)
+    }
+}
+
+impl Measured<f64> {
+    /// Seconds of kernel CPU per GB streamed (the value in Gbit/s): the machine's, the
+    /// bench's own.
+    fn per_gb(&self, secs: Duration) -> (f64, f64) {
+        let gb = self.value * secs.as_secs_f64() / 8.0;
+        (self.kernel_s / gb, self.own_s / gb)
+    }
 }
 
 impl<'a> Run<'a> {
@@ -511,13 +690,26 @@ impl<'a> Run<'a> {
         n: u32,
         opts: &Options,
     ) -> anyhow::Result<Run<'a>> {
+        Run::start_with(bench, mode, net, n, opts, String::new())
+    }
+
+    /// [`Run::start`] with `extra` config sections; a mode named "ebpf …" (a variant) is
+    /// eBPF mode.
+    fn start_with(
+        bench: &'a mut Bench,
+        mode: &'a str,
+        net: Net,
+        n: u32,
+        opts: &Options,
+        extra: String,
+    ) -> anyhow::Result<Run<'a>> {
         let netplane_mode = match mode {
             "iptables" => Mode::Iptables,
-            "ebpf" => Mode::Ebpf,
+            m if m.starts_with("ebpf") => Mode::Ebpf,
             _ => Mode::NoNat,
         };
         let sb = bench.fresh();
-        sb.up(&sb.plan(net, netplane_mode, n, false)?)?;
+        sb.up(&sb.plan(net, netplane_mode, n, false, &extra)?)?;
         if mode == "nftables" {
             nft_apply(sb, n, false, net.family)?;
         }
@@ -526,6 +718,7 @@ impl<'a> Run<'a> {
             mode,
             netplane_mode,
             net,
+            extra,
             warm: Duration::from_secs_f64(opts.warmup),
             secs: opts.secs(),
         })
@@ -563,10 +756,73 @@ impl<'a> Run<'a> {
             .expect("bench load thread")
     }
 
+    /// [`Run::timed`] from `from` to a server in `to`, with the kernel CPU time of the
+    /// timed part and TCP's counters on both ends (read outside the CPU window).
+    fn measured<R: Send + 'static>(
+        &self,
+        from: &Netns,
+        to: &Netns,
+        load: fn(SocketAddr, Duration) -> R,
+        target: SocketAddr,
+    ) -> Measured<R> {
+        let (warm, secs) = (self.warm, self.secs);
+        spawn_in(from, CLIENT_CPU, move || load(target, warm))
+            .join()
+            .expect("bench load thread");
+        let tcp = netstat::Before::read(from, to);
+        let before = cpu::kernel_cpu();
+        let value = spawn_in(from, CLIENT_CPU, move || load(target, secs))
+            .join()
+            .expect("bench load thread");
+        let after = cpu::kernel_cpu();
+        Measured {
+            value,
+            kernel_s: cpu::seconds(&before, &after),
+            own_s: cpu::own_seconds(&before, &after),
+            tcp: tcp.delta(),
+        }
+    }
+
     /// Connect/request/close from the client to the last of `n` published ports.
     fn crr(&self, n: u32) -> Rate {
         let t = self.target(FIRST_PORT + (n - 1) as u16);
         self.timed(self.sb.client(), load::tcp_crr, t)
+    }
+
+    /// [`Run::crr`], measured: recorded in `s` as `tcp_crr_<n>`.
+    fn crr_into(&self, n: u32, s: &mut Sample) -> Rate {
+        let t = self.target(FIRST_PORT + (n - 1) as u16);
+        let m = self.measured(self.sb.client(), &self.sb.web(), load::tcp_crr, t);
+        s.record(&format!("tcp_crr_{n}"), m.per_unit(self.secs), m.tcp);
+        m.value
+    }
+
+    /// The measurements that every mode and variant makes on the bridge network:
+    /// streams in and out, TCP request/response, connect/request/close at `n` and out
+    /// (masquerade), each with its CPU per unit and TCP counters.
+    fn core(&self, n: u32, s: &mut Sample, p: &dyn Fn(&str)) {
+        let (client, web) = (self.sb.client(), &self.sb.web());
+        let t = self.target(FIRST_PORT);
+        let outside = sock(IPV4.outside, SERVER_PORT);
+        p("TCP stream in (published port)");
+        let m = self.measured(client, web, load::stream, t);
+        s.record("stream_in", m.per_gb(self.secs), m.tcp);
+        s.stream_in_gbps = m.value;
+        p("TCP stream out (masquerade)");
+        let m = self.measured(web, client, load::stream, outside);
+        s.record("stream_out", m.per_gb(self.secs), m.tcp);
+        s.stream_out_gbps = m.value;
+        p("TCP request/response");
+        let m = self.measured(client, web, load::tcp_rr, t);
+        s.record("tcp_rr", m.per_unit(self.secs), m.tcp);
+        s.tcp_rr = m.value;
+        p(&format!("TCP connect/request/close, N = {n}"));
+        let r = self.crr_into(n, s);
+        s.tcp_crr.push((n, r));
+        p("TCP connect/request/close out (masquerade)");
+        let m = self.measured(web, client, load::tcp_crr, outside);
+        s.record("tcp_crr_out", m.per_unit(self.secs), m.tcp);
+        s.tcp_crr_out = Some(m.value);
     }
 
     /// Programs `n` published ports (the first one moved down by one with
@@ -577,8 +833,9 @@ impl<'a> Run<'a> {
             let t = nft_apply(self.sb, n, shift_first, self.net.family)?;
             return Ok((t, t));
         }
-        self.sb
-            .up(&self.sb.plan(self.net, self.netplane_mode, n, shift_first)?)
+        self.sb.up(&self
+            .sb
+            .plan(self.net, self.netplane_mode, n, shift_first, &self.extra)?)
     }
 }
 
@@ -588,25 +845,22 @@ fn measure(bench: &mut Bench, mode: &str, opts: &Options, round: usize) -> anyho
     let p = |what: &str| progress(round, opts.rounds, mode, what);
     let n_min = opts.scale[0];
     let n_max = *opts.scale.last().expect("scale is not empty");
+    p("cold up");
+    let cold = cold::cold_up(bench, mode)?;
     p("setting up");
     let run = Run::start(bench, mode, BRIDGE, n_min, opts)?;
     let sb = run.sb;
     let web_servers = run.servers(&sb.web());
     let outside_servers = run.servers(sb.client());
 
-    let mut s = Sample::default();
-    let t = run.target(FIRST_PORT);
-    p("TCP stream in (published port)");
-    s.stream_in_gbps = run.timed(sb.client(), load::stream, t);
-    p("TCP stream out (masquerade)");
-    s.stream_out_gbps = run.timed(&sb.web(), load::stream, sock(IPV4.outside, SERVER_PORT));
-    p("TCP request/response");
-    s.tcp_rr = run.timed(sb.client(), load::tcp_rr, t);
+    let mut s = Sample {
+        cold_up_ms: Some(cold.ms),
+        cold_up_phases: cold.phases,
+        ..Sample::default()
+    };
+    run.core(n_min, &mut s, &p);
     p("UDP request/response");
     s.udp_rr = run.timed(sb.client(), load::udp_rr, run.target(UDP_PORT));
-
-    p(&format!("TCP connect/request/close, N = {n_min}"));
-    s.tcp_crr.push((n_min, run.crr(n_min)));
     if mode == "ebpf" {
         s.monitor = Some(monitor_crr(&run, n_min, &p)?);
     }
@@ -617,7 +871,7 @@ fn measure(bench: &mut Bench, mode: &str, opts: &Options, round: usize) -> anyho
         s.apply_up_ms = Some(up.as_secs_f64() * 1e3);
     }
     p(&format!("TCP connect/request/close, N = {n_max}"));
-    let top = run.crr(n_max);
+    let top = run.crr_into(n_max, &mut s);
     if mode != "baseline" {
         p(&format!("one change with {n_max} mappings"));
         let (up, change) = if mode == "nftables" {
@@ -642,7 +896,8 @@ fn measure(bench: &mut Bench, mode: &str, opts: &Options, round: usize) -> anyho
             run.program(n, false)?;
         }
         p(&format!("TCP connect/request/close, N = {n}"));
-        s.tcp_crr.push((n, run.crr(n)));
+        let r = run.crr_into(n, &mut s);
+        s.tcp_crr.push((n, r));
     }
     s.tcp_crr.push((n_max, top));
     s.tcp_crr.sort_by_key(|(n, _)| *n);
@@ -772,6 +1027,7 @@ pub fn monitor_row(opts: &Options) -> anyhow::Result<Vec<(Rate, MonitorCrr)>> {
             mode: "ebpf",
             netplane_mode: Mode::Ebpf,
             net: BRIDGE,
+            extra: String::new(),
             warm: Duration::from_secs_f64(opts.warmup),
             secs: opts.secs(),
         };
@@ -975,9 +1231,151 @@ fn profile(bench: &mut Bench, opts: &Options, net: Net) -> anyhow::Result<Vec<(S
     Ok(costs)
 }
 
+/// A variant of eBPF mode in one round (see [`Variant`]): the bridge network's
+/// measurements that the variants change.
+fn measure_variant(
+    bench: &mut Bench,
+    v: Variant,
+    opts: &Options,
+    round: usize,
+) -> anyhow::Result<Sample> {
+    let mode = v.mode();
+    let p = |what: &str| progress(round, opts.rounds, &mode, what);
+    p("setting up");
+    let run = Run::start_with(bench, &mode, BRIDGE, opts.scale[0], opts, v.config())?;
+    let _servers = [run.servers(&run.sb.web()), run.servers(run.sb.client())];
+    let mut s = Sample::default();
+    run.core(opts.scale[0], &mut s, &p);
+    Ok(s)
+}
+
+/// The eBPF plan of the bench's bridge network with `extra` config sections.
+fn ebpf_plan(extra: &str) -> Result<Plan, netplane::config::ConfigError> {
+    let text = format!(
+        "name = \"{PREFIX}check\"\n{}{extra}",
+        config_body(BRIDGE, Mode::Ebpf, 1, false),
+    );
+    Config::parse(&text, "bench")?.plan()
+}
+
+/// Why this build cannot run variant `v`, if it cannot: its config has no `[ebpf]
+/// from_container` / `into_container` (yet).
+fn variant_unsupported(v: &Variant) -> Option<String> {
+    ebpf_plan(&v.config()).err().map(|e| e.to_string())
+}
+
+/// Whether variant `v` is how eBPF mode is configured by default: its figures are then
+/// eBPF mode's own, measured in the same round, and it is not measured again.
+fn is_default(v: &Variant) -> bool {
+    match (ebpf_plan(&v.config()), ebpf_plan("")) {
+        (Ok(a), Ok(b)) => a.ebpf == b.ebpf,
+        _ => false,
+    }
+}
+
+/// The conntrack scale rows (eBPF, bridge network, connect/request/close at N = 1), once
+/// per bench, after the rounds: for each size in `opts.ct_scale`, [`scale_pairs`] pairs
+/// of measurements, each in a new instance whose main table has room for it
+/// ([`scale::max_entries_for`]): empty, then full of synthetic flows. During the last
+/// full measurement, the agent's CPU time (over at least two GC intervals, so that it
+/// holds a GC pass over the full table); last, one GC pass timed in this process.
+fn ct_scale(bench: &mut Bench, opts: &Options) -> anyhow::Result<Vec<scale::ScaleSample>> {
+    let mut out = Vec::new();
+    let gc_interval = netplane::dataplane::ebpf::agent::GC_INTERVAL;
+    let (backend, uplink) = (IPV4.web.parse()?, UPLINK_IP.parse()?);
+    for &flows in &opts.ct_scale {
+        let max_entries = scale::max_entries_for(flows);
+        let mut s = scale::ScaleSample {
+            flows,
+            max_entries,
+            ..Default::default()
+        };
+        let pairs = scale_pairs(opts);
+        for pair in 1..=pairs {
+            let p = |what: &str| {
+                eprintln!("[conntrack scale] ebpf, {flows} live flows, pair {pair}/{pairs}: {what}")
+            };
+            p(&format!("setting up, max_entries = {max_entries}"));
+            let extra = format!("[conntrack]\nmax_entries = {max_entries}\n");
+            let run = Run::start_with(bench, "ebpf", BRIDGE, 1, opts, extra)?;
+            let name = run.sb.name();
+            let _servers = run.servers(&run.sb.web());
+            let mut sample = Sample::default();
+            p("TCP connect/request/close, N = 1, empty table");
+            let empty = run.crr_into(1, &mut sample);
+            let (empty_cpu_us, empty_cpu_own_us) = cpu_of(&sample);
+            p("filling the table");
+            let t = Instant::now();
+            let filled = scale::fill(name, flows, backend, uplink, FIRST_PORT)?;
+            s.fill_s = t.elapsed().as_secs_f64();
+            if filled < flows {
+                bail!(
+                    "conntrack scale: only {filled} of {flows} synthetic flows went into the table"
+                );
+            }
+            let last = pair == pairs;
+            let agent = if last { scale::agent(name) } else { None };
+            if last && agent.is_none() {
+                let log = netplane::dataplane::ebpf::agent::log_file(name);
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                p(&format!(
+                    "no agent runs: its CPU time is not measured ({}: {})",
+                    log.display(),
+                    tail.join(" / ")
+                ));
+            }
+            let agent_before = agent.and_then(cpu::process_cpu_s);
+            let t = Instant::now();
+            p("TCP connect/request/close, N = 1, full table");
+            let mut sample = Sample::default();
+            let full = run.crr_into(1, &mut sample);
+            let (full_cpu_us, full_cpu_own_us) = cpu_of(&sample);
+            s.pairs.push(scale::ScalePair {
+                empty,
+                full,
+                empty_cpu_us,
+                full_cpu_us,
+                empty_cpu_own_us,
+                full_cpu_own_us,
+            });
+            if !last {
+                continue;
+            }
+            if let Some(rest) = (gc_interval * 2).checked_sub(t.elapsed()) {
+                std::thread::sleep(rest);
+            }
+            s.agent_cpu_s_per_min = agent
+                .and_then(cpu::process_cpu_s)
+                .zip(agent_before)
+                .map(|(after, before)| (after - before) * 60.0 / t.elapsed().as_secs_f64());
+            p("one GC pass");
+            let (wall, cpu) = scale::gc_pass(name);
+            (s.gc_pass_s, s.gc_pass_cpu_s) = (wall.as_secs_f64(), cpu);
+        }
+        out.push(s);
+    }
+    Ok(out)
+}
+
+/// Pairs of empty and full measurements per size of the scale rows: as many as rounds, at
+/// most three (a pair at 1M flows takes ~10 s: a 200 MB table, its fill, two
+/// measurements).
+fn scale_pairs(opts: &Options) -> usize {
+    opts.rounds.clamp(1, 3)
+}
+
+/// The kernel CPU per connection (the machine's, the bench's own) of a sample that
+/// measured connect/request/close at N = 1 alone.
+fn cpu_of(s: &Sample) -> (f64, f64) {
+    (
+        s.cpu_of("tcp_crr_1").unwrap_or(f64::NAN),
+        s.cpu_own_of("tcp_crr_1").unwrap_or(f64::NAN),
+    )
+}
+
 /// A small, seeded shuffle: the order of modes changes every round.
-fn shuffled(seed: u64) -> Vec<&'static str> {
-    let mut v = MODES.to_vec();
+fn shuffled<T>(seed: u64, mut v: Vec<T>) -> Vec<T> {
     let mut x = seed | 1;
     for i in (1..v.len()).rev() {
         x ^= x << 13;
@@ -1004,8 +1402,22 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
         eprintln!("warning: 1 CPU: client and server cannot be pinned apart");
     }
     let mut rounds = Vec::new();
+    let mut round_load = Vec::new();
     let (mut memory, mut memory_ipv6) = Default::default();
     let (mut ebpf_program_costs, mut ebpf_program_costs_ptp) = Default::default();
+    let mut variants: Vec<Variant> = opts
+        .variants
+        .iter()
+        .map(|n| Variant::by_name(n).with_context(|| format!("no eBPF variant {n}")))
+        .collect::<anyhow::Result<_>>()?;
+    let variants_skipped = variants.first().and_then(variant_unsupported);
+    if let Some(why) = &variants_skipped {
+        eprintln!(
+            "warning: the eBPF variants are not measured: this build's config does not take them: {why}"
+        );
+        variants.clear();
+    }
+    let mut ct_scale_rows = Vec::new();
     if opts.dataplane {
         let mut bench = Bench::new();
         let seed = std::time::SystemTime::now()
@@ -1013,15 +1425,41 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(7);
         for r in 0..opts.rounds {
+            let load_before = cpu::load_average();
+            if load_before > cpu::LOAD_WARNING {
+                eprintln!(
+                    "warning: round {}: the load average is {load_before:.2}: the CPU per unit figures \
+                     (the whole machine's kernel time) carry other work too",
+                    r + 1
+                );
+            }
+            let mut order: Vec<(String, Option<Variant>)> =
+                MODES.iter().map(|m| ((*m).to_owned(), None)).collect();
+            let (default, others): (Vec<Variant>, Vec<Variant>) = if r < opts.variant_rounds {
+                variants.iter().partition(|v| is_default(v))
+            } else {
+                Default::default()
+            };
+            order.extend(others.iter().map(|v| (v.mode(), Some(*v))));
             let mut samples = Vec::new();
-            for mode in shuffled(seed.wrapping_add(r as u64 * 0x9e37_79b9)) {
-                samples.push((mode.to_owned(), measure(&mut bench, mode, &opts, r)?));
+            for (mode, variant) in shuffled(seed.wrapping_add(r as u64 * 0x9e37_79b9), order) {
+                let sample = match variant {
+                    Some(v) => measure_variant(&mut bench, v, &opts, r)?,
+                    None => measure(&mut bench, &mode, &opts, r)?,
+                };
+                samples.push((mode, sample));
+            }
+            if let Some((_, ebpf)) = samples.iter().find(|(m, _)| m == "ebpf") {
+                let ebpf = ebpf.clone();
+                samples.extend(default.iter().map(|v| (v.mode(), ebpf.clone())));
             }
             rounds.push(samples);
+            round_load.push((load_before, cpu::load_average()));
         }
         [memory, memory_ipv6] = self::memory(&mut bench, &opts)?;
         ebpf_program_costs = profile(&mut bench, &opts, BRIDGE)?;
         ebpf_program_costs_ptp = profile(&mut bench, &opts, PTP)?;
+        ct_scale_rows = ct_scale(&mut bench, &opts)?;
     }
     // Last: its hundreds of namespaces are torn down (by the kernel, in a worker) after it.
     let cni = opts.cni.as_ref().map(cni::run).transpose()?;
@@ -1034,5 +1472,13 @@ pub fn run(opts: Options) -> anyhow::Result<Results> {
         ebpf_program_costs,
         ebpf_program_costs_ptp,
         cni,
+        round_load,
+        variants: variants.iter().map(|v| v.name.to_owned()).collect(),
+        variant_default: variants
+            .iter()
+            .find(|v| is_default(v))
+            .map(|v| v.name.to_owned()),
+        variants_skipped,
+        ct_scale: ct_scale_rows,
     })
 }

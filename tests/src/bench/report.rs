@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::netstat::TcpDelta;
 use super::{MODES, Rate, Results, Sample, cni, ipv6_scale};
 
 /// Reads one figure from a sample.
@@ -36,6 +37,7 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
             true,
             Box::new(|s| Some(s.stream_in_gbps)),
         ),
+        cpu_metric("stream_in", "  kernel CPU per GB", "s/GB"),
         m(
             "stream_out",
             "TCP stream out (masquerade)",
@@ -43,6 +45,7 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
             true,
             Box::new(|s| Some(s.stream_out_gbps)),
         ),
+        cpu_metric("stream_out", "  kernel CPU per GB", "s/GB"),
         m(
             "tcp_rr",
             "TCP request/response",
@@ -50,6 +53,7 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
             true,
             Box::new(|s| Some(s.tcp_rr.per_s)),
         ),
+        cpu_metric("tcp_rr", "  kernel CPU per transaction", "µs"),
         m(
             "tcp_rr_p50",
             "TCP request/response p50",
@@ -95,6 +99,11 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
             true,
             Box::new(move |s| crr(s).map(|r| r.per_s)),
         ));
+        v.push(cpu_metric(
+            &format!("tcp_crr_{n}"),
+            &format!("  kernel CPU per connection, N={n}"),
+            "µs",
+        ));
         v.push(m(
             &format!("tcp_crr_{n}_p50"),
             &format!("  p50, N={n}"),
@@ -135,6 +144,32 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
             ));
         }
     }
+    v.push(m(
+        "tcp_crr_out",
+        "TCP connect/request/close out (masquerade)",
+        "conn/s",
+        true,
+        Box::new(|s| s.tcp_crr_out.map(|r| r.per_s)),
+    ));
+    v.push(cpu_metric(
+        "tcp_crr_out",
+        "  kernel CPU per connection",
+        "µs",
+    ));
+    v.push(m(
+        "tcp_crr_out_p99",
+        "  p99",
+        "µs",
+        false,
+        Box::new(|s| s.tcp_crr_out.map(|r| r.p99_us)),
+    ));
+    v.push(m(
+        "cold_up_ms",
+        "cold `up`, default config",
+        "ms",
+        false,
+        Box::new(|s| s.cold_up_ms),
+    ));
     let n_max = scale.last().copied().unwrap_or(1);
     v.push(m(
         "apply_ms",
@@ -188,7 +223,43 @@ fn metrics(scale: &[u32]) -> Vec<Metric> {
             Box::new(move |s| at(&s.ipv6.as_ref()?.tcp_crr, n).map(|r| r.per_s)),
         ));
     }
-    v
+    // Each CPU row is followed by its cross-check, the bench process's own CPU time.
+    let mut out = Vec::with_capacity(v.len() * 2);
+    for m in v {
+        let own = m
+            .key
+            .strip_prefix("cpu_")
+            .map(|of| own_cpu_metric(of, m.unit));
+        out.push(m);
+        out.extend(own);
+    }
+    out
+}
+
+/// The bench process's own CPU time per unit of work of metric `of` (see
+/// `bench::cpu::own_seconds`): `cpu_own_<of>`, lower is better.
+fn own_cpu_metric(of: &str, unit: &'static str) -> Metric {
+    let key = of.to_owned();
+    Metric {
+        key: format!("cpu_own_{of}"),
+        label: "    bench process's CPU".to_owned(),
+        unit,
+        higher_is_better: false,
+        get: Box::new(move |s| s.cpu_own_of(&key)),
+    }
+}
+
+/// Kernel CPU per unit of work of metric `of` (see `bench::cpu`): `cpu_<of>`, lower is
+/// better.
+fn cpu_metric(of: &str, label: &str, unit: &'static str) -> Metric {
+    let key = of.to_owned();
+    Metric {
+        key: format!("cpu_{of}"),
+        label: label.to_owned(),
+        unit,
+        higher_is_better: false,
+        get: Box::new(move |s| s.cpu_of(&key)),
+    }
 }
 
 /// The rate at `n` published ports among `crr`'s.
@@ -244,6 +315,79 @@ pub struct Summary {
     /// eBPF's connect/request/close with a monitor against none, computed within each
     /// round (see [`MonitorCost`]); `None` when no round measured it.
     pub monitor: Option<MonitorCost>,
+    /// The eBPF variants' figures (see `bench::Variant`).
+    pub variants: Vec<VariantRow>,
+    /// TCP's counters of the stream rows and of every row whose spread over rounds
+    /// exceeds [`SPREAD`] in some mode, per mode.
+    pub tcpext: Vec<TcpExtRow>,
+    /// eBPF's cold `up` phases (name, median ms over rounds), when `up` reports them.
+    pub cold_up_phases: Vec<(String, f64)>,
+    /// The issue's targets, each with what this run measured.
+    pub targets: Vec<Target>,
+}
+
+/// One metric of one eBPF variant: its median, and its ratios to the no-NAT baseline and
+/// to eBPF mode as configured by default, computed within the rounds that measured it.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariantRow {
+    pub metric: String,
+    pub variant: String,
+    pub value: Option<f64>,
+    pub over_baseline: Option<Ratio>,
+    pub over_ebpf: Option<Ratio>,
+}
+
+/// The metrics the variants are measured on (`bench::Run::core`).
+fn variant_metrics(scale: &[u32]) -> Vec<String> {
+    let n = scale.first().copied().unwrap_or(1);
+    [
+        "stream_in",
+        "stream_out",
+        "tcp_rr",
+        &format!("tcp_crr_{n}"),
+        "tcp_crr_out",
+    ]
+    .iter()
+    .flat_map(|m| [(*m).to_owned(), format!("cpu_{m}"), format!("cpu_own_{m}")])
+    .collect()
+}
+
+/// A row's spread over rounds ((max − min) / median of one mode's values) above which its
+/// TCP counters are printed to explain it.
+pub const SPREAD: f64 = 0.3;
+
+/// TCP's counters during one metric's measurements, per mode: each counter's median over
+/// the rounds, on the sender and on the receiver.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpExtRow {
+    pub metric: String,
+    pub label: String,
+    /// The largest spread of the row's values over rounds, of any mode.
+    pub spread: f64,
+    pub modes: Vec<(String, TcpDelta)>,
+}
+
+/// One of the issue's targets: the figure it is about, and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub what: String,
+    /// "≥ 1.15", "≤ 150 ms"…
+    pub goal: String,
+    pub measured: String,
+    pub met: Option<bool>,
+}
+
+/// The modes of the rounds, variants included, in a stable order: [`MODES`] first.
+fn all_modes(r: &Results) -> Vec<String> {
+    let mut modes: Vec<String> = MODES.iter().map(|m| (*m).to_owned()).collect();
+    for rd in &r.rounds {
+        for (m, _) in rd {
+            if !modes.contains(m) {
+                modes.push(m.clone());
+            }
+        }
+    }
+    modes
 }
 
 /// What `netplane monitor` costs connect/request/close in eBPF mode (N = the first of
@@ -315,7 +459,7 @@ fn ratio_of(per_round: Vec<f64>) -> Option<Ratio> {
 }
 
 pub fn summarize(r: &Results) -> Summary {
-    let rows = metrics(&r.options.scale)
+    let rows: Vec<Row> = metrics(&r.options.scale)
         .into_iter()
         .map(|m| {
             let of = |round: &Vec<(String, Sample)>, mode: &str| {
@@ -387,14 +531,301 @@ pub fn summarize(r: &Results) -> Summary {
             })
             .collect::<Vec<_>>(),
     );
+    let variants = variant_rows(r, &all);
+    let tcpext = tcpext_rows(r, &all);
+    let cold_up_phases = cold_phases(r);
+    let targets = targets(r, &rows);
     Summary {
         rows,
         monitor,
+        variants,
+        tcpext,
+        cold_up_phases,
+        targets,
         memory_ratio: r.memory.worse_ratio(),
         memory_ratio_ipv6: r.memory_ipv6.worse_ratio(),
         ptp_over_bridge,
         cni: r.cni.as_ref().map(cni::summarize),
     }
+}
+
+/// The per-round values of metric `m` of `mode`.
+fn per_round(r: &Results, m: &Metric, mode: &str) -> Vec<f64> {
+    r.rounds
+        .iter()
+        .filter_map(|rd| {
+            rd.iter()
+                .find(|(k, _)| k == mode)
+                .and_then(|(_, s)| (m.get)(s))
+        })
+        .collect()
+}
+
+/// Per-round ratios of metric `m`: `mode` over `other`.
+fn ratio_in_rounds(r: &Results, m: &Metric, mode: &str, other: &str) -> Option<Ratio> {
+    let of = |rd: &Vec<(String, Sample)>, k: &str| {
+        rd.iter()
+            .find(|(x, _)| x == k)
+            .and_then(|(_, s)| (m.get)(s))
+    };
+    ratio_of(
+        r.rounds
+            .iter()
+            .filter_map(|rd| Some(of(rd, mode)? / of(rd, other)?))
+            .collect(),
+    )
+}
+
+fn variant_rows(r: &Results, all: &[Metric]) -> Vec<VariantRow> {
+    let mut out = Vec::new();
+    for key in variant_metrics(&r.options.scale) {
+        let Some(m) = all.iter().find(|m| m.key == key) else {
+            continue;
+        };
+        for v in &r.variants {
+            let mode = format!("ebpf {v}");
+            out.push(VariantRow {
+                metric: key.clone(),
+                variant: v.clone(),
+                value: median(per_round(r, m, &mode)),
+                over_baseline: ratio_in_rounds(r, m, &mode, "baseline"),
+                over_ebpf: ratio_in_rounds(r, m, &mode, "ebpf"),
+            });
+        }
+    }
+    out
+}
+
+fn tcpext_rows(r: &Results, all: &[Metric]) -> Vec<TcpExtRow> {
+    let modes = all_modes(r);
+    let mut out = Vec::new();
+    for m in all {
+        // The counters are recorded under the figure's key; its CPU row shares them.
+        let key = m.key.as_str();
+        let recorded = r
+            .rounds
+            .iter()
+            .flatten()
+            .any(|(_, s)| s.tcpext.iter().any(|(k, _)| k == key));
+        if !recorded {
+            continue;
+        }
+        let spread = modes
+            .iter()
+            .filter_map(|mode| {
+                let v = per_round(r, m, mode);
+                let (lo, hi) = v
+                    .iter()
+                    .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
+                        (a.min(*x), b.max(*x))
+                    });
+                Some((hi - lo) / median(v)?)
+            })
+            .fold(0.0, f64::max);
+        if !key.starts_with("stream") && spread <= SPREAD {
+            continue;
+        }
+        let per_mode = modes
+            .iter()
+            .filter_map(|mode| {
+                let deltas: Vec<&TcpDelta> = r
+                    .rounds
+                    .iter()
+                    .filter_map(|rd| {
+                        let (_, s) = rd.iter().find(|(k, _)| k == mode)?;
+                        s.tcpext.iter().find(|(k, _)| k == key).map(|(_, d)| d)
+                    })
+                    .collect();
+                if deltas.is_empty() {
+                    return None;
+                }
+                let side = |f: fn(&TcpDelta) -> &BTreeMap<String, u64>| {
+                    super::netstat::KEPT
+                        .iter()
+                        .filter_map(|c| {
+                            let v = median(
+                                deltas
+                                    .iter()
+                                    .map(|d| f(d).get(*c).copied().unwrap_or(0) as f64)
+                                    .collect(),
+                            )?;
+                            (v > 0.0).then(|| ((*c).to_owned(), v.round() as u64))
+                        })
+                        .collect()
+                };
+                Some((
+                    mode.clone(),
+                    TcpDelta {
+                        sender: side(|d| &d.sender),
+                        receiver: side(|d| &d.receiver),
+                    },
+                ))
+            })
+            .collect::<Vec<(String, TcpDelta)>>();
+        if per_mode
+            .iter()
+            .all(|(_, d)| d.sender.is_empty() && d.receiver.is_empty())
+        {
+            continue;
+        }
+        out.push(TcpExtRow {
+            metric: key.to_owned(),
+            label: m.label.trim().to_owned(),
+            spread,
+            modes: per_mode,
+        });
+    }
+    out
+}
+
+/// eBPF's cold `up` phases: each phase's median over the rounds that reported it.
+fn cold_phases(r: &Results) -> Vec<(String, f64)> {
+    let samples: Vec<&Sample> = r
+        .rounds
+        .iter()
+        .filter_map(|rd| rd.iter().find(|(k, _)| k == "ebpf").map(|(_, s)| s))
+        .collect();
+    let mut names: Vec<&str> = Vec::new();
+    for s in &samples {
+        for (n, _) in &s.cold_up_phases {
+            if !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|n| {
+            let v = samples
+                .iter()
+                .filter_map(|s| {
+                    s.cold_up_phases
+                        .iter()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, ms)| *ms)
+                })
+                .collect();
+            Some((n.to_owned(), median(v)?))
+        })
+        .collect()
+}
+
+/// The issue's targets (issue 17), from the rows and the scale rows.
+fn targets(r: &Results, rows: &[Row]) -> Vec<Target> {
+    let scale = &r.options.scale;
+    let ratio = |metric: &str, other: &str| {
+        rows.iter()
+            .find(|row| row.metric == metric)
+            .and_then(|row| row.ebpf_over.get(other).cloned())
+    };
+    let mut out = Vec::new();
+    let mut over = |what: String, metric: String, other: &str, goal: f64, at_least: bool| {
+        let r = ratio(&metric, other);
+        out.push(Target {
+            what,
+            goal: format!("{} {goal:.2}", if at_least { "≥" } else { "≤" }),
+            measured: fmt_ratio(r.as_ref()),
+            met: r.map(|r| {
+                if at_least {
+                    r.median >= goal
+                } else {
+                    r.median <= goal
+                }
+            }),
+        });
+    };
+    for &n in [scale.first(), scale.last()].into_iter().flatten() {
+        over(
+            format!("connect/request/close N={n}, ebpf/baseline"),
+            format!("tcp_crr_{n}"),
+            "baseline",
+            1.15,
+            true,
+        );
+    }
+    over(
+        "TCP RR, ebpf/baseline".into(),
+        "tcp_rr".into(),
+        "baseline",
+        1.15,
+        true,
+    );
+    over(
+        "stream in, ebpf/baseline".into(),
+        "stream_in".into(),
+        "baseline",
+        1.0,
+        true,
+    );
+    over(
+        "stream out, ebpf/baseline".into(),
+        "stream_out".into(),
+        "baseline",
+        1.0,
+        true,
+    );
+    over(
+        "masquerade connect/request/close, ebpf/baseline".into(),
+        "tcp_crr_out".into(),
+        "baseline",
+        1.15,
+        true,
+    );
+    for &n in scale {
+        over(
+            format!("connect/request/close N={n}, ebpf/nftables"),
+            format!("tcp_crr_{n}"),
+            "nftables",
+            1.2,
+            true,
+        );
+    }
+    let n_max = scale.last().copied().unwrap_or(1);
+    over(
+        format!("kernel CPU per connection N={n_max}, ebpf/iptables"),
+        format!("cpu_tcp_crr_{n_max}"),
+        "iptables",
+        0.4,
+        false,
+    );
+    // The same from the bench process's CPU time: a cross-check that other tenants'
+    // time does not reach.
+    over(
+        "  the same, from the bench process's CPU time (other tenants left out)".into(),
+        format!("cpu_own_tcp_crr_{n_max}"),
+        "iptables",
+        0.4,
+        false,
+    );
+    let cold: Vec<f64> = r
+        .rounds
+        .iter()
+        .filter_map(|rd| rd.iter().find(|(k, _)| k == "ebpf")?.1.cold_up_ms)
+        .collect();
+    let cold_median = median(cold.clone());
+    out.push(Target {
+        what: "cold `up`, default config, ebpf".into(),
+        goal: "≤ 150 ms".into(),
+        measured: cold_median.map_or("—".into(), |m| {
+            let lo = cold.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = cold.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            format!("{m:.0} ms ({lo:.0}–{hi:.0})")
+        }),
+        met: cold_median.map(|m| m <= 150.0),
+    });
+    for c in &r.ct_scale {
+        let ratio = ratio_of(c.ratios());
+        out.push(Target {
+            what: format!(
+                "connect/request/close N=1 with {} live flows, full/empty",
+                c.flows
+            ),
+            goal: "≥ 0.95".into(),
+            measured: format!("{} over {} pairs", fmt_ratio(ratio.as_ref()), c.pairs.len()),
+            met: ratio.map(|r| r.median >= 0.95),
+        });
+    }
+    out
 }
 
 fn fmt_value(v: Option<&f64>) -> String {
@@ -506,6 +937,206 @@ pub fn table(r: &Results, s: &Summary, markdown: bool) -> String {
                 f.nf_conntrack_entries,
                 f.ratio(),
                 if markdown { "  " } else { "" },
+            )
+            .unwrap();
+        }
+    }
+    out.push_str(&issue17_sections(r, s, markdown));
+    out
+}
+
+/// What the table does not hold: the eBPF variants, TCP's counters, the cold `up`'s
+/// phases, conntrack at scale, the load average per round and the issue's targets.
+fn issue17_sections(r: &Results, s: &Summary, markdown: bool) -> String {
+    let br = if markdown { "  " } else { "" };
+    let mut out = String::new();
+    let label = |metric: &str| {
+        s.rows
+            .iter()
+            .find(|row| row.metric == metric)
+            .map_or(metric.to_owned(), |row| row.label.trim().to_owned())
+    };
+    let unit = |metric: &str| {
+        s.rows
+            .iter()
+            .find(|row| row.metric == metric)
+            .map_or("", |row| row.unit)
+    };
+    if !s.variants.is_empty() {
+        let rounds = r
+            .rounds
+            .iter()
+            .filter(|rd| rd.iter().any(|(m, _)| m.starts_with("ebpf E")))
+            .count();
+        writeln!(
+            out,
+            "\neBPF variants (bridge network; rounds: {rounds}{}): value, ×baseline (min–max), ×ebpf as configured by default (min–max):{br}",
+            r.variant_default
+                .as_ref()
+                .map_or(String::new(), |v| format!("; {v} is the default config: its figures are the ebpf mode's"))
+        )
+        .unwrap();
+        if markdown {
+            out.push('\n');
+            let names: Vec<String> = r
+                .variants
+                .iter()
+                .map(|v| {
+                    if r.variant_default.as_ref() == Some(v) {
+                        format!("{v} (default: the ebpf column)")
+                    } else {
+                        v.clone()
+                    }
+                })
+                .collect();
+            writeln!(out, "| metric | unit | {} |", names.join(" | ")).unwrap();
+            writeln!(out, "|{}|", vec!["---"; r.variants.len() + 2].join("|")).unwrap();
+        }
+        for metric in variant_metrics(&r.options.scale) {
+            let cells: Vec<String> = r
+                .variants
+                .iter()
+                .map(|v| {
+                    s.variants
+                        .iter()
+                        .find(|x| x.metric == metric && &x.variant == v)
+                        .map_or("—".into(), |x| {
+                            format!(
+                                "{}{} ×{} ×{}",
+                                if markdown {
+                                    String::new()
+                                } else {
+                                    format!("{v} ")
+                                },
+                                fmt_value(x.value.as_ref()),
+                                fmt_ratio(x.over_baseline.as_ref()),
+                                fmt_ratio(x.over_ebpf.as_ref())
+                            )
+                        })
+                })
+                .collect();
+            if markdown {
+                writeln!(
+                    out,
+                    "| {} | {} | {} |",
+                    label(&metric),
+                    unit(&metric),
+                    cells.join(" | ")
+                )
+                .unwrap();
+            } else {
+                writeln!(
+                    out,
+                    " {:<40} {:>7}  {}",
+                    label(&metric),
+                    unit(&metric),
+                    cells.join("  ")
+                )
+                .unwrap();
+            }
+        }
+        if markdown {
+            out.push('\n');
+        }
+    } else if let Some(why) = &r.variants_skipped {
+        writeln!(out, "eBPF variants: not measured ({why}){br}").unwrap();
+    }
+    for row in &s.tcpext {
+        writeln!(
+            out,
+            "TCP counters during {} (median per measurement; spread over rounds {:.0} %):{br}",
+            row.label,
+            row.spread * 100.0
+        )
+        .unwrap();
+        for (mode, d) in &row.modes {
+            let list = |m: &BTreeMap<String, u64>| {
+                if m.is_empty() {
+                    "—".to_owned()
+                } else {
+                    m.iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            };
+            writeln!(
+                out,
+                "  {mode:<9} sender: {}; receiver: {}{br}",
+                list(&d.sender),
+                list(&d.receiver)
+            )
+            .unwrap();
+        }
+    }
+    if !s.cold_up_phases.is_empty() {
+        let phases: Vec<String> = s
+            .cold_up_phases
+            .iter()
+            .map(|(n, ms)| format!("{n} {ms:.1} ms"))
+            .collect();
+        writeln!(
+            out,
+            "cold `up`, ebpf, phases (medians): {}{br}",
+            phases.join(", ")
+        )
+        .unwrap();
+    }
+    for c in &r.ct_scale {
+        let med = |f: fn(&super::scale::ScalePair) -> f64| {
+            median(c.pairs.iter().map(f).collect()).unwrap_or(f64::NAN)
+        };
+        writeln!(
+            out,
+            "conntrack at scale (once per bench, {} pairs of empty then full), ebpf, connect/request/close N=1 \
+             with {} live flows (max_entries {}, filled in {:.1} s): full/empty {}; {:.0} conn/s (p99 {:.0} µs) \
+             against {:.0} empty (p99 {:.0} µs); kernel CPU {:.1} → {:.1} µs/conn (own {:.1} → {:.1}); \
+             GC: one pass {:.3} s ({:.3} s CPU) → {:.2} s CPU per minute; agent {} CPU per minute{br}",
+            c.pairs.len(),
+            c.flows,
+            c.max_entries,
+            c.fill_s,
+            fmt_ratio(ratio_of(c.ratios()).as_ref()),
+            med(|p| p.full.per_s),
+            med(|p| p.full.p99_us),
+            med(|p| p.empty.per_s),
+            med(|p| p.empty.p99_us),
+            med(|p| p.empty_cpu_us),
+            med(|p| p.full_cpu_us),
+            med(|p| p.empty_cpu_own_us),
+            med(|p| p.full_cpu_own_us),
+            c.gc_pass_s,
+            c.gc_pass_cpu_s,
+            c.gc_cpu_s_per_min(),
+            c.agent_cpu_s_per_min.map_or("—".into(), |s| format!("{s:.2} s")),
+        )
+        .unwrap();
+    }
+    if !r.round_load.is_empty() {
+        let loads: Vec<String> = r
+            .round_load
+            .iter()
+            .map(|(a, b)| format!("{a:.2}–{b:.2}"))
+            .collect();
+        writeln!(
+            out,
+            "load average per round (before–after): {} (CPU per unit is the whole machine's kernel time){br}",
+            loads.join(", ")
+        )
+        .unwrap();
+    }
+    if !s.targets.is_empty() {
+        writeln!(out, "\nissue 17 targets:{br}").unwrap();
+        for t in &s.targets {
+            let met = match t.met {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not measured",
+            };
+            writeln!(
+                out,
+                "  {}: {} (target {}): {met}{br}",
+                t.what, t.measured, t.goal
             )
             .unwrap();
         }
@@ -705,6 +1336,121 @@ pub fn svg(r: &Results, s: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::{Machine, Options};
+
+    /// A sample of `crr` connections/s at N = 1 and 100 and `cpu` µs per connection at
+    /// N = 100, with `retrans` retransmits on the stream in's sender.
+    fn sample(crr: f64, cpu: f64, retrans: u64) -> Sample {
+        let rate = |per_s| Rate {
+            per_s,
+            ..Rate::default()
+        };
+        let mut tcp = TcpDelta::default();
+        if retrans > 0 {
+            tcp.sender.insert("RetransSegs".into(), retrans);
+        }
+        Sample {
+            stream_in_gbps: 10.0,
+            tcp_crr: vec![(1, rate(crr)), (100, rate(crr))],
+            cpu: vec![("tcp_crr_100".into(), cpu), ("tcp_crr_1".into(), cpu)],
+            cpu_own: vec![("tcp_crr_100".into(), cpu)],
+            tcpext: vec![
+                ("stream_in".into(), tcp),
+                ("tcp_rr".into(), TcpDelta::default()),
+            ],
+            cold_up_ms: Some(cpu),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn cpu_variants_and_counters_are_summarized_within_rounds() {
+        // Round 2 runs at half speed: the ratios within rounds stay the same.
+        let round = |k: f64| {
+            vec![
+                ("baseline".to_owned(), sample(1000.0 * k, 50.0, 0)),
+                ("iptables".to_owned(), sample(500.0 * k, 200.0, 0)),
+                ("nftables".to_owned(), sample(900.0 * k, 100.0, 0)),
+                ("ebpf".to_owned(), sample(1100.0 * k, 60.0, 7)),
+                ("ebpf E2".to_owned(), sample(1200.0 * k, 55.0, 3)),
+            ]
+        };
+        let r = Results {
+            options: Options {
+                scale: vec![1, 100],
+                ..Options::smoke()
+            },
+            machine: Machine {
+                kernel: String::new(),
+                cpu: String::new(),
+                cores: 2,
+                load_before: 0.0,
+            },
+            rounds: vec![round(1.0), round(0.5)],
+            memory: Default::default(),
+            memory_ipv6: Default::default(),
+            ebpf_program_costs: Vec::new(),
+            ebpf_program_costs_ptp: Vec::new(),
+            cni: None,
+            round_load: vec![(0.1, 0.2), (0.2, 0.3)],
+            variants: vec!["E2".into()],
+            variant_default: None,
+            variants_skipped: None,
+            ct_scale: Vec::new(),
+        };
+        let s = summarize(&r);
+        let row = s
+            .rows
+            .iter()
+            .find(|x| x.metric == "cpu_tcp_crr_100")
+            .unwrap();
+        assert!(!row.higher_is_better);
+        assert!(
+            (row.ebpf_over["iptables"].median - 0.3).abs() < 1e-9,
+            "{row:?}"
+        );
+        // Its cross-check, the bench process's own CPU time, right after it.
+        let own = s
+            .rows
+            .iter()
+            .find(|x| x.metric == "cpu_own_tcp_crr_100")
+            .unwrap();
+        assert!(
+            (own.ebpf_over["iptables"].median - 0.3).abs() < 1e-9,
+            "{own:?}"
+        );
+        let e2 = s
+            .variants
+            .iter()
+            .find(|v| v.metric == "tcp_crr_1" && v.variant == "E2")
+            .unwrap();
+        let over = e2.over_baseline.as_ref().unwrap();
+        assert!((over.min - 1.2).abs() < 1e-9 && (over.max - 1.2).abs() < 1e-9);
+        assert!((e2.over_ebpf.as_ref().unwrap().median - 1200.0 / 1100.0).abs() < 1e-9);
+        // The stream's counters, per mode; request/response moved none.
+        let stream = s.tcpext.iter().find(|t| t.metric == "stream_in").unwrap();
+        let ebpf = &stream.modes.iter().find(|(m, _)| m == "ebpf").unwrap().1;
+        assert_eq!(ebpf.sender.get("RetransSegs"), Some(&7));
+        assert!(s.tcpext.iter().all(|t| t.metric != "tcp_rr"));
+        let cpu = s
+            .targets
+            .iter()
+            .find(|t| t.what.starts_with("kernel CPU per connection N=100"))
+            .unwrap();
+        assert_eq!(cpu.met, Some(true), "{cpu:?}");
+        let crr = s
+            .targets
+            .iter()
+            .find(|t| t.what == "connect/request/close N=1, ebpf/baseline")
+            .unwrap();
+        assert_eq!(crr.met, Some(false), "1.10 < 1.15: {crr:?}");
+        let text = table(&r, &s, false);
+        assert!(text.contains("kernel CPU per connection, N=100"), "{text}");
+        assert!(
+            text.contains("E2 900 ×1.20 (1.20–1.20)"),
+            "median of 1200 and 600: {text}"
+        );
+    }
 
     #[test]
     fn the_monitor_s_cost_is_a_ratio_within_rounds() {

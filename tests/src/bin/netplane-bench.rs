@@ -44,6 +44,18 @@ struct Cli {
     /// `cni` (netplane-cni against the reference plugins bridge + host-local + portmap).
     #[arg(long, value_parser = ["dataplane", "cni"])]
     only: Option<String>,
+    /// The eBPF variants to measure alongside the modes (E0 `from_container = false`,
+    /// veth; E1 from_container, veth; E2 from_container, peer; E3 from_container,
+    /// peer-all), comma-separated, or `none`. Default: all (or $NETPLANE_BENCH_VARIANTS).
+    #[arg(long, value_delimiter = ',')]
+    variants: Option<Vec<String>>,
+    /// In how many rounds (the first ones) the variants run.
+    #[arg(long)]
+    variant_rounds: Option<usize>,
+    /// Live synthetic flows for the conntrack scale rows, comma-separated (`none`: no
+    /// rows). Default: 100000,1000000 (--quick: 100000).
+    #[arg(long, value_delimiter = ',')]
+    ct_scale: Option<Vec<String>>,
 }
 
 fn main() -> ExitCode {
@@ -78,6 +90,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     opts.rounds = cli.rounds.unwrap_or(opts.rounds);
     opts.seconds = cli.seconds.unwrap_or(opts.seconds);
+    let env_variants = std::env::var("NETPLANE_BENCH_VARIANTS")
+        .ok()
+        .map(|v| v.split(',').map(str::to_owned).collect());
+    if let Some(v) = cli.variants.or(env_variants) {
+        opts.variants = v
+            .into_iter()
+            .filter(|n| !n.is_empty() && n != "none")
+            .collect();
+        for n in &opts.variants {
+            if bench::Variant::by_name(n).is_none() {
+                anyhow::bail!("--variants: no variant {n} (E0, E1, E2, E3)");
+            }
+        }
+    }
+    opts.variant_rounds = cli.variant_rounds.unwrap_or(opts.variant_rounds);
+    if let Some(v) = cli.ct_scale {
+        opts.ct_scale = v
+            .iter()
+            .filter(|n| *n != "none")
+            .map(|n| {
+                n.parse()
+                    .with_context(|| format!("--ct-scale: {n} is not a number"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
     match cli.only.as_deref() {
         Some("dataplane") => opts.cni = None,
         Some("cni") => opts.dataplane = false,
