@@ -93,11 +93,49 @@ fn main() {
     }
 }
 
-/// Copies `object`, built or prebuilt at `from`, where the library embeds it, and stamps it.
+/// Copies `object`, built or prebuilt at `from`, where the library embeds it, without its
+/// DWARF, and stamps it.
 fn install(from: &Path, out_dir: &Path, object: &Object) {
     let out = out_dir.join(object.file);
-    std::fs::copy(from, &out).unwrap_or_else(|e| fail(&format!("{}: {e}", from.display())));
+    if !strip_debug(from, &out) {
+        std::fs::copy(from, &out).unwrap_or_else(|e| fail(&format!("{}: {e}", from.display())));
+    }
     stamp(&out, object.stamp);
+}
+
+/// llvm-objcopy of LLVM 22 (`cargo xtask setup` installs llvm-22-dev, which brings it),
+/// or any on PATH.
+const OBJCOPY: [&str; 3] = [
+    "/usr/lib/llvm-22/bin/llvm-objcopy",
+    "llvm-objcopy-22",
+    "llvm-objcopy",
+];
+
+/// Writes `from` to `to` without its DWARF sections (`--strip-debug`), keeping `.BTF` and
+/// `.BTF.ext`, which the kernel and aya need (the maps' types, the programs' function
+/// and line info). The DWARF is ~3.4 MB of the 4.4 MB object: each `netplane` binary
+/// carries the object twice, and aya parses it on every load (3.3 ms → 0.9 ms stripped).
+/// False when no llvm-objcopy ran: the object is then embedded as it is.
+fn strip_debug(from: &Path, to: &Path) -> bool {
+    for objcopy in OBJCOPY {
+        match Command::new(objcopy)
+            .arg("--strip-debug")
+            .arg(from)
+            .arg(to)
+            .status()
+        {
+            Ok(s) if s.success() => return true,
+            Ok(_) => fail(&format!(
+                "{objcopy} --strip-debug {} failed",
+                from.display()
+            )),
+            Err(_) => continue,
+        }
+    }
+    println!(
+        "cargo::warning=no llvm-objcopy found: the eBPF object is embedded with its DWARF (run `cargo xtask setup`)"
+    );
+    false
 }
 
 /// Starts cargo on `object`; returns the build and where its result will be.

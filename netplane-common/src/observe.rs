@@ -109,12 +109,32 @@ pub mod nat_stat {
 }
 
 /// The slots of `NP_CT_STATS`, per family: add [`ct_stat::V6`] for IPv6.
+///
+/// Each event has a slot per family: the IPv4 one, and `+ V6` for IPv6.
 pub mod ct_stat {
     /// An assured flow could not enter the full main table (see
     /// [`crate::nat::DropReason::CtFull`], which `status` still shows among the drops).
     pub const FULL: u32 = 0;
     pub const V6: u32 = 1;
-    pub const SLOTS: u32 = 2;
+    /// Entries the data path put into the unreplied flows' table (`NP_CT_NEW`) under a
+    /// key it did not hold.
+    pub const NEW_INSERTED: u32 = 2;
+    /// Entries the data path took out of it: promoted to the main table, expired, or
+    /// given up.
+    pub const NEW_LEFT: u32 = 4;
+    /// Entries userspace deleted from it (the agent's garbage collection, `up`'s removal
+    /// of a changed network's flows): written by userspace alone, in the first CPU's
+    /// value.
+    pub const NEW_COLLECTED: u32 = 6;
+    pub const SLOTS: u32 = 8;
+
+    /// The unreplied flows the table's LRU evicted to make room: what went in, less what
+    /// left it otherwise and what is still there. With `inserted` read before the table
+    /// is walked for `live`, and `left` and `collected` after, a flow that comes or goes
+    /// meanwhile makes it low, never high.
+    pub const fn evicted(inserted: u64, left: u64, collected: u64, live: u64) -> u64 {
+        inserted.saturating_sub(left.saturating_add(collected).saturating_add(live))
+    }
 }
 
 /// Bits of [`crate::nat::DpConfig::monitor`]: which events the programs write. 0, the

@@ -16,6 +16,7 @@ use netplane_common::nat::{
     CtEntry, CtKey, Direction, DpConfig, FragEntry, FragKey, Side, Tick, acknowledges, assure,
     kind, seen, tcp_seen, tick, ticks_since, track_seq,
 };
+use netplane_common::observe::ct_stat;
 use netplane_common::packet::IPPROTO_TCP;
 use netplane_common::packet::tcp_flags::{ACK as TCP_ACK, SYN as TCP_SYN};
 
@@ -150,7 +151,7 @@ pub fn vacant<A: Family>(key: &CtKey<A>, cfg: &DpConfig, now: Tick) -> bool {
         return false;
     }
     if unreplied {
-        let _ = A::ct_new().remove(key);
+        unreplied_gone::<A>(key);
     } else {
         let _ = A::ct().remove(key);
     }
@@ -176,7 +177,7 @@ pub fn probe<A: Family>(
     let entry = unsafe { &mut *e };
     if cfg.timeouts.expired(key.proto, entry, now) {
         if unreplied {
-            let _ = A::ct_new().remove(key);
+            unreplied_gone::<A>(key);
         } else {
             let _ = A::ct().remove(key);
         }
@@ -322,7 +323,7 @@ fn peer_key<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) -> CtKey<A> {
 fn enter_main<A: Family>(key: &CtKey<A>, entry: &CtEntry<A>) {
     // BPF_NOEXIST: another CPU may have moved it first; then this copy is not needed.
     if A::ct().insert(key, entry, BPF_NOEXIST as u64).is_ok() || A::ct().get_ptr(key).is_some() {
-        let _ = A::ct_new().remove(key);
+        unreplied_gone::<A>(key);
     } else {
         metrics::ct_full::<A>();
     }
@@ -353,7 +354,10 @@ pub fn insert_new<A: Family>(
     // The unreplied table first, the main table second: an entry moves the other way
     // (into the main table, then out of this one), so a key that is moving is seen in
     // one of them, and two flows never both get it.
-    if ct_new.insert(key, entry, BPF_NOEXIST as u64).is_err() {
+    if ct_new.insert(key, entry, BPF_NOEXIST as u64).is_ok() {
+        metrics::ct_stat::<A>(ct_stat::NEW_INSERTED);
+    } else {
+        // An entry that gives way is replaced in place: nothing enters or leaves.
         let free = ct_new.get_ptr(key).is_some_and(|e| {
             // SAFETY: as in probe().
             replaceable(key, unsafe { &*e }, cfg, now, reopen)
@@ -367,18 +371,27 @@ pub fn insert_new<A: Family>(
         if replaceable(key, unsafe { &*e }, cfg, now, reopen) {
             let _ = ct.remove(key);
         } else {
-            let _ = ct_new.remove(key);
+            unreplied_gone::<A>(key);
             return false;
         }
     }
     true
 }
 
+/// Takes `key` out of the unreplied flows' table, counting it (NEW_LEFT): with the
+/// inserts, what lets the agent tell how many the LRU evicted (ct_stat::evicted).
+#[inline(always)]
+fn unreplied_gone<A: Family>(key: &CtKey<A>) {
+    if A::ct_new().remove(key).is_ok() {
+        metrics::ct_stat::<A>(ct_stat::NEW_LEFT);
+    }
+}
+
 /// Removes a flow's entry that [`insert_new`] made (it cannot have moved yet: that takes
 /// a packet of the flow), when the rest of its flow could not be inserted.
 #[inline(always)]
 pub fn remove<A: Family>(key: &CtKey<A>) {
-    let _ = A::ct_new().remove(key);
+    unreplied_gone::<A>(key);
 }
 
 /// Remembers what a first fragment's `stage` wrote, for the later fragments.

@@ -75,10 +75,16 @@ pub fn nat_stat<A: Addr>(stat: u32, n: u32) {
 /// Counts an assured flow that the full main conntrack table of family `A` refused.
 #[inline(always)]
 pub fn ct_full<A: Addr>() {
+    ct_stat::<A>(ct_stat::FULL);
+}
+
+/// Counts conntrack event `stat` (a [`ct_stat`] slot) of family `A`.
+#[inline(always)]
+pub fn ct_stat<A: Addr>(stat: u32) {
     let slot = if A::BITS == 128 {
-        ct_stat::FULL + ct_stat::V6
+        stat + ct_stat::V6
     } else {
-        ct_stat::FULL
+        stat
     };
     if let Some(c) = CT_STATS.get_ptr_mut(slot) {
         // SAFETY: as in count().

@@ -109,12 +109,72 @@ fn rollback_report(failures: &[String]) -> String {
 }
 
 /// What `up` did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct UpReport {
     pub uplink: String,
     pub changes: Vec<String>,
     /// How long programming the data plane took (the NAT rules or maps), in ms.
     pub dataplane_ms: Option<f64>,
+    /// How long the whole `up` took, from taking the lock to saving the state, in ms.
+    pub total_ms: f64,
+    /// Where that time went, one after the other (so they add up to at most
+    /// [`total_ms`](Self::total_ms)): see [`phases`].
+    pub phases: Vec<phases::Phase>,
+}
+
+/// The phases of an `up`, for `up --json` and the bench's cold-start row (issue 17):
+/// what a cold `up` spends its time on. Each phase is also a tracing span (`-vv` prints
+/// its time). The phases of the data plane are timed where they run, deep in
+/// `dataplane::ebpf`, so they are collected per process rather than passed down through
+/// the `Dataplane` trait; [`take`] hands them to the report that `up` returns.
+pub mod phases {
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use serde::Serialize;
+
+    /// One phase: its name and its wall-clock time.
+    #[derive(Debug, Clone, Serialize, PartialEq)]
+    pub struct Phase {
+        pub name: String,
+        pub ms: f64,
+    }
+
+    static PHASES: Mutex<Vec<Phase>> = Mutex::new(Vec::new());
+
+    /// Runs `f` as phase `name` (a tracing span of that name, and a [`Phase`]).
+    pub fn time<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+        let _span = tracing::info_span!("phase", name).entered();
+        let start = Instant::now();
+        let out = f();
+        record(name, start.elapsed());
+        out
+    }
+
+    /// Records phase `name`, timed by the caller.
+    pub fn record(name: &str, took: Duration) {
+        tracing::debug!(phase = name, ms = took.as_secs_f64() * 1e3, "phase done");
+        phases().push(Phase {
+            name: name.to_owned(),
+            ms: took.as_secs_f64() * 1e3,
+        });
+    }
+
+    /// The phases recorded since the last call, in the order they ended.
+    pub fn take() -> Vec<Phase> {
+        std::mem::take(&mut *phases())
+    }
+
+    /// The sum of the phases recorded so far, in ms.
+    pub(crate) fn recorded_ms() -> f64 {
+        phases().iter().map(|p| p.ms).sum()
+    }
+
+    fn phases() -> std::sync::MutexGuard<'static, Vec<Phase>> {
+        PHASES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// What one `up` run did so far: what it created (for rollback), and the values from
@@ -177,8 +237,19 @@ impl Scope {
 /// instance's lock throughout: a concurrent `up` or `down` waits.
 pub fn up(plan: &Plan) -> Result<UpReport, Error> {
     require_root()?;
+    let start = std::time::Instant::now();
     let lock = InstanceLock::acquire(&plan.name, "up")?;
-    converge(&lock, plan, &Scope::All)
+    let locked = start.elapsed();
+    let mut report = converge(&lock, plan, &Scope::All)?;
+    report.phases.insert(
+        0,
+        phases::Phase {
+            name: "lock".to_owned(),
+            ms: locked.as_secs_f64() * 1e3,
+        },
+    );
+    report.total_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok(report)
 }
 
 /// `up` for a caller that holds the instance's lock already, having read the state under
@@ -186,10 +257,19 @@ pub fn up(plan: &Plan) -> Result<UpReport, Error> {
 pub fn converge(lock: &InstanceLock, plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     debug_assert_eq!(lock.name(), plan.name);
     require_root()?;
-    runtime().block_on(up_async(plan, scope))
+    let start = std::time::Instant::now();
+    // A failed run's leftovers are not this run's.
+    phases::take();
+    let result = runtime().block_on(up_async(plan, scope));
+    let recorded = phases::take();
+    let mut report = result?;
+    report.total_ms = start.elapsed().as_secs_f64() * 1e3;
+    report.phases = recorded;
+    Ok(report)
 }
 
 async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
+    let started = std::time::Instant::now();
     let h = topology::connect(None)?;
     let old = State::load(&plan.name)?.unwrap_or_default();
     let narrow = match scope {
@@ -273,9 +353,10 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
     let mut report = UpReport {
         uplink: host.uplink.clone(),
         changes: Vec::new(),
-        dataplane_ms: None,
+        ..UpReport::default()
     };
     let mut progress = Progress::default();
+    phases::record("check", started.elapsed());
 
     if let Err(cause) = apply(
         &h,
@@ -320,6 +401,7 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
         });
     }
 
+    let finishing = std::time::Instant::now();
     // Converged: what the old plan had and the new one has not goes away.
     let mut failures = Vec::new();
     for ns in old.netns.difference(&desired_netns) {
@@ -402,6 +484,7 @@ async fn up_async(plan: &Plan, scope: &Scope) -> Result<UpReport, Error> {
         routes: desired_routes,
     };
     state.save(&plan.name)?;
+    phases::record("finish", finishing.elapsed());
     if !failures.is_empty() {
         return Err(Error::Teardown(failures));
     }
@@ -854,6 +937,7 @@ async fn apply(
     progress: &mut Progress,
     report: &mut UpReport,
 ) -> Result<(), Error> {
+    let topology_started = std::time::Instant::now();
     let Progress {
         created,
         fresh_priors,
@@ -1014,11 +1098,19 @@ async fn apply(
             }
         }
     }
+    phases::record("topology", topology_started.elapsed());
     let t = std::time::Instant::now();
+    let inner = phases::recorded_ms();
     report
         .changes
         .extend(dp.apply(plan, old.plan.as_ref(), host)?);
-    report.dataplane_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+    let took = t.elapsed();
+    report.dataplane_ms = Some(took.as_secs_f64() * 1e3);
+    // What the data plane timed as phases of its own (eBPF: loading the object, starting
+    // the agent) is already recorded; the rest is this one (eBPF: the verifier, pins and
+    // links, the maps' contents).
+    let timed = std::time::Duration::from_secs_f64((phases::recorded_ms() - inner).max(0.0) / 1e3);
+    phases::record("dataplane", took.saturating_sub(timed));
     // Metrics asked for and not served (a port that another process holds is the
     // agent's error; a mode without an agent) are said here, to whoever asked.
     if let Some(addr) = plan.metrics.listen {

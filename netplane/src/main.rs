@@ -77,6 +77,10 @@ enum Cmd {
         /// --log` prints them); as `[ebpf] debug_datapath = true`.
         #[arg(long)]
         debug_datapath: bool,
+        /// Machine-readable output: the instance, the changes, and where the time went
+        /// (`phases`, in ms, one after the other; `total_ms`).
+        #[arg(long)]
+        json: bool,
     },
     /// Remove everything `up` made: namespaces, links, state, changed sysctls.
     Down(ConfigArg),
@@ -197,6 +201,7 @@ fn main() -> ExitCode {
 /// has no terminal, inherits the level and writes to its log file (see `agent`).
 fn init_logging(verbose: u8, quiet: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::format::FmtSpan;
     let level = match (quiet, verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -205,8 +210,15 @@ fn init_logging(verbose: u8, quiet: bool) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // At -vv, each phase of `up` (instance::phases, a span each) says how long it took.
+    let spans = if verbose >= 2 && !quiet {
+        FmtSpan::CLOSE
+    } else {
+        FmtSpan::NONE
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(spans)
         .with_writer(std::io::stderr)
         .init();
 }
@@ -246,6 +258,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             mode,
             metrics,
             debug_datapath,
+            json,
         } => {
             let mut plan = load_plan(&config)?;
             plan.mode = mode.unwrap_or(plan.mode);
@@ -253,7 +266,11 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             plan.metrics.listen = metrics.or(plan.metrics.listen);
             plan.ebpf.debug_datapath |= debug_datapath;
             let report = instance::up(&plan)?;
-            if report.changes.is_empty() {
+            if json {
+                let mut out = serde_json::to_value(&report)?;
+                out["name"] = plan.name.clone().into();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else if report.changes.is_empty() {
                 println!(
                     "{}: up to date (uplink {}); nothing to change",
                     plan.name, report.uplink

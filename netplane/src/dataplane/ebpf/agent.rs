@@ -36,6 +36,11 @@ use futures::{FutureExt, StreamExt};
 use self::record::{AgentRecord, GcRun, MetricsRecord, RecordError, unix_now};
 use super::conntrack::gc_and_count;
 pub use super::conntrack::{CtCount, CtTableCount, FlowClass};
+/// One collection pass as the agent runs it, timed, and the synthetic flows it is timed
+/// on: the bench's 100k and 1M live-flow rows, and tests/tests/conntrack_scale.rs.
+pub use super::conntrack::{
+    GcReport, Walk, ct_walk_count, fill_synthetic, gc_once, now as ct_now, unreplied_evicted,
+};
 use super::{EbpfError, attach, maps, pin_dir};
 use crate::config::{Mode, Plan};
 use crate::dataplane::{HostContext, Observation};
@@ -566,6 +571,11 @@ pub fn running(name: &str) -> Option<u32> {
 /// # Errors
 /// When it cannot be started (its log file, the spawn).
 pub fn ensure_running_with(name: &str, args: AgentArgs) -> io::Result<Option<u32>> {
+    crate::instance::phases::time("ebpf.agent", || start_unless_running(name, args))
+}
+
+/// [`ensure_running_with`]'s work.
+fn start_unless_running(name: &str, args: AgentArgs) -> io::Result<Option<u32>> {
     let line = args.command_line(name);
     if let Some(pid) = running(name) {
         let same_args = command_line(pid).is_some_and(|a| a == line);

@@ -2,20 +2,37 @@
 //! `netplane conntrack` lists, the garbage collection the agent runs, what an entry costs
 //! the kernel, and resizing them (`[conntrack] max_entries` changed, or a first
 //! dual-stack network) with their live entries.
+//!
+//! The walks read the tables in batches (`batch`: one BPF_MAP_LOOKUP_BATCH per 4,096
+//! entries, and one BPF_MAP_DELETE_BATCH for the expired ones among them), not with aya's
+//! iterator (two syscalls per entry): at 100,000 entries a collection took 45 ms of CPU
+//! instead of ~300 ms (tests/tests/conntrack_scale.rs prints both).
+//!
+//! The unreplied flows' table is an LRU of an eighth of the main table (at least 256,
+//! `CtTables::unreplied_entries`): a burst of more new flows than that, none replied yet
+//! (one-shot UDP, DNS from a busy container), evicts the oldest, whose replies then find
+//! no entry. [`unreplied_evicted`] counts them (`ct-new-evicted` in `status`), from the
+//! programs' counters of what enters and leaves the table. The share is a trade-off with
+//! memory: an entry of the main table costs ~104 B of kernel memory, one of the unreplied
+//! table as much, so a tracked flow costs 104 + 104/8 ≈ 117 B; an eighth is the largest
+//! power-of-two share within the 128 B per flow issue 12 allows (a quarter is ~130 B, a
+//! half ~156 B; a fifth, ~125 B, would still fit).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, IterableMap, Map, MapData, MapType};
+use aya::maps::{HashMap, IterableMap, Map, MapData, MapType, PerCpuArray, PerCpuValues};
 use ipnet::IpNet;
 use netplane_common::addr::Ip6;
 use netplane_common::nat::{
     CtEntry, CtKey, CtTables, DpConfig, FragEntry, FragKey, Side, Tick, Timeouts, kind, maps,
     s_to_ticks, seen, tick, ticks_since, ticks_to_s,
 };
+use netplane_common::observe::{self, ct_stat};
 
 use super::agent::record::Removed;
+use super::batch;
 use super::family::{Family, IpFamily, net};
 use super::maps::{pinned_config, pinned_map, pinned_map_data};
 use super::object::EbpfError;
@@ -50,10 +67,100 @@ where
     CtKey<A>: aya::Pod,
     CtEntry<A>: aya::Pod,
 {
-    pinned_map(name, map)
-        .and_then(|m| HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(m).ok())
-        .map(|ct| ct.iter().filter_map(Result::ok).collect())
-        .unwrap_or_default()
+    let Some(data) = pinned_map_data(name, map) else {
+        return Vec::new();
+    };
+    let mut all = Vec::new();
+    walk::<A>(&data, Walk::Batch, |keys, entries| {
+        all.extend(keys.iter().copied().zip(entries.iter().copied()));
+    });
+    all
+}
+
+/// How a walk reads a conntrack table: in batches (two syscalls per [`batch::CHUNK`]
+/// entries), or as aya's iterator does (two per entry), which the batch walk falls back
+/// to on a kernel without batch operations, and which a test compares it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    Batch,
+    PerElement,
+}
+
+/// Walks conntrack table `data` with `how`, handing `f` the entries a chunk at a time
+/// (`f` may delete them). Returns how many entries it handed over.
+fn walk<A: Family>(
+    data: &MapData,
+    how: Walk,
+    mut f: impl FnMut(&[CtKey<A>], &[CtEntry<A>]),
+) -> usize
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
+    let mut seen = 0;
+    if how == Walk::Batch {
+        match batch::for_each_chunk::<CtKey<A>, CtEntry<A>>(data, |k, e| {
+            seen += k.len();
+            f(k, e);
+        }) {
+            Ok(()) => return seen,
+            // A failure part-way leaves the rest to the element walk below, which sees the
+            // whole table: what `f` already had is handed over again (a delete of a key
+            // gone is no harm; a count is then off for this one pass).
+            Err(e) => tracing::debug!("batch walk of a conntrack table: {e}; walking by element"),
+        }
+    }
+    let Ok(map) = Map::from_map_data(clone_data(data)) else {
+        return seen;
+    };
+    let Ok(ct) = HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(&map) else {
+        return seen;
+    };
+    // All read before `f` sees any: BPF_MAP_GET_NEXT_KEY from a key that `f` deleted
+    // starts over from the first bucket (htab_map_get_next_key()).
+    let (keys, entries): (Vec<CtKey<A>>, Vec<CtEntry<A>>) =
+        ct.iter().filter_map(Result::ok).unzip();
+    for (k, e) in keys.chunks(batch::CHUNK).zip(entries.chunks(batch::CHUNK)) {
+        seen += k.len();
+        f(k, e);
+    }
+    seen
+}
+
+/// Another handle on the map of `data` (aya's typed maps take theirs by value).
+fn clone_data(data: &MapData) -> MapData {
+    use std::os::fd::AsFd;
+    let fd = data
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("dup of a map descriptor");
+    MapData::from_fd(fd).expect("a map descriptor")
+}
+
+/// Deletes `keys` from conntrack table `data`, in batches (per key where the kernel has no
+/// batch delete). Returns how many went.
+fn delete_keys<A: Family>(data: &MapData, keys: &[CtKey<A>]) -> usize
+where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
+    if keys.is_empty() {
+        return 0;
+    }
+    match batch::delete(data, keys) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!("batch delete from a conntrack table: {e}; deleting by key");
+            let Ok(mut map) = Map::from_map_data(clone_data(data)) else {
+                return 0;
+            };
+            let Ok(mut ct) = HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(&mut map) else {
+                return 0;
+            };
+            keys.iter().filter(|k| ct.remove(k).is_ok()).count()
+        }
+    }
 }
 
 /// The IPv4 conntrack entries of instance `name`, of both tables.
@@ -325,7 +432,8 @@ where
     CtEntry<A>: aya::Pod,
 {
     if let Ok(ct) = HashMap::<_, CtKey<A>, CtEntry<A>>::try_from(&old) {
-        return ct.iter().filter_map(Result::ok).collect();
+        return batch::entries::<CtKey<A>, CtEntry<A>>(ct.map())
+            .unwrap_or_else(|_| ct.iter().filter_map(Result::ok).collect());
     }
     A::legacy_entries(&old)
 }
@@ -431,6 +539,10 @@ pub struct CtCount {
     /// Live flows, each once as `netplane conntrack` lists them, by (family, kind,
     /// protocol, state): the names `netplane conntrack` prints, lower-case.
     pub flows: std::collections::BTreeMap<FlowClass, u64>,
+    /// Unreplied flows that the unreplied table's LRU evicted to make room for newer
+    /// ones, since its counters were made, per family ("ipv4", "ipv6"): see
+    /// [`unreplied_evicted`].
+    pub unreplied_evicted: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// One conntrack table after a garbage collection: its entries and capacity.
@@ -475,46 +587,9 @@ where
     FragKey<A>: aya::Pod,
     FragEntry<A>: aya::Pod,
 {
-    let mut removed = 0;
-    let family = if A::CT == maps::CT { "ipv4" } else { "ipv6" };
-    // The main table, walked first, kept open: a flow caught moving into it is in both
-    // tables, and counted once, as `entries_of` lists it. Nothing of the live entries is
-    // kept but their tally: the walk's memory does not grow with the table.
-    let mut main: Option<HashMap<MapData, CtKey<A>, CtEntry<A>>> = None;
-    for map in tables::<A>() {
-        let Some(Ok(mut ct)) =
-            pinned_map(name, map).map(HashMap::<_, CtKey<A>, CtEntry<A>>::try_from)
-        else {
-            continue;
-        };
-        let (mut gone, mut kept) = (Vec::new(), 0);
-        for (k, e) in ct.iter().filter_map(Result::ok) {
-            if timeouts.expired(k.proto, &e, now) {
-                gone.push(k);
-                continue;
-            }
-            kept += 1;
-            let moving = !is_main(map) && main.as_ref().is_some_and(|m| m.get(&k, 0).is_ok());
-            if listed(&k, &e) && !moving {
-                let class = (
-                    family,
-                    kind::name(e.kind),
-                    proto_name(k.proto),
-                    state_name(k.proto, e.seen),
-                );
-                *count.flows.entry(class).or_default() += 1;
-            }
-        }
-        removed += gone.iter().filter(|k| ct.remove(k).is_ok()).count();
-        count.tables.push(CtTableCount {
-            name: map,
-            entries: kept,
-            max_entries: ct.map().info().ok().map(|i| u64::from(i.max_entries())),
-        });
-        if is_main(map) {
-            main = Some(ct);
-        }
-    }
+    let mut pass = Pass::default();
+    collect::<A>(name, timeouts, now, Walk::Batch, Some(count), &mut pass);
+    let mut removed = pass.deleted;
     if let Some(map) = pinned_map(name, A::FRAGS)
         && let Ok(mut frags) = HashMap::<_, FragKey<A>, FragEntry<A>>::try_from(map)
     {
@@ -531,6 +606,282 @@ where
     removed
 }
 
+/// Family `A`'s counters of its unreplied table, summed over CPUs: (inserted, left,
+/// collected), see netplane_common::observe::ct_stat. `None` without the counter map.
+fn unreplied_stats<A: Family>(name: &str) -> Option<[u64; 3]> {
+    let map = pinned_map(name, observe::maps::CT_STATS)?;
+    let stats = PerCpuArray::<_, u64>::try_from(map).ok()?;
+    let v6 = if A::CT == maps::CT { 0 } else { ct_stat::V6 };
+    let sum = |stat: u32| -> u64 {
+        stats
+            .get(&(stat + v6), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    };
+    Some([
+        sum(ct_stat::NEW_INSERTED),
+        sum(ct_stat::NEW_LEFT),
+        sum(ct_stat::NEW_COLLECTED),
+    ])
+}
+
+/// Adds `n` entries deleted from family `A`'s unreplied table by userspace to its
+/// NEW_COLLECTED counter. The programs never write that slot, so a read, modify and write
+/// of the first CPU's value loses nothing to them; two collectors at once (the agent, and
+/// `up` removing a changed network's flows) may lose one's count, which then shows as
+/// evictions until the table's counters are made anew.
+fn add_collected<A: Family>(name: &str, n: usize) {
+    if n == 0 {
+        return;
+    }
+    let Some(map) = pinned_map(name, observe::maps::CT_STATS) else {
+        return;
+    };
+    let Ok(mut stats) = PerCpuArray::<_, u64>::try_from(map) else {
+        return;
+    };
+    let slot = ct_stat::NEW_COLLECTED + if A::CT == maps::CT { 0 } else { ct_stat::V6 };
+    let Ok(values) = stats.get(&slot, 0) else {
+        return;
+    };
+    let mut values: Vec<u64> = values.iter().copied().collect();
+    if let Some(first) = values.first_mut() {
+        *first += n as u64;
+    }
+    if let Ok(values) = PerCpuValues::try_from(values) {
+        let _ = stats.set(slot, values, 0);
+    }
+}
+
+/// The unreplied flows that instance `name`'s unreplied conntrack tables evicted (their
+/// LRU, full, made room for newer ones), per family ("ipv4", "ipv6"), since their
+/// counters were made: what the data path put in, less what it took out (promoted,
+/// expired, given up), what userspace deleted, and what is there now. An eviction drops
+/// a flow whose reply may still be on its way: the reply then finds no entry.
+///
+/// The table changes while it is walked: the inserts are read before the walk, what left
+/// after it, so that a flow that comes or goes meanwhile makes the count low for this
+/// once, never high (a flow promoted mid-walk is in `left`, not taken for an eviction).
+pub fn unreplied_evicted(name: &str) -> std::collections::BTreeMap<&'static str, u64> {
+    fn of<A: Family>(name: &str) -> Option<u64>
+    where
+        CtKey<A>: aya::Pod,
+        CtEntry<A>: aya::Pod,
+    {
+        let [inserted, ..] = unreplied_stats::<A>(name)?;
+        let data = pinned_map_data(name, A::CT_NEW)?;
+        let live = walk::<A>(&data, Walk::Batch, |_, _| {}) as u64;
+        let [_, left, collected] = unreplied_stats::<A>(name)?;
+        Some(ct_stat::evicted(inserted, left, collected, live))
+    }
+    [("ipv4", of::<u32>(name)), ("ipv6", of::<Ip6>(name))]
+        .into_iter()
+        .filter_map(|(f, n)| Some((f, n?)))
+        .collect()
+}
+
+/// What one collection of conntrack tables saw and did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Pass {
+    seen: usize,
+    deleted: usize,
+}
+
+/// Removes the expired entries of both of family `A`'s conntrack tables of instance
+/// `name`, walked with `how`, adding to `pass`, and what stays to `count`.
+fn collect<A: Family>(
+    name: &str,
+    timeouts: &Timeouts,
+    now: Tick,
+    how: Walk,
+    mut count: Option<&mut CtCount>,
+    pass: &mut Pass,
+) where
+    CtKey<A>: aya::Pod,
+    CtEntry<A>: aya::Pod,
+{
+    let family = if A::CT == maps::CT { "ipv4" } else { "ipv6" };
+    // Inserts counted before the walk, the rest after (see unreplied_evicted).
+    let stats = unreplied_stats::<A>(name);
+    // The main table, walked first, kept open: a flow caught moving into it is in both
+    // tables, and counted once, as `entries_of` lists it. Nothing of the live entries is
+    // kept but their tally, and the expired keys of one chunk: the walk's memory does not
+    // grow with the table.
+    let mut main: Option<HashMap<MapData, CtKey<A>, CtEntry<A>>> = None;
+    for map in tables::<A>() {
+        let Some(data) = pinned_map_data(name, map) else {
+            continue;
+        };
+        let (mut gone, mut kept, mut deleted) = (Vec::new(), 0, 0);
+        pass.seen += walk::<A>(&data, how, |keys, entries| {
+            gone.clear();
+            for (k, e) in keys.iter().zip(entries) {
+                if timeouts.expired(k.proto, e, now) {
+                    gone.push(*k);
+                    continue;
+                }
+                kept += 1;
+                let Some(count) = count.as_deref_mut() else {
+                    continue;
+                };
+                let moving = !is_main(map) && main.as_ref().is_some_and(|m| m.get(k, 0).is_ok());
+                if listed(k, e) && !moving {
+                    let class = (
+                        family,
+                        kind::name(e.kind),
+                        proto_name(k.proto),
+                        state_name(k.proto, e.seen),
+                    );
+                    *count.flows.entry(class).or_default() += 1;
+                }
+            }
+            // Behind the walk's cursor: deleting them does not disturb it.
+            deleted += delete_keys::<A>(&data, &gone);
+        });
+        pass.deleted += deleted;
+        if !is_main(map) {
+            add_collected::<A>(name, deleted);
+            if let (Some(count), Some([inserted, ..]), Some([_, left, collected])) =
+                (count.as_deref_mut(), stats, unreplied_stats::<A>(name))
+            {
+                let evicted = ct_stat::evicted(inserted, left, collected, kept);
+                count.unreplied_evicted.insert(family, evicted);
+            }
+        }
+        if let Some(count) = count.as_deref_mut() {
+            count.tables.push(CtTableCount {
+                name: map,
+                entries: kept,
+                max_entries: data.info().ok().map(|i| u64::from(i.max_entries())),
+            });
+        }
+        if is_main(map) {
+            main = Map::from_map_data(data)
+                .ok()
+                .and_then(|m| HashMap::try_from(m).ok());
+        }
+    }
+}
+
+/// What one garbage collection of the conntrack tables of both families did, and what it
+/// cost (the bench's "GC CPU per pass" at 100k and 1M flows).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GcReport {
+    /// Entries walked, expired or not.
+    pub seen: usize,
+    /// Expired entries removed.
+    pub deleted: usize,
+    /// Wall-clock time of the pass.
+    pub duration: std::time::Duration,
+    /// CPU time of the calling thread during the pass (user and system: the batch
+    /// syscalls' kernel work included).
+    pub cpu: std::time::Duration,
+}
+
+/// One garbage collection of instance `name`'s conntrack tables (both families, both
+/// tables), as the agent's runs it, walked with `how`: for the bench, which times it,
+/// and for tests.
+///
+/// # Errors
+/// When the config map, which holds the lifetimes, is not pinned.
+pub fn gc_once(name: &str, how: Walk) -> Result<GcReport, GcError> {
+    let Some(DpConfig { timeouts, .. }) = pinned_config(name) else {
+        return Err(GcError {
+            name: name.to_owned(),
+        });
+    };
+    let (cpu, wall) = (thread_cpu(), std::time::Instant::now());
+    let now = now_tick();
+    let mut pass = Pass::default();
+    collect::<u32>(name, &timeouts, now, how, None, &mut pass);
+    collect::<Ip6>(name, &timeouts, now, how, None, &mut pass);
+    Ok(GcReport {
+        seen: pass.seen,
+        deleted: pass.deleted,
+        duration: wall.elapsed(),
+        cpu: thread_cpu().saturating_sub(cpu),
+    })
+}
+
+/// How many entries instance `name`'s IPv4 conntrack tables hold (both tables; a flow
+/// caught moving counts twice), walked with `how`: tests compare the two walks.
+pub fn ct_walk_count(name: &str, how: Walk) -> usize {
+    tables::<u32>()
+        .iter()
+        .filter_map(|m| pinned_map_data(name, m))
+        .map(|data| walk::<u32>(&data, how, |_, _| {}))
+        .sum()
+}
+
+/// This thread's CPU time (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu() -> std::time::Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(std::time::Duration::from)
+        .unwrap_or_default()
+}
+
+/// Test support (the bench's 100k and 1M live flows, and tests/tests/conntrack_scale.rs):
+/// writes `n` synthetic assured flows of published port 80 into instance `name`'s IPv4
+/// main conntrack table, last seen at `now` (a conntrack tick, see [`now`]). Their peers
+/// are 198.51.100.0/24 (TEST-NET-2, which no test or bench flow uses) with every source
+/// port from 1024 on, so no real flow collides with them; the destination is the
+/// uplink's address in the pinned config, the backend the first published port's (or
+/// 0.0.0.0:80). Written with BPF_MAP_UPDATE_BATCH, over whatever is there. Returns how
+/// many were written (fewer when the table is full).
+///
+/// # Errors
+/// When the instance's config or main conntrack table is not pinned.
+pub fn fill_synthetic(name: &str, n: usize, now: Tick) -> Result<usize, GcError> {
+    let missing = || GcError {
+        name: name.to_owned(),
+    };
+    let cfg = pinned_config(name).ok_or_else(missing)?;
+    let data = pinned_map_data(name, maps::CT).ok_or_else(missing)?;
+    let backend = pinned_map(name, maps::PUBLISHED)
+        .and_then(|m| {
+            HashMap::<_, netplane_common::nat::PortKey, netplane_common::nat::Backend>::try_from(m)
+                .ok()?
+                .iter()
+                .filter_map(Result::ok)
+                .next()
+        })
+        .map(|(_, b)| (b.addr, b.port))
+        .unwrap_or((0, 80u16.to_be()));
+    let per_peer = usize::from(u16::MAX - 1024);
+    let (mut keys, mut entries) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for i in 0..n {
+        let peer = std::net::Ipv4Addr::new(198, 51, 100, (i / per_peer) as u8);
+        let sport = 1024 + (i % per_peer) as u16;
+        keys.push(CtKey::new(
+            u32::from_ne_bytes(peer.octets()),
+            cfg.uplink_addr,
+            sport.to_be(),
+            80u16.to_be(),
+            libc::IPPROTO_TCP as u8,
+            Side::Dst,
+        ));
+        entries.push(CtEntry {
+            addr: backend.0,
+            port: backend.1,
+            seen: seen::SYN | seen::ACK | seen::REPLIED,
+            kind: kind::PUBLISHED,
+            created: now,
+            last_seen: now,
+            seq: [0; 2],
+        });
+    }
+    let (written, err) = batch::update(&data, &keys, &entries, 0);
+    if let Some(e) = err.filter(|e| e.raw_os_error() != Some(libc::E2BIG)) {
+        tracing::warn!("filling conntrack table {}: {e}", maps::CT);
+    }
+    Ok(written)
+}
+
+/// The conntrack clock now (CLOCK_MONOTONIC in ticks), for [`fill_synthetic`].
+pub fn now() -> Tick {
+    now_tick()
+}
+
 /// Removes, from both of family `A`'s conntrack tables of instance `name`, the entries
 /// `gone` says. Returns how many went.
 fn remove_where<A: Family>(name: &str, gone: impl Fn(&CtKey<A>, &CtEntry<A>) -> bool) -> usize
@@ -540,18 +891,19 @@ where
 {
     let mut removed = 0;
     for map in tables::<A>() {
-        let Some(Ok(mut ct)) =
-            pinned_map(name, map).map(HashMap::<_, CtKey<A>, CtEntry<A>>::try_from)
-        else {
+        let Some(data) = pinned_map_data(name, map) else {
             continue;
         };
-        let keys: Vec<CtKey<A>> = ct
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, e)| gone(k, e))
-            .map(|(k, _)| k)
-            .collect();
-        removed += keys.iter().filter(|k| ct.remove(k).is_ok()).count();
+        let (mut keys, mut deleted) = (Vec::new(), 0);
+        walk::<A>(&data, Walk::Batch, |k, e| {
+            keys.clear();
+            keys.extend(k.iter().zip(e).filter(|(k, e)| gone(k, e)).map(|(k, _)| *k));
+            deleted += delete_keys::<A>(&data, &keys);
+        });
+        if !is_main(map) {
+            add_collected::<A>(name, deleted);
+        }
+        removed += deleted;
     }
     removed
 }

@@ -27,6 +27,7 @@
 
 pub mod agent;
 mod attach;
+mod batch;
 mod bpffs;
 mod conntrack;
 pub mod counter;

@@ -147,6 +147,12 @@ pub(super) struct LoadOptions<'a> {
 /// are loaded into the kernel on demand, by their users. Mounts bpffs first if this host
 /// has none.
 pub(super) fn load(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
+    crate::instance::phases::time("ebpf.object", || load_object(opts))
+}
+
+/// [`load`]'s work: the phase `ebpf.object` of `up --json` (parsing the object, loading
+/// its BTF, creating or opening every map; aya's `EbpfLoader::load` does all three).
+fn load_object(opts: &LoadOptions) -> Result<AyaEbpf, EbpfError> {
     bpffs::ensure_mounted(Path::new(bpffs::DEFAULT_PATH))?;
     let mut loader = EbpfLoader::new();
     let mut resized = Vec::new();
@@ -343,6 +349,22 @@ mod tests {
             assert!(
                 known.contains(&map) || super::conntrack::TABLES.contains(&map),
                 "{map}: no layout (see object::replace_stale_layouts)"
+            );
+        }
+    }
+
+    /// netplane does no CO-RE: the programs read `__sk_buff` context fields, never a kernel
+    /// struct. That is what lets the patched aya (vendor/VENDOR.md) skip parsing the
+    /// kernel's BTF (~6 MB of /sys/kernel/btf/vmlinux) on every load; with a BTF relocation
+    /// in the object, that parse, and its cost on each cold `up`, would come back.
+    #[test]
+    fn the_object_has_no_btf_relocations() {
+        for debug in [false, true] {
+            let obj = aya_obj::Object::parse(super::object(debug)).expect("the object parses");
+            assert!(
+                !obj.has_btf_relocations(),
+                "the {} object has BTF (CO-RE) relocations",
+                if debug { "debug" } else { "default" }
             );
         }
     }

@@ -370,15 +370,26 @@ fn trie_fill<K: aya::Pod, V: aya::Pod>(name: &str, map: &'static str) -> Option<
     Some(fill(map, m.map(), entries))
 }
 
-/// Drops per reason of instance `name`.
+/// Drops per reason of instance `name`, and, as `ct-new-evicted`, the unreplied flows
+/// whose conntrack entry the unreplied table's LRU evicted (conntrack::unreplied_evicted):
+/// not a packet dropped, but a flow whose reply, if it comes, finds no entry (shown among
+/// the drops, as `ct-full` is).
 pub fn drop_counters(name: &str) -> Vec<(&'static str, u64)> {
     let drops = pinned_map(name, maps::DROPS);
     let ct_stats = pinned_map(name, observe::maps::CT_STATS);
-    drops
+    let mut counts: Vec<(&'static str, u64)> = drops
         .as_ref()
         .map(|d| sum_drops(d, ct_stats.as_ref()))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    if !counts.is_empty() {
+        let evicted = super::conntrack::unreplied_evicted(name).values().sum();
+        counts.push((CT_NEW_EVICTED, evicted));
+    }
+    counts
 }
+
+/// The name [`drop_counters`] gives to evictions from the unreplied conntrack table.
+const CT_NEW_EVICTED: &str = "ct-new-evicted";
 
 /// The drop counters of a NP_DROPS map, summed over CPUs and over where they happened,
 /// per reason. `ct-full` is not a drop, and is counted in NP_CT_STATS: it is shown among
