@@ -447,6 +447,10 @@ pub struct Endpoint {
     pub ifindex: u32,
     /// The MTU of that veth pair.
     pub mtu: u32,
+    /// The device its gateway address is on, from which the kernel routes what it sends:
+    /// its bridge, or on ptp its host veth. netplane_from_container, at the host veth of
+    /// a bridge port, routes as if from there (policy rules by `iif`, the route cache).
+    pub gateway_ifindex: u32,
     pub mac: [u8; 6],
     /// Its gateway's (its bridge's) MAC: the source of what the host sends it.
     pub gateway_mac: [u8; 6],

@@ -219,6 +219,7 @@ pub fn route<A: Forward>(
     ctx: &TcContext,
     p: &Packet<A>,
     cfg: &DpConfig,
+    from_ifindex: u32,
     want_oif: u32,
     now: Tick,
 ) -> Option<Route<A>> {
@@ -229,7 +230,7 @@ pub fn route<A: Forward>(
         ifindex: 0,
         next_hop: A::UNSPECIFIED,
     };
-    lookup_route(ctx, p, want_oif, now, &mut r).then_some(r)
+    lookup_route(ctx, p, from_ifindex, want_oif, now, &mut r).then_some(r)
 }
 
 /// [`route`]'s lookup: the cached route, or the FIB's answer (cached).
@@ -237,12 +238,11 @@ pub fn route<A: Forward>(
 fn lookup_route<A: Forward>(
     ctx: &TcContext,
     p: &Packet<A>,
+    from_ifindex: u32,
     want_oif: u32,
     now: Tick,
     out: &mut Route<A>,
 ) -> bool {
-    // SAFETY: reading a field of the context the kernel passed in.
-    let from_ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let key = RouteKey {
         daddr: p.daddr,
         from_ifindex,
@@ -310,6 +310,24 @@ fn fits<A>(ctx: &TcContext, p: &Packet<A>, mtu: u32) -> bool {
     } else {
         gso_size + (p.l4_off - ETH_HLEN) as u32 + u32::from(p.l4_hlen) <= mtu
     }
+}
+
+/// The device the packet came in on: where the kernel would route it from.
+#[inline(always)]
+pub fn in_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the context the kernel passed in.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Whether [`send`] will take the packet: its header holds up and its TTL (hop limit)
+/// survives the hop. What applies the uplink's translation early, for the short way only
+/// (nat's out_of_bridge), asks before it translates: a packet then left to the kernel
+/// would reach the host with the uplink's address as its source, and its sender would
+/// never get the time exceeded that `traceroute`/`mtr` wait for.
+#[inline(always)]
+pub fn sendable<A: Forward>(ctx: &TcContext) -> bool {
+    // SAFETY: ptr_at checked the byte is in the packet.
+    A::header_valid(ctx) && ptr_at::<u8>(ctx, A::TTL_OFF).is_some_and(|t| unsafe { *t } > 1)
 }
 
 /// Sends the packet along `route`, counted in [`forwarded`] slot `slot`: TC_ACT_REDIRECT,

@@ -270,7 +270,7 @@ fn dst_nat_inline<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, ho
         if !is_local(p.daddr) {
             return match access::onward(p, cfg) {
                 Ok(Onward::Outside) => {
-                    out_of_bridge(ctx, p, cfg, forwarded::OUT_OF_CONTAINER, true)
+                    out_of_bridge(ctx, p, cfg, forward::in_ifindex(ctx), forwarded::OUT_OF_CONTAINER, true)
                 }
                 Ok(Onward::Container | Onward::Untranslated) => TCX_NEXT,
                 Err(reason) => drop(reason),
@@ -390,7 +390,7 @@ fn forward_after<A: Nat>(
     if let Some(verdict) = forward::to_container(ctx, p, cfg) {
         return verdict;
     }
-    match forward::route(ctx, p, cfg, 0, now) {
+    match forward::route(ctx, p, cfg, forward::in_ifindex(ctx), 0, now) {
         Some(r) => forward::send(ctx, &r, forwarded::INTO_CONTAINER),
         None => TCX_NEXT,
     }
@@ -505,6 +505,7 @@ fn out_of_bridge<A: Nat>(
     ctx: &TcContext,
     p: &mut Packet<A>,
     cfg: &DpConfig,
+    from_ifindex: u32,
     slot: u32,
     search: bool,
 ) -> i32 {
@@ -522,9 +523,12 @@ fn out_of_bridge<A: Nat>(
         };
     // Route first: the translation belongs to the uplink's egress, so it may be applied
     // here only to a packet that is sure to leave through the uplink.
-    let Some(route) = forward::route(ctx, p, cfg, cfg.uplink_ifindex, now) else {
+    let Some(route) = forward::route(ctx, p, cfg, from_ifindex, cfg.uplink_ifindex, now) else {
         return TCX_NEXT;
     };
+    if !forward::sendable::<A>(ctx) {
+        return TCX_NEXT;
+    }
     // The uplink egress's translation, applied at the network's ingress, and counted there.
     let at = path::<A>(Hook::Network, Dir::Ingress);
     let verdict = rewrite(ctx, p, Side::Src, addr, port, now, at);
@@ -574,7 +578,10 @@ pub fn from_container<A: Nat>(ctx: &TcContext) -> i32 {
     if opens_connection(p) || !forward::eligible(p, cfg) {
         return TCX_NEXT;
     }
-    if !sent_to_its_gateway(ctx, p) || is_local(p.daddr) {
+    let Some(gateway) = sent_to_its_gateway(ctx, p) else {
+        return TCX_NEXT;
+    };
+    if is_local(p.daddr) {
         return TCX_NEXT;
     }
     if access::onward(p, cfg) != Ok(Onward::Outside) {
@@ -585,15 +592,21 @@ pub fn from_container<A: Nat>(ctx: &TcContext) -> i32 {
     // A drop (a rewrite that failed half-way) and a flow's state change are the Network
     // hook's, as they would have been at the bridge; when the packet goes on into the bridge,
     // its program finds the flow's state already changed and writes no second event.
-    let verdict = leave_from_container(ctx, p, cfg);
+    let verdict = leave_from_container(ctx, p, cfg, gateway);
     finish(ctx, p, path::<A>(Hook::Network, Dir::Ingress), verdict)
 }
 
 v6_outlined! {
     /// [`from_container`]'s translation and redirect (for IPv6 a frame of its own, freed
     /// before the tail's).
-    fn leave_from_container<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig) -> i32 {
-        out_of_bridge(ctx, p, cfg, forwarded::FROM_CONTAINER, false)
+    fn leave_from_container<A: Nat>(
+        ctx: &TcContext,
+        p: &mut Packet<A>,
+        cfg: &DpConfig,
+        gateway: u32,
+    ) -> i32 {
+        // Routed as from the bridge, as the kernel would route it after the bridge.
+        out_of_bridge(ctx, p, cfg, gateway, forwarded::FROM_CONTAINER, false)
     }
 }
 
@@ -610,19 +623,15 @@ fn opens_connection<A>(p: &Packet<A>) -> bool {
 /// br_handle_frame_finish() delivers a frame whose FDB entry is local with
 /// br_pass_frame_up()). So a container cannot push a packet into another container's flow
 /// through the short way, and what it sends to a peer on its bridge stays the bridge's.
+/// Some: the gateway's device (the bridge), which the packet is routed from.
 #[inline(always)]
-fn sent_to_its_gateway<A: Nat>(ctx: &TcContext, p: &Packet<A>) -> bool {
+fn sent_to_its_gateway<A: Nat>(ctx: &TcContext, p: &Packet<A>) -> Option<u32> {
     // SAFETY: a lookup; the value is read in place, during this run.
-    let Some(ep) = (unsafe { A::endpoints().get(&p.saddr) }) else {
-        return false;
-    };
-    // SAFETY: reading a field of the context the kernel passed in.
-    let iif = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(dst) = ptr_at::<[u8; 6]>(ctx, 0) else {
-        return false;
-    };
+    let ep = unsafe { A::endpoints().get(&p.saddr) }?;
+    let dst = ptr_at::<[u8; 6]>(ctx, 0)?;
     // SAFETY: ptr_at checked the bytes are in the packet.
-    ep.ifindex == iif && unsafe { *dst } == ep.gateway_mac
+    (ep.ifindex == forward::in_ifindex(ctx) && unsafe { *dst } == ep.gateway_mac)
+        .then_some(ep.gateway_ifindex)
 }
 
 /// TC egress: the src stage, of family `A`'s packets.

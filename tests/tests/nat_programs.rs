@@ -1834,6 +1834,19 @@ impl ShortWayHost {
     }
 }
 
+/// IPv4 `frame` with TTL `ttl`, its header checksum updated.
+fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    frame[14 + 8] = ttl;
+    frame[14 + 10..14 + 12].fill(0);
+    let sum = frame[14..34]
+        .chunks(2)
+        .fold(0u32, |s, w| s + u32::from(u16::from_be_bytes([w[0], w[1]])));
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+    frame[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+    frame
+}
+
 /// `frame` with destination MAC `mac`.
 fn to_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
     frame[..6].copy_from_slice(&mac);
@@ -1867,6 +1880,12 @@ fn a_container_s_packets_of_known_flows_leave_from_its_own_hook() {
             "masqueraded"
         );
         assert_eq!(ip.header[8], 63, "forwarded: TTL 64 - 1");
+        assert_eq!(p.forwarded()[fwd::FROM_CONTAINER as usize], before + 1);
+        // TTL 1 (traceroute's first hop): untouched, for the host to answer with its
+        // time exceeded to the container's own address.
+        let last_hop = with_ttl(data.clone(), 1);
+        checked(&last_hop);
+        assert_eq!(fc(p, &last_hop), (TCX_NEXT, last_hop.clone()), "TTL 1");
         assert_eq!(p.forwarded()[fwd::FROM_CONTAINER as usize], before + 1);
 
         // Another container's address, from web's veth: not web's to send.

@@ -488,6 +488,7 @@ fn container_endpoint(c: &Container, driver: Driver, links: &[Link]) -> Option<E
     Some(Endpoint {
         ifindex: veth.index,
         mtu: veth.mtu?,
+        gateway_ifindex: gateway.index,
         mac: c.mac,
         gateway_mac: gateway.mac?,
     })
