@@ -609,10 +609,13 @@ fn print_dataplane(dp: &netplane::dataplane::DataplaneStatus) {
         println!("  monitor events lost: {n}");
     }
     if let Some(f) = dp.fast_forwarded {
-        println!("  fast-forwarded into containers: {}", f.into_containers);
         println!(
-            "  fast-forwarded out of containers: {}",
-            f.out_of_containers
+            "  fast-forwarded into containers: {} ({} into the container's end)",
+            f.into_containers, f.into_containers_peer
+        );
+        println!(
+            "  fast-forwarded out of containers: {} ({} at the container's own hook)",
+            f.out_of_containers, f.out_of_containers_at_hook
         );
     }
 }

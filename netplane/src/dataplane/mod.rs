@@ -321,8 +321,14 @@ pub fn observe(plan: &Plan) -> Observation {
 /// Packets that the eBPF programs forwarded themselves, past the kernel's forwarding path.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct FastForwarded {
+    /// From the uplink into containers, either way (`into_containers_peer` of them by
+    /// bpf_redirect_peer).
     pub into_containers: u64,
+    pub into_containers_peer: u64,
+    /// Out of containers to the uplink, either place (`out_of_containers_at_hook` of them
+    /// at the container's own hook, before the bridge).
     pub out_of_containers: u64,
+    pub out_of_containers_at_hook: u64,
 }
 
 pub trait Dataplane {

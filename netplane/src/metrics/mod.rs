@@ -322,16 +322,28 @@ fn dataplane(seen: &Observation) -> Result<Vec<Box<dyn Collector>>, MetricsError
     }
     let forwarded = counter_vec(
         "netplane_fast_forward_count_total",
-        "Packets the programs forwarded themselves, past the kernel's forwarding path.",
-        &["direction"],
+        "Packets the programs forwarded themselves, past the kernel's forwarding path, by \
+         direction and way (into a container: veth or peer; out of one: from the bridge or \
+         from the container's own hook).",
+        &["direction", "via"],
     )?;
     if let Some(f) = seen.fast_forwarded {
-        forwarded
-            .with_label_values(&["into_container"])
-            .inc_by(f.into_containers);
-        forwarded
-            .with_label_values(&["out_of_container"])
-            .inc_by(f.out_of_containers);
+        for (direction, via, n) in [
+            (
+                "into_container",
+                "veth",
+                f.into_containers - f.into_containers_peer,
+            ),
+            ("into_container", "peer", f.into_containers_peer),
+            (
+                "out_of_container",
+                "bridge",
+                f.out_of_containers - f.out_of_containers_at_hook,
+            ),
+            ("out_of_container", "hook", f.out_of_containers_at_hook),
+        ] {
+            forwarded.with_label_values(&[direction, via]).inc_by(n);
+        }
     }
     let lost = counter_vec(
         "netplane_monitor_events_lost_total",
@@ -415,7 +427,16 @@ fn conntrack_families(
         "Capacity of the kernel's conntrack table (iptables mode).",
         &[],
     )?;
+    let evicted = counter_vec(
+        "netplane_conntrack_unreplied_evicted_total",
+        "Unreplied flows whose entry the unreplied table's LRU evicted when it was full (a \
+         reply of such a flow then finds no entry), at the last garbage collection.",
+        &["family"],
+    )?;
     if let Some(count) = count {
+        for (family, n) in &count.unreplied_evicted {
+            evicted.with_label_values(&[*family]).inc_by(*n);
+        }
         for ((family, kind, protocol, state), n) in &count.flows {
             entries
                 .with_label_values(&[*family, *kind, *protocol, *state])
@@ -447,6 +468,7 @@ fn conntrack_families(
     }
     Ok(vec![
         Box::new(entries),
+        Box::new(evicted),
         Box::new(pressure),
         Box::new(nf_entries),
         Box::new(nf_max),
@@ -511,7 +533,9 @@ mod tests {
             },
             fast_forwarded: Some(FastForwarded {
                 into_containers: 7,
+                into_containers_peer: 2,
                 out_of_containers: 8,
+                out_of_containers_at_hook: 8,
             }),
             fills: vec![MapFill {
                 name: "NP_PUBLISHED".into(),
@@ -537,7 +561,10 @@ mod tests {
             "netplane_drop_bytes_total{direction=\"ingress\",family=\"ipv4\",hook=\"network\",reason=\"isolation\"} 222",
             "netplane_conntrack_full_total{family=\"ipv4\"} 2",
             "netplane_nat_port_allocations_total{family=\"ipv4\",result=\"own\"} 5",
-            "netplane_fast_forward_count_total{direction=\"into_container\"} 7",
+            "netplane_fast_forward_count_total{direction=\"into_container\",via=\"veth\"} 5",
+            "netplane_fast_forward_count_total{direction=\"into_container\",via=\"peer\"} 2",
+            "netplane_fast_forward_count_total{direction=\"out_of_container\",via=\"bridge\"} 0",
+            "netplane_fast_forward_count_total{direction=\"out_of_container\",via=\"hook\"} 8",
             "netplane_monitor_events_lost_total 0",
             "netplane_bpf_map_pressure{map_name=\"NP_PUBLISHED\"} 0.25",
             "netplane_bpf_program_attached{device=\"up0\",program=\"netplane_uplink_ingress\"} 1",
@@ -592,6 +619,7 @@ mod tests {
         count
             .flows
             .insert(("ipv4", "masquerade", "tcp", "established"), 3);
+        count.unreplied_evicted.insert("ipv4", 768);
         agent.gc_done(
             Removed { ipv4: 2, ipv6: 0 },
             count,
@@ -615,6 +643,7 @@ mod tests {
             "netplane_conntrack_entries{family=\"ipv4\",kind=\"masquerade\",protocol=\"tcp\",state=\"established\"} 3",
             "netplane_bpf_map_pressure{map_name=\"NP_CT\"} 0.046875",
             "netplane_bpf_map_pressure{map_name=\"NP6_CT\"} 0.5",
+            "netplane_conntrack_unreplied_evicted_total{family=\"ipv4\"} 768",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

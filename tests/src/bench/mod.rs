@@ -1282,7 +1282,6 @@ fn is_default(v: &Variant) -> bool {
 fn ct_scale(bench: &mut Bench, opts: &Options) -> anyhow::Result<Vec<scale::ScaleSample>> {
     let mut out = Vec::new();
     let gc_interval = netplane::dataplane::ebpf::agent::GC_INTERVAL;
-    let (backend, uplink) = (IPV4.web.parse()?, UPLINK_IP.parse()?);
     for &flows in &opts.ct_scale {
         let max_entries = scale::max_entries_for(flows);
         let mut s = scale::ScaleSample {
@@ -1306,7 +1305,7 @@ fn ct_scale(bench: &mut Bench, opts: &Options) -> anyhow::Result<Vec<scale::Scal
             let (empty_cpu_us, empty_cpu_own_us) = cpu_of(&sample);
             p("filling the table");
             let t = Instant::now();
-            let filled = scale::fill(name, flows, backend, uplink, FIRST_PORT)?;
+            let filled = scale::fill(name, flows)?;
             s.fill_s = t.elapsed().as_secs_f64();
             if filled < flows {
                 bail!(

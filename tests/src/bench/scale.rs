@@ -9,17 +9,9 @@
 //! from TEST-NET-2 (198.51.100.0/24), which the bench's real flows never use: none of them
 //! can find a synthetic entry.
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, MapData};
-use netplane::dataplane::ebpf::pin_dir;
-use netplane_common::nat::{CtEntry, CtKey, Side, kind, maps, seen, tick};
-use netplane_common::packet::IPPROTO_TCP;
 use serde::Serialize;
-
-/// Ports a synthetic peer address uses (1024..61024) before the next address takes over.
-const PORTS_PER_PEER: u32 = 60_000;
 
 /// The main conntrack table's capacity for `flows` live flows: the power of two above
 /// twice as many, room for the measurement's own churn at a load of at most one half
@@ -28,75 +20,12 @@ pub fn max_entries_for(flows: u32) -> u32 {
     (flows * 2).next_power_of_two()
 }
 
-/// The conntrack key and entry of synthetic flow `i`: a connection from
-/// 198.51.100.(1 + i / 60,000) to published port `published` (at `uplink`), served by
-/// `backend`:80, keyed as the data path keys a published flow (its replies' tuple at the
-/// uplink's src stage, nat::published_reply_key), seen both ways, at `now` (ticks).
-pub fn synthetic_flow(
-    i: u32,
-    backend: Ipv4Addr,
-    uplink: Ipv4Addr,
-    published: u16,
-    now: u32,
-) -> (CtKey, CtEntry) {
-    let peer = Ipv4Addr::new(198, 51, 100, (1 + i / PORTS_PER_PEER) as u8);
-    let peer_port = (1024 + i % PORTS_PER_PEER) as u16;
-    let be = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
-    let key = CtKey::new(
-        be(backend),
-        be(peer),
-        80u16.to_be(),
-        peer_port.to_be(),
-        IPPROTO_TCP,
-        Side::Src,
-    );
-    let entry = CtEntry {
-        addr: be(uplink),
-        port: published.to_be(),
-        seen: seen::SYN | seen::ACK | seen::REPLIED,
-        kind: kind::PUBLISHED,
-        created: now,
-        last_seen: now,
-        seq: [0; 2],
-    };
-    (key, entry)
-}
-
-/// CLOCK_MONOTONIC (bpf_ktime_get_ns()'s clock) in conntrack ticks.
-fn now_tick() -> u32 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0);
-    tick(t)
-}
-
-/// Inserts `n` synthetic flows into instance `name`'s pinned IPv4 main conntrack table,
-/// one element per syscall (aya 0.14 has no batch update). Returns how many went in.
-pub fn fill(
-    name: &str,
-    n: u32,
-    backend: Ipv4Addr,
-    uplink: Ipv4Addr,
-    published: u16,
-) -> anyhow::Result<u32> {
-    let mut ct = main_table(name)?;
-    let now = now_tick();
-    let mut done = 0;
-    for i in 0..n {
-        let (k, e) = synthetic_flow(i, backend, uplink, published, now);
-        if ct.insert(k, e, 0).is_ok() {
-            done += 1;
-        }
-    }
-    Ok(done)
-}
-
-/// Instance `name`'s pinned IPv4 main conntrack table.
-fn main_table(name: &str) -> anyhow::Result<HashMap<MapData, CtKey, CtEntry>> {
-    use anyhow::Context;
-    let path = pin_dir(name).join(maps::CT);
-    let data = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
-    HashMap::try_from(aya::maps::Map::HashMap(data)).context("NP_CT as a hash map")
+/// Writes `n` synthetic assured flows of the first published port into instance
+/// `name`'s IPv4 main conntrack table (netplane's fill_synthetic, batched). Returns how
+/// many went in.
+pub fn fill(name: &str, n: u32) -> anyhow::Result<u32> {
+    use netplane::dataplane::ebpf::agent::{ct_now, fill_synthetic};
+    Ok(fill_synthetic(name, n as usize, ct_now())? as u32)
 }
 
 /// One conntrack garbage collection of instance `name`, as the agent runs it every
@@ -174,19 +103,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn synthetic_flows_are_distinct_and_from_test_net_2() {
-        let (b, u) = (Ipv4Addr::new(10, 89, 0, 2), Ipv4Addr::new(203, 0, 113, 1));
-        let keys: std::collections::HashSet<CtKey> = (0..200_000)
-            .step_by(7)
-            .map(|i| synthetic_flow(i, b, u, 10_000, 5).0)
-            .collect();
-        assert_eq!(keys.len(), 200_000usize.div_ceil(7));
-        let (k, e) = synthetic_flow(999_999, b, u, 10_000, 5);
-        assert_eq!(
-            Ipv4Addr::from(k.daddr.to_ne_bytes()),
-            Ipv4Addr::new(198, 51, 100, 17)
-        );
-        assert_eq!(e.seen & seen::REPLIED, seen::REPLIED);
+    fn the_table_has_room_for_the_flows_and_the_churn() {
         assert_eq!(max_entries_for(100_000), 262_144);
         assert_eq!(max_entries_for(1_000_000), 2_097_152);
     }

@@ -821,13 +821,14 @@ fn thread_cpu() -> std::time::Duration {
 }
 
 /// Test support (the bench's 100k and 1M live flows, and tests/tests/conntrack_scale.rs):
-/// writes `n` synthetic assured flows of published port 80 into instance `name`'s IPv4
-/// main conntrack table, last seen at `now` (a conntrack tick, see [`now`]). Their peers
-/// are 198.51.100.0/24 (TEST-NET-2, which no test or bench flow uses) with every source
-/// port from 1024 on, so no real flow collides with them; the destination is the
-/// uplink's address in the pinned config, the backend the first published port's (or
-/// 0.0.0.0:80). Written with BPF_MAP_UPDATE_BATCH, over whatever is there. Returns how
-/// many were written (fewer when the table is full).
+/// writes `n` synthetic assured flows of the first published port into instance `name`'s
+/// IPv4 main conntrack table, last seen at `now` (a conntrack tick, see [`now`]), keyed as
+/// the data path keys a published flow (its replies' tuple: backend → peer, nat.rs's
+/// published_reply_key). Their peers are 198.51.100.0/24 (TEST-NET-2, which no test or
+/// bench flow uses) with every source port from 1024 on, so no real flow collides with
+/// them; the published address is the uplink's in the pinned config (the backend
+/// 0.0.0.0:80 when nothing is published). Written with BPF_MAP_UPDATE_BATCH, over
+/// whatever is there. Returns how many were written (fewer when the table is full).
 ///
 /// # Errors
 /// When the instance's config or main conntrack table is not pinned.
@@ -837,7 +838,7 @@ pub fn fill_synthetic(name: &str, n: usize, now: Tick) -> Result<usize, GcError>
     };
     let cfg = pinned_config(name).ok_or_else(missing)?;
     let data = pinned_map_data(name, maps::CT).ok_or_else(missing)?;
-    let backend = pinned_map(name, maps::PUBLISHED)
+    let (published, backend) = pinned_map(name, maps::PUBLISHED)
         .and_then(|m| {
             HashMap::<_, netplane_common::nat::PortKey, netplane_common::nat::Backend>::try_from(m)
                 .ok()?
@@ -845,24 +846,25 @@ pub fn fill_synthetic(name: &str, n: usize, now: Tick) -> Result<usize, GcError>
                 .filter_map(Result::ok)
                 .next()
         })
-        .map(|(_, b)| (b.addr, b.port))
-        .unwrap_or((0, 80u16.to_be()));
+        .map_or((80u16.to_be(), (0, 80u16.to_be())), |(k, b)| {
+            (k.port, (b.addr, b.port))
+        });
     let per_peer = usize::from(u16::MAX - 1024);
     let (mut keys, mut entries) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
-        let peer = std::net::Ipv4Addr::new(198, 51, 100, (i / per_peer) as u8);
+        let peer = std::net::Ipv4Addr::new(198, 51, 100, (1 + i / per_peer) as u8);
         let sport = 1024 + (i % per_peer) as u16;
         keys.push(CtKey::new(
+            backend.0,
             u32::from_ne_bytes(peer.octets()),
-            cfg.uplink_addr,
+            backend.1,
             sport.to_be(),
-            80u16.to_be(),
             libc::IPPROTO_TCP as u8,
-            Side::Dst,
+            Side::Src,
         ));
         entries.push(CtEntry {
-            addr: backend.0,
-            port: backend.1,
+            addr: cfg.uplink_addr,
+            port: published,
             seen: seen::SYN | seen::ACK | seen::REPLIED,
             kind: kind::PUBLISHED,
             created: now,

@@ -104,13 +104,7 @@ pub(crate) fn observe(plan: &Plan) -> Observation {
     }
     Observation {
         counters: counters(name),
-        fast_forwarded: plan.ebpf.fast_forward.then(|| {
-            let (into_containers, out_of_containers) = forwarded_packets(name);
-            FastForwarded {
-                into_containers,
-                out_of_containers,
-            }
-        }),
+        fast_forwarded: plan.ebpf.fast_forward.then(|| forwarded_packets(name)),
         fills,
         attached: attach::pinned(&pin_dir(name))
             .iter()
@@ -465,19 +459,17 @@ pub(super) fn per_cpu_sums(map: &Map, n: u32) -> Vec<u64> {
 }
 
 /// How many packets of instance `name` took the short way (netplane-ebpf's `forward`),
-/// into containers and out of them, summed over CPUs.
-fn forwarded_packets(name: &str) -> (u64, u64) {
-    let Some(map) = pinned_map(name, maps::FORWARDED) else {
-        return (0, 0);
-    };
-    let Ok(counts) = PerCpuArray::<_, u64>::try_from(map) else {
-        return (0, 0);
-    };
-    let sum = |slot| counts.get(&slot, 0).map(|v| v.iter().sum()).unwrap_or(0);
-    (
-        sum(forwarded::INTO_CONTAINER),
-        sum(forwarded::OUT_OF_CONTAINER),
-    )
+/// into containers and out of them, each way, summed over CPUs.
+fn forwarded_packets(name: &str) -> FastForwarded {
+    let n = pinned_map(name, maps::FORWARDED)
+        .map_or_else(|| vec![0; forwarded::SLOTS as usize], |m| per_cpu_sums(&m, forwarded::SLOTS));
+    let at = |slot: u32| n[slot as usize];
+    FastForwarded {
+        into_containers: at(forwarded::INTO_CONTAINER) + at(forwarded::INTO_CONTAINER_PEER),
+        into_containers_peer: at(forwarded::INTO_CONTAINER_PEER),
+        out_of_containers: at(forwarded::OUT_OF_CONTAINER) + at(forwarded::FROM_CONTAINER),
+        out_of_containers_at_hook: at(forwarded::FROM_CONTAINER),
+    }
 }
 
 /// What each attached program of instance `name` has cost so far: (link, runs, average
