@@ -83,10 +83,10 @@ pub struct ScaleSample {
 }
 
 impl ScaleSample {
-    /// CPU seconds per minute that GC costs at this size: a pass every GC_INTERVAL.
-    pub fn gc_cpu_s_per_min(&self) -> f64 {
-        let interval = netplane::dataplane::ebpf::agent::GC_INTERVAL.as_secs_f64();
-        self.gc_pass_cpu_s * 60.0 / interval
+    /// CPU seconds per minute that GC costs at this size with a pass every `interval`
+    /// (the agent's adapts, between GC_INTERVAL and GC_MAX_INTERVAL).
+    pub fn gc_cpu_s_per_min(&self, interval: Duration) -> f64 {
+        self.gc_pass_cpu_s * 60.0 / interval.as_secs_f64()
     }
 
     /// Full over empty, per pair.

@@ -49,12 +49,41 @@ use crate::metrics::{AgentInfo, AgentMetrics, Area, server};
 use crate::state::{self, State, StateError};
 use crate::topology::{self, TopologyError};
 
-/// How often the agent collects garbage.
+/// How often the agent collects garbage: at least this often, and always for tables of
+/// fewer than [`GC_ADAPT_FROM`] entries.
 pub const GC_INTERVAL: Duration = Duration::from_secs(5);
 
+/// The longest the agent waits between collections of a large table that little expires
+/// in (see [`next_gc_interval`]): nf_conntrack's worker too scans its whole table at least
+/// every 16 s (GC_SCAN_MAX_DURATION in net/netfilter/nf_conntrack_core.c).
+pub const GC_MAX_INTERVAL: Duration = Duration::from_secs(20);
+
+/// From how many entries the interval adapts to what a collection finds.
+pub const GC_ADAPT_FROM: usize = 16_384;
+
 /// How old the last garbage collection may be before `status` calls the agent stuck:
-/// several intervals, since SCHED_IDLE lets it wait while the CPUs are busy.
-pub const GC_STALE: Duration = Duration::from_secs(30);
+/// longer than the longest interval, since SCHED_IDLE lets it wait while the CPUs are
+/// busy.
+pub const GC_STALE: Duration = Duration::from_secs(45);
+
+/// The wait before the next collection, after one that walked `seen` entries and removed
+/// `removed` of them, `prev` after the one before: a pass over a million entries costs
+/// ~0.5 s of CPU (the bench's conntrack scale rows), so a large table of long-lived flows
+/// is walked less often, as Cilium's dynamic conntrack-gc-interval and nf_conntrack's
+/// gc_worker() adapt to the share of entries found expired. A quarter or more expired
+/// (connection churn, whose closed entries would fill the table): back to every
+/// [`GC_INTERVAL`]. Under a twentieth: twice as long, up to [`GC_MAX_INTERVAL`]. Between:
+/// unchanged. Correctness never depends on it: the programs treat an expired entry as
+/// absent; a late collection only leaves room taken a little longer.
+pub fn next_gc_interval(prev: Duration, seen: usize, removed: usize) -> Duration {
+    if seen < GC_ADAPT_FROM || removed * 4 >= seen {
+        GC_INTERVAL
+    } else if removed * 20 < seen {
+        (prev * 2).min(GC_MAX_INTERVAL)
+    } else {
+        prev.clamp(GC_INTERVAL, GC_MAX_INTERVAL)
+    }
+}
 
 /// How long the agent lets a burst of notifications settle before it looks (one `ip`
 /// command of a DHCP client sends several), and how soon it tries again when `up` or
@@ -374,6 +403,7 @@ fn collect(name: &str, recorder: &Recorder) {
     }
     // Whether the last collection failed: a failure is recorded once, not every interval.
     let mut failing = false;
+    let mut interval = GC_INTERVAL;
     while pin_dir(name).exists() {
         // A heartbeat before the walk too: walking a table of a million entries at
         // SCHED_IDLE on a busy host may take longer than `status` waits for one.
@@ -385,6 +415,9 @@ fn collect(name: &str, recorder: &Recorder) {
                     tracing::debug!(?removed, "conntrack garbage collection");
                 }
                 let took = began.elapsed();
+                let left: u64 = count.tables.iter().map(|t| t.entries).sum();
+                let seen = usize::try_from(left).unwrap_or(usize::MAX);
+                interval = next_gc_interval(interval, seen + removed.total(), removed.total());
                 recorder.metrics.gc_done(removed, count, took);
                 recorder.update(|r| {
                     r.gc_walking_since = None;
@@ -406,7 +439,7 @@ fn collect(name: &str, recorder: &Recorder) {
         }
         // A monitor that died left the programs writing events nobody reads.
         super::monitor::clear_if_abandoned(name);
-        std::thread::sleep(GC_INTERVAL);
+        std::thread::sleep(interval);
     }
 }
 
@@ -681,6 +714,23 @@ mod tests {
         ] {
             assert_eq!(AgentArgs::parse(&words(not)), None, "{not}");
         }
+    }
+
+    #[test]
+    fn large_tables_that_little_expires_in_are_collected_less_often() {
+        let big = 1_000_000;
+        // Small tables: always the shortest interval.
+        assert_eq!(next_gc_interval(GC_INTERVAL, 1000, 0), GC_INTERVAL);
+        // Quiet and large: doubling, up to the longest.
+        let mut i = GC_INTERVAL;
+        for want in [10, 20, 20] {
+            i = next_gc_interval(i, big, 10);
+            assert_eq!(i, Duration::from_secs(want));
+        }
+        // Some churn: unchanged; a quarter expired: back to the shortest.
+        assert_eq!(next_gc_interval(i, big, big / 10), i);
+        assert_eq!(next_gc_interval(i, big, big / 4), GC_INTERVAL);
+        assert!(GC_STALE > GC_MAX_INTERVAL + GC_INTERVAL, "status allows the longest wait");
     }
 
     #[test]
