@@ -1007,7 +1007,10 @@ async fn apply(
                         object: c.network.clone(),
                     }
                 })?;
-                topology::ensure_veth(h, c, net, &bridge).await?
+                // The container's own hook hides its MAC from the bridge: only there
+                // does the bridge need a static FDB entry for it.
+                let static_fdb = plan.mode == Mode::Ebpf && plan.ebpf.from_container_hook();
+                topology::ensure_veth(h, c, net, &bridge, static_fdb).await?
             }
             Driver::Ptp => topology::ensure_ptp_veth(h, c, net).await?,
         };
@@ -1106,11 +1109,14 @@ async fn apply(
         .extend(dp.apply(plan, old.plan.as_ref(), host)?);
     let took = t.elapsed();
     report.dataplane_ms = Some(took.as_secs_f64() * 1e3);
-    // What the data plane timed as phases of its own (eBPF: loading the object, starting
-    // the agent) is already recorded; the rest is this one (eBPF: the verifier, pins and
-    // links, the maps' contents).
+    // What the data plane timed as phases of its own (eBPF: loading the object, the
+    // verifier, pins and links, starting the agent) is already recorded; the rest is this
+    // one (eBPF: the maps' contents).
     let timed = std::time::Duration::from_secs_f64((phases::recorded_ms() - inner).max(0.0) / 1e3);
     phases::record("dataplane", took.saturating_sub(timed));
+    if plan.mode == Mode::Ebpf {
+        report.changes.extend(plan.ebpf.idle_switches());
+    }
     // Metrics asked for and not served (a port that another process holds is the
     // agent's error; a mode without an agent) are said here, to whoever asked.
     if let Some(addr) = plan.metrics.listen {

@@ -459,12 +459,15 @@ async fn host_end(h: &Handle, c: &Container, net: &Network) -> Result<(Link, boo
 }
 
 /// The container's veth pair: the host end attached to `bridge` and up; the container end
-/// named eth0 inside its netns, with the container's MAC. Returns (changed, created).
+/// named eth0 inside its netns, with the container's MAC; with `static_fdb` (where the
+/// container's own hook runs), a static FDB entry for that MAC ([`ensure_fdb_entry`]).
+/// Returns (changed, created).
 pub async fn ensure_veth(
     h: &Handle,
     c: &Container,
     net: &Network,
     bridge: &Link,
+    static_fdb: bool,
 ) -> Result<(bool, bool), TopologyError> {
     let (host, created) = host_end(h, c, net).await?;
     let mut changed = created | ensure_mtu(h, &host, net.mtu).await?;
@@ -489,7 +492,9 @@ pub async fn ensure_veth(
         .execute()
         .await
         .map_err(nl_err("set hairpin mode on", c.host_veth.clone()))?;
-    ensure_fdb_entry(h, c, &host).await?;
+    if static_fdb {
+        ensure_fdb_entry(h, c, &host).await?;
+    }
     Ok((changed, created))
 }
 
@@ -509,7 +514,9 @@ pub async fn ensure_veth(
 /// or packets before this `up`) answers an exclusive add with EEXIST and would stay a
 /// learned one; a replace makes it static, and changes nothing when it is (idempotent, so
 /// not counted as a change). With no NTF_SELF or NTF_MASTER flag, rtnl_fdb_add() hands it
-/// to the port's master, the bridge.
+/// to the port's master, the bridge. Without the hook the bridge sees every packet and
+/// learns the MAC, so none is made; one made before the hook was switched off stays (it
+/// is right, and goes with the port).
 async fn ensure_fdb_entry(h: &Handle, c: &Container, host: &Link) -> Result<(), TopologyError> {
     h.neighbours()
         .add_bridge(host.index, &c.mac)

@@ -73,7 +73,15 @@ fn up_reports_its_phases_and_a_second_up_loads_nothing() {
     let cold_phases = phases(&cold);
     eprintln!("cold up: {total:.1} ms, {cold_phases:?}");
     let names: Vec<&str> = cold_phases.iter().map(|(n, _)| n.as_str()).collect();
-    for phase in ["check", "topology", "ebpf.object", "dataplane", "finish"] {
+    for phase in [
+        "check",
+        "topology",
+        "ebpf.object",
+        "ebpf.verify",
+        "ebpf.attach",
+        "dataplane",
+        "finish",
+    ] {
         assert!(names.contains(&phase), "phase {phase} in {names:?}");
     }
     assert!(cold_phases.iter().all(|(_, ms)| *ms >= 0.0));

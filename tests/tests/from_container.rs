@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions};
 use netplane::dataplane::ebpf::PIN_ROOT;
 use netplane_common::nat::{forwarded, maps};
 use netplane_tests::cni_plugin::Direct;
@@ -516,13 +516,22 @@ fn what_a_known_flow_costs_at_the_hook_and_at_the_bridge() {
         "4",
         "1000",
     ]);
-    std::thread::sleep(Duration::from_millis(300));
-    let ss = web.sh(&["ss", "-tnH", "state", "established"]);
-    let sport: u16 = ss
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("10.89.0.2:"))
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no connection in {ss}"));
+    // The connection, once hold-tcp has made it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let sport: u16 = loop {
+        let ss = web.sh(&["ss", "-tnH", "state", "established"]);
+        let port = ss
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("10.89.0.2:"))
+            .and_then(|p| p.parse().ok());
+        match port {
+            Some(p) => break p,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            None => panic!("no connection after 5 s in {ss}"),
+        }
+    };
     // A data segment of the flow, from web's MAC to its gateway's (the bridge's), as the
     // hook and the bridge's ingress both see it.
     let mut frame = tcp(
@@ -582,4 +591,194 @@ fn what_a_known_flow_costs_at_the_hook_and_at_the_bridge() {
     assert_eq!(at_bridge.1, TC_ACT_REDIRECT, "so does the bridge");
     let tcx_next = u32::MAX;
     assert_eq!((syn_at_hook.1, east_west_at_hook.1), (tcx_next, tcx_next));
+}
+
+/// The hook routes as the kernel routes what the bridge receives: from the container's
+/// gateway device (the bridge), not from its host veth. A policy rule on the bridge
+/// (`ip rule add iif npa lookup 100`) sends web's packets to the outside's address by
+/// another device; a masqueraded flow's packets then go that way, and the hook redirects
+/// none of them to the uplink.
+#[test]
+fn the_hook_routes_as_the_kernel_routes_from_the_bridge() {
+    if !privileged("the_hook_routes_as_the_kernel_routes_from_the_bridge") {
+        return;
+    }
+    let mut h = Host::new().with_ipv6();
+    h.write_config(&config("", ""));
+    h.netplane_ok(&["up"]);
+    // A second way out of the host: side0 (198.51.100.1) ↔ the side namespace's eth0.
+    let side = h.sandbox.netns("side");
+    h.sandbox.veth(
+        &h.host,
+        "side0",
+        "198.51.100.1/24",
+        &side,
+        "eth0",
+        "198.51.100.2/24",
+    );
+    let web = h.container("web");
+    let target = format!("{OUTSIDE_IP}:7001");
+    // One datagram of one flow (source port 40123) to a server started for it.
+    let send = |what: &str| {
+        udp_exchange(&h.outside, "0.0.0.0:7001", &web, &target, 100, Some(40123))
+            .map_err(|e| format!("{what}: {e}"))
+    };
+    // The flow, made by its first datagram; its second takes the hook.
+    assert_eq!(
+        send("first").unwrap(),
+        format!("100 bytes from {UPLINK_IP}")
+    );
+    let before = fwd(&h, forwarded::FROM_CONTAINER);
+    assert_eq!(
+        send("second").unwrap(),
+        format!("100 bytes from {UPLINK_IP}")
+    );
+    assert!(
+        fwd(&h, forwarded::FROM_CONTAINER) > before,
+        "without the rule, the flow's packets take the hook"
+    );
+
+    // What the bridge receives from the containers now goes by side0.
+    h.host.sh(&[
+        "ip",
+        "route",
+        "add",
+        &format!("{OUTSIDE_IP}/32"),
+        "via",
+        "198.51.100.2",
+        "dev",
+        "side0",
+        "table",
+        "100",
+    ]);
+    h.host
+        .sh(&["ip", "rule", "add", "iif", "npa", "lookup", "100"]);
+    // The programs' route cache (per destination and device, crate forward.rs's
+    // ROUTE_TTL: 954 ticks of 2^20 ns, 1.0 s) still holds the uplink: wait it out.
+    std::thread::sleep(Duration::from_millis(1200));
+    let hook = fwd(&h, forwarded::FROM_CONTAINER);
+    let capture = Server::start(&side, &["capture", "eth0", "2500"]);
+    // No answer comes back (the side namespace routes nothing on).
+    assert!(send("third").is_err(), "the datagram went by side0");
+    assert_eq!(
+        fwd(&h, forwarded::FROM_CONTAINER),
+        hook,
+        "the hook redirected none to the uplink"
+    );
+    // As it left the container: the hook passed it on, and the bridge's program does not
+    // translate what leaves by another device than the uplink.
+    let seen = capture.output();
+    assert!(
+        seen.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1)
+                .is_some_and(|dst| dst.starts_with(&format!("{OUTSIDE_IP}:")))
+                && f.get(2) == Some(&"17")
+        }),
+        "the flow's datagram arrived by side0, as the kernel routes it: {seen}"
+    );
+}
+
+/// A link pinned under `…_new` by an `up` killed between pinning it and renaming it over
+/// its place runs on its device for as long as the pin holds it: the next `up` removes
+/// that pin (and a program's), and the extra link goes with it.
+#[test]
+fn up_removes_the_new_pins_a_killed_up_left() {
+    if !privileged("up_removes_the_new_pins_a_killed_up_left") {
+        return;
+    }
+    let h = up("", "");
+    let name = h.name().to_owned();
+    let veth = h.host_veth("web");
+    let (link_new, prog_new) = (
+        PathBuf::from(format!("{}_new", link_pin(&name, &veth).display())),
+        pins(&name).join(format!("prog_{HOOK}_new")),
+    );
+    let on_veth = || {
+        h.host.enter(|| {
+            SchedClassifier::query_tcx(&veth, TcAttachType::Egress)
+                .unwrap()
+                .1
+                .len()
+        })
+    };
+    let before = on_veth();
+    // At the veth's egress, where the plan puts none (a program runs once per hook).
+    h.host.enter(|| {
+        let mut p = SchedClassifier::from_pin(pins(&name).join(format!("prog_{HOOK}"))).unwrap();
+        let id = p.attach(&veth, TcAttachType::Egress).unwrap();
+        let link: FdLink = p.take_link(id).unwrap().try_into().unwrap();
+        link.pin(&link_new).unwrap();
+        p.pin(&prog_new).unwrap();
+    });
+    assert_eq!(on_veth(), before + 1, "the leftover link runs");
+    let report = h.netplane_ok(&["up"]);
+    assert!(!link_new.exists(), "{report}");
+    assert!(!prog_new.exists(), "{report}");
+    assert!(report.contains("interrupted up"), "{report}");
+    assert_eq!(on_veth(), before, "the leftover link went with its pin");
+    assert_eq!(h.status()["problems"], serde_json::json!([]));
+}
+
+/// The IPv6 hook goes only on the ports of networks with a subnet6: npb is IPv4-only.
+#[test]
+fn the_ipv6_hook_is_linked_only_on_ports_of_dual_stack_networks() {
+    if !privileged("the_ipv6_hook_is_linked_only_on_ports_of_dual_stack_networks") {
+        return;
+    }
+    let h = up("", "");
+    let name = h.name().to_owned();
+    let (web, other) = (h.host_veth("web"), h.host_veth("other"));
+    let link6 = |veth: &str| pins(&name).join(format!("link_{HOOK}6_{veth}"));
+    assert!(link6(&web).exists(), "npa is dual-stack");
+    assert!(!link6(&other).exists(), "npb is IPv4-only");
+    let programs = |veth: &str| {
+        h.host.enter(|| {
+            SchedClassifier::query_tcx(veth, TcAttachType::Ingress)
+                .unwrap()
+                .1
+                .len()
+        })
+    };
+    assert_eq!((programs(&web), programs(&other)), (2, 1));
+    // other's own hook still takes its IPv4 flows.
+    let before = fwd(&h, forwarded::FROM_CONTAINER);
+    let out = tcp_exchange(
+        &h.outside,
+        "0.0.0.0:7000",
+        &h.container("other"),
+        &format!("{OUTSIDE_IP}:7000"),
+        "v4",
+    );
+    assert_eq!(out, format!("v4 from {UPLINK_IP}"));
+    assert!(fwd(&h, forwarded::FROM_CONTAINER) >= before + 3);
+    assert_eq!(h.status()["problems"], serde_json::json!([]));
+}
+
+/// `[ebpf] fast_forward = false` with the short way's switches on: `up` warns that they
+/// do nothing, and succeeds; no container gets the hook, nor a static FDB entry.
+#[test]
+fn up_warns_that_the_short_way_s_switches_are_idle_without_it() {
+    if !privileged("up_warns_that_the_short_way_s_switches_are_idle_without_it") {
+        return;
+    }
+    let h = Host::new().with_ipv6();
+    h.write_config(&config(
+        "",
+        "fast_forward = false\ninto_container = \"peer\"",
+    ));
+    let report = h.netplane_ok(&["up"]);
+    let warning = report
+        .lines()
+        .find(|l| l.contains("warning:"))
+        .unwrap_or_else(|| panic!("no warning in {report}"));
+    for field in ["from_container", "into_container", "fast_forward = false"] {
+        assert!(warning.contains(field), "{warning}");
+    }
+    assert_eq!(hook_links(h.name()), Vec::<String>::new());
+    let mac = h.container("web").mac("eth0");
+    assert!(
+        fdb_entry(&h.host, "npa", &mac).is_none_or(|l| !l.contains(" static")),
+        "no static FDB entry without the hook"
+    );
 }

@@ -71,6 +71,17 @@ impl EbpfConfig {
     pub fn peer_acks(&self) -> bool {
         self.fast_forward && self.into_container == IntoContainer::PeerAll
     }
+
+    /// What `up` warns of when the short way is off and its switches are not: they do
+    /// nothing then. Not an error: `from_container` is on by default.
+    pub fn idle_switches(&self) -> Option<String> {
+        (!self.fast_forward && (self.from_container || self.into_container != IntoContainer::Veth))
+            .then(|| {
+                "warning: [ebpf] from_container and into_container do nothing while \
+                 fast_forward = false (they are parts of the short way)"
+                    .to_owned()
+            })
+    }
 }
 
 /// `[ebpf] into_container`: the way translated packets of known flows take into a
@@ -313,14 +324,15 @@ mod tests {
         assert!(!plan.ebpf.fast_forward);
     }
 
+    fn ebpf(text: &str) -> Result<super::EbpfConfig, ConfigError> {
+        Config::parse(&format!("[ebpf]\n{text}\n"), "test")
+            .and_then(|c| c.plan())
+            .map(|p| p.ebpf)
+    }
+
     #[test]
     fn from_container_is_on_and_into_container_is_veth_by_default() {
         use super::IntoContainer;
-        let ebpf = |text: &str| {
-            Config::parse(&format!("[ebpf]\n{text}\n"), "test")
-                .and_then(|c| c.plan())
-                .map(|p| p.ebpf)
-        };
         let default = ebpf("").unwrap();
         assert!(default.from_container);
         assert_eq!(default.into_container, IntoContainer::Veth);
@@ -345,6 +357,26 @@ mod tests {
         }
         let e = ebpf("from_container = \"yes\"").unwrap_err().to_string();
         assert!(e.contains("from_container"), "{e}");
+    }
+
+    #[test]
+    fn the_short_way_s_switches_are_said_to_be_idle_without_it() {
+        assert_eq!(super::EbpfConfig::default().idle_switches(), None);
+        let idle = ebpf("fast_forward = false")
+            .unwrap()
+            .idle_switches()
+            .unwrap();
+        for field in ["from_container", "into_container", "fast_forward = false"] {
+            assert!(idle.contains(field), "{idle}");
+        }
+        let none = ebpf("fast_forward = false\nfrom_container = false").unwrap();
+        assert_eq!(
+            none.idle_switches(),
+            None,
+            "both at what the off short way does"
+        );
+        let peer = "fast_forward = false\nfrom_container = false\ninto_container = \"peer\"";
+        assert!(ebpf(peer).unwrap().idle_switches().is_some());
     }
 
     #[test]
