@@ -992,7 +992,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<DpConfig>(), 72);
-        assert_eq!(core::mem::size_of::<Endpoint>(), 20);
+        assert_eq!(core::mem::size_of::<Endpoint>(), 24);
     }
 
     #[test]

@@ -269,9 +269,14 @@ fn dst_nat_inline<A: Nat>(ctx: &TcContext, p: &mut Packet<A>, cfg: &DpConfig, ho
     if hook == Hook::Network {
         if !is_local(p.daddr) {
             return match access::onward(p, cfg) {
-                Ok(Onward::Outside) => {
-                    out_of_bridge(ctx, p, cfg, forward::in_ifindex(ctx), forwarded::OUT_OF_CONTAINER, true)
-                }
+                Ok(Onward::Outside) => out_of_bridge(
+                    ctx,
+                    p,
+                    cfg,
+                    forward::in_ifindex(ctx),
+                    forwarded::OUT_OF_CONTAINER,
+                    true,
+                ),
                 Ok(Onward::Container | Onward::Untranslated) => TCX_NEXT,
                 Err(reason) => drop(reason),
             };

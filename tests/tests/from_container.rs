@@ -765,14 +765,14 @@ fn up_warns_that_the_short_way_s_switches_are_idle_without_it() {
     let h = Host::new().with_ipv6();
     h.write_config(&config(
         "",
-        "fast_forward = false\ninto_container = \"peer\"",
+        "fast_forward = false\ninto_container = \"peer-all\"",
     ));
     let report = h.netplane_ok(&["up"]);
     let warning = report
         .lines()
         .find(|l| l.contains("warning:"))
         .unwrap_or_else(|| panic!("no warning in {report}"));
-    for field in ["from_container", "into_container", "fast_forward = false"] {
+    for field in ["into_container = \"peer-all\"", "fast_forward = false"] {
         assert!(warning.contains(field), "{warning}");
     }
     assert_eq!(hook_links(h.name()), Vec::<String>::new());

@@ -1973,7 +1973,10 @@ fn peer_delivery_into_containers_is_a_runtime_switch() {
     host.run(&peer, |p, ctx| {
         let counts = |p: &TestRunPrograms| {
             let n = p.forwarded();
-            (n[fwd::INTO_CONTAINER as usize], n[fwd::INTO_CONTAINER_PEER as usize])
+            (
+                n[fwd::INTO_CONTAINER as usize],
+                n[fwd::INTO_CONTAINER_PEER as usize],
+            )
         };
         // A published port's client: its SYN, then data, into the container's end.
         let from_client = |flags, data: &[u8]| tcp(Ip::new(D, U), 5556, 8080, flags, data);
@@ -2006,7 +2009,11 @@ fn peer_delivery_into_containers_is_a_runtime_switch() {
         let mut maps = p.take_maps().unwrap();
         maps.program(&peer_all, ctx, Some(&peer)).unwrap();
         assert_eq!(p.run(UPLINK_IN, &ack).unwrap().0, TC_ACT_REDIRECT);
-        assert_eq!(counts(p), (into + 1, into_peer + 3), "peer-all: the ACK too");
+        assert_eq!(
+            counts(p),
+            (into + 1, into_peer + 3),
+            "peer-all: the ACK too"
+        );
         maps.program(&veth, ctx, Some(&peer_all)).unwrap();
         let data = from_client(TCP_ACK, b"more");
         assert_eq!(p.run(UPLINK_IN, &data).unwrap().0, TC_ACT_REDIRECT);

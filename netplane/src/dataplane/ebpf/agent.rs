@@ -730,7 +730,10 @@ mod tests {
         // Some churn: unchanged; a quarter expired: back to the shortest.
         assert_eq!(next_gc_interval(i, big, big / 10), i);
         assert_eq!(next_gc_interval(i, big, big / 4), GC_INTERVAL);
-        assert!(GC_STALE > GC_MAX_INTERVAL + GC_INTERVAL, "status allows the longest wait");
+        assert!(
+            GC_STALE > GC_MAX_INTERVAL + GC_INTERVAL,
+            "status allows the longest wait"
+        );
     }
 
     #[test]

@@ -461,8 +461,10 @@ pub(super) fn per_cpu_sums(map: &Map, n: u32) -> Vec<u64> {
 /// How many packets of instance `name` took the short way (netplane-ebpf's `forward`),
 /// into containers and out of them, each way, summed over CPUs.
 fn forwarded_packets(name: &str) -> FastForwarded {
-    let n = pinned_map(name, maps::FORWARDED)
-        .map_or_else(|| vec![0; forwarded::SLOTS as usize], |m| per_cpu_sums(&m, forwarded::SLOTS));
+    let n = pinned_map(name, maps::FORWARDED).map_or_else(
+        || vec![0; forwarded::SLOTS as usize],
+        |m| per_cpu_sums(&m, forwarded::SLOTS),
+    );
     let at = |slot: u32| n[slot as usize];
     FastForwarded {
         into_containers: at(forwarded::INTO_CONTAINER) + at(forwarded::INTO_CONTAINER_PEER),
