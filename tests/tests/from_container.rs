@@ -782,3 +782,39 @@ fn up_warns_that_the_short_way_s_switches_are_idle_without_it() {
         "no static FDB entry without the hook"
     );
 }
+
+/// One-shot datagrams (a resolver's queries, each from its own port): every flow is
+/// tracked, in both families, whichever way replies take in (the bench's memory rows send
+/// 10,000 such flows and count the entries).
+#[test]
+fn one_shot_datagrams_each_leave_a_tracked_flow_in_both_families() {
+    if !privileged("one_shot_datagrams_each_leave_a_tracked_flow_in_both_families") {
+        return;
+    }
+    use netplane::dataplane::ebpf::{IpFamily, conntrack_entry_count};
+    for way in ["veth", "peer"] {
+        let h = up("", &format!("into_container = \"{way}\""));
+        let web = h.container("web");
+        for (family, server, target) in [
+            (IpFamily::V4, "0.0.0.0:7001", format!("{OUTSIDE_IP}:7001")),
+            (IpFamily::V6, "[::]:7001", format!("[{OUTSIDE_IP6}]:7001")),
+        ] {
+            let _server = Server::start(&h.outside, &["serve-udp", server, "5"]);
+            let before = conntrack_entry_count(h.name(), family);
+            let answered = (41000..41005u16)
+                .filter(|sport| {
+                    client(&web, &["send-udp", &target, "10", &sport.to_string()])
+                        .inspect_err(|e| eprintln!("{way} {family:?} {sport}: {e}"))
+                        .is_ok()
+                })
+                .count();
+            let tracked = conntrack_entry_count(h.name(), family) - before;
+            assert_eq!(
+                (tracked, answered),
+                (5, 5),
+                "{way}, {family:?}: {}",
+                h.netplane_ok(&["status"])
+            );
+        }
+    }
+}

@@ -94,13 +94,12 @@ impl EbpfConfig {
 #[serde(rename_all = "kebab-case")]
 pub enum IntoContainer {
     /// Transmitted on the host end of the container's veth (bpf_redirect); pure ACKs
-    /// through the bridge.
+    /// through the bridge. The default: with the container's own hook it won the bench's
+    /// connection and stream rows over `peer` (docs/bench/bench.md, "eBPF variants").
+    #[default]
     Veth,
     /// Straight onto the container end's ingress (bpf_redirect_peer): no veth transmit,
-    /// no backlog queue; pure ACKs still through the bridge. The default: it won the
-    /// bench's connection, request/response and stream-in rows (docs/bench/bench.md,
-    /// "eBPF variants").
-    #[default]
+    /// no backlog queue; pure ACKs still through the bridge.
     Peer,
     /// As `peer`, pure ACKs too.
     PeerAll,
@@ -335,11 +334,11 @@ mod tests {
     }
 
     #[test]
-    fn from_container_is_on_and_into_container_is_peer_by_default() {
+    fn from_container_is_on_and_into_container_is_veth_by_default() {
         use super::IntoContainer;
         let default = ebpf("").unwrap();
         assert!(default.from_container);
-        assert_eq!(default.into_container, IntoContainer::Peer);
+        assert_eq!(default.into_container, IntoContainer::Veth);
         assert!(!ebpf("from_container = false").unwrap().from_container);
         for (word, way) in [
             ("veth", IntoContainer::Veth),

@@ -165,6 +165,8 @@ fn udp_server(addr: SocketAddr, stop: &AtomicBool, ready: std::sync::mpsc::Sende
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct Rate {
     pub per_s: f64,
+    /// How many connections or transactions the rate counts.
+    pub count: u64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub errors: u64,
@@ -179,6 +181,7 @@ fn rate(mut lat_ns: Vec<u32>, elapsed: Duration, errors: u64) -> Rate {
     };
     Rate {
         per_s: lat_ns.len() as f64 / elapsed.as_secs_f64(),
+        count: lat_ns.len() as u64,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
         errors,

@@ -665,8 +665,10 @@ struct Measured<R> {
 
 impl Measured<Rate> {
     /// µs of kernel CPU per connection or transaction: the machine's, the bench's own.
-    fn per_unit(&self, secs: Duration) -> (f64, f64) {
-        let units = self.value.per_s * secs.as_secs_f64();
+    /// Divided by the count, not rate × seconds: a load that ends past its deadline (a
+    /// connection waiting out its timeout) ran longer than `secs`.
+    fn per_unit(&self) -> (f64, f64) {
+        let units = self.value.count as f64;
         (self.kernel_s * 1e6 / units, self.own_s * 1e6 / units)
     }
 }
@@ -793,7 +795,7 @@ impl<'a> Run<'a> {
     fn crr_into(&self, n: u32, s: &mut Sample) -> Rate {
         let t = self.target(FIRST_PORT + (n - 1) as u16);
         let m = self.measured(self.sb.client(), &self.sb.web(), load::tcp_crr, t);
-        s.record(&format!("tcp_crr_{n}"), m.per_unit(self.secs), m.tcp);
+        s.record(&format!("tcp_crr_{n}"), m.per_unit(), m.tcp);
         m.value
     }
 
@@ -814,14 +816,14 @@ impl<'a> Run<'a> {
         s.stream_out_gbps = m.value;
         p("TCP request/response");
         let m = self.measured(client, web, load::tcp_rr, t);
-        s.record("tcp_rr", m.per_unit(self.secs), m.tcp);
+        s.record("tcp_rr", m.per_unit(), m.tcp);
         s.tcp_rr = m.value;
         p(&format!("TCP connect/request/close, N = {n}"));
         let r = self.crr_into(n, s);
         s.tcp_crr.push((n, r));
         p("TCP connect/request/close out (masquerade)");
         let m = self.measured(web, client, load::tcp_crr, outside);
-        s.record("tcp_crr_out", m.per_unit(self.secs), m.tcp);
+        s.record("tcp_crr_out", m.per_unit(), m.tcp);
         s.tcp_crr_out = Some(m.value);
     }
 

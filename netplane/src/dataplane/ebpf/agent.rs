@@ -67,16 +67,17 @@ pub const GC_ADAPT_FROM: usize = 16_384;
 pub const GC_STALE: Duration = Duration::from_secs(45);
 
 /// The wait before the next collection, after one that walked `seen` entries and removed
-/// `removed` of them, `prev` after the one before: a pass over a million entries costs
+/// `removed` of them and left the fullest table `fullest` full (0 to 1), `prev` after the
+/// one before: a pass over a million entries costs
 /// ~0.5 s of CPU (the bench's conntrack scale rows), so a large table of long-lived flows
 /// is walked less often, as Cilium's dynamic conntrack-gc-interval and nf_conntrack's
 /// gc_worker() adapt to the share of entries found expired. A quarter or more expired
-/// (connection churn, whose closed entries would fill the table): back to every
-/// [`GC_INTERVAL`]. Under a twentieth: twice as long, up to [`GC_MAX_INTERVAL`]. Between:
-/// unchanged. Correctness never depends on it: the programs treat an expired entry as
-/// absent; a late collection only leaves room taken a little longer.
-pub fn next_gc_interval(prev: Duration, seen: usize, removed: usize) -> Duration {
-    if seen < GC_ADAPT_FROM || removed * 4 >= seen {
+/// (connection churn, whose closed entries would fill the table), or a table half full:
+/// back to every [`GC_INTERVAL`]. Under a twentieth: twice as long, up to
+/// [`GC_MAX_INTERVAL`]. Between: unchanged. The programs treat an expired entry as absent,
+/// but a new flow cannot take its place in a full table (`ct-full`): hence the fill.
+pub fn next_gc_interval(prev: Duration, seen: usize, removed: usize, fullest: f64) -> Duration {
+    if seen < GC_ADAPT_FROM || removed * 4 >= seen || fullest >= 0.5 {
         GC_INTERVAL
     } else if removed * 20 < seen {
         (prev * 2).min(GC_MAX_INTERVAL)
@@ -404,20 +405,36 @@ fn collect(name: &str, recorder: &Recorder) {
     // Whether the last collection failed: a failure is recorded once, not every interval.
     let mut failing = false;
     let mut interval = GC_INTERVAL;
+    let mut evicted = std::collections::BTreeMap::new();
     while pin_dir(name).exists() {
         // A heartbeat before the walk too: walking a table of a million entries at
         // SCHED_IDLE on a busy host may take longer than `status` waits for one.
         recorder.update(|r| r.gc_walking_since = Some(unix_now()));
         let began = Instant::now();
         match gc_and_count(name) {
-            Ok((removed, count)) => {
+            Ok((removed, mut count)) => {
                 if removed.total() > 0 {
                     tracing::debug!(?removed, "conntrack garbage collection");
                 }
                 let took = began.elapsed();
                 let left: u64 = count.tables.iter().map(|t| t.entries).sum();
                 let seen = usize::try_from(left).unwrap_or(usize::MAX);
-                interval = next_gc_interval(interval, seen + removed.total(), removed.total());
+                let fullest = count
+                    .tables
+                    .iter()
+                    .filter_map(|t| {
+                        Some(t.entries as f64 / t.max_entries.filter(|m| *m > 1)? as f64)
+                    })
+                    .fold(0.0, f64::max);
+                interval =
+                    next_gc_interval(interval, seen + removed.total(), removed.total(), fullest);
+                // A lower bound, recomputed each pass (flows arriving mid-walk lower it for a
+                // moment): the metric is a counter, so it never goes back.
+                for (family, n) in &mut count.unreplied_evicted {
+                    let high = evicted.entry(*family).or_insert(0);
+                    *high = (*high).max(*n);
+                    *n = *high;
+                }
                 recorder.metrics.gc_done(removed, count, took);
                 recorder.update(|r| {
                     r.gc_walking_since = None;
@@ -720,16 +737,17 @@ mod tests {
     fn large_tables_that_little_expires_in_are_collected_less_often() {
         let big = 1_000_000;
         // Small tables: always the shortest interval.
-        assert_eq!(next_gc_interval(GC_INTERVAL, 1000, 0), GC_INTERVAL);
+        assert_eq!(next_gc_interval(GC_INTERVAL, 1000, 0, 0.0), GC_INTERVAL);
         // Quiet and large: doubling, up to the longest.
         let mut i = GC_INTERVAL;
         for want in [10, 20, 20] {
-            i = next_gc_interval(i, big, 10);
+            i = next_gc_interval(i, big, 10, 0.4);
             assert_eq!(i, Duration::from_secs(want));
         }
-        // Some churn: unchanged; a quarter expired: back to the shortest.
-        assert_eq!(next_gc_interval(i, big, big / 10), i);
-        assert_eq!(next_gc_interval(i, big, big / 4), GC_INTERVAL);
+        // Some churn: unchanged; a quarter expired, or a table half full: the shortest.
+        assert_eq!(next_gc_interval(i, big, big / 10, 0.4), i);
+        assert_eq!(next_gc_interval(i, big, big / 4, 0.4), GC_INTERVAL);
+        assert_eq!(next_gc_interval(i, big, 10, 0.5), GC_INTERVAL);
         assert!(
             GC_STALE > GC_MAX_INTERVAL + GC_INTERVAL,
             "status allows the longest wait"

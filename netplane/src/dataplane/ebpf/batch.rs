@@ -70,7 +70,7 @@ fn check_layout<K, V>(map: &MapData) -> io::Result<()> {
 #[derive(Debug, Clone, Copy)]
 enum Cursor {
     Start,
-    At(u64),
+    At(u32),
     Done,
 }
 
@@ -82,18 +82,19 @@ fn lookup_batch<K: Pod, V: Pod>(
     keys: &mut [K],
     values: &mut [V],
 ) -> io::Result<(usize, Cursor)> {
+    // The hash map's cursor is a u32 bucket index (htab_map_lookup_batch()).
     let mut in_batch = match cursor {
         Cursor::Start => 0,
         Cursor::At(at) => at,
         Cursor::Done => return Ok((0, Cursor::Done)),
     };
-    let mut out_batch = 0u64;
+    let mut out_batch = 0u32;
     let mut attr = batch_attr(fd, keys.len().min(values.len()));
     // A null in_batch starts the walk.
     if matches!(cursor, Cursor::At(_)) {
-        attr.batch.in_batch = &mut in_batch as *mut u64 as u64;
+        attr.batch.in_batch = &mut in_batch as *mut u32 as u64;
     }
-    attr.batch.out_batch = &mut out_batch as *mut u64 as u64;
+    attr.batch.out_batch = &mut out_batch as *mut u32 as u64;
     attr.batch.keys = keys.as_mut_ptr() as u64;
     attr.batch.values = values.as_mut_ptr() as u64;
     let result = sys_bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
@@ -190,10 +191,10 @@ pub(super) fn delete<K: Pod>(map: &MapData, keys: &[K]) -> io::Result<usize> {
     Ok(deleted)
 }
 
-/// Writes `keys` with `values` into map `map` with BPF_MAP_UPDATE_BATCH, with `flags`
-/// (BPF_ANY, BPF_NOEXIST…) for each element. Stops at the first element the kernel
-/// refuses (E2BIG: the map is full; EEXIST with BPF_NOEXIST). Returns how many were
-/// written, and the error that stopped it, if any.
+/// Writes `keys` with `values` into map `map` with BPF_MAP_UPDATE_BATCH, with `flags` for
+/// each element (0, or BPF_F_LOCK: generic_map_update_batch() refuses the others). Stops
+/// at the first element the kernel refuses (E2BIG: the map is full). Returns how many
+/// were written, and the error that stopped it, if any.
 pub(super) fn update<K: Pod, V: Pod>(
     map: &MapData,
     keys: &[K],

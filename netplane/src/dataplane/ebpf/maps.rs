@@ -850,7 +850,7 @@ mod tests {
         // One plain nat bridge network: no lookup is paid for what it does not have.
         assert_eq!(
             config_flags(&plan_default()),
-            flags::FAST_FORWARD | flags::FROM_CONTAINER | flags::PEER_DELIVERY
+            flags::FAST_FORWARD | flags::FROM_CONTAINER
         );
         let prefixes: Vec<(u32, Ipv4Addr)> = never_nat_entries::<u32>(&plan)
             .keys()
@@ -877,8 +877,8 @@ mod tests {
             flags::PEER_DELIVERY,
             flags::PEER_ACKS,
         );
-        assert_eq!(ways(""), ff | fc | peer);
-        assert_eq!(ways("from_container = false"), ff | peer);
+        assert_eq!(ways(""), ff | fc);
+        assert_eq!(ways("from_container = false"), ff);
         assert_eq!(ways("into_container = \"veth\""), ff | fc);
         assert_eq!(ways("into_container = \"peer\""), ff | fc | peer);
         assert_eq!(ways("into_container = \"peer-all\""), ff | fc | peer | acks);

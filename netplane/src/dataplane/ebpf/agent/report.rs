@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-use super::GC_INTERVAL;
 use super::GC_STALE;
 use super::record::{AgentRecord, GcRun, MetricsRecord, RecordedError, UnixTime, age};
+use super::{GC_INTERVAL, GC_MAX_INTERVAL};
 
 /// The agent of a data plane: whether it runs, since when, its last garbage collection
 /// and the errors it met. Of one that died, the same as it last recorded them.
@@ -95,9 +95,10 @@ impl AgentStatus {
         };
         let problem = match (running, pid, heartbeat) {
             (Some(pid), _, Some(a)) if duty == Duty::Ebpf && a > GC_STALE => Some(format!(
-                "the agent (pid {pid}) last collected garbage {}s ago (every {}s is normal, {}s is the limit)",
+                "the agent (pid {pid}) last collected garbage {}s ago (every {}–{}s is normal, {}s is the limit)",
                 a.as_secs(),
                 GC_INTERVAL.as_secs(),
+                GC_MAX_INTERVAL.as_secs(),
                 GC_STALE.as_secs()
             )),
             (Some(_), _, _) => None,
