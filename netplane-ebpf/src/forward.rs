@@ -333,10 +333,21 @@ pub fn sendable<A: Forward>(ctx: &TcContext) -> bool {
 }
 
 /// Sends the packet along `route`, counted in [`forwarded`] slot `slot`: TC_ACT_REDIRECT,
-/// or TCX_NEXT (the kernel's path) when its TTL is about to expire.
+/// or TCX_NEXT (the kernel's path) when its header does not hold up or its TTL is about
+/// to expire.
 #[inline(always)]
 pub fn send<A: Forward>(ctx: &TcContext, route: &Route<A>, slot: u32) -> i32 {
-    if !A::header_valid(ctx) || A::decrement_ttl(ctx).is_err() {
+    if !A::header_valid(ctx) {
+        return TCX_NEXT;
+    }
+    transmit(ctx, route, slot)
+}
+
+/// [`send`] for a packet that [`sendable`] already vetted: its header is not checked a
+/// second time on the per-packet path.
+#[inline(always)]
+pub fn transmit<A: Forward>(ctx: &TcContext, route: &Route<A>, slot: u32) -> i32 {
+    if A::decrement_ttl(ctx).is_err() {
         return TCX_NEXT;
     }
     let mut nh = bpf_redir_neigh {

@@ -540,7 +540,7 @@ fn out_of_bridge<A: Nat>(
     if verdict != TCX_NEXT {
         return verdict;
     }
-    forward::send(ctx, &route, slot)
+    forward::transmit(ctx, &route, slot)
 }
 
 /// The source port masquerade gave the flow of `p` (container → outside): with `search`,
